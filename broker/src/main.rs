@@ -1,2 +1,257 @@
+//! `kakehashi-broker`: serve the exchange, run a dev environment, manage orgs.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kakehashi_broker::store::{self, NewOrg};
+use kakehashi_broker::{dev, Config, RunningBroker};
+use kakehashi_interfaces::{OrgId, OrgKind, OrgStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "kakehashi-broker",
+    version,
+    about = "Kakehashi intermediate server (mutual-TLS data exchange broker)"
+)]
+#[command(
+    after_help = "Examples:\n  kakehashi-broker dev\n  kakehashi-broker serve --config /etc/kakehashi/broker.toml\n  kakehashi-broker orgs --config broker.toml add city-kawaguchi --kind municipality --name 川口市\n  kakehashi-broker orgs --config broker.toml suspend city-kawaguchi"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the exchange listener until SIGTERM or Ctrl-C.
+    Serve {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create ./kakehashi-dev (CA, certificates, config, database) if missing and serve it.
+    Dev {
+        /// Directory of the dev environment.
+        #[arg(long, default_value = "kakehashi-dev")]
+        dir: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: String,
+        /// Prepare the directory and exit without serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Run database migrations and exit.
+    Migrate {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Manage registered organisations.
+    Orgs {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: OrgsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgsAction {
+    /// Register an org (active).
+    Add {
+        /// Org id, as in its certificate's SAN URI urn:kakehashi:org:<id>.
+        id: String,
+        /// union, municipality or agency.
+        #[arg(long)]
+        kind: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Pin the org to this certificate SHA-256 fingerprint (hex).
+        #[arg(long)]
+        pin: Option<String>,
+    },
+    /// List orgs.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend an org: its connections are refused from now on.
+    Suspend {
+        /// Org id.
+        id: String,
+    },
+    /// Re-activate a suspended org.
+    Activate {
+        /// Org id.
+        id: String,
+    },
+    /// Pin an org to a certificate fingerprint, or clear the pin.
+    Pin {
+        /// Org id.
+        id: String,
+        /// SHA-256 fingerprint (hex); omit with --clear.
+        fingerprint: Option<String>,
+        /// Remove the pin.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAKEHASHI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            let store = store::open(&config.storage).await?;
+            let broker = RunningBroker::start(config, store).await?;
+            broker.run_until_signal().await?;
+        }
+        Command::Dev {
+            dir,
+            listen,
+            no_serve,
+        } => {
+            let env = dev::prepare(&dir, &listen).await?;
+            if env.created {
+                println!("Created dev environment in {}", env.dir.display());
+            }
+            if no_serve {
+                return Ok(());
+            }
+            let config = Config::load(&env.config_path)?;
+            let store = store::open(&config.storage).await?;
+            let broker = RunningBroker::start(config, store).await?;
+            println!(
+                "{}",
+                dev::try_commands(&env, &broker.local_addr().to_string())
+            );
+            broker.run_until_signal().await?;
+        }
+        Command::Migrate { config } => {
+            let config = Config::load(&config)?;
+            store::open(&config.storage).await?;
+            println!("migrations applied");
+        }
+        Command::Orgs { config, action } => {
+            let config = Config::load(&config)?;
+            let store = store::open(&config.storage).await?;
+            orgs(&*store, action).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn orgs(store: &dyn store::Store, action: OrgsAction) -> Result<()> {
+    match action {
+        OrgsAction::Add {
+            id,
+            kind,
+            name,
+            pin,
+        } => {
+            let org = store
+                .add_org(&NewOrg {
+                    id: OrgId::new(id)?,
+                    kind: kind.parse::<OrgKind>()?,
+                    name,
+                    cert_fingerprint: pin.map(|p| p.to_ascii_lowercase()),
+                })
+                .await?;
+            println!(
+                "registered {} ({}, {})",
+                org.id,
+                org.kind.as_str(),
+                org.status.as_str()
+            );
+        }
+        OrgsAction::List { json } => {
+            let list = store.list_orgs().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<24} {:<13} {:<10} {:<8} NAME",
+                    "ID", "KIND", "STATUS", "PINNED"
+                );
+                for o in list {
+                    println!(
+                        "{:<24} {:<13} {:<10} {:<8} {}",
+                        o.id.as_str(),
+                        o.kind.as_str(),
+                        o.status.as_str(),
+                        if o.cert_fingerprint.is_some() {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        o.name
+                    );
+                }
+            }
+        }
+        OrgsAction::Suspend { id } => {
+            let org = store
+                .set_org_status(&OrgId::new(id)?, OrgStatus::Suspended)
+                .await?;
+            println!("suspended {}", org.id);
+        }
+        OrgsAction::Activate { id } => {
+            let org = store
+                .set_org_status(&OrgId::new(id)?, OrgStatus::Active)
+                .await?;
+            println!("activated {}", org.id);
+        }
+        OrgsAction::Pin {
+            id,
+            fingerprint,
+            clear,
+        } => {
+            let id = OrgId::new(id)?;
+            let fp = match (fingerprint, clear) {
+                (Some(fp), false) => Some(fp.to_ascii_lowercase().replace(':', "")),
+                (None, true) => None,
+                _ => anyhow::bail!("give a fingerprint or --clear"),
+            };
+            let org = store.set_org_pin(&id, fp.as_deref()).await.context("pin")?;
+            println!(
+                "{} pin {}",
+                org.id,
+                if org.cert_fingerprint.is_some() {
+                    "set"
+                } else {
+                    "cleared"
+                }
+            );
+        }
+    }
+    Ok(())
+}

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// An organisation id: 3–64 characters of lowercase ASCII letters, digits and
 /// `-`, starting with a letter. Carried in certificates as
 /// `urn:kakehashi:org:<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct OrgId(String);
 

@@ -1,1 +1,486 @@
+//! Test harness: real brokers on 127.0.0.1:0 with certificates from the certs
+//! crate, real SQLite files and real PostgreSQL databases, and a small mutual-TLS
+//! HTTP client speaking HTTP/1.1 or HTTP/2.
+//!
+//! PostgreSQL tests read `KAKEHASHI_TEST_PG_URL` (set by `scripts/test`). When
+//! it is set and the server is unreachable they fail; when it is unset they
+//! print that they were not run.
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kakehashi_broker::config::{KeysConfig, LimitsConfig, ListenConfig, StorageConfig, TlsConfig};
+use kakehashi_broker::store::{self, NewOrg, Store};
+use kakehashi_broker::{Config, RunningBroker};
+use kakehashi_certs::{Ca, IssuedCert, OrgCertOptions, Validity};
+use kakehashi_interfaces::{OrgId, OrgKind};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Environment variable naming the PostgreSQL server for tests.
+pub const PG_ENV: &str = "KAKEHASHI_TEST_PG_URL";
+
+/// A test PKI in a temporary directory: CA, server certificate, CRL.
+pub struct TestPki {
+    /// Directory holding everything (kept until drop).
+    pub dir: TempDir,
+    /// The CA.
+    pub ca: Ca,
+}
+
+impl TestPki {
+    /// A fresh CA with a server certificate for 127.0.0.1/localhost and an empty CRL.
+    pub fn new() -> Result<TestPki> {
+        let dir = tempfile::tempdir()?;
+        let ca = Ca::generate("Kakehashi test CA")?;
+        ca.save(dir.path(), false)?;
+        kakehashi_certs::write_crl(dir.path())?;
+        let server = ca.issue_server(&["localhost", "127.0.0.1"], Validity::days_from_now(30))?;
+        kakehashi_certs::write_issued(dir.path(), "server", &server, false)?;
+        Ok(TestPki { dir, ca })
+    }
+
+    /// Path of a file in the PKI directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A valid client certificate for `org`.
+    pub fn org_cert(&self, org: &str) -> Result<IssuedCert> {
+        self.org_cert_with(org, &OrgCertOptions::default())
+    }
+
+    /// A client certificate for `org` with chosen options.
+    pub fn org_cert_with(&self, org: &str, opts: &OrgCertOptions) -> Result<IssuedCert> {
+        Ok(self.ca.issue_org(org, opts)?)
+    }
+
+    /// Revokes a certificate and rewrites the CRL the broker reads.
+    pub fn revoke(&self, cert: &IssuedCert) -> Result<()> {
+        kakehashi_certs::revoke(self.dir.path(), &cert.serial_hex)?;
+        Ok(())
+    }
+}
+
+/// Which storage a test broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the server named by `KAKEHASHI_TEST_PG_URL`.
+    Postgres,
+}
+
+/// The PostgreSQL base URL, or `None` (with a note) when tests should not run on it.
+pub fn pg_base_url() -> Option<String> {
+    match std::env::var(PG_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "note: {PG_ENV} is not set; PostgreSQL variant not run (scripts/test sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// Creates a fresh, uniquely named database and returns its URL.
+pub async fn fresh_pg_database(base: &str) -> Result<String> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(base)
+        .await
+        .with_context(|| format!("{PG_ENV} is set but PostgreSQL is unreachable"))?;
+    let name = format!("kk_test_{}", hex_id());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let _ = admin.close().await;
+    let mut url = url_with_database(base, &name);
+    if url == base {
+        url = format!("{base}/{name}");
+    }
+    Ok(url)
+}
+
+fn url_with_database(base: &str, db: &str) -> String {
+    // postgres://user@host/db?params → replace the path segment.
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = head[scheme_end..].find('/').map(|i| i + scheme_end);
+    let host_part = match path_start {
+        Some(i) => &head[..i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+fn hex_id() -> String {
+    let bytes: [u8; 6] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Storage settings for a backend (SQLite under `dir`).
+pub async fn storage_config(backend: Backend, dir: &Path) -> Result<Option<StorageConfig>> {
+    Ok(match backend {
+        Backend::Sqlite => Some(StorageConfig {
+            sqlite: Some(dir.join("kakehashi.db")),
+            postgres_url: None,
+            max_connections: 8,
+        }),
+        Backend::Postgres => match pg_base_url() {
+            None => None,
+            Some(base) => Some(StorageConfig {
+                sqlite: None,
+                postgres_url: Some(fresh_pg_database(&base).await?),
+                max_connections: 8,
+            }),
+        },
+    })
+}
+
+/// A broker under test, with its PKI and storage.
+pub struct TestBroker {
+    /// The PKI (CA, server cert).
+    pub pki: TestPki,
+    /// The running broker.
+    pub broker: RunningBroker,
+    /// The store, for arranging and inspecting state.
+    pub store: Arc<dyn Store>,
+    /// The config it runs with.
+    pub config: Config,
+    /// Scratch directory (SQLite file, keys).
+    pub data: TempDir,
+}
+
+/// Options for [`TestBroker::start_with`].
+pub struct BrokerOptions {
+    /// Storage backend.
+    pub backend: Backend,
+    /// Limits; defaults are generous.
+    pub limits: LimitsConfig,
+    /// Orgs registered before start: (id, kind).
+    pub orgs: Vec<(&'static str, OrgKind)>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            limits: LimitsConfig::default(),
+            orgs: vec![
+                ("union-saitama", OrgKind::Union),
+                ("city-saitama", OrgKind::Municipality),
+                ("city-kawagoe", OrgKind::Municipality),
+                ("agency-pension", OrgKind::Agency),
+            ],
+        }
+    }
+}
+
+impl TestBroker {
+    /// A SQLite broker with the sample orgs.
+    pub async fn start() -> Result<TestBroker> {
+        Self::start_with(BrokerOptions::default())
+            .await?
+            .context("sqlite broker always starts")
+    }
+
+    /// A broker with options; `Ok(None)` when the PostgreSQL variant is not configured.
+    pub async fn start_with(opts: BrokerOptions) -> Result<Option<TestBroker>> {
+        init_logging();
+        let pki = TestPki::new()?;
+        let data = tempfile::tempdir()?;
+        let Some(storage) = storage_config(opts.backend, data.path()).await? else {
+            return Ok(None);
+        };
+        let config = Config {
+            listen: ListenConfig {
+                address: "127.0.0.1:0".parse()?,
+            },
+            tls: TlsConfig {
+                cert: pki.path("server.crt"),
+                key: pki.path("server.key"),
+                client_ca: vec![pki.path("ca.crt")],
+                crls: vec![pki.path("ca.crl")],
+                allow_tls12: false,
+            },
+            storage,
+            limits: opts.limits,
+            keys: KeysConfig {
+                dir: data.path().join("keys"),
+            },
+        };
+        let store = store::open(&config.storage).await?;
+        for (id, kind) in &opts.orgs {
+            store
+                .add_org(&NewOrg {
+                    id: OrgId::new(*id)?,
+                    kind: *kind,
+                    name: format!("{id} (test)"),
+                    cert_fingerprint: None,
+                })
+                .await?;
+        }
+        let broker = RunningBroker::start(config.clone(), store.clone()).await?;
+        Ok(Some(TestBroker {
+            pki,
+            broker,
+            store,
+            config,
+            data,
+        }))
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.broker.local_addr()
+    }
+
+    /// A connected HTTP/1.1 client for `org` with a fresh valid certificate.
+    pub async fn client(&self, org: &str) -> Result<TestClient> {
+        let cert = self.pki.org_cert(org)?;
+        TestClient::connect(
+            self.addr(),
+            self.pki.ca.cert_pem(),
+            Some(&cert),
+            Protocol::Http1,
+        )
+        .await
+    }
+
+    /// How many refusals with this reason the broker counted.
+    pub fn refusals(&self, reason: &'static str) -> u64 {
+        self.broker.state().metrics.refusal_count(reason)
+    }
+
+    /// Restarts the listener with the current config (e.g. after a CRL change).
+    pub async fn restart(self) -> Result<TestBroker> {
+        let TestBroker {
+            pki,
+            broker,
+            store,
+            config,
+            data,
+        } = self;
+        broker.shutdown().await;
+        let broker = RunningBroker::start(config.clone(), store.clone()).await?;
+        Ok(TestBroker {
+            pki,
+            broker,
+            store,
+            config,
+            data,
+        })
+    }
+}
+
+/// HTTP version for a test client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN http/1.1).
+    Http1,
+    /// HTTP/2 (ALPN h2).
+    Http2,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// A response as the test sees it.
+#[derive(Debug)]
+pub struct TestResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Whole body.
+    pub body: Bytes,
+    /// Negotiated HTTP version.
+    pub version: http::Version,
+}
+
+impl TestResponse {
+    /// Body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("body is not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `code` of an error body.
+    pub fn error_code(&self) -> Option<String> {
+        self.json().ok()?.get("code")?.as_str().map(str::to_string)
+    }
+}
+
+/// A mutual-TLS client on one connection.
+pub struct TestClient {
+    sender: Sender,
+}
+
+/// rustls client config trusting `ca_pem`, presenting `cert` if given.
+pub fn client_tls(
+    ca_pem: &str,
+    cert: Option<&IssuedCert>,
+    protocol: Protocol,
+) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(cert) => {
+            let chain = vec![CertificateDer::from(cert.cert_der.clone())];
+            let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = match protocol {
+        Protocol::Http1 => vec![b"http/1.1".to_vec()],
+        Protocol::Http2 => vec![b"h2".to_vec()],
+    };
+    Ok(config)
+}
+
+/// Opens a TLS connection (handshake done, nothing sent).
+pub async fn connect_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    cert: Option<&IssuedCert>,
+    protocol: Protocol,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = client_tls(ca_pem, cert, protocol)?;
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = TlsConnector::from(Arc::new(config));
+    Ok(connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?)
+}
+
+impl TestClient {
+    /// Connects and completes the TLS and HTTP handshakes.
+    pub async fn connect(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&IssuedCert>,
+        protocol: Protocol,
+    ) -> Result<TestClient> {
+        let tls = connect_tls(addr, ca_pem, cert, protocol).await?;
+        let io = TokioIo::new(tls);
+        let sender = match protocol {
+            Protocol::Http1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                Sender::H1(sender)
+            }
+            Protocol::Http2 => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(conn);
+                Sender::H2(sender)
+            }
+        };
+        Ok(TestClient { sender })
+    }
+
+    /// Sends one request.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<TestResponse> {
+        let uri = match &self.sender {
+            Sender::H1(_) => path.to_string(),
+            Sender::H2(_) => format!("https://localhost{path}"),
+        };
+        let mut builder = Request::builder().method(method).uri(uri);
+        if matches!(self.sender, Sender::H1(_)) {
+            builder = builder.header(http::header::HOST, "localhost");
+        }
+        let req = builder.body(Full::new(body.into()))?;
+        let response = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let status = response.status();
+        let version = response.version();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(TestResponse {
+            status,
+            headers,
+            body,
+            version,
+        })
+    }
+
+    /// GET a path.
+    pub async fn get(&mut self, path: &str) -> Result<TestResponse> {
+        self.request(Method::GET, path, Bytes::new()).await
+    }
+
+    /// POST a body.
+    pub async fn post(&mut self, path: &str, body: impl Into<Bytes>) -> Result<TestResponse> {
+        self.request(Method::POST, path, body).await
+    }
+}
+
+/// Installs a test log subscriber once (logs go to the test's captured output).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAKEHASHI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn database_in_url_is_replaced() {
+        assert_eq!(
+            url_with_database(
+                "postgres://root@localhost/postgres?host=/run/postgresql",
+                "kk"
+            ),
+            "postgres://root@localhost/kk?host=/run/postgresql"
+        );
+        assert_eq!(
+            url_with_database("postgres://root@localhost", "kk"),
+            "postgres://root@localhost/kk"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! `broker.toml`: where the broker listens, its TLS material, storage and limits.
+//!
+//! Relative paths are resolved against the directory of the config file, so a
+//! dev directory can be moved as a whole.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::BrokerError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The exchange listener.
+    pub listen: ListenConfig,
+    /// Server certificate, trust anchors and CRLs.
+    pub tls: TlsConfig,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// Limits against slow, large and flooding clients (R21).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The broker's key directory (key-encryption keys, signing keys).
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address of the exchange listener, e.g. `127.0.0.1:7443`.
+    pub address: SocketAddr,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8).
+    pub key: PathBuf,
+    /// Trust anchors for client certificates (PEM files; each may hold several).
+    pub client_ca: Vec<PathBuf>,
+    /// Certificate revocation lists (PEM or DER). Expired CRLs are enforced.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Also accept TLS 1.2 (off by default: TLS 1.3 only).
+    #[serde(default)]
+    pub allow_tls12: bool,
+}
+
+/// `[storage]`: exactly one of `sqlite` or `postgres_url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// SQLite database file (created if missing).
+    pub sqlite: Option<PathBuf>,
+    /// PostgreSQL URL, e.g. `postgres://kakehashi@localhost/kakehashi`.
+    pub postgres_url: Option<String>,
+    /// Maximum pooled connections.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    16
+}
+
+/// Which backend a [`StorageConfig`] selects.
+#[derive(Debug, Clone)]
+pub enum StorageTarget {
+    /// Embedded SQLite file.
+    Sqlite(PathBuf),
+    /// PostgreSQL server.
+    Postgres(String),
+}
+
+impl StorageConfig {
+    /// The selected backend, or an error if none or both are configured.
+    pub fn target(&self) -> Result<StorageTarget, BrokerError> {
+        match (&self.sqlite, &self.postgres_url) {
+            (Some(p), None) => Ok(StorageTarget::Sqlite(p.clone())),
+            (None, Some(u)) => Ok(StorageTarget::Postgres(u.clone())),
+            _ => Err(BrokerError::Config(
+                "[storage] needs exactly one of `sqlite` or `postgres_url`".into(),
+            )),
+        }
+    }
+}
+
+/// `[limits]` (R21). Defaults are safe for a production listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Time allowed to complete the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed to send a request's headers.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to read a request body.
+    pub body_read_timeout_ms: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: u64,
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Sustained requests per second per org.
+    pub per_org_per_second: u32,
+    /// Burst allowance per org.
+    pub per_org_burst: u32,
+    /// Sustained requests per second per client address.
+    pub per_address_per_second: u32,
+    /// Burst allowance per client address.
+    pub per_address_burst: u32,
+    /// Time given to in-flight requests at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_connections: 4096,
+            per_org_per_second: 500,
+            per_org_burst: 1000,
+            per_address_per_second: 2000,
+            per_address_burst: 4000,
+            shutdown_grace_ms: 15_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Header read timeout as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// Body read timeout as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+    /// Shutdown grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Directory holding the broker's own keys; created with mode 0700.
+    pub dir: PathBuf,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { dir: "keys".into() }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Config, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BrokerError::Config(format!("cannot read config {}: {e}", path.display()))
+        })?;
+        let mut config = Self::parse(&text)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.storage.target()?;
+        Ok(config)
+    }
+
+    /// Parses config text without touching the file system.
+    pub fn parse(text: &str) -> Result<Config, BrokerError> {
+        toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))
+    }
+
+    /// Makes every relative path absolute with respect to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        self.tls.client_ca.iter_mut().for_each(fix);
+        self.tls.crls.iter_mut().for_each(fix);
+        if let Some(p) = self.storage.sqlite.as_mut() {
+            fix(p);
+        }
+        fix(&mut self.keys.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listen]
+        address = "127.0.0.1:7443"
+        [tls]
+        cert = "pki/server.crt"
+        key = "pki/server.key"
+        client_ca = ["pki/ca.crt"]
+        [storage]
+        sqlite = "kakehashi.db"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let mut c = Config::parse(MINIMAL).unwrap();
+        c.resolve_paths(Path::new("/srv/k"));
+        assert_eq!(c.tls.cert, PathBuf::from("/srv/k/pki/server.crt"));
+        assert!(!c.tls.allow_tls12);
+        assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
+        assert!(matches!(c.storage.target(), Ok(StorageTarget::Sqlite(_))));
+    }
+
+    #[test]
+    fn unknown_keys_and_double_storage_are_refused() {
+        assert!(Config::parse(&format!("{MINIMAL}\n[extra]\nx=1")).is_err());
+        let both = MINIMAL.replace(
+            "sqlite = \"kakehashi.db\"",
+            "sqlite = \"a\"\npostgres_url = \"postgres://x\"",
+        );
+        let c = Config::parse(&both).unwrap();
+        assert!(c.storage.target().is_err());
+    }
+}

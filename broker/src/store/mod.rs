@@ -1,0 +1,121 @@
+//! Storage: one [`Store`] trait, two backends (embedded SQLite, PostgreSQL).
+//!
+//! Each backend keeps its own migrations (`broker/migrations/<backend>`), run on
+//! open. Handlers and decisions only see the trait.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kakehashi_interfaces::{OrgId, OrgKind, OrgStatus};
+use serde::Serialize;
+
+use crate::config::{StorageConfig, StorageTarget};
+use crate::error::BrokerError;
+
+/// A registered organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrgRecord {
+    /// Org id (also in its certificate).
+    pub id: OrgId,
+    /// Union, municipality or agency.
+    pub kind: OrgKind,
+    /// Display name.
+    pub name: String,
+    /// Active or suspended.
+    pub status: OrgStatus,
+    /// Optional SHA-256 pin of the org's certificate (lowercase hex).
+    pub cert_fingerprint: Option<String>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// A new org to register.
+#[derive(Debug, Clone)]
+pub struct NewOrg {
+    /// Org id.
+    pub id: OrgId,
+    /// Kind.
+    pub kind: OrgKind,
+    /// Display name.
+    pub name: String,
+    /// Optional certificate pin.
+    pub cert_fingerprint: Option<String>,
+}
+
+/// What every storage backend provides.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Cheap liveness probe used by `/readyz`.
+    async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Registers an org; refuses an id that exists.
+    async fn add_org(&self, org: &NewOrg) -> Result<OrgRecord, BrokerError>;
+    /// One org by id.
+    async fn get_org(&self, id: &OrgId) -> Result<Option<OrgRecord>, BrokerError>;
+    /// All orgs, ordered by id.
+    async fn list_orgs(&self) -> Result<Vec<OrgRecord>, BrokerError>;
+    /// Sets an org's status; `not_found` if it does not exist.
+    async fn set_org_status(&self, id: &OrgId, status: OrgStatus)
+        -> Result<OrgRecord, BrokerError>;
+    /// Sets or clears an org's certificate pin.
+    async fn set_org_pin(
+        &self,
+        id: &OrgId,
+        fingerprint: Option<&str>,
+    ) -> Result<OrgRecord, BrokerError>;
+}
+
+/// Opens the configured backend and runs its migrations.
+pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, BrokerError> {
+    Ok(match config.target()? {
+        StorageTarget::Sqlite(path) => Arc::new(SqliteStore::open(&path).await?),
+        StorageTarget::Postgres(url) => {
+            Arc::new(PgStore::open(&url, config.max_connections).await?)
+        }
+    })
+}
+
+/// Current UTC time as RFC 3339, the one timestamp format stored.
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(crate) fn not_found(what: &str) -> BrokerError {
+    BrokerError::refused(
+        kakehashi_interfaces::ErrorCode::NotFound,
+        format!("{what} not found"),
+    )
+}
+
+pub(crate) fn parse_org_row(
+    id: String,
+    kind: String,
+    name: String,
+    status: String,
+    cert_fingerprint: Option<String>,
+    created_at: String,
+    updated_at: String,
+) -> Result<OrgRecord, BrokerError> {
+    let corrupt = |what: &str| BrokerError::Config(format!("stored org has invalid {what}"));
+    Ok(OrgRecord {
+        id: OrgId::new(id).map_err(|_| corrupt("id"))?,
+        kind: kind.parse().map_err(|_| corrupt("kind"))?,
+        name,
+        status: status.parse().map_err(|_| corrupt("status"))?,
+        cert_fingerprint,
+        created_at,
+        updated_at,
+    })
+}

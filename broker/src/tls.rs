@@ -1,0 +1,153 @@
+//! TLS for the exchange listener: server config with mandatory client
+//! certificates (trust anchors + CRLs, expired CRLs enforced), the mapping of
+//! handshake failures to refusal reasons, and org identity from the peer
+//! certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kakehashi_interfaces::OrgId;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+use crate::config::TlsConfig;
+use crate::error::BrokerError;
+
+/// The org identity a verified client certificate carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Org id from the SAN URI `urn:kakehashi:org:<id>`; `None` if absent.
+    pub org_id: Option<OrgId>,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub fingerprint: String,
+}
+
+/// Builds the rustls server config from `[tls]`.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let mut roots = RootCertStore::empty();
+    for path in &tls.client_ca {
+        for cert in read_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| BrokerError::Tls(format!("trust anchor {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(BrokerError::Tls(
+            "no client trust anchors configured".into(),
+        ));
+    }
+    let mut crls = Vec::new();
+    for path in &tls.crls {
+        crls.extend(read_crls(path)?);
+    }
+
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        // An out-of-date CRL could hide a revocation: refuse rather than trust it.
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(|e| BrokerError::Tls(format!("client verifier: {e}")))?;
+
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls.allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| BrokerError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(&tls.cert)?, read_key(&tls.key)?)
+        .map_err(|e| BrokerError::Tls(format!("server certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| BrokerError::Tls(format!("{}: {e}", path.display())))?
+        .collect();
+    let certs = certs.map_err(|e| BrokerError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(BrokerError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, BrokerError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| BrokerError::Tls(format!("{}: no usable private key ({e})", path.display())))
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, BrokerError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| BrokerError::io(format!("CRL {}", path.display()), e))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        let crls: Result<Vec<_>, _> =
+            CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
+        crls.map_err(|e| BrokerError::Tls(format!("CRL {}: {e}", path.display())))
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
+}
+
+/// Extracts the org identity from the leaf certificate the client presented.
+pub fn peer_identity(leaf: &CertificateDer<'_>) -> PeerIdentity {
+    let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
+    let org_id = kakehashi_certs::org_id_from_der(leaf.as_ref())
+        .ok()
+        .flatten()
+        .and_then(|id| OrgId::new(id).ok());
+    PeerIdentity {
+        org_id,
+        fingerprint,
+    }
+}
+
+/// Why a TLS handshake was refused, as a stable metric label.
+pub fn handshake_refusal_reason(err: &std::io::Error) -> &'static str {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                "handshake_aborted"
+            }
+            _ => "handshake_failed",
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate_expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate_not_yet_valid"
+            }
+            CertificateError::Revoked => "certificate_revoked",
+            // A same-named CA with another key shows up as a bad signature: both
+            // mean "not issued by a trust anchor".
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "certificate_wrong_purpose"
+            }
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
+            CertificateError::UnknownRevocationStatus => "revocation_unknown",
+            _ => "certificate_invalid",
+        },
+        rustls::Error::PeerIncompatible(_) => "tls_incompatible",
+        _ => "handshake_failed",
+    }
+}
