@@ -50,11 +50,28 @@ pub struct NewOrg {
     pub cert_fingerprint: Option<String>,
 }
 
+/// The backend's connection pools, for modules that keep their own tables
+/// (records, identity, copies …) and write their SQL per backend.
+#[derive(Clone)]
+pub enum Pools {
+    /// SQLite: `write` has exactly one connection (the single writer); `read` is read-only.
+    Sqlite {
+        /// The single writer.
+        write: sqlx::SqlitePool,
+        /// Read-only connections.
+        read: sqlx::SqlitePool,
+    },
+    /// PostgreSQL: one pool for everything.
+    Postgres(sqlx::PgPool),
+}
+
 /// What every storage backend provides.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Backend name for logs: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// The underlying pools.
+    fn pools(&self) -> Pools;
     /// Cheap liveness probe used by `/readyz`.
     async fn ping(&self) -> Result<(), BrokerError>;
 

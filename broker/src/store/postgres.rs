@@ -60,6 +60,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn pools(&self) -> super::Pools {
+        super::Pools::Postgres(self.pool.clone())
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -75,6 +75,13 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn pools(&self) -> super::Pools {
+        super::Pools::Sqlite {
+            write: self.write.clone(),
+            read: self.read.clone(),
+        }
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
