@@ -7,12 +7,16 @@
 
 pub mod admission;
 pub mod config;
+pub mod copies;
 pub mod dev;
 pub mod error;
 pub mod exchange_routes;
 pub mod http;
+pub mod identity;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -102,11 +102,38 @@ pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, BrokerError>
     })
 }
 
-/// Current UTC time as RFC 3339, the one timestamp format stored.
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// Current UTC time as fixed-width RFC 3339, the one timestamp format stored.
+pub fn now_rfc3339() -> String {
+    timestamp(time::OffsetDateTime::now_utc())
+}
+
+/// A UTC instant as fixed-width RFC 3339 with microseconds
+/// (`2026-11-23T09:50:55.614263Z`), so text order is time order.
+pub fn timestamp(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    at.format(&format).unwrap_or_default()
+}
+
+/// Runs the same statement text on whichever backend `pools` is; the body is
+/// expanded once per backend so each gets its own concrete pool type.
+/// SQL must use `$N` placeholders (both drivers accept them).
+#[macro_export]
+macro_rules! on_pool {
+    ($pools:expr, write, |$pool:ident| $body:expr) => {
+        match $pools {
+            $crate::store::Pools::Sqlite { write: $pool, .. } => $body,
+            $crate::store::Pools::Postgres($pool) => $body,
+        }
+    };
+    ($pools:expr, read, |$pool:ident| $body:expr) => {
+        match $pools {
+            $crate::store::Pools::Sqlite { read: $pool, .. } => $body,
+            $crate::store::Pools::Postgres($pool) => $body,
+        }
+    };
 }
 
 pub(crate) fn not_found(what: &str) -> BrokerError {

@@ -1,0 +1,81 @@
+//! Deposited copies (副本, R9): each provider's item values per person, in its
+//! own partition (rows keyed by provider), encrypted at rest and bound to
+//! provider and person code. A newer deposit for a person replaces the older.
+
+use std::collections::BTreeMap;
+
+use kakehashi_interfaces::OrgId;
+use zeroize::Zeroizing;
+
+use crate::error::BrokerError;
+use crate::keys::Keyring;
+use crate::store::{now_rfc3339, Pools};
+
+fn context(provider: &OrgId, person_code: &str) -> Vec<u8> {
+    format!("copy|{provider}|{person_code}").into_bytes()
+}
+
+/// One person's copy as JSON text: `{item: value, …}`. Kept zeroized in memory.
+pub type CopyJson = Zeroizing<Vec<u8>>;
+
+/// Replaces the copies of several persons in one transaction. Returns, per
+/// entry, whether an older copy was replaced.
+pub async fn deposit_batch(
+    pools: &Pools,
+    keys: &Keyring,
+    provider: &OrgId,
+    entries: &[(String, CopyJson)],
+) -> Result<Vec<bool>, BrokerError> {
+    let now = now_rfc3339();
+    let sealed: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(code, json)| Ok((code.as_str(), keys.encrypt(json, &context(provider, code))?)))
+        .collect::<Result<_, BrokerError>>()?;
+    let replaced = crate::on_pool!(pools, write, |pool| {
+        let mut tx = pool.begin().await?;
+        let mut replaced = Vec::with_capacity(sealed.len());
+        for (code, cipher) in &sealed {
+            let deleted =
+                sqlx::query("DELETE FROM copies WHERE provider = $1 AND person_code = $2")
+                    .bind(provider.as_str())
+                    .bind(*code)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            sqlx::query("INSERT INTO copies (provider, person_code, cipher, deposited_at) VALUES ($1, $2, $3, $4)")
+                .bind(provider.as_str())
+                .bind(*code)
+                .bind(cipher)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            replaced.push(deleted > 0);
+        }
+        tx.commit().await?;
+        replaced
+    });
+    Ok(replaced)
+}
+
+/// Reads the provider's copy for one of its person codes, decrypted.
+pub async fn read(
+    pools: &Pools,
+    keys: &Keyring,
+    provider: &OrgId,
+    person_code: &str,
+) -> Result<Option<BTreeMap<String, serde_json::Value>>, BrokerError> {
+    let row: Option<(Vec<u8>,)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as("SELECT cipher FROM copies WHERE provider = $1 AND person_code = $2")
+            .bind(provider.as_str())
+            .bind(person_code)
+            .fetch_optional(pool)
+            .await?
+    });
+    let Some((cipher,)) = row else {
+        return Ok(None);
+    };
+    let plain = keys.decrypt(&cipher, &context(provider, person_code))?;
+    let map = serde_json::from_slice(&plain)
+        .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))?;
+    Ok(Some(map))
+}
