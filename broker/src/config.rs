@@ -26,6 +26,40 @@ pub struct Config {
     /// The broker's key directory (key-encryption keys, signing keys).
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Queries, results and the flow list.
+    #[serde(default)]
+    pub exchange: ExchangeConfig,
+}
+
+/// `[exchange]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    /// A flow-list TOML file loaded at start; stored as a new version when it changed.
+    pub flow_list: Option<PathBuf>,
+    /// How long a provided answer stays fetchable before it is deleted (R13).
+    pub result_ttl_secs: u64,
+    /// How long a pending (sensitive) query waits for approval before it expires.
+    pub pending_ttl_secs: u64,
+    /// Validity of a provision permit.
+    pub permit_ttl_secs: u64,
+    /// How often expired results are swept.
+    pub sweep_interval_secs: u64,
+    /// Most lines accepted in one persons or copies batch.
+    pub max_batch_lines: usize,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            flow_list: None,
+            result_ttl_secs: 24 * 3600,
+            pending_ttl_secs: 7 * 24 * 3600,
+            permit_ttl_secs: 3600,
+            sweep_interval_secs: 60,
+            max_batch_lines: 10_000,
+        }
+    }
 }
 
 /// `[listen]`
@@ -203,6 +237,9 @@ impl Config {
             fix(p);
         }
         fix(&mut self.keys.dir);
+        if let Some(p) = self.exchange.flow_list.as_mut() {
+            fix(p);
+        }
     }
 }
 

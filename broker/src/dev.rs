@@ -50,6 +50,9 @@ sqlite = "kakehashi.db"
 
 [keys]
 dir = "keys"
+
+[exchange]
+flow_list = "flows.toml"
 "#
     )
 }
@@ -79,6 +82,11 @@ pub async fn prepare(dir: &Path, listen: &str) -> Result<DevEnvironment, BrokerE
                 .map_err(cert_err)?;
             kakehashi_certs::write_issued(&pki, id, &cert, false).map_err(cert_err)?;
         }
+    }
+    let flows_path = dir.join("flows.toml");
+    if !flows_path.exists() {
+        std::fs::write(&flows_path, crate::policy::SAMPLE_FLOW_LIST)
+            .map_err(|e| BrokerError::io(format!("write {}", flows_path.display()), e))?;
     }
     std::fs::write(&config_path, config_text(listen))
         .map_err(|e| BrokerError::io(format!("write {}", config_path.display()), e))?;

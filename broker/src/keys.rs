@@ -292,6 +292,19 @@ impl Keyring {
         (&self.permit_key_id, &self.permit_key)
     }
 
+    /// The published verifying keys for permits (`GET /v1/permit-keys`).
+    pub fn permit_key_set(&self) -> kakehashi_interfaces::PermitKeySet {
+        let keys = kakehashi_interfaces::KeyId::new(self.permit_key_id.clone())
+            .map(|id| {
+                vec![kakehashi_interfaces::PermitPublicKey::new(
+                    id,
+                    &self.permit_key.verifying_key(),
+                )]
+            })
+            .unwrap_or_default();
+        kakehashi_interfaces::PermitKeySet { keys }
+    }
+
     /// The directory the keys live in.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod batches;
 pub mod config;
 pub mod copies;
 pub mod dev;
 pub mod error;
+pub mod exchange;
 pub mod exchange_routes;
 pub mod http;
 pub mod identity;
@@ -17,6 +19,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod results;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -26,3 +29,4 @@ pub mod tls;
 pub use config::Config;
 pub use error::BrokerError;
 pub use server::RunningBroker;
+pub mod records_shim;

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Load or show the authorised-flow list.
+    Flows {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: FlowsAction,
+    },
     /// Manage registered organisations.
     Orgs {
         /// Path to broker.toml.
@@ -58,6 +66,17 @@ enum Command {
         #[command(subcommand)]
         action: OrgsAction,
     },
+}
+
+#[derive(Subcommand)]
+enum FlowsAction {
+    /// Validate a flow-list TOML file and store it as a new version (running brokers pick it up on restart).
+    Load {
+        /// The TOML file ([[flow]] tables).
+        file: PathBuf,
+    },
+    /// Print the flow list in force with its version.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +179,43 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(&config)?;
             store::open(&config.storage).await?;
             println!("migrations applied");
+        }
+        Command::Flows { config, action } => {
+            let config = Config::load(&config)?;
+            let store = store::open(&config.storage).await?;
+            match action {
+                FlowsAction::Load { file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let version =
+                        kakehashi_broker::policy::store_version(&store.pools(), &text).await?;
+                    println!("flow list version {version} in force");
+                }
+                FlowsAction::Show => {
+                    let index = kakehashi_broker::policy::load_current(&store.pools()).await?;
+                    println!("flow list version {}", index.version);
+                    for rule in index.rules() {
+                        println!(
+                            "{:<8} {:<22} items: {}{}",
+                            rule.flow_id,
+                            rule.procedure,
+                            rule.items.iter().cloned().collect::<Vec<_>>().join(", "),
+                            if rule.sensitive_items.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    "  (sensitive: {})",
+                                    rule.sensitive_items
+                                        .iter()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            }
+                        );
+                    }
+                }
+            }
         }
         Command::Orgs { config, action } => {
             let config = Config::load(&config)?;

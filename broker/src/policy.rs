@@ -191,6 +191,13 @@ impl FlowIndex {
         Self { version, by_id }
     }
 
+    /// Every rule, sorted by flow id.
+    pub fn rules(&self) -> Vec<&FlowRule> {
+        let mut rules: Vec<&FlowRule> = self.by_id.values().collect();
+        rules.sort_by(|a, b| a.flow_id.cmp(&b.flow_id));
+        rules
+    }
+
     /// The rule for a flow id.
     pub fn get(&self, flow_id: &str) -> Option<&FlowRule> {
         self.by_id.get(flow_id)

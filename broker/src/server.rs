@@ -45,8 +45,9 @@ impl RunningBroker {
         let local_addr = listener
             .local_addr()
             .map_err(|e| BrokerError::io("listener address", e))?;
-        let state = Arc::new(AppState::new(config, store));
+        let state = Arc::new(AppState::open(config, store).await?);
         state.limits.spawn_pruner(Duration::from_secs(60));
+        crate::exchange::spawn_sweeper(&state);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             listener,

@@ -1,12 +1,15 @@
 //! Shared state of a running broker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::admission::OrgDirectory;
 use crate::config::Config;
+use crate::error::BrokerError;
+use crate::keys::Keyring;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::policy::{self, FlowIndex};
 use crate::store::Store;
 
 /// Everything a request handler may use.
@@ -21,21 +24,53 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Rate limiters.
     pub limits: Arc<RateLimits>,
+    /// Keys: at-rest encryption, lookup hashes, permit signing.
+    pub keys: Keyring,
+    flows: RwLock<Arc<FlowIndex>>,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
-    /// State for `config` over `store`.
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+    /// Opens keys and the flow list for `config` over `store`.
+    pub async fn open(config: Config, store: Arc<dyn Store>) -> Result<Self, BrokerError> {
+        let pools = store.pools();
+        let keys = Keyring::open(&config.keys.dir, pools.clone()).await?;
+        if let Some(path) = &config.exchange.flow_list {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BrokerError::io(format!("flow list {}", path.display()), e))?;
+            let version = policy::store_version(&pools, &text).await?;
+            tracing::info!(version, path = %path.display(), "flow list in force");
+        }
+        let flows = policy::load_current(&pools).await?;
         let limits = Arc::new(RateLimits::new(&config.limits));
-        Self {
+        Ok(Self {
             directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
             metrics: Metrics::new(),
             limits,
+            keys,
+            flows: RwLock::new(Arc::new(flows)),
             store,
             config,
             shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The flow list in force.
+    pub fn flows(&self) -> Arc<FlowIndex> {
+        self.flows
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Re-reads the flow list in force from the store.
+    pub async fn reload_flows(&self) -> Result<u64, BrokerError> {
+        let index = policy::load_current(&self.store.pools()).await?;
+        let version = index.version;
+        if let Ok(mut flows) = self.flows.write() {
+            *flows = Arc::new(index);
         }
+        Ok(version)
     }
 
     /// True once shutdown began (`/readyz` turns 503 so balancers drain us).

@@ -1,2 +1,29 @@
+//! `kakehashi`: the command-line client of a Kakehashi broker.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::fail::Exit::Internal.code());
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit.code())
+        }
+    }
+}

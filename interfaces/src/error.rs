@@ -42,11 +42,43 @@ pub enum ErrorCode {
     Expired,
     /// The broker is starting or shutting down.
     Unavailable,
+    /// The HTTP method is not allowed on this path.
+    MethodNotAllowed,
+    /// The body's content type is not the one the endpoint takes
+    /// (`application/json` or `application/x-ndjson`).
+    UnsupportedMediaType,
+    /// The client sent the request too slowly.
+    RequestTimeout,
     /// An unexpected failure inside the broker; nothing was changed.
     Internal,
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for documentation and exhaustive tests).
+    pub const ALL: [ErrorCode; 21] = [
+        ErrorCode::InvalidInput,
+        ErrorCode::Unauthenticated,
+        ErrorCode::UnknownOrg,
+        ErrorCode::OrgSuspended,
+        ErrorCode::CertificatePinMismatch,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::NotOnFlowList,
+        ErrorCode::FlowNotInForce,
+        ErrorCode::ItemNotAllowed,
+        ErrorCode::UnknownPerson,
+        ErrorCode::NoCopy,
+        ErrorCode::InvalidPermit,
+        ErrorCode::Expired,
+        ErrorCode::Unavailable,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Internal,
+    ];
+
     /// The HTTP status this code is sent with.
     pub fn http_status(self) -> u16 {
         match self {
@@ -62,6 +94,9 @@ impl ErrorCode {
             | ErrorCode::InvalidPermit => 403,
             ErrorCode::NotFound | ErrorCode::UnknownPerson | ErrorCode::NoCopy => 404,
             ErrorCode::Expired => 410,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
@@ -89,6 +124,9 @@ impl ErrorCode {
             ErrorCode::InvalidPermit => "invalid_permit",
             ErrorCode::Expired => "expired",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -118,13 +156,25 @@ mod tests {
 
     #[test]
     fn wire_name_matches_serde() {
-        for code in [
-            ErrorCode::NotOnFlowList,
-            ErrorCode::CertificatePinMismatch,
-            ErrorCode::InvalidInput,
-        ] {
+        for code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!((400..600).contains(&code.http_status()));
         }
+        let unique: std::collections::BTreeSet<&str> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(unique.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn unknown_fields_refused() {
+        assert!(serde_json::from_str::<ErrorBody>(
+            r#"{"code":"internal","message":"m","request_id":"r","x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<ErrorBody>(
+            r#"{"code":"nope","message":"m","request_id":"r"}"#
+        )
+        .is_err());
     }
 }

@@ -7,11 +7,22 @@ use serde::{Deserialize, Serialize};
 /// An organisation id: 3–64 characters of lowercase ASCII letters, digits and
 /// `-`, starting with a letter. Carried in certificates as
 /// `urn:kakehashi:org:<id>`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OrgId(String);
+
+impl JsonSchema for OrgId {
+    fn schema_name() -> String {
+        "OrgId".to_string()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        crate::schema::string_schema(
+            "Org id: 3-64 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'; \
+             carried in client certificates as the SAN URI urn:kakehashi:org:<id>",
+            "^[a-z][a-z0-9-]{1,62}[a-z0-9]$",
+        )
+    }
+}
 
 /// The URI prefix of the SAN that names an org in its client certificate.
 pub const ORG_URI_PREFIX: &str = "urn:kakehashi:org:";
@@ -68,6 +79,12 @@ impl From<OrgId> for String {
 impl std::fmt::Display for OrgId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for OrgId {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }
 

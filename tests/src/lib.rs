@@ -7,6 +7,8 @@
 //! print that they were not run.
 #![forbid(unsafe_code)]
 
+pub mod exchange;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kakehashi_broker::config::{KeysConfig, LimitsConfig, ListenConfig, StorageConfig, TlsConfig};
+use kakehashi_broker::config::{
+    ExchangeConfig, KeysConfig, LimitsConfig, ListenConfig, StorageConfig, TlsConfig,
+};
 use kakehashi_broker::store::{self, NewOrg, Store};
 use kakehashi_broker::{Config, RunningBroker};
 use kakehashi_certs::{Ca, IssuedCert, OrgCertOptions, Validity};
@@ -176,6 +180,8 @@ pub struct BrokerOptions {
     pub limits: LimitsConfig,
     /// Orgs registered before start: (id, kind).
     pub orgs: Vec<(&'static str, OrgKind)>,
+    /// Exchange settings (flow list, expiry).
+    pub exchange: ExchangeConfig,
 }
 
 impl Default for BrokerOptions {
@@ -189,6 +195,7 @@ impl Default for BrokerOptions {
                 ("city-kawagoe", OrgKind::Municipality),
                 ("agency-pension", OrgKind::Agency),
             ],
+            exchange: ExchangeConfig::default(),
         }
     }
 }
@@ -225,6 +232,7 @@ impl TestBroker {
             keys: KeysConfig {
                 dir: data.path().join("keys"),
             },
+            exchange: opts.exchange,
         };
         let store = store::open(&config.storage).await?;
         for (id, kind) in &opts.orgs {

@@ -1,0 +1,316 @@
+//! One query, end to end (DESIGN.md): flow check → code mapping → permit →
+//! deposited copy → sealed answer (or pending approval) → durable record →
+//! answer. Every denial is recorded and returned as a typed error; a denied
+//! query stores nothing but its record.
+
+use std::collections::BTreeMap;
+
+use kakehashi_interfaces::envelope::{self, AnswerPayload, EnvelopeContext};
+use kakehashi_interfaces::permit::{self, PermitClaims};
+use kakehashi_interfaces::query::{QueryRequest, QueryResponse, QueryStatus};
+use kakehashi_interfaces::{ErrorCode, ItemCode, ItemValue, KeyId, OrgStatus, PermitId, QueryId};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+use crate::copies;
+use crate::error::BrokerError;
+use crate::identity::{self, MappedCode};
+use crate::policy::{self, Asked, Denial, OrgRef};
+use crate::records_shim::{Outcome, RecordDraft};
+use crate::results::{self, NewResult};
+use crate::state::AppState;
+use crate::store::OrgRecord;
+
+/// Runs a query for an admitted requester.
+pub async fn query(
+    state: &AppState,
+    requester: &OrgRecord,
+    req: QueryRequest,
+) -> Result<QueryResponse, BrokerError> {
+    let now = OffsetDateTime::now_utc();
+    let query_id = QueryId::random();
+    let flows = state.flows();
+    let pools = state.store.pools();
+    let item_names: Vec<&str> = req.items.iter().map(ItemCode::as_str).collect();
+
+    // The draft every outcome records; filled in as the query advances.
+    let mut draft = RecordDraft {
+        query_id: query_id.to_string(),
+        permit_id: None,
+        flow_id: Some(req.flow_id.to_string()),
+        flow_list_version: Some(flows.version),
+        procedure: Some(req.procedure.to_string()),
+        requester: requester.id.clone(),
+        provider: Some(req.provider.clone()),
+        items: item_names.iter().map(|s| s.to_string()).collect(),
+        requester_person_code: Some(req.person.to_string()),
+        provider_person_code: None,
+        outcome: Outcome::Provided,
+        approver: None,
+    };
+
+    let provider = match state.directory.lookup(&req.provider).await? {
+        Some(p) if p.status == OrgStatus::Active => p,
+        _ => {
+            return deny(
+                state,
+                draft,
+                Denial::NotOnFlowList("the provider is not an active org").to_error(),
+            )
+            .await
+        }
+    };
+    let decision = match policy::check(
+        &flows,
+        OrgRef {
+            id: &requester.id,
+            kind: requester.kind,
+        },
+        OrgRef {
+            id: &provider.id,
+            kind: provider.kind,
+        },
+        Asked {
+            flow_id: req.flow_id.as_str(),
+            procedure: req.procedure.as_str(),
+            items: &item_names,
+        },
+        now.date(),
+    ) {
+        Ok(d) => d,
+        Err(denial) => return deny(state, draft, denial.to_error()).await,
+    };
+
+    let provider_code =
+        match identity::map_code(&pools, &requester.id, req.person.as_str(), &provider.id).await? {
+            MappedCode::Provider(code) => code,
+            MappedCode::UnknownToRequester => {
+                // Also what a requester quoting another org's code gets: the codes are per org.
+                draft.requester_person_code = None;
+                let err = BrokerError::refused(
+                    ErrorCode::UnknownPerson,
+                    "this org has no person with that code",
+                );
+                return deny(state, draft, err).await;
+            }
+            MappedCode::NotLinkedByProvider => {
+                let err = BrokerError::refused(
+                    ErrorCode::NoCopy,
+                    "the provider holds no data about this person",
+                );
+                return deny(state, draft, err).await;
+            }
+        };
+    draft.provider_person_code = Some(provider_code.clone());
+
+    let Some(copy) = copies::read(&pools, &state.keys, &provider.id, &provider_code).await? else {
+        let err = BrokerError::refused(
+            ErrorCode::NoCopy,
+            "the provider has deposited no copy for this person",
+        );
+        return deny(state, draft, err).await;
+    };
+
+    let exchange = &state.config.exchange;
+    let permit_id = PermitId::random();
+    draft.permit_id = Some(permit_id.to_string());
+    let (key_id, signing_key) = state.keys.permit_signer();
+    let claims = PermitClaims {
+        permit_id: permit_id.clone(),
+        query_id: query_id.clone(),
+        key_id: KeyId::new(key_id).map_err(BrokerError::from)?,
+        requester: requester.id.clone(),
+        provider: provider.id.clone(),
+        flow_id: req.flow_id.clone(),
+        procedure: req.procedure.clone(),
+        items: req.items.clone(),
+        requester_person_code: req.person.clone(),
+        provider_person_code: provider_code.parse().map_err(BrokerError::from)?,
+        reply_key_sha256: hex::encode(Sha256::digest(req.reply_key.as_bytes())),
+        issued_at: now,
+        expires_at: now + Duration::seconds(secs(exchange.permit_ttl_secs)),
+    };
+    let permit = permit::sign(signing_key, claims);
+    let permit_json =
+        serde_json::to_string(&permit).map_err(|e| BrokerError::Config(e.to_string()))?;
+
+    // Only the asked items the copy holds; never more than the permit names.
+    let selected: BTreeMap<ItemCode, ItemValue> = req
+        .items
+        .iter()
+        .filter_map(|item| {
+            let value = copy.get(item.as_str())?;
+            Some((item.clone(), serde_json::from_value(value.clone()).ok()?))
+        })
+        .collect();
+
+    if decision.needs_approval {
+        let plain =
+            serde_json::to_vec(&selected).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let cipher = state
+            .keys
+            .encrypt(&plain, format!("pending|{query_id}").as_bytes())?;
+        let expires_at = now + Duration::seconds(secs(exchange.pending_ttl_secs));
+        results::insert(
+            &pools,
+            &NewResult {
+                id: query_id.as_str(),
+                requester: &requester.id,
+                provider: &provider.id,
+                status: "pending",
+                permit: &permit_json,
+                envelope: None,
+                pending_cipher: Some(&cipher),
+                expires_at,
+            },
+        )
+        .await?;
+        draft.outcome = Outcome::Pending;
+        state.record(draft).await?;
+        return Ok(QueryResponse {
+            query_id,
+            status: QueryStatus::Pending,
+            permit,
+            envelope: None,
+            expires_at,
+        });
+    }
+
+    let context = EnvelopeContext {
+        query_id: query_id.clone(),
+        requester: requester.id.clone(),
+        provider: provider.id.clone(),
+    };
+    let payload = AnswerPayload {
+        query_id: query_id.clone(),
+        flow_id: req.flow_id.clone(),
+        provider: provider.id.clone(),
+        items: selected,
+    };
+    let sealed = envelope::seal_answer(&req.reply_key, &context, &payload).map_err(|_| {
+        BrokerError::refused(
+            ErrorCode::InvalidInput,
+            "reply_key is not a usable X25519 public key",
+        )
+    })?;
+    let envelope_json =
+        serde_json::to_string(&sealed).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let expires_at = now + Duration::seconds(secs(exchange.result_ttl_secs));
+    results::insert(
+        &pools,
+        &NewResult {
+            id: query_id.as_str(),
+            requester: &requester.id,
+            provider: &provider.id,
+            status: "provided",
+            permit: &permit_json,
+            envelope: Some(&envelope_json),
+            pending_cipher: None,
+            expires_at,
+        },
+    )
+    .await?;
+    draft.outcome = Outcome::Provided;
+    state.record(draft).await?;
+    Ok(QueryResponse {
+        query_id,
+        status: QueryStatus::Provided,
+        permit,
+        envelope: Some(sealed),
+        expires_at,
+    })
+}
+
+fn secs(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 4)
+}
+
+/// Records a denial, then returns it.
+async fn deny(
+    state: &AppState,
+    mut draft: RecordDraft,
+    err: BrokerError,
+) -> Result<QueryResponse, BrokerError> {
+    draft.outcome = Outcome::Denied {
+        reason: err.code().as_str().to_string(),
+    };
+    draft.permit_id = None;
+    state.record(draft).await?;
+    Err(err)
+}
+
+/// A stored result as the requester sees it.
+pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryResponse, BrokerError> {
+    let corrupt =
+        |what: &str| BrokerError::Config(format!("stored query result has an invalid {what}"));
+    let status = match stored.status.as_str() {
+        "provided" => QueryStatus::Provided,
+        "pending" => QueryStatus::Pending,
+        "rejected" => QueryStatus::Rejected,
+        "expired" => QueryStatus::Expired,
+        _ => return Err(corrupt("status")),
+    };
+    Ok(QueryResponse {
+        query_id: stored.id.parse().map_err(|_| corrupt("id"))?,
+        status,
+        permit: serde_json::from_str(&stored.permit).map_err(|_| corrupt("permit"))?,
+        envelope: match &stored.envelope {
+            Some(e) => Some(serde_json::from_str(e).map_err(|_| corrupt("envelope"))?),
+            None => None,
+        },
+        expires_at: OffsetDateTime::parse(
+            &stored.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| corrupt("expiry"))?,
+    })
+}
+
+/// Deletes expired results on a timer (R13); a pending query that expired
+/// unanswered gets an `expired` record.
+pub fn spawn_sweeper(state: &std::sync::Arc<AppState>) {
+    let weak = std::sync::Arc::downgrade(state);
+    let period = std::time::Duration::from_secs(state.config.exchange.sweep_interval_secs.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { break };
+            if state.is_shutting_down() {
+                break;
+            }
+            if let Err(e) = sweep_once(&state).await {
+                tracing::error!(error = %e, "sweeping expired results failed");
+            }
+        }
+    });
+}
+
+/// One sweep: delete what expired, record pending queries that expired.
+pub async fn sweep_once(state: &AppState) -> Result<usize, BrokerError> {
+    let expired = results::sweep(&state.store.pools(), OffsetDateTime::now_utc()).await?;
+    let count = expired.len();
+    for (query_id, requester, provider) in expired {
+        let (Ok(requester), Ok(provider)) = (requester.parse(), provider.parse()) else {
+            continue;
+        };
+        state
+            .record(RecordDraft {
+                query_id,
+                permit_id: None,
+                flow_id: None,
+                flow_list_version: None,
+                procedure: None,
+                requester,
+                provider: Some(provider),
+                items: Vec::new(),
+                requester_person_code: None,
+                provider_person_code: None,
+                outcome: Outcome::Expired,
+                approver: None,
+            })
+            .await?;
+    }
+    Ok(count)
+}

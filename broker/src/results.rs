@@ -1,0 +1,115 @@
+//! Query results and pending work (R13): only the sealed envelope (or, for
+//! pending sensitive answers, the selected values encrypted at rest) is kept,
+//! and everything is deleted when it expires.
+
+use kakehashi_interfaces::OrgId;
+
+use crate::error::BrokerError;
+use crate::store::{now_rfc3339, timestamp, Pools};
+
+/// A stored query result.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredResult {
+    /// Query id.
+    pub id: String,
+    /// Requesting org.
+    pub requester: String,
+    /// Providing org.
+    pub provider: String,
+    /// `provided`, `pending`, `rejected` or `expired`.
+    pub status: String,
+    /// The signed permit, JSON.
+    pub permit: String,
+    /// The sealed envelope, JSON, once provided.
+    pub envelope: Option<String>,
+    /// Expiry, fixed-width RFC 3339.
+    pub expires_at: String,
+}
+
+/// A new result to store.
+pub struct NewResult<'a> {
+    /// Query id.
+    pub id: &'a str,
+    /// Requesting org.
+    pub requester: &'a OrgId,
+    /// Providing org.
+    pub provider: &'a OrgId,
+    /// Status.
+    pub status: &'a str,
+    /// Permit JSON.
+    pub permit: &'a str,
+    /// Envelope JSON (provided).
+    pub envelope: Option<&'a str>,
+    /// Selected values encrypted at rest (pending).
+    pub pending_cipher: Option<&'a [u8]>,
+    /// When it expires.
+    pub expires_at: time::OffsetDateTime,
+}
+
+/// Stores a result.
+pub async fn insert(pools: &Pools, r: &NewResult<'_>) -> Result<(), BrokerError> {
+    crate::on_pool!(pools, write, |pool| {
+        sqlx::query(
+            "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(r.id)
+        .bind(r.requester.as_str())
+        .bind(r.provider.as_str())
+        .bind(r.status)
+        .bind(r.permit)
+        .bind(r.envelope)
+        .bind(r.pending_cipher)
+        .bind(now_rfc3339())
+        .bind(timestamp(r.expires_at))
+        .execute(pool)
+        .await
+        .map(|_| ())?
+    });
+    Ok(())
+}
+
+/// A result visible to `requester` (another org's query, or an expired one, is "not found").
+pub async fn get_for(
+    pools: &Pools,
+    id: &str,
+    requester: &OrgId,
+) -> Result<Option<StoredResult>, BrokerError> {
+    let row: Option<StoredResult> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT id, requester, provider, status, permit, envelope, expires_at FROM queries
+                 WHERE id = $1 AND requester = $2 AND expires_at > $3",
+        )
+        .bind(id)
+        .bind(requester.as_str())
+        .bind(now_rfc3339())
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row)
+}
+
+/// Deletes every result whose expiry has passed; returns the ids of pending
+/// queries that expired unanswered (they get an `expired` record).
+pub async fn sweep(
+    pools: &Pools,
+    now: time::OffsetDateTime,
+) -> Result<Vec<(String, String, String)>, BrokerError> {
+    let cut = timestamp(now);
+    let expired = crate::on_pool!(pools, write, |pool| {
+        let mut tx = pool.begin().await?;
+        let pending: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, requester, provider FROM queries WHERE expires_at <= $1 AND status = 'pending'",
+        )
+        .bind(&cut)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM queries WHERE expires_at <= $1")
+            .bind(&cut)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pending
+    });
+    Ok(expired)
+}

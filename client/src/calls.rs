@@ -1,0 +1,439 @@
+//! Typed calls beyond `whoami`: flows, permit keys, queries, persons, copies.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kakehashi_interfaces::envelope::{self, EnvelopeContext, ReplyKeyPair};
+use kakehashi_interfaces::permit::PermitError;
+use kakehashi_interfaces::{
+    CopyDeposit, DepositReport, FlowId, FlowListView, ItemCode, ItemValue, OrgId, PermitKeySet,
+    PersonCode, PersonRegistration, ProcedureCode, QueryId, QueryRequest, QueryResponse,
+    QueryStatus, RegistrationReport, SignedPermit, WhoAmI,
+};
+use time::OffsetDateTime;
+
+use crate::client::{safe_json_error, Client};
+use crate::error::ClientError;
+use crate::transport::Call;
+
+/// Longest long-poll one `GET /v1/queries/{id}?wait=` may ask for; the broker
+/// caps it at this value.
+pub const MAX_WAIT_PER_REQUEST: Duration = Duration::from_secs(30);
+
+/// Per-client caches.
+#[derive(Default)]
+pub(crate) struct Caches {
+    permit_keys: tokio::sync::RwLock<Option<PermitKeySet>>,
+    whoami: tokio::sync::OnceCell<WhoAmI>,
+}
+
+/// What to ask one provider about one person. The reply key is made by
+/// [`Client::query`] itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The flow (row of the flow list) the query is made under.
+    pub flow_id: FlowId,
+    /// The procedure it serves.
+    pub procedure: ProcedureCode,
+    /// The org asked.
+    pub provider: OrgId,
+    /// The person, by this org's own code.
+    pub person: PersonCode,
+    /// The items asked for (1–64, no duplicates).
+    pub items: Vec<ItemCode>,
+}
+
+impl Query {
+    /// Builds a query from text, validating every field.
+    pub fn parse(
+        flow_id: &str,
+        procedure: &str,
+        provider: &str,
+        person: &str,
+        items: &[impl AsRef<str>],
+    ) -> Result<Query, ClientError> {
+        Ok(Query {
+            flow_id: FlowId::new(flow_id)?,
+            procedure: ProcedureCode::new(procedure)?,
+            provider: OrgId::new(provider)?,
+            person: PersonCode::new(person)?,
+            items: items
+                .iter()
+                .map(|i| ItemCode::new(i.as_ref()))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// An opened answer. Holds personal data: its `Debug` output hides the values.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The broker's id of the query.
+    pub query_id: QueryId,
+    /// The verified provision permit.
+    pub permit: SignedPermit,
+    /// The flow the answer was given under.
+    pub flow_id: FlowId,
+    /// The org whose data this is.
+    pub provider: OrgId,
+    /// The values the provider holds for the permitted items.
+    pub items: BTreeMap<ItemCode, ItemValue>,
+    /// Items asked for and permitted that the provider holds no value for.
+    pub missing: Vec<ItemCode>,
+}
+
+/// A query waiting for an operator of the provider to approve (R11). Holds
+/// the query's private reply key, in memory only, until the answer is
+/// opened or this value is dropped.
+#[derive(Debug)]
+pub struct PendingQuery {
+    /// The broker's id of the query.
+    pub query_id: QueryId,
+    /// The permit issued for it.
+    pub permit: SignedPermit,
+    /// When the broker will give up waiting and delete it.
+    pub expires_at: OffsetDateTime,
+    query: Query,
+    keys: ReplyKeyPair,
+    requester: OrgId,
+}
+
+impl PendingQuery {
+    /// The query as asked.
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+}
+
+/// How a query ended (so far).
+#[derive(Debug)]
+pub enum QueryOutcome {
+    /// Answered; the envelope was opened and the permit verified.
+    Provided(Answer),
+    /// Waiting for approval; pass it to [`Client::wait`].
+    Pending(PendingQuery),
+    /// An operator of the provider refused to release the answer.
+    Rejected {
+        /// The query.
+        query_id: QueryId,
+    },
+    /// The result passed its retention time and was deleted.
+    Expired {
+        /// The query.
+        query_id: QueryId,
+    },
+}
+
+impl QueryOutcome {
+    /// The wire status of this outcome.
+    pub fn status(&self) -> QueryStatus {
+        match self {
+            QueryOutcome::Provided(_) => QueryStatus::Provided,
+            QueryOutcome::Pending(_) => QueryStatus::Pending,
+            QueryOutcome::Rejected { .. } => QueryStatus::Rejected,
+            QueryOutcome::Expired { .. } => QueryStatus::Expired,
+        }
+    }
+
+    /// The broker's id of the query.
+    pub fn query_id(&self) -> &QueryId {
+        match self {
+            QueryOutcome::Provided(a) => &a.query_id,
+            QueryOutcome::Pending(p) => &p.query_id,
+            QueryOutcome::Rejected { query_id } | QueryOutcome::Expired { query_id } => query_id,
+        }
+    }
+}
+
+/// When the permit must be valid: now for a fresh answer; when it was issued
+/// for one released later (approval may come after the permit's own expiry).
+#[derive(Clone, Copy)]
+enum PermitTime {
+    Now,
+    Issued,
+}
+
+impl Client {
+    /// `GET /v1/flows`: the flows this org takes part in, as requester or provider.
+    ///
+    /// ```no_run
+    /// # async fn run(client: kakehashi_client::Client) -> Result<(), kakehashi_client::ClientError> {
+    /// for flow in client.flows().await?.flows {
+    ///     println!("{} {} {:?}", flow.flow_id, flow.procedure, flow.items);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn flows(&self) -> Result<FlowListView, ClientError> {
+        self.get_json("/v1/flows").await
+    }
+
+    /// `GET /v1/permit-keys`, fetched now; also refreshes the cache the
+    /// permit checks of [`Client::query`] use.
+    pub async fn permit_keys(&self) -> Result<PermitKeySet, ClientError> {
+        let keys: PermitKeySet = self.get_json("/v1/permit-keys").await?;
+        *self.inner.caches.permit_keys.write().await = Some(keys.clone());
+        Ok(keys)
+    }
+
+    async fn cached_permit_keys(&self) -> Result<PermitKeySet, ClientError> {
+        if let Some(keys) = self.inner.caches.permit_keys.read().await.as_ref() {
+            return Ok(keys.clone());
+        }
+        self.permit_keys().await
+    }
+
+    /// This org, as the broker identifies it (fetched once per client).
+    pub async fn me(&self) -> Result<&WhoAmI, ClientError> {
+        self.inner
+            .caches
+            .whoami
+            .get_or_try_init(|| self.whoami())
+            .await
+    }
+
+    /// `POST /v1/queries`: asks one provider for items about one person.
+    ///
+    /// Makes a fresh X25519 key pair for this query, sends its public half,
+    /// verifies the returned permit against the broker's published keys, and
+    /// opens the sealed answer. The private key lives only in memory: it is
+    /// wiped once the answer is opened, or kept in the returned
+    /// [`PendingQuery`] while approval is awaited.
+    ///
+    /// Not retried after a broken connection (a query is recorded by the
+    /// broker); retried after 429/503, which change nothing.
+    ///
+    /// ```no_run
+    /// # async fn run(client: kakehashi_client::Client) -> Result<(), kakehashi_client::ClientError> {
+    /// use std::time::Duration;
+    /// use kakehashi_client::{Query, QueryOutcome};
+    ///
+    /// let query = Query::parse(
+    ///     "row-80", "premium.assessment", "city-kawagoe", "U1234567890", &["local_tax.income"],
+    /// )?;
+    /// let mut outcome = client.query(&query).await?;
+    /// if let QueryOutcome::Pending(pending) = outcome {
+    ///     outcome = client.wait(pending, Duration::from_secs(120)).await?;
+    /// }
+    /// if let QueryOutcome::Provided(answer) = outcome {
+    ///     for (item, value) in &answer.items {
+    ///         println!("{item} = {}", value.to_json());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn query(&self, query: &Query) -> Result<QueryOutcome, ClientError> {
+        let requester = self.me().await?.org_id.clone();
+        let keys = ReplyKeyPair::generate();
+        let request = QueryRequest {
+            flow_id: query.flow_id.clone(),
+            procedure: query.procedure.clone(),
+            provider: query.provider.clone(),
+            person: query.person.clone(),
+            items: query.items.clone(),
+            reply_key: keys.public(),
+        };
+        request.validate()?;
+        let response: QueryResponse = self.post_json("/v1/queries", &request).await?;
+        self.settle(response, query.clone(), keys, requester, PermitTime::Now)
+            .await
+    }
+
+    /// `GET /v1/queries/{id}?wait=N`: the raw state of a query, long-polling up
+    /// to `wait` (at most 30 s) while it is pending. The envelope, if any, is
+    /// not opened; use [`Client::wait`] for that.
+    pub async fn get_query(
+        &self,
+        query_id: &QueryId,
+        wait: Duration,
+    ) -> Result<QueryResponse, ClientError> {
+        let wait = wait.min(MAX_WAIT_PER_REQUEST);
+        let mut call = Call::get(format!("/v1/queries/{query_id}?wait={}", wait.as_secs()));
+        call.extra_time = wait;
+        self.send_json(call).await
+    }
+
+    /// Waits up to `max` for a pending query to be decided, then opens the
+    /// answer. Returns the query still pending if `max` passes first.
+    pub async fn wait(
+        &self,
+        pending: PendingQuery,
+        max: Duration,
+    ) -> Result<QueryOutcome, ClientError> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let response = self.get_query(&pending.query_id, left).await?;
+            if response.query_id != pending.query_id {
+                return Err(ClientError::Protocol {
+                    status: None,
+                    message: format!("asked for query {}, got another", pending.query_id),
+                });
+            }
+            if response.status != QueryStatus::Pending || left.is_zero() {
+                let PendingQuery {
+                    query,
+                    keys,
+                    requester,
+                    ..
+                } = pending;
+                return self
+                    .settle(response, query, keys, requester, PermitTime::Issued)
+                    .await;
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        response: QueryResponse,
+        query: Query,
+        keys: ReplyKeyPair,
+        requester: OrgId,
+        when: PermitTime,
+    ) -> Result<QueryOutcome, ClientError> {
+        let query_id = response.query_id.clone();
+        match response.status {
+            QueryStatus::Rejected => return Ok(QueryOutcome::Rejected { query_id }),
+            QueryStatus::Expired => return Ok(QueryOutcome::Expired { query_id }),
+            QueryStatus::Pending | QueryStatus::Provided => {}
+        }
+        self.check_permit(&response.permit, &query, &keys, &requester, when)
+            .await?;
+        let envelope = match (response.status, response.envelope) {
+            (QueryStatus::Provided, Some(envelope)) => envelope,
+            _ => {
+                return Ok(QueryOutcome::Pending(PendingQuery {
+                    query_id,
+                    permit: response.permit,
+                    expires_at: response.expires_at,
+                    query,
+                    keys,
+                    requester,
+                }))
+            }
+        };
+        let context = EnvelopeContext {
+            query_id: query_id.clone(),
+            requester,
+            provider: query.provider.clone(),
+        };
+        let payload = envelope::open_answer(&keys, &context, &envelope).map_err(|e| {
+            ClientError::Envelope {
+                query_id: query_id.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        // The key pair is dropped (and wiped) here: the answer is open.
+        drop(keys);
+        let permitted = &response.permit.claims.items;
+        if let Some(extra) = payload.items.keys().find(|i| !permitted.contains(i)) {
+            return Err(ClientError::Envelope {
+                query_id: query_id.to_string(),
+                message: format!("the answer holds item {extra}, which the permit does not cover"),
+            });
+        }
+        let missing = permitted
+            .iter()
+            .filter(|i| !payload.items.contains_key(*i))
+            .cloned()
+            .collect();
+        Ok(QueryOutcome::Provided(Answer {
+            query_id,
+            permit: response.permit,
+            flow_id: payload.flow_id,
+            provider: payload.provider,
+            items: payload.items,
+            missing,
+        }))
+    }
+
+    /// Checks that the permit is the broker's, for this query and reply key.
+    async fn check_permit(
+        &self,
+        permit: &SignedPermit,
+        query: &Query,
+        keys: &ReplyKeyPair,
+        requester: &OrgId,
+        when: PermitTime,
+    ) -> Result<(), ClientError> {
+        let fail = |message: String| ClientError::Permit {
+            query_id: permit.claims.query_id.to_string(),
+            message,
+        };
+        let c = &permit.claims;
+        if &c.requester != requester {
+            return Err(fail(format!("issued to {}, not to this org", c.requester)));
+        }
+        if c.provider != query.provider
+            || c.flow_id != query.flow_id
+            || c.procedure != query.procedure
+        {
+            return Err(fail(
+                "names another provider, flow or procedure than asked".into(),
+            ));
+        }
+        if c.requester_person_code != query.person {
+            return Err(fail("names another person than asked".into()));
+        }
+        if let Some(item) = c.items.iter().find(|i| !query.items.contains(i)) {
+            return Err(fail(format!("grants item {item}, which was not asked for")));
+        }
+        let now = match when {
+            PermitTime::Now => OffsetDateTime::now_utc(),
+            PermitTime::Issued => c.issued_at,
+        };
+        let set = self.cached_permit_keys().await?;
+        match permit.verify_for(&set, &keys.public(), now) {
+            Ok(()) => Ok(()),
+            // The broker may have rotated its key since the cache was filled.
+            Err(PermitError::UnknownKeyId) => {
+                let fresh = self.permit_keys().await?;
+                permit
+                    .verify_for(&fresh, &keys.public(), now)
+                    .map_err(|e| fail(e.to_string()))
+            }
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+
+    /// `POST /v1/persons`: registers insured persons (union), or links this
+    /// org's records to persons an insurer registered. Line numbers in the
+    /// report are 1-based positions in `persons`.
+    ///
+    /// Not retried after a broken connection; sending the same batch again
+    /// is harmless (an already registered person is updated, not duplicated).
+    pub async fn register_persons(
+        &self,
+        persons: &[PersonRegistration],
+    ) -> Result<RegistrationReport, ClientError> {
+        let body = jsonl(persons)?;
+        self.send_json(Call::post("/v1/persons", body, "application/x-ndjson"))
+            .await
+    }
+
+    /// `POST /v1/copies`: deposits copies of this org's items. Line numbers in
+    /// the report are 1-based positions in `copies`. Good lines apply, bad
+    /// lines are reported and store nothing.
+    pub async fn deposit_copies(
+        &self,
+        copies: &[CopyDeposit],
+    ) -> Result<DepositReport, ClientError> {
+        let body = jsonl(copies)?;
+        self.send_json(Call::post("/v1/copies", body, "application/x-ndjson"))
+            .await
+    }
+}
+
+/// Encodes values as JSON Lines.
+fn jsonl<T: serde::Serialize>(values: &[T]) -> Result<Bytes, ClientError> {
+    let mut out = Vec::with_capacity(values.len() * 128);
+    for v in values {
+        serde_json::to_writer(&mut out, v).map_err(|e| ClientError::Protocol {
+            status: None,
+            message: format!("cannot encode a line: {}", safe_json_error(&e)),
+        })?;
+        out.push(b'\n');
+    }
+    Ok(Bytes::from(out))
+}

@@ -1,0 +1,248 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const MAIN_AFTER_HELP: &str = "\
+Examples:
+  kakehashi profile add city-saitama --broker https://127.0.0.1:17443 \\
+      --ca pki/ca.crt --cert pki/city-saitama.crt --key pki/city-saitama.key
+  kakehashi whoami
+  kakehashi flows
+  kakehashi query --flow F-0001 --procedure P-001 --provider union-saitama \\
+      --person <code> --item insured_status
+  kakehashi query --batch persons.csv --out results.jsonl --flow F-0001 ...
+  kakehashi --profile union-saitama persons register insured.csv
+  kakehashi copies deposit copies.jsonl
+
+Profiles live in $KAKEHASHI_HOME/config.toml (default ~/.config/kakehashi/config.toml);
+--profile or KAKEHASHI_PROFILE choose one instead of the current profile.
+";
+
+/// Kakehashi client: exchange data with other public bodies through a Kakehashi broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kakehashi",
+    version,
+    about,
+    after_help = format!("{MAIN_AFTER_HELP}\n{}", super::fail::EXIT_CODES_HELP),
+)]
+pub struct Cli {
+    /// Profile to use instead of the current one.
+    #[arg(long, global = true, env = "KAKEHASHI_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage profiles (broker URL, CA, certificate and key paths).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Show the org the broker identifies from this profile's certificate.
+    Whoami(JsonFlag),
+    /// List the flows this org may use as requester or provider.
+    Flows(JsonFlag),
+    /// Ask a provider for data items about one person, or a CSV of persons.
+    Query(Box<QueryArgs>),
+    /// Register insured persons (union) or link persons to this org's codes.
+    #[command(subcommand)]
+    Persons(PersonsCommand),
+    /// Deposit copies (副本) of this org's data items.
+    #[command(subcommand)]
+    Copies(CopiesCommand),
+    /// List who received which data about one insured person (union only; R18).
+    #[command(
+        name = "person-records",
+        after_help = "Example:\n  kakehashi --profile union-saitama person-records <person-code>"
+    )]
+    PersonRecords(PersonRecordsArgs),
+    /// Offline checks of files exported by the broker.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  kakehashi completions bash > ~/.local/share/bash-completion/completions/kakehashi"
+    )]
+    Completions {
+        /// Shell to generate for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Add (or replace) a profile; paths are stored canonicalized, keys are never copied.
+    #[command(
+        after_help = "Example:\n  kakehashi profile add city-saitama --broker https://127.0.0.1:17443 \\\n      --ca /tmp/kk/pki/ca.crt --cert /tmp/kk/pki/city-saitama.crt --key /tmp/kk/pki/city-saitama.key"
+    )]
+    Add {
+        /// Profile name.
+        name: String,
+        /// Broker URL, https://host:port.
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        /// CA certificate(s) that signed the broker's server certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// This org's client certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// This org's private key (PEM).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// TLS server name to verify instead of the URL's host.
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
+        /// Also make it the current profile.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// List profiles; the current one is marked with *.
+    List(JsonFlag),
+    /// Make a profile the current one.
+    Use {
+        /// Profile name.
+        name: String,
+    },
+    /// Remove a profile (its files are left alone).
+    Remove {
+        /// Profile name.
+        name: String,
+    },
+}
+
+const QUERY_AFTER_HELP: &str = "\
+Examples:
+  One person, as a table (or --json):
+    kakehashi query --flow F-0001 --procedure P-001 --provider city-saitama \\
+        --person <code> --item income --item tax_amount --wait 30
+  Many persons, resumable (rerun the same command after an interruption):
+    kakehashi query --batch persons.csv --out results.jsonl \\
+        --flow F-0001 --procedure P-001 --provider city-saitama --item income
+
+The batch CSV has a header; `person` is required, `flow`, `procedure`,
+`provider` and `items` (separated by ';' or spaces) override the flags per row.
+Each finished person is appended to --out as one JSON line; persons already
+there are skipped. Refusals due to overload or connection loss are not
+written, so a rerun tries them again.";
+
+#[derive(Debug, Args)]
+#[command(after_help = QUERY_AFTER_HELP)]
+pub struct QueryArgs {
+    /// Flow id (row of the flow list).
+    #[arg(long, value_name = "FLOW")]
+    pub flow: Option<String>,
+    /// Procedure code.
+    #[arg(long, value_name = "CODE")]
+    pub procedure: Option<String>,
+    /// Provider org id.
+    #[arg(long, value_name = "ORG")]
+    pub provider: Option<String>,
+    /// This org's code of the person.
+    #[arg(
+        long,
+        value_name = "CODE",
+        conflicts_with = "batch",
+        required_unless_present = "batch"
+    )]
+    pub person: Option<String>,
+    /// Data item to ask for (repeatable).
+    #[arg(long = "item", value_name = "ITEM")]
+    pub items: Vec<String>,
+    /// Print JSON instead of a table (single person).
+    #[arg(long, conflicts_with = "batch")]
+    pub json: bool,
+    /// Wait up to SECS for a pending (approval-required) answer.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
+    /// CSV of persons to query.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub batch: Option<PathBuf>,
+    /// Results file (JSON Lines, appended; resumable).
+    #[arg(long, value_name = "FILE", requires = "batch")]
+    pub out: Option<PathBuf>,
+    /// Queries in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchFileArgs {
+    /// Lines per request.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub batch_size: u32,
+    /// Where to write the lines that were not applied (CSV: line, reason, message).
+    /// Default: <input>.confirmation.csv
+    #[arg(long, value_name = "FILE")]
+    pub confirmation_list: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PersonsCommand {
+    /// Register persons from a CSV (name, sex, birth_date, address, individual_number).
+    #[command(after_help = "\
+Example:
+  kakehashi --profile union-saitama persons register insured.csv --out codes.csv
+
+The CSV needs a header with the columns name, sex, birth_date (YYYY-MM-DD),
+address and individual_number (12 digits). Lines that are not applied go to
+the confirmation list with their line number; Individual Numbers are never
+printed. The assigned person codes are written to --out (line, person_code,
+branch_number, created).")]
+    Register {
+        /// The CSV file.
+        file: PathBuf,
+        /// Where to write the assigned person codes. Default: <input>.codes.csv
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        batch: BatchFileArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CopiesCommand {
+    /// Deposit copies from a JSON Lines file (one deposit per line).
+    #[command(after_help = "\
+Example:
+  kakehashi --profile city-saitama copies deposit copies.jsonl
+
+Each line is one deposit: {\"person\": \"<this org's code>\", \"items\": {...}}.
+Lines that are not applied go to the confirmation list; good lines apply.")]
+    Deposit {
+        /// The JSON Lines file.
+        file: PathBuf,
+        #[command(flatten)]
+        batch: BatchFileArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PersonRecordsArgs {
+    /// The union's code of the person.
+    pub person: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the integrity of a CSV written by `kakehashi-broker records export`.
+    #[command(after_help = "Example:\n  kakehashi audit verify records-2025-04.csv")]
+    Verify {
+        /// The exported CSV file.
+        file: PathBuf,
+    },
+}

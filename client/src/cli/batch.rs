@@ -1,0 +1,496 @@
+//! `kakehashi query --batch persons.csv --out results.jsonl`: many queries,
+//! bounded concurrency, resumable.
+//!
+//! The out file is the resume state: one JSON line per finished person,
+//! written with one `write` and never rewritten. On start the persons already
+//! in it are skipped; a torn last line (the process was killed mid-write) is
+//! cut off and that person is asked again. Failures that say nothing about
+//! the person (overload, lost connection) are not written, so a rerun tries
+//! them again.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kakehashi_client::{Client, ClientError, ErrorCode, Query, QueryOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::args::QueryArgs;
+use super::fail::{CliError, Exit};
+
+/// What identifies one finished query in the out file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Key {
+    person: String,
+    flow: String,
+    procedure: String,
+    provider: String,
+    items: Vec<String>,
+}
+
+struct Job {
+    line: u64,
+    key: Key,
+}
+
+/// How one job ended.
+enum Done {
+    /// Finished: written to the out file.
+    Finished {
+        status: String,
+        /// The reason code of a refusal.
+        code: Option<String>,
+        line: String,
+    },
+    /// Not finished: not written, tried again on a rerun.
+    Failed { reason: String, fatal: bool },
+}
+
+/// Consecutive connection failures after which the batch stops instead of
+/// burning through the remaining persons.
+const MAX_CONSECUTIVE_CONNECTION_FAILURES: u32 = 3;
+
+fn split_items(s: &str) -> Vec<String> {
+    let mut items: Vec<String> = s
+        .split(|c: char| c == ';' || c == ',' || c.is_whitespace())
+        .filter(|i| !i.is_empty())
+        .map(str::to_string)
+        .collect();
+    items.sort();
+    items.dedup();
+    items
+}
+
+/// Reads the persons CSV into jobs, flags giving the defaults.
+fn read_jobs(path: &Path, args: &QueryArgs) -> Result<Vec<Job>, CliError> {
+    let file = File::open(path)
+        .map_err(|e| CliError::usage(format!("cannot read batch file {}: {e}", path.display())))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(file);
+    let bad = |e: csv::Error| {
+        CliError::usage(format!(
+            "batch file {} is not valid CSV: {e}",
+            path.display()
+        ))
+        .hint("the first line must be a header with at least the column `person`")
+    };
+    let headers = reader.headers().map_err(bad)?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let Some(person_col) = col("person") else {
+        return Err(CliError::usage(format!(
+            "batch file {} has no `person` column",
+            path.display()
+        ))
+        .hint("the header needs `person` and may have `flow`, `procedure`, `provider`, `items`"));
+    };
+    let (flow_col, proc_col, prov_col, items_col) =
+        (col("flow"), col("procedure"), col("provider"), col("items"));
+    let default_items: Vec<String> = {
+        let mut v = args.items.clone();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut jobs = Vec::new();
+    let mut seen = HashSet::new();
+    for record in reader.records() {
+        let record = record.map_err(bad)?;
+        let line = record.position().map_or(0, |p| p.line());
+        let field = |c: Option<usize>, default: &Option<String>| {
+            c.and_then(|c| record.get(c))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .or_else(|| default.clone())
+        };
+        let person = record.get(person_col).unwrap_or_default().to_string();
+        let items = items_col
+            .and_then(|c| record.get(c))
+            .filter(|v| !v.is_empty())
+            .map(split_items)
+            .unwrap_or_else(|| default_items.clone());
+        let (Some(flow), Some(procedure), Some(provider)) = (
+            field(flow_col, &args.flow),
+            field(proc_col, &args.procedure),
+            field(prov_col, &args.provider),
+        ) else {
+            return Err(CliError::usage(format!(
+                "{} line {line}: no flow, procedure or provider (neither in the file nor as --flow, --procedure, --provider)",
+                path.display()
+            )));
+        };
+        if items.is_empty() {
+            return Err(CliError::usage(format!(
+                "{} line {line}: no items (neither an `items` column nor --item)",
+                path.display()
+            )));
+        }
+        let key = Key {
+            person,
+            flow,
+            procedure,
+            provider,
+            items,
+        };
+        // The same person asked the same thing twice is asked once.
+        if seen.insert(key.clone()) {
+            jobs.push(Job { line, key });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Keys already in the out file; cuts off a torn last line.
+fn read_finished(path: &Path) -> Result<HashSet<Key>, CliError> {
+    let mut finished = HashSet::new();
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finished),
+        Err(e) => {
+            return Err(CliError::usage(format!(
+                "cannot open results file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| {
+        CliError::usage(format!("cannot read results file {}: {e}", path.display()))
+    })?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for (n, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let key: Key = serde_json::from_slice(line).map_err(|_| {
+            CliError::usage(format!(
+                "results file {} line {} is not a result line",
+                path.display(),
+                n + 1
+            ))
+            .hint("give --out a results file written by `kakehashi query --batch`, or a new file")
+        })?;
+        finished.insert(key);
+    }
+    if complete < bytes.len() {
+        // The last write was cut short; that person is asked again.
+        file.set_len(complete as u64).map_err(|e| {
+            CliError::usage(format!(
+                "cannot cut the torn last line of {}: {e}",
+                path.display()
+            ))
+        })?;
+        eprintln!(
+            "note: ignored an incomplete last line in {} (that person is asked again)",
+            path.display()
+        );
+    }
+    Ok(finished)
+}
+
+fn is_final(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+    )
+}
+
+async fn run_job(client: &Client, job: &Job, wait: u64) -> Done {
+    let k = &job.key;
+    let base = json!({
+        "line": job.line,
+        "person": k.person,
+        "flow": k.flow,
+        "procedure": k.procedure,
+        "provider": k.provider,
+        "items": k.items,
+    });
+    let finished = |status: &str, extra: serde_json::Value| {
+        let code = extra
+            .get("code")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
+        let mut v = base.clone();
+        if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+            obj.insert("status".into(), status.into());
+            for (k, val) in more {
+                obj.insert(k.clone(), val.clone());
+            }
+        }
+        Done::Finished {
+            status: status.to_string(),
+            code,
+            line: v.to_string(),
+        }
+    };
+    let query = match Query::parse(&k.flow, &k.procedure, &k.provider, &k.person, &k.items) {
+        Ok(q) => q,
+        Err(e) => {
+            return finished(
+                "refused",
+                json!({"code": "invalid_input", "message": e.to_string()}),
+            )
+        }
+    };
+    let mut outcome = client.query(&query).await;
+    if wait > 0 {
+        if let Ok(QueryOutcome::Pending(pending)) = outcome {
+            outcome = client.wait(pending, Duration::from_secs(wait)).await;
+        }
+    }
+    match outcome {
+        Ok(QueryOutcome::Provided(a)) => {
+            let values: serde_json::Map<String, serde_json::Value> = a
+                .items
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect();
+            finished(
+                "provided",
+                json!({"query_id": a.query_id, "values": values, "missing": a.missing}),
+            )
+        }
+        Ok(other) => finished(
+            other.status().as_str(),
+            json!({"query_id": other.query_id()}),
+        ),
+        Err(ClientError::Refused {
+            code,
+            message,
+            request_id,
+            ..
+        }) if is_final(code) => finished(
+            "refused",
+            json!({"code": code, "message": message, "request_id": request_id}),
+        ),
+        Err(e) => Done::Failed {
+            fatal: matches!(e, ClientError::Tls { .. } | ClientError::Config { .. }),
+            reason: match &e {
+                ClientError::Refused { code, .. } => code.to_string(),
+                ClientError::Transport { .. } | ClientError::Timeout { .. } => {
+                    "connection".to_string()
+                }
+                ClientError::Tls { .. } => "tls".to_string(),
+                ClientError::Permit { .. } => "permit_check".to_string(),
+                ClientError::Envelope { .. } => "envelope".to_string(),
+                _ => "error".to_string(),
+            } + &format!(": {e}"),
+        },
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    by_status: BTreeMap<String, u64>,
+    refusals: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
+}
+
+/// Runs the batch.
+pub async fn run(client: Client, args: &QueryArgs) -> Result<Exit, CliError> {
+    let (Some(input), Some(out)) = (args.batch.as_deref(), args.out.as_deref()) else {
+        return Err(CliError::usage("--batch needs --out"));
+    };
+    let jobs = read_jobs(input, args)?;
+    let finished = read_finished(out)?;
+    let total = jobs.len();
+    let todo: VecDeque<Job> = jobs
+        .into_iter()
+        .filter(|j| !finished.contains(&j.key))
+        .collect();
+    let skipped = total - todo.len();
+    let mut out_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .map_err(|e| CliError::usage(format!("cannot open results file {}: {e}", out.display())))?;
+    eprintln!(
+        "{total} queries in {}; {skipped} already in {}; {} to do",
+        input.display(),
+        out.display(),
+        todo.len()
+    );
+
+    let bar = ProgressBar::with_draw_target(Some(todo.len() as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")
+    {
+        bar.set_style(style);
+    }
+
+    let queue = Arc::new(Mutex::new(todo));
+    let stop = Arc::new(AtomicBool::new(false));
+    let conn_failures = Arc::new(AtomicU32::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Done>(usize::from(args.concurrency) * 2);
+    for _ in 0..args.concurrency {
+        let (client, queue, stop, failures, tx) = (
+            client.clone(),
+            queue.clone(),
+            stop.clone(),
+            conn_failures.clone(),
+            tx.clone(),
+        );
+        let wait = args.wait;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let job = match queue.lock() {
+                    Ok(mut q) => q.pop_front(),
+                    Err(_) => None,
+                };
+                let Some(job) = job else { break };
+                let done = run_job(&client, &job, wait).await;
+                match &done {
+                    Done::Failed { fatal: true, .. } => stop.store(true, Ordering::SeqCst),
+                    Done::Failed { reason, .. } if reason.starts_with("connection") => {
+                        if failures.fetch_add(1, Ordering::SeqCst) + 1
+                            >= MAX_CONSECUTIVE_CONNECTION_FAILURES
+                        {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    _ => failures.store(0, Ordering::SeqCst),
+                }
+                if tx.send(done).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut tally = Tally::default();
+    let mut interrupted = false;
+    let mut write_error = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let done = tokio::select! {
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                stop.store(true, Ordering::SeqCst);
+                bar.println("interrupted: finishing the queries in flight; rerun the same command to continue");
+                continue;
+            }
+            done = rx.recv() => done,
+        };
+        let Some(done) = done else { break };
+        match done {
+            Done::Finished { status, code, line } => {
+                if write_error.is_none() {
+                    // One write per line, so that a kill leaves at most one torn line.
+                    let mut bytes = line.into_bytes();
+                    bytes.push(b'\n');
+                    if let Err(e) = out_file.write_all(&bytes) {
+                        write_error = Some(e);
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                if let Some(code) = code {
+                    *tally.refusals.entry(code).or_default() += 1;
+                }
+                *tally.by_status.entry(status).or_default() += 1;
+            }
+            Done::Failed { reason, .. } => {
+                let short = reason.split(':').next().unwrap_or("error").to_string();
+                *tally.failures.entry(short).or_default() += 1;
+                bar.println(format!("not done (will be retried on a rerun): {reason}"));
+            }
+        }
+        bar.set_message(summary_line(&tally));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = out_file.sync_data();
+
+    eprintln!("{}", report(&tally, out));
+    if let Some(e) = write_error {
+        return Err(
+            CliError::usage(format!("cannot write results file {}: {e}", out.display())).hint(
+                "free disk space or fix permissions, then rerun the same command to continue",
+            ),
+        );
+    }
+    let failed: u64 = tally.failures.values().sum();
+    let left = queue.lock().map(|q| q.len()).unwrap_or(0);
+    if stop.load(Ordering::SeqCst) && !interrupted {
+        let cause =
+            if tally.failures.contains_key("tls") || tally.failures.contains_key("connection") {
+                Exit::Connection
+            } else {
+                Exit::Internal
+            };
+        return Err(CliError {
+            exit: cause,
+            message: format!(
+                "stopped after repeated failures with {left} queries not started; the finished ones are in {}",
+                out.display()
+            ),
+            hint: Some("fix the cause shown above, then rerun the same command to continue".into()),
+        });
+    }
+    if interrupted {
+        return Err(CliError {
+            exit: Exit::Partial,
+            message: format!("interrupted with {left} queries not started"),
+            hint: Some(format!(
+                "rerun the same command to continue; finished queries are in {}",
+                out.display()
+            )),
+        });
+    }
+    let provided = tally.by_status.get("provided").copied().unwrap_or(0);
+    let finished: u64 = tally.by_status.values().sum();
+    Ok(if failed == 0 && provided == finished {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}
+
+fn summary_line(t: &Tally) -> String {
+    let mut parts: Vec<String> = t
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let failed: u64 = t.failures.values().sum();
+    if failed > 0 {
+        parts.push(format!("failed {failed}"));
+    }
+    parts.join(", ")
+}
+
+/// The end-of-run summary: counts by status, refusals by reason.
+fn report(t: &Tally, out: &Path) -> String {
+    let mut s = String::from("summary of this run:\n");
+    for status in ["provided", "pending", "rejected", "expired", "refused"] {
+        let n = t.by_status.get(status).copied().unwrap_or(0);
+        s.push_str(&format!("  {status:<9} {n}"));
+        if status == "refused" && !t.refusals.is_empty() {
+            let reasons: Vec<String> = t
+                .refusals
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect();
+            s.push_str(&format!("  ({})", reasons.join(", ")));
+        }
+        s.push('\n');
+    }
+    let failed: u64 = t.failures.values().sum();
+    if failed > 0 {
+        let reasons: Vec<String> = t.failures.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        s.push_str(&format!(
+            "  {:<9} {failed}  ({}; not written, a rerun tries them again)\n",
+            "failed",
+            reasons.join(", ")
+        ));
+    }
+    s.push_str(&format!("results: {}", out.display()));
+    s
+}

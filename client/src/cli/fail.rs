@@ -1,0 +1,149 @@
+//! Exit codes and the one error type of the CLI: what went wrong and what to do.
+
+use kakehashi_client::{ClientError, ErrorCode};
+
+/// Process exit codes, documented in `--help` and README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything done.
+    Ok = 0,
+    /// Done, but some lines or queries were refused, pending or failed.
+    Partial = 1,
+    /// Usage, profile, config or input-file error; nothing was sent.
+    Usage = 2,
+    /// The broker could not be reached, or TLS failed.
+    Connection = 3,
+    /// The broker refused the request.
+    Refused = 4,
+    /// Unexpected answer, failed permit check, or a bug.
+    Internal = 5,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The text of the exit-code table shown in `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  done
+  1  done, but some lines or queries were refused, are still pending, or failed
+  2  usage, profile, config or input-file error (nothing was sent)
+  3  cannot reach the broker, or TLS failed (certificate, CA)
+  4  the broker refused the request (see the reason code)
+  5  unexpected answer, failed permit check, or internal error";
+
+/// A failure: exit code, what went wrong, what to do.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::Usage,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> CliError {
+        CliError {
+            exit: Exit::Internal,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> CliError {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hint {
+            Some(hint) => write!(f, "{} — {hint}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+const CHECK_PROFILE: &str = "check `kakehashi profile list`";
+
+/// What to do about a refusal, by reason code.
+pub fn refusal_hint(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnknownOrg => {
+            "the broker does not know the org of this certificate; ask its administrator to register the org, or check `kakehashi profile list`"
+        }
+        ErrorCode::OrgSuspended => "this org is suspended at the broker; ask its administrator",
+        ErrorCode::CertificatePinMismatch => {
+            "this certificate is not the one registered for the org; use the registered certificate or ask the administrator to update the pin"
+        }
+        ErrorCode::Unauthenticated => "the broker did not accept the client certificate; check the profile's certificate and key",
+        ErrorCode::Forbidden => "this org may not do that; check `kakehashi whoami`",
+        ErrorCode::NotOnFlowList | ErrorCode::FlowNotInForce | ErrorCode::ItemNotAllowed => {
+            "check the flows this org may use with `kakehashi flows`"
+        }
+        ErrorCode::UnknownPerson => "check the person code (codes are per org)",
+        ErrorCode::NoCopy => "the provider holds no data for this person",
+        ErrorCode::RateLimited | ErrorCode::Unavailable => "the broker is busy; try again later",
+        ErrorCode::PayloadTooLarge => "send fewer lines per request (--batch-size)",
+        ErrorCode::Expired => "the result was deleted after its retention period; query again",
+        ErrorCode::InvalidInput => "correct the input and try again",
+        ErrorCode::NotFound => "check the identifier",
+        ErrorCode::InvalidPermit => "query again; if it persists, tell the broker's operator",
+        _ => "quote the request id to the broker's operator",
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        let message = e.to_string();
+        let (exit, hint) = match &e {
+            ClientError::Config { .. } => (Exit::Usage, CHECK_PROFILE.to_string()),
+            ClientError::InvalidInput(_) => (Exit::Usage, "correct the arguments".to_string()),
+            ClientError::Transport { .. } => (
+                Exit::Connection,
+                "check that the broker is running and the profile's broker URL is right (`kakehashi profile list`)".to_string(),
+            ),
+            ClientError::Tls { .. } => (
+                Exit::Connection,
+                "check the profile's CA, certificate and key files (`kakehashi profile list`); ask the broker's administrator whether this certificate is accepted".to_string(),
+            ),
+            ClientError::Timeout { .. } => (
+                Exit::Connection,
+                "the broker did not answer in time; try again later".to_string(),
+            ),
+            ClientError::Refused {
+                code, retry_after, ..
+            } => {
+                let mut hint = refusal_hint(*code).to_string();
+                if let Some(after) = retry_after {
+                    hint.push_str(&format!(" (the broker asked to wait {}s)", after.as_secs()));
+                }
+                (Exit::Refused, hint)
+            }
+            ClientError::Permit { .. } | ClientError::Envelope { .. } => (
+                Exit::Internal,
+                "the answer was discarded; tell the broker's operator".to_string(),
+            ),
+            _ => (
+                Exit::Internal,
+                "check that client and broker versions match; tell the broker's operator".to_string(),
+            ),
+        };
+        CliError {
+            exit,
+            message,
+            hint: Some(hint),
+        }
+    }
+}

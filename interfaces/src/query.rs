@@ -1,0 +1,176 @@
+//! Queries (照会): `POST /v1/queries` and `GET /v1/queries/{id}?wait=N`.
+
+use crate::envelope::{ReplyPublicKey, SealedEnvelope};
+use crate::ids::{FlowId, ItemCode, PersonCode, ProcedureCode, QueryId};
+use crate::org::OrgId;
+use crate::permit::SignedPermit;
+use crate::InvalidInput;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use time::OffsetDateTime;
+
+/// The most items one query may ask for.
+pub const MAX_QUERY_ITEMS: usize = 64;
+/// The longest `wait` a client may ask for on `GET /v1/queries/{id}`, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// `POST /v1/queries`: ask one provider for items about one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, try_from = "QueryRequestWire")]
+pub struct QueryRequest {
+    /// The flow the query is made under.
+    pub flow_id: FlowId,
+    /// The procedure the query serves.
+    pub procedure: ProcedureCode,
+    /// The org asked.
+    pub provider: OrgId,
+    /// The person, by the requester's own code.
+    pub person: PersonCode,
+    /// Items asked for: 1–64, no duplicates.
+    pub items: Vec<ItemCode>,
+    /// A fresh X25519 public key for this query; the answer is sealed to it.
+    pub reply_key: ReplyPublicKey,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequestWire {
+    flow_id: FlowId,
+    procedure: ProcedureCode,
+    provider: OrgId,
+    person: PersonCode,
+    items: Vec<ItemCode>,
+    reply_key: ReplyPublicKey,
+}
+
+impl TryFrom<QueryRequestWire> for QueryRequest {
+    type Error = InvalidInput;
+    fn try_from(w: QueryRequestWire) -> Result<Self, Self::Error> {
+        let q = QueryRequest {
+            flow_id: w.flow_id,
+            procedure: w.procedure,
+            provider: w.provider,
+            person: w.person,
+            items: w.items,
+            reply_key: w.reply_key,
+        };
+        q.validate()?;
+        Ok(q)
+    }
+}
+
+impl QueryRequest {
+    /// Checks the rules deserialization enforces; for requests built in code.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.items.is_empty() || self.items.len() > MAX_QUERY_ITEMS {
+            return Err(InvalidInput::new("items", "must name 1 to 64 items"));
+        }
+        let unique: BTreeSet<&ItemCode> = self.items.iter().collect();
+        if unique.len() != self.items.len() {
+            return Err(InvalidInput::new("items", "must not repeat an item"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a query stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryStatus {
+    /// Answered; the envelope holds the sealed answer.
+    Provided,
+    /// Waiting for an operator of the provider to approve sensitive items (R11).
+    Pending,
+    /// An operator of the provider refused to release the answer.
+    Rejected,
+    /// The result passed its retention time and was deleted (R13).
+    Expired,
+}
+
+impl QueryStatus {
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryStatus::Provided => "provided",
+            QueryStatus::Pending => "pending",
+            QueryStatus::Rejected => "rejected",
+            QueryStatus::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for QueryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueryStatus {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "provided" => Ok(QueryStatus::Provided),
+            "pending" => Ok(QueryStatus::Pending),
+            "rejected" => Ok(QueryStatus::Rejected),
+            "expired" => Ok(QueryStatus::Expired),
+            _ => Err(InvalidInput::new(
+                "status",
+                "must be provided, pending, rejected or expired",
+            )),
+        }
+    }
+}
+
+/// The answer to `POST /v1/queries` and `GET /v1/queries/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, try_from = "QueryResponseWire")]
+pub struct QueryResponse {
+    /// The broker's id for this query.
+    pub query_id: QueryId,
+    /// Where the query stands.
+    pub status: QueryStatus,
+    /// The provision permit issued for the query (R7).
+    pub permit: SignedPermit,
+    /// The sealed answer: present exactly when `status` is `provided`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<SealedEnvelope>,
+    /// When the result will be deleted (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "crate::schema::DateTimeString")]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryResponseWire {
+    query_id: QueryId,
+    status: QueryStatus,
+    permit: SignedPermit,
+    #[serde(default)]
+    envelope: Option<SealedEnvelope>,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+impl TryFrom<QueryResponseWire> for QueryResponse {
+    type Error = InvalidInput;
+    fn try_from(w: QueryResponseWire) -> Result<Self, Self::Error> {
+        if (w.status == QueryStatus::Provided) != w.envelope.is_some() {
+            return Err(InvalidInput::new(
+                "envelope",
+                "must be present exactly when status is provided",
+            ));
+        }
+        if w.permit.claims.query_id != w.query_id {
+            return Err(InvalidInput::new("permit", "names another query"));
+        }
+        Ok(Self {
+            query_id: w.query_id,
+            status: w.status,
+            permit: w.permit,
+            envelope: w.envelope,
+            expires_at: w.expires_at,
+        })
+    }
+}
