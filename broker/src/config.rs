@@ -29,6 +29,9 @@ pub struct Config {
     /// Queries, results and the flow list.
     #[serde(default)]
     pub exchange: ExchangeConfig,
+    /// Provision records: checkpoints, retention.
+    #[serde(default)]
+    pub records: crate::records::RecordsConfig,
 }
 
 /// `[exchange]`

@@ -16,7 +16,7 @@ use crate::copies;
 use crate::error::BrokerError;
 use crate::identity::{self, MappedCode};
 use crate::policy::{self, Asked, Denial, OrgRef};
-use crate::records_shim::{Outcome, RecordDraft};
+use crate::records::{Outcome, RecordDraft};
 use crate::results::{self, NewResult};
 use crate::state::AppState;
 use crate::store::OrgRecord;

@@ -273,3 +273,17 @@ pub async fn code_at(
     });
     Ok(row.map(|(c,)| c))
 }
+
+/// Every org's code for one person (for the union's disclosure listing, R18).
+pub async fn all_codes(pools: &Pools, person_id: &str) -> Result<Vec<(OrgId, String)>, BrokerError> {
+    let rows: Vec<(String, String)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as("SELECT org_id, code FROM person_codes WHERE person_id = $1 ORDER BY org_id")
+            .bind(person_id)
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(rows
+        .into_iter()
+        .filter_map(|(org, code)| Some((OrgId::new(org).ok()?, code)))
+        .collect())
+}

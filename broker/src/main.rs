@@ -66,6 +66,22 @@ enum Command {
         #[command(subcommand)]
         action: OrgsAction,
     },
+    /// Provision records: verify the chain, export for auditors, verify an export.
+    Records {
+        /// Path to broker.toml (not needed by verify-export).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: kakehashi_broker::records::cli::RecordsCommand,
+    },
+    /// Delete provision records older than the retention period, leaving a signed purge record.
+    Purge {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        args: kakehashi_broker::records::cli::PurgeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +237,12 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(&config)?;
             let store = store::open(&config.storage).await?;
             orgs(&*store, action).await?;
+        }
+        Command::Records { config, action } => {
+            kakehashi_broker::records::cli::run(config.as_deref(), action).await?;
+        }
+        Command::Purge { config, args } => {
+            kakehashi_broker::records::cli::purge(&config, args).await?;
         }
     }
     Ok(())

@@ -161,6 +161,7 @@ async fn dispatch(
         Ok(response) => response,
         Err(e @ BrokerError::Refused { .. }) => {
             let reason = e.code().as_str();
+            state.metrics.refusal(reason);
             tracing::info!(reason, org = %ctx.org.id, request_id, "refused request");
             edge::error(&e, request_id)
         }

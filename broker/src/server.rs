@@ -79,6 +79,8 @@ impl RunningBroker {
         self.state.begin_shutdown();
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        // The final checkpoint is signed once no request can append any more.
+        self.state.records.close().await;
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -10,6 +10,7 @@ use crate::keys::Keyring;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::policy::{self, FlowIndex};
+use crate::records::{DisclosureEntry, RecordDraft, RecordLog};
 use crate::store::Store;
 
 /// Everything a request handler may use.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Keys: at-rest encryption, lookup hashes, permit signing.
     pub keys: Keyring,
+    /// The provision record log (R14).
+    pub records: Arc<RecordLog>,
     flows: RwLock<Arc<FlowIndex>>,
     shutting_down: AtomicBool,
 }
@@ -42,12 +45,14 @@ impl AppState {
             tracing::info!(version, path = %path.display(), "flow list in force");
         }
         let flows = policy::load_current(&pools).await?;
+        let records = RecordLog::open(pools.clone(), &config.keys.dir, config.records.clone()).await?;
         let limits = Arc::new(RateLimits::new(&config.limits));
         Ok(Self {
             directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
             metrics: Metrics::new(),
             limits,
             keys,
+            records,
             flows: RwLock::new(Arc::new(flows)),
             store,
             config,
@@ -71,6 +76,37 @@ impl AppState {
             *flows = Arc::new(index);
         }
         Ok(version)
+    }
+
+    /// Appends a provision record and waits until it is committed: nothing is
+    /// answered before its record is durable.
+    pub async fn record(&self, draft: RecordDraft) -> Result<u64, BrokerError> {
+        self.records.append(draft).await
+    }
+
+    /// Who received which data about one of `org`'s persons, and when (R18):
+    /// every record about the person, whichever orgs exchanged it, found
+    /// through each org's own code. Other orgs' codes are never returned.
+    pub async fn disclosure(
+        &self,
+        org: &kakehashi_interfaces::OrgId,
+        person_code: &str,
+    ) -> Result<Vec<DisclosureEntry>, BrokerError> {
+        kakehashi_interfaces::PersonCode::new(person_code).map_err(BrokerError::from)?;
+        let pools = self.store.pools();
+        let Some(person) = crate::identity::resolve(&pools, org, person_code).await? else {
+            return Err(BrokerError::refused(
+                kakehashi_interfaces::ErrorCode::UnknownPerson,
+                "this org has no person with that code",
+            ));
+        };
+        let mut entries = Vec::new();
+        for (holder, code) in crate::identity::all_codes(&pools, &person).await? {
+            entries.extend(self.records.disclosure(&holder, &code).await?);
+        }
+        entries.sort_by_key(|e| e.seq);
+        entries.dedup_by_key(|e| e.seq);
+        Ok(entries)
     }
 
     /// True once shutdown began (`/readyz` turns 503 so balancers drain us).

@@ -425,6 +425,22 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /v1/persons/{code}/records` (union only, R18): who received which
+    /// data about one insured person, and when, oldest first.
+    ///
+    /// Each entry is the broker's JSON object (`seq`, `at`, `query_id`,
+    /// `requester`, `provider`, `flow_id`, `procedure`, `items`, `outcome`,
+    /// `reason`, `role`); the wire type is not yet in `kakehashi_interfaces`.
+    pub async fn person_records(
+        &self,
+        person: &PersonCode,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.get_json(&format!("/v1/persons/{person}/records"))
+            .await
+    }
+}
+
 /// Encodes values as JSON Lines.
 fn jsonl<T: serde::Serialize>(values: &[T]) -> Result<Bytes, ClientError> {
     let mut out = Vec::with_capacity(values.len() * 128);

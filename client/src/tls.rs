@@ -99,6 +99,10 @@ pub(crate) fn explain(err: &rustls::Error) -> String {
 pub(crate) fn explain_alert(name: &str) -> String {
     let what = match name {
         "UnknownCA" => "it does not trust the CA that issued this client certificate",
+        // A CA with the trusted CA's name but another key fails the signature check.
+        "DecryptError" => {
+            "it could not verify this client certificate's signature (it does not trust the CA that signed it)"
+        }
         "CertificateExpired" => "this client certificate has expired or is not yet valid",
         "CertificateRevoked" => "this client certificate has been revoked",
         "CertificateRequired" => "it requires a client certificate",

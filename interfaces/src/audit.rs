@@ -514,7 +514,8 @@ impl TrustedKeys {
 }
 
 /// Why a chain failed verification.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// A sequence number is absent.
     #[error("record is missing (deleted)")]
@@ -581,7 +582,7 @@ pub enum FailureKind {
 }
 
 /// The first bad sequence number and what is wrong there.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("sequence {seq}: {kind}")]
 pub struct ChainFailure {
     /// First sequence number that fails.

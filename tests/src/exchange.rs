@@ -78,8 +78,13 @@ pub async fn post_ok(
 /// Registers `n` persons with the union, links them at city-saitama and
 /// deposits the city's local-tax copies (income = 2,000,000 + i yen).
 pub async fn scenario(broker: &TestBroker, n: u64) -> Result<Scenario> {
-    let mut union = broker.client("union-saitama").await?;
-    let mut city = broker.client("city-saitama").await?;
+    let union = broker.client("union-saitama").await?;
+    let city = broker.client("city-saitama").await?;
+    scenario_with(union, city, n).await
+}
+
+/// [`scenario`] over given clients (e.g. to a broker running as a subprocess).
+pub async fn scenario_with(mut union: TestClient, mut city: TestClient, n: u64) -> Result<Scenario> {
     let numbers: Vec<String> = (0..n).map(individual_number).collect();
     let lines: Vec<String> = numbers
         .iter()

@@ -182,6 +182,8 @@ pub struct BrokerOptions {
     pub orgs: Vec<(&'static str, OrgKind)>,
     /// Exchange settings (flow list, expiry).
     pub exchange: ExchangeConfig,
+    /// Provision-record settings.
+    pub records: kakehashi_broker::records::RecordsConfig,
 }
 
 impl Default for BrokerOptions {
@@ -196,6 +198,7 @@ impl Default for BrokerOptions {
                 ("agency-pension", OrgKind::Agency),
             ],
             exchange: ExchangeConfig::default(),
+            records: kakehashi_broker::records::RecordsConfig::default(),
         }
     }
 }
@@ -233,6 +236,7 @@ impl TestBroker {
                 dir: data.path().join("keys"),
             },
             exchange: opts.exchange,
+            records: opts.records,
         };
         let store = store::open(&config.storage).await?;
         for (id, kind) in &opts.orgs {

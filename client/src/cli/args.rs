@@ -239,10 +239,26 @@ pub struct PersonRecordsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the integrity of a CSV written by `kakehashi-broker records export`.
-    #[command(after_help = "Example:\n  kakehashi audit verify records-2025-04.csv")]
+    /// Verify the integrity of a file written by `kakehashi-broker records export`, offline.
+    #[command(after_help = "\
+Example:
+  kakehashi audit verify records-2025-04.csv --trusted-key-id 3f2a9c0d1e4b5a67
+
+Checks the hash chain and signed checkpoints in FILE.bundle.jsonl against the
+data file. Without --trusted-key-id the signing key ids are printed for you
+to compare with the broker's published sealer key id.
+Exit codes: 0 intact, 1 verification failed, 2 files unreadable.")]
     Verify {
-        /// The exported CSV file.
+        /// The exported data file (CSV or JSON Lines).
         file: PathBuf,
+        /// The verification bundle. Default: FILE.bundle.jsonl
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+        /// A sealer key id to trust (repeatable); checkpoints by other keys fail.
+        #[arg(long = "trusted-key-id", value_name = "ID")]
+        trusted_key_ids: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -292,8 +292,22 @@ struct Tally {
     failures: BTreeMap<String, u64>,
 }
 
-/// Runs the batch.
-pub async fn run(client: Client, args: &QueryArgs) -> Result<Exit, CliError> {
+/// A batch read and checked, before anything is sent.
+pub struct Prepared {
+    out: PathBuf,
+    out_file: File,
+    todo: VecDeque<Job>,
+}
+
+impl Prepared {
+    /// Whether every query is already in the results file.
+    pub fn is_done(&self) -> bool {
+        self.todo.is_empty()
+    }
+}
+
+/// Reads the persons CSV and the results so far; cuts a torn last line.
+pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
     let (Some(input), Some(out)) = (args.batch.as_deref(), args.out.as_deref()) else {
         return Err(CliError::usage("--batch needs --out"));
     };
@@ -305,7 +319,7 @@ pub async fn run(client: Client, args: &QueryArgs) -> Result<Exit, CliError> {
         .filter(|j| !finished.contains(&j.key))
         .collect();
     let skipped = total - todo.len();
-    let mut out_file = OpenOptions::new()
+    let out_file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(out)
@@ -316,7 +330,25 @@ pub async fn run(client: Client, args: &QueryArgs) -> Result<Exit, CliError> {
         out.display(),
         todo.len()
     );
+    Ok(Prepared {
+        out: out.to_path_buf(),
+        out_file,
+        todo,
+    })
+}
 
+/// Runs the prepared batch.
+pub async fn execute(
+    client: Client,
+    prepared: Prepared,
+    args: &QueryArgs,
+) -> Result<Exit, CliError> {
+    let Prepared {
+        out,
+        mut out_file,
+        todo,
+    } = prepared;
+    let out = out.as_path();
     let bar = ProgressBar::with_draw_target(Some(todo.len() as u64), ProgressDrawTarget::stderr());
     if let Ok(style) =
         ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")

@@ -29,7 +29,8 @@ impl Exit {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  done
-  1  done, but some lines or queries were refused, are still pending, or failed
+  1  done, but some lines or queries were refused, are still pending, or failed;
+     or `audit verify` found the export altered
   2  usage, profile, config or input-file error (nothing was sent)
   3  cannot reach the broker, or TLS failed (certificate, CA)
   4  the broker refused the request (see the reason code)

@@ -118,26 +118,28 @@ fn person_from_record(
     })
 }
 
-/// `kakehashi persons register FILE`.
-pub async fn register(
-    client: &Client,
-    file: &Path,
-    out: Option<PathBuf>,
-    opts: &BatchFileArgs,
-) -> Result<Exit, CliError> {
-    let codes_path = out.unwrap_or_else(|| default_beside(file, ".codes.csv"));
-    let conf_path = opts
-        .confirmation_list
-        .clone()
-        .unwrap_or_else(|| default_beside(file, ".confirmation.csv"));
+/// A file read and checked line by line, before anything is sent.
+pub struct Parsed<T> {
+    good: Vec<(u64, T)>,
+    issues: Vec<Issue>,
+}
+
+/// Reads the persons CSV; bad lines become confirmation-list entries.
+pub fn read_persons(file: &Path) -> Result<Parsed<PersonRegistration>, CliError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
         .from_path(file)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| CliError::usage(format!("cannot read {}: {}", file.display(), csv_io(&e))))?;
     let headers = reader
         .headers()
-        .map_err(|e| CliError::usage(format!("{} has no readable header: {e}", file.display())))?
+        .map_err(|e| {
+            CliError::usage(format!(
+                "{} has no readable header: {}",
+                file.display(),
+                csv_kind(&e)
+            ))
+        })?
         .clone();
     let mut cols = [0usize; 5];
     for (i, name) in PERSON_COLUMNS.iter().enumerate() {
@@ -166,7 +168,6 @@ pub async fn register(
             }
             Err(e) => {
                 let line = e.position().map_or(0, |p| p.line());
-                // csv errors name positions and sizes, never field contents.
                 issues.push(Issue {
                     line,
                     reason: LineReason::InvalidInput.as_str().to_string(),
@@ -175,6 +176,23 @@ pub async fn register(
             }
         }
     }
+    Ok(Parsed { good, issues })
+}
+
+/// `kakehashi persons register FILE`.
+pub async fn register(
+    client: &Client,
+    file: &Path,
+    parsed: Parsed<PersonRegistration>,
+    out: Option<PathBuf>,
+    opts: &BatchFileArgs,
+) -> Result<Exit, CliError> {
+    let codes_path = out.unwrap_or_else(|| default_beside(file, ".codes.csv"));
+    let conf_path = opts
+        .confirmation_list
+        .clone()
+        .unwrap_or_else(|| default_beside(file, ".confirmation.csv"));
+    let Parsed { good, mut issues } = parsed;
     let total = (good.len() + issues.len()) as u64;
     let bar = progress(total);
     bar.inc(issues.len() as u64);
@@ -231,8 +249,18 @@ pub async fn register(
     })
 }
 
+/// A csv open error: only the I/O part (csv errors name positions, never contents).
+fn csv_io(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => csv_kind(e),
+    }
+}
+
+/// A csv error without field contents.
 fn csv_kind(e: &csv::Error) -> String {
     match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
         csv::ErrorKind::Utf8 { .. } => "the line is not valid UTF-8".to_string(),
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
@@ -264,16 +292,12 @@ fn write_codes(path: &Path, applied: &[(u64, RegisteredPerson)]) -> Result<(), C
     w.flush().map_err(|e| fail(&e))
 }
 
-/// `kakehashi copies deposit FILE`.
-pub async fn deposit(client: &Client, file: &Path, opts: &BatchFileArgs) -> Result<Exit, CliError> {
-    let conf_path = opts
-        .confirmation_list
-        .clone()
-        .unwrap_or_else(|| default_beside(file, ".confirmation.csv"));
+/// Reads the copies JSON Lines file; bad lines become confirmation-list entries.
+pub fn read_copies(file: &Path) -> Result<Parsed<CopyDeposit>, CliError> {
     let bytes = std::fs::read(file)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
     let mut issues = Vec::new();
-    let mut good: Vec<(u64, CopyDeposit)> = Vec::new();
+    let mut good = Vec::new();
     // The same parser as the broker's, so messages match and never echo values.
     for (line, parsed) in parse_jsonl::<CopyDeposit>(&bytes) {
         match parsed {
@@ -285,7 +309,21 @@ pub async fn deposit(client: &Client, file: &Path, opts: &BatchFileArgs) -> Resu
             }),
         }
     }
-    drop(bytes);
+    Ok(Parsed { good, issues })
+}
+
+/// `kakehashi copies deposit FILE`.
+pub async fn deposit(
+    client: &Client,
+    file: &Path,
+    parsed: Parsed<CopyDeposit>,
+    opts: &BatchFileArgs,
+) -> Result<Exit, CliError> {
+    let conf_path = opts
+        .confirmation_list
+        .clone()
+        .unwrap_or_else(|| default_beside(file, ".confirmation.csv"));
+    let Parsed { good, mut issues } = parsed;
     let bar = progress((good.len() + issues.len()) as u64);
     bar.inc(issues.len() as u64);
     let (mut applied, mut replaced) = (0u64, 0u64);

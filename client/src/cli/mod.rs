@@ -6,11 +6,13 @@ pub mod fail;
 mod files;
 mod profile_cmd;
 mod query_cmd;
+mod records_cmd;
 mod table;
 
 use std::io::Write;
 
 use clap::CommandFactory;
+use kakehashi_client::interfaces::PersonCode;
 use kakehashi_client::Client;
 
 use args::{AuditCommand, Cli, Command, CopiesCommand, PersonsCommand};
@@ -65,26 +67,51 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             }
             Ok(Exit::Ok)
         }
-        Command::Query(args) => {
-            let client = connect(chosen).await?;
-            match args.person.as_deref() {
-                Some(person) => query_cmd::run_single(&client, &args, person).await,
-                None => batch::run(client, &args).await,
+        // Inputs are checked before connecting, so that their errors need no broker.
+        Command::Query(args) => match args.person.as_deref() {
+            Some(person) => {
+                let query = query_cmd::query_from_flags(&args, person)?;
+                let client = connect(chosen).await?;
+                query_cmd::run_single(&client, &args, query).await
             }
-        }
+            None => {
+                let prepared = batch::prepare(&args)?;
+                if prepared.is_done() {
+                    eprintln!("nothing to do: every query is already in the results file");
+                    return Ok(Exit::Ok);
+                }
+                let client = connect(chosen).await?;
+                batch::execute(client, prepared, &args).await
+            }
+        },
         Command::Persons(PersonsCommand::Register { file, out, batch }) => {
+            let parsed = files::read_persons(&file)?;
             let client = connect(chosen).await?;
-            files::register(&client, &file, out, &batch).await
+            files::register(&client, &file, parsed, out, &batch).await
         }
         Command::Copies(CopiesCommand::Deposit { file, batch }) => {
+            let parsed = files::read_copies(&file)?;
             let client = connect(chosen).await?;
-            files::deposit(&client, &file, &batch).await
+            files::deposit(&client, &file, parsed, &batch).await
         }
-        Command::PersonRecords(_args) => Err(CliError::internal(
-            "person-records is not available in this build",
-        )),
-        Command::Audit(AuditCommand::Verify { file: _ }) => Err(CliError::internal(
-            "audit verify is not available in this build (kakehashi_interfaces::audit is missing)",
-        )),
+        Command::PersonRecords(args) => {
+            let person = PersonCode::new(args.person.as_str()).map_err(|e| {
+                CliError::usage(e.to_string()).hint("give the union's code of the person")
+            })?;
+            let client = connect(chosen).await?;
+            let records = client.person_records(&person).await?;
+            if args.json {
+                print_json(&records)?;
+            } else {
+                records_cmd::print_person_records(&records);
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Audit(AuditCommand::Verify {
+            file,
+            bundle,
+            trusted_key_ids,
+            json,
+        }) => records_cmd::verify(&file, bundle.as_deref(), &trusted_key_ids, json),
     }
 }

@@ -102,8 +102,7 @@ pub fn query_from_flags(args: &QueryArgs, person: &str) -> Result<Query, CliErro
 }
 
 /// `kakehashi query --person …`: one query, printed as a table or JSON.
-pub async fn run_single(client: &Client, args: &QueryArgs, person: &str) -> Result<Exit, CliError> {
-    let query = query_from_flags(args, person)?;
+pub async fn run_single(client: &Client, args: &QueryArgs, query: Query) -> Result<Exit, CliError> {
     let mut outcome = client.query(&query).await?;
     if args.wait > 0 {
         if let QueryOutcome::Pending(pending) = outcome {

@@ -1,0 +1,384 @@
+//! SQL for provision records: rows, streams, the head row, partitions.
+
+use futures_util::stream::BoxStream;
+use kakehashi_interfaces::audit::{self, Checkpoint, Hash, Outcome, SALT_LEN};
+use sqlx::FromRow;
+
+use crate::error::BrokerError;
+use crate::store::Pools;
+
+/// Columns of [`RecordRow`], in order.
+pub(crate) const RECORD_COLUMNS: &str = "seq, recorded_at, query_id, permit_id, flow_id, \
+     flow_list_version, procedure_code, requester, provider, items, requester_code, \
+     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash";
+
+/// One stored record.
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct RecordRow {
+    pub seq: i64,
+    pub recorded_at: String,
+    pub query_id: String,
+    pub permit_id: Option<String>,
+    pub flow_id: Option<String>,
+    pub flow_list_version: Option<i64>,
+    pub procedure_code: Option<String>,
+    pub requester: String,
+    pub provider: Option<String>,
+    pub items: String,
+    pub requester_code: Option<String>,
+    pub requester_salt: Option<Vec<u8>>,
+    pub provider_code: Option<String>,
+    pub provider_salt: Option<Vec<u8>>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub approver: Option<String>,
+    pub detail: Option<String>,
+    pub hash: Vec<u8>,
+}
+
+fn commitment(code: &Option<String>, salt: &Option<Vec<u8>>) -> Result<Option<Hash>, String> {
+    match (code, salt) {
+        (None, None) => Ok(None),
+        (Some(code), Some(salt)) => {
+            let salt: [u8; SALT_LEN] = salt
+                .as_slice()
+                .try_into()
+                .map_err(|_| "person-code salt has the wrong length".to_string())?;
+            Ok(Some(audit::person_commitment(&salt, code)))
+        }
+        _ => Err("person code and salt must be stored together".into()),
+    }
+}
+
+/// Splits the stored item list.
+pub(crate) fn split_items(items: &str) -> Vec<String> {
+    items
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl RecordRow {
+    /// The sequence number as u64 (stored rows are always ≥ 1).
+    pub fn seq_u64(&self) -> u64 {
+        u64::try_from(self.seq).unwrap_or(0)
+    }
+
+    /// The hashed form of this row and its stored chain hash.
+    pub fn to_record(&self) -> Result<(audit::Record, Hash), String> {
+        let seq = u64::try_from(self.seq).map_err(|_| "negative sequence".to_string())?;
+        let flow_list_version = self
+            .flow_list_version
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| "negative flow-list version".to_string())?;
+        let detail = self
+            .detail
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| format!("detail: {e}"))?;
+        let outcome = Outcome::from_parts(&self.outcome, self.reason.clone(), detail)?;
+        let hash: Hash = self
+            .hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| "stored hash has the wrong length".to_string())?;
+        Ok((
+            audit::Record {
+                seq,
+                at: self.recorded_at.clone(),
+                query_id: self.query_id.clone(),
+                permit_id: self.permit_id.clone(),
+                flow_id: self.flow_id.clone(),
+                flow_list_version,
+                procedure: self.procedure_code.clone(),
+                requester: self.requester.clone(),
+                provider: self.provider.clone(),
+                items: split_items(&self.items),
+                requester_person: commitment(&self.requester_code, &self.requester_salt)?,
+                provider_person: commitment(&self.provider_code, &self.provider_salt)?,
+                outcome,
+                approver: self.approver.clone(),
+            },
+            hash,
+        ))
+    }
+}
+
+/// One stored checkpoint.
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct CheckpointRow {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub signed_at: String,
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl CheckpointRow {
+    /// The checkpoint, or `None` when a stored field has the wrong length
+    /// (verification then reports it as a bad signature at its sequence).
+    pub fn to_checkpoint(&self) -> Checkpoint {
+        let mut head_hash = [0u8; 32];
+        if self.head_hash.len() == 32 {
+            head_hash.copy_from_slice(&self.head_hash);
+        }
+        let mut signature = [0u8; 64];
+        if self.signature.len() == 64 {
+            signature.copy_from_slice(&self.signature);
+        }
+        Checkpoint {
+            seq: u64::try_from(self.seq).unwrap_or(0),
+            head_hash,
+            at: self.signed_at.clone(),
+            key_id: self.key_id.clone(),
+            signature,
+        }
+    }
+}
+
+/// The head row.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub cut_seq: u64,
+    pub cut_hash: Hash,
+}
+
+pub(crate) fn to_hash(bytes: &[u8], what: &str) -> Result<Hash, BrokerError> {
+    bytes
+        .try_into()
+        .map_err(|_| BrokerError::Config(format!("stored {what} is not 32 bytes")))
+}
+
+/// Reads the head row.
+pub(crate) async fn read_head(pools: &Pools) -> Result<Head, BrokerError> {
+    let (seq, cut_seq, cut_hash): (i64, i64, Vec<u8>) = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as("SELECT seq, cut_seq, cut_hash FROM records_head WHERE id = 1")
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(Head {
+        seq: u64::try_from(seq).unwrap_or(0),
+        cut_seq: u64::try_from(cut_seq).unwrap_or(0),
+        cut_hash: to_hash(&cut_hash, "cut hash")?,
+    })
+}
+
+/// The checkpoint with the highest sequence, if any.
+pub(crate) async fn latest_checkpoint(pools: &Pools) -> Result<Option<CheckpointRow>, BrokerError> {
+    Ok(crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as::<_, CheckpointRow>(
+            "SELECT seq, head_hash, signed_at, key_id, public_key, signature
+             FROM record_checkpoints ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
+/// Stores a checkpoint (another node may have sealed the same sequence: keep the first).
+pub(crate) async fn insert_checkpoint(
+    pools: &Pools,
+    cp: &Checkpoint,
+    public_key: &[u8],
+) -> Result<(), BrokerError> {
+    let seq = i64::try_from(cp.seq).unwrap_or(i64::MAX);
+    crate::on_pool!(pools, write, |pool| {
+        sqlx::query(
+            "INSERT INTO record_checkpoints (seq, head_hash, signed_at, key_id, public_key, signature)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(seq)
+        .bind(cp.head_hash.to_vec())
+        .bind(&cp.at)
+        .bind(&cp.key_id)
+        .bind(public_key.to_vec())
+        .bind(cp.signature.to_vec())
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+const SELECT_RANGE: &str = "SELECT seq, recorded_at, query_id, permit_id, flow_id, \
+     flow_list_version, procedure_code, requester, provider, items, requester_code, \
+     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash \
+     FROM records WHERE seq >= $1 AND seq <= $2 ORDER BY seq";
+
+/// Records with `lo <= seq <= hi`, in sequence order, streamed.
+pub(crate) fn record_stream(
+    pools: &Pools,
+    lo: i64,
+    hi: i64,
+) -> BoxStream<'_, Result<RecordRow, sqlx::Error>> {
+    match pools {
+        Pools::Sqlite { read, .. } => sqlx::query_as::<_, RecordRow>(SELECT_RANGE)
+            .bind(lo)
+            .bind(hi)
+            .fetch(read),
+        Pools::Postgres(pool) => sqlx::query_as::<_, RecordRow>(SELECT_RANGE)
+            .bind(lo)
+            .bind(hi)
+            .fetch(pool),
+    }
+}
+
+const SELECT_CHECKPOINTS: &str = "SELECT seq, head_hash, signed_at, key_id, public_key, signature \
+     FROM record_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq";
+
+/// Checkpoints with `lo <= seq <= hi`, in sequence order, streamed.
+pub(crate) fn checkpoint_stream(
+    pools: &Pools,
+    lo: i64,
+    hi: i64,
+) -> BoxStream<'_, Result<CheckpointRow, sqlx::Error>> {
+    match pools {
+        Pools::Sqlite { read, .. } => sqlx::query_as::<_, CheckpointRow>(SELECT_CHECKPOINTS)
+            .bind(lo)
+            .bind(hi)
+            .fetch(read),
+        Pools::Postgres(pool) => sqlx::query_as::<_, CheckpointRow>(SELECT_CHECKPOINTS)
+            .bind(lo)
+            .bind(hi)
+            .fetch(pool),
+    }
+}
+
+/// Chain hash stored for `seq`.
+pub(crate) async fn stored_hash(pools: &Pools, seq: u64) -> Result<Option<Hash>, BrokerError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let row: Option<(Vec<u8>,)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as("SELECT hash FROM records WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(pool)
+            .await?
+    });
+    row.map(|(h,)| to_hash(&h, "record hash")).transpose()
+}
+
+/// `MIN(seq)` of records at or after `at` (fixed-width text compares as time) in `(after, upto]`.
+pub(crate) async fn first_seq_at_or_after(
+    pools: &Pools,
+    at: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Option<u64>, BrokerError> {
+    let (after, upto) = (to_i64(after), to_i64(upto));
+    let row: (Option<i64>,) = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3",
+        )
+        .bind(at)
+        .bind(after)
+        .bind(upto)
+        .fetch_one(pool)
+        .await?
+    });
+    Ok(row.0.and_then(|s| u64::try_from(s).ok()))
+}
+
+/// `MAX(seq)` of records before `at` in `(after, upto]`.
+pub(crate) async fn last_seq_before(
+    pools: &Pools,
+    at: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Option<u64>, BrokerError> {
+    let (after, upto) = (to_i64(after), to_i64(upto));
+    let row: (Option<i64>,) = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3",
+        )
+        .bind(at)
+        .bind(after)
+        .bind(upto)
+        .fetch_one(pool)
+        .await?
+    });
+    Ok(row.0.and_then(|s| u64::try_from(s).ok()))
+}
+
+/// Sequence numbers never exceed i64::MAX (they are counted from 1).
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `yyyymm` of a UTC instant: the PostgreSQL partition key.
+pub(crate) fn month_key(at: time::OffsetDateTime) -> i32 {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    at.year() * 100 + i32::from(u8::from(at.month()))
+}
+
+fn next_month(key: i32) -> i32 {
+    if key % 100 >= 12 {
+        (key / 100 + 1) * 100 + 1
+    } else {
+        key + 1
+    }
+}
+
+/// Partition name for a month key (`records_y2026m11`).
+fn partition_name(key: i32) -> String {
+    format!("records_y{:04}m{:02}", key / 100, key % 100)
+}
+
+/// Month key of a partition name, if it is one of ours.
+pub(crate) fn partition_month(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("records_y")?;
+    let (year, month) = rest.split_once('m')?;
+    if year.len() != 4 || month.len() != 2 {
+        return None;
+    }
+    let (year, month): (i32, i32) = (year.parse().ok()?, month.parse().ok()?);
+    (1..=12).contains(&month).then_some(year * 100 + month)
+}
+
+/// Creates the partitions for `month` and the month after, if missing.
+/// Several nodes may race: an advisory lock serialises them. A month whose
+/// rows already fell into the default partition cannot get its own
+/// partition; that is logged and the rows stay in the default.
+pub(crate) async fn ensure_partitions(pool: &sqlx::PgPool, month: i32) -> Result<(), BrokerError> {
+    for key in [month, next_month(month)] {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kakehashi.records.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        // Identifiers cannot be bound; the name is built from two integers.
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF records FOR VALUES FROM ({key}) TO ({})",
+            partition_name(key),
+            next_month(key)
+        );
+        match sqlx::query(&sql).execute(&mut *tx).await {
+            Ok(_) => tx.commit().await?,
+            Err(e) => {
+                tracing::warn!(month = key, error = %e, "records partition not created; rows use the default partition");
+                tx.rollback().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_keys_and_partition_names() {
+        assert_eq!(next_month(202612), 202701);
+        assert_eq!(next_month(202601), 202602);
+        assert_eq!(partition_name(202603), "records_y2026m03");
+        assert_eq!(partition_month("records_y2026m03"), Some(202603));
+        assert_eq!(partition_month("records_default"), None);
+        assert_eq!(partition_month("records_y2026m13"), None);
+        assert_eq!(
+            month_key(time::macros::datetime!(2026-11-30 23:59:59 UTC)),
+            202611
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Auditor export (R16): records by period, org, flow or person as CSV (UTF-8
+//! with BOM) or JSON Lines, without person codes, with a verification bundle.
+//!
+//! Streamed: rows are written as the database returns them, so memory stays
+//! constant for millions of records. The bundle proves each exported record
+//! against a signed checkpoint: a segment starts at the chain hash before the
+//! record and lists, up to the next checkpoint, the exported rows (with their
+//! person-code commitments) and the leaf hashes of records not exported.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use kakehashi_interfaces::audit::{self, BundleLine, ExportFormat, ExportRow, Outcome};
+use kakehashi_interfaces::{ErrorCode, OrgId};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::db::{self, to_hash, to_i64, RecordRow};
+use super::{system_org, RecordDraft, RecordLog};
+use crate::error::BrokerError;
+
+/// Which records to export. All given conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    /// Recorded at or after this instant.
+    pub from: Option<time::OffsetDateTime>,
+    /// Recorded before this instant.
+    pub to: Option<time::OffsetDateTime>,
+    /// Requester or provider is this org.
+    pub org: Option<OrgId>,
+    /// Flow id.
+    pub flow: Option<String>,
+    /// Requester's or provider's person code (used to select, never written).
+    pub person: Option<String>,
+}
+
+impl ExportFilter {
+    /// The filter in words, without the person code.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = self.from {
+            parts.push(format!("from={}", crate::store::timestamp(f)));
+        }
+        if let Some(t) = self.to {
+            parts.push(format!("to={}", crate::store::timestamp(t)));
+        }
+        if let Some(o) = &self.org {
+            parts.push(format!("org={o}"));
+        }
+        if let Some(f) = &self.flow {
+            parts.push(format!("flow={f}"));
+        }
+        if self.person.is_some() {
+            parts.push("person=(given)".into());
+        }
+        if parts.is_empty() {
+            "all".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// An export to make.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// Which records.
+    pub filter: ExportFilter,
+    /// CSV or JSON Lines.
+    pub format: ExportFormat,
+    /// Data file (created, never overwritten); the bundle goes next to it.
+    pub out: PathBuf,
+    /// Who exports (recorded).
+    pub actor: String,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    /// Records written.
+    pub rows: u64,
+    /// The data file.
+    pub data: PathBuf,
+    /// The verification bundle.
+    pub bundle: PathBuf,
+    /// Segments in the bundle.
+    pub segments: u64,
+    /// Records up to this sequence were considered (a signed checkpoint).
+    pub sealed_seq: u64,
+    /// Sequence of the record of this export.
+    pub export_record_seq: u64,
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn create_private(path: &Path) -> Result<std::fs::File, BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BrokerError::io(format!("create {}", path.display()), e))
+}
+
+struct Matcher {
+    from: Option<String>,
+    to: Option<String>,
+    org: Option<String>,
+    flow: Option<String>,
+    person: Option<String>,
+}
+
+impl Matcher {
+    fn new(f: &ExportFilter) -> Self {
+        Self {
+            from: f.from.map(crate::store::timestamp),
+            to: f.to.map(crate::store::timestamp),
+            org: f.org.as_ref().map(|o| o.as_str().to_string()),
+            flow: f.flow.clone(),
+            person: f.person.clone(),
+        }
+    }
+
+    fn matches(&self, r: &RecordRow) -> bool {
+        // Fixed-width UTC timestamps compare as text.
+        self.from.as_ref().map_or(true, |f| r.recorded_at >= *f)
+            && self.to.as_ref().map_or(true, |t| r.recorded_at < *t)
+            && self
+                .org
+                .as_ref()
+                .map_or(true, |o| r.requester == *o || r.provider.as_ref() == Some(o))
+            && self
+                .flow
+                .as_ref()
+                .map_or(true, |f| r.flow_id.as_ref() == Some(f))
+            && self.person.as_ref().map_or(true, |p| {
+                r.requester_code.as_ref() == Some(p) || r.provider_code.as_ref() == Some(p)
+            })
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> BrokerError + '_ {
+    move |e| BrokerError::io(what.to_string(), e)
+}
+
+impl RecordLog {
+    /// Writes an export and its bundle (`OUT.bundle.jsonl`), then appends a
+    /// record of the export (actor, filter, count) — also when it failed
+    /// part-way, with what was written.
+    pub async fn export(&self, req: &ExportRequest) -> Result<ExportSummary, BrokerError> {
+        let bundle = audit::bundle_path_for(&req.out);
+        let data_file = create_private(&req.out)?;
+        let bundle_file = create_private(&bundle)?;
+        let mut rows = 0;
+        let mut segments = 0;
+        let result = self
+            .write_export(req, data_file, bundle_file, &mut rows, &mut segments)
+            .await;
+        let mut filter = format!("{} format={}", req.filter.describe(), match req.format {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Jsonl => "jsonl",
+        });
+        if result.is_err() {
+            filter.push_str(" (failed)");
+        }
+        let export_record_seq = self
+            .append(RecordDraft::new(
+                format!("export-{}", hex::encode(rand::random::<[u8; 8]>())),
+                system_org()?,
+                Outcome::Export {
+                    actor: req.actor.clone(),
+                    filter,
+                    count: rows,
+                },
+            ))
+            .await?;
+        let sealed_seq = result?;
+        Ok(ExportSummary {
+            rows,
+            data: req.out.clone(),
+            bundle,
+            segments,
+            sealed_seq,
+            export_record_seq,
+        })
+    }
+
+    async fn write_export(
+        &self,
+        req: &ExportRequest,
+        data_file: std::fs::File,
+        bundle_file: std::fs::File,
+        rows: &mut u64,
+        segments: &mut u64,
+    ) -> Result<u64, BrokerError> {
+        // Everything exported must be covered by a checkpoint: seal the head.
+        let sealed = self.seal().await?;
+        let head = db::read_head(&self.pools).await?;
+        let hi = sealed.unwrap_or(head.cut_seq);
+        let matcher = Matcher::new(&req.filter);
+
+        let mut data = HashingWriter {
+            inner: BufWriter::with_capacity(256 * 1024, data_file),
+            hasher: Sha256::new(),
+        };
+        let mut bundle = BufWriter::with_capacity(256 * 1024, bundle_file);
+        BundleLine::Header {
+            format: audit::BUNDLE_FORMAT.into(),
+            data_format: req.format,
+            created_at: crate::store::now_rfc3339(),
+            filter: req.filter.describe(),
+        }
+        .write(&mut bundle)
+        .map_err(io("write bundle"))?;
+        if req.format == ExportFormat::Csv {
+            audit::write_csv_header(&mut data).map_err(io("write export"))?;
+        }
+
+        // Narrow the scan with the time index; order (and so the range) is by
+        // sequence, and the first/last matching sequences bound it exactly.
+        let lo = match &matcher.from {
+            Some(from) => db::first_seq_at_or_after(&self.pools, from, head.cut_seq, hi).await?,
+            None => Some(head.cut_seq + 1),
+        };
+        let last_match = match &matcher.to {
+            Some(to) => db::last_seq_before(&self.pools, to, head.cut_seq, hi).await?,
+            None => Some(hi),
+        };
+        if let (Some(lo), Some(last_match)) = (lo, last_match) {
+            if lo <= last_match && lo <= hi {
+                let mut prev = if lo - 1 == head.cut_seq {
+                    head.cut_hash
+                } else {
+                    db::stored_hash(&self.pools, lo - 1).await?.ok_or_else(|| {
+                        BrokerError::refused(
+                            ErrorCode::Internal,
+                            format!("record {} is missing; run records verify", lo - 1),
+                        )
+                    })?
+                };
+                let mut records = db::record_stream(&self.pools, to_i64(lo), to_i64(hi));
+                let mut checkpoints = db::checkpoint_stream(&self.pools, to_i64(lo), to_i64(hi));
+                let mut pending = checkpoints.try_next().await?;
+                let mut in_segment = false;
+                while let Some(row) = records.try_next().await? {
+                    let seq = row.seq_u64();
+                    let matches = seq <= last_match && matcher.matches(&row);
+                    if matches && !in_segment {
+                        BundleLine::Segment {
+                            start_seq: seq - 1,
+                            start_hash: hex::encode(prev),
+                        }
+                        .write(&mut bundle)
+                        .map_err(io("write bundle"))?;
+                        in_segment = true;
+                        *segments += 1;
+                    }
+                    if in_segment {
+                        let (record, _) = row.to_record().map_err(|e| {
+                            BrokerError::refused(
+                                ErrorCode::Internal,
+                                format!("record {seq} is malformed ({e}); run records verify"),
+                            )
+                        })?;
+                        if matches {
+                            let out = ExportRow::from_record(&record);
+                            match req.format {
+                                ExportFormat::Csv => out.write_csv(&mut data),
+                                ExportFormat::Jsonl => out.write_jsonl(&mut data),
+                            }
+                            .map_err(io("write export"))?;
+                            BundleLine::Row {
+                                seq,
+                                rc: record.requester_person.map(hex::encode),
+                                pc: record.provider_person.map(hex::encode),
+                            }
+                            .write(&mut bundle)
+                            .map_err(io("write bundle"))?;
+                            *rows += 1;
+                        } else {
+                            BundleLine::Leaf {
+                                seq,
+                                leaf: hex::encode(record.leaf_hash()),
+                            }
+                            .write(&mut bundle)
+                            .map_err(io("write bundle"))?;
+                        }
+                    }
+                    prev = to_hash(&row.hash, "record hash")?;
+                    while pending.as_ref().is_some_and(|cp| cp.seq <= row.seq) {
+                        if let Some(cp_row) = pending.take() {
+                            let cp = cp_row.to_checkpoint();
+                            // Only checkpoints by trusted keys close a segment.
+                            if in_segment && cp.seq == seq && cp.verify(&self.trusted).is_ok() {
+                                let key = ed25519_dalek::VerifyingKey::from_bytes(
+                                    &to_hash(&cp_row.public_key, "checkpoint key")?,
+                                )
+                                .map_err(|e| BrokerError::Config(format!("checkpoint key: {e}")))?;
+                                BundleLine::checkpoint(&cp, &key)
+                                    .write(&mut bundle)
+                                    .map_err(io("write bundle"))?;
+                                in_segment = false;
+                            }
+                        }
+                        pending = checkpoints.try_next().await?;
+                    }
+                    if !in_segment && seq >= last_match {
+                        break;
+                    }
+                }
+                if in_segment {
+                    return Err(BrokerError::refused(
+                        ErrorCode::Internal,
+                        "the export's last records are not covered by a trusted checkpoint; run records verify",
+                    ));
+                }
+            }
+        }
+
+        data.flush().map_err(io("write export"))?;
+        let data_sha256 = hex::encode(data.hasher.finalize_reset());
+        BundleLine::End {
+            rows: *rows,
+            data_sha256,
+        }
+        .write(&mut bundle)
+        .map_err(io("write bundle"))?;
+        bundle.flush().map_err(io("write bundle"))?;
+        data.inner.get_ref().sync_all().map_err(io("sync export"))?;
+        bundle.get_ref().sync_all().map_err(io("sync bundle"))?;
+        Ok(hi)
+    }
+}

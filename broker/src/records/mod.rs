@@ -1,0 +1,495 @@
+//! Provision records (情報提供等記録, R14–R18, R23).
+//!
+//! Every query, provision, denial, approval, rejection and expiry is
+//! appended here, and the broker answers only after the record is committed.
+//! - **Group commit** ([`writer`]): one writer task batches whatever is queued
+//!   into one transaction under a lock on the head row, which assigns
+//!   gap-free sequence numbers and hash-links each record to the previous one.
+//! - **Sealing**: a task signs a checkpoint (Ed25519) of the head every
+//!   `checkpoint_interval_ms` when there are new records, after re-checking
+//!   the records since the previous checkpoint; and once more at close.
+//! - **Verification, export, purge, disclosure**: library functions for the
+//!   CLI and the auditor console. The pure parts (canonical encoding, chain
+//!   hashing, checkpoint bytes, verifiers) live in
+//!   [`kakehashi_interfaces::audit`], so exports verify offline.
+//!
+//! Person codes are stored (R14 asks for them) but enter hashes only through
+//! salted commitments, are never logged and never exported.
+
+pub mod cli;
+mod db;
+mod export;
+mod purge;
+mod verify;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use kakehashi_interfaces::audit::{Checkpoint, TrustedKeys};
+use kakehashi_interfaces::{ErrorCode, OrgId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::BrokerError;
+use crate::store::Pools;
+
+pub use export::{ExportFilter, ExportRequest, ExportSummary};
+pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
+pub use purge::PurgeReport;
+pub use verify::{trusted_keys, verify_store, Verdict, SEALER_KEY_FILE};
+
+/// The org id that system records (exports, purges) name as requester.
+pub const SYSTEM_ORG: &str = "kakehashi-broker";
+
+/// `[records]` settings. Defaults suit production.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// How often the sealer signs a checkpoint when there are new records.
+    pub checkpoint_interval_ms: u64,
+    /// Records are kept this many years, then purged (R15: seven).
+    pub retention_years: u32,
+    /// How often the retention purge runs; 0 disables the task.
+    pub purge_interval_secs: u64,
+    /// Delay before the first retention purge after start.
+    pub purge_first_delay_secs: u64,
+    /// Most records committed in one transaction.
+    pub max_batch: usize,
+    /// Appends queued beyond this wait (back-pressure).
+    pub queue_capacity: usize,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_ms: 2_000,
+            retention_years: 7,
+            purge_interval_secs: 24 * 3600,
+            purge_first_delay_secs: 300,
+            max_batch: 1024,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// What the query pipeline records. Codes are validated upstream; item
+/// values and Individual Numbers never come here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordDraft {
+    /// Query id.
+    pub query_id: String,
+    /// Provision permit id, if one was issued.
+    pub permit_id: Option<String>,
+    /// Flow id of the flow list.
+    pub flow_id: Option<String>,
+    /// Version of the flow list in force.
+    pub flow_list_version: Option<u64>,
+    /// Procedure code.
+    pub procedure: Option<String>,
+    /// Requesting org.
+    pub requester: OrgId,
+    /// Providing org.
+    pub provider: Option<OrgId>,
+    /// Item codes (never values).
+    pub items: Vec<String>,
+    /// The requester's person code (its own per-org code).
+    pub requester_person_code: Option<String>,
+    /// The provider's person code.
+    pub provider_person_code: Option<String>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Who approved or rejected, if anyone.
+    pub approver: Option<String>,
+}
+
+impl RecordDraft {
+    /// A draft for `query_id` by `requester` with everything else empty.
+    pub fn new(query_id: impl Into<String>, requester: OrgId, outcome: Outcome) -> Self {
+        Self {
+            query_id: query_id.into(),
+            permit_id: None,
+            flow_id: None,
+            flow_list_version: None,
+            procedure: None,
+            requester,
+            provider: None,
+            items: Vec::new(),
+            requester_person_code: None,
+            provider_person_code: None,
+            outcome,
+            approver: None,
+        }
+    }
+
+    /// Checks bounds the encoding relies on and folds empty optionals into
+    /// absent ones (an export cannot tell them apart).
+    fn normalize(mut self) -> Result<Self, BrokerError> {
+        const MAX: usize = 4096;
+        let bad = |m: &str| BrokerError::refused(ErrorCode::InvalidInput, format!("record: {m}"));
+        for opt in [
+            &mut self.permit_id,
+            &mut self.flow_id,
+            &mut self.procedure,
+            &mut self.requester_person_code,
+            &mut self.provider_person_code,
+            &mut self.approver,
+        ] {
+            if opt.as_deref() == Some("") {
+                *opt = None;
+            }
+        }
+        if self.query_id.is_empty() {
+            return Err(bad("query id is empty"));
+        }
+        let strings = [
+            Some(&self.query_id),
+            self.permit_id.as_ref(),
+            self.flow_id.as_ref(),
+            self.procedure.as_ref(),
+            self.requester_person_code.as_ref(),
+            self.provider_person_code.as_ref(),
+            self.approver.as_ref(),
+        ];
+        if strings.iter().flatten().any(|s| s.len() > MAX) || self.items.len() > MAX {
+            return Err(bad("a field is too long"));
+        }
+        // Items are stored and exported space-separated.
+        if self
+            .items
+            .iter()
+            .any(|i| i.is_empty() || i.len() > MAX || i.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(bad("item codes must be non-empty without spaces"));
+        }
+        if self.flow_list_version.is_some_and(|v| i64::try_from(v).is_err()) {
+            return Err(bad("flow-list version out of range"));
+        }
+        Ok(self)
+    }
+}
+
+/// One line of a person's disclosure (R18): who received which items, when.
+/// Carries no person code of any org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DisclosureEntry {
+    /// Record sequence number.
+    pub seq: u64,
+    /// UTC time.
+    pub at: String,
+    /// Query id.
+    pub query_id: String,
+    /// Org that asked (and, when provided, received).
+    pub requester: String,
+    /// Org that held the data.
+    pub provider: Option<String>,
+    /// Flow id.
+    pub flow_id: Option<String>,
+    /// Procedure code.
+    pub procedure: Option<String>,
+    /// Item codes.
+    pub items: Vec<String>,
+    /// Outcome name (`provided`, `denied` …).
+    pub outcome: String,
+    /// Denial reason code.
+    pub reason: Option<String>,
+    /// Whether the asking org knows the person as `requester` or `provider`.
+    pub role: String,
+}
+
+/// The provision record log of one broker process.
+pub struct RecordLog {
+    pools: Pools,
+    config: RecordsConfig,
+    sealer: SigningKey,
+    sealer_key_id: String,
+    trusted: TrustedKeys,
+    jobs: mpsc::Sender<writer::Job>,
+    closed: AtomicBool,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    seal_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RecordLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLog")
+            .field("sealer_key_id", &self.sealer_key_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable() -> BrokerError {
+    BrokerError::refused(
+        ErrorCode::Unavailable,
+        "the provision record could not be committed; the query was not answered",
+    )
+}
+
+fn system_org() -> Result<OrgId, BrokerError> {
+    OrgId::new(SYSTEM_ORG).map_err(BrokerError::from)
+}
+
+impl RecordLog {
+    /// Opens the log on the store's pools, loads/creates the sealer key in
+    /// the key dir (Ed25519, mode 0600, key id = first 16 hex of SHA-256 of
+    /// the public key), starts the group-commit writer, the checkpoint
+    /// sealer and (unless disabled) the retention purge.
+    pub async fn open(
+        pools: Pools,
+        key_dir: &Path,
+        config: RecordsConfig,
+    ) -> Result<Arc<RecordLog>, BrokerError> {
+        let sealer = verify::load_or_create_sealer(key_dir)?;
+        let mut trusted = verify::trusted_keys(key_dir)?;
+        let sealer_key_id = trusted.add(sealer.verifying_key());
+        if let Pools::Postgres(pool) = &pools {
+            db::ensure_partitions(pool, db::month_key(time::OffsetDateTime::now_utc())).await?;
+        }
+        let (jobs, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let writer = tokio::spawn(writer::run(rx, pools.clone(), config.max_batch.max(1)));
+        let (stop, _) = watch::channel(false);
+        let log = Arc::new(RecordLog {
+            pools,
+            config,
+            sealer,
+            sealer_key_id,
+            trusted,
+            jobs,
+            closed: AtomicBool::new(false),
+            stop,
+            tasks: Mutex::new(vec![writer]),
+            seal_lock: tokio::sync::Mutex::new(()),
+        });
+        let mut tasks = vec![tokio::spawn(seal_task(
+            Arc::downgrade(&log),
+            log.stop.subscribe(),
+            Duration::from_millis(log.config.checkpoint_interval_ms.max(10)),
+        ))];
+        if log.config.purge_interval_secs > 0 {
+            tasks.push(tokio::spawn(purge_task(
+                Arc::downgrade(&log),
+                log.stop.subscribe(),
+                Duration::from_secs(log.config.purge_first_delay_secs),
+                Duration::from_secs(log.config.purge_interval_secs),
+            )));
+        }
+        if let Ok(mut all) = log.tasks.lock() {
+            all.extend(tasks);
+        }
+        tracing::info!(key_id = %log.sealer_key_id, "provision records open");
+        Ok(log)
+    }
+
+    /// Appends one record; returns its sequence number only after the
+    /// transaction holding it is committed (group commit). Fails with
+    /// `unavailable` when it could not be committed: answer nothing then.
+    pub async fn append(&self, draft: RecordDraft) -> Result<u64, BrokerError> {
+        self.append_with_clock(draft, time::OffsetDateTime::now_utc())
+            .await
+    }
+
+    /// [`RecordLog::append`] with the time a clock says: for tests and
+    /// benchmarks of clock steps (R23) and retention. Not for the pipeline.
+    #[doc(hidden)]
+    pub async fn append_with_clock(
+        &self,
+        draft: RecordDraft,
+        at: time::OffsetDateTime,
+    ) -> Result<u64, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(unavailable());
+        }
+        let row = writer::NewRow::new(draft.normalize()?, at);
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(writer::Job::Append { row, done })
+            .await
+            .map_err(|_| unavailable())?;
+        wait.await
+            .map_err(|_| unavailable())?
+            .map_err(|()| unavailable())
+    }
+
+    /// Signs a final checkpoint and stops the tasks (called at shutdown).
+    /// Appends queued before it are committed first; later ones fail.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(writer::Job::Close { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        let _ = self.stop.send(true);
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
+            let _ = task.await;
+        }
+        match self.seal().await {
+            Ok(seq) => tracing::info!(sealed = ?seq, "provision records closed"),
+            Err(e) => tracing::error!(error = %e, "final records checkpoint failed"),
+        }
+    }
+
+    /// Id of the key that signs checkpoints (publish it for auditors).
+    pub fn sealer_key_id(&self) -> &str {
+        &self.sealer_key_id
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RecordsConfig {
+        &self.config
+    }
+
+    /// Signs a checkpoint of the current head if it has none yet, after
+    /// re-checking the records since the previous valid checkpoint (so a
+    /// tampered tail is never blessed). Returns the sequence now sealed.
+    pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
+        let _one_at_a_time = self.seal_lock.lock().await;
+        let head = db::read_head(&self.pools).await?;
+        if head.seq == 0 {
+            return Ok(None);
+        }
+        let latest = db::latest_checkpoint(&self.pools).await?.map(|c| c.to_checkpoint());
+        if let Some(cp) = &latest {
+            if cp.seq >= head.seq {
+                return Ok(Some(cp.seq));
+            }
+        }
+        let (start_seq, start_hash) = match latest {
+            Some(cp) if cp.seq > head.cut_seq && cp.verify(&self.trusted).is_ok() => {
+                (cp.seq, cp.head_hash)
+            }
+            _ => (head.cut_seq, head.cut_hash),
+        };
+        let walk = verify::walk(
+            &self.pools,
+            self.trusted.clone(),
+            verify::WalkPlan {
+                start_seq,
+                start_hash,
+                end_seq: head.seq,
+                whole_store: false,
+                capture: None,
+            },
+        )
+        .await?;
+        if let Verdict::Broken(failure) = walk.verdict {
+            return Err(BrokerError::refused(
+                ErrorCode::Internal,
+                format!("provision records fail verification at {failure}; not sealing"),
+            ));
+        }
+        let cp = Checkpoint::sign(
+            head.seq,
+            walk.head,
+            crate::store::now_rfc3339(),
+            &self.sealer,
+        );
+        db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
+        Ok(Some(head.seq))
+    }
+
+    /// Verifies the whole store (see [`verify_store`]).
+    pub async fn verify(&self) -> Result<Verdict, BrokerError> {
+        verify::verify_store(&self.pools, &self.trusted).await
+    }
+
+    /// Records concerning one person, found by `org`'s own person code: those
+    /// where `org` is the requester with that code or the provider with that
+    /// code (R18). Other orgs' codes are never returned.
+    pub async fn disclosure(
+        &self,
+        org: &OrgId,
+        person_code: &str,
+    ) -> Result<Vec<DisclosureEntry>, BrokerError> {
+        let sql = format!(
+            "SELECT {} FROM records
+             WHERE (requester = $1 AND requester_code = $2) OR (provider = $1 AND provider_code = $2)
+             ORDER BY seq",
+            db::RECORD_COLUMNS
+        );
+        let rows: Vec<db::RecordRow> = crate::on_pool!(&self.pools, read, |pool| {
+            sqlx::query_as(&sql)
+                .bind(org.as_str())
+                .bind(person_code)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let role = if r.requester == org.as_str()
+                    && r.requester_code.as_deref() == Some(person_code)
+                {
+                    "requester"
+                } else {
+                    "provider"
+                };
+                DisclosureEntry {
+                    seq: r.seq_u64(),
+                    at: r.recorded_at,
+                    query_id: r.query_id,
+                    requester: r.requester,
+                    provider: r.provider,
+                    flow_id: r.flow_id,
+                    procedure: r.procedure_code,
+                    items: db::split_items(&r.items),
+                    outcome: r.outcome,
+                    reason: r.reason,
+                    role: role.into(),
+                }
+            })
+            .collect())
+    }
+}
+
+async fn seal_task(log: Weak<RecordLog>, mut stop: watch::Receiver<bool>, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(log) = log.upgrade() else { return };
+        if let Err(e) = log.seal().await {
+            tracing::error!(error = %e, "records checkpoint not signed");
+        }
+    }
+}
+
+async fn purge_task(
+    log: Weak<RecordLog>,
+    mut stop: watch::Receiver<bool>,
+    first: Duration,
+    every: Duration,
+) {
+    let mut wait = first;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = every;
+        let Some(log) = log.upgrade() else { return };
+        match log.purge_expired("retention-task").await {
+            Ok(r) if r.count > 0 => tracing::info!(
+                first = r.first_seq,
+                cut = r.cut_seq,
+                count = r.count,
+                "expired provision records purged"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention purge failed"),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Retention purge (R15): deletes the oldest records, leaving a signed purge
+//! record from whose cut hash verification of the rest starts.
+
+use kakehashi_interfaces::audit::Outcome;
+use kakehashi_interfaces::ErrorCode;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::verify::{self, Verdict, WalkPlan};
+use super::writer::{Job, NewRow, PurgePlan};
+use super::{db, system_org, RecordDraft, RecordLog};
+use crate::error::BrokerError;
+
+/// What a purge did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// Records older than this were due (fixed-width RFC 3339 UTC).
+    pub before: String,
+    /// First deleted sequence (0 when nothing was due).
+    pub first_seq: u64,
+    /// Last deleted sequence: the remaining chain starts after it.
+    pub cut_seq: u64,
+    /// Records deleted.
+    pub count: u64,
+    /// Sequence of the purge record (none when nothing was due).
+    pub purge_record_seq: Option<u64>,
+}
+
+impl RecordLog {
+    /// The latest `before` a purge may use now: now minus the retention period.
+    pub fn retention_cutoff(&self, now: time::OffsetDateTime) -> time::OffsetDateTime {
+        let now = now.to_offset(time::UtcOffset::UTC);
+        let years = i32::try_from(self.config.retention_years).unwrap_or(i32::MAX);
+        let year = now.year().saturating_sub(years);
+        // 29 February of a leap year falls back to the 28th.
+        now.replace_year(year)
+            .or_else(|_| {
+                now.replace_day(28)
+                    .and_then(|d| d.replace_year(year))
+            })
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Purges records older than the retention period.
+    pub async fn purge_expired(&self, actor: &str) -> Result<PurgeReport, BrokerError> {
+        let before = self.retention_cutoff(time::OffsetDateTime::now_utc());
+        self.purge(before, actor).await
+    }
+
+    /// Deletes the longest run of oldest records recorded before `before`
+    /// (order is by sequence: a later record with an earlier clock time stops
+    /// the run rather than being picked out). Refuses a `before` inside the
+    /// retention period. The range is verified first — a tampered range is
+    /// never purged — then deleted together with the appending of a purge
+    /// record (range, count, cut hash) in one transaction, and sealed at once.
+    /// On PostgreSQL, monthly partitions wholly inside the range are dropped.
+    pub async fn purge(
+        &self,
+        before: time::OffsetDateTime,
+        actor: &str,
+    ) -> Result<PurgeReport, BrokerError> {
+        let cutoff = self.retention_cutoff(time::OffsetDateTime::now_utc());
+        if before > cutoff {
+            return Err(BrokerError::refused(
+                ErrorCode::InvalidInput,
+                format!(
+                    "records are kept {} years: the latest allowed purge date is {}",
+                    self.config.retention_years,
+                    crate::store::timestamp(cutoff)
+                ),
+            ));
+        }
+        let before_text = crate::store::timestamp(before);
+        let nothing = |cut| PurgeReport {
+            before: before_text.clone(),
+            first_seq: 0,
+            cut_seq: cut,
+            count: 0,
+            purge_record_seq: None,
+        };
+        // A checkpoint at the head, so the range to purge is covered by one.
+        let Some(sealed) = self.seal().await? else {
+            return Ok(nothing(0));
+        };
+        let head = db::read_head(&self.pools).await?;
+        let cut = match db::first_seq_at_or_after(&self.pools, &before_text, head.cut_seq, sealed).await? {
+            Some(first_young) => first_young - 1,
+            None => sealed,
+        };
+        if cut <= head.cut_seq {
+            return Ok(nothing(head.cut_seq));
+        }
+        let walk = verify::walk(
+            &self.pools,
+            self.trusted.clone(),
+            WalkPlan {
+                start_seq: head.cut_seq,
+                start_hash: head.cut_hash,
+                end_seq: sealed,
+                whole_store: false,
+                capture: Some(cut),
+            },
+        )
+        .await?;
+        let cut_hash = match (walk.verdict, walk.captured) {
+            (Verdict::Intact(_), Some(hash)) => hash,
+            (Verdict::Broken(f), _) => {
+                return Err(BrokerError::refused(
+                    ErrorCode::Internal,
+                    format!("refusing to purge: provision records fail verification at {f}"),
+                ))
+            }
+            (Verdict::Intact(_), None) => {
+                return Err(BrokerError::refused(
+                    ErrorCode::Internal,
+                    format!("refusing to purge: record {cut} was not found"),
+                ))
+            }
+        };
+        let first_seq = head.cut_seq + 1;
+        let count = cut - head.cut_seq;
+        let draft = RecordDraft::new(
+            format!("purge-{}", hex::encode(rand::random::<[u8; 8]>())),
+            system_org()?,
+            Outcome::Purge {
+                before: before_text.clone(),
+                first_seq,
+                cut_seq: cut,
+                count,
+                cut_hash: hex::encode(cut_hash),
+                actor: actor.to_string(),
+            },
+        );
+        let plan = PurgePlan {
+            expected_cut: head.cut_seq,
+            cut_seq: cut,
+            cut_hash,
+            record: NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc()),
+        };
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job::Purge {
+                plan: Box::new(plan),
+                done,
+            })
+            .await
+            .map_err(|_| super::unavailable())?;
+        let seq = wait
+            .await
+            .map_err(|_| super::unavailable())?
+            .map_err(|e| BrokerError::refused(ErrorCode::Unavailable, format!("purge failed: {e}")))?;
+        // Sign the purge record now rather than within the next interval.
+        self.seal().await?;
+        tracing::info!(first_seq, cut_seq = cut, count, purge_record = seq, "provision records purged");
+        Ok(PurgeReport {
+            before: before_text,
+            first_seq,
+            cut_seq: cut,
+            count,
+            purge_record_seq: Some(seq),
+        })
+    }
+}

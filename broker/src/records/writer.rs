@@ -1,0 +1,293 @@
+//! The single writer: group commit of queued records.
+//!
+//! Every append is queued; the writer takes whatever is queued (up to
+//! `max_batch`) and commits it in one transaction, so concurrent queries
+//! share one fsync. Inside the transaction it locks the head row, which is
+//! what keeps sequence numbers gap-free and the chain linear even with several
+//! broker nodes on one PostgreSQL.
+
+use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
+use std::collections::BTreeSet;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::db::{self, to_hash, to_i64};
+use super::RecordDraft;
+use crate::error::BrokerError;
+use crate::store::Pools;
+
+/// A draft with what the writer needs besides a sequence number.
+pub(crate) struct NewRow {
+    pub at: String,
+    pub part_month: i32,
+    pub draft: RecordDraft,
+    pub requester_salt: Option<[u8; SALT_LEN]>,
+    pub provider_salt: Option<[u8; SALT_LEN]>,
+}
+
+impl NewRow {
+    pub fn new(draft: RecordDraft, at: time::OffsetDateTime) -> NewRow {
+        let salt = |code: &Option<String>| code.as_ref().map(|_| rand::random::<[u8; SALT_LEN]>());
+        NewRow {
+            at: crate::store::timestamp(at),
+            part_month: db::month_key(at),
+            requester_salt: salt(&draft.requester_person_code),
+            provider_salt: salt(&draft.provider_person_code),
+            draft,
+        }
+    }
+
+    fn record(&self, seq: u64) -> audit::Record {
+        let d = &self.draft;
+        let commit = |salt: &Option<[u8; SALT_LEN]>, code: &Option<String>| match (salt, code) {
+            (Some(salt), Some(code)) => Some(audit::person_commitment(salt, code)),
+            _ => None,
+        };
+        audit::Record {
+            seq,
+            at: self.at.clone(),
+            query_id: d.query_id.clone(),
+            permit_id: d.permit_id.clone(),
+            flow_id: d.flow_id.clone(),
+            flow_list_version: d.flow_list_version,
+            procedure: d.procedure.clone(),
+            requester: d.requester.as_str().to_string(),
+            provider: d.provider.as_ref().map(|p| p.as_str().to_string()),
+            items: d.items.clone(),
+            requester_person: commit(&self.requester_salt, &d.requester_person_code),
+            provider_person: commit(&self.provider_salt, &d.provider_person_code),
+            outcome: d.outcome.clone(),
+            approver: d.approver.clone(),
+        }
+    }
+}
+
+/// What a purge changes inside the writer's transaction.
+pub(crate) struct PurgePlan {
+    /// The cut the head row must still have (else another purge ran).
+    pub expected_cut: u64,
+    /// New cut: records up to here are deleted.
+    pub cut_seq: u64,
+    /// Chain hash at the new cut (verified before).
+    pub cut_hash: Hash,
+    /// The purge record, appended in the same transaction.
+    pub record: NewRow,
+}
+
+pub(crate) enum Job {
+    Append {
+        row: NewRow,
+        done: oneshot::Sender<Result<u64, ()>>,
+    },
+    Purge {
+        plan: Box<PurgePlan>,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Runs until closed or until every sender is gone.
+pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, pools: Pools, max_batch: usize) {
+    let mut ensured_months = BTreeSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut rows = Vec::new();
+        let mut waiters = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append { row, done } => {
+                    rows.push(row);
+                    waiters.push(done);
+                }
+                Job::Purge { plan, done } => {
+                    // A purge commits alone, after what was queued before it.
+                    commit_appends(&pools, &mut ensured_months, rows, waiters).await;
+                    rows = Vec::new();
+                    waiters = Vec::new();
+                    let result = commit(&pools, &mut ensured_months, &[&plan.record], Some(&plan))
+                        .await
+                        .map(|seqs| seqs.first().copied().unwrap_or(0))
+                        .map_err(|e| e.to_string());
+                    let _ = done.send(result);
+                }
+                Job::Close { done } => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if rows.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit_appends(&pools, &mut ensured_months, rows, waiters).await;
+        if let Some(done) = close {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+async fn commit_appends(
+    pools: &Pools,
+    ensured_months: &mut BTreeSet<i32>,
+    rows: Vec<NewRow>,
+    waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
+) {
+    if rows.is_empty() {
+        return;
+    }
+    let refs: Vec<&NewRow> = rows.iter().collect();
+    match commit(pools, ensured_months, &refs, None).await {
+        Ok(seqs) => {
+            for (done, seq) in waiters.into_iter().zip(seqs) {
+                let _ = done.send(Ok(seq));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, records = rows.len(), "provision records not committed; their queries are refused");
+            for done in waiters {
+                let _ = done.send(Err(()));
+            }
+        }
+    }
+}
+
+const LOCK_HEAD: &str =
+    "UPDATE records_head SET seq = seq WHERE id = 1 RETURNING seq, hash, cut_seq";
+
+const INSERT_SQLITE: &str = "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
+     flow_list_version, procedure_code, requester, provider, items, requester_code, \
+     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+
+const INSERT_PG: &str = "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
+     flow_list_version, procedure_code, requester, provider, items, requester_code, \
+     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
+     part_month) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+
+// The transaction body, expanded once per backend so each gets its own pool
+// and transaction types; `$pg` adds the partition column and partition drops.
+macro_rules! commit_in_tx {
+    ($pool:expr, $insert:expr, $pg:expr, $rows:expr, $purge:expr) => {{
+        let mut tx = $pool.begin().await?;
+        // The head lock: taken first so the transaction is a writer from the
+        // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
+        let (head_seq, head_hash, cut_seq): (i64, Vec<u8>, i64) =
+            sqlx::query_as(LOCK_HEAD).fetch_one(&mut *tx).await?;
+        if let Some(plan) = $purge {
+            if u64::try_from(cut_seq).ok() != Some(plan.expected_cut) {
+                return Err(BrokerError::refused(
+                    kakehashi_interfaces::ErrorCode::Unavailable,
+                    "another purge ran meanwhile; run the purge again",
+                ));
+            }
+            let cut = to_i64(plan.cut_seq);
+            if $pg {
+                let parts: Vec<(String,)> = sqlx::query_as(
+                    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                     WHERE i.inhparent = 'records'::regclass",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let current = db::month_key(time::OffsetDateTime::now_utc());
+                for (name,) in parts {
+                    // Only our monthly partitions of past months, and only
+                    // when every row in them is at or before the cut.
+                    let Some(month) = db::partition_month(&name) else {
+                        continue;
+                    };
+                    if month >= current {
+                        continue;
+                    }
+                    let (max,): (Option<i64>,) =
+                        sqlx::query_as(&format!("SELECT MAX(seq) FROM {name}"))
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if max.map_or(true, |m| m <= cut) {
+                        sqlx::query(&format!("DROP TABLE {name}"))
+                            .execute(&mut *tx)
+                            .await?;
+                        tracing::info!(partition = %name, "records partition dropped by purge");
+                    }
+                }
+            }
+            sqlx::query("DELETE FROM records WHERE seq <= $1")
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM record_checkpoints WHERE seq <= $1")
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE records_head SET cut_seq = $1, cut_hash = $2 WHERE id = 1")
+                .bind(cut)
+                .bind(plan.cut_hash.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut seq = u64::try_from(head_seq).unwrap_or(0);
+        let mut prev = to_hash(&head_hash, "head hash")?;
+        let mut seqs = Vec::with_capacity($rows.len());
+        for row in $rows {
+            seq += 1;
+            let record = row.record(seq);
+            prev = audit::chain_hash(&prev, &record.leaf_hash());
+            let (outcome, reason, detail) = record.outcome.to_parts();
+            let d = &row.draft;
+            let query = sqlx::query($insert)
+                .bind(to_i64(seq))
+                .bind(&row.at)
+                .bind(&d.query_id)
+                .bind(&d.permit_id)
+                .bind(&d.flow_id)
+                .bind(d.flow_list_version.map(to_i64))
+                .bind(&d.procedure)
+                .bind(d.requester.as_str())
+                .bind(d.provider.as_ref().map(|p| p.as_str()))
+                .bind(d.items.join(" "))
+                .bind(&d.requester_person_code)
+                .bind(row.requester_salt.map(|s| s.to_vec()))
+                .bind(&d.provider_person_code)
+                .bind(row.provider_salt.map(|s| s.to_vec()))
+                .bind(outcome)
+                .bind(reason)
+                .bind(&d.approver)
+                .bind(detail.map(|v| v.to_string()))
+                .bind(prev.to_vec());
+            let query = if $pg { query.bind(row.part_month) } else { query };
+            query.execute(&mut *tx).await?;
+            seqs.push(seq);
+        }
+        sqlx::query("UPDATE records_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(to_i64(seq))
+            .bind(prev.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(seqs)
+    }};
+}
+
+/// Commits `rows` (and a purge) in one transaction; returns their sequence numbers.
+async fn commit(
+    pools: &Pools,
+    ensured_months: &mut BTreeSet<i32>,
+    rows: &[&NewRow],
+    purge: Option<&PurgePlan>,
+) -> Result<Vec<u64>, BrokerError> {
+    match pools {
+        Pools::Sqlite { write, .. } => commit_in_tx!(write, INSERT_SQLITE, false, rows, purge),
+        Pools::Postgres(pool) => {
+            for row in rows {
+                if ensured_months.insert(row.part_month) {
+                    db::ensure_partitions(pool, row.part_month).await?;
+                }
+            }
+            commit_in_tx!(pool, INSERT_PG, true, rows, purge)
+        }
+    }
+}

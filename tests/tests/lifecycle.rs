@@ -1,0 +1,126 @@
+//! The broker binary as users run it: `dev` on a fresh directory, then SIGTERM
+//! with a request in flight — the request completes and the process exits 0.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kakehashi_certs::IssuedCert;
+use kakehashi_interfaces::{QueryResponse, QueryStatus};
+use kakehashi_tests::exchange::{query_body, scenario_with};
+use kakehashi_tests::{Protocol, TestClient};
+
+/// `target/<profile>/kakehashi-broker`, next to this test's `deps/` directory.
+fn broker_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|p| p.parent()).context("test binary has no parent")?;
+    let path = dir.join("kakehashi-broker");
+    if !path.exists() {
+        bail!("{} not built; run the tests with `cargo test --workspace`", path.display());
+    }
+    Ok(path)
+}
+
+struct Broker {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_dev() -> Result<Broker> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = Command::new(broker_binary()?)
+        .args(["dev", "--dir"])
+        .arg(dir.path().join("dev"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("KAKEHASHI_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let addr = format!("127.0.0.1:{port}").parse()?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("dev broker did not start listening");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Broker { child, dir, addr })
+}
+
+fn org_cert(broker: &Broker, org: &str) -> Result<IssuedCert> {
+    let pki = broker.dir.path().join("dev/pki");
+    let cert_pem = std::fs::read_to_string(pki.join(format!("{org}.crt")))?;
+    let key_pem = std::fs::read_to_string(pki.join(format!("{org}.key")))?;
+    let info = kakehashi_certs::inspect_pem(&cert_pem)?;
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())?;
+    Ok(IssuedCert {
+        cert_pem,
+        key_pem,
+        cert_der: der,
+        serial_hex: info.serial_hex,
+        fingerprint_sha256: info.fingerprint_sha256,
+    })
+}
+
+async fn client(broker: &Broker, org: &str) -> Result<TestClient> {
+    let ca = std::fs::read_to_string(broker.dir.path().join("dev/pki/ca.crt"))?;
+    TestClient::connect(broker.addr, &ca, Some(&org_cert(broker, org)?), Protocol::Http1).await
+}
+
+#[tokio::test]
+async fn dev_environment_serves_and_sigterm_finishes_in_flight_requests() -> Result<()> {
+    let mut broker = start_dev().await?;
+    let dev = broker.dir.path().join("dev");
+    for file in ["broker.toml", "flows.toml", "pki/ca.crt", "pki/ca.crl", "pki/server.crt", "pki/union-saitama.key", "kakehashi.db"] {
+        assert!(dev.join(file).exists(), "dev did not create {file}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dev.join("pki/city-saitama.key"))?.permissions().mode() & 0o777, 0o600);
+
+    let mut whoami = client(&broker, "agency-pension").await?;
+    assert_eq!(whoami.get("/v1/whoami").await?.json()?["org_id"], "agency-pension");
+
+    let mut s = scenario_with(client(&broker, "union-saitama").await?, client(&broker, "city-saitama").await?, 1).await?;
+    let (body, _) = query_body("F-0121", "benefit-reduction", "city-saitama", &s.union_codes[0], &["welfare.public_assistance"]);
+    let pending: QueryResponse = serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
+    assert_eq!(pending.status, QueryStatus::Pending);
+
+    // A long-poll of 3 s is in flight when SIGTERM arrives.
+    let path = format!("/v1/queries/{}?wait=3", pending.query_id);
+    let in_flight = tokio::spawn(async move { s.union.get(&path).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill").args(["-TERM", &broker.child.id().to_string()]).status()?;
+    assert!(status.success());
+    let response = in_flight.await??;
+    assert_eq!(response.status, 200, "the in-flight request was cut off");
+
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = broker.child.try_wait()? {
+            break exit;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("broker did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "broker exited with {exit}");
+    // New connections are refused once it stopped.
+    assert!(tokio::net::TcpStream::connect(broker.addr).await.is_err());
+    Ok(())
+}
