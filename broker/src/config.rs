@@ -89,6 +89,14 @@ pub struct TlsConfig {
     /// Also accept TLS 1.2 (off by default: TLS 1.3 only).
     #[serde(default)]
     pub allow_tls12: bool,
+    /// How often the broker checks its certificate, trust anchors and CRLs for
+    /// changes and reloads them (a revocation takes effect without a restart).
+    #[serde(default = "default_reload")]
+    pub reload_interval_secs: u64,
+}
+
+fn default_reload() -> u64 {
+    30
 }
 
 /// `[storage]`: exactly one of `sqlite` or `postgres_url`.

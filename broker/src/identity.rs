@@ -275,7 +275,10 @@ pub async fn code_at(
 }
 
 /// Every org's code for one person (for the union's disclosure listing, R18).
-pub async fn all_codes(pools: &Pools, person_id: &str) -> Result<Vec<(OrgId, String)>, BrokerError> {
+pub async fn all_codes(
+    pools: &Pools,
+    person_id: &str,
+) -> Result<Vec<(OrgId, String)>, BrokerError> {
     let rows: Vec<(String, String)> = crate::on_pool!(pools, read, |pool| {
         sqlx::query_as("SELECT org_id, code FROM person_codes WHERE person_id = $1 ORDER BY org_id")
             .bind(person_id)

@@ -117,12 +117,15 @@ async fn wait_for_signal() {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    mut acceptor: TlsAcceptor,
     state: Arc<AppState>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    let reload_every = Duration::from_secs(state.config.tls.reload_interval_secs);
+    let mut stamps = tls::file_stamps(&state.config.tls);
+    let mut checked = std::time::Instant::now();
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => break,
@@ -143,6 +146,23 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        if checked.elapsed() >= reload_every {
+            checked = std::time::Instant::now();
+            let now = tls::file_stamps(&state.config.tls);
+            if now != stamps {
+                stamps = now;
+                match tls::server_config(&state.config.tls) {
+                    Ok(config) => {
+                        acceptor = TlsAcceptor::from(config);
+                        tracing::info!("reloaded TLS certificate, trust anchors and CRLs");
+                    }
+                    // Keep serving with the old material rather than stop.
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS files changed but could not be loaded; keeping the previous ones")
+                    }
+                }
+            }
+        }
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let acceptor = acceptor.clone();

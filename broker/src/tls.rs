@@ -100,6 +100,16 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     }
 }
 
+/// Modification times of every TLS file, to notice a new CRL or certificate.
+pub fn file_stamps(tls: &TlsConfig) -> Vec<Option<std::time::SystemTime>> {
+    std::iter::once(&tls.cert)
+        .chain(std::iter::once(&tls.key))
+        .chain(&tls.client_ca)
+        .chain(&tls.crls)
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 /// Extracts the org identity from the leaf certificate the client presented.
 pub fn peer_identity(leaf: &CertificateDer<'_>) -> PeerIdentity {
     let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));

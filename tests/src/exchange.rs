@@ -84,7 +84,11 @@ pub async fn scenario(broker: &TestBroker, n: u64) -> Result<Scenario> {
 }
 
 /// [`scenario`] over given clients (e.g. to a broker running as a subprocess).
-pub async fn scenario_with(mut union: TestClient, mut city: TestClient, n: u64) -> Result<Scenario> {
+pub async fn scenario_with(
+    mut union: TestClient,
+    mut city: TestClient,
+    n: u64,
+) -> Result<Scenario> {
     let numbers: Vec<String> = (0..n).map(individual_number).collect();
     let lines: Vec<String> = numbers
         .iter()

@@ -229,6 +229,7 @@ impl TestBroker {
                 client_ca: vec![pki.path("ca.crt")],
                 crls: vec![pki.path("ca.crl")],
                 allow_tls12: false,
+                reload_interval_secs: 0,
             },
             storage,
             limits: opts.limits,

@@ -486,18 +486,55 @@ async fn answers_are_deleted_when_they_expire() -> Result<()> {
 #[tokio::test]
 async fn union_lists_who_received_data_about_a_person() -> Result<()> {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let Some(broker) = exchange_broker(backend).await? else { continue };
+        let Some(broker) = exchange_broker(backend).await? else {
+            continue;
+        };
         let mut s = scenario(&broker, 2).await?;
-        let (body, _) = query_body("F-0120", "premium-calculation", "city-saitama", &s.union_codes[0], &["local_tax.income"]);
-        assert_eq!(s.union.post("/v1/queries", body).await?.status, StatusCode::OK);
-        let (body, _) = query_body("F-0120", "premium-calculation", "city-saitama", &s.union_codes[0], &["resident.address"]);
-        assert_eq!(s.union.post("/v1/queries", body).await?.status, StatusCode::FORBIDDEN);
+        let (body, _) = query_body(
+            "F-0120",
+            "premium-calculation",
+            "city-saitama",
+            &s.union_codes[0],
+            &["local_tax.income"],
+        );
+        assert_eq!(
+            s.union.post("/v1/queries", body).await?.status,
+            StatusCode::OK
+        );
+        let (body, _) = query_body(
+            "F-0120",
+            "premium-calculation",
+            "city-saitama",
+            &s.union_codes[0],
+            &["resident.address"],
+        );
+        assert_eq!(
+            s.union.post("/v1/queries", body).await?.status,
+            StatusCode::FORBIDDEN
+        );
         // Another person's query does not show up.
-        let (body, _) = query_body("F-0120", "premium-calculation", "city-saitama", &s.union_codes[1], &["local_tax.income"]);
-        assert_eq!(s.union.post("/v1/queries", body).await?.status, StatusCode::OK);
+        let (body, _) = query_body(
+            "F-0120",
+            "premium-calculation",
+            "city-saitama",
+            &s.union_codes[1],
+            &["local_tax.income"],
+        );
+        assert_eq!(
+            s.union.post("/v1/queries", body).await?.status,
+            StatusCode::OK
+        );
 
-        let response = s.union.get(&format!("/v1/persons/{}/records", s.union_codes[0])).await?;
-        assert_eq!(response.status, StatusCode::OK, "{}", String::from_utf8_lossy(&response.body));
+        let response = s
+            .union
+            .get(&format!("/v1/persons/{}/records", s.union_codes[0]))
+            .await?;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
         let entries = response.json()?;
         let entries = entries.as_array().expect("a list");
         assert_eq!(entries.len(), 2, "{backend:?}: {entries:?}");
@@ -508,10 +545,16 @@ async fn union_lists_who_received_data_about_a_person() -> Result<()> {
         assert_eq!(entries[1]["outcome"], "denied");
         let text = response.json()?.to_string();
         for code in s.union_codes.iter().chain(&s.city_codes) {
-            assert!(!text.contains(code.as_str()), "a person code is in the disclosure");
+            assert!(
+                !text.contains(code.as_str()),
+                "a person code is in the disclosure"
+            );
         }
         // Only the union may list.
-        let city = s.city.get(&format!("/v1/persons/{}/records", s.city_codes[0])).await?;
+        let city = s
+            .city
+            .get(&format!("/v1/persons/{}/records", s.city_codes[0]))
+            .await?;
         assert_eq!(city.status, StatusCode::FORBIDDEN);
     }
     Ok(())

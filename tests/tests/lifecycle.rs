@@ -14,10 +14,16 @@ use kakehashi_tests::{Protocol, TestClient};
 /// `target/<profile>/kakehashi-broker`, next to this test's `deps/` directory.
 fn broker_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|p| p.parent()).context("test binary has no parent")?;
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("test binary has no parent")?;
     let path = dir.join("kakehashi-broker");
     if !path.exists() {
-        bail!("{} not built; run the tests with `cargo test --workspace`", path.display());
+        bail!(
+            "{} not built; run the tests with `cargo test --workspace`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -36,7 +42,9 @@ impl Drop for Broker {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_dev() -> Result<Broker> {
@@ -79,32 +87,76 @@ fn org_cert(broker: &Broker, org: &str) -> Result<IssuedCert> {
 
 async fn client(broker: &Broker, org: &str) -> Result<TestClient> {
     let ca = std::fs::read_to_string(broker.dir.path().join("dev/pki/ca.crt"))?;
-    TestClient::connect(broker.addr, &ca, Some(&org_cert(broker, org)?), Protocol::Http1).await
+    TestClient::connect(
+        broker.addr,
+        &ca,
+        Some(&org_cert(broker, org)?),
+        Protocol::Http1,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn dev_environment_serves_and_sigterm_finishes_in_flight_requests() -> Result<()> {
     let mut broker = start_dev().await?;
     let dev = broker.dir.path().join("dev");
-    for file in ["broker.toml", "flows.toml", "pki/ca.crt", "pki/ca.crl", "pki/server.crt", "pki/union-saitama.key", "kakehashi.db"] {
+    for file in [
+        "broker.toml",
+        "flows.toml",
+        "pki/ca.crt",
+        "pki/ca.crl",
+        "pki/server.crt",
+        "pki/union-saitama.key",
+        "kakehashi.db",
+    ] {
         assert!(dev.join(file).exists(), "dev did not create {file}");
     }
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(dev.join("pki/city-saitama.key"))?.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(dev.join("pki/city-saitama.key"))?
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // Ready client profiles for every sample org, in the client's own format.
+    let profiles = kakehashi_client::config::ClientConfig::load(&dev.join("profiles/config.toml"))?;
+    assert_eq!(profiles.profiles.len(), 4);
+    let (_, union) = profiles.profile(Some("union-saitama"))?;
+    assert!(union.key.is_absolute() && union.key.exists());
+    assert_eq!(union.broker, format!("https://{}", broker.addr));
 
     let mut whoami = client(&broker, "agency-pension").await?;
-    assert_eq!(whoami.get("/v1/whoami").await?.json()?["org_id"], "agency-pension");
+    assert_eq!(
+        whoami.get("/v1/whoami").await?.json()?["org_id"],
+        "agency-pension"
+    );
 
-    let mut s = scenario_with(client(&broker, "union-saitama").await?, client(&broker, "city-saitama").await?, 1).await?;
-    let (body, _) = query_body("F-0121", "benefit-reduction", "city-saitama", &s.union_codes[0], &["welfare.public_assistance"]);
-    let pending: QueryResponse = serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
+    let mut s = scenario_with(
+        client(&broker, "union-saitama").await?,
+        client(&broker, "city-saitama").await?,
+        1,
+    )
+    .await?;
+    let (body, _) = query_body(
+        "F-0121",
+        "benefit-reduction",
+        "city-saitama",
+        &s.union_codes[0],
+        &["welfare.public_assistance"],
+    );
+    let pending: QueryResponse =
+        serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
     assert_eq!(pending.status, QueryStatus::Pending);
 
     // A long-poll of 3 s is in flight when SIGTERM arrives.
     let path = format!("/v1/queries/{}?wait=3", pending.query_id);
     let in_flight = tokio::spawn(async move { s.union.get(&path).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("kill").args(["-TERM", &broker.child.id().to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()?;
     assert!(status.success());
     let response = in_flight.await??;
     assert_eq!(response.status, 200, "the in-flight request was cut off");

@@ -177,7 +177,12 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
         }
         RecordsCommand::Export(args) => {
             let filter = ExportFilter {
-                from: args.from.as_deref().map(parse_when).transpose()?.map(|(t, _)| t),
+                from: args
+                    .from
+                    .as_deref()
+                    .map(parse_when)
+                    .transpose()?
+                    .map(|(t, _)| t),
                 to: args
                     .to
                     .as_deref()
@@ -256,7 +261,11 @@ async fn open_log(
 
 /// Appends `count` synthetic records from `concurrency` tasks, printing each
 /// sequence number on stdout once its append returned (i.e. committed).
-pub async fn stress(log: &Arc<RecordLog>, count: u64, concurrency: usize) -> Result<(), BrokerError> {
+pub async fn stress(
+    log: &Arc<RecordLog>,
+    count: u64,
+    concurrency: usize,
+) -> Result<(), BrokerError> {
     let next = Arc::new(AtomicU64::new(0));
     let requester = OrgId::new("city-stress")?;
     let provider = OrgId::new("agency-stress")?;
@@ -270,7 +279,8 @@ pub async fn stress(log: &Arc<RecordLog>, count: u64, concurrency: usize) -> Res
                 if i >= count {
                     return Ok::<(), BrokerError>(());
                 }
-                let mut draft = RecordDraft::new(format!("stress-{i}"), requester.clone(), Outcome::Provided);
+                let mut draft =
+                    RecordDraft::new(format!("stress-{i}"), requester.clone(), Outcome::Provided);
                 draft.provider = Some(provider.clone());
                 draft.items = vec!["income.total".into()];
                 draft.requester_person_code = Some(format!("RQ{i:08}"));

@@ -141,10 +141,9 @@ impl Matcher {
         // Fixed-width UTC timestamps compare as text.
         self.from.as_ref().map_or(true, |f| r.recorded_at >= *f)
             && self.to.as_ref().map_or(true, |t| r.recorded_at < *t)
-            && self
-                .org
-                .as_ref()
-                .map_or(true, |o| r.requester == *o || r.provider.as_ref() == Some(o))
+            && self.org.as_ref().map_or(true, |o| {
+                r.requester == *o || r.provider.as_ref() == Some(o)
+            })
             && self
                 .flow
                 .as_ref()
@@ -172,10 +171,14 @@ impl RecordLog {
         let result = self
             .write_export(req, data_file, bundle_file, &mut rows, &mut segments)
             .await;
-        let mut filter = format!("{} format={}", req.filter.describe(), match req.format {
-            ExportFormat::Csv => "csv",
-            ExportFormat::Jsonl => "jsonl",
-        });
+        let mut filter = format!(
+            "{} format={}",
+            req.filter.describe(),
+            match req.format {
+                ExportFormat::Csv => "csv",
+                ExportFormat::Jsonl => "jsonl",
+            }
+        );
         if result.is_err() {
             filter.push_str(" (failed)");
         }
@@ -308,9 +311,10 @@ impl RecordLog {
                             let cp = cp_row.to_checkpoint();
                             // Only checkpoints by trusted keys close a segment.
                             if in_segment && cp.seq == seq && cp.verify(&self.trusted).is_ok() {
-                                let key = ed25519_dalek::VerifyingKey::from_bytes(
-                                    &to_hash(&cp_row.public_key, "checkpoint key")?,
-                                )
+                                let key = ed25519_dalek::VerifyingKey::from_bytes(&to_hash(
+                                    &cp_row.public_key,
+                                    "checkpoint key",
+                                )?)
                                 .map_err(|e| BrokerError::Config(format!("checkpoint key: {e}")))?;
                                 BundleLine::checkpoint(&cp, &key)
                                     .write(&mut bundle)

@@ -159,14 +159,15 @@ impl RecordDraft {
             return Err(bad("a field is too long"));
         }
         // Items are stored and exported space-separated.
-        if self
-            .items
-            .iter()
-            .any(|i| i.is_empty() || i.len() > MAX || i.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
+        if self.items.iter().any(|i| {
+            i.is_empty() || i.len() > MAX || i.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
             return Err(bad("item codes must be non-empty without spaces"));
         }
-        if self.flow_list_version.is_some_and(|v| i64::try_from(v).is_err()) {
+        if self
+            .flow_list_version
+            .is_some_and(|v| i64::try_from(v).is_err())
+        {
             return Err(bad("flow-list version out of range"));
         }
         Ok(self)
@@ -360,7 +361,9 @@ impl RecordLog {
         if head.seq == 0 {
             return Ok(None);
         }
-        let latest = db::latest_checkpoint(&self.pools).await?.map(|c| c.to_checkpoint());
+        let latest = db::latest_checkpoint(&self.pools)
+            .await?
+            .map(|c| c.to_checkpoint());
         if let Some(cp) = &latest {
             if cp.seq >= head.seq {
                 return Ok(Some(cp.seq));

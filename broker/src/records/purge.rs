@@ -34,10 +34,7 @@ impl RecordLog {
         let year = now.year().saturating_sub(years);
         // 29 February of a leap year falls back to the 28th.
         now.replace_year(year)
-            .or_else(|_| {
-                now.replace_day(28)
-                    .and_then(|d| d.replace_year(year))
-            })
+            .or_else(|_| now.replace_day(28).and_then(|d| d.replace_year(year)))
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 
@@ -83,7 +80,9 @@ impl RecordLog {
             return Ok(nothing(0));
         };
         let head = db::read_head(&self.pools).await?;
-        let cut = match db::first_seq_at_or_after(&self.pools, &before_text, head.cut_seq, sealed).await? {
+        let cut = match db::first_seq_at_or_after(&self.pools, &before_text, head.cut_seq, sealed)
+            .await?
+        {
             Some(first_young) => first_young - 1,
             None => sealed,
         };
@@ -145,13 +144,18 @@ impl RecordLog {
             })
             .await
             .map_err(|_| super::unavailable())?;
-        let seq = wait
-            .await
-            .map_err(|_| super::unavailable())?
-            .map_err(|e| BrokerError::refused(ErrorCode::Unavailable, format!("purge failed: {e}")))?;
+        let seq = wait.await.map_err(|_| super::unavailable())?.map_err(|e| {
+            BrokerError::refused(ErrorCode::Unavailable, format!("purge failed: {e}"))
+        })?;
         // Sign the purge record now rather than within the next interval.
         self.seal().await?;
-        tracing::info!(first_seq, cut_seq = cut, count, purge_record = seq, "provision records purged");
+        tracing::info!(
+            first_seq,
+            cut_seq = cut,
+            count,
+            purge_record = seq,
+            "provision records purged"
+        );
         Ok(PurgeReport {
             before: before_text,
             first_seq,

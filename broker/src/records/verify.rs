@@ -6,7 +6,9 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures_util::TryStreamExt;
-use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ChainVerifier, FailureKind, Hash, TrustedKeys};
+use kakehashi_interfaces::audit::{
+    ChainFailure, ChainSummary, ChainVerifier, FailureKind, Hash, TrustedKeys,
+};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -138,13 +140,21 @@ pub(crate) struct WalkPlan {
 /// Streams records and checkpoints in sequence order through a verifier
 /// (constant memory). Records are bounded by `end_seq`, read before, so
 /// records committed meanwhile by a running broker do not disturb it.
-pub(crate) async fn walk(pools: &Pools, keys: TrustedKeys, plan: WalkPlan) -> Result<Walk, BrokerError> {
+pub(crate) async fn walk(
+    pools: &Pools,
+    keys: TrustedKeys,
+    plan: WalkPlan,
+) -> Result<Walk, BrokerError> {
     let mut verifier = if plan.whole_store {
         ChainVerifier::new(keys, plan.start_seq, plan.start_hash)
     } else {
         ChainVerifier::segment(keys, plan.start_seq, plan.start_hash)
     };
-    let lo = if plan.whole_store { 0 } else { to_i64(plan.start_seq + 1) };
+    let lo = if plan.whole_store {
+        0
+    } else {
+        to_i64(plan.start_seq + 1)
+    };
     let mut records = db::record_stream(pools, lo, to_i64(plan.end_seq));
     let mut checkpoints = db::checkpoint_stream(pools, to_i64(plan.start_seq + 1), i64::MAX);
     let mut pending = checkpoints.try_next().await?;
@@ -159,7 +169,11 @@ pub(crate) async fn walk(pools: &Pools, keys: TrustedKeys, plan: WalkPlan) -> Re
         let (record, stored) = match row.to_record() {
             Ok(r) => r,
             Err(e) => {
-                return Ok(broken(&verifier, ChainFailure::new(seq, FailureKind::Malformed(e)), captured))
+                return Ok(broken(
+                    &verifier,
+                    ChainFailure::new(seq, FailureKind::Malformed(e)),
+                    captured,
+                ))
             }
         };
         if let Err(f) = verifier.push_record(&record, Some(&stored)) {

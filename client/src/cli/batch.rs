@@ -526,3 +526,31 @@ fn report(t: &Tally, out: &Path) -> String {
     s.push_str(&format!("results: {}", out.display()));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_split_sorted_and_deduplicated() {
+        assert_eq!(split_items("b;a a,c"), ["a", "b", "c"]);
+        assert!(split_items(" ; ").is_empty());
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_and_finished_keys_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let line = r#"{"line":2,"person":"P0000001","flow":"F","procedure":"p","provider":"city-x","items":["a"],"status":"provided"}"#;
+        std::fs::write(&path, format!("{line}\n{{\"line\":3,\"per")).unwrap();
+        let keys = read_finished(&path).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(keys.iter().any(|k| k.person == "P0000001"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{line}\n"));
+
+        std::fs::write(&path, "not json\n").unwrap();
+        let err = read_finished(&path).unwrap_err();
+        assert_eq!(err.exit, Exit::Usage);
+        assert!(read_finished(&dir.path().join("none")).unwrap().is_empty());
+    }
+}

@@ -369,3 +369,47 @@ pub async fn deposit(
         Exit::Partial
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_person_lines_never_echo_the_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.csv");
+        // 123456789018 has a valid check digit; ...019 does not.
+        std::fs::write(
+            &path,
+            "name,sex,birth_date,address,individual_number\n\
+             A,male,1950-01-01,X,123456789018\n\
+             B,female,1950-01-01,X,123456789019\n\
+             C,女,1950-02-30,X,123456789018\n\
+             D,male,1950-01-01,123456789018\n",
+        )
+        .unwrap();
+        let parsed = read_persons(&path).unwrap();
+        assert_eq!(parsed.good.len(), 1);
+        let lines: Vec<u64> = parsed.issues.iter().map(|i| i.line).collect();
+        assert_eq!(lines, [3, 4, 5]);
+        assert_eq!(parsed.issues[0].reason, "missing_individual_number");
+        for i in &parsed.issues {
+            assert!(!i.message.contains("12345678901"), "{}", i.message);
+        }
+    }
+
+    #[test]
+    fn copies_lines_are_checked_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        std::fs::write(
+            &path,
+            "{\"person\":\"P0000001\",\"items\":{\"a.b\":1}}\n\n{\"person\":\"P0000001\",\"items\":{\"a.b\":null}}\n",
+        )
+        .unwrap();
+        let parsed = read_copies(&path).unwrap();
+        assert_eq!(parsed.good.len(), 1);
+        assert_eq!(parsed.issues.len(), 1);
+        assert_eq!(parsed.issues[0].line, 3);
+    }
+}

@@ -1,0 +1,825 @@
+//! Provision records (R14–R18, R23) against real SQLite files and real
+//! PostgreSQL databases: tamper evidence, export, purge, group commit,
+//! disclosure, and a kill -9 in the middle of appending.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use kakehashi_broker::records::cli::{ExportArgs, RecordsCommand};
+use kakehashi_broker::records::{
+    self, ExportFormat, Outcome, RecordDraft, RecordLog, RecordsConfig, Verdict,
+};
+use kakehashi_broker::store::{self, Pools, Store};
+use kakehashi_interfaces::audit::{self, FailureKind};
+use kakehashi_interfaces::{ErrorCode, OrgId};
+use kakehashi_tests::{storage_config, Backend};
+use tempfile::TempDir;
+
+/// A store, its key directory and a broker.toml naming both.
+struct Env {
+    dir: TempDir,
+    backend: Backend,
+    store: Arc<dyn Store>,
+    config_path: PathBuf,
+}
+
+impl Env {
+    async fn new(backend: Backend) -> Result<Option<Env>> {
+        let dir = tempfile::tempdir()?;
+        let Some(storage) = storage_config(backend, dir.path()).await? else {
+            return Ok(None);
+        };
+        let storage_line = match (&storage.sqlite, &storage.postgres_url) {
+            (Some(path), _) => format!("sqlite = {:?}", path.display().to_string()),
+            (_, Some(url)) => format!("postgres_url = {url:?}"),
+            _ => bail!("no storage"),
+        };
+        let config_path = dir.path().join("broker.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[listen]\naddress = \"127.0.0.1:0\"\n[tls]\ncert = \"none.crt\"\nkey = \"none.key\"\nclient_ca = [\"none.crt\"]\n[storage]\n{storage_line}\n[keys]\ndir = {:?}\n",
+                dir.path().join("keys").display().to_string()
+            ),
+        )?;
+        let store = store::open(&storage).await?;
+        Ok(Some(Env {
+            dir,
+            backend,
+            store,
+            config_path,
+        }))
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    fn pools(&self) -> Pools {
+        self.store.pools()
+    }
+
+    /// A log whose sealer only signs when told (tests decide where checkpoints fall).
+    async fn log(&self) -> Result<Arc<RecordLog>> {
+        Ok(RecordLog::open(self.pools(), &self.keys(), quiet()).await?)
+    }
+
+    async fn verify(&self) -> Result<Verdict> {
+        let keys = records::trusted_keys(&self.keys())?;
+        Ok(records::verify_store(&self.pools(), &keys).await?)
+    }
+
+    async fn exec(&self, sql: &str) -> Result<()> {
+        match self.pools() {
+            Pools::Sqlite { write, .. } => {
+                sqlx::raw_sql(sql).execute(&write).await?;
+            }
+            Pools::Postgres(pool) => {
+                sqlx::raw_sql(sql).execute(&pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self, sql: &str) -> Result<i64> {
+        Ok(match self.pools() {
+            Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(&read).await?,
+            Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(&pool).await?,
+        })
+    }
+
+    async fn seqs(&self) -> Result<Vec<i64>> {
+        let sql = "SELECT seq FROM records ORDER BY seq";
+        Ok(match self.pools() {
+            Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(&read).await?,
+            Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(&pool).await?,
+        })
+    }
+}
+
+fn quiet() -> RecordsConfig {
+    RecordsConfig {
+        checkpoint_interval_ms: 3_600_000,
+        purge_interval_secs: 0,
+        ..RecordsConfig::default()
+    }
+}
+
+fn org(id: &str) -> OrgId {
+    OrgId::new(id).expect("valid org id")
+}
+
+/// A record of query `i`: saitama asks kawagoe, or kawaguchi asks the pension agency.
+fn draft(i: u64) -> RecordDraft {
+    let (requester, provider) = if i % 3 == 2 {
+        ("city-kawaguchi", "agency-pension")
+    } else {
+        ("city-saitama", "city-kawagoe")
+    };
+    let outcome = match i % 6 {
+        0 => Outcome::Provided,
+        1 => Outcome::Denied {
+            reason: "not_on_flow_list".into(),
+        },
+        2 => Outcome::Pending,
+        3 => Outcome::Approved,
+        4 => Outcome::Rejected,
+        _ => Outcome::Expired,
+    };
+    RecordDraft {
+        query_id: format!("q-{i:05}"),
+        permit_id: Some(format!("p-{i:05}")),
+        flow_id: Some(if i % 2 == 0 { "F0001" } else { "F0002" }.into()),
+        flow_list_version: Some(3),
+        procedure: Some("child_allowance".into()),
+        requester: org(requester),
+        provider: Some(org(provider)),
+        items: vec!["income.total".into(), "tax.resident".into()],
+        requester_person_code: Some(format!("RQSECRET{i:05}")),
+        provider_person_code: Some(format!("PVSECRET{i:05}")),
+        approver: matches!(outcome, Outcome::Approved | Outcome::Rejected)
+            .then(|| "staff-kawagoe-1".into()),
+        outcome,
+    }
+}
+
+/// 20 records with checkpoints at 10 and 20; the log is closed afterwards.
+async fn sealed_twenty(env: &Env) -> Result<()> {
+    let log = env.log().await?;
+    for i in 1..=20 {
+        log.append(draft(i)).await?;
+        if i == 10 {
+            assert_eq!(log.seal().await?, Some(10));
+        }
+    }
+    log.close().await;
+    match env.verify().await? {
+        Verdict::Intact(s) => {
+            assert_eq!((s.records, s.checkpoints, s.sealed_seq), (20, 2, 20));
+        }
+        Verdict::Broken(f) => bail!("fresh chain broken: {f}"),
+    }
+    Ok(())
+}
+
+async fn expect_broken(env: &Env, seq: u64) -> Result<FailureKind> {
+    match env.verify().await? {
+        Verdict::Broken(f) => {
+            assert_eq!(f.seq, seq, "wrong sequence named: {f}");
+            Ok(f.kind)
+        }
+        Verdict::Intact(s) => bail!("tampering not detected: {s:?}"),
+    }
+}
+
+macro_rules! both_backends {
+    ($suite:ident: $sqlite:ident, $pg:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $sqlite() -> Result<()> {
+            $suite(Backend::Sqlite).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $pg() -> Result<()> {
+            $suite(Backend::Postgres).await
+        }
+    };
+}
+
+// ---------------------------------------------------------------- tampering
+
+async fn edited_field_is_named(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    env.exec("UPDATE records SET items = 'income.total' WHERE seq = 7")
+        .await?;
+    assert_eq!(expect_broken(&env, 7).await?, FailureKind::HashMismatch);
+    // The CLI says so too, and fails.
+    let cli = records::cli::run(
+        Some(&env.config_path),
+        RecordsCommand::Verify { json: false },
+    )
+    .await;
+    assert!(cli.is_err(), "records verify passed a tampered store");
+    Ok(())
+}
+both_backends!(edited_field_is_named: edit_sqlite, edit_postgres);
+
+async fn deleted_row_is_named(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    env.exec("DELETE FROM records WHERE seq = 5").await?;
+    assert_eq!(expect_broken(&env, 5).await?, FailureKind::Missing);
+    Ok(())
+}
+both_backends!(deleted_row_is_named: delete_sqlite, delete_postgres);
+
+async fn inserted_row_is_named(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    // Make room at 12 (as an attacker must: sequences are gap-free) and put a
+    // copy of record 3 there.
+    let columns = "recorded_at, query_id, permit_id, flow_id, flow_list_version, procedure_code, \
+         requester, provider, items, requester_code, requester_salt, provider_code, provider_salt, \
+         outcome, reason, approver, detail, hash";
+    let columns = match backend {
+        Backend::Sqlite => columns.to_string(),
+        Backend::Postgres => format!("{columns}, part_month"),
+    };
+    env.exec(&format!(
+        "UPDATE records SET seq = -seq WHERE seq >= 12;
+         UPDATE records SET seq = 1 - seq WHERE seq < 0;
+         INSERT INTO records (seq, {columns}) SELECT 12, {columns} FROM records WHERE seq = 3;
+         UPDATE records_head SET seq = 21;"
+    ))
+    .await?;
+    assert_eq!(env.seqs().await?, (1..=21).collect::<Vec<_>>());
+    assert_eq!(expect_broken(&env, 12).await?, FailureKind::HashMismatch);
+    Ok(())
+}
+both_backends!(inserted_row_is_named: insert_sqlite, insert_postgres);
+
+async fn swapped_rows_are_named(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    env.exec(
+        "UPDATE records SET seq = -1 WHERE seq = 4;
+         UPDATE records SET seq = 4 WHERE seq = 9;
+         UPDATE records SET seq = 9 WHERE seq = -1;",
+    )
+    .await?;
+    assert_eq!(expect_broken(&env, 4).await?, FailureKind::HashMismatch);
+    Ok(())
+}
+both_backends!(swapped_rows_are_named: swap_sqlite, swap_postgres);
+
+async fn truncated_tail_is_named(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    // A careful attacker also rewinds the head; the checkpoint at 20 remains.
+    env.exec(
+        "DELETE FROM records WHERE seq > 15;
+         UPDATE records_head SET seq = 15, hash = (SELECT hash FROM records WHERE seq = 15);",
+    )
+    .await?;
+    assert_eq!(
+        expect_broken(&env, 16).await?,
+        FailureKind::Truncated { checkpoint: 20 }
+    );
+    Ok(())
+}
+both_backends!(truncated_tail_is_named: truncate_sqlite, truncate_postgres);
+
+async fn recomputed_chain_is_caught_by_the_checkpoint(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    sealed_twenty(&env).await?;
+    // Rewrite record 14 and every stored hash after it, consistently: only
+    // the signed checkpoint at 20 can tell, and it names the unproven range.
+    let stored13: Vec<u8> = match env.pools() {
+        Pools::Sqlite { read, .. } => {
+            sqlx::query_scalar("SELECT hash FROM records WHERE seq = 13")
+                .fetch_one(&read)
+                .await?
+        }
+        Pools::Postgres(pool) => {
+            sqlx::query_scalar("SELECT hash FROM records WHERE seq = 13")
+                .fetch_one(&pool)
+                .await?
+        }
+    };
+    let mut prev: audit::Hash = stored13.as_slice().try_into()?;
+    // Recompute the rest from an export of the store itself (no codes needed:
+    // the commitments are in the bundle).
+    let out = env.dir.path().join("all.jsonl");
+    export(&env, ExportFormat::Jsonl, &out, None, None).await?;
+    let bundle = std::fs::read_to_string(audit::bundle_path_for(&out))?;
+    let data = std::fs::read_to_string(&out)?;
+    let commitments: Vec<audit::BundleLine> = bundle
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let mut script = String::new();
+    for (line, entry) in data.lines().zip(
+        commitments
+            .iter()
+            .filter(|l| matches!(l, audit::BundleLine::Row { .. })),
+    ) {
+        let row: audit::ExportRow = serde_json::from_str(line)?;
+        if row.seq <= 13 || row.seq > 20 {
+            continue;
+        }
+        let audit::BundleLine::Row { rc, pc, .. } = entry else {
+            unreachable!()
+        };
+        let hash = |h: &Option<String>| -> Result<Option<audit::Hash>> {
+            h.as_ref().map(|h| Ok(hex_to_hash(h)?)).transpose()
+        };
+        let mut record = row
+            .into_record(hash(rc)?, hash(pc)?)
+            .map_err(anyhow::Error::msg)?;
+        if record.seq == 14 {
+            record.items = vec!["income.total".into()];
+            script.push_str("UPDATE records SET items = 'income.total' WHERE seq = 14;\n");
+        }
+        prev = audit::chain_hash(&prev, &record.leaf_hash());
+        let hex: String = prev.iter().map(|b| format!("{b:02x}")).collect();
+        script.push_str(&match backend {
+            Backend::Sqlite => format!(
+                "UPDATE records SET hash = X'{hex}' WHERE seq = {};\n",
+                record.seq
+            ),
+            Backend::Postgres => format!(
+                "UPDATE records SET hash = decode('{hex}', 'hex') WHERE seq = {};\n",
+                record.seq
+            ),
+        });
+    }
+    env.exec(&script).await?;
+    assert_eq!(
+        expect_broken(&env, 11).await?,
+        FailureKind::CheckpointMismatch { checkpoint: 20 }
+    );
+    Ok(())
+}
+both_backends!(recomputed_chain_is_caught_by_the_checkpoint: recompute_sqlite, recompute_postgres);
+
+fn hex_to_hash(h: &str) -> Result<audit::Hash> {
+    let bytes: Vec<u8> = (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    Ok(bytes.as_slice().try_into()?)
+}
+
+// ------------------------------------------------------------------- export
+
+async fn export(
+    env: &Env,
+    format: ExportFormat,
+    out: &Path,
+    org: Option<&str>,
+    person: Option<&str>,
+) -> Result<()> {
+    records::cli::run(
+        Some(&env.config_path),
+        RecordsCommand::Export(ExportArgs {
+            from: None,
+            to: None,
+            org: org.map(str::to_string),
+            flow: None,
+            person: person.map(str::to_string),
+            format,
+            out: out.to_path_buf(),
+            actor: Some("auditor-sato".into()),
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    for i in 1..=30 {
+        log.append(draft(i)).await?;
+    }
+    log.close().await;
+
+    // Everything, as CSV for Excel.
+    let csv = env.dir.path().join("all.csv");
+    export(&env, ExportFormat::Csv, &csv, None, None).await?;
+    let bytes = std::fs::read(&csv)?;
+    assert!(
+        bytes.starts_with(b"\xEF\xBB\xBF\"seq\",\"at\""),
+        "no BOM/header"
+    );
+    let text = String::from_utf8(bytes.clone())?;
+    let bundle = std::fs::read_to_string(audit::bundle_path_for(&csv))?;
+    assert!(!text.contains("SECRET"), "a person code was exported");
+    assert!(!bundle.contains("SECRET"), "a person code is in the bundle");
+    assert_eq!(text.lines().count(), 31);
+    let report = audit::verify_export_files(&csv, None, &[])?;
+    assert_eq!(report.rows, 30);
+    // The CLI agrees (no config needed).
+    records::cli::run(
+        None,
+        RecordsCommand::VerifyExport {
+            file: csv.clone(),
+            bundle: None,
+            key_ids: report.key_ids.clone(),
+        },
+    )
+    .await?;
+
+    // One changed byte in one line fails verification.
+    let line_start = text
+        .match_indices("\r\n")
+        .nth(4)
+        .map(|(i, _)| i + 2)
+        .context("line 5")?;
+    let at = line_start
+        + text[line_start..]
+            .find("city-kawagoe")
+            .context("provider")?;
+    let mut changed = bytes.clone();
+    changed[at + 5] = b'K';
+    let tampered = env.dir.path().join("tampered.csv");
+    std::fs::write(&tampered, &changed)?;
+    std::fs::copy(
+        audit::bundle_path_for(&csv),
+        audit::bundle_path_for(&tampered),
+    )?;
+    let err =
+        audit::verify_export_files(&tampered, None, &[]).expect_err("changed export verified");
+    assert!(matches!(err, audit::ExportError::Chain(_)), "{err}");
+    // Also a byte that no canonical field sees (an empty last field unquoted).
+    assert!(bytes.ends_with(b",\"\"\r\n"));
+    let mut restyled = bytes[..bytes.len() - 4].to_vec();
+    restyled.extend_from_slice(b"\r\n");
+    std::fs::write(&tampered, &restyled)?;
+    assert!(matches!(
+        audit::verify_export_files(&tampered, None, &[]),
+        Err(audit::ExportError::DataHash)
+    ));
+    // A removed line fails too.
+    let without: String = text
+        .split_inclusive("\r\n")
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&tampered, without)?;
+    assert!(matches!(
+        audit::verify_export_files(&tampered, None, &[]),
+        Err(audit::ExportError::Data(_))
+    ));
+
+    // By org, as JSON Lines: only that org's records.
+    let jsonl = env.dir.path().join("kawaguchi.jsonl");
+    export(
+        &env,
+        ExportFormat::Jsonl,
+        &jsonl,
+        Some("city-kawaguchi"),
+        None,
+    )
+    .await?;
+    let rows: Vec<audit::ExportRow> = std::fs::read_to_string(&jsonl)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(
+        |r| r.requester == "city-kawaguchi" || r.provider.as_deref() == Some("city-kawaguchi")
+    ));
+    assert_eq!(audit::verify_export_files(&jsonl, None, &[])?.rows, 10);
+
+    // By person: selected by a code, which is printed nowhere.
+    let person = env.dir.path().join("person.jsonl");
+    export(
+        &env,
+        ExportFormat::Jsonl,
+        &person,
+        None,
+        Some("PVSECRET00017"),
+    )
+    .await?;
+    let text = std::fs::read_to_string(&person)?;
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains("\"q-00017\"") && !text.contains("SECRET"));
+    assert!(!std::fs::read_to_string(audit::bundle_path_for(&person))?.contains("SECRET"));
+    audit::verify_export_files(&person, None, &[])?;
+
+    // Every export was itself recorded, with its actor, and the chain holds.
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM records WHERE outcome = 'export'")
+            .await?,
+        3
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM records WHERE outcome = 'export' AND detail LIKE '%auditor-sato%' AND detail NOT LIKE '%SECRET%'")
+            .await?,
+        3
+    );
+    assert!(env.verify().await?.is_intact());
+    // Exports never overwrite a file.
+    assert!(export(&env, ExportFormat::Csv, &csv, None, None)
+        .await
+        .is_err());
+    Ok(())
+}
+both_backends!(exports_hide_codes_and_verify_offline: export_sqlite, export_postgres);
+
+// -------------------------------------------------------------------- purge
+
+fn at(s: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .expect("valid time")
+}
+
+async fn purge_leaves_a_verifiable_rest(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    // Ten records from early 2018 (long expired), three from now.
+    for i in 1..=6 {
+        log.append_with_clock(draft(i), at("2018-01-15T10:00:00Z"))
+            .await?;
+    }
+    log.seal().await?;
+    for i in 7..=10 {
+        log.append_with_clock(draft(i), at("2018-02-10T10:00:00Z"))
+            .await?;
+    }
+    for i in 11..=13 {
+        log.append(draft(i)).await?;
+    }
+    if backend == Backend::Postgres {
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM pg_class WHERE relname IN ('records_y2018m01', 'records_y2018m02')")
+                .await?,
+            2
+        );
+    }
+
+    // Not inside the retention period.
+    let refused = log
+        .purge(time::OffsetDateTime::now_utc(), "ops-tanaka")
+        .await
+        .expect_err("purged young records");
+    assert_eq!(refused.code(), ErrorCode::InvalidInput);
+
+    let report = log.purge(at("2018-06-01T00:00:00Z"), "ops-tanaka").await?;
+    assert_eq!(
+        (report.first_seq, report.cut_seq, report.count),
+        (1, 10, 10)
+    );
+    assert_eq!(report.purge_record_seq, Some(14));
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM records WHERE seq <= 10")
+            .await?,
+        0
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM records WHERE seq = 14 AND outcome = 'purge' AND detail LIKE '%\"cut_seq\":10%'")
+            .await?,
+        1
+    );
+    if backend == Backend::Postgres {
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'records_y2018m%'")
+                .await?,
+            0,
+            "expired partitions were not dropped"
+        );
+    }
+    match env.verify().await? {
+        Verdict::Intact(s) => assert_eq!((s.anchor_seq, s.last_seq, s.records), (10, 14, 4)),
+        Verdict::Broken(f) => bail!("purge broke the chain: {f}"),
+    }
+    // Nothing more is due; the log goes on, and so does the chain.
+    assert_eq!(log.purge_expired("retention-task").await?.count, 0);
+    log.append(draft(15)).await?;
+    log.close().await;
+    assert!(env.verify().await?.is_intact());
+    // An export of what remains verifies from the cut.
+    let out = env.dir.path().join("rest.csv");
+    export(&env, ExportFormat::Csv, &out, None, None).await?;
+    assert_eq!(audit::verify_export_files(&out, None, &[])?.rows, 5);
+
+    // Deleting the oldest remaining record is not a purge.
+    env.exec("DELETE FROM records WHERE seq = 11").await?;
+    assert_eq!(expect_broken(&env, 11).await?, FailureKind::Missing);
+    Ok(())
+}
+both_backends!(purge_leaves_a_verifiable_rest: purge_sqlite, purge_postgres);
+
+// ------------------------------------------------------------ group commit
+
+async fn concurrent_appends_are_gap_free(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = RecordLog::open(
+        env.pools(),
+        &env.keys(),
+        RecordsConfig {
+            checkpoint_interval_ms: 100,
+            purge_interval_secs: 0,
+            ..RecordsConfig::default()
+        },
+    )
+    .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let log = log.clone();
+        tasks.spawn(async move { log.append(draft(i)).await });
+    }
+    let mut seqs = Vec::new();
+    while let Some(seq) = tasks.join_next().await {
+        seqs.push(seq??);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(env.seqs().await?, (1..=200).collect::<Vec<i64>>());
+    // The sealer signs the new head within its interval, without being asked.
+    let mut sealed = 0;
+    for _ in 0..50 {
+        sealed = env
+            .count("SELECT COALESCE(MAX(seq), 0) FROM record_checkpoints")
+            .await?;
+        if sealed == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sealed, 200);
+    match env.verify().await? {
+        Verdict::Intact(s) => assert_eq!((s.records, s.sealed_seq), (200, 200)),
+        Verdict::Broken(f) => bail!("{f}"),
+    }
+    // Closing commits what is queued and refuses the rest.
+    log.close().await;
+    let refused = log
+        .append(draft(999))
+        .await
+        .expect_err("append after close");
+    assert_eq!(refused.code(), ErrorCode::Unavailable);
+    Ok(())
+}
+both_backends!(concurrent_appends_are_gap_free: group_commit_sqlite, group_commit_postgres);
+
+// --------------------------------------------------------- time, disclosure
+
+async fn a_clock_stepping_back_breaks_nothing(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    let now = time::OffsetDateTime::now_utc();
+    let a = log.append_with_clock(draft(1), now).await?;
+    let b = log
+        .append_with_clock(draft(2), now - time::Duration::hours(1))
+        .await?;
+    let c = log.append_with_clock(draft(3), now).await?;
+    assert_eq!((a, b, c), (1, 2, 3), "order comes from the sequence");
+    log.close().await;
+    assert!(env.verify().await?.is_intact());
+    Ok(())
+}
+both_backends!(a_clock_stepping_back_breaks_nothing: clock_sqlite, clock_postgres);
+
+async fn disclosure_lists_one_persons_records(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    for i in 1..=9 {
+        log.append(draft(i)).await?;
+    }
+    // The same person, asked about again by saitama under its code RQSECRET00004.
+    let mut again = draft(10);
+    again.requester_person_code = Some("RQSECRET00004".into());
+    log.append(again).await?;
+
+    let saitama = log
+        .disclosure(&org("city-saitama"), "RQSECRET00004")
+        .await?;
+    assert_eq!(
+        saitama.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 10]
+    );
+    assert!(saitama
+        .iter()
+        .all(|e| e.requester == "city-saitama" && e.role == "requester"));
+    assert_eq!(saitama[0].items, vec!["income.total", "tax.resident"]);
+    let json = serde_json::to_string(&saitama)?;
+    assert!(!json.contains("SECRET"), "codes disclosed: {json}");
+    // The provider's view under its own code.
+    let kawagoe = log
+        .disclosure(&org("city-kawagoe"), "PVSECRET00004")
+        .await?;
+    assert_eq!(kawagoe.len(), 1);
+    assert_eq!(kawagoe[0].role, "provider");
+    // Another org's code finds nothing.
+    assert!(log
+        .disclosure(&org("city-kawagoe"), "RQSECRET00004")
+        .await?
+        .is_empty());
+    log.close().await;
+    Ok(())
+}
+both_backends!(disclosure_lists_one_persons_records: disclosure_sqlite, disclosure_postgres);
+
+// ------------------------------------------------------------------- crash
+
+const STRESS_CONFIG: &str = "KAKEHASHI_RECORDS_STRESS_CONFIG";
+
+/// Not a test on its own: the child process of the crash test (the test
+/// binary re-runs itself with this one test selected and the variable set).
+/// It runs exactly what `kakehashi-broker records stress` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stress_child_process() -> Result<()> {
+    let Ok(config) = std::env::var(STRESS_CONFIG) else {
+        return Ok(());
+    };
+    records::cli::run(
+        Some(Path::new(&config)),
+        RecordsCommand::Stress {
+            count: 10_000_000,
+            concurrency: 64,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn kill_9_loses_no_acknowledged_record(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    for round in 0..2 {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "stress_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STRESS_CONFIG, &env.config_path)
+            .env("KAKEHASHI_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(seq) = line.trim().parse::<u64>() {
+                    let _ = tx.send(seq);
+                }
+            }
+        });
+        // Let it get well into appending, then kill it without warning.
+        let mut acknowledged = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while acknowledged.len() < 2000 && std::time::Instant::now() < deadline {
+            if let Ok(seq) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                acknowledged.push(seq);
+            }
+        }
+        child.kill()?; // SIGKILL
+        let status = child.wait()?;
+        assert!(!status.success(), "the child finished before it was killed");
+        let _ = reader.join();
+        acknowledged.extend(rx.try_iter());
+        assert!(
+            acknowledged.len() >= 2000,
+            "round {round}: only {} acknowledged",
+            acknowledged.len()
+        );
+
+        // Every acknowledged record is there, sequences are gap-free, and
+        // the chain (with its unsealed tail) verifies.
+        let stored: std::collections::BTreeSet<i64> = env.seqs().await?.into_iter().collect();
+        let max = *stored.last().context("no records")?;
+        assert_eq!(stored.len() as i64, max, "gaps after the crash");
+        for seq in &acknowledged {
+            assert!(
+                stored.contains(&(*seq as i64)),
+                "acknowledged record {seq} lost"
+            );
+        }
+        match env.verify().await? {
+            Verdict::Intact(s) => assert_eq!(s.last_seq, max as u64),
+            Verdict::Broken(f) => bail!("chain broken by the crash: {f}"),
+        }
+    }
+    // A restarted log continues the chain and seals the crashed tail.
+    let log = env.log().await?;
+    log.append(draft(1)).await?;
+    log.close().await;
+    match env.verify().await? {
+        Verdict::Intact(s) => assert_eq!(s.sealed_seq, s.last_seq),
+        Verdict::Broken(f) => bail!("{f}"),
+    }
+    Ok(())
+}
+both_backends!(kill_9_loses_no_acknowledged_record: crash_sqlite, crash_postgres);
