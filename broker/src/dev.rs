@@ -95,6 +95,9 @@ pub async fn prepare(dir: &Path, listen: &str) -> Result<DevEnvironment, BrokerE
 
     let config = Config::load(&config_path)?;
     let store = store::open(&config.storage).await?;
+    let flows = std::fs::read_to_string(&flows_path)
+        .map_err(|e| BrokerError::io(format!("read {}", flows_path.display()), e))?;
+    crate::policy::store_version(&store.pools(), &flows).await?;
     for (id, kind, name) in SAMPLE_ORGS {
         let id = OrgId::new(*id)?;
         if store.get_org(&id).await?.is_none() {

@@ -176,3 +176,112 @@ async fn dev_environment_serves_and_sigterm_finishes_in_flight_requests() -> Res
     assert!(tokio::net::TcpStream::connect(broker.addr).await.is_err());
     Ok(())
 }
+
+fn broker_cli(args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(broker_binary()?)
+        .args(args)
+        .env("KAKEHASHI_LOG", "error")
+        .output()?)
+}
+
+#[tokio::test]
+async fn orgs_and_flows_are_managed_from_the_command_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = dir.path().join("dev");
+    let dev_str = dev.to_str().context("utf-8 path")?;
+    let out = broker_cli(&["dev", "--dir", dev_str, "--no-serve"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dev.join("broker.toml");
+    let config = config.to_str().context("utf-8 path")?;
+
+    let out = broker_cli(&[
+        "orgs",
+        "--config",
+        config,
+        "add",
+        "city-kawaguchi",
+        "--kind",
+        "municipality",
+        "--name",
+        "川口市",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = broker_cli(&[
+        "orgs",
+        "--config",
+        config,
+        "add",
+        "city-kawaguchi",
+        "--kind",
+        "municipality",
+        "--name",
+        "x",
+    ])?;
+    assert!(!again.status.success(), "a duplicate org was registered");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already registered"));
+    let bad = broker_cli(&[
+        "orgs",
+        "--config",
+        config,
+        "add",
+        "City Kawaguchi",
+        "--kind",
+        "municipality",
+        "--name",
+        "x",
+    ])?;
+    assert!(!bad.status.success());
+
+    let out = broker_cli(&["orgs", "--config", config, "suspend", "city-kawaguchi"])?;
+    assert!(out.status.success());
+    let list = broker_cli(&["orgs", "--config", config, "list", "--json"])?;
+    let orgs: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    let kawaguchi = orgs
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["id"] == "city-kawaguchi"))
+        .context("listed")?;
+    assert_eq!(kawaguchi["status"], "suspended");
+    assert_eq!(kawaguchi["name"], "川口市");
+    assert_eq!(orgs.as_array().map(Vec::len), Some(5));
+    assert!(
+        broker_cli(&["orgs", "--config", config, "activate", "city-nowhere"])?
+            .status
+            .code()
+            != Some(0)
+    );
+
+    let show = broker_cli(&["flows", "--config", config, "show"])?;
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("flow list version 1") && text.contains("F-0120"),
+        "{text}"
+    );
+    let bad_list = dir.path().join("bad.toml");
+    std::fs::write(&bad_list, "[[flow]]\nflow_id = \"F-1\"\nprocedure = \"p\"\nrequester = { kind = \"union\" }\nprovider = { kind = \"union\" }\nitems = []\nlegal_basis = \"x\"\nvalid_from = \"2020-01-01\"\n")?;
+    let load = broker_cli(&[
+        "flows",
+        "--config",
+        config,
+        "load",
+        bad_list.to_str().context("utf-8")?,
+    ])?;
+    assert!(!load.status.success());
+    assert!(
+        String::from_utf8_lossy(&load.stderr).contains("F-1"),
+        "the error names the bad flow"
+    );
+    let show = broker_cli(&["flows", "--config", config, "show"])?;
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("flow list version 1"),
+        "a refused list changed the version"
+    );
+    Ok(())
+}
