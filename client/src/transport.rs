@@ -296,8 +296,15 @@ impl Transport {
             Ok(r) => r,
             Err(e) => {
                 if matches!(conn.sender, Sender::H2(_)) {
-                    // A broken h2 connection must not be handed out again.
-                    *self.h2.lock().await = None;
+                    // A broken h2 connection must not be handed out again (but
+                    // a newer one another caller made stays).
+                    let mut shared = self.h2.lock().await;
+                    if shared
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(&c.error, &conn.error))
+                    {
+                        *shared = None;
+                    }
                 }
                 return Err(AttemptError {
                     not_sent: e.is_canceled(),
@@ -338,41 +345,60 @@ impl Transport {
         }
     }
 
-    async fn checkout(&self) -> Result<Conn, AttemptError> {
-        let mut h2 = self.h2.lock().await;
-        if let Some(Conn {
-            sender: Sender::H2(s),
-            error,
-        }) = h2.as_ref()
-        {
-            if !s.is_closed() {
-                return Ok(Conn {
-                    sender: Sender::H2(s.clone()),
-                    error: error.clone(),
-                });
+    /// The shared h2 connection if it is still open.
+    fn shared_h2(slot: &Option<Conn>) -> Option<Conn> {
+        match slot {
+            Some(Conn {
+                sender: Sender::H2(s),
+                error,
+            }) if !s.is_closed() => Some(Conn {
+                sender: Sender::H2(s.clone()),
+                error: error.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// An idle HTTP/1.1 connection that is ready for a request.
+    async fn idle_h1(&self) -> Option<Conn> {
+        loop {
+            let mut conn = self.h1_idle.lock().ok()?.pop()?;
+            if let Sender::H1(s) = &mut conn.sender {
+                // Right after a response the connection may need a moment to
+                // become ready again; a closed one is dropped.
+                if !s.is_closed()
+                    && matches!(
+                        tokio::time::timeout(Duration::from_secs(1), s.ready()).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    return Some(conn);
+                }
             }
         }
-        *h2 = None;
-        loop {
-            let candidate = match self.h1_idle.lock() {
-                Ok(mut idle) => idle.pop(),
-                Err(_) => None,
-            };
-            match candidate {
-                Some(conn) if matches!(&conn.sender, Sender::H1(s) if s.is_ready()) => {
-                    return Ok(conn)
-                }
-                Some(_) => continue,
-                None => break,
-            }
+    }
+
+    async fn checkout(&self) -> Result<Conn, AttemptError> {
+        if let Some(conn) = Self::shared_h2(&*self.h2.lock().await) {
+            return Ok(conn);
+        }
+        if let Some(conn) = self.idle_h1().await {
+            return Ok(conn);
+        }
+        // One caller connects while the others wait, so that they share a new
+        // h2 connection instead of each opening one.
+        let mut h2 = self.h2.lock().await;
+        if let Some(conn) = Self::shared_h2(&h2) {
+            return Ok(conn);
         }
         let conn = self.connect().await?;
-        if let Sender::H2(s) = &conn.sender {
-            *h2 = Some(Conn {
+        *h2 = match &conn.sender {
+            Sender::H2(s) => Some(Conn {
                 sender: Sender::H2(s.clone()),
                 error: conn.error.clone(),
-            });
-        }
+            }),
+            Sender::H1(_) => None,
+        };
         Ok(conn)
     }
 

@@ -10,9 +10,10 @@ Examples:
       --ca pki/ca.crt --cert pki/city-saitama.crt --key pki/city-saitama.key
   kakehashi whoami
   kakehashi flows
-  kakehashi query --flow F-0001 --procedure P-001 --provider union-saitama \\
-      --person <code> --item insured_status
-  kakehashi query --batch persons.csv --out results.jsonl --flow F-0001 ...
+  kakehashi --profile union-saitama query --flow F-0120 --procedure premium-calculation \\
+      --provider city-saitama --person <code> --item local_tax.income
+  kakehashi --profile union-saitama query --batch persons.csv --out results.jsonl \\
+      --flow F-0120 --procedure premium-calculation --provider city-saitama --item local_tax.income
   kakehashi --profile union-saitama persons register insured.csv
   kakehashi copies deposit copies.jsonl
 
@@ -25,7 +26,6 @@ Profiles live in $KAKEHASHI_HOME/config.toml (default ~/.config/kakehashi/config
 #[command(
     name = "kakehashi",
     version,
-    about,
     after_help = format!("{MAIN_AFTER_HELP}\n{}", super::fail::EXIT_CODES_HELP),
 )]
 pub struct Cli {
@@ -125,11 +125,11 @@ pub enum ProfileCommand {
 const QUERY_AFTER_HELP: &str = "\
 Examples:
   One person, as a table (or --json):
-    kakehashi query --flow F-0001 --procedure P-001 --provider city-saitama \\
-        --person <code> --item income --item tax_amount --wait 30
+    kakehashi query --flow F-0120 --procedure premium-calculation --provider city-saitama \\
+        --person <code> --item local_tax.income --item local_tax.taxable_status --wait 30
   Many persons, resumable (rerun the same command after an interruption):
     kakehashi query --batch persons.csv --out results.jsonl \\
-        --flow F-0001 --procedure P-001 --provider city-saitama --item income
+        --flow F-0120 --procedure premium-calculation --provider city-saitama --item local_tax.income
 
 The batch CSV has a header; `person` is required, `flow`, `procedure`,
 `provider` and `items` (separated by ';' or spaces) override the flags per row.

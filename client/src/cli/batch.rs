@@ -69,8 +69,7 @@ fn split_items(s: &str) -> Vec<String> {
 
 /// Reads the persons CSV into jobs, flags giving the defaults.
 fn read_jobs(path: &Path, args: &QueryArgs) -> Result<Vec<Job>, CliError> {
-    let file = File::open(path)
-        .map_err(|e| CliError::usage(format!("cannot read batch file {}: {e}", path.display())))?;
+    let file = File::open(path).map_err(|e| CliError::file("read batch file", path, e))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(file);
@@ -123,7 +122,8 @@ fn read_jobs(path: &Path, args: &QueryArgs) -> Result<Vec<Job>, CliError> {
             return Err(CliError::usage(format!(
                 "{} line {line}: no flow, procedure or provider (neither in the file nor as --flow, --procedure, --provider)",
                 path.display()
-            )));
+            ))
+            .hint("give the missing flags, or add the columns to the file; see `kakehashi flows`"));
         };
         if items.is_empty() {
             return Err(CliError::usage(format!(
@@ -152,17 +152,11 @@ fn read_finished(path: &Path) -> Result<HashSet<Key>, CliError> {
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finished),
-        Err(e) => {
-            return Err(CliError::usage(format!(
-                "cannot open results file {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(CliError::file("open results file", path, e)),
     };
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| {
-        CliError::usage(format!("cannot read results file {}: {e}", path.display()))
-    })?;
+    file.read_to_end(&mut bytes)
+        .map_err(|e| CliError::file("read results file", path, e))?;
     let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     for (n, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -323,7 +317,7 @@ pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
         .create(true)
         .append(true)
         .open(out)
-        .map_err(|e| CliError::usage(format!("cannot open results file {}: {e}", out.display())))?;
+        .map_err(|e| CliError::file("open results file", out, e))?;
     eprintln!(
         "{total} queries in {}; {skipped} already in {}; {} to do",
         input.display(),
@@ -406,7 +400,7 @@ pub async fn execute(
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 stop.store(true, Ordering::SeqCst);
-                bar.println("interrupted: finishing the queries in flight; rerun the same command to continue");
+                note(&bar, "interrupted: finishing the queries in flight; rerun the same command to continue");
                 continue;
             }
             done = rx.recv() => done,
@@ -431,7 +425,10 @@ pub async fn execute(
             Done::Failed { reason, .. } => {
                 let short = reason.split(':').next().unwrap_or("error").to_string();
                 *tally.failures.entry(short).or_default() += 1;
-                bar.println(format!("not done (will be retried on a rerun): {reason}"));
+                note(
+                    &bar,
+                    &format!("not done (will be retried on a rerun): {reason}"),
+                );
             }
         }
         bar.set_message(summary_line(&tally));
@@ -483,6 +480,15 @@ pub async fn execute(
     } else {
         Exit::Partial
     })
+}
+
+/// A line above the progress bar, or plainly on stderr when there is no bar.
+fn note(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn summary_line(t: &Tally) -> String {

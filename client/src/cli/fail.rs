@@ -61,6 +61,23 @@ impl CliError {
         }
     }
 
+    /// A file that cannot be read or written.
+    pub fn file(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> CliError {
+        CliError::usage(format!("cannot {what} {}: {e}", path.display()))
+            .hint("check the path and that you may read and write there")
+    }
+
+    /// The hint, or a general one for the exit code.
+    pub fn hint_or_default(&self) -> &str {
+        match (&self.hint, self.exit) {
+            (Some(h), _) => h,
+            (None, Exit::Usage) => "see `kakehashi --help` and `kakehashi <command> --help`",
+            (None, Exit::Connection) => "check that the broker is running and the profile is right (`kakehashi profile list`)",
+            (None, Exit::Refused) => "quote the request id to the broker's operator",
+            (None, _) => "tell the broker's operator, quoting this message",
+        }
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> CliError {
         self.hint = Some(hint.into());
         self
@@ -69,10 +86,7 @@ impl CliError {
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.hint {
-            Some(hint) => write!(f, "{} — {hint}", self.message),
-            None => f.write_str(&self.message),
-        }
+        write!(f, "{} — {}", self.message, self.hint_or_default())
     }
 }
 

@@ -130,7 +130,7 @@ pub fn read_persons(file: &Path) -> Result<Parsed<PersonRegistration>, CliError>
         .flexible(true)
         .trim(csv::Trim::All)
         .from_path(file)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {}", file.display(), csv_io(&e))))?;
+        .map_err(|e| CliError::file("read", file, csv_io(&e)))?;
     let headers = reader
         .headers()
         .map_err(|e| {
@@ -234,12 +234,21 @@ pub async fn register(
         return Err(stopped(e, line, &codes_path.display().to_string()));
     }
     let created = applied.iter().filter(|(_, p)| p.created).count();
-    println!(
-        "applied {} lines ({created} new, {} already registered); not applied {}",
-        applied.len(),
-        applied.len() - created,
-        issues.len()
-    );
+    if applied.iter().any(|(_, p)| p.branch_number.is_some()) {
+        println!(
+            "applied {} lines ({created} new, {} already registered); not applied: {}",
+            applied.len(),
+            applied.len() - created,
+            issues.len()
+        );
+    } else {
+        // An org other than an insurer only links its records: no branch numbers.
+        println!(
+            "linked {} lines to this org's person codes; not applied: {}",
+            applied.len(),
+            issues.len()
+        );
+    }
     println!("person codes: {}", codes_path.display());
     println!("confirmation list: {}", conf_path.display());
     Ok(if issues.is_empty() {
@@ -294,8 +303,7 @@ fn write_codes(path: &Path, applied: &[(u64, RegisteredPerson)]) -> Result<(), C
 
 /// Reads the copies JSON Lines file; bad lines become confirmation-list entries.
 pub fn read_copies(file: &Path) -> Result<Parsed<CopyDeposit>, CliError> {
-    let bytes = std::fs::read(file)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let bytes = std::fs::read(file).map_err(|e| CliError::file("read", file, e))?;
     let mut issues = Vec::new();
     let mut good = Vec::new();
     // The same parser as the broker's, so messages match and never echo values.
@@ -359,7 +367,7 @@ pub async fn deposit(
         return Err(stopped(e, line, &conf_path.display().to_string()));
     }
     println!(
-        "applied {applied} persons' copies ({replaced} replaced earlier copies); not applied {} lines",
+        "applied {applied} persons' copies ({replaced} replaced earlier copies); lines not applied: {}",
         issues.len()
     );
     println!("confirmation list: {}", conf_path.display());
