@@ -954,34 +954,31 @@ impl ExportRow {
         })
     }
 
-    fn csv_fields(&self) -> [String; 14] {
-        let opt = |s: &Option<String>| s.clone().unwrap_or_default();
-        [
-            self.seq.to_string(),
-            self.at.clone(),
-            self.query_id.clone(),
-            opt(&self.permit_id),
-            opt(&self.flow_id),
-            self.flow_list_version
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-            opt(&self.procedure),
-            self.requester.clone(),
-            opt(&self.provider),
-            self.items.join(" "),
-            self.outcome.clone(),
-            opt(&self.reason),
-            opt(&self.approver),
-            self.detail
-                .as_ref()
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
-        ]
-    }
-
-    /// Writes one CSV line (every field quoted, CRLF).
+    /// Writes one CSV line (every field quoted, CRLF), in one write.
     pub fn write_csv<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
-        write_csv_line(w, self.csv_fields().iter().map(String::as_str))
+        let seq = self.seq.to_string();
+        let version = self.flow_list_version.map(|v| v.to_string());
+        let items = self.items.join(" ");
+        let detail = self.detail.as_ref().map(|d| d.to_string());
+        let fields: [&str; 14] = [
+            &seq,
+            &self.at,
+            &self.query_id,
+            self.permit_id.as_deref().unwrap_or(""),
+            self.flow_id.as_deref().unwrap_or(""),
+            version.as_deref().unwrap_or(""),
+            self.procedure.as_deref().unwrap_or(""),
+            &self.requester,
+            self.provider.as_deref().unwrap_or(""),
+            &items,
+            &self.outcome,
+            self.reason.as_deref().unwrap_or(""),
+            self.approver.as_deref().unwrap_or(""),
+            detail.as_deref().unwrap_or(""),
+        ];
+        let mut line = String::with_capacity(256);
+        push_csv_line(&mut line, fields.into_iter());
+        w.write_all(line.as_bytes())
     }
 
     /// Writes one JSON line.
@@ -1043,15 +1040,25 @@ fn write_csv_line<'a, W: Write>(
     w: &mut W,
     fields: impl Iterator<Item = &'a str>,
 ) -> std::io::Result<()> {
+    let mut line = String::new();
+    push_csv_line(&mut line, fields);
+    w.write_all(line.as_bytes())
+}
+
+fn push_csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
     for (i, field) in fields.enumerate() {
         if i > 0 {
-            w.write_all(b",")?;
+            line.push(',');
         }
-        w.write_all(b"\"")?;
-        w.write_all(field.replace('"', "\"\"").as_bytes())?;
-        w.write_all(b"\"")?;
+        line.push('"');
+        if field.contains('"') {
+            line.push_str(&field.replace('"', "\"\""));
+        } else {
+            line.push_str(field);
+        }
+        line.push('"');
     }
-    w.write_all(b"\r\n")
+    line.push_str("\r\n");
 }
 
 /// Reads one RFC 4180 record (quoted fields may span lines); `None` at end.

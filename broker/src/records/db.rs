@@ -1,6 +1,5 @@
 //! SQL for provision records: rows, streams, the head row, partitions.
 
-use futures_util::stream::BoxStream;
 use kakehashi_interfaces::audit::{self, Checkpoint, Hash, Outcome, SALT_LEN};
 use sqlx::FromRow;
 
@@ -119,8 +118,8 @@ pub(crate) struct CheckpointRow {
 }
 
 impl CheckpointRow {
-    /// The checkpoint, or `None` when a stored field has the wrong length
-    /// (verification then reports it as a bad signature at its sequence).
+    /// The checkpoint; a stored field of the wrong length becomes zeros, so
+    /// verification reports a bad signature at its sequence.
     pub fn to_checkpoint(&self) -> Checkpoint {
         let mut head_hash = [0u8; 32];
         if self.head_hash.len() == 32 {
@@ -207,57 +206,188 @@ pub(crate) async fn insert_checkpoint(
 const SELECT_RANGE: &str = "SELECT seq, recorded_at, query_id, permit_id, flow_id, \
      flow_list_version, procedure_code, requester, provider, items, requester_code, \
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash \
-     FROM records WHERE seq >= $1 AND seq <= $2 ORDER BY seq";
-
-/// Records with `lo <= seq <= hi`, in sequence order, streamed.
-pub(crate) fn record_stream(
-    pools: &Pools,
-    lo: i64,
-    hi: i64,
-) -> BoxStream<'_, Result<RecordRow, sqlx::Error>> {
-    match pools {
-        Pools::Sqlite { read, .. } => sqlx::query_as::<_, RecordRow>(SELECT_RANGE)
-            .bind(lo)
-            .bind(hi)
-            .fetch(read),
-        Pools::Postgres(pool) => sqlx::query_as::<_, RecordRow>(SELECT_RANGE)
-            .bind(lo)
-            .bind(hi)
-            .fetch(pool),
-    }
-}
+     FROM records WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
 const SELECT_CHECKPOINTS: &str = "SELECT seq, head_hash, signed_at, key_id, public_key, signature \
-     FROM record_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq";
+     FROM record_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
-/// Checkpoints with `lo <= seq <= hi`, in sequence order, streamed.
-pub(crate) fn checkpoint_stream(
-    pools: &Pools,
-    lo: i64,
-    hi: i64,
-) -> BoxStream<'_, Result<CheckpointRow, sqlx::Error>> {
-    match pools {
-        Pools::Sqlite { read, .. } => sqlx::query_as::<_, CheckpointRow>(SELECT_CHECKPOINTS)
-            .bind(lo)
-            .bind(hi)
-            .fetch(read),
-        Pools::Postgres(pool) => sqlx::query_as::<_, CheckpointRow>(SELECT_CHECKPOINTS)
-            .bind(lo)
-            .bind(hi)
-            .fetch(pool),
+/// One consistent read view (a read-only transaction; REPEATABLE READ on
+/// PostgreSQL), so a long verification or export sees one state even while
+/// brokers append and purge.
+pub(crate) enum Snapshot {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Snapshot {
+    pub async fn begin(pools: &Pools) -> Result<Snapshot, BrokerError> {
+        Ok(match pools {
+            Pools::Sqlite { read, .. } => Snapshot::Sqlite(read.begin().await?),
+            Pools::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+                Snapshot::Postgres(tx)
+            }
+        })
+    }
+
+    pub async fn head(&mut self) -> Result<Head, BrokerError> {
+        const SQL: &str = "SELECT seq, cut_seq, cut_hash FROM records_head WHERE id = 1";
+        let (seq, cut_seq, cut_hash): (i64, i64, Vec<u8>) = match self {
+            Snapshot::Sqlite(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
+            Snapshot::Postgres(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
+        };
+        Ok(Head {
+            seq: u64::try_from(seq).unwrap_or(0),
+            cut_seq: u64::try_from(cut_seq).unwrap_or(0),
+            cut_hash: to_hash(&cut_hash, "cut hash")?,
+        })
+    }
+
+    pub async fn stored_hash(&mut self, seq: u64) -> Result<Option<Hash>, BrokerError> {
+        const SQL: &str = "SELECT hash FROM records WHERE seq = $1";
+        let seq = to_i64(seq);
+        let row: Option<Vec<u8>> = match self {
+            Snapshot::Sqlite(tx) => {
+                sqlx::query_scalar(SQL)
+                    .bind(seq)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+            Snapshot::Postgres(tx) => {
+                sqlx::query_scalar(SQL)
+                    .bind(seq)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        };
+        row.map(|h| to_hash(&h, "record hash")).transpose()
     }
 }
 
-/// Chain hash stored for `seq`.
-pub(crate) async fn stored_hash(pools: &Pools, seq: u64) -> Result<Option<Hash>, BrokerError> {
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let row: Option<(Vec<u8>,)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT hash FROM records WHERE seq = $1")
-            .bind(seq)
-            .fetch_optional(pool)
-            .await?
-    });
-    row.map(|(h,)| to_hash(&h, "record hash")).transpose()
+/// Rows fetched in sequence order by a [`Cursor`].
+pub(crate) trait Keyed: Sized {
+    fn key(&self) -> i64;
+    async fn fetch(
+        snap: &mut Snapshot,
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<Self>, BrokerError>;
+}
+
+impl Keyed for RecordRow {
+    fn key(&self) -> i64 {
+        self.seq
+    }
+    async fn fetch(
+        snap: &mut Snapshot,
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<Self>, BrokerError> {
+        Ok(match snap {
+            Snapshot::Sqlite(tx) => {
+                sqlx::query_as(SELECT_RANGE)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(limit)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            Snapshot::Postgres(tx) => {
+                sqlx::query_as(SELECT_RANGE)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(limit)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        })
+    }
+}
+
+impl Keyed for CheckpointRow {
+    fn key(&self) -> i64 {
+        self.seq
+    }
+    async fn fetch(
+        snap: &mut Snapshot,
+        lo: i64,
+        hi: i64,
+        limit: i64,
+    ) -> Result<Vec<Self>, BrokerError> {
+        Ok(match snap {
+            Snapshot::Sqlite(tx) => {
+                sqlx::query_as(SELECT_CHECKPOINTS)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(limit)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            Snapshot::Postgres(tx) => {
+                sqlx::query_as(SELECT_CHECKPOINTS)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(limit)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        })
+    }
+}
+
+/// Rows with `lo <= seq <= hi` in sequence order, fetched in chunks (keyset
+/// pagination): constant memory, and much faster than sqlx's row-by-row
+/// SQLite stream.
+pub(crate) struct Cursor<T> {
+    next: i64,
+    hi: i64,
+    buf: std::vec::IntoIter<T>,
+    done: bool,
+}
+
+const CHUNK: i64 = 2048;
+
+impl<T: Keyed> Cursor<T> {
+    pub fn new(lo: i64, hi: i64) -> Self {
+        Self {
+            next: lo,
+            hi,
+            buf: Vec::new().into_iter(),
+            done: lo > hi,
+        }
+    }
+
+    pub async fn next(&mut self, snap: &mut Snapshot) -> Result<Option<T>, BrokerError> {
+        loop {
+            if let Some(row) = self.buf.next() {
+                return Ok(Some(row));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let mut rows = T::fetch(snap, self.next, self.hi, CHUNK).await?;
+            match (rows.first().map(T::key), rows.last().map(T::key)) {
+                (Some(first), Some(last)) if rows.len() as i64 >= CHUNK => {
+                    if first == last {
+                        self.next = last.saturating_add(1);
+                    } else {
+                        // Rows sharing the last sequence (only tampering makes
+                        // duplicates) go together into the next chunk, so
+                        // none is skipped.
+                        rows.retain(|r| r.key() != last);
+                        self.next = last;
+                    }
+                }
+                _ => self.done = true,
+            }
+            self.buf = rows.into_iter();
+        }
+    }
 }
 
 /// `MIN(seq)` of records at or after `at` (fixed-width text compares as time) in `(after, upto]`.
@@ -277,6 +407,60 @@ pub(crate) async fn first_seq_at_or_after(
         .bind(upto)
         .fetch_one(pool)
         .await?
+    });
+    Ok(row.0.and_then(|s| u64::try_from(s).ok()))
+}
+
+/// The first record in `(after, upto]`, in sequence order, recorded at or
+/// after `at`: the end of the run of old records a purge may delete. Walks
+/// the primary key from `after` (it reads about as many rows as are due),
+/// rather than the time index (which would read every younger record).
+pub(crate) async fn first_young_seq(
+    pools: &Pools,
+    at: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Option<u64>, BrokerError> {
+    let (after, upto) = (to_i64(after), to_i64(upto));
+    let row: Option<i64> = match pools {
+        // `+recorded_at` keeps SQLite off the time index.
+        Pools::Sqlite { read, .. } => {
+            sqlx::query_scalar(
+                "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND +recorded_at >= $1
+             ORDER BY seq LIMIT 1",
+            )
+            .bind(at)
+            .bind(after)
+            .bind(upto)
+            .fetch_optional(read)
+            .await?
+        }
+        Pools::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND recorded_at >= $1
+             ORDER BY seq LIMIT 1",
+            )
+            .bind(at)
+            .bind(after)
+            .bind(upto)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    Ok(row.and_then(|s| u64::try_from(s).ok()))
+}
+
+/// The first checkpoint at or after `seq`.
+pub(crate) async fn first_checkpoint_from(
+    pools: &Pools,
+    seq: u64,
+) -> Result<Option<u64>, BrokerError> {
+    let seq = to_i64(seq);
+    let row: (Option<i64>,) = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as("SELECT MIN(seq) FROM record_checkpoints WHERE seq >= $1")
+            .bind(seq)
+            .fetch_one(pool)
+            .await?
     });
     Ok(row.0.and_then(|s| u64::try_from(s).ok()))
 }

@@ -10,13 +10,12 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
 use kakehashi_interfaces::audit::{self, BundleLine, ExportFormat, ExportRow, Outcome};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::db::{self, to_hash, to_i64, RecordRow};
+use super::db::{self, to_hash, to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
 
@@ -139,16 +138,17 @@ impl Matcher {
 
     fn matches(&self, r: &RecordRow) -> bool {
         // Fixed-width UTC timestamps compare as text.
-        self.from.as_ref().map_or(true, |f| r.recorded_at >= *f)
-            && self.to.as_ref().map_or(true, |t| r.recorded_at < *t)
-            && self.org.as_ref().map_or(true, |o| {
-                r.requester == *o || r.provider.as_ref() == Some(o)
-            })
+        self.from.as_ref().is_none_or(|f| r.recorded_at >= *f)
+            && self.to.as_ref().is_none_or(|t| r.recorded_at < *t)
+            && self
+                .org
+                .as_ref()
+                .is_none_or(|o| r.requester == *o || r.provider.as_ref() == Some(o))
             && self
                 .flow
                 .as_ref()
-                .map_or(true, |f| r.flow_id.as_ref() == Some(f))
-            && self.person.as_ref().map_or(true, |p| {
+                .is_none_or(|f| r.flow_id.as_ref() == Some(f))
+            && self.person.as_ref().is_none_or(|p| {
                 r.requester_code.as_ref() == Some(p) || r.provider_code.as_ref() == Some(p)
             })
     }
@@ -214,7 +214,8 @@ impl RecordLog {
     ) -> Result<u64, BrokerError> {
         // Everything exported must be covered by a checkpoint: seal the head.
         let sealed = self.seal().await?;
-        let head = db::read_head(&self.pools).await?;
+        let mut snap = Snapshot::begin(&self.pools).await?;
+        let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
         let matcher = Matcher::new(&req.filter);
 
@@ -250,18 +251,18 @@ impl RecordLog {
                 let mut prev = if lo - 1 == head.cut_seq {
                     head.cut_hash
                 } else {
-                    db::stored_hash(&self.pools, lo - 1).await?.ok_or_else(|| {
+                    snap.stored_hash(lo - 1).await?.ok_or_else(|| {
                         BrokerError::refused(
                             ErrorCode::Internal,
                             format!("record {} is missing; run records verify", lo - 1),
                         )
                     })?
                 };
-                let mut records = db::record_stream(&self.pools, to_i64(lo), to_i64(hi));
-                let mut checkpoints = db::checkpoint_stream(&self.pools, to_i64(lo), to_i64(hi));
-                let mut pending = checkpoints.try_next().await?;
+                let mut records = Cursor::<RecordRow>::new(to_i64(lo), to_i64(hi));
+                let mut checkpoints = Cursor::<CheckpointRow>::new(to_i64(lo), to_i64(hi));
+                let mut pending = checkpoints.next(&mut snap).await?;
                 let mut in_segment = false;
-                while let Some(row) = records.try_next().await? {
+                while let Some(row) = records.next(&mut snap).await? {
                     let seq = row.seq_u64();
                     let matches = seq <= last_match && matcher.matches(&row);
                     if matches && !in_segment {
@@ -322,7 +323,7 @@ impl RecordLog {
                                 in_segment = false;
                             }
                         }
-                        pending = checkpoints.try_next().await?;
+                        pending = checkpoints.next(&mut snap).await?;
                     }
                     if !in_segment && seq >= last_match {
                         break;

@@ -306,7 +306,7 @@ impl RecordLog {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        let row = writer::NewRow::new(draft.normalize()?, at);
+        let row = Box::new(writer::NewRow::new(draft.normalize()?, at));
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(writer::Job::Append { row, done })

@@ -80,8 +80,7 @@ impl RecordLog {
             return Ok(nothing(0));
         };
         let head = db::read_head(&self.pools).await?;
-        let cut = match db::first_seq_at_or_after(&self.pools, &before_text, head.cut_seq, sealed)
-            .await?
+        let cut = match db::first_young_seq(&self.pools, &before_text, head.cut_seq, sealed).await?
         {
             Some(first_young) => first_young - 1,
             None => sealed,
@@ -89,13 +88,17 @@ impl RecordLog {
         if cut <= head.cut_seq {
             return Ok(nothing(head.cut_seq));
         }
+        // Verify the range up to the first checkpoint covering the cut.
+        let covered = db::first_checkpoint_from(&self.pools, cut)
+            .await?
+            .unwrap_or(sealed);
         let walk = verify::walk(
             &self.pools,
             self.trusted.clone(),
             WalkPlan {
                 start_seq: head.cut_seq,
                 start_hash: head.cut_hash,
-                end_seq: sealed,
+                end_seq: covered,
                 whole_store: false,
                 capture: Some(cut),
             },

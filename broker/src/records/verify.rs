@@ -5,14 +5,13 @@ use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use futures_util::TryStreamExt;
 use kakehashi_interfaces::audit::{
     ChainFailure, ChainSummary, ChainVerifier, FailureKind, Hash, TrustedKeys,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::db::{self, to_i64};
+use super::db::{to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
 use crate::error::BrokerError;
 use crate::store::Pools;
 
@@ -137,11 +136,19 @@ pub(crate) struct WalkPlan {
     pub capture: Option<u64>,
 }
 
-/// Streams records and checkpoints in sequence order through a verifier
-/// (constant memory). Records are bounded by `end_seq`, read before, so
-/// records committed meanwhile by a running broker do not disturb it.
+/// Walks records and checkpoints in sequence order through a verifier, in
+/// one read snapshot (constant memory). Records are bounded by `end_seq`.
 pub(crate) async fn walk(
     pools: &Pools,
+    keys: TrustedKeys,
+    plan: WalkPlan,
+) -> Result<Walk, BrokerError> {
+    let mut snap = Snapshot::begin(pools).await?;
+    walk_in(&mut snap, keys, plan).await
+}
+
+async fn walk_in(
+    snap: &mut Snapshot,
     keys: TrustedKeys,
     plan: WalkPlan,
 ) -> Result<Walk, BrokerError> {
@@ -155,16 +162,16 @@ pub(crate) async fn walk(
     } else {
         to_i64(plan.start_seq + 1)
     };
-    let mut records = db::record_stream(pools, lo, to_i64(plan.end_seq));
-    let mut checkpoints = db::checkpoint_stream(pools, to_i64(plan.start_seq + 1), i64::MAX);
-    let mut pending = checkpoints.try_next().await?;
+    let mut records = Cursor::<RecordRow>::new(lo, to_i64(plan.end_seq));
+    let mut checkpoints = Cursor::<CheckpointRow>::new(to_i64(plan.start_seq + 1), i64::MAX);
+    let mut pending = checkpoints.next(snap).await?;
     let mut captured = None;
     let broken = |verifier: &ChainVerifier, f: ChainFailure, captured| Walk {
         verdict: Verdict::Broken(f),
         head: verifier.head_hash(),
         captured,
     };
-    while let Some(row) = records.try_next().await? {
+    while let Some(row) = records.next(snap).await? {
         let seq = row.seq_u64();
         let (record, stored) = match row.to_record() {
             Ok(r) => r,
@@ -188,21 +195,21 @@ pub(crate) async fn walk(
                     return Ok(broken(&verifier, f, captured));
                 }
             }
-            pending = checkpoints.try_next().await?;
+            pending = checkpoints.next(snap).await?;
         }
     }
-    // Checkpoints beyond the last record walked: either the tail was
-    // truncated, or (beyond `end_seq`) a running broker appended and sealed
-    // after the walk began — then the checkpointed record exists now.
+    // Checkpoints beyond the last record walked: the tail was truncated —
+    // unless (beyond `end_seq`, read before the snapshot) a running broker
+    // appended and sealed meanwhile; then the checkpointed record exists.
     while let Some(cp) = pending.take() {
         let cp = cp.to_checkpoint();
-        if cp.seq > plan.end_seq && db::stored_hash(pools, cp.seq).await?.is_some() {
+        if cp.seq > plan.end_seq && snap.stored_hash(cp.seq).await?.is_some() {
             break;
         }
         if let Err(f) = verifier.push_checkpoint(&cp) {
             return Ok(broken(&verifier, f, captured));
         }
-        pending = checkpoints.try_next().await?;
+        pending = checkpoints.next(snap).await?;
     }
     let head = verifier.head_hash();
     let verdict = match verifier.finish(Some(plan.end_seq)) {
@@ -218,11 +225,12 @@ pub(crate) async fn walk(
 
 /// Verifies every stored record: names the first bad sequence number of any
 /// edited, deleted, inserted or reordered record, or of a truncated tail.
-/// Safe to run while brokers append (it checks up to the head it read first).
+/// Reads one snapshot, so it is safe to run while brokers append and purge.
 pub async fn verify_store(pools: &Pools, keys: &TrustedKeys) -> Result<Verdict, BrokerError> {
-    let head = db::read_head(pools).await?;
-    let walk = walk(
-        pools,
+    let mut snap = Snapshot::begin(pools).await?;
+    let head = snap.head().await?;
+    let walk = walk_in(
+        &mut snap,
         keys.clone(),
         WalkPlan {
             start_seq: head.cut_seq,

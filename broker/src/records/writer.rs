@@ -76,7 +76,7 @@ pub(crate) struct PurgePlan {
 
 pub(crate) enum Job {
     Append {
-        row: NewRow,
+        row: Box<NewRow>,
         done: oneshot::Sender<Result<u64, ()>>,
     },
     Purge {
@@ -99,7 +99,7 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, pools: Pools, max_batch: us
         while let Some(job) = next.take() {
             match job {
                 Job::Append { row, done } => {
-                    rows.push(row);
+                    rows.push(*row);
                     waiters.push(done);
                 }
                 Job::Purge { plan, done } => {
@@ -207,7 +207,7 @@ macro_rules! commit_in_tx {
                         sqlx::query_as(&format!("SELECT MAX(seq) FROM {name}"))
                             .fetch_one(&mut *tx)
                             .await?;
-                    if max.map_or(true, |m| m <= cut) {
+                    if max.is_none_or(|m| m <= cut) {
                         sqlx::query(&format!("DROP TABLE {name}"))
                             .execute(&mut *tx)
                             .await?;
