@@ -17,7 +17,7 @@ use crate::error::BrokerError;
 use crate::identity::{self, MappedCode};
 use crate::policy::{self, Asked, Denial, OrgRef};
 use crate::records::{Outcome, RecordDraft};
-use crate::results::{self, NewResult};
+use crate::results::{self, OwnedResult};
 use crate::state::AppState;
 use crate::store::OrgRecord;
 
@@ -151,22 +151,17 @@ pub async fn query(
             .keys
             .encrypt(&plain, format!("pending|{query_id}").as_bytes())?;
         let expires_at = now + Duration::seconds(secs(exchange.pending_ttl_secs));
-        results::insert(
-            &pools,
-            &NewResult {
-                id: query_id.as_str(),
-                requester: &requester.id,
-                provider: &provider.id,
-                status: "pending",
-                permit: &permit_json,
-                envelope: None,
-                pending_cipher: Some(&cipher),
-                expires_at,
-            },
-        )
-        .await?;
+        let mut result = OwnedResult::new(
+            query_id.as_str(),
+            &requester.id,
+            &provider.id,
+            "pending",
+            permit_json,
+            expires_at,
+        );
+        result.pending_cipher = Some(cipher);
         draft.outcome = Outcome::Pending;
-        state.record(draft).await?;
+        state.records.append_with_result(draft, result).await?;
         return Ok(QueryResponse {
             query_id,
             status: QueryStatus::Pending,
@@ -196,22 +191,17 @@ pub async fn query(
     let envelope_json =
         serde_json::to_string(&sealed).map_err(|e| BrokerError::Config(e.to_string()))?;
     let expires_at = now + Duration::seconds(secs(exchange.result_ttl_secs));
-    results::insert(
-        &pools,
-        &NewResult {
-            id: query_id.as_str(),
-            requester: &requester.id,
-            provider: &provider.id,
-            status: "provided",
-            permit: &permit_json,
-            envelope: Some(&envelope_json),
-            pending_cipher: None,
-            expires_at,
-        },
-    )
-    .await?;
+    let mut result = OwnedResult::new(
+        query_id.as_str(),
+        &requester.id,
+        &provider.id,
+        "provided",
+        permit_json,
+        expires_at,
+    );
+    result.envelope = Some(envelope_json);
     draft.outcome = Outcome::Provided;
-    state.record(draft).await?;
+    state.records.append_with_result(draft, result).await?;
     Ok(QueryResponse {
         query_id,
         status: QueryStatus::Provided,

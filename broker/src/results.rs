@@ -26,48 +26,55 @@ pub struct StoredResult {
     pub expires_at: String,
 }
 
-/// A new result to store.
-pub struct NewResult<'a> {
+/// A result to store, committed with its provision record
+/// ([`crate::records::RecordLog::append_with_result`]).
+#[derive(Debug, Clone)]
+pub struct OwnedResult {
     /// Query id.
-    pub id: &'a str,
+    pub id: String,
     /// Requesting org.
-    pub requester: &'a OrgId,
+    pub requester: String,
     /// Providing org.
-    pub provider: &'a OrgId,
-    /// Status.
-    pub status: &'a str,
+    pub provider: String,
+    /// `provided` or `pending`.
+    pub status: String,
     /// Permit JSON.
-    pub permit: &'a str,
+    pub permit: String,
     /// Envelope JSON (provided).
-    pub envelope: Option<&'a str>,
+    pub envelope: Option<String>,
     /// Selected values encrypted at rest (pending).
-    pub pending_cipher: Option<&'a [u8]>,
-    /// When it expires.
-    pub expires_at: time::OffsetDateTime,
+    pub pending_cipher: Option<Vec<u8>>,
+    /// Expiry, fixed-width RFC 3339.
+    pub expires_at: String,
 }
 
-/// Stores a result.
-pub async fn insert(pools: &Pools, r: &NewResult<'_>) -> Result<(), BrokerError> {
-    crate::on_pool!(pools, write, |pool| {
-        sqlx::query(
-            "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(r.id)
-        .bind(r.requester.as_str())
-        .bind(r.provider.as_str())
-        .bind(r.status)
-        .bind(r.permit)
-        .bind(r.envelope)
-        .bind(r.pending_cipher)
-        .bind(now_rfc3339())
-        .bind(timestamp(r.expires_at))
-        .execute(pool)
-        .await
-        .map(|_| ())?
-    });
-    Ok(())
+impl OwnedResult {
+    /// A result expiring at `expires_at`.
+    pub fn new(
+        id: &str,
+        requester: &OrgId,
+        provider: &OrgId,
+        status: &str,
+        permit: String,
+        expires_at: time::OffsetDateTime,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            requester: requester.to_string(),
+            provider: provider.to_string(),
+            status: status.to_string(),
+            permit,
+            envelope: None,
+            pending_cipher: None,
+            expires_at: timestamp(expires_at),
+        }
+    }
 }
+
+/// The insert the record writer runs; binds id, requester, provider, status,
+/// permit, envelope, pending_cipher, created_at, expires_at in that order.
+pub const INSERT: &str = "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// A result visible to `requester` (another org's query, or an expired one, is "not found").
 pub async fn get_for(

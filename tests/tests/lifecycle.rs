@@ -285,3 +285,172 @@ async fn orgs_and_flows_are_managed_from_the_command_line() -> Result<()> {
     );
     Ok(())
 }
+
+/// Starts `kakehashi-broker serve --config <config>` and waits for its port.
+async fn serve(config: &std::path::Path, addr: std::net::SocketAddr) -> Result<Child> {
+    let child = Command::new(broker_binary()?)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KAKEHASHI_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("broker did not start listening");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(child)
+}
+
+/// Drives concurrent queries, kills the broker with SIGKILL mid-load, and
+/// checks that every query the client saw answered has its provision record
+/// and that the records verify after a restart.
+async fn kill_nine_loses_no_answered_query(backend: kakehashi_tests::Backend) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = dir.path().join("dev");
+    let out = broker_cli(&["dev", "--dir", dev.to_str().context("utf-8")?, "--no-serve"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut text = std::fs::read_to_string(dev.join("broker.toml"))?
+        .replace("127.0.0.1:7443", &addr.to_string());
+    if backend == kakehashi_tests::Backend::Postgres {
+        let Some(base) = kakehashi_tests::pg_base_url() else {
+            return Ok(());
+        };
+        let url = kakehashi_tests::fresh_pg_database(&base).await?;
+        text = text.replace(
+            "sqlite = \"kakehashi.db\"",
+            &format!("postgres_url = \"{url}\""),
+        );
+    }
+    text.push_str("\n[limits]\nper_org_per_second = 100000\nper_org_burst = 100000\n");
+    let config = dev.join("crash.toml");
+    std::fs::write(&config, text)?;
+    let config_str = config.to_str().context("utf-8")?;
+    if backend == kakehashi_tests::Backend::Postgres {
+        for (id, kind) in [("union-saitama", "union"), ("city-saitama", "municipality")] {
+            let out = broker_cli(&[
+                "orgs", "--config", config_str, "add", id, "--kind", kind, "--name", id,
+            ])?;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    let mut child = serve(&config, addr).await?;
+    let ca = std::fs::read_to_string(dev.join("pki/ca.crt"))?;
+    let cert = |org: &str| -> Result<IssuedCert> {
+        let cert_pem = std::fs::read_to_string(dev.join(format!("pki/{org}.crt")))?;
+        let info = kakehashi_certs::inspect_pem(&cert_pem)?;
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())?;
+        Ok(IssuedCert {
+            key_pem: std::fs::read_to_string(dev.join(format!("pki/{org}.key")))?,
+            cert_pem,
+            cert_der: der,
+            serial_hex: info.serial_hex,
+            fingerprint_sha256: info.fingerprint_sha256,
+        })
+    };
+    let union_cert = cert("union-saitama")?;
+    let s = scenario_with(
+        TestClient::connect(addr, &ca, Some(&union_cert), Protocol::Http1).await?,
+        TestClient::connect(addr, &ca, Some(&cert("city-saitama")?), Protocol::Http1).await?,
+        40,
+    )
+    .await?;
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut drivers = Vec::new();
+    for worker in 0..12 {
+        let mut client = TestClient::connect(addr, &ca, Some(&union_cert), Protocol::Http1).await?;
+        let codes = s.union_codes.clone();
+        let answered = answered.clone();
+        drivers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let code = &codes[(worker * 7 + i) % codes.len()];
+                let (body, _) = query_body(
+                    "F-0120",
+                    "premium-calculation",
+                    "city-saitama",
+                    code,
+                    &["local_tax.income"],
+                );
+                let Ok(response) = client.post("/v1/queries", body).await else {
+                    break;
+                };
+                if response.status == 200 {
+                    if let Ok(answer) = serde_json::from_slice::<QueryResponse>(&response.body) {
+                        if let Ok(mut seen) = answered.lock() {
+                            seen.push(answer.query_id.to_string());
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    for d in drivers {
+        let _ = d.await;
+    }
+    let answered = answered.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(
+        answered.len() > 20,
+        "too few queries answered before the kill: {}",
+        answered.len()
+    );
+
+    // Restart on the same store: every answered query has its record, and the chain verifies.
+    let mut child = serve(&config, addr).await?;
+    let config_loaded = kakehashi_broker::Config::load(&config)?;
+    let store = kakehashi_broker::store::open(&config_loaded.storage).await?;
+    let pools = store.pools();
+    let recorded: Vec<(String,)> = kakehashi_broker::on_pool!(&pools, read, |pool| {
+        sqlx::query_as("SELECT query_id FROM records WHERE outcome = 'provided'")
+            .fetch_all(pool)
+            .await?
+    });
+    let recorded: std::collections::HashSet<String> = recorded.into_iter().map(|(q,)| q).collect();
+    let missing: Vec<&String> = answered.iter().filter(|q| !recorded.contains(*q)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered queries have no record (of {})",
+        missing.len(),
+        answered.len()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait()?;
+    let verify = broker_cli(&["records", "--config", config_str, "verify"])?;
+    assert!(
+        verify.status.success(),
+        "records verify failed: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_nine_loses_no_answered_query_sqlite() -> Result<()> {
+    kill_nine_loses_no_answered_query(kakehashi_tests::Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn kill_nine_loses_no_answered_query_postgres() -> Result<()> {
+    kill_nine_loses_no_answered_query(kakehashi_tests::Backend::Postgres).await
+}

@@ -306,7 +306,27 @@ impl RecordLog {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        let row = Box::new(writer::NewRow::new(draft.normalize()?, at));
+        self.enqueue(writer::NewRow::new(draft.normalize()?, at))
+            .await
+    }
+
+    /// Appends a record and stores the query's result in the same
+    /// transaction: both are durable before this returns, or neither is.
+    pub async fn append_with_result(
+        &self,
+        draft: RecordDraft,
+        result: crate::results::OwnedResult,
+    ) -> Result<u64, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(unavailable());
+        }
+        let mut row = writer::NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
+        row.result = Some(result);
+        self.enqueue(row).await
+    }
+
+    async fn enqueue(&self, row: writer::NewRow) -> Result<u64, BrokerError> {
+        let row = Box::new(row);
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(writer::Job::Append { row, done })

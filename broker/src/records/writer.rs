@@ -23,6 +23,9 @@ pub(crate) struct NewRow {
     pub draft: RecordDraft,
     pub requester_salt: Option<[u8; SALT_LEN]>,
     pub provider_salt: Option<[u8; SALT_LEN]>,
+    /// A query result committed in the same transaction as its record, so an
+    /// answer and its record are durable together with one shared fsync.
+    pub result: Option<crate::results::OwnedResult>,
 }
 
 impl NewRow {
@@ -34,6 +37,7 @@ impl NewRow {
             requester_salt: salt(&draft.requester_person_code),
             provider_salt: salt(&draft.provider_person_code),
             draft,
+            result: None,
         }
     }
 
@@ -260,6 +264,20 @@ macro_rules! commit_in_tx {
                 .bind(prev.to_vec());
             let query = if $pg { query.bind(row.part_month) } else { query };
             query.execute(&mut *tx).await?;
+            if let Some(r) = &row.result {
+                sqlx::query(crate::results::INSERT)
+                    .bind(&r.id)
+                    .bind(&r.requester)
+                    .bind(&r.provider)
+                    .bind(&r.status)
+                    .bind(&r.permit)
+                    .bind(&r.envelope)
+                    .bind(&r.pending_cipher)
+                    .bind(&row.at)
+                    .bind(&r.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             seqs.push(seq);
         }
         sqlx::query("UPDATE records_head SET seq = $1, hash = $2 WHERE id = 1")
