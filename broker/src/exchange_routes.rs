@@ -15,8 +15,7 @@ use crate::routes::RequestContext;
 use crate::state::AppState;
 use crate::{batches, exchange, results};
 
-/// Longest `?wait=` a client may ask for.
-const MAX_WAIT_SECS: u64 = 30;
+use kakehashi_interfaces::query::MAX_WAIT_SECS;
 
 /// Dispatches an admitted request to its handler.
 pub async fn dispatch(

@@ -429,13 +429,11 @@ impl Client {
     /// `GET /v1/persons/{code}/records` (union only, R18): who received which
     /// data about one insured person, and when, oldest first.
     ///
-    /// Each entry is the broker's JSON object (`seq`, `at`, `query_id`,
-    /// `requester`, `provider`, `flow_id`, `procedure`, `items`, `outcome`,
-    /// `reason`, `role`); the wire type is not yet in `kakehashi_interfaces`.
+    /// Entries carry no person code of any org.
     pub async fn person_records(
         &self,
         person: &PersonCode,
-    ) -> Result<Vec<serde_json::Value>, ClientError> {
+    ) -> Result<Vec<kakehashi_interfaces::audit::DisclosureEntry>, ClientError> {
         self.get_json(&format!("/v1/persons/{person}/records"))
             .await
     }

@@ -41,6 +41,10 @@ pub struct ClientOptions {
     pub max_idle_http1: usize,
 }
 
+/// Being throttled is not a failure of the call: a 429/503 may be retried this
+/// many times more often than a transport error.
+const THROTTLE_ATTEMPT_FACTOR: u32 = 3;
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -208,6 +212,12 @@ impl Transport {
     /// Sends a call with the retry policy; 429/503 after the last attempt come back as responses.
     pub async fn execute(&self, call: &Call) -> Result<RawResponse, ClientError> {
         let max = self.options.max_attempts.max(1);
+        // max_attempts = 1 means no retries at all, throttled or not.
+        let throttle_max = if max == 1 {
+            1
+        } else {
+            max.saturating_mul(THROTTLE_ATTEMPT_FACTOR)
+        };
         let mut attempt = 1;
         loop {
             match self.attempt(call).await {
@@ -215,10 +225,15 @@ impl Transport {
                     if matches!(
                         resp.status,
                         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                    ) && attempt < max =>
+                    ) && attempt < throttle_max =>
                 {
                     // The broker refused before doing anything, so even a POST may be repeated.
-                    let wait = resp.retry_after().unwrap_or_else(|| self.backoff(attempt));
+                    // Jitter on top of Retry-After keeps many waiting workers from
+                    // coming back in the same instant and being throttled again.
+                    let wait = resp
+                        .retry_after()
+                        .map(|w| w + self.backoff(1))
+                        .unwrap_or_else(|| self.backoff(attempt));
                     if wait > self.options.max_retry_wait {
                         return Ok(resp);
                     }

@@ -59,6 +59,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -1544,6 +1545,36 @@ pub fn verify_export_files(
         })
     };
     verify_export(open(data)?, BufReader::new(open(&bundle)?), trusted_key_ids)
+}
+
+/// One line of a person's disclosure (R18): who received which items, when.
+/// Carries no person code of any org. The answer of
+/// `GET /v1/persons/{code}/records` is a JSON array of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureEntry {
+    /// Record sequence number.
+    pub seq: u64,
+    /// UTC time.
+    pub at: String,
+    /// Query id.
+    pub query_id: String,
+    /// Org that asked (and, when provided, received).
+    pub requester: String,
+    /// Org that held the data.
+    pub provider: Option<String>,
+    /// Flow id.
+    pub flow_id: Option<String>,
+    /// Procedure code.
+    pub procedure: Option<String>,
+    /// Item codes.
+    pub items: Vec<String>,
+    /// Outcome name (`provided`, `denied` …).
+    pub outcome: String,
+    /// Denial reason code.
+    pub reason: Option<String>,
+    /// Whether the asking org knows the person as `requester` or `provider`.
+    pub role: String,
 }
 
 #[cfg(test)]

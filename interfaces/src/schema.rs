@@ -97,7 +97,7 @@ pub struct Endpoint {
 }
 
 /// The exchange listener's endpoints (mutual TLS).
-pub const ENDPOINTS: [Endpoint; 7] = [
+pub const ENDPOINTS: [Endpoint; 8] = [
     Endpoint {
         method: "GET",
         path: "/v1/whoami",
@@ -162,6 +162,16 @@ pub const ENDPOINTS: [Endpoint; 7] = [
         response: "DepositReport",
         summary: "Deposit copies of item values per person into the org's own partition",
     },
+    Endpoint {
+        method: "GET",
+        path: "/v1/persons/{code}/records",
+        query: None,
+        request: None,
+        request_media_type: None,
+        response: "array of DisclosureEntry",
+        summary:
+            "Union only: who received which items about one of its insured persons, and when (R18)",
+    },
 ];
 
 /// The whole schema document.
@@ -180,6 +190,7 @@ pub fn schema_document() -> Value {
     gen.subschema_for::<RegistrationReport>();
     gen.subschema_for::<CopyDeposit>();
     gen.subschema_for::<DepositReport>();
+    gen.subschema_for::<crate::audit::DisclosureEntry>();
     let definitions = serde_json::to_value(gen.definitions()).unwrap_or(Value::Null);
 
     let endpoints: Vec<Value> = ENDPOINTS
@@ -278,11 +289,12 @@ mod tests {
             "IndividualNumber",
             "ItemValue",
             "LineIssue",
+            "DisclosureEntry",
         ] {
             assert!(doc["definitions"].get(name).is_some(), "{name} missing");
         }
         for e in ENDPOINTS {
-            let name = e.response;
+            let name = e.response.trim_start_matches("array of ");
             assert!(doc["definitions"].get(name).is_some(), "{name} missing");
             if let Some(req) = e.request {
                 let name = req.trim_start_matches("JSON Lines of ");

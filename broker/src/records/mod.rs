@@ -31,7 +31,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use kakehashi_interfaces::audit::{Checkpoint, TrustedKeys};
 use kakehashi_interfaces::{ErrorCode, OrgId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -174,33 +174,7 @@ impl RecordDraft {
     }
 }
 
-/// One line of a person's disclosure (R18): who received which items, when.
-/// Carries no person code of any org.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DisclosureEntry {
-    /// Record sequence number.
-    pub seq: u64,
-    /// UTC time.
-    pub at: String,
-    /// Query id.
-    pub query_id: String,
-    /// Org that asked (and, when provided, received).
-    pub requester: String,
-    /// Org that held the data.
-    pub provider: Option<String>,
-    /// Flow id.
-    pub flow_id: Option<String>,
-    /// Procedure code.
-    pub procedure: Option<String>,
-    /// Item codes.
-    pub items: Vec<String>,
-    /// Outcome name (`provided`, `denied` …).
-    pub outcome: String,
-    /// Denial reason code.
-    pub reason: Option<String>,
-    /// Whether the asking org knows the person as `requester` or `provider`.
-    pub role: String,
-}
+pub use kakehashi_interfaces::audit::DisclosureEntry;
 
 /// The provision record log of one broker process.
 pub struct RecordLog {

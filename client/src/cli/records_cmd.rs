@@ -2,44 +2,32 @@
 
 use std::path::Path;
 
-use kakehashi_client::interfaces::audit::{self, ExportError};
+use kakehashi_client::interfaces::audit::{self, DisclosureEntry, ExportError};
 
 use super::fail::{CliError, Exit};
 use super::table;
 
-fn text(v: &serde_json::Value, field: &str) -> String {
-    match &v[field] {
-        serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => other.to_string(),
-    }
-}
-
 /// Prints a person's disclosure list: one row per record, oldest first.
-pub fn print_person_records(records: &[serde_json::Value]) {
+pub fn print_person_records(records: &[DisclosureEntry]) {
     if records.is_empty() {
         println!("no records: nobody has received data about this person");
         return;
     }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            let mut outcome = text(r, "outcome");
-            if let Some(reason) = r["reason"].as_str() {
-                outcome = format!("{outcome} ({reason})");
-            }
+            let outcome = match &r.reason {
+                Some(reason) => format!("{} ({reason})", r.outcome),
+                None => r.outcome.clone(),
+            };
             vec![
-                text(r, "seq"),
-                text(r, "at"),
-                text(r, "requester"),
-                text(r, "provider"),
-                text(r, "flow_id"),
-                text(r, "items"),
+                r.seq.to_string(),
+                r.at.clone(),
+                r.requester.clone(),
+                dash(&r.provider),
+                dash(&r.flow_id),
+                r.items.join(" "),
                 outcome,
             ]
         })
