@@ -76,6 +76,21 @@ impl TestPki {
     }
 }
 
+/// Reads `<pki>/<org>.crt` and `.key` as written by `kakehashi-broker dev`.
+pub fn load_org_cert(pki: &Path, org: &str) -> Result<IssuedCert> {
+    let cert_pem = std::fs::read_to_string(pki.join(format!("{org}.crt")))?;
+    let key_pem = std::fs::read_to_string(pki.join(format!("{org}.key")))?;
+    let info = kakehashi_certs::inspect_pem(&cert_pem)?;
+    let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?.to_vec();
+    Ok(IssuedCert {
+        cert_pem,
+        key_pem,
+        cert_der,
+        serial_hex: info.serial_hex,
+        fingerprint_sha256: info.fingerprint_sha256,
+    })
+}
+
 /// Which storage a test broker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -70,19 +70,7 @@ async fn start_dev() -> Result<Broker> {
 }
 
 fn org_cert(broker: &Broker, org: &str) -> Result<IssuedCert> {
-    let pki = broker.dir.path().join("dev/pki");
-    let cert_pem = std::fs::read_to_string(pki.join(format!("{org}.crt")))?;
-    let key_pem = std::fs::read_to_string(pki.join(format!("{org}.key")))?;
-    let info = kakehashi_certs::inspect_pem(&cert_pem)?;
-    let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
-        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())?;
-    Ok(IssuedCert {
-        cert_pem,
-        key_pem,
-        cert_der: der,
-        serial_hex: info.serial_hex,
-        fingerprint_sha256: info.fingerprint_sha256,
-    })
+    kakehashi_tests::load_org_cert(&broker.dir.path().join("dev/pki"), org)
 }
 
 async fn client(broker: &Broker, org: &str) -> Result<TestClient> {
@@ -350,19 +338,7 @@ async fn kill_nine_loses_no_answered_query(backend: kakehashi_tests::Backend) ->
 
     let mut child = serve(&config, addr).await?;
     let ca = std::fs::read_to_string(dev.join("pki/ca.crt"))?;
-    let cert = |org: &str| -> Result<IssuedCert> {
-        let cert_pem = std::fs::read_to_string(dev.join(format!("pki/{org}.crt")))?;
-        let info = kakehashi_certs::inspect_pem(&cert_pem)?;
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())?;
-        Ok(IssuedCert {
-            key_pem: std::fs::read_to_string(dev.join(format!("pki/{org}.key")))?,
-            cert_pem,
-            cert_der: der,
-            serial_hex: info.serial_hex,
-            fingerprint_sha256: info.fingerprint_sha256,
-        })
-    };
+    let cert = |org: &str| kakehashi_tests::load_org_cert(&dev.join("pki"), org);
     let union_cert = cert("union-saitama")?;
     let s = scenario_with(
         TestClient::connect(addr, &ca, Some(&union_cert), Protocol::Http1).await?,
