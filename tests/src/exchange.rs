@@ -30,6 +30,14 @@ pub fn registration_line(name: &str, number: &str) -> String {
 
 /// A broker with the sample flow list on `backend`; `None` when PostgreSQL is not configured.
 pub async fn exchange_broker(backend: Backend) -> Result<Option<TestBroker>> {
+    exchange_broker_with(backend, |_| {}).await
+}
+
+/// [`exchange_broker`] with options adjusted by `adjust` (limits, expiry …).
+pub async fn exchange_broker_with(
+    backend: Backend,
+    adjust: impl FnOnce(&mut BrokerOptions),
+) -> Result<Option<TestBroker>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("flows.toml");
     std::fs::write(&path, kakehashi_broker::policy::SAMPLE_FLOW_LIST)?;
@@ -38,6 +46,7 @@ pub async fn exchange_broker(backend: Backend) -> Result<Option<TestBroker>> {
         ..BrokerOptions::default()
     };
     opts.exchange.flow_list = Some(path);
+    adjust(&mut opts);
     let broker = TestBroker::start_with(opts).await?;
     // The flow list was stored at start; the temp file may go.
     drop(dir);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kakehashi_tests::exchange::{exchange_broker, individual_number, scenario};
-use kakehashi_tests::{Backend, BrokerOptions, TestBroker};
+use kakehashi_tests::{Backend, TestBroker};
 use tempfile::TempDir;
 
 /// The `kakehashi` binary of this build. The tests crate gets no
@@ -898,16 +898,12 @@ async fn copies_deposit_applies_good_lines_only() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_honours_rate_limits() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let flows = dir.path().join("flows.toml");
-    std::fs::write(&flows, kakehashi_broker::policy::SAMPLE_FLOW_LIST)?;
-    let mut opts = BrokerOptions::default();
-    opts.exchange.flow_list = Some(flows);
-    opts.limits.per_org_per_second = 100;
-    opts.limits.per_org_burst = 20;
-    let broker = TestBroker::start_with(opts)
-        .await?
-        .context("sqlite broker")?;
+    let broker = kakehashi_tests::exchange::exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.limits.per_org_per_second = 100;
+        opts.limits.per_org_burst = 20;
+    })
+    .await?
+    .context("sqlite broker")?;
     let s = scenario(&broker, 200).await?;
     let user = exchange_user(&broker).await?;
     let input = user.files.path().join("persons.csv");

@@ -449,16 +449,12 @@ where
 
 #[tokio::test]
 async fn answers_are_deleted_when_they_expire() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("flows.toml");
-    std::fs::write(&path, kakehashi_broker::policy::SAMPLE_FLOW_LIST)?;
-    let mut opts = kakehashi_tests::BrokerOptions::default();
-    opts.exchange.flow_list = Some(path);
-    opts.exchange.result_ttl_secs = 1;
-    opts.exchange.sweep_interval_secs = 1;
-    let broker = kakehashi_tests::TestBroker::start_with(opts)
-        .await?
-        .expect("sqlite");
+    let broker = kakehashi_tests::exchange::exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.exchange.result_ttl_secs = 1;
+        opts.exchange.sweep_interval_secs = 1;
+    })
+    .await?
+    .expect("sqlite");
     let mut s = scenario(&broker, 1).await?;
     let (body, _) = query_body(
         "F-0120",
