@@ -349,3 +349,28 @@ async fn health_and_metrics_are_served() -> Result<()> {
     assert!(text.contains("kakehashi_request_duration_seconds"));
     Ok(())
 }
+
+#[tokio::test]
+async fn expired_crl_refuses_certificates_it_covers() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let cert = broker.pki.org_cert("city-saitama")?;
+    let mut client = TestClient::connect(
+        broker.addr(),
+        broker.pki.ca.cert_pem(),
+        Some(&cert),
+        Protocol::Http1,
+    )
+    .await?;
+    assert_eq!(client.get("/v1/whoami").await?.status, StatusCode::OK);
+
+    // A CRL whose next update has passed: revocation status is unknown, so refuse.
+    let stale = broker.pki.ca.crl_pem(
+        &[],
+        time::OffsetDateTime::now_utc() - time::Duration::days(1),
+        99,
+    )?;
+    std::fs::write(broker.pki.path("ca.crl"), stale)?;
+    connect_and_fail(&broker, broker.pki.ca.cert_pem(), Some(&cert)).await;
+    expect_refusal(&broker, "crl_expired").await;
+    Ok(())
+}
