@@ -1,1 +1,13 @@
+//! Kakehashi's performance tooling: the `kakehashi-bench` load generator
+//! (scenarios, open and closed loop, idle connections, side-by-side compare
+//! with nginx) and the crypto-floor fixture the criterion benches share.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod compare;
+pub mod floor;
+pub mod idle;
+pub mod load;
+pub mod report;
+pub mod rss;
+pub mod setup;
