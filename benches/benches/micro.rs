@@ -3,7 +3,7 @@
 //! and the provision record's encoding and hashes; plus all of one query's
 //! cryptography together (the crypto floor's unit).
 //!
-//! Person-code mapping itself is one indexed SQL lookup (identity::map_code)
+//! Person-code mapping itself is one indexed SQL lookup (copies::read_for_query, joined with the copy read)
 //! with no CPU-heavy part; its pure cousin, the HMAC `Keyring::lookup_hash`
 //! used to find Individual Numbers at registration, is measured instead.
 #![forbid(unsafe_code)]

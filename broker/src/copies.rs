@@ -57,25 +57,45 @@ pub async fn deposit_batch(
     Ok(replaced)
 }
 
-/// Reads the provider's copy for one of its person codes, decrypted.
-pub async fn read(
+/// The query path's one read: maps the requester's code to the provider's
+/// code and fetches the provider's copy in a single statement (one round trip
+/// to the database instead of two on the hot path).
+pub async fn read_for_query(
     pools: &Pools,
     keys: &Keyring,
+    requester: &OrgId,
+    requester_code: &str,
     provider: &OrgId,
-    person_code: &str,
-) -> Result<Option<BTreeMap<String, serde_json::Value>>, BrokerError> {
-    let row: Option<(Vec<u8>,)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT cipher FROM copies WHERE provider = $1 AND person_code = $2")
-            .bind(provider.as_str())
-            .bind(person_code)
-            .fetch_optional(pool)
-            .await?
+) -> Result<
+    (
+        crate::identity::MappedCode,
+        Option<BTreeMap<String, serde_json::Value>>,
+    ),
+    BrokerError,
+> {
+    use crate::identity::MappedCode;
+    let row: Option<(Option<String>, Option<Vec<u8>>)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT p.code, c.cipher FROM person_codes r
+             LEFT JOIN person_codes p ON p.person_id = r.person_id AND p.org_id = $3
+             LEFT JOIN copies c ON c.provider = $3 AND c.person_code = p.code
+             WHERE r.org_id = $1 AND r.code = $2",
+        )
+        .bind(requester.as_str())
+        .bind(requester_code)
+        .bind(provider.as_str())
+        .fetch_optional(pool)
+        .await?
     });
-    let Some((cipher,)) = row else {
-        return Ok(None);
-    };
-    let plain = keys.decrypt(&cipher, &context(provider, person_code))?;
-    let map = serde_json::from_slice(&plain)
-        .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))?;
-    Ok(Some(map))
+    Ok(match row {
+        None => (MappedCode::UnknownToRequester, None),
+        Some((None, _)) => (MappedCode::NotLinkedByProvider, None),
+        Some((Some(code), None)) => (MappedCode::Provider(code), None),
+        Some((Some(code), Some(cipher))) => {
+            let plain = keys.decrypt(&cipher, &context(provider, &code))?;
+            let map = serde_json::from_slice(&plain)
+                .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))?;
+            (MappedCode::Provider(code), Some(map))
+        }
+    })
 }

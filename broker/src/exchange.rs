@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::copies;
 use crate::error::BrokerError;
-use crate::identity::{self, MappedCode};
+use crate::identity::MappedCode;
 use crate::policy::{self, Asked, Denial, OrgRef};
 use crate::records::{Outcome, RecordDraft};
 use crate::results::{self, OwnedResult};
@@ -81,29 +81,37 @@ pub async fn query(
         Err(denial) => return deny(state, draft, denial.to_error()).await,
     };
 
-    let provider_code =
-        match identity::map_code(&pools, &requester.id, req.person.as_str(), &provider.id).await? {
-            MappedCode::Provider(code) => code,
-            MappedCode::UnknownToRequester => {
-                // Also what a requester quoting another org's code gets: the codes are per org.
-                draft.requester_person_code = None;
-                let err = BrokerError::refused(
-                    ErrorCode::UnknownPerson,
-                    "this org has no person with that code",
-                );
-                return deny(state, draft, err).await;
-            }
-            MappedCode::NotLinkedByProvider => {
-                let err = BrokerError::refused(
-                    ErrorCode::NoCopy,
-                    "the provider holds no data about this person",
-                );
-                return deny(state, draft, err).await;
-            }
-        };
+    // One read maps the person to the provider's code and fetches the copy.
+    let (mapped, copy) = copies::read_for_query(
+        &pools,
+        &state.keys,
+        &requester.id,
+        req.person.as_str(),
+        &provider.id,
+    )
+    .await?;
+    let provider_code = match mapped {
+        MappedCode::Provider(code) => code,
+        MappedCode::UnknownToRequester => {
+            // Also what a requester quoting another org's code gets: the codes are per org.
+            draft.requester_person_code = None;
+            let err = BrokerError::refused(
+                ErrorCode::UnknownPerson,
+                "this org has no person with that code",
+            );
+            return deny(state, draft, err).await;
+        }
+        MappedCode::NotLinkedByProvider => {
+            let err = BrokerError::refused(
+                ErrorCode::NoCopy,
+                "the provider holds no data about this person",
+            );
+            return deny(state, draft, err).await;
+        }
+    };
     draft.provider_person_code = Some(provider_code.clone());
 
-    let Some(copy) = copies::read(&pools, &state.keys, &provider.id, &provider_code).await? else {
+    let Some(copy) = copy else {
         let err = BrokerError::refused(
             ErrorCode::NoCopy,
             "the provider has deposited no copy for this person",

@@ -220,34 +220,8 @@ pub async fn resolve(
     Ok(row.map(|(p,)| p))
 }
 
-/// Maps the requester's code to the provider's code for the same person.
-/// `None` if the requester does not know the code or the provider has not linked the person.
-pub async fn map_code(
-    pools: &Pools,
-    requester: &OrgId,
-    code: &str,
-    provider: &OrgId,
-) -> Result<MappedCode, BrokerError> {
-    let row: Option<(String, Option<String>)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as(
-            "SELECT r.person_id, p.code FROM person_codes r
-             LEFT JOIN person_codes p ON p.person_id = r.person_id AND p.org_id = $3
-             WHERE r.org_id = $1 AND r.code = $2",
-        )
-        .bind(requester.as_str())
-        .bind(code)
-        .bind(provider.as_str())
-        .fetch_optional(pool)
-        .await?
-    });
-    Ok(match row {
-        None => MappedCode::UnknownToRequester,
-        Some((_, None)) => MappedCode::NotLinkedByProvider,
-        Some((_, Some(code))) => MappedCode::Provider(code),
-    })
-}
-
-/// The outcome of [`map_code`].
+/// How a requester's person code maps to the provider's (see
+/// [`crate::copies::read_for_query`], which maps and reads in one statement).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MappedCode {
     /// The provider's code for the person.
