@@ -7,6 +7,7 @@
 //! print that they were not run.
 #![forbid(unsafe_code)]
 
+pub mod binaries;
 pub mod exchange;
 
 use std::net::SocketAddr;

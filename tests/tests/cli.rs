@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,45 +12,10 @@ use kakehashi_tests::exchange::{exchange_broker, individual_number, scenario};
 use kakehashi_tests::{Backend, TestBroker};
 use tempfile::TempDir;
 
-/// The `kakehashi` binary of this build. The tests crate gets no
-/// `CARGO_BIN_EXE_` for another package, so it is built here (a no-op when
-/// up to date) and found next to this test executable's `deps` directory.
+/// The `kakehashi` binary of this build (built on first use).
 fn cli_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>")
-            .to_path_buf();
-        let bin = profile_dir.join(format!("kakehashi{}", std::env::consts::EXE_SUFFIX));
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "kakehashi-client",
-                "--bin",
-                "kakehashi",
-            ])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .status()
-                .expect("run cargo build for the kakehashi binary");
-            assert!(
-                status.success(),
-                "cargo build of the kakehashi binary failed"
-            );
-        }
-        assert!(bin.exists(), "no kakehashi binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")
+        .expect("build the kakehashi binary")
 }
 
 /// What one CLI run did.

@@ -11,21 +11,9 @@ use kakehashi_interfaces::{QueryResponse, QueryStatus};
 use kakehashi_tests::exchange::{query_body, scenario_with};
 use kakehashi_tests::{Protocol, TestClient};
 
-/// `target/<profile>/kakehashi-broker`, next to this test's `deps/` directory.
+/// The broker binary of this build (built on first use).
 fn broker_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .context("test binary has no parent")?;
-    let path = dir.join("kakehashi-broker");
-    if !path.exists() {
-        bail!(
-            "{} not built; run the tests with `cargo test --workspace`",
-            path.display()
-        );
-    }
-    Ok(path)
+    kakehashi_tests::binaries::workspace_binary("kakehashi-broker", "kakehashi-broker")
 }
 
 struct Broker {
