@@ -44,6 +44,8 @@ pub struct OwnedResult {
     pub envelope: Option<String>,
     /// Selected values encrypted at rest (pending).
     pub pending_cipher: Option<Vec<u8>>,
+    /// Creation time, fixed-width RFC 3339.
+    pub created_at: String,
     /// Expiry, fixed-width RFC 3339.
     pub expires_at: String,
 }
@@ -66,15 +68,17 @@ impl OwnedResult {
             permit,
             envelope: None,
             pending_cipher: None,
+            created_at: crate::store::now_rfc3339(),
             expires_at: timestamp(expires_at),
         }
     }
 }
 
-/// The insert the record writer runs; binds id, requester, provider, status,
-/// permit, envelope, pending_cipher, created_at, expires_at in that order.
-pub const INSERT: &str = "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// The head of the multi-row insert the record writer runs; values are
+/// id, requester, provider, status, permit, envelope, pending_cipher,
+/// created_at, expires_at in that order.
+pub const INSERT_HEAD: &str =
+    "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at) ";
 
 /// A result visible to `requester` (another org's query, or an expired one, is "not found").
 pub async fn get_for(

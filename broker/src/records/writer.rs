@@ -162,21 +162,25 @@ async fn commit_appends(
 const LOCK_HEAD: &str =
     "UPDATE records_head SET seq = seq WHERE id = 1 RETURNING seq, hash, cut_seq";
 
-const INSERT_SQLITE: &str = "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+/// Rows per multi-row INSERT: 20 columns × 400 rows stays well under
+/// SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
+const ROWS_PER_STATEMENT: usize = 400;
 
-const INSERT_PG: &str = "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
+const INSERT_HEAD_SQLITE: &str =
+    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
+     flow_list_version, procedure_code, requester, provider, items, requester_code, \
+     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) ";
+
+const INSERT_HEAD_PG: &str =
+    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
      flow_list_version, procedure_code, requester, provider, items, requester_code, \
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
-     part_month) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+     part_month) ";
 
 // The transaction body, expanded once per backend so each gets its own pool
 // and transaction types; `$pg` adds the partition column and partition drops.
 macro_rules! commit_in_tx {
-    ($pool:expr, $insert:expr, $pg:expr, $rows:expr, $purge:expr) => {{
+    ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr) => {{
         let mut tx = $pool.begin().await?;
         // The head lock: taken first so the transaction is a writer from the
         // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
@@ -236,49 +240,62 @@ macro_rules! commit_in_tx {
         let mut seq = u64::try_from(head_seq).unwrap_or(0);
         let mut prev = to_hash(&head_hash, "head hash")?;
         let mut seqs = Vec::with_capacity($rows.len());
+        let mut prepared = Vec::with_capacity($rows.len());
         for row in $rows {
             seq += 1;
             let record = row.record(seq);
             prev = audit::chain_hash(&prev, &record.leaf_hash());
             let (outcome, reason, detail) = record.outcome.to_parts();
-            let d = &row.draft;
-            let query = sqlx::query($insert)
-                .bind(to_i64(seq))
-                .bind(&row.at)
-                .bind(&d.query_id)
-                .bind(&d.permit_id)
-                .bind(&d.flow_id)
-                .bind(d.flow_list_version.map(to_i64))
-                .bind(&d.procedure)
-                .bind(d.requester.as_str())
-                .bind(d.provider.as_ref().map(|p| p.as_str()))
-                .bind(d.items.join(" "))
-                .bind(&d.requester_person_code)
-                .bind(row.requester_salt.map(|s| s.to_vec()))
-                .bind(&d.provider_person_code)
-                .bind(row.provider_salt.map(|s| s.to_vec()))
-                .bind(outcome)
-                .bind(reason)
-                .bind(&d.approver)
-                .bind(detail.map(|v| v.to_string()))
-                .bind(prev.to_vec());
-            let query = if $pg { query.bind(row.part_month) } else { query };
-            query.execute(&mut *tx).await?;
-            if let Some(r) = &row.result {
-                sqlx::query(crate::results::INSERT)
-                    .bind(&r.id)
-                    .bind(&r.requester)
-                    .bind(&r.provider)
-                    .bind(&r.status)
-                    .bind(&r.permit)
-                    .bind(&r.envelope)
-                    .bind(&r.pending_cipher)
-                    .bind(&row.at)
-                    .bind(&r.expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            prepared.push((*row, seq, prev, outcome, reason, detail.map(|v| v.to_string())));
             seqs.push(seq);
+        }
+        // Multi-row inserts: a few statements per batch instead of two per
+        // query, since each statement is a round trip to the database.
+        for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
+            let mut records = sqlx::QueryBuilder::<$db>::new($insert_head);
+            records.push_values(chunk, |mut b, (row, seq, hash, outcome, reason, detail)| {
+                let d = &row.draft;
+                b.push_bind(to_i64(*seq))
+                    .push_bind(row.at.clone())
+                    .push_bind(d.query_id.clone())
+                    .push_bind(d.permit_id.clone())
+                    .push_bind(d.flow_id.clone())
+                    .push_bind(d.flow_list_version.map(to_i64))
+                    .push_bind(d.procedure.clone())
+                    .push_bind(d.requester.as_str().to_string())
+                    .push_bind(d.provider.as_ref().map(|p| p.as_str().to_string()))
+                    .push_bind(d.items.join(" "))
+                    .push_bind(d.requester_person_code.clone())
+                    .push_bind(row.requester_salt.map(|s| s.to_vec()))
+                    .push_bind(d.provider_person_code.clone())
+                    .push_bind(row.provider_salt.map(|s| s.to_vec()))
+                    .push_bind(*outcome)
+                    .push_bind(reason.clone())
+                    .push_bind(d.approver.clone())
+                    .push_bind(detail.clone())
+                    .push_bind(hash.to_vec());
+                if $pg {
+                    b.push_bind(row.part_month);
+                }
+            });
+            records.build().execute(&mut *tx).await?;
+            let results: Vec<&crate::results::OwnedResult> =
+                chunk.iter().filter_map(|(row, ..)| row.result.as_ref()).collect();
+            if !results.is_empty() {
+                let mut insert = sqlx::QueryBuilder::<$db>::new(crate::results::INSERT_HEAD);
+                insert.push_values(results, |mut b, r| {
+                    b.push_bind(r.id.clone())
+                        .push_bind(r.requester.clone())
+                        .push_bind(r.provider.clone())
+                        .push_bind(r.status.clone())
+                        .push_bind(r.permit.clone())
+                        .push_bind(r.envelope.clone())
+                        .push_bind(r.pending_cipher.clone())
+                        .push_bind(r.created_at.clone())
+                        .push_bind(r.expires_at.clone());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
         }
         sqlx::query("UPDATE records_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(to_i64(seq))
@@ -298,14 +315,16 @@ async fn commit(
     purge: Option<&PurgePlan>,
 ) -> Result<Vec<u64>, BrokerError> {
     match pools {
-        Pools::Sqlite { write, .. } => commit_in_tx!(write, INSERT_SQLITE, false, rows, purge),
+        Pools::Sqlite { write, .. } => {
+            commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
+        }
         Pools::Postgres(pool) => {
             for row in rows {
                 if ensured_months.insert(row.part_month) {
                     db::ensure_partitions(pool, row.part_month).await?;
                 }
             }
-            commit_in_tx!(pool, INSERT_PG, true, rows, purge)
+            commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
         }
     }
 }
