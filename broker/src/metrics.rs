@@ -33,6 +33,22 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// Group-commit observations the records writer reports: rows per commit
+/// and how long each commit took (the fsync is inside).
+#[derive(Clone)]
+pub struct CommitMetrics {
+    rows: Histogram,
+    seconds: Histogram,
+}
+
+impl CommitMetrics {
+    /// One committed transaction of `rows` records.
+    pub fn observe(&self, rows: usize, elapsed: Duration) {
+        self.rows.observe(rows as f64);
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -40,6 +56,7 @@ pub struct Metrics {
     refusals: Family<RefusalLabels, Counter>,
     latency: LatencyFamily,
     connections: Gauge,
+    commits: CommitMetrics,
 }
 
 impl Default for Metrics {
@@ -76,12 +93,27 @@ impl Metrics {
             "Open exchange connections",
             connections.clone(),
         );
+        let commits = CommitMetrics {
+            rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            seconds: latency_histogram(),
+        };
+        registry.register(
+            "record_commit_rows",
+            "Provision records per group-commit transaction",
+            commits.rows.clone(),
+        );
+        registry.register(
+            "record_commit_seconds",
+            "Duration of each group-commit transaction, fsync included",
+            commits.seconds.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             refusals,
             latency,
             connections,
+            commits,
         }
     }
 
@@ -108,6 +140,11 @@ impl Metrics {
     /// A connection opened (+1) or closed (-1).
     pub fn connection_delta(&self, delta: i64) {
         self.connections.inc_by(delta);
+    }
+
+    /// The records writer's handle for group-commit observations.
+    pub fn commits(&self) -> CommitMetrics {
+        self.commits.clone()
     }
 
     /// Prometheus text exposition.

@@ -60,6 +60,13 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         (&Method::GET, "/readyz") => "readyz",
         (&Method::GET, "/metrics") => "metrics",
         (&Method::GET, "/v1/whoami") => "whoami",
+        (&Method::GET, "/v1/flows") => "flows",
+        (&Method::GET, "/v1/permit-keys") => "permit_keys",
+        (&Method::POST, "/v1/queries") => "query",
+        (&Method::GET, p) if p.starts_with("/v1/queries/") => "query_status",
+        (&Method::POST, "/v1/persons") => "persons",
+        (&Method::POST, "/v1/copies") => "copies",
+        (&Method::GET, p) if p.starts_with("/v1/persons/") => "person_records",
         _ => "other",
     }
 }

@@ -45,12 +45,18 @@ impl AppState {
             tracing::info!(version, path = %path.display(), "flow list in force");
         }
         let flows = policy::load_current(&pools).await?;
-        let records =
-            RecordLog::open(pools.clone(), &config.keys.dir, config.records.clone()).await?;
+        let metrics = Metrics::new();
+        let records = RecordLog::open_observed(
+            pools.clone(),
+            &config.keys.dir,
+            config.records.clone(),
+            Some(metrics.commits()),
+        )
+        .await?;
         let limits = Arc::new(RateLimits::new(&config.limits));
         Ok(Self {
             directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
-            metrics: Metrics::new(),
+            metrics,
             limits,
             keys,
             records,

@@ -85,6 +85,22 @@ async fn permitted_query_is_sealed_to_the_requester(backend: Backend) -> Result<
         .get(&format!("/v1/queries/{}", answer.query_id))
         .await?;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
+
+    // Operators see the query route and its group commit in /metrics.
+    let metrics = String::from_utf8(s.union.get("/metrics").await?.body.to_vec())?;
+    assert!(
+        metrics.contains("kakehashi_requests_total{route=\"query\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    let commits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kakehashi_record_commit_rows_sum "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        commits >= 1.0,
+        "the query's record was group-committed: {metrics}"
+    );
     Ok(())
 }
 

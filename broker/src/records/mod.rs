@@ -220,6 +220,16 @@ impl RecordLog {
         key_dir: &Path,
         config: RecordsConfig,
     ) -> Result<Arc<RecordLog>, BrokerError> {
+        Self::open_observed(pools, key_dir, config, None).await
+    }
+
+    /// [`RecordLog::open`], reporting each group commit to `commits`.
+    pub async fn open_observed(
+        pools: Pools,
+        key_dir: &Path,
+        config: RecordsConfig,
+        commits: Option<crate::metrics::CommitMetrics>,
+    ) -> Result<Arc<RecordLog>, BrokerError> {
         let sealer = verify::load_or_create_sealer(key_dir)?;
         let mut trusted = verify::trusted_keys(key_dir)?;
         let sealer_key_id = trusted.add(sealer.verifying_key());
@@ -227,7 +237,7 @@ impl RecordLog {
             db::ensure_partitions(pool, db::month_key(time::OffsetDateTime::now_utc())).await?;
         }
         let (jobs, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let writer = tokio::spawn(writer::run(rx, pools.clone(), config.max_batch.max(1)));
+        let writer = writer::spawn(rx, pools.clone(), config.max_batch.max(1), commits);
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::db::{self, to_hash, to_i64};
 use super::RecordDraft;
 use crate::error::BrokerError;
+use crate::metrics::CommitMetrics;
 use crate::store::Pools;
 
 /// A draft with what the writer needs besides a sequence number.
@@ -92,8 +93,65 @@ pub(crate) enum Job {
     },
 }
 
+/// Starts the writer on a thread of its own with a single-threaded runtime,
+/// so its hand-offs with the database (several per commit) are not queued
+/// behind request tasks busy with cryptography on the shared workers; the
+/// returned task ends when the writer does.
+///
+/// On PostgreSQL the thread gets its own small pool: a connection's socket
+/// belongs to the runtime that opened it. SQLite connections run on their
+/// own threads and are shared as they are.
+pub(crate) fn spawn(
+    rx: mpsc::Receiver<Job>,
+    pools: Pools,
+    max_batch: usize,
+    metrics: Option<CommitMetrics>,
+) -> tokio::task::JoinHandle<()> {
+    let (finished, ended) = oneshot::channel::<()>();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            // Without its own thread the writer still works, only slower.
+            tracing::warn!(error = %e, "records writer runs on the shared runtime");
+            return tokio::spawn(run(rx, pools, max_batch, metrics));
+        }
+    };
+    let thread = std::thread::Builder::new()
+        .name("records-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let pools = match pools {
+                    Pools::Postgres(shared) => Pools::Postgres(
+                        sqlx::postgres::PgPoolOptions::new()
+                            .max_connections(2)
+                            .connect_lazy_with((*shared.connect_options()).clone()),
+                    ),
+                    sqlite => sqlite,
+                };
+                run(rx, pools, max_batch, metrics).await;
+            });
+            let _ = finished.send(());
+        });
+    if let Err(e) = thread {
+        // The receiver went with the closure: appends now fail as
+        // `unavailable`, so no query is answered without its record.
+        tracing::error!(error = %e, "records writer thread could not start");
+    }
+    tokio::spawn(async move {
+        let _ = ended.await;
+    })
+}
+
 /// Runs until closed or until every sender is gone.
-pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, pools: Pools, max_batch: usize) {
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    pools: Pools,
+    max_batch: usize,
+    metrics: Option<CommitMetrics>,
+) {
     let mut ensured_months = BTreeSet::new();
     while let Some(first) = rx.recv().await {
         let mut rows = Vec::new();
@@ -108,7 +166,8 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, pools: Pools, max_batch: us
                 }
                 Job::Purge { plan, done } => {
                     // A purge commits alone, after what was queued before it.
-                    commit_appends(&pools, &mut ensured_months, rows, waiters).await;
+                    commit_appends(&pools, &mut ensured_months, rows, waiters, metrics.as_ref())
+                        .await;
                     rows = Vec::new();
                     waiters = Vec::new();
                     let result = commit(&pools, &mut ensured_months, &[&plan.record], Some(&plan))
@@ -126,7 +185,7 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, pools: Pools, max_batch: us
                 next = rx.try_recv().ok();
             }
         }
-        commit_appends(&pools, &mut ensured_months, rows, waiters).await;
+        commit_appends(&pools, &mut ensured_months, rows, waiters, metrics.as_ref()).await;
         if let Some(done) = close {
             let _ = done.send(());
             return;
@@ -139,13 +198,18 @@ async fn commit_appends(
     ensured_months: &mut BTreeSet<i32>,
     rows: Vec<NewRow>,
     waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
+    metrics: Option<&CommitMetrics>,
 ) {
     if rows.is_empty() {
         return;
     }
     let refs: Vec<&NewRow> = rows.iter().collect();
+    let started = std::time::Instant::now();
     match commit(pools, ensured_months, &refs, None).await {
         Ok(seqs) => {
+            if let Some(m) = metrics {
+                m.observe(seqs.len(), started.elapsed());
+            }
             for (done, seq) in waiters.into_iter().zip(seqs) {
                 let _ = done.send(Ok(seq));
             }
