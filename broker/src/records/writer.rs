@@ -127,6 +127,7 @@ pub(crate) fn spawn(
                     Pools::Postgres(shared) => Pools::Postgres(
                         sqlx::postgres::PgPoolOptions::new()
                             .max_connections(2)
+                            .test_before_acquire(false)
                             .connect_lazy_with((*shared.connect_options()).clone()),
                     ),
                     sqlite => sqlite,

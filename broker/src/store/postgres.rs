@@ -22,8 +22,13 @@ impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so several
     /// nodes starting together are safe).
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, BrokerError> {
+        // No ping before each acquire: it is a network round trip per
+        // statement. A connection broken by a server restart fails its next
+        // statement (answered as `unavailable`, nothing half-done) and is
+        // dropped from the pool.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
