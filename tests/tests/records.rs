@@ -224,6 +224,35 @@ async fn deleted_row_is_named(backend: Backend) -> Result<()> {
 }
 both_backends!(deleted_row_is_named: delete_sqlite, delete_postgres);
 
+/// The sealer signs the head the writer computed, not what the database says
+/// now: a row edited before its checkpoint is still caught by verify, and a
+/// rewritten head row makes the sealer refuse.
+async fn edits_before_the_checkpoint_are_not_blessed(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    for i in 1..=8 {
+        log.append(draft(i)).await?;
+    }
+    env.exec("UPDATE records SET items = 'income.total' WHERE seq = 6")
+        .await?;
+    assert_eq!(log.seal().await?, Some(8));
+    assert_eq!(expect_broken(&env, 6).await?, FailureKind::HashMismatch);
+
+    log.append(draft(9)).await?;
+    env.exec("UPDATE records_head SET hash = records.hash FROM records WHERE records.seq = 3 AND records_head.id = 1")
+        .await?;
+    let refused = log.seal().await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("differs from what was committed")),
+        "sealed a head that was rewritten behind the writer"
+    );
+    log.close().await;
+    Ok(())
+}
+both_backends!(edits_before_the_checkpoint_are_not_blessed: unblessed_sqlite, unblessed_postgres);
+
 async fn inserted_row_is_named(backend: Backend) -> Result<()> {
     let Some(env) = Env::new(backend).await? else {
         return Ok(());

@@ -143,6 +143,7 @@ impl CheckpointRow {
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
     pub seq: u64,
+    pub hash: Hash,
     pub cut_seq: u64,
     pub cut_hash: Hash,
 }
@@ -155,13 +156,15 @@ pub(crate) fn to_hash(bytes: &[u8], what: &str) -> Result<Hash, BrokerError> {
 
 /// Reads the head row.
 pub(crate) async fn read_head(pools: &Pools) -> Result<Head, BrokerError> {
-    let (seq, cut_seq, cut_hash): (i64, i64, Vec<u8>) = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT seq, cut_seq, cut_hash FROM records_head WHERE id = 1")
-            .fetch_one(pool)
-            .await?
-    });
+    let (seq, hash, cut_seq, cut_hash): (i64, Vec<u8>, i64, Vec<u8>) =
+        crate::on_pool!(pools, read, |pool| {
+            sqlx::query_as("SELECT seq, hash, cut_seq, cut_hash FROM records_head WHERE id = 1")
+                .fetch_one(pool)
+                .await?
+        });
     Ok(Head {
         seq: u64::try_from(seq).unwrap_or(0),
+        hash: to_hash(&hash, "head hash")?,
         cut_seq: u64::try_from(cut_seq).unwrap_or(0),
         cut_hash: to_hash(&cut_hash, "cut hash")?,
     })
@@ -234,13 +237,14 @@ impl Snapshot {
     }
 
     pub async fn head(&mut self) -> Result<Head, BrokerError> {
-        const SQL: &str = "SELECT seq, cut_seq, cut_hash FROM records_head WHERE id = 1";
-        let (seq, cut_seq, cut_hash): (i64, i64, Vec<u8>) = match self {
+        const SQL: &str = "SELECT seq, hash, cut_seq, cut_hash FROM records_head WHERE id = 1";
+        let (seq, hash, cut_seq, cut_hash): (i64, Vec<u8>, i64, Vec<u8>) = match self {
             Snapshot::Sqlite(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
             Snapshot::Postgres(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
         };
         Ok(Head {
             seq: u64::try_from(seq).unwrap_or(0),
+            hash: to_hash(&hash, "head hash")?,
             cut_seq: u64::try_from(cut_seq).unwrap_or(0),
             cut_hash: to_hash(&cut_hash, "cut hash")?,
         })

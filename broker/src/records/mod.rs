@@ -188,6 +188,8 @@ pub struct RecordLog {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     seal_lock: tokio::sync::Mutex<()>,
+    /// What this process's writer last committed (see [`RecordLog::seal`]).
+    committed: writer::CommittedHead,
 }
 
 impl std::fmt::Debug for RecordLog {
@@ -237,7 +239,14 @@ impl RecordLog {
             db::ensure_partitions(pool, db::month_key(time::OffsetDateTime::now_utc())).await?;
         }
         let (jobs, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let writer = writer::spawn(rx, pools.clone(), config.max_batch.max(1), commits);
+        let committed = writer::CommittedHead::default();
+        let writer = writer::spawn(
+            rx,
+            pools.clone(),
+            config.max_batch.max(1),
+            commits,
+            committed.clone(),
+        );
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,
@@ -250,6 +259,7 @@ impl RecordLog {
             stop,
             tasks: Mutex::new(vec![writer]),
             seal_lock: tokio::sync::Mutex::new(()),
+            committed,
         });
         let mut tasks = vec![tokio::spawn(seal_task(
             Arc::downgrade(&log),
@@ -356,9 +366,10 @@ impl RecordLog {
         &self.config
     }
 
-    /// Signs a checkpoint of the current head if it has none yet, after
-    /// re-checking the records since the previous valid checkpoint (so a
-    /// tampered tail is never blessed). Returns the sequence now sealed.
+    /// Signs a checkpoint of the current head if it has none yet. A head this
+    /// process's writer committed is signed as the writer computed it; any
+    /// other tail is first re-checked from the previous valid checkpoint (so
+    /// a tampered tail is never blessed). Returns the sequence now sealed.
     pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
         let head = db::read_head(&self.pools).await?;
@@ -373,6 +384,23 @@ impl RecordLog {
                 return Ok(Some(cp.seq));
             }
         }
+        // The head this process's writer committed is known without reading
+        // the rows back: sign it when the stored head still matches it. A
+        // stored head that differs was changed behind the writer's back.
+        let ours = self.committed.lock().ok().and_then(|c| *c);
+        if let Some((seq, hash)) = ours.filter(|(seq, _)| *seq == head.seq) {
+            if hash != head.hash {
+                return Err(BrokerError::refused(
+                    ErrorCode::Internal,
+                    format!("the stored records head at {seq} differs from what was committed; not sealing"),
+                ));
+            }
+            let cp = Checkpoint::sign(seq, hash, crate::store::now_rfc3339(), &self.sealer);
+            db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
+            return Ok(Some(seq));
+        }
+        // Otherwise (a tail from before a restart, or written by another
+        // node) re-check it from the rows, so a tampered tail is never blessed.
         let (start_seq, start_hash) = match latest {
             Some(cp) if cp.seq > head.cut_seq && cp.verify(&self.trusted).is_ok() => {
                 (cp.seq, cp.head_hash)

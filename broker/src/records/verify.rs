@@ -138,6 +138,9 @@ pub(crate) struct WalkPlan {
 
 /// Walks records and checkpoints in sequence order through a verifier, in
 /// one read snapshot (constant memory). Records are bounded by `end_seq`.
+/// Rows verified between two yields to the scheduler.
+const YIELD_EVERY_ROWS: u64 = 32;
+
 pub(crate) async fn walk(
     pools: &Pools,
     keys: TrustedKeys,
@@ -173,6 +176,12 @@ async fn walk_in(
     };
     while let Some(row) = records.next(snap).await? {
         let seq = row.seq_u64();
+        // Rows come from a buffered page without yielding; hashing thousands
+        // of them in one poll would hold a request worker for milliseconds
+        // (the checkpoint sealer walks the new tail every few seconds).
+        if seq % YIELD_EVERY_ROWS == 0 {
+            tokio::task::yield_now().await;
+        }
         let (record, stored) = match row.to_record() {
             Ok(r) => r,
             Err(e) => {

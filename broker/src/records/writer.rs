@@ -17,6 +17,10 @@ use crate::error::BrokerError;
 use crate::metrics::CommitMetrics;
 use crate::store::Pools;
 
+/// The last head this process's writer committed: sequence and chain hash,
+/// known from the rows it hashed itself rather than read back.
+pub(crate) type CommittedHead = std::sync::Arc<std::sync::Mutex<Option<(u64, Hash)>>>;
+
 /// A draft with what the writer needs besides a sequence number.
 pub(crate) struct NewRow {
     pub at: String,
@@ -106,6 +110,7 @@ pub(crate) fn spawn(
     pools: Pools,
     max_batch: usize,
     metrics: Option<CommitMetrics>,
+    head: CommittedHead,
 ) -> tokio::task::JoinHandle<()> {
     let (finished, ended) = oneshot::channel::<()>();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -116,7 +121,7 @@ pub(crate) fn spawn(
         Err(e) => {
             // Without its own thread the writer still works, only slower.
             tracing::warn!(error = %e, "records writer runs on the shared runtime");
-            return tokio::spawn(run(rx, pools, max_batch, metrics));
+            return tokio::spawn(run(rx, pools, max_batch, metrics, head));
         }
     };
     let thread = std::thread::Builder::new()
@@ -132,7 +137,7 @@ pub(crate) fn spawn(
                     ),
                     sqlite => sqlite,
                 };
-                run(rx, pools, max_batch, metrics).await;
+                run(rx, pools, max_batch, metrics, head).await;
             });
             let _ = finished.send(());
         });
@@ -152,6 +157,7 @@ pub(crate) async fn run(
     pools: Pools,
     max_batch: usize,
     metrics: Option<CommitMetrics>,
+    head: CommittedHead,
 ) {
     let mut ensured_months = BTreeSet::new();
     while let Some(first) = rx.recv().await {
@@ -167,14 +173,27 @@ pub(crate) async fn run(
                 }
                 Job::Purge { plan, done } => {
                     // A purge commits alone, after what was queued before it.
-                    commit_appends(&pools, &mut ensured_months, rows, waiters, metrics.as_ref())
-                        .await;
+                    commit_appends(
+                        &pools,
+                        &mut ensured_months,
+                        rows,
+                        waiters,
+                        metrics.as_ref(),
+                        &head,
+                    )
+                    .await;
                     rows = Vec::new();
                     waiters = Vec::new();
-                    let result = commit(&pools, &mut ensured_months, &[&plan.record], Some(&plan))
-                        .await
-                        .map(|seqs| seqs.first().copied().unwrap_or(0))
-                        .map_err(|e| e.to_string());
+                    let result = commit(
+                        &pools,
+                        &mut ensured_months,
+                        &[&plan.record],
+                        Some(&plan),
+                        &head,
+                    )
+                    .await
+                    .map(|seqs| seqs.first().copied().unwrap_or(0))
+                    .map_err(|e| e.to_string());
                     let _ = done.send(result);
                 }
                 Job::Close { done } => {
@@ -186,7 +205,15 @@ pub(crate) async fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_appends(&pools, &mut ensured_months, rows, waiters, metrics.as_ref()).await;
+        commit_appends(
+            &pools,
+            &mut ensured_months,
+            rows,
+            waiters,
+            metrics.as_ref(),
+            &head,
+        )
+        .await;
         if let Some(done) = close {
             let _ = done.send(());
             return;
@@ -200,13 +227,14 @@ async fn commit_appends(
     rows: Vec<NewRow>,
     waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
     metrics: Option<&CommitMetrics>,
+    head: &CommittedHead,
 ) {
     if rows.is_empty() {
         return;
     }
     let refs: Vec<&NewRow> = rows.iter().collect();
     let started = std::time::Instant::now();
-    match commit(pools, ensured_months, &refs, None).await {
+    match commit(pools, ensured_months, &refs, None, head).await {
         Ok(seqs) => {
             if let Some(m) = metrics {
                 m.observe(seqs.len(), started.elapsed());
@@ -314,11 +342,17 @@ macro_rules! commit_in_tx {
             prepared.push((*row, seq, prev, outcome, reason, detail.map(|v| v.to_string())));
             seqs.push(seq);
         }
-        // Multi-row inserts: a few statements per batch instead of two per
-        // query, since each statement is a round trip to the database.
+        // One round trip per chunk: the records, their results and the new
+        // head go in one statement (PostgreSQL: data-modifying CTEs) or one
+        // multi-statement string (SQLite: sqlx binds `?` across statements
+        // in order), since each round trip is a hand-off to the database.
         for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
-            let mut records = sqlx::QueryBuilder::<$db>::new($insert_head);
-            records.push_values(chunk, |mut b, (row, seq, hash, outcome, reason, detail)| {
+            let Some((_, last_seq, last_hash, ..)) = chunk.last() else {
+                continue;
+            };
+            let mut batch = sqlx::QueryBuilder::<$db>::new(if $pg { "WITH r AS (" } else { "" });
+            batch.push($insert_head);
+            batch.push_values(chunk, |mut b, (row, seq, hash, outcome, reason, detail)| {
                 let d = &row.draft;
                 b.push_bind(to_i64(*seq))
                     .push_bind(row.at.clone())
@@ -343,12 +377,12 @@ macro_rules! commit_in_tx {
                     b.push_bind(row.part_month);
                 }
             });
-            records.build().execute(&mut *tx).await?;
             let results: Vec<&crate::results::OwnedResult> =
                 chunk.iter().filter_map(|(row, ..)| row.result.as_ref()).collect();
             if !results.is_empty() {
-                let mut insert = sqlx::QueryBuilder::<$db>::new(crate::results::INSERT_HEAD);
-                insert.push_values(results, |mut b, r| {
+                batch.push(if $pg { "), q AS (" } else { "; " });
+                batch.push(crate::results::INSERT_HEAD);
+                batch.push_values(results, |mut b, r| {
                     b.push_bind(r.id.clone())
                         .push_bind(r.requester.clone())
                         .push_bind(r.provider.clone())
@@ -359,37 +393,48 @@ macro_rules! commit_in_tx {
                         .push_bind(r.created_at.clone())
                         .push_bind(r.expires_at.clone());
                 });
-                insert.build().execute(&mut *tx).await?;
             }
+            batch.push(if $pg { ") " } else { "; " });
+            batch.push("UPDATE records_head SET seq = ");
+            batch.push_bind(to_i64(*last_seq));
+            batch.push(", hash = ");
+            batch.push_bind(last_hash.to_vec());
+            batch.push(" WHERE id = 1");
+            batch.build().execute(&mut *tx).await?;
         }
-        sqlx::query("UPDATE records_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(to_i64(seq))
-            .bind(prev.to_vec())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(seqs)
+        Ok((seqs, seq, prev))
     }};
 }
 
-/// Commits `rows` (and a purge) in one transaction; returns their sequence numbers.
+/// Commits `rows` (and a purge) in one transaction; returns their sequence
+/// numbers and, once committed, publishes the new head in `head`.
 async fn commit(
     pools: &Pools,
     ensured_months: &mut BTreeSet<i32>,
     rows: &[&NewRow],
     purge: Option<&PurgePlan>,
+    head: &CommittedHead,
 ) -> Result<Vec<u64>, BrokerError> {
-    match pools {
-        Pools::Sqlite { write, .. } => {
-            commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
-        }
-        Pools::Postgres(pool) => {
-            for row in rows {
-                if ensured_months.insert(row.part_month) {
-                    db::ensure_partitions(pool, row.part_month).await?;
-                }
+    let committed: Result<(Vec<u64>, u64, Hash), BrokerError> = async {
+        match pools {
+            Pools::Sqlite { write, .. } => {
+                commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
             }
-            commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
+            Pools::Postgres(pool) => {
+                for row in rows {
+                    if ensured_months.insert(row.part_month) {
+                        db::ensure_partitions(pool, row.part_month).await?;
+                    }
+                }
+                commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
+            }
         }
     }
+    .await;
+    let (seqs, seq, hash) = committed?;
+    if let Ok(mut cell) = head.lock() {
+        *cell = Some((seq, hash));
+    }
+    Ok(seqs)
 }
