@@ -151,6 +151,15 @@ pub(crate) fn spawn(
     })
 }
 
+/// The writer's state between commits.
+struct Writer {
+    pools: Pools,
+    /// PostgreSQL months whose partitions exist (created on first use).
+    ensured_months: BTreeSet<i32>,
+    metrics: Option<CommitMetrics>,
+    head: CommittedHead,
+}
+
 /// Runs until closed or until every sender is gone.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
@@ -159,7 +168,12 @@ pub(crate) async fn run(
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
 ) {
-    let mut ensured_months = BTreeSet::new();
+    let mut writer = Writer {
+        pools,
+        ensured_months: BTreeSet::new(),
+        metrics,
+        head,
+    };
     while let Some(first) = rx.recv().await {
         let mut rows = Vec::new();
         let mut waiters = Vec::new();
@@ -173,27 +187,14 @@ pub(crate) async fn run(
                 }
                 Job::Purge { plan, done } => {
                     // A purge commits alone, after what was queued before it.
-                    commit_appends(
-                        &pools,
-                        &mut ensured_months,
-                        rows,
-                        waiters,
-                        metrics.as_ref(),
-                        &head,
-                    )
-                    .await;
-                    rows = Vec::new();
-                    waiters = Vec::new();
-                    let result = commit(
-                        &pools,
-                        &mut ensured_months,
-                        &[&plan.record],
-                        Some(&plan),
-                        &head,
-                    )
-                    .await
-                    .map(|seqs| seqs.first().copied().unwrap_or(0))
-                    .map_err(|e| e.to_string());
+                    writer
+                        .commit_appends(std::mem::take(&mut rows), std::mem::take(&mut waiters))
+                        .await;
+                    let result = writer
+                        .commit(&[&plan.record], Some(&plan))
+                        .await
+                        .map(|seqs| seqs.first().copied().unwrap_or(0))
+                        .map_err(|e| e.to_string());
                     let _ = done.send(result);
                 }
                 Job::Close { done } => {
@@ -205,49 +206,10 @@ pub(crate) async fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_appends(
-            &pools,
-            &mut ensured_months,
-            rows,
-            waiters,
-            metrics.as_ref(),
-            &head,
-        )
-        .await;
+        writer.commit_appends(rows, waiters).await;
         if let Some(done) = close {
             let _ = done.send(());
             return;
-        }
-    }
-}
-
-async fn commit_appends(
-    pools: &Pools,
-    ensured_months: &mut BTreeSet<i32>,
-    rows: Vec<NewRow>,
-    waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
-    metrics: Option<&CommitMetrics>,
-    head: &CommittedHead,
-) {
-    if rows.is_empty() {
-        return;
-    }
-    let refs: Vec<&NewRow> = rows.iter().collect();
-    let started = std::time::Instant::now();
-    match commit(pools, ensured_months, &refs, None, head).await {
-        Ok(seqs) => {
-            if let Some(m) = metrics {
-                m.observe(seqs.len(), started.elapsed());
-            }
-            for (done, seq) in waiters.into_iter().zip(seqs) {
-                let _ = done.send(Ok(seq));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, records = rows.len(), "provision records not committed; their queries are refused");
-            for done in waiters {
-                let _ = done.send(Err(()));
-            }
         }
     }
 }
@@ -407,34 +369,61 @@ macro_rules! commit_in_tx {
     }};
 }
 
-/// Commits `rows` (and a purge) in one transaction; returns their sequence
-/// numbers and, once committed, publishes the new head in `head`.
-async fn commit(
-    pools: &Pools,
-    ensured_months: &mut BTreeSet<i32>,
-    rows: &[&NewRow],
-    purge: Option<&PurgePlan>,
-    head: &CommittedHead,
-) -> Result<Vec<u64>, BrokerError> {
-    let committed: Result<(Vec<u64>, u64, Hash), BrokerError> = async {
-        match pools {
+impl Writer {
+    /// Commits queued appends and tells each waiter its sequence number (or
+    /// that it failed: its query is then refused, never answered).
+    async fn commit_appends(
+        &mut self,
+        rows: Vec<NewRow>,
+        waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let refs: Vec<&NewRow> = rows.iter().collect();
+        let started = std::time::Instant::now();
+        match self.commit(&refs, None).await {
+            Ok(seqs) => {
+                if let Some(m) = &self.metrics {
+                    m.observe(seqs.len(), started.elapsed());
+                }
+                for (done, seq) in waiters.into_iter().zip(seqs) {
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = rows.len(), "provision records not committed; their queries are refused");
+                for done in waiters {
+                    let _ = done.send(Err(()));
+                }
+            }
+        }
+    }
+
+    /// Commits `rows` (and a purge) in one transaction; returns their
+    /// sequence numbers and, once committed, publishes the new head.
+    async fn commit(
+        &mut self,
+        rows: &[&NewRow],
+        purge: Option<&PurgePlan>,
+    ) -> Result<Vec<u64>, BrokerError> {
+        let committed: Result<(Vec<u64>, u64, Hash), BrokerError> = match &self.pools {
             Pools::Sqlite { write, .. } => {
                 commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
             }
             Pools::Postgres(pool) => {
                 for row in rows {
-                    if ensured_months.insert(row.part_month) {
+                    if self.ensured_months.insert(row.part_month) {
                         db::ensure_partitions(pool, row.part_month).await?;
                     }
                 }
                 commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
             }
+        };
+        let (seqs, seq, hash) = committed?;
+        if let Ok(mut cell) = self.head.lock() {
+            *cell = Some((seq, hash));
         }
+        Ok(seqs)
     }
-    .await;
-    let (seqs, seq, hash) = committed?;
-    if let Ok(mut cell) = head.lock() {
-        *cell = Some((seq, hash));
-    }
-    Ok(seqs)
 }
