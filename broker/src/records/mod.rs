@@ -2,12 +2,15 @@
 //!
 //! Every query, provision, denial, approval, rejection and expiry is
 //! appended here, and the broker answers only after the record is committed.
-//! - **Group commit** ([`writer`]): one writer task batches whatever is queued
-//!   into one transaction under a lock on the head row, which assigns
-//!   gap-free sequence numbers and hash-links each record to the previous one.
+//! - **Group commit** ([`writer`]): one writer, on a thread of its own,
+//!   batches whatever is queued into one transaction under a lock on the
+//!   head row, which assigns gap-free sequence numbers and hash-links each
+//!   record to the previous one.
 //! - **Sealing**: a task signs a checkpoint (Ed25519) of the head every
-//!   `checkpoint_interval_ms` when there are new records, after re-checking
-//!   the records since the previous checkpoint; and once more at close.
+//!   `checkpoint_interval_ms` when there are new records, and once more at
+//!   close: the head the writer computed when it is still the stored one,
+//!   otherwise (a tail from before a restart or from another node) after
+//!   re-checking the records since the previous checkpoint.
 //! - **Verification, export, purge, disclosure**: library functions for the
 //!   CLI and the auditor console. The pure parts (canonical encoding, chain
 //!   hashing, checkpoint bytes, verifiers) live in
