@@ -58,10 +58,10 @@ pub async fn deposit_batch(
 }
 
 /// The query path's one read: maps the requester's code to the provider's
-/// code and fetches the provider's copy in a single statement (one round trip
-/// to the database instead of two on the hot path).
+/// code and fetches the provider's copy, batched with concurrent queries'
+/// reads into one statement ([`crate::lookups`]), then opens the copy.
 pub async fn read_for_query(
-    pools: &Pools,
+    lookups: &crate::lookups::Lookups,
     keys: &Keyring,
     requester: &OrgId,
     requester_code: &str,
@@ -74,24 +74,22 @@ pub async fn read_for_query(
     BrokerError,
 > {
     use crate::identity::MappedCode;
-    let row: Option<(Option<String>, Option<Vec<u8>>)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as(
-            "SELECT p.code, c.cipher FROM person_codes r
-             LEFT JOIN person_codes p ON p.person_id = r.person_id AND p.org_id = $3
-             LEFT JOIN copies c ON c.provider = $3 AND c.person_code = p.code
-             WHERE r.org_id = $1 AND r.code = $2",
-        )
-        .bind(requester.as_str())
-        .bind(requester_code)
-        .bind(provider.as_str())
-        .fetch_optional(pool)
-        .await?
-    });
-    Ok(match row {
-        None => (MappedCode::UnknownToRequester, None),
-        Some((None, _)) => (MappedCode::NotLinkedByProvider, None),
-        Some((Some(code), None)) => (MappedCode::Provider(code), None),
-        Some((Some(code), Some(cipher))) => {
+    use crate::lookups::{Found, Lookup};
+    let found = lookups
+        .find(Lookup {
+            requester: requester.as_str().to_string(),
+            requester_code: requester_code.to_string(),
+            provider: provider.as_str().to_string(),
+        })
+        .await?;
+    Ok(match found {
+        Found::UnknownToRequester => (MappedCode::UnknownToRequester, None),
+        Found::NotLinkedByProvider => (MappedCode::NotLinkedByProvider, None),
+        Found::Provider { code, cipher: None } => (MappedCode::Provider(code), None),
+        Found::Provider {
+            code,
+            cipher: Some(cipher),
+        } => {
             let plain = keys.decrypt(&cipher, &context(provider, &code))?;
             let map = serde_json::from_slice(&plain)
                 .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))?;

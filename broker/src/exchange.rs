@@ -30,7 +30,6 @@ pub async fn query(
     let now = OffsetDateTime::now_utc();
     let query_id = QueryId::random();
     let flows = state.flows();
-    let pools = state.store.pools();
     let item_names: Vec<&str> = req.items.iter().map(ItemCode::as_str).collect();
 
     // The draft every outcome records; filled in as the query advances.
@@ -83,7 +82,7 @@ pub async fn query(
 
     // One read maps the person to the provider's code and fetches the copy.
     let (mapped, copy) = copies::read_for_query(
-        &pools,
+        &state.lookups,
         &state.keys,
         &requester.id,
         req.person.as_str(),

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod limits;
+pub mod lookups;
 pub mod metrics;
 pub mod policy;
 pub mod records;

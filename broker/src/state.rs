@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Rate limiters.
     pub limits: Arc<RateLimits>,
+    /// The query path's batched person/copy reads.
+    pub lookups: crate::lookups::Lookups,
     /// Keys: at-rest encryption, lookup hashes, permit signing.
     pub keys: Keyring,
     /// The provision record log (R14).
@@ -57,6 +59,7 @@ impl AppState {
         Ok(Self {
             directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
             metrics,
+            lookups: crate::lookups::Lookups::start(pools.clone()),
             limits,
             keys,
             records,

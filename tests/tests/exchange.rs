@@ -571,3 +571,71 @@ async fn union_lists_who_received_data_about_a_person() -> Result<()> {
     }
     Ok(())
 }
+
+/// Concurrent queries share one database read (lookups are batched): each
+/// still gets its own person's answer, and a code the requester does not
+/// have is refused for that query alone.
+async fn concurrent_queries_get_their_own_answers(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker(backend).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 8).await?;
+    let mut tasks = Vec::new();
+    for i in 0..16usize {
+        let mut client = broker.client("union-saitama").await?;
+        // Even: the union's own code for person i/2; odd: the city's code.
+        let person = if i % 2 == 0 {
+            s.union_codes[i / 2].clone()
+        } else {
+            s.city_codes[i / 2].clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let (body, keys) = query_body(
+                "F-0120",
+                "premium-calculation",
+                "city-saitama",
+                &person,
+                &["local_tax.income"],
+            );
+            let response = client.post("/v1/queries", body).await?;
+            anyhow::Ok((i, response, keys))
+        }));
+    }
+    for task in tasks {
+        let (i, response, keys) = task.await??;
+        let body = String::from_utf8_lossy(&response.body).to_string();
+        if i % 2 == 1 {
+            assert_eq!(response.status, StatusCode::NOT_FOUND, "{body}");
+            assert!(body.contains("unknown_person"), "{body}");
+            continue;
+        }
+        assert_eq!(response.status, StatusCode::OK, "{body}");
+        let answer: QueryResponse = serde_json::from_slice(&response.body)?;
+        let context = EnvelopeContext {
+            query_id: answer.query_id.clone(),
+            requester: "union-saitama".parse()?,
+            provider: "city-saitama".parse()?,
+        };
+        let envelope = answer
+            .envelope
+            .clone()
+            .expect("provided answers carry an envelope");
+        let payload = open_answer(&keys, &context, &envelope)?;
+        assert_eq!(
+            serde_json::to_value(&payload.items)?,
+            json!({"local_tax.income": 2_000_000 + (i / 2) as u64}),
+            "query {i} got another person's answer"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queries_get_their_own_answers_sqlite() -> Result<()> {
+    concurrent_queries_get_their_own_answers(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queries_get_their_own_answers_postgres() -> Result<()> {
+    concurrent_queries_get_their_own_answers(Backend::Postgres).await
+}

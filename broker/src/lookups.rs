@@ -1,0 +1,156 @@
+//! The query path's read, batched: concurrent queries' person mappings and
+//! copy reads go to the database together, one statement per batch.
+//!
+//! Each statement is a hand-off to a database connection (on SQLite, to that
+//! connection's own thread) and back; under load those context switches cost
+//! as much CPU as the reads. One task collects whatever lookups are waiting
+//! and answers them all from one `VALUES` list joined with `person_codes` and
+//! `copies`, so the hand-off is paid once per batch instead of per query.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::BrokerError;
+use crate::store::Pools;
+
+/// Lookups answered by one statement at most (4 binds each).
+const MAX_BATCH: usize = 128;
+
+/// One query's read: the requester's code for the person, and the provider.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The requester org.
+    pub requester: String,
+    /// The person's code at the requester.
+    pub requester_code: String,
+    /// The provider org.
+    pub provider: String,
+}
+
+/// What the database holds for one [`Lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The requester has no person with that code.
+    UnknownToRequester,
+    /// The person is known, but the provider has no code for them.
+    NotLinkedByProvider,
+    /// The provider's code, and its deposited copy (sealed) if any.
+    Provider {
+        /// The provider's code for the person.
+        code: String,
+        /// The copy as stored (AES-GCM at rest), if deposited.
+        cipher: Option<Vec<u8>>,
+    },
+}
+
+type Reply = oneshot::Sender<Result<Found, String>>;
+
+/// Handle to the batching task.
+#[derive(Clone)]
+pub struct Lookups {
+    tx: mpsc::Sender<(Lookup, Reply)>,
+}
+
+impl Lookups {
+    /// Starts the batching task on the current runtime.
+    pub fn start(pools: Pools) -> Lookups {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run(rx, pools));
+        Lookups { tx }
+    }
+
+    /// Maps and reads for one query; waits for the batch it joins.
+    pub async fn find(&self, lookup: Lookup) -> Result<Found, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || {
+            BrokerError::refused(
+                kakehashi_interfaces::ErrorCode::Unavailable,
+                "the broker is shutting down; try again",
+            )
+        };
+        self.tx
+            .send((lookup, reply))
+            .await
+            .map_err(|_| unavailable())?;
+        answer
+            .await
+            .map_err(|_| unavailable())?
+            .map_err(BrokerError::Config)
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
+        match find_all(&pools, &lookups).await {
+            Ok(found) => {
+                for (reply, found) in replies.into_iter().zip(found) {
+                    let _ = reply.send(Ok(found));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lookups = lookups.len(), "person lookup failed");
+                for reply in replies {
+                    let _ = reply.send(Err("the person lookup failed".into()));
+                }
+            }
+        }
+    }
+}
+
+/// The rows of one batch: `(index, provider code, copy)` per lookup whose
+/// requester code exists; absent indexes are unknown to their requester.
+type Row = (i64, Option<String>, Option<Vec<u8>>);
+
+const HEAD: &str = "WITH asked (i, requester, code, provider) AS (";
+const TAIL: &str = ") SELECT a.i, p.code, c.cipher FROM asked a
+     JOIN person_codes r ON r.org_id = a.requester AND r.code = a.code
+     LEFT JOIN person_codes p ON p.person_id = r.person_id AND p.org_id = a.provider
+     LEFT JOIN copies c ON c.provider = a.provider AND c.person_code = p.code";
+
+/// Answers every lookup in one statement, in the order asked.
+pub async fn find_all(pools: &Pools, lookups: &[Lookup]) -> Result<Vec<Found>, BrokerError> {
+    let mut found = vec![Found::UnknownToRequester; lookups.len()];
+    if lookups.is_empty() {
+        return Ok(found);
+    }
+    let indexed: Vec<(i64, &Lookup)> = lookups
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i64::try_from(i).unwrap_or(i64::MAX), l))
+        .collect();
+    let rows: Vec<Row> = crate::on_pool!(pools, read, |pool| {
+        let mut sql = sqlx::QueryBuilder::new(HEAD);
+        sql.push("VALUES ");
+        let mut values = sql.separated(", ");
+        for (i, l) in &indexed {
+            values.push("(");
+            values.push_bind_unseparated(*i);
+            values.push_unseparated(", ");
+            values.push_bind_unseparated(l.requester.as_str());
+            values.push_unseparated(", ");
+            values.push_bind_unseparated(l.requester_code.as_str());
+            values.push_unseparated(", ");
+            values.push_bind_unseparated(l.provider.as_str());
+            values.push_unseparated(")");
+        }
+        sql.push(TAIL);
+        sql.build_query_as::<Row>().fetch_all(pool).await?
+    });
+    for (i, code, cipher) in rows {
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) else {
+            continue;
+        };
+        *slot = match code {
+            None => Found::NotLinkedByProvider,
+            Some(code) => Found::Provider { code, cipher },
+        };
+    }
+    Ok(found)
+}
