@@ -476,6 +476,17 @@ async fn flows_and_one_query() -> Result<()> {
 
 /// Writes a batch CSV of 1,000 rows with four kinds of outcome:
 /// 800 provided, 50 pending (sensitive), 100 unknown persons, 50 out-of-force flow.
+/// A batch file asking the default flow about each of `codes`.
+fn persons_csv(path: &Path, codes: &[String]) -> Result<()> {
+    let mut csv = String::from("person\n");
+    for code in codes {
+        csv.push_str(code);
+        csv.push('\n');
+    }
+    std::fs::write(path, csv)?;
+    Ok(())
+}
+
 fn mixed_batch(path: &Path, union_codes: &[String]) -> Result<()> {
     let mut csv = String::from("person,flow,procedure,items\n");
     for code in &union_codes[..800] {
@@ -588,12 +599,7 @@ async fn interrupted_batch_resumes_without_repeating() -> Result<()> {
     let user = exchange_user(&broker).await?;
     let input = user.files.path().join("persons.csv");
     let out = user.files.path().join("results.jsonl");
-    let mut csv = String::from("person\n");
-    for code in &s.union_codes {
-        csv.push_str(code);
-        csv.push('\n');
-    }
-    std::fs::write(&input, csv)?;
+    persons_csv(&input, &s.union_codes)?;
     let (input_s, out_s) = (input.display().to_string(), out.display().to_string());
     let mut args = vec![
         "--profile",
@@ -871,12 +877,7 @@ async fn batch_honours_rate_limits() -> Result<()> {
     let s = scenario(&broker, 200).await?;
     let user = exchange_user(&broker).await?;
     let input = user.files.path().join("persons.csv");
-    let mut csv = String::from("person\n");
-    for code in &s.union_codes {
-        csv.push_str(code);
-        csv.push('\n');
-    }
-    std::fs::write(&input, csv)?;
+    persons_csv(&input, &s.union_codes)?;
     let (input_s, out_s) = (input.display().to_string(), user.path("results.jsonl"));
     let mut args = vec![
         "--profile",
@@ -1150,12 +1151,7 @@ async fn batch_stops_when_the_broker_goes_away() -> Result<()> {
     let s = scenario(&broker, 600).await?;
     let user = exchange_user(&broker).await?;
     let input = user.files.path().join("persons.csv");
-    let mut csv = String::from("person\n");
-    for code in &s.union_codes {
-        csv.push_str(code);
-        csv.push('\n');
-    }
-    std::fs::write(&input, csv)?;
+    persons_csv(&input, &s.union_codes)?;
     let (input_s, out) = (
         input.display().to_string(),
         user.files.path().join("r.jsonl"),

@@ -272,20 +272,18 @@ impl Snapshot {
 }
 
 /// Rows fetched in sequence order by a [`Cursor`].
-pub(crate) trait Keyed: Sized {
-    fn key(&self) -> i64;
-    async fn fetch(
-        snap: &mut Snapshot,
-        lo: i64,
-        hi: i64,
-        limit: i64,
-    ) -> Result<Vec<Self>, BrokerError>;
-}
+pub(crate) trait Keyed:
+    Sized
+    + Send
+    + Unpin
+    + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+{
+    /// `SELECT … WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3`.
+    const SELECT: &'static str;
 
-impl Keyed for RecordRow {
-    fn key(&self) -> i64 {
-        self.seq
-    }
+    fn key(&self) -> i64;
+
     async fn fetch(
         snap: &mut Snapshot,
         lo: i64,
@@ -294,7 +292,7 @@ impl Keyed for RecordRow {
     ) -> Result<Vec<Self>, BrokerError> {
         Ok(match snap {
             Snapshot::Sqlite(tx) => {
-                sqlx::query_as(SELECT_RANGE)
+                sqlx::query_as(Self::SELECT)
                     .bind(lo)
                     .bind(hi)
                     .bind(limit)
@@ -302,7 +300,7 @@ impl Keyed for RecordRow {
                     .await?
             }
             Snapshot::Postgres(tx) => {
-                sqlx::query_as(SELECT_RANGE)
+                sqlx::query_as(Self::SELECT)
                     .bind(lo)
                     .bind(hi)
                     .bind(limit)
@@ -310,37 +308,20 @@ impl Keyed for RecordRow {
                     .await?
             }
         })
+    }
+}
+
+impl Keyed for RecordRow {
+    const SELECT: &'static str = SELECT_RANGE;
+    fn key(&self) -> i64 {
+        self.seq
     }
 }
 
 impl Keyed for CheckpointRow {
+    const SELECT: &'static str = SELECT_CHECKPOINTS;
     fn key(&self) -> i64 {
         self.seq
-    }
-    async fn fetch(
-        snap: &mut Snapshot,
-        lo: i64,
-        hi: i64,
-        limit: i64,
-    ) -> Result<Vec<Self>, BrokerError> {
-        Ok(match snap {
-            Snapshot::Sqlite(tx) => {
-                sqlx::query_as(SELECT_CHECKPOINTS)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(limit)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-            Snapshot::Postgres(tx) => {
-                sqlx::query_as(SELECT_CHECKPOINTS)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(limit)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-        })
     }
 }
 

@@ -316,25 +316,27 @@ macro_rules! commit_in_tx {
             batch.push($insert_head);
             batch.push_values(chunk, |mut b, (row, seq, hash, outcome, reason, detail)| {
                 let d = &row.draft;
+                // Borrowed binds: the rows outlive the statement, so the
+                // hot path copies no strings into the arguments.
                 b.push_bind(to_i64(*seq))
-                    .push_bind(row.at.clone())
-                    .push_bind(d.query_id.clone())
-                    .push_bind(d.permit_id.clone())
-                    .push_bind(d.flow_id.clone())
+                    .push_bind(row.at.as_str())
+                    .push_bind(d.query_id.as_str())
+                    .push_bind(d.permit_id.as_deref())
+                    .push_bind(d.flow_id.as_deref())
                     .push_bind(d.flow_list_version.map(to_i64))
-                    .push_bind(d.procedure.clone())
-                    .push_bind(d.requester.as_str().to_string())
-                    .push_bind(d.provider.as_ref().map(|p| p.as_str().to_string()))
+                    .push_bind(d.procedure.as_deref())
+                    .push_bind(d.requester.as_str())
+                    .push_bind(d.provider.as_ref().map(|p| p.as_str()))
                     .push_bind(d.items.join(" "))
-                    .push_bind(d.requester_person_code.clone())
-                    .push_bind(row.requester_salt.map(|s| s.to_vec()))
-                    .push_bind(d.provider_person_code.clone())
-                    .push_bind(row.provider_salt.map(|s| s.to_vec()))
+                    .push_bind(d.requester_person_code.as_deref())
+                    .push_bind(row.requester_salt.as_ref().map(|s| &s[..]))
+                    .push_bind(d.provider_person_code.as_deref())
+                    .push_bind(row.provider_salt.as_ref().map(|s| &s[..]))
                     .push_bind(*outcome)
-                    .push_bind(reason.clone())
-                    .push_bind(d.approver.clone())
-                    .push_bind(detail.clone())
-                    .push_bind(hash.to_vec());
+                    .push_bind(reason.as_deref())
+                    .push_bind(d.approver.as_deref())
+                    .push_bind(detail.as_deref())
+                    .push_bind(&hash[..]);
                 if $pg {
                     b.push_bind(row.part_month);
                 }
@@ -345,15 +347,15 @@ macro_rules! commit_in_tx {
                 batch.push(if $pg { "), q AS (" } else { "; " });
                 batch.push(crate::results::INSERT_HEAD);
                 batch.push_values(results, |mut b, r| {
-                    b.push_bind(r.id.clone())
-                        .push_bind(r.requester.clone())
-                        .push_bind(r.provider.clone())
-                        .push_bind(r.status.clone())
-                        .push_bind(r.permit.clone())
-                        .push_bind(r.envelope.clone())
-                        .push_bind(r.pending_cipher.clone())
-                        .push_bind(r.created_at.clone())
-                        .push_bind(r.expires_at.clone());
+                    b.push_bind(r.id.as_str())
+                        .push_bind(r.requester.as_str())
+                        .push_bind(r.provider.as_str())
+                        .push_bind(r.status.as_str())
+                        .push_bind(r.permit.as_str())
+                        .push_bind(r.envelope.as_deref())
+                        .push_bind(r.pending_cipher.as_deref())
+                        .push_bind(r.created_at.as_str())
+                        .push_bind(r.expires_at.as_str());
                 });
             }
             batch.push(if $pg { ") " } else { "; " });
