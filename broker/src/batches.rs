@@ -88,6 +88,9 @@ pub async fn persons(
             .map(|((_, p), f)| PersonInput {
                 number: p.individual_number.expose(),
                 facts: f,
+                eligibility_lost_on: p
+                    .eligibility_lost_on
+                    .map(kakehashi_interfaces::datetime::format_date),
             })
             .collect();
         let outcomes = identity::register_batch(&pools, &state.keys, &org.id, &inputs).await?;
@@ -107,6 +110,19 @@ pub async fn persons(
             }
         }
     } else {
+        // Eligibility is the insurer's to state; a link line claiming it
+        // would otherwise be silently ignored.
+        good.retain(|(line, p)| {
+            if p.eligibility_lost_on.is_none() {
+                return true;
+            }
+            report.confirmation_list.push(issue(
+                *line,
+                LineReason::InvalidInput,
+                "eligibility_lost_on: only the insurer reports loss of eligibility; the line was not applied",
+            ));
+            false
+        });
         let numbers: Vec<&str> = good
             .iter()
             .map(|(_, p)| p.individual_number.expose())

@@ -32,6 +32,9 @@ pub struct Config {
     /// Provision records: checkpoints, retention.
     #[serde(default)]
     pub records: crate::records::RecordsConfig,
+    /// Own retention periods of identity-confirmation data and copies (R15).
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// `[exchange]`

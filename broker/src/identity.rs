@@ -19,6 +19,8 @@ pub struct PersonInput<'a> {
     pub number: &'a str,
     /// The basic four facts, canonically serialized (for encryption and matching).
     pub facts: &'a [u8],
+    /// The day eligibility was lost (`YYYY-MM-DD`); `None` while insured.
+    pub eligibility_lost_on: Option<String>,
 }
 
 /// What happened to one registration line.
@@ -77,12 +79,10 @@ pub async fn register_batch(
                     .await?;
             let (person_id, branch_number, created) = match existing {
                 Some((id, branch)) => {
-                    // Same number: the facts may have changed (e.g. a move); update them.
-                    let facts_cipher =
-                        keys.encrypt(input.facts, format!("facts|{id}").as_bytes())?;
-                    sqlx::query("UPDATE persons SET facts_hash = $1, facts_cipher = $2, updated_at = $3 WHERE id = $4")
-                        .bind(facts_hash)
-                        .bind(&facts_cipher)
+                    // Same number: the facts may have changed (e.g. a move),
+                    // and eligibility may have been lost or regained.
+                    sqlx::query("UPDATE persons SET eligibility_lost_on = $1, updated_at = $2 WHERE id = $3")
+                        .bind(&input.eligibility_lost_on)
                         .bind(&now)
                         .bind(&id)
                         .execute(&mut *tx)
@@ -90,8 +90,10 @@ pub async fn register_batch(
                     (id, branch, false)
                 }
                 None => {
+                    // Identity-confirmation data are erased after a year
+                    // (R15), so this catches conflicts within that year.
                     let same_facts: Option<(String,)> = sqlx::query_as(
-                        "SELECT id FROM persons WHERE insurer = $1 AND facts_hash = $2 LIMIT 1",
+                        "SELECT person_id FROM person_facts WHERE insurer = $1 AND facts_hash = $2 LIMIT 1",
                     )
                     .bind(insurer.as_str())
                     .bind(facts_hash)
@@ -101,35 +103,52 @@ pub async fn register_batch(
                         outcomes.push(Registered::NumberConflict);
                         continue;
                     }
-                    let (max,): (Option<String>,) =
-                        sqlx::query_as("SELECT MAX(branch_number) FROM persons WHERE insurer = $1")
-                            .bind(insurer.as_str())
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    let next = max.and_then(|m| m.parse::<u64>().ok()).unwrap_or(0) + 1;
+                    // A counter, not MAX(branch_number): an erased person's
+                    // branch number is never given to someone else.
+                    let (next,): (i64,) = sqlx::query_as(
+                        "INSERT INTO branch_counters (insurer, last) VALUES ($1, 1)
+                         ON CONFLICT (insurer) DO UPDATE SET last = branch_counters.last + 1
+                         RETURNING last",
+                    )
+                    .bind(insurer.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
                     let branch = format!("{next:08}");
                     let id = random_id();
                     let number_cipher =
                         keys.encrypt(input.number.as_bytes(), format!("number|{id}").as_bytes())?;
-                    let facts_cipher =
-                        keys.encrypt(input.facts, format!("facts|{id}").as_bytes())?;
                     sqlx::query(
-                        "INSERT INTO persons (id, insurer, branch_number, number_hash, number_cipher, facts_hash, facts_cipher, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                        "INSERT INTO persons (id, insurer, branch_number, number_hash, number_cipher, eligibility_lost_on, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
                     )
                     .bind(&id)
                     .bind(insurer.as_str())
                     .bind(&branch)
                     .bind(number_hash)
                     .bind(&number_cipher)
-                    .bind(facts_hash)
-                    .bind(&facts_cipher)
+                    .bind(&input.eligibility_lost_on)
                     .bind(&now)
                     .execute(&mut *tx)
                     .await?;
                     (id, branch, true)
                 }
             };
+            // Every registration re-confirms the facts and restarts their year.
+            let facts_cipher =
+                keys.encrypt(input.facts, format!("facts|{person_id}").as_bytes())?;
+            sqlx::query(
+                "INSERT INTO person_facts (person_id, insurer, facts_hash, facts_cipher, confirmed_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (person_id) DO UPDATE SET facts_hash = excluded.facts_hash,
+                     facts_cipher = excluded.facts_cipher, confirmed_at = excluded.confirmed_at",
+            )
+            .bind(&person_id)
+            .bind(insurer.as_str())
+            .bind(facts_hash)
+            .bind(&facts_cipher)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
             let code = ensure_code_tx!(&mut *tx, insurer, &person_id, &now);
             outcomes.push(Registered::Applied {
                 code,

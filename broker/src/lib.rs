@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod policy;
 pub mod records;
 pub mod results;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod state;

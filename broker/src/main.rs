@@ -74,7 +74,10 @@ enum Command {
         #[command(subcommand)]
         action: kakehashi_broker::records::cli::RecordsCommand,
     },
-    /// Delete provision records older than the retention period, leaving a signed purge record.
+    /// Delete provision records older than their retention period (leaving a
+    /// signed purge record), then personal data past their own periods:
+    /// identity-confirmation data after a year, persons and copies five years
+    /// after loss of eligibility (leaving an erasure record).
     Purge {
         /// Path to broker.toml.
         #[arg(long, short)]

@@ -49,6 +49,12 @@ impl RunningBroker {
         state.limits.spawn_pruner(Duration::from_secs(60));
         crate::exchange::spawn_sweeper(&state);
         let (stop, stopped) = watch::channel(false);
+        crate::retention::spawn_task(
+            state.store.pools(),
+            Arc::downgrade(&state.records),
+            state.config.retention.clone(),
+            stopped.clone(),
+        );
         let task = tokio::spawn(accept_loop(
             listener,
             TlsAcceptor::from(tls_config),

@@ -121,6 +121,25 @@ pub enum Outcome {
         /// Who purged (OS user or `retention-task`).
         actor: String,
     },
+    /// Personal data erased at the end of their own retention periods (R15):
+    /// identity-confirmation data (basic four facts) older than one year, and
+    /// persons — their copies, codes and Individual Number — five years after
+    /// loss of eligibility. Counts only; never a code or a value.
+    Erasure {
+        /// Identity-confirmation data confirmed before this were erased
+        /// (fixed-width RFC 3339 UTC).
+        confirmed_before: String,
+        /// Persons who lost eligibility before this day were erased (YYYY-MM-DD).
+        lost_before: String,
+        /// Sets of basic four facts erased.
+        identity_confirmations: u64,
+        /// Persons erased.
+        persons: u64,
+        /// Deposited copies erased.
+        copies: u64,
+        /// Who erased (OS user or `retention-task`).
+        actor: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,6 +148,17 @@ struct ExportDetail {
     actor: String,
     filter: String,
     count: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureDetail {
+    confirmed_before: String,
+    lost_before: String,
+    identity_confirmations: u64,
+    persons: u64,
+    copies: u64,
+    actor: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +184,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::Export { .. } => "export",
             Outcome::Purge { .. } => "purge",
+            Outcome::Erasure { .. } => "erasure",
         }
     }
 
@@ -167,6 +198,7 @@ impl Outcome {
             Outcome::Expired => 6,
             Outcome::Export { .. } => 7,
             Outcome::Purge { .. } => 8,
+            Outcome::Erasure { .. } => 9,
         }
     }
 
@@ -197,6 +229,22 @@ impl Outcome {
                 cut_seq: *cut_seq,
                 count: *count,
                 cut_hash: cut_hash.clone(),
+                actor: actor.clone(),
+            })
+            .ok(),
+            Outcome::Erasure {
+                confirmed_before,
+                lost_before,
+                identity_confirmations,
+                persons,
+                copies,
+                actor,
+            } => serde_json::to_value(ErasureDetail {
+                confirmed_before: confirmed_before.clone(),
+                lost_before: lost_before.clone(),
+                identity_confirmations: *identity_confirmations,
+                persons: *persons,
+                copies: *copies,
                 actor: actor.clone(),
             })
             .ok(),
@@ -232,6 +280,22 @@ impl Outcome {
                 (Some(reason), None) => Ok(Outcome::Denied { reason }),
                 _ => Err("outcome denied needs a reason and no detail".into()),
             },
+            "erasure" => {
+                if reason.is_some() {
+                    return Err("outcome erasure carries no reason".into());
+                }
+                let detail = detail.ok_or("outcome erasure needs its detail")?;
+                let d: ErasureDetail =
+                    serde_json::from_value(detail).map_err(|e| format!("erasure detail: {e}"))?;
+                Ok(Outcome::Erasure {
+                    confirmed_before: d.confirmed_before,
+                    lost_before: d.lost_before,
+                    identity_confirmations: d.identity_confirmations,
+                    persons: d.persons,
+                    copies: d.copies,
+                    actor: d.actor,
+                })
+            }
             "export" | "purge" => {
                 if reason.is_some() {
                     return Err(format!("outcome {name} carries no reason"));
@@ -381,6 +445,21 @@ impl Record {
                 put_u64(&mut out, *cut_seq);
                 put_u64(&mut out, *count);
                 put_str(&mut out, cut_hash);
+                put_str(&mut out, actor);
+            }
+            Outcome::Erasure {
+                confirmed_before,
+                lost_before,
+                identity_confirmations,
+                persons,
+                copies,
+                actor,
+            } => {
+                put_str(&mut out, confirmed_before);
+                put_str(&mut out, lost_before);
+                put_u64(&mut out, *identity_confirmations);
+                put_u64(&mut out, *persons);
+                put_u64(&mut out, *copies);
                 put_str(&mut out, actor);
             }
             _ => {}
@@ -1651,6 +1730,16 @@ mod tests {
             }
         });
         v(&|r| r.approver = Some("staff-1".into()));
+        let erasure = |persons, copies| Outcome::Erasure {
+            confirmed_before: "2025-11-23T00:00:00.000000Z".into(),
+            lost_before: "2021-11-23".into(),
+            identity_confirmations: 1,
+            persons,
+            copies,
+            actor: "retention-task".into(),
+        };
+        v(&|r| r.outcome = erasure(1, 2));
+        v(&|r| r.outcome = erasure(2, 1));
         // Moving a byte between adjacent fields must not collide.
         v(&|r| {
             r.query_id = "q-7f3ap".into();
@@ -1682,6 +1771,14 @@ mod tests {
                 cut_seq: 9,
                 count: 9,
                 cut_hash: "ab".repeat(32),
+                actor: "retention-task".into(),
+            },
+            Outcome::Erasure {
+                confirmed_before: "2025-01-01T00:00:00.000000Z".into(),
+                lost_before: "2020-01-01".into(),
+                identity_confirmations: 4,
+                persons: 2,
+                copies: 3,
                 actor: "retention-task".into(),
             },
         ] {

@@ -110,6 +110,19 @@ pub struct PersonRegistration {
     pub basic: BasicFacts,
     /// The person's Individual Number; stored by the broker, never returned.
     pub individual_number: IndividualNumber,
+    /// The day the person lost eligibility with this insurer (資格喪失日);
+    /// absent while insured. Each registration line states the person's
+    /// current state, so a line without it restores eligibility. The broker
+    /// keeps the person's copies five years after this day (R15), then erases
+    /// them. Only an insurer reports it; on another org's link line it is
+    /// refused.
+    #[serde(
+        default,
+        with = "crate::datetime::date_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<crate::schema::DateString>")]
+    pub eligibility_lost_on: Option<Date>,
 }
 
 /// One applied registration line.

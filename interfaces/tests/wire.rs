@@ -326,9 +326,9 @@ proptest! {
     }
 
     #[test]
-    fn persons(basic in basic_facts(), n in individual_number(), code in person_code(), b in proptest::option::of(branch()), created in any::<bool>(), issues in vec(line_issue(), 0..5)) {
+    fn persons(basic in basic_facts(), n in individual_number(), code in person_code(), b in proptest::option::of(branch()), created in any::<bool>(), issues in vec(line_issue(), 0..5), lost in proptest::option::of(date())) {
         check(&basic);
-        check(&PersonRegistration { basic, individual_number: n });
+        check(&PersonRegistration { basic, individual_number: n, eligibility_lost_on: lost });
         let applied = vec![RegisteredPerson { line: 1, person_code: code, branch_number: b, created }];
         check(&RegistrationReport { applied, confirmation_list: issues });
     }

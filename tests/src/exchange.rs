@@ -28,6 +28,14 @@ pub fn registration_line(name: &str, number: &str) -> String {
     .to_string()
 }
 
+/// A registration line stating that the person lost eligibility on `lost_on`.
+pub fn registration_line_lost(name: &str, number: &str, lost_on: &str) -> String {
+    let mut line: serde_json::Value =
+        serde_json::from_str(&registration_line(name, number)).unwrap_or_default();
+    line["eligibility_lost_on"] = json!(lost_on);
+    line.to_string()
+}
+
 /// A broker with the sample flow list on `backend`; `None` when PostgreSQL is not configured.
 pub async fn exchange_broker(backend: Backend) -> Result<Option<TestBroker>> {
     exchange_broker_with(backend, |_| {}).await

@@ -254,6 +254,7 @@ impl TestBroker {
             },
             exchange: opts.exchange,
             records: opts.records,
+            retention: Default::default(),
         };
         let store = store::open(&config.storage).await?;
         for (id, kind) in &opts.orgs {
@@ -492,6 +493,28 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Runs SQL text (one or more statements) on the store's writer, to arrange
+/// or tamper with state the way an operator with database access could.
+pub async fn sql_exec(pools: &store::Pools, sql: &str) -> Result<()> {
+    match pools {
+        store::Pools::Sqlite { write, .. } => {
+            sqlx::raw_sql(sql).execute(write).await?;
+        }
+        store::Pools::Postgres(pool) => {
+            sqlx::raw_sql(sql).execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The single integer a query such as `SELECT COUNT(*) …` returns.
+pub async fn sql_count(pools: &store::Pools, sql: &str) -> Result<i64> {
+    Ok(match pools {
+        store::Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(read).await?,
+        store::Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+    })
 }
 
 #[cfg(test)]

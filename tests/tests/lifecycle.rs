@@ -418,3 +418,50 @@ async fn kill_nine_loses_no_answered_query_sqlite() -> Result<()> {
 async fn kill_nine_loses_no_answered_query_postgres() -> Result<()> {
     kill_nine_loses_no_answered_query(kakehashi_tests::Backend::Postgres).await
 }
+
+#[tokio::test]
+async fn purge_from_the_command_line_erases_lapsed_persons() -> Result<()> {
+    let mut broker = start_dev().await?;
+    let union = client(&broker, "union-saitama").await?;
+    let city = client(&broker, "city-saitama").await?;
+    let mut s = scenario_with(union, city, 2).await?;
+    let lapsed = kakehashi_tests::exchange::registration_line_lost(
+        "被保険者 1",
+        &s.numbers[1],
+        "2019-03-31",
+    );
+    kakehashi_tests::exchange::post_ok(&mut s.union, "/v1/persons", &[lapsed]).await?;
+    Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()?;
+    let exit = broker.child.wait()?;
+    assert!(exit.success(), "broker exited with {exit}");
+
+    let config = broker.dir.path().join("dev/broker.toml");
+    let config = config.to_str().context("utf-8 path")?;
+    let out = broker_cli(&["purge", "--config", config, "--actor", "ops-suzuki"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("erased 1 identity confirmations")
+            && stdout.contains("1 persons and 1 copies"),
+        "{stdout}"
+    );
+    let verify = broker_cli(&["records", "--config", config, "verify"])?;
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let again = broker_cli(&["purge", "--config", config])?;
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no identity confirmations"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    Ok(())
+}

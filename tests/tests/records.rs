@@ -70,22 +70,11 @@ impl Env {
     }
 
     async fn exec(&self, sql: &str) -> Result<()> {
-        match self.pools() {
-            Pools::Sqlite { write, .. } => {
-                sqlx::raw_sql(sql).execute(&write).await?;
-            }
-            Pools::Postgres(pool) => {
-                sqlx::raw_sql(sql).execute(&pool).await?;
-            }
-        }
-        Ok(())
+        kakehashi_tests::sql_exec(&self.pools(), sql).await
     }
 
     async fn count(&self, sql: &str) -> Result<i64> {
-        Ok(match self.pools() {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(&read).await?,
-            Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(&pool).await?,
-        })
+        kakehashi_tests::sql_count(&self.pools(), sql).await
     }
 
     async fn seqs(&self) -> Result<Vec<i64>> {

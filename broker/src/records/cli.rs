@@ -90,6 +90,10 @@ pub struct PurgeArgs {
     /// Retention period in years (default 7).
     #[arg(long)]
     pub retention_years: Option<u32>,
+    /// Only provision records: skip the erasure of identity-confirmation
+    /// data and of persons past their period after loss of eligibility.
+    #[arg(long)]
+    pub records_only: bool,
     /// Who purges (recorded); default the OS user.
     #[arg(long)]
     pub actor: Option<String>,
@@ -233,9 +237,23 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
     }
     let log = open_log(&config, store.pools(), records).await?;
     let actor = args.actor.unwrap_or_else(os_user);
-    let result = match args.before.as_deref().map(parse_when).transpose()? {
-        Some((before, _)) => log.purge(before, &actor).await,
-        None => log.purge_expired(&actor).await,
+    let result = match args.before.as_deref().map(parse_when).transpose() {
+        Ok(Some((before, _))) => log.purge(before, &actor).await,
+        Ok(None) => log.purge_expired(&actor).await,
+        Err(e) => Err(e),
+    };
+    let erased = match (&result, args.records_only) {
+        (Ok(_), false) => Some(
+            crate::retention::erase(
+                &store.pools(),
+                &log,
+                &config.retention,
+                time::OffsetDateTime::now_utc(),
+                &actor,
+            )
+            .await,
+        ),
+        _ => None,
     };
     log.close().await;
     let r = result?;
@@ -245,6 +263,19 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
             r.count, r.first_seq, r.cut_seq, r.before, seq
         ),
         None => println!("nothing recorded before {} to purge", r.before),
+    }
+    if let Some(e) = erased.transpose()? {
+        match e.record_seq {
+            Some(seq) => println!(
+                "erased {} identity confirmations (confirmed before {}), {} persons and {} copies \
+                 (eligibility lost before {}); erasure record {seq}",
+                e.identity_confirmations, e.confirmed_before, e.persons, e.copies, e.lost_before
+            ),
+            None => println!(
+                "no identity confirmations before {} and no persons whose eligibility was lost before {} to erase",
+                e.confirmed_before, e.lost_before
+            ),
+        }
     }
     Ok(())
 }

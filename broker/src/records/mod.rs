@@ -211,7 +211,8 @@ fn unavailable() -> BrokerError {
     )
 }
 
-fn system_org() -> Result<OrgId, BrokerError> {
+/// [`SYSTEM_ORG`] as an org id.
+pub(crate) fn system_org() -> Result<OrgId, BrokerError> {
     OrgId::new(SYSTEM_ORG).map_err(BrokerError::from)
 }
 

@@ -196,7 +196,8 @@ Example:
   kakehashi --profile union-saitama persons register insured.csv --out codes.csv
 
 The CSV needs a header with the columns name, sex, birth_date (YYYY-MM-DD),
-address and individual_number (12 digits). Lines that are not applied go to
+address and individual_number (12 digits); the union may add
+eligibility_lost_on (YYYY-MM-DD, empty while insured). Lines that are not applied go to
 the confirmation list with their line number; Individual Numbers are never
 printed. The assigned person codes are written to --out (line, person_code,
 branch_number, created).")]

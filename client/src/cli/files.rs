@@ -84,11 +84,14 @@ fn parse_date(s: &str) -> Option<Date> {
 }
 
 const PERSON_COLUMNS: [&str; 5] = ["name", "sex", "birth_date", "address", "individual_number"];
+/// Optional column: the day eligibility was lost (empty while insured).
+const ELIGIBILITY_COLUMN: &str = "eligibility_lost_on";
 
 /// One CSV record as a registration; the error never holds field values.
 fn person_from_record(
     record: &csv::StringRecord,
     cols: &[usize; 5],
+    eligibility_col: Option<usize>,
     width: usize,
 ) -> Result<PersonRegistration, (LineReason, String)> {
     let invalid = |m: String| (LineReason::InvalidInput, m);
@@ -112,9 +115,16 @@ fn person_from_record(
             format!("individual_number: {e}"),
         )
     })?;
+    let eligibility_lost_on = match eligibility_col.and_then(|i| record.get(i)) {
+        None | Some("") => None,
+        Some(s) => Some(parse_date(s).ok_or_else(|| {
+            invalid("eligibility_lost_on: must be a date YYYY-MM-DD or empty".into())
+        })?),
+    };
     Ok(PersonRegistration {
         basic,
         individual_number: number,
+        eligibility_lost_on,
     })
 }
 
@@ -151,13 +161,16 @@ pub fn read_persons(file: &Path) -> Result<Parsed<PersonRegistration>, CliError>
                     .hint("the header must name the columns name, sex, birth_date, address, individual_number")
             })?;
     }
+    let eligibility_col = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case(ELIGIBILITY_COLUMN));
     let mut issues = Vec::new();
     let mut good: Vec<(u64, PersonRegistration)> = Vec::new();
     for record in reader.records() {
         match record {
             Ok(record) => {
                 let line = record.position().map_or(0, |p| p.line());
-                match person_from_record(&record, &cols, headers.len()) {
+                match person_from_record(&record, &cols, eligibility_col, headers.len()) {
                     Ok(p) => good.push((line, p)),
                     Err((reason, message)) => issues.push(Issue {
                         line,

@@ -1,0 +1,224 @@
+//! Own retention periods of personal data (R15): identity-confirmation data
+//! one year after their last confirmation, persons and their copies five
+//! years after loss of eligibility. Real brokers, both backends.
+
+use anyhow::{bail, Result};
+use http::StatusCode;
+use kakehashi_broker::records::{self, Verdict};
+use kakehashi_broker::retention::{self, RetentionConfig};
+use kakehashi_interfaces::{QueryResponse, QueryStatus, RegistrationReport};
+use kakehashi_tests::exchange::{
+    exchange_broker, individual_number, post_ok, query_body, registration_line,
+    registration_line_lost, scenario,
+};
+use kakehashi_tests::{sql_count, sql_exec, Backend, TestClient};
+
+/// The union asks the city for one person's income; the error code or "provided".
+async fn ask_income(union: &mut TestClient, union_code: &str) -> Result<String> {
+    let (body, _) = query_body(
+        "F-0120",
+        "premium-calculation",
+        "city-saitama",
+        union_code,
+        &["local_tax.income"],
+    );
+    let response = union.post("/v1/queries", body).await?;
+    if response.status == StatusCode::OK {
+        let answer: QueryResponse = serde_json::from_slice(&response.body)?;
+        if answer.status != QueryStatus::Provided {
+            bail!("unexpected status {:?}", answer.status);
+        }
+        return Ok("provided".into());
+    }
+    Ok(response.error_code().unwrap_or_default())
+}
+
+async fn erases_what_is_due(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker(backend).await? else {
+        return Ok(());
+    };
+    let mut s = scenario(&broker, 3).await?;
+    let pools = broker.store.pools();
+    let state = broker.broker.state().clone();
+
+    // Person 2 (the highest branch number) lost eligibility more than five
+    // years ago, person 1 two years ago; person 0 is insured but was last
+    // confirmed more than a year ago.
+    let lines = [
+        registration_line_lost("被保険者 2", &s.numbers[2], "2019-03-31"),
+        registration_line_lost("被保険者 1", &s.numbers[1], "2024-06-30"),
+    ];
+    let report: RegistrationReport =
+        serde_json::from_value(post_ok(&mut s.union, "/v1/persons", &lines).await?)?;
+    assert_eq!(report.applied.len(), 2, "{report:?}");
+    sql_exec(
+        &pools,
+        &format!(
+            "UPDATE person_facts SET confirmed_at = '2024-01-01T00:00:00.000000Z'
+             WHERE person_id = (SELECT person_id FROM person_codes WHERE code = '{}')",
+            s.union_codes[0]
+        ),
+    )
+    .await?;
+    // Until erased, a person who lost eligibility is still answered for.
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[2]).await?,
+        "provided"
+    );
+
+    let report = retention::erase(
+        &pools,
+        &state.records,
+        &RetentionConfig::default(),
+        time::OffsetDateTime::now_utc(),
+        "ops-suzuki",
+    )
+    .await?;
+    assert_eq!(
+        (report.identity_confirmations, report.persons, report.copies),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    assert!(report.record_seq.is_some());
+
+    // Person 2 is gone for every org: no copy, no code, no number.
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[2]).await?,
+        "unknown_person"
+    );
+    assert_eq!(sql_count(&pools, "SELECT COUNT(*) FROM persons").await?, 2);
+    assert_eq!(sql_count(&pools, "SELECT COUNT(*) FROM copies").await?, 2);
+    assert_eq!(
+        sql_count(
+            &pools,
+            &format!(
+                "SELECT COUNT(*) FROM person_codes WHERE code IN ('{}', '{}')",
+                s.union_codes[2], s.city_codes[2]
+            )
+        )
+        .await?,
+        0
+    );
+    let relinked: RegistrationReport = serde_json::from_value(
+        post_ok(
+            &mut s.city,
+            "/v1/persons",
+            &[registration_line("被保険者 2", &s.numbers[2])],
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        relinked.confirmation_list[0].reason.as_str(),
+        "unknown_person"
+    );
+    // Person 1 is within five years and person 0 still insured: both answered.
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[1]).await?,
+        "provided"
+    );
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[0]).await?,
+        "provided"
+    );
+    // Only person 1's facts (confirmed today) remain.
+    assert_eq!(
+        sql_count(&pools, "SELECT COUNT(*) FROM person_facts").await?,
+        1
+    );
+
+    // Re-registering person 0 confirms the facts again under the same branch;
+    // a new person never gets the erased person's branch number.
+    let lines = [
+        registration_line("被保険者 0", &s.numbers[0]),
+        registration_line("被保険者 9", &individual_number(9)),
+    ];
+    let again: RegistrationReport =
+        serde_json::from_value(post_ok(&mut s.union, "/v1/persons", &lines).await?)?;
+    let branches: Vec<String> = again
+        .applied
+        .iter()
+        .map(|p| {
+            p.branch_number
+                .as_ref()
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(branches, ["00000001", "00000004"]);
+    assert_eq!(
+        sql_count(&pools, "SELECT COUNT(*) FROM person_facts").await?,
+        3
+    );
+
+    // The erasure left a record with its counts, and the chain verifies.
+    assert_eq!(
+        sql_count(&pools, "SELECT COUNT(*) FROM records WHERE outcome = 'erasure' AND detail LIKE '%\"persons\":1%' AND detail LIKE '%ops-suzuki%'").await?,
+        1
+    );
+    state.records.seal().await?;
+    let keys = records::trusted_keys(&broker.config.keys.dir)?;
+    match records::verify_store(&pools, &keys).await? {
+        Verdict::Intact(_) => {}
+        Verdict::Broken(f) => bail!("erasure broke the records: {f}"),
+    }
+
+    // Nothing more is due: no second record.
+    let second = retention::erase(
+        &pools,
+        &state.records,
+        &RetentionConfig::default(),
+        time::OffsetDateTime::now_utc(),
+        "ops-suzuki",
+    )
+    .await?;
+    assert_eq!(
+        (
+            second.identity_confirmations,
+            second.persons,
+            second.copies,
+            second.record_seq
+        ),
+        (0, 0, 0, None)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn erases_what_is_due_sqlite() -> Result<()> {
+    erases_what_is_due(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn erases_what_is_due_postgres() -> Result<()> {
+    erases_what_is_due(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn only_the_insurer_reports_loss_of_eligibility() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let mut s = scenario(&broker, 1).await?;
+    let line = registration_line_lost("被保険者 0", &s.numbers[0], "2019-03-31");
+    let report: RegistrationReport =
+        serde_json::from_value(post_ok(&mut s.city, "/v1/persons", &[line]).await?)?;
+    assert!(report.applied.is_empty());
+    assert_eq!(report.confirmation_list[0].reason.as_str(), "invalid_input");
+    assert!(report.confirmation_list[0]
+        .message
+        .contains("only the insurer"));
+    let lost = sql_count(
+        &broker.store.pools(),
+        "SELECT COUNT(*) FROM persons WHERE eligibility_lost_on IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(lost, 0, "a link line changed the person's eligibility");
+    // A malformed day is refused on the union's line too.
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&registration_line("被保険者 0", &s.numbers[0]))?;
+    bad["eligibility_lost_on"] = serde_json::json!("2019-02-30");
+    let report: RegistrationReport =
+        serde_json::from_value(post_ok(&mut s.union, "/v1/persons", &[bad.to_string()]).await?)?;
+    assert_eq!(report.confirmation_list[0].reason.as_str(), "invalid_input");
+    Ok(())
+}
