@@ -90,6 +90,7 @@ fn quiet() -> RecordsConfig {
     RecordsConfig {
         checkpoint_interval_ms: 3_600_000,
         purge_interval_secs: 0,
+        person_index_interval_ms: 0,
         ..RecordsConfig::default()
     }
 }
@@ -771,6 +772,140 @@ async fn disclosure_lists_one_persons_records(backend: Backend) -> Result<()> {
     Ok(())
 }
 both_backends!(disclosure_lists_one_persons_records: disclosure_sqlite, disclosure_postgres);
+
+/// Entries in the SQLite side index, by a query on its file.
+async fn side_index_count(env: &Env, sql: &str) -> Result<i64> {
+    let file = env.dir.path().join("kakehashi.db.person-index");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", file.display())).await?;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await?;
+    pool.close().await;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn sqlite_person_index_follows_the_records() -> Result<()> {
+    let env = Env::new(Backend::Sqlite).await?.context("sqlite")?;
+    let log = env.log().await?;
+    let seqs =
+        |entries: Vec<records::DisclosureEntry>| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let saitama = org("city-saitama");
+    // Three records old enough to purge, then eight of today.
+    for i in 1..=3 {
+        log.append_with_clock(draft(i), at("2015-01-15T10:00:00Z"))
+            .await?;
+    }
+    for i in 4..=10 {
+        log.append(draft(i)).await?;
+    }
+    let mut again = draft(11);
+    again.requester = saitama.clone();
+    again.requester_person_code = Some("RQSECRET00001".into());
+    log.append(again).await?;
+
+    // Nothing indexed yet: the scan past the mark finds everything.
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![1, 11]
+    );
+    assert_eq!(log.catch_up_person_index().await?, 11);
+    assert_eq!(side_index_count(&env, "SELECT seq FROM mark").await?, 11);
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![1, 11]
+    );
+    // A record after the mark is found by the scan.
+    let mut later = draft(12);
+    later.requester = saitama.clone();
+    later.requester_person_code = Some("RQSECRET00001".into());
+    log.append(later).await?;
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![1, 11, 12]
+    );
+
+    // The index is derived: an entry whose record no longer carries the code
+    // is not disclosed.
+    env.exec("UPDATE records SET requester_code = 'RQSECRET09999' WHERE seq = 11")
+        .await?;
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![1, 12]
+    );
+    env.exec("UPDATE records SET requester_code = 'RQSECRET00001' WHERE seq = 11")
+        .await?;
+
+    // A database replaced under the index (its record at the mark differs)
+    // makes the indexer rebuild from the first record.
+    assert_eq!(log.catch_up_person_index().await?, 1);
+    env.exec("UPDATE records SET hash = zeroblob(32) WHERE seq = 12")
+        .await?;
+    assert_eq!(log.catch_up_person_index().await?, 12);
+    env.exec("DELETE FROM records WHERE seq = 12").await?;
+    env.exec("UPDATE records_head SET seq = 11").await?;
+    assert_eq!(log.catch_up_person_index().await?, 11, "mark past the head");
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![1, 11]
+    );
+
+    // A retention purge drops the entries of the deleted records.
+    log.seal().await?;
+    let purged = log.purge(at("2018-01-01T00:00:00Z"), "ops-tanaka").await?;
+    assert_eq!(purged.cut_seq, 3);
+    log.catch_up_person_index().await?;
+    assert_eq!(
+        side_index_count(&env, "SELECT COUNT(*) FROM entries WHERE seq <= 3").await?,
+        0
+    );
+    assert!(side_index_count(&env, "SELECT COUNT(*) FROM entries").await? > 0);
+    assert_eq!(
+        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
+        vec![11]
+    );
+    log.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_person_index_spans_buckets() -> Result<()> {
+    let env = Env::new(Backend::Sqlite).await?.context("sqlite")?;
+    let log = env.log().await?;
+    // More records than one bucket of the side index holds (65,536).
+    let with_code = |i: u64| {
+        let mut d = draft(1);
+        d.query_id = format!("q-{i:05}");
+        d.requester_person_code = Some(format!("RQ{i:08}"));
+        d
+    };
+    // Person 3 is asked about first, among the crowd, and last.
+    assert_eq!(log.append(with_code(3)).await?, 1);
+    let mut appenders = tokio::task::JoinSet::new();
+    for task in 0..64u64 {
+        let log = log.clone();
+        appenders.spawn(async move {
+            for i in (task..70_000).step_by(64) {
+                log.append(with_code(i)).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = appenders.join_next().await {
+        done??;
+    }
+    assert_eq!(log.append(with_code(3)).await?, 70_002);
+    assert_eq!(log.catch_up_person_index().await?, 70_002);
+    let saitama = org("city-saitama");
+    let person3 = log.disclosure(&saitama, "RQ00000003").await?;
+    let seqs: Vec<u64> = person3.iter().map(|e| e.seq).collect();
+    assert_eq!((seqs.len(), seqs[0], seqs[2]), (3, 1, 70_002), "{seqs:?}");
+    for i in [65_600u64, 69_999] {
+        let found = log.disclosure(&saitama, &format!("RQ{i:08}")).await?;
+        assert_eq!(found.len(), 1, "q-{i:05}");
+        assert_eq!(found[0].query_id, format!("q-{i:05}"));
+    }
+    log.close().await;
+    Ok(())
+}
 
 // ------------------------------------------------------------------- crash
 

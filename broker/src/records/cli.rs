@@ -287,6 +287,7 @@ async fn open_log(
     mut records: RecordsConfig,
 ) -> Result<Arc<RecordLog>, BrokerError> {
     records.purge_interval_secs = 0;
+    records.person_index_interval_ms = 0;
     RecordLog::open(pools, &config.keys.dir, records).await
 }
 

@@ -22,6 +22,7 @@
 pub mod cli;
 mod db;
 mod export;
+mod person_index;
 mod purge;
 mod verify;
 mod writer;
@@ -65,6 +66,9 @@ pub struct RecordsConfig {
     pub max_batch: usize,
     /// Appends queued beyond this wait (back-pressure).
     pub queue_capacity: usize,
+    /// How often the SQLite person index (for disclosure) catches up; 0
+    /// disables the task (disclosures then scan more records).
+    pub person_index_interval_ms: u64,
 }
 
 impl Default for RecordsConfig {
@@ -76,6 +80,7 @@ impl Default for RecordsConfig {
             purge_first_delay_secs: 300,
             max_batch: 1024,
             queue_capacity: 65_536,
+            person_index_interval_ms: 1_000,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct RecordLog {
     seal_lock: tokio::sync::Mutex<()>,
     /// What this process's writer last committed (see [`RecordLog::seal`]).
     committed: writer::CommittedHead,
+    /// Records by person code, beside a SQLite database (R18).
+    person_index: Option<person_index::PersonIndex>,
 }
 
 impl std::fmt::Debug for RecordLog {
@@ -251,6 +258,7 @@ impl RecordLog {
             commits,
             committed.clone(),
         );
+        let person_index = person_index::PersonIndex::open(&pools).await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,
@@ -264,6 +272,7 @@ impl RecordLog {
             tasks: Mutex::new(vec![writer]),
             seal_lock: tokio::sync::Mutex::new(()),
             committed,
+            person_index,
         });
         let mut tasks = vec![tokio::spawn(seal_task(
             Arc::downgrade(&log),
@@ -276,6 +285,14 @@ impl RecordLog {
                 log.stop.subscribe(),
                 Duration::from_secs(log.config.purge_first_delay_secs),
                 Duration::from_secs(log.config.purge_interval_secs),
+            )));
+        }
+        if let (Some(index), 1..) = (&log.person_index, log.config.person_index_interval_ms) {
+            tasks.push(tokio::spawn(person_index::index_task(
+                index.clone(),
+                log.pools.clone(),
+                log.stop.subscribe(),
+                Duration::from_millis(log.config.person_index_interval_ms),
             )));
         }
         if let Ok(mut all) = log.tasks.lock() {
@@ -439,6 +456,15 @@ impl RecordLog {
         Ok(Some(head.seq))
     }
 
+    /// Brings the SQLite person index up to the head now rather than at its
+    /// next interval; returns the records indexed (0 on PostgreSQL).
+    pub async fn catch_up_person_index(&self) -> Result<u64, BrokerError> {
+        match &self.person_index {
+            Some(index) => index.catch_up(&self.pools).await,
+            None => Ok(0),
+        }
+    }
+
     /// Verifies the whole store (see [`verify_store`]).
     pub async fn verify(&self) -> Result<Verdict, BrokerError> {
         verify::verify_store(&self.pools, &self.trusted).await
@@ -452,19 +478,57 @@ impl RecordLog {
         org: &OrgId,
         person_code: &str,
     ) -> Result<Vec<DisclosureEntry>, BrokerError> {
-        let sql = format!(
+        // What the SQLite side index knows; the rest (everything on
+        // PostgreSQL, which indexes the codes itself) is found by the scan
+        // past the mark.
+        let indexed = match &self.person_index {
+            Some(index) => index.lookup(org.as_str(), person_code).await?,
+            None => person_index::Indexed {
+                mark: 0,
+                seqs: Vec::new(),
+            },
+        };
+        let tail_sql = format!(
             "SELECT {} FROM records
-             WHERE (requester = $1 AND requester_code = $2) OR (provider = $1 AND provider_code = $2)
+             WHERE seq > $3
+               AND ((requester = $1 AND requester_code = $2) OR (provider = $1 AND provider_code = $2))
              ORDER BY seq",
             db::RECORD_COLUMNS
         );
-        let rows: Vec<db::RecordRow> = crate::on_pool!(&self.pools, read, |pool| {
-            sqlx::query_as(&sql)
+        let mut rows: Vec<db::RecordRow> = Vec::new();
+        for chunk in indexed.seqs.chunks(500) {
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {} FROM records WHERE seq IN ({list}) ORDER BY seq",
+                db::RECORD_COLUMNS
+            );
+            let found: Vec<db::RecordRow> = crate::on_pool!(&self.pools, read, |pool| {
+                sqlx::query_as(&sql).fetch_all(pool).await?
+            });
+            rows.extend(found);
+        }
+        let tail: Vec<db::RecordRow> = crate::on_pool!(&self.pools, read, |pool| {
+            sqlx::query_as(&tail_sql)
                 .bind(org.as_str())
                 .bind(person_code)
+                .bind(db::to_i64(indexed.mark))
                 .fetch_all(pool)
                 .await?
         });
+        rows.extend(tail);
+        let concerns = |r: &db::RecordRow| {
+            (r.requester == org.as_str() && r.requester_code.as_deref() == Some(person_code))
+                || (r.provider.as_deref() == Some(org.as_str())
+                    && r.provider_code.as_deref() == Some(person_code))
+        };
+        // The index is derived data: an entry must still describe its record.
+        rows.retain(concerns);
+        rows.sort_by_key(|r| r.seq);
+        rows.dedup_by_key(|r| r.seq);
         Ok(rows
             .into_iter()
             .map(|r| {
