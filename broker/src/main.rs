@@ -152,6 +152,12 @@ fn init_logging() {
         .init();
 }
 
+/// mimalloc instead of glibc's allocator: the query path allocates and frees
+/// many small buffers across threads, where glibc's arenas spent ~8 % of the
+/// broker's CPU (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
