@@ -43,6 +43,8 @@ pub struct CompareOptions {
     pub secs: u64,
     /// Unmeasured warm-up seconds before each run.
     pub warmup: u64,
+    /// Unmeasured seconds at half rate before a half-rate run.
+    pub half_warmup: u64,
     /// Connections (64 in the issue).
     pub connections: usize,
     /// HTTP version.
@@ -300,7 +302,10 @@ impl Ctx<'_> {
             streams: 1,
             duration: Some(Duration::from_secs(secs)),
             count: None,
-            warmup: Duration::from_secs(self.opts.warmup),
+            warmup: Duration::from_secs(match rate {
+                Some(_) => self.opts.half_warmup,
+                None => self.opts.warmup,
+            }),
             rate,
         };
         if !self.opts.wait_quiet.is_zero() {

@@ -216,6 +216,11 @@ struct CompareArgs {
     /// Unmeasured warm-up seconds before each run.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Unmeasured seconds at half rate before the half-rate run is measured:
+    /// the steady state at that rate, not the full-rate run's aftermath
+    /// (PostgreSQL's checkpoint and vacuum work takes ~30 s to settle).
+    #[arg(long, default_value_t = 30)]
+    half_warmup: u64,
     /// Connections for every scenario.
     #[arg(long, short = 'c', default_value_t = 64)]
     connections: usize,
@@ -432,6 +437,7 @@ async fn main_async(cli: Cli) -> Result<()> {
                 broker_bin,
                 secs: args.secs.max(1),
                 warmup: args.warmup,
+                half_warmup: args.half_warmup,
                 connections: args.connections.max(1),
                 protocol: args.protocol,
                 persons: args.persons.max(1),
