@@ -371,6 +371,9 @@ impl RecordLog {
         for task in tasks {
             let _ = task.await;
         }
+        if let Some(index) = &self.person_index {
+            index.close().await;
+        }
         match self.seal().await {
             Ok(seq) => tracing::info!(sealed = ?seq, "provision records closed"),
             Err(e) => tracing::error!(error = %e, "final records checkpoint failed"),

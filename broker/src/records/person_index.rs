@@ -125,6 +125,12 @@ impl PersonIndex {
         Ok(Some(PersonIndex { pool }))
     }
 
+    /// Closes the side file's connections (at shutdown, after the task
+    /// stopped), so its WAL is checkpointed and its files settle.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Sequences of records where `org` took part under `code`, up to the mark.
     pub async fn lookup(&self, org: &str, code: &str) -> Result<Indexed, BrokerError> {
         // One read transaction: the mark and the entries from one snapshot.
