@@ -11,7 +11,7 @@
 //! with the counts. The cut-offs are a pure function of the clock and the
 //! configuration; the deletion is one transaction.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use kakehashi_interfaces::audit::Outcome;
@@ -205,7 +205,6 @@ pub fn spawn_task(
             }
             wait = Duration::from_secs(config.interval_secs);
             let Some(log) = records.upgrade() else { return };
-            let log: Arc<RecordLog> = log;
             if let Err(e) = erase(
                 &pools,
                 &log,
