@@ -11,6 +11,9 @@
 //!   close: the head the writer computed when it is still the stored one,
 //!   otherwise (a tail from before a restart or from another node) after
 //!   re-checking the records since the previous checkpoint.
+//! - **Person index** (SQLite): which records concern a person, for
+//!   disclosure, kept in a side file by a background task rather than as
+//!   indexes written with every commit (`person_index.rs`).
 //! - **Verification, export, purge, disclosure**: library functions for the
 //!   CLI and the auditor console. The pure parts (canonical encoding, chain
 //!   hashing, checkpoint bytes, verifiers) live in
