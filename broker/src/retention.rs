@@ -50,6 +50,17 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The same day `years` years before `day`; 29 February falls back to the
+/// 28th, so nothing is kept longer than its period. `None` out of range.
+pub fn years_before(day: time::Date, years: u32) -> Option<time::Date> {
+    let year = day
+        .year()
+        .saturating_sub(i32::try_from(years).unwrap_or(i32::MAX));
+    day.replace_year(year)
+        .or_else(|_| day.replace_day(28).and_then(|d| d.replace_year(year)))
+        .ok()
+}
+
 /// What is due at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cutoffs {
@@ -65,13 +76,8 @@ impl Cutoffs {
     pub fn at(now: OffsetDateTime, config: &RetentionConfig) -> Cutoffs {
         let now = now.to_offset(time::UtcOffset::UTC);
         let confirmed = now - time::Duration::days(i64::from(config.identity_confirmation_days));
-        let years = i32::try_from(config.copies_after_loss_years).unwrap_or(i32::MAX);
-        let today = now.date();
-        let year = today.year().saturating_sub(years);
-        let lost = today
-            .replace_year(year)
-            .or_else(|_| today.replace_day(28).and_then(|d| d.replace_year(year)))
-            .unwrap_or(time::Date::MIN);
+        let lost =
+            years_before(now.date(), config.copies_after_loss_years).unwrap_or(time::Date::MIN);
         Cutoffs {
             confirmed_before: crate::store::timestamp(confirmed),
             lost_before: kakehashi_interfaces::datetime::format_date(lost),
@@ -111,8 +117,7 @@ pub async fn erase_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u6
     let facts_sql =
         format!("DELETE FROM person_facts WHERE confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");
     let codes_sql = format!("DELETE FROM person_codes WHERE person_id IN ({DUE_PERSONS})");
-    let persons_sql =
-        "DELETE FROM persons WHERE eligibility_lost_on IS NOT NULL AND eligibility_lost_on < $1";
+    let persons_sql = format!("DELETE FROM persons WHERE id IN ({DUE_PERSONS})");
     let counts = crate::on_pool!(pools, write, |pool| {
         let mut tx = pool.begin().await?;
         let copies = sqlx::query(&copies_sql)
@@ -130,7 +135,7 @@ pub async fn erase_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u6
             .bind(&cutoffs.lost_before)
             .execute(&mut *tx)
             .await?;
-        let persons = sqlx::query(persons_sql)
+        let persons = sqlx::query(&persons_sql)
             .bind(&cutoffs.lost_before)
             .execute(&mut *tx)
             .await?

@@ -200,6 +200,8 @@ pub struct BrokerOptions {
     pub exchange: ExchangeConfig,
     /// Provision-record settings.
     pub records: kakehashi_broker::records::RecordsConfig,
+    /// Own retention periods of personal data (R15).
+    pub retention: kakehashi_broker::retention::RetentionConfig,
 }
 
 impl Default for BrokerOptions {
@@ -215,6 +217,7 @@ impl Default for BrokerOptions {
             ],
             exchange: ExchangeConfig::default(),
             records: kakehashi_broker::records::RecordsConfig::default(),
+            retention: kakehashi_broker::retention::RetentionConfig::default(),
         }
     }
 }
@@ -254,7 +257,7 @@ impl TestBroker {
             },
             exchange: opts.exchange,
             records: opts.records,
-            retention: Default::default(),
+            retention: opts.retention,
         };
         let store = store::open(&config.storage).await?;
         for (id, kind) in &opts.orgs {
@@ -493,6 +496,22 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Two `#[tokio::test]`s running `suite(Backend)` on SQLite and on
+/// PostgreSQL: `both_backends!(suite: suite_sqlite, suite_postgres);`.
+#[macro_export]
+macro_rules! both_backends {
+    ($suite:ident: $sqlite:ident, $pg:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $sqlite() -> ::anyhow::Result<()> {
+            $suite($crate::Backend::Sqlite).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $pg() -> ::anyhow::Result<()> {
+            $suite($crate::Backend::Postgres).await
+        }
+    };
 }
 
 /// Runs SQL text (one or more statements) on the store's writer, to arrange

@@ -14,7 +14,7 @@ use kakehashi_broker::records::{
 use kakehashi_broker::store::{self, Pools, Store};
 use kakehashi_interfaces::audit::{self, FailureKind};
 use kakehashi_interfaces::{ErrorCode, OrgId};
-use kakehashi_tests::{storage_config, Backend};
+use kakehashi_tests::{both_backends, storage_config, Backend};
 use tempfile::TempDir;
 
 /// A store, its key directory and a broker.toml naming both.
@@ -167,19 +167,6 @@ async fn expect_broken(env: &Env, seq: u64) -> Result<FailureKind> {
         }
         Verdict::Intact(s) => bail!("tampering not detected: {s:?}"),
     }
-}
-
-macro_rules! both_backends {
-    ($suite:ident: $sqlite:ident, $pg:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() -> Result<()> {
-            $suite(Backend::Sqlite).await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $pg() -> Result<()> {
-            $suite(Backend::Postgres).await
-        }
-    };
 }
 
 // ---------------------------------------------------------------- tampering
@@ -786,9 +773,12 @@ async fn side_index_count(env: &Env, sql: &str) -> Result<i64> {
 async fn sqlite_person_index_follows_the_records() -> Result<()> {
     let env = Env::new(Backend::Sqlite).await?.context("sqlite")?;
     let log = env.log().await?;
-    let seqs =
-        |entries: Vec<records::DisclosureEntry>| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
     let saitama = org("city-saitama");
+    // Sequences of the records disclosed to saitama for its code RQSECRET00001.
+    let disclosed = || async {
+        let entries = log.disclosure(&saitama, "RQSECRET00001").await?;
+        anyhow::Ok(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+    };
     // Three records old enough to purge, then eight of today.
     for i in 1..=3 {
         log.append_with_clock(draft(i), at("2015-01-15T10:00:00Z"))
@@ -803,34 +793,22 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
     log.append(again).await?;
 
     // Nothing indexed yet: the scan past the mark finds everything.
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![1, 11]
-    );
+    assert_eq!(disclosed().await?, vec![1, 11]);
     assert_eq!(log.catch_up_person_index().await?, 11);
     assert_eq!(side_index_count(&env, "SELECT seq FROM mark").await?, 11);
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![1, 11]
-    );
+    assert_eq!(disclosed().await?, vec![1, 11]);
     // A record after the mark is found by the scan.
     let mut later = draft(12);
     later.requester = saitama.clone();
     later.requester_person_code = Some("RQSECRET00001".into());
     log.append(later).await?;
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![1, 11, 12]
-    );
+    assert_eq!(disclosed().await?, vec![1, 11, 12]);
 
     // The index is derived: an entry whose record no longer carries the code
     // is not disclosed.
     env.exec("UPDATE records SET requester_code = 'RQSECRET09999' WHERE seq = 11")
         .await?;
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![1, 12]
-    );
+    assert_eq!(disclosed().await?, vec![1, 12]);
     env.exec("UPDATE records SET requester_code = 'RQSECRET00001' WHERE seq = 11")
         .await?;
 
@@ -843,10 +821,7 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
     env.exec("DELETE FROM records WHERE seq = 12").await?;
     env.exec("UPDATE records_head SET seq = 11").await?;
     assert_eq!(log.catch_up_person_index().await?, 11, "mark past the head");
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![1, 11]
-    );
+    assert_eq!(disclosed().await?, vec![1, 11]);
 
     // A retention purge drops the entries of the deleted records.
     log.seal().await?;
@@ -858,10 +833,7 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
         0
     );
     assert!(side_index_count(&env, "SELECT COUNT(*) FROM entries").await? > 0);
-    assert_eq!(
-        seqs(log.disclosure(&saitama, "RQSECRET00001").await?),
-        vec![11]
-    );
+    assert_eq!(disclosed().await?, vec![11]);
     log.close().await;
     Ok(())
 }

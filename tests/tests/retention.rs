@@ -2,7 +2,7 @@
 //! one year after their last confirmation, persons and their copies five
 //! years after loss of eligibility. Real brokers, both backends.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use http::StatusCode;
 use kakehashi_broker::records::{self, Verdict};
 use kakehashi_broker::retention::{self, RetentionConfig};
@@ -11,7 +11,7 @@ use kakehashi_tests::exchange::{
     exchange_broker, individual_number, post_ok, query_body, registration_line,
     registration_line_lost, scenario,
 };
-use kakehashi_tests::{sql_count, sql_exec, Backend, TestClient};
+use kakehashi_tests::{both_backends, sql_count, sql_exec, Backend, TestBroker, TestClient};
 
 /// The union asks the city for one person's income; the error code or "provided".
 async fn ask_income(union: &mut TestClient, union_code: &str) -> Result<String> {
@@ -33,13 +33,24 @@ async fn ask_income(union: &mut TestClient, union_code: &str) -> Result<String> 
     Ok(response.error_code().unwrap_or_default())
 }
 
+/// Runs the erasure now with the default periods, as `ops-suzuki`.
+async fn erase_now(broker: &TestBroker) -> Result<retention::ErasureReport> {
+    Ok(retention::erase(
+        &broker.store.pools(),
+        &broker.broker.state().records,
+        &RetentionConfig::default(),
+        time::OffsetDateTime::now_utc(),
+        "ops-suzuki",
+    )
+    .await?)
+}
+
 async fn erases_what_is_due(backend: Backend) -> Result<()> {
     let Some(broker) = exchange_broker(backend).await? else {
         return Ok(());
     };
     let mut s = scenario(&broker, 3).await?;
     let pools = broker.store.pools();
-    let state = broker.broker.state().clone();
 
     // Person 2 (the highest branch number) lost eligibility more than five
     // years ago, person 1 two years ago; person 0 is insured but was last
@@ -66,14 +77,7 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
         "provided"
     );
 
-    let report = retention::erase(
-        &pools,
-        &state.records,
-        &RetentionConfig::default(),
-        time::OffsetDateTime::now_utc(),
-        "ops-suzuki",
-    )
-    .await?;
+    let report = erase_now(&broker).await?;
     assert_eq!(
         (report.identity_confirmations, report.persons, report.copies),
         (2, 1, 1),
@@ -155,7 +159,7 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
         sql_count(&pools, "SELECT COUNT(*) FROM records WHERE outcome = 'erasure' AND detail LIKE '%\"persons\":1%' AND detail LIKE '%ops-suzuki%'").await?,
         1
     );
-    state.records.seal().await?;
+    broker.broker.state().records.seal().await?;
     let keys = records::trusted_keys(&broker.config.keys.dir)?;
     match records::verify_store(&pools, &keys).await? {
         Verdict::Intact(_) => {}
@@ -163,14 +167,7 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
     }
 
     // Nothing more is due: no second record.
-    let second = retention::erase(
-        &pools,
-        &state.records,
-        &RetentionConfig::default(),
-        time::OffsetDateTime::now_utc(),
-        "ops-suzuki",
-    )
-    .await?;
+    let second = erase_now(&broker).await?;
     assert_eq!(
         (
             second.identity_confirmations,
@@ -183,14 +180,42 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn erases_what_is_due_sqlite() -> Result<()> {
-    erases_what_is_due(Backend::Sqlite).await
-}
+both_backends!(erases_what_is_due: erases_what_is_due_sqlite, erases_what_is_due_postgres);
 
 #[tokio::test]
-async fn erases_what_is_due_postgres() -> Result<()> {
-    erases_what_is_due(Backend::Postgres).await
+async fn the_daily_task_erases_without_an_operator() -> Result<()> {
+    let broker = kakehashi_tests::exchange::exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.retention.first_delay_secs = 1;
+        opts.retention.interval_secs = 1;
+    })
+    .await?
+    .context("sqlite")?;
+    let mut s = scenario(&broker, 2).await?;
+    let lapsed = registration_line_lost("被保険者 1", &s.numbers[1], "2019-03-31");
+    post_ok(&mut s.union, "/v1/persons", &[lapsed]).await?;
+    let pools = broker.store.pools();
+    let mut erased = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if sql_count(&pools, "SELECT COUNT(*) FROM records WHERE outcome = 'erasure' AND detail LIKE '%retention-task%'").await? == 1 {
+            erased = true;
+            break;
+        }
+    }
+    assert!(
+        erased,
+        "the retention task wrote no erasure record within 5 s"
+    );
+    assert_eq!(sql_count(&pools, "SELECT COUNT(*) FROM persons").await?, 1);
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[1]).await?,
+        "unknown_person"
+    );
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[0]).await?,
+        "provided"
+    );
+    Ok(())
 }
 
 #[tokio::test]

@@ -30,12 +30,10 @@ impl RecordLog {
     /// The latest `before` a purge may use now: now minus the retention period.
     pub fn retention_cutoff(&self, now: time::OffsetDateTime) -> time::OffsetDateTime {
         let now = now.to_offset(time::UtcOffset::UTC);
-        let years = i32::try_from(self.config.retention_years).unwrap_or(i32::MAX);
-        let year = now.year().saturating_sub(years);
-        // 29 February of a leap year falls back to the 28th.
-        now.replace_year(year)
-            .or_else(|_| now.replace_day(28).and_then(|d| d.replace_year(year)))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        match crate::retention::years_before(now.date(), self.config.retention_years) {
+            Some(day) => now.replace_date(day),
+            None => time::OffsetDateTime::UNIX_EPOCH,
+        }
     }
 
     /// Purges records older than the retention period.

@@ -136,11 +136,11 @@ pub(crate) struct WalkPlan {
     pub capture: Option<u64>,
 }
 
-/// Walks records and checkpoints in sequence order through a verifier, in
-/// one read snapshot (constant memory). Records are bounded by `end_seq`.
 /// Rows verified between two yields to the scheduler.
 const YIELD_EVERY_ROWS: u64 = 32;
 
+/// Walks records and checkpoints in sequence order through a verifier, in
+/// one read snapshot (constant memory). Records are bounded by `end_seq`.
 pub(crate) async fn walk(
     pools: &Pools,
     keys: TrustedKeys,

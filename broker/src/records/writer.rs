@@ -362,7 +362,7 @@ macro_rules! commit_in_tx {
             batch.push("UPDATE records_head SET seq = ");
             batch.push_bind(to_i64(*last_seq));
             batch.push(", hash = ");
-            batch.push_bind(last_hash.to_vec());
+            batch.push_bind(&last_hash[..]);
             batch.push(" WHERE id = 1");
             batch.build().execute(&mut *tx).await?;
         }
