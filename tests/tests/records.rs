@@ -698,6 +698,44 @@ async fn concurrent_appends_are_gap_free(backend: Backend) -> Result<()> {
 }
 both_backends!(concurrent_appends_are_gap_free: group_commit_sqlite, group_commit_postgres);
 
+/// Two writers on one store (two broker nodes on PostgreSQL, or the command
+/// line appending an export record beside a running broker): each commits on
+/// the head it last wrote, so every turn of the other one moves the head
+/// behind its back. The stale commit must be refused whole and retried under
+/// the head lock — never fork the chain or leave a gap.
+async fn a_head_moved_by_another_writer_is_caught(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let a = env.log().await?;
+    let b = env.log().await?;
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        seqs.push(a.append(draft(2 * i)).await?);
+        seqs.push(b.append(draft(2 * i + 1)).await?);
+    }
+    // And both at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 20..80 {
+        let log = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move { log.append(draft(i)).await });
+    }
+    while let Some(seq) = tasks.join_next().await {
+        seqs.push(seq??);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
+    assert_eq!(env.seqs().await?, (1..=80).collect::<Vec<i64>>());
+    a.close().await;
+    b.close().await;
+    match env.verify().await? {
+        Verdict::Intact(s) => assert_eq!(s.records, 80),
+        Verdict::Broken(f) => bail!("two writers broke the chain: {f}"),
+    }
+    Ok(())
+}
+both_backends!(a_head_moved_by_another_writer_is_caught: two_writers_sqlite, two_writers_postgres);
+
 // --------------------------------------------------------- time, disclosure
 
 async fn a_clock_stepping_back_breaks_nothing(backend: Backend) -> Result<()> {

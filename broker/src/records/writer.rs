@@ -232,8 +232,87 @@ const INSERT_HEAD_PG: &str =
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
      part_month) ";
 
-// The transaction body, expanded once per backend so each gets its own pool
-// and transaction types; `$pg` adds the partition column and partition drops.
+// One statement (SQLite: one multi-statement string, since sqlx binds `?`
+// across statements in order; PostgreSQL: data-modifying CTEs) that inserts a
+// chunk of records and their results and moves the head from `$old` to the
+// chunk's last record. The head moves only if it still is `$old`: otherwise
+// `seq` becomes NULL and the NOT NULL constraint fails the whole statement,
+// so a stale head can never fork the chain.
+macro_rules! chunk_statement {
+    ($db:ty, $insert_head:expr, $pg:expr, $prefix:expr, $chunk:expr, $old:expr) => {{
+        let (old_seq, old_hash): (u64, &Hash) = $old;
+        let (last_seq, last_hash) = match $chunk.last() {
+            Some((_, seq, hash, ..)) => (*seq, hash),
+            None => (old_seq, old_hash),
+        };
+        let mut batch = sqlx::QueryBuilder::<$db>::new($prefix);
+        batch.push(if $pg { "WITH r AS (" } else { "" });
+        batch.push($insert_head);
+        batch.push_values(
+            $chunk,
+            |mut b, (row, seq, hash, outcome, reason, detail)| {
+                let d = &row.draft;
+                // Borrowed binds: the rows outlive the statement, so the
+                // hot path copies no strings into the arguments.
+                b.push_bind(to_i64(*seq))
+                    .push_bind(row.at.as_str())
+                    .push_bind(d.query_id.as_str())
+                    .push_bind(d.permit_id.as_deref())
+                    .push_bind(d.flow_id.as_deref())
+                    .push_bind(d.flow_list_version.map(to_i64))
+                    .push_bind(d.procedure.as_deref())
+                    .push_bind(d.requester.as_str())
+                    .push_bind(d.provider.as_ref().map(|p| p.as_str()))
+                    .push_bind(d.items.join(" "))
+                    .push_bind(d.requester_person_code.as_deref())
+                    .push_bind(row.requester_salt.as_ref().map(|s| &s[..]))
+                    .push_bind(d.provider_person_code.as_deref())
+                    .push_bind(row.provider_salt.as_ref().map(|s| &s[..]))
+                    .push_bind(*outcome)
+                    .push_bind(reason.as_deref())
+                    .push_bind(d.approver.as_deref())
+                    .push_bind(detail.as_deref())
+                    .push_bind(&hash[..]);
+                if $pg {
+                    b.push_bind(row.part_month);
+                }
+            },
+        );
+        let results: Vec<&crate::results::OwnedResult> = $chunk
+            .iter()
+            .filter_map(|(row, ..)| row.result.as_ref())
+            .collect();
+        if !results.is_empty() {
+            batch.push(if $pg { "), q AS (" } else { "; " });
+            batch.push(crate::results::INSERT_HEAD);
+            batch.push_values(results, |mut b, r| {
+                b.push_bind(r.id.as_str())
+                    .push_bind(r.requester.as_str())
+                    .push_bind(r.provider.as_str())
+                    .push_bind(r.status.as_str())
+                    .push_bind(r.permit.as_str())
+                    .push_bind(r.envelope.as_deref())
+                    .push_bind(r.pending_cipher.as_deref())
+                    .push_bind(r.created_at.as_str())
+                    .push_bind(r.expires_at.as_str());
+            });
+        }
+        batch.push(if $pg { ") " } else { "; " });
+        batch.push("UPDATE records_head SET seq = CASE WHEN seq = ");
+        batch.push_bind(to_i64(old_seq));
+        batch.push(" AND hash = ");
+        batch.push_bind(&old_hash[..]);
+        batch.push(" THEN ");
+        batch.push_bind(to_i64(last_seq));
+        batch.push(" END, hash = ");
+        batch.push_bind(&last_hash[..]);
+        batch.push(" WHERE id = 1");
+        batch
+    }};
+}
+
+// The locked path, expanded once per backend so each gets its own pool and
+// transaction types; `$pg` adds the partition column and partition drops.
 macro_rules! commit_in_tx {
     ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr) => {{
         let mut tx = $pool.begin().await?;
@@ -292,83 +371,65 @@ macro_rules! commit_in_tx {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut seq = u64::try_from(head_seq).unwrap_or(0);
-        let mut prev = to_hash(&head_hash, "head hash")?;
-        let mut seqs = Vec::with_capacity($rows.len());
-        let mut prepared = Vec::with_capacity($rows.len());
-        for row in $rows {
-            seq += 1;
-            let record = row.record(seq);
-            prev = audit::chain_hash(&prev, &record.leaf_hash());
-            let (outcome, reason, detail) = record.outcome.to_parts();
-            prepared.push((*row, seq, prev, outcome, reason, detail.map(|v| v.to_string())));
-            seqs.push(seq);
-        }
-        // One round trip per chunk: the records, their results and the new
-        // head go in one statement (PostgreSQL: data-modifying CTEs) or one
-        // multi-statement string (SQLite: sqlx binds `?` across statements
-        // in order), since each round trip is a hand-off to the database.
-        for chunk in prepared.chunks(ROWS_PER_STATEMENT) {
-            let Some((_, last_seq, last_hash, ..)) = chunk.last() else {
-                continue;
-            };
-            let mut batch = sqlx::QueryBuilder::<$db>::new(if $pg { "WITH r AS (" } else { "" });
-            batch.push($insert_head);
-            batch.push_values(chunk, |mut b, (row, seq, hash, outcome, reason, detail)| {
-                let d = &row.draft;
-                // Borrowed binds: the rows outlive the statement, so the
-                // hot path copies no strings into the arguments.
-                b.push_bind(to_i64(*seq))
-                    .push_bind(row.at.as_str())
-                    .push_bind(d.query_id.as_str())
-                    .push_bind(d.permit_id.as_deref())
-                    .push_bind(d.flow_id.as_deref())
-                    .push_bind(d.flow_list_version.map(to_i64))
-                    .push_bind(d.procedure.as_deref())
-                    .push_bind(d.requester.as_str())
-                    .push_bind(d.provider.as_ref().map(|p| p.as_str()))
-                    .push_bind(d.items.join(" "))
-                    .push_bind(d.requester_person_code.as_deref())
-                    .push_bind(row.requester_salt.as_ref().map(|s| &s[..]))
-                    .push_bind(d.provider_person_code.as_deref())
-                    .push_bind(row.provider_salt.as_ref().map(|s| &s[..]))
-                    .push_bind(*outcome)
-                    .push_bind(reason.as_deref())
-                    .push_bind(d.approver.as_deref())
-                    .push_bind(detail.as_deref())
-                    .push_bind(&hash[..]);
-                if $pg {
-                    b.push_bind(row.part_month);
-                }
-            });
-            let results: Vec<&crate::results::OwnedResult> =
-                chunk.iter().filter_map(|(row, ..)| row.result.as_ref()).collect();
-            if !results.is_empty() {
-                batch.push(if $pg { "), q AS (" } else { "; " });
-                batch.push(crate::results::INSERT_HEAD);
-                batch.push_values(results, |mut b, r| {
-                    b.push_bind(r.id.as_str())
-                        .push_bind(r.requester.as_str())
-                        .push_bind(r.provider.as_str())
-                        .push_bind(r.status.as_str())
-                        .push_bind(r.permit.as_str())
-                        .push_bind(r.envelope.as_deref())
-                        .push_bind(r.pending_cipher.as_deref())
-                        .push_bind(r.created_at.as_str())
-                        .push_bind(r.expires_at.as_str());
-                });
+        let head = (
+            u64::try_from(head_seq).unwrap_or(0),
+            to_hash(&head_hash, "head hash")?,
+        );
+        let prepared = prepare($rows, head);
+        // One round trip per chunk, since each is a hand-off to the database.
+        let mut old = head;
+        for chunk in prepared.rows.chunks(ROWS_PER_STATEMENT) {
+            chunk_statement!($db, $insert_head, $pg, "", chunk, (old.0, &old.1))
+                .build()
+                .execute(&mut *tx)
+                .await?;
+            if let Some((_, seq, hash, ..)) = chunk.last() {
+                old = (*seq, *hash);
             }
-            batch.push(if $pg { ") " } else { "; " });
-            batch.push("UPDATE records_head SET seq = ");
-            batch.push_bind(to_i64(*last_seq));
-            batch.push(", hash = ");
-            batch.push_bind(&last_hash[..]);
-            batch.push(" WHERE id = 1");
-            batch.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok((seqs, seq, prev))
+        Ok(prepared)
     }};
+}
+
+/// Rows with their sequence numbers, chain hashes and outcome columns.
+struct Prepared<'a> {
+    rows: Vec<PreparedRow<'a>>,
+    /// The head after the last row.
+    head: (u64, Hash),
+}
+
+type PreparedRow<'a> = (
+    &'a NewRow,
+    u64,
+    Hash,
+    &'static str,
+    Option<String>,
+    Option<String>,
+);
+
+/// Numbers and hash-links `rows` after `head`.
+fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
+    let (mut seq, mut prev) = head;
+    let mut prepared = Vec::with_capacity(rows.len());
+    for row in rows {
+        seq += 1;
+        let record = row.record(seq);
+        prev = audit::chain_hash(&prev, &record.leaf_hash());
+        let (outcome, reason, detail) = record.outcome.to_parts();
+        prepared.push((
+            *row,
+            seq,
+            prev,
+            outcome,
+            reason,
+            detail.map(|v| v.to_string()),
+        ));
+    }
+    Prepared {
+        rows: prepared,
+        head: (seq, prev),
+    }
 }
 
 impl Writer {
@@ -409,23 +470,113 @@ impl Writer {
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
     ) -> Result<Vec<u64>, BrokerError> {
-        let committed: Result<(Vec<u64>, u64, Hash), BrokerError> = match &self.pools {
+        if let Pools::Postgres(pool) = &self.pools {
+            for row in rows {
+                if self.ensured_months.insert(row.part_month) {
+                    db::ensure_partitions(pool, row.part_month).await?;
+                }
+            }
+        }
+        let known = self.head.lock().ok().and_then(|cell| *cell);
+        let committed = match known {
+            Some(head) if purge.is_none() && rows.len() <= ROWS_PER_STATEMENT => {
+                match self.commit_at(rows, head).await {
+                    Ok(prepared) => Ok(prepared),
+                    // The statement was refused as a whole (the head moved
+                    // behind this writer's back, e.g. a purge from the command
+                    // line): nothing was written, so take the locked path.
+                    Err(sqlx::Error::Database(e)) => {
+                        tracing::debug!(error = %e, "records head moved; committing under the head lock");
+                        self.commit_locked(rows, purge).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => self.commit_locked(rows, purge).await,
+        };
+        let (seqs, head) = match committed {
+            Ok(prepared) => (
+                prepared.rows.iter().map(|(_, seq, ..)| *seq).collect(),
+                Some(prepared.head),
+            ),
+            Err(e) => {
+                // The stored head is unknown now; the next commit reads it.
+                if let Ok(mut cell) = self.head.lock() {
+                    *cell = None;
+                }
+                return Err(e);
+            }
+        };
+        if let Ok(mut cell) = self.head.lock() {
+            *cell = head;
+        }
+        Ok(seqs)
+    }
+
+    /// The common case: the head this writer committed last is still the
+    /// stored one, so the records go in one statement guarded by it — one
+    /// round trip instead of four (begin, lock, insert, commit).
+    async fn commit_at<'a>(
+        &self,
+        rows: &[&'a NewRow],
+        head: (u64, Hash),
+    ) -> Result<Prepared<'a>, sqlx::Error> {
+        let prepared = prepare(rows, head);
+        let old = (head.0, &head.1);
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                let mut conn = write.acquire().await?;
+                let mut statement = chunk_statement!(
+                    sqlx::Sqlite,
+                    INSERT_HEAD_SQLITE,
+                    false,
+                    "BEGIN IMMEDIATE; ",
+                    &prepared.rows,
+                    old
+                );
+                statement.push("; COMMIT");
+                let outcome = statement.build().execute(&mut *conn).await;
+                if outcome.is_err() {
+                    // The string stops at the failing statement, inside the
+                    // transaction it began; end it before the connection is reused.
+                    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                        tracing::debug!(error = %e, "rollback after a refused commit");
+                    }
+                }
+                outcome?;
+            }
+            Pools::Postgres(pool) => {
+                // A single statement is its own transaction.
+                chunk_statement!(
+                    sqlx::Postgres,
+                    INSERT_HEAD_PG,
+                    true,
+                    "",
+                    &prepared.rows,
+                    old
+                )
+                .build()
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Reads and locks the head inside a transaction, then appends: the
+    /// first commit, purges, very large batches, and after the head moved.
+    async fn commit_locked<'a>(
+        &self,
+        rows: &[&'a NewRow],
+        purge: Option<&PurgePlan>,
+    ) -> Result<Prepared<'a>, BrokerError> {
+        match &self.pools {
             Pools::Sqlite { write, .. } => {
                 commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
             }
             Pools::Postgres(pool) => {
-                for row in rows {
-                    if self.ensured_months.insert(row.part_month) {
-                        db::ensure_partitions(pool, row.part_month).await?;
-                    }
-                }
                 commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
             }
-        };
-        let (seqs, seq, hash) = committed?;
-        if let Ok(mut cell) = self.head.lock() {
-            *cell = Some((seq, hash));
         }
-        Ok(seqs)
     }
 }
