@@ -2,9 +2,16 @@
 //!
 //! Every append is queued; the writer takes whatever is queued (up to
 //! `max_batch`) and commits it in one transaction, so concurrent queries
-//! share one fsync. Inside the transaction it locks the head row, which is
-//! what keeps sequence numbers gap-free and the chain linear even with several
-//! broker nodes on one PostgreSQL.
+//! share one fsync. The head row is what keeps sequence numbers gap-free and
+//! the chain linear even with several broker nodes on one PostgreSQL (or the
+//! command line appending beside a running broker):
+//!
+//! - usually the writer knows the head it committed last, and sends the whole
+//!   transaction as one statement whose head update only succeeds if the
+//!   stored head is still that one (one round trip to the database);
+//! - otherwise — first commit, a purge, a batch larger than one statement, or
+//!   that guard refusing because someone else moved the head — it locks the
+//!   head row inside a transaction, reads it, and appends after it.
 
 use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
 use std::collections::BTreeSet;
