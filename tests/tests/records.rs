@@ -876,6 +876,62 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
     Ok(())
 }
 
+/// Records in the main database file itself, read from a copy of that file
+/// alone: what a checkpoint has moved out of the WAL (none if the copy has no
+/// records table yet).
+async fn records_in_main_file(env: &Env) -> Result<i64> {
+    let copy = env.dir.path().join("main-file-only.db");
+    std::fs::copy(env.dir.path().join("kakehashi.db"), &copy)?;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&copy)
+        .read_only(true);
+    let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0);
+    sqlx::Connection::close(conn).await?;
+    std::fs::remove_file(&copy)?;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_in_the_background() -> Result<()> {
+    for interval in [50, 0] {
+        let Some(env) = Env::new(Backend::Sqlite).await? else {
+            return Ok(());
+        };
+        let config = RecordsConfig {
+            wal_checkpoint_interval_ms: interval,
+            ..quiet()
+        };
+        let log = RecordLog::open(env.pools(), &env.keys(), config).await?;
+        for i in 0..200 {
+            log.append(draft(i)).await?;
+        }
+        let mut in_file = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            in_file = records_in_main_file(&env).await?;
+            if in_file == 200 {
+                break;
+            }
+        }
+        if interval > 0 {
+            assert_eq!(
+                in_file, 200,
+                "the checkpointer did not move the WAL into the file"
+            );
+        } else {
+            // Without it the writer leaves a small WAL alone (it checkpoints
+            // only far past SQLite's default), so the file lags.
+            assert!(in_file < 200, "the writer checkpointed a small WAL itself");
+        }
+        log.close().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_person_index_spans_buckets() -> Result<()> {
     let env = Env::new(Backend::Sqlite).await?.context("sqlite")?;

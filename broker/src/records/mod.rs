@@ -28,6 +28,7 @@ mod export;
 mod person_index;
 mod purge;
 mod verify;
+pub(crate) mod wal;
 mod writer;
 
 use std::path::Path;
@@ -72,6 +73,9 @@ pub struct RecordsConfig {
     /// How often the SQLite person index (for disclosure) catches up; 0
     /// disables the task (disclosures then scan more records).
     pub person_index_interval_ms: u64,
+    /// How often a background connection checkpoints the SQLite WAL into the
+    /// database file, so no commit has to; 0 leaves it to the writer.
+    pub wal_checkpoint_interval_ms: u64,
 }
 
 impl Default for RecordsConfig {
@@ -84,6 +88,7 @@ impl Default for RecordsConfig {
             max_batch: 1024,
             queue_capacity: 65_536,
             person_index_interval_ms: 1_000,
+            wal_checkpoint_interval_ms: 250,
         }
     }
 }
@@ -288,6 +293,15 @@ impl RecordLog {
                 log.stop.subscribe(),
                 Duration::from_secs(log.config.purge_first_delay_secs),
                 Duration::from_secs(log.config.purge_interval_secs),
+            )));
+        }
+        if let (Pools::Sqlite { write, .. }, 1..) =
+            (&log.pools, log.config.wal_checkpoint_interval_ms)
+        {
+            tasks.push(tokio::spawn(wal::checkpoint_task(
+                (*write.connect_options()).clone(),
+                log.stop.subscribe(),
+                Duration::from_millis(log.config.wal_checkpoint_interval_ms),
             )));
         }
         if let (Some(index), 1..) = (&log.person_index, log.config.person_index_interval_ms) {

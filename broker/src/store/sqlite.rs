@@ -35,10 +35,15 @@ impl SqliteStore {
         // No liveness ping before each acquire: a connection to a local file
         // does not go stale, and the ping is a round trip to the
         // connection's thread on every query.
+        // The records log checkpoints the WAL in the background; the writer
+        // only does when the WAL has grown far past SQLite's default.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma(
+                "wal_autocheckpoint",
+                crate::records::wal::WRITER_AUTOCHECKPOINT.to_string(),
+            ))
             .await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new()
