@@ -5,7 +5,8 @@
 //! connection's own thread) and back; under load those context switches cost
 //! as much CPU as the reads. One task collects whatever lookups are waiting
 //! and answers them all from one `VALUES` list joined with `person_codes` and
-//! `copies`, so the hand-off is paid once per batch instead of per query.
+//! `copies`, so the hand-off is paid once per batch instead of per query, on
+//! a database connection of its own.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -54,7 +55,7 @@ impl Lookups {
     /// Starts the batching task on the current runtime.
     pub fn start(pools: Pools) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, pools));
+        tokio::spawn(run(rx, own_connection(pools)));
         Lookups { tx }
     }
 
@@ -75,6 +76,27 @@ impl Lookups {
             .await
             .map_err(|_| unavailable())?
             .map_err(BrokerError::Config)
+    }
+}
+
+/// The task runs one batch at a time, so one connection of its own serves it:
+/// always the same SQLite thread or PostgreSQL backend (whose prepared
+/// statements and plans stay warm), and no pool hand-out per batch.
+fn own_connection(pools: Pools) -> Pools {
+    match pools {
+        Pools::Sqlite { write, read } => Pools::Sqlite {
+            read: sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .connect_lazy_with((*read.connect_options()).clone()),
+            write,
+        },
+        Pools::Postgres(pool) => Pools::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .connect_lazy_with((*pool.connect_options()).clone()),
+        ),
     }
 }
 
@@ -101,6 +123,11 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
                 }
             }
         }
+    }
+    // The connection is this task's own: close it with the task.
+    match &pools {
+        Pools::Sqlite { read, .. } => read.close().await,
+        Pools::Postgres(pool) => pool.close().await,
     }
 }
 
