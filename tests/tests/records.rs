@@ -726,12 +726,20 @@ async fn a_head_moved_by_another_writer_is_caught(backend: Backend) -> Result<()
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
     assert_eq!(env.seqs().await?, (1..=80).collect::<Vec<i64>>());
-    a.close().await;
     b.close().await;
     match env.verify().await? {
         Verdict::Intact(s) => assert_eq!(s.records, 80),
         Verdict::Broken(f) => bail!("two writers broke the chain: {f}"),
     }
+    // A head changed without a new row is seen only by the head guard (no
+    // sequence number collides): the writer must not overwrite it with the
+    // head it remembers, but append after the stored one, so the verifier
+    // names the break instead of it being papered over.
+    assert_eq!(a.append(draft(80)).await?, 81);
+    env.exec("UPDATE records_head SET hash = cut_hash").await?;
+    assert_eq!(a.append(draft(81)).await?, 82);
+    a.close().await;
+    expect_broken(&env, 82).await?;
     Ok(())
 }
 both_backends!(a_head_moved_by_another_writer_is_caught: two_writers_sqlite, two_writers_postgres);
