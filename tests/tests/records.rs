@@ -744,6 +744,51 @@ async fn a_head_moved_by_another_writer_is_caught(backend: Backend) -> Result<()
 }
 both_backends!(a_head_moved_by_another_writer_is_caught: two_writers_sqlite, two_writers_postgres);
 
+/// Under load the head moves between the sealer reading it and signing: the
+/// sealer then signs the position its own writer committed (known, not read
+/// back), and leaves the rest for the next seal, which re-checks it from the
+/// rows. Here another writer's records past that position are tampered with:
+/// the first seal must still succeed at the known position, the second must
+/// walk and refuse, and a changed record at the known position is refused.
+async fn a_busy_log_seals_what_its_writer_committed(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let a = env.log().await?;
+    let b = env.log().await?;
+    for i in 1..=8 {
+        a.append(draft(i)).await?;
+    }
+    b.append(draft(9)).await?;
+    b.append(draft(10)).await?;
+    env.exec("UPDATE records SET items = 'income.total' WHERE seq = 9")
+        .await?;
+    assert_eq!(a.seal().await?, Some(8), "signs its writer's position");
+    let walked = a.seal().await;
+    assert!(
+        walked
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("fail verification at sequence 9")),
+        "the tail past the writer's position must be re-checked: {walked:?}"
+    );
+
+    a.append(draft(11)).await?; // the writer's position: 11
+    b.append(draft(12)).await?;
+    env.exec("UPDATE records SET hash = (SELECT hash FROM records WHERE seq = 3) WHERE seq = 11")
+        .await?;
+    let refused = a.seal().await;
+    assert!(
+        refused.is_err_and(|e| e
+            .to_string()
+            .contains("at 11 differs from what was committed")),
+        "sealed a record rewritten behind the writer"
+    );
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+both_backends!(a_busy_log_seals_what_its_writer_committed: busy_seal_sqlite, busy_seal_postgres);
+
 // --------------------------------------------------------- time, disclosure
 
 async fn a_clock_stepping_back_breaks_nothing(backend: Backend) -> Result<()> {

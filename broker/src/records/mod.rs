@@ -407,12 +407,19 @@ impl RecordLog {
         &self.config
     }
 
-    /// Signs a checkpoint of the current head if it has none yet. A head this
-    /// process's writer committed is signed as the writer computed it; any
-    /// other tail is first re-checked from the previous valid checkpoint (so
-    /// a tampered tail is never blessed). Returns the sequence now sealed.
+    /// Signs a checkpoint of the chain if its head has none yet. The position
+    /// this process's writer committed last is signed as the writer computed
+    /// it (so a busy log is sealed without reading its rows back, even though
+    /// the head moves on meanwhile); any other tail is first re-checked from
+    /// the previous valid checkpoint (so a tampered tail is never blessed).
+    /// Returns the sequence now sealed.
     pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
+        // What this process's writer committed last, read before the stored
+        // head: the writer publishes it only after its commit, so the stored
+        // head is at or past it even when a commit lands in between (which,
+        // under load, is most of the time).
+        let ours = self.committed.lock().ok().and_then(|c| *c);
         let head = db::read_head(&self.pools).await?;
         if head.seq == 0 {
             return Ok(None);
@@ -426,14 +433,26 @@ impl RecordLog {
             }
         }
         // The head this process's writer committed is known without reading
-        // the rows back: sign it when the stored head still matches it. A
-        // stored head that differs was changed behind the writer's back.
-        let ours = self.committed.lock().ok().and_then(|c| *c);
-        if let Some((seq, hash)) = ours.filter(|(seq, _)| *seq == head.seq) {
-            if hash != head.hash {
+        // the rows back: sign it when the store still holds it — the head row
+        // itself, or the record at that position when commits have moved the
+        // head on since. Anything else was changed behind the writer's back.
+        let unsealed =
+            |seq: u64| seq > head.cut_seq && latest.as_ref().is_none_or(|cp| cp.seq < seq);
+        if let Some((seq, hash)) = ours.filter(|(seq, _)| *seq <= head.seq && unsealed(*seq)) {
+            let stored = if seq == head.seq {
+                Some(head.hash)
+            } else {
+                db::Snapshot::begin(&self.pools)
+                    .await?
+                    .stored_hash(seq)
+                    .await?
+            };
+            if stored != Some(hash) {
                 return Err(BrokerError::refused(
                     ErrorCode::Internal,
-                    format!("the stored records head at {seq} differs from what was committed; not sealing"),
+                    format!(
+                        "the stored record at {seq} differs from what was committed; not sealing"
+                    ),
                 ));
             }
             let cp = Checkpoint::sign(seq, hash, crate::store::now_rfc3339(), &self.sealer);
