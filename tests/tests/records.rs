@@ -1097,7 +1097,19 @@ async fn kill_9_loses_no_acknowledged_record(backend: Backend) -> Result<()> {
 
         // Every acknowledged record is there, sequences are gap-free, and
         // the chain (with its unsealed tail) verifies.
-        let stored: std::collections::BTreeSet<i64> = env.seqs().await?.into_iter().collect();
+        // A commit the child sent just before the kill may still land:
+        // PostgreSQL finishes a statement before it notices its client is
+        // gone. Read once the store has stopped changing.
+        let mut seqs = env.seqs().await?;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let again = env.seqs().await?;
+            if again == seqs {
+                break;
+            }
+            seqs = again;
+        }
+        let stored: std::collections::BTreeSet<i64> = seqs.into_iter().collect();
         let max = *stored.last().context("no records")?;
         assert_eq!(stored.len() as i64, max, "gaps after the crash");
         for seq in &acknowledged {
