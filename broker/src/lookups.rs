@@ -55,7 +55,10 @@ impl Lookups {
     /// Starts the batching task on the current runtime.
     pub fn start(pools: Pools) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, own_connection(pools)));
+        // The task runs one batch at a time, so one connection of its own
+        // serves it: always the same SQLite thread or PostgreSQL backend
+        // (prepared statements and plans stay warm), no pool hand-out per batch.
+        tokio::spawn(run(rx, pools.own(1)));
         Lookups { tx }
     }
 
@@ -76,27 +79,6 @@ impl Lookups {
             .await
             .map_err(|_| unavailable())?
             .map_err(BrokerError::Config)
-    }
-}
-
-/// The task runs one batch at a time, so one connection of its own serves it:
-/// always the same SQLite thread or PostgreSQL backend (whose prepared
-/// statements and plans stay warm), and no pool hand-out per batch.
-fn own_connection(pools: Pools) -> Pools {
-    match pools {
-        Pools::Sqlite { write, read } => Pools::Sqlite {
-            read: sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(1)
-                .test_before_acquire(false)
-                .connect_lazy_with((*read.connect_options()).clone()),
-            write,
-        },
-        Pools::Postgres(pool) => Pools::Postgres(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .test_before_acquire(false)
-                .connect_lazy_with((*pool.connect_options()).clone()),
-        ),
     }
 }
 
@@ -125,10 +107,7 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
         }
     }
     // The connection is this task's own: close it with the task.
-    match &pools {
-        Pools::Sqlite { read, .. } => read.close().await,
-        Pools::Postgres(pool) => pool.close().await,
-    }
+    pools.close_own().await;
 }
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose

@@ -136,12 +136,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 let pools = match pools {
-                    Pools::Postgres(shared) => Pools::Postgres(
-                        sqlx::postgres::PgPoolOptions::new()
-                            .max_connections(2)
-                            .test_before_acquire(false)
-                            .connect_lazy_with((*shared.connect_options()).clone()),
-                    ),
+                    Pools::Postgres(_) => pools.own(2),
                     sqlite => sqlite,
                 };
                 run(rx, pools, max_batch, metrics, head).await;

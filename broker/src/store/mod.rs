@@ -65,6 +65,39 @@ pub enum Pools {
     Postgres(sqlx::PgPool),
 }
 
+impl Pools {
+    /// Pools of a task's own with the same settings, opened lazily: up to
+    /// `connections` PostgreSQL connections, or SQLite readers (SQLite's
+    /// single writer stays shared, as there is only one). For a task that
+    /// would otherwise take a connection from the shared pool for every
+    /// statement, or whose PostgreSQL sockets must belong to its own runtime.
+    pub fn own(&self, connections: u32) -> Pools {
+        match self {
+            Pools::Sqlite { write, read } => Pools::Sqlite {
+                write: write.clone(),
+                read: sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(connections)
+                    .test_before_acquire(false)
+                    .connect_lazy_with((*read.connect_options()).clone()),
+            },
+            Pools::Postgres(pool) => Pools::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(connections)
+                    .test_before_acquire(false)
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            ),
+        }
+    }
+
+    /// Closes what [`Pools::own`] opened (the shared SQLite writer stays open).
+    pub async fn close_own(&self) {
+        match self {
+            Pools::Sqlite { read, .. } => read.close().await,
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
 /// What every storage backend provides.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
