@@ -216,7 +216,7 @@ impl RunReport {
     }
 }
 
-/// `nproc`, CPU model and memory, for reports.
+/// `nproc`, CPU model, memory and the kernel's writeback threshold, for reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     /// Logical CPUs.
@@ -227,6 +227,10 @@ pub struct Machine {
     pub mem_mib: u64,
     /// Kernel release.
     pub kernel: String,
+    /// When the kernel starts writing dirty page cache back: `vm.dirty_background_bytes`
+    /// if set, else `vm.dirty_background_ratio` %. PostgreSQL's commit latency
+    /// depends on it (benches/README.md, "PostgreSQL's half-rate stall").
+    pub writeback: String,
 }
 
 impl Machine {
@@ -255,17 +259,35 @@ impl Machine {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            writeback: writeback_setting(),
         }
     }
 
     /// One line.
     pub fn text(&self) -> String {
         format!(
-            "{} CPUs ({}), {:.1} GiB RAM, Linux {}",
+            "{} CPUs ({}), {:.1} GiB RAM, Linux {}, background writeback from {}",
             self.cpus,
             self.cpu_model,
             self.mem_mib as f64 / 1024.0,
-            self.kernel
+            self.kernel,
+            self.writeback
         )
+    }
+}
+
+fn writeback_setting() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (
+        read("dirty_background_bytes"),
+        read("dirty_background_ratio"),
+    ) {
+        (Some(bytes), _) if bytes > 0 => format!("{} MiB dirty", bytes / (1024 * 1024)),
+        (_, Some(ratio)) => format!("{ratio}% of memory dirty"),
+        _ => "unknown".into(),
     }
 }
