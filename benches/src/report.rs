@@ -229,7 +229,7 @@ pub struct Machine {
     pub kernel: String,
     /// When the kernel starts writing dirty page cache back: `vm.dirty_background_bytes`
     /// if set, else `vm.dirty_background_ratio` %. PostgreSQL's commit latency
-    /// depends on it (benches/README.md, "PostgreSQL's half-rate stall").
+    /// depends on it (benches/README.md, "What changed (session 6)").
     pub writeback: String,
 }
 
@@ -282,12 +282,33 @@ fn writeback_setting() -> String {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    match (
+    describe_writeback(
         read("dirty_background_bytes"),
         read("dirty_background_ratio"),
-    ) {
+    )
+}
+
+/// The kernel uses `dirty_background_bytes` when it is non-zero, else the ratio.
+fn describe_writeback(bytes: Option<u64>, ratio: Option<u64>) -> String {
+    match (bytes, ratio) {
         (Some(bytes), _) if bytes > 0 => format!("{} MiB dirty", bytes / (1024 * 1024)),
         (_, Some(ratio)) => format!("{ratio}% of memory dirty"),
         _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_writeback;
+
+    #[test]
+    fn writeback_names_the_setting_the_kernel_uses() {
+        // A byte threshold, when set, overrides the ratio.
+        assert_eq!(
+            describe_writeback(Some(16 * 1024 * 1024), Some(0)),
+            "16 MiB dirty"
+        );
+        assert_eq!(describe_writeback(Some(0), Some(10)), "10% of memory dirty");
+        assert_eq!(describe_writeback(None, None), "unknown");
     }
 }
