@@ -227,10 +227,42 @@ pub struct Machine {
     pub mem_mib: u64,
     /// Kernel release.
     pub kernel: String,
-    /// When the kernel starts writing dirty page cache back: `vm.dirty_background_bytes`
-    /// if set, else `vm.dirty_background_ratio` %. PostgreSQL's commit latency
-    /// depends on it (benches/README.md, "What changed (session 6)").
-    pub writeback: String,
+    /// When the kernel starts writing dirty page cache back. PostgreSQL's
+    /// commit latency depends on it (benches/README.md, "What changed (session 6)").
+    pub writeback: Writeback,
+}
+
+/// `vm.dirty_background_bytes` and `vm.dirty_background_ratio` as read
+/// (`None`: unreadable).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Writeback {
+    /// Dirty bytes that start background writeback; 0 means the ratio applies.
+    pub dirty_background_bytes: Option<u64>,
+    /// Percent of memory dirty that starts it, when the bytes are 0.
+    pub dirty_background_ratio: Option<u64>,
+}
+
+impl Writeback {
+    fn read() -> Writeback {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Writeback {
+            dirty_background_bytes: read("dirty_background_bytes"),
+            dirty_background_ratio: read("dirty_background_ratio"),
+        }
+    }
+
+    /// The setting the kernel uses: the bytes when non-zero, else the ratio.
+    pub fn text(&self) -> String {
+        match (self.dirty_background_bytes, self.dirty_background_ratio) {
+            (Some(bytes), _) if bytes > 0 => format!("{} MiB dirty", bytes / (1024 * 1024)),
+            (_, Some(ratio)) => format!("{ratio}% of memory dirty"),
+            _ => "unknown".into(),
+        }
+    }
 }
 
 impl Machine {
@@ -259,7 +291,7 @@ impl Machine {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
-            writeback: writeback_setting(),
+            writeback: Writeback::read(),
         }
     }
 
@@ -271,35 +303,22 @@ impl Machine {
             self.cpu_model,
             self.mem_mib as f64 / 1024.0,
             self.kernel,
-            self.writeback
+            self.writeback.text()
         )
-    }
-}
-
-fn writeback_setting() -> String {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    describe_writeback(
-        read("dirty_background_bytes"),
-        read("dirty_background_ratio"),
-    )
-}
-
-/// The kernel uses `dirty_background_bytes` when it is non-zero, else the ratio.
-fn describe_writeback(bytes: Option<u64>, ratio: Option<u64>) -> String {
-    match (bytes, ratio) {
-        (Some(bytes), _) if bytes > 0 => format!("{} MiB dirty", bytes / (1024 * 1024)),
-        (_, Some(ratio)) => format!("{ratio}% of memory dirty"),
-        _ => "unknown".into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::describe_writeback;
+    use super::Writeback;
+
+    fn describe_writeback(bytes: Option<u64>, ratio: Option<u64>) -> String {
+        Writeback {
+            dirty_background_bytes: bytes,
+            dirty_background_ratio: ratio,
+        }
+        .text()
+    }
 
     #[test]
     fn writeback_names_the_setting_the_kernel_uses() {
