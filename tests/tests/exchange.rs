@@ -639,3 +639,124 @@ async fn concurrent_queries_get_their_own_answers_sqlite() -> Result<()> {
 async fn concurrent_queries_get_their_own_answers_postgres() -> Result<()> {
     concurrent_queries_get_their_own_answers(Backend::Postgres).await
 }
+
+/// The union asks the city for one person's income: the value it opens, or
+/// the refusal's error code.
+async fn income_of(
+    union: &mut kakehashi_tests::TestClient,
+    union_code: &str,
+) -> Result<Result<serde_json::Value, String>> {
+    let (body, keys) = query_body(
+        "F-0120",
+        "premium-calculation",
+        "city-saitama",
+        union_code,
+        &["local_tax.income"],
+    );
+    let response = union.post("/v1/queries", body).await?;
+    if response.status != StatusCode::OK {
+        return Ok(Err(response.error_code().unwrap_or_default()));
+    }
+    let answer: QueryResponse = serde_json::from_slice(&response.body)?;
+    let context = EnvelopeContext {
+        query_id: answer.query_id.clone(),
+        requester: "union-saitama".parse()?,
+        provider: "city-saitama".parse()?,
+    };
+    let envelope = answer
+        .envelope
+        .ok_or_else(|| anyhow::anyhow!("a provided answer without an envelope"))?;
+    let payload = open_answer(&keys, &context, &envelope)?;
+    Ok(Ok(serde_json::to_value(&payload.items)?
+        ["local_tax.income"]
+        .clone()))
+}
+
+/// Runs SQL as another writer would: on SQLite a connection of its own to the
+/// database file (as a second process has), on PostgreSQL another session.
+async fn write_elsewhere(broker: &kakehashi_tests::TestBroker, sql: &str) -> Result<()> {
+    use sqlx::Connection;
+    match broker.config.storage.target()? {
+        kakehashi_broker::config::StorageTarget::Sqlite(path) => {
+            let mut conn =
+                sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+            sqlx::raw_sql(sql).execute(&mut conn).await?;
+            conn.close().await?;
+        }
+        kakehashi_broker::config::StorageTarget::Postgres(_) => {
+            kakehashi_tests::sql_exec(&broker.store.pools(), sql).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Answers follow the data they come from, however it changed since the last
+/// query about the person (the query path keeps what it read in memory on
+/// SQLite): a new deposit through the API, and a copy or a person code
+/// removed by another writer of the database.
+async fn answers_follow_changes_to_codes_and_copies(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker(backend).await? else {
+        return Ok(());
+    };
+    let mut s = scenario(&broker, 3).await?;
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[1]).await?,
+        Ok(json!(2_000_001))
+    );
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[2]).await?,
+        Ok(json!(2_000_002))
+    );
+
+    // The city deposits a newer copy: the next answer carries it.
+    let newer = json!({"person": s.city_codes[1], "items": {"local_tax.income": 3_100_000}});
+    post_ok(&mut s.city, "/v1/copies", &[newer.to_string()]).await?;
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[1]).await?,
+        Ok(json!(3_100_000))
+    );
+
+    // Another writer removes that copy: the provider holds nothing now.
+    write_elsewhere(
+        &broker,
+        &format!(
+            "DELETE FROM copies WHERE person_code = '{}'",
+            s.city_codes[1]
+        ),
+    )
+    .await?;
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[1]).await?,
+        Err("no_copy".to_string())
+    );
+
+    // Another writer removes the union's code for person 2: unknown to it now.
+    write_elsewhere(
+        &broker,
+        &format!(
+            "DELETE FROM person_codes WHERE code = '{}'",
+            s.union_codes[2]
+        ),
+    )
+    .await?;
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[2]).await?,
+        Err("unknown_person".to_string())
+    );
+    // Person 0, untouched, is answered as before.
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[0]).await?,
+        Ok(json!(2_000_000))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn answers_follow_changes_to_codes_and_copies_sqlite() -> Result<()> {
+    answers_follow_changes_to_codes_and_copies(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn answers_follow_changes_to_codes_and_copies_postgres() -> Result<()> {
+    answers_follow_changes_to_codes_and_copies(Backend::Postgres).await
+}

@@ -7,6 +7,12 @@
 //! and answers them all from one `VALUES` list joined with `person_codes` and
 //! `copies`, so the hand-off is paid once per batch instead of per query, on
 //! a database connection of its own.
+//!
+//! On SQLite the answers are also kept in memory while the database's lookup
+//! generation holds ([`cache`]); a batch whose lookups are all cached costs
+//! one read of that number.
+
+pub mod cache;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,7 +23,7 @@ use crate::store::Pools;
 const MAX_BATCH: usize = 128;
 
 /// One query's read: the requester's code for the person, and the provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lookup {
     /// The requester org.
     pub requester: String,
@@ -83,6 +89,11 @@ impl Lookups {
 }
 
 async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
+    // PostgreSQL keeps its buffers across other sessions' commits: no cache.
+    let mut cache = match pools {
+        Pools::Sqlite { .. } => Some(cache::Cache::new(cache::MAX_BYTES)),
+        Pools::Postgres(_) => None,
+    };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -92,7 +103,7 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match find_all(&pools, &lookups).await {
+        match answer(&pools, cache.as_mut(), &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -108,6 +119,47 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
     }
     // The connection is this task's own: close it with the task.
     pools.close_own().await;
+}
+
+/// Answers a batch from the cache where the generation allows, else from
+/// the database (and keeps what it read).
+async fn answer(
+    pools: &Pools,
+    cache: Option<&mut cache::Cache>,
+    lookups: &[Lookup],
+) -> Result<Vec<Found>, BrokerError> {
+    let Some(cache) = cache else {
+        return find_all(pools, lookups).await;
+    };
+    // Read before the answers, so an answer is never kept under a number
+    // older than a change it missed.
+    cache.observe(generation(pools).await?);
+    let split = cache.split(lookups);
+    if split.misses.is_empty() {
+        return Ok(cache::fill(lookups, split, &[]));
+    }
+    let asked: Vec<Lookup> = split.misses.iter().map(|&i| lookups[i].clone()).collect();
+    let read: Vec<(usize, Found)> = split
+        .misses
+        .iter()
+        .copied()
+        .zip(find_all(pools, &asked).await?)
+        .collect();
+    for (i, found) in &read {
+        cache.store(lookups[*i].clone(), found.clone());
+    }
+    Ok(cache::fill(lookups, split, &read))
+}
+
+/// The lookup generation: bumped by triggers with every change to person
+/// codes or copies (migration `0005_lookup_generation.sql`).
+async fn generation(pools: &Pools) -> Result<i64, BrokerError> {
+    let generation: i64 = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_scalar("SELECT n FROM lookup_generation WHERE id = 1")
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(generation)
 }
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
