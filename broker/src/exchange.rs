@@ -16,7 +16,7 @@ use crate::copies;
 use crate::error::BrokerError;
 use crate::identity::MappedCode;
 use crate::policy::{self, Asked, Denial, OrgRef};
-use crate::records::{Outcome, RecordDraft};
+use crate::records::{ExpectedAppend, Outcome, RecordDraft};
 use crate::results::{self, OwnedResult};
 use crate::state::AppState;
 use crate::store::OrgRecord;
@@ -27,6 +27,9 @@ pub async fn query(
     requester: &OrgRecord,
     req: QueryRequest,
 ) -> Result<QueryResponse, BrokerError> {
+    // Every way out of a query appends a record: the writer may hold a
+    // commit briefly for it. Dropped just before the append.
+    let coming = state.records.expect_append();
     let now = OffsetDateTime::now_utc();
     let query_id = QueryId::random();
     let flows = state.flows();
@@ -53,6 +56,7 @@ pub async fn query(
         _ => {
             return deny(
                 state,
+                coming,
                 draft,
                 Denial::NotOnFlowList("the provider is not an active org").to_error(),
             )
@@ -77,7 +81,7 @@ pub async fn query(
         now.date(),
     ) {
         Ok(d) => d,
-        Err(denial) => return deny(state, draft, denial.to_error()).await,
+        Err(denial) => return deny(state, coming, draft, denial.to_error()).await,
     };
 
     // One read maps the person to the provider's code and fetches the copy.
@@ -98,14 +102,14 @@ pub async fn query(
                 ErrorCode::UnknownPerson,
                 "this org has no person with that code",
             );
-            return deny(state, draft, err).await;
+            return deny(state, coming, draft, err).await;
         }
         MappedCode::NotLinkedByProvider => {
             let err = BrokerError::refused(
                 ErrorCode::NoCopy,
                 "the provider holds no data about this person",
             );
-            return deny(state, draft, err).await;
+            return deny(state, coming, draft, err).await;
         }
     };
     draft.provider_person_code = Some(provider_code.clone());
@@ -115,7 +119,7 @@ pub async fn query(
             ErrorCode::NoCopy,
             "the provider has deposited no copy for this person",
         );
-        return deny(state, draft, err).await;
+        return deny(state, coming, draft, err).await;
     };
 
     let exchange = &state.config.exchange;
@@ -168,6 +172,7 @@ pub async fn query(
         );
         result.pending_cipher = Some(cipher);
         draft.outcome = Outcome::Pending;
+        drop(coming);
         state.records.append_with_result(draft, result).await?;
         return Ok(QueryResponse {
             query_id,
@@ -208,6 +213,7 @@ pub async fn query(
     );
     result.envelope = Some(envelope_json);
     draft.outcome = Outcome::Provided;
+    drop(coming);
     state.records.append_with_result(draft, result).await?;
     Ok(QueryResponse {
         query_id,
@@ -225,6 +231,7 @@ fn secs(s: u64) -> i64 {
 /// Records a denial, then returns it.
 async fn deny(
     state: &AppState,
+    coming: ExpectedAppend,
     mut draft: RecordDraft,
     err: BrokerError,
 ) -> Result<QueryResponse, BrokerError> {
@@ -232,6 +239,7 @@ async fn deny(
         reason: err.code().as_str().to_string(),
     };
     draft.permit_id = None;
+    drop(coming);
     state.record(draft).await?;
     Err(err)
 }

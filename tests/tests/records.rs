@@ -698,6 +698,71 @@ async fn concurrent_appends_are_gap_free(backend: Backend) -> Result<()> {
 }
 both_backends!(concurrent_appends_are_gap_free: group_commit_sqlite, group_commit_postgres);
 
+/// The total rows and the number of commits the writer reported.
+fn commit_totals(metrics: &kakehashi_broker::metrics::Metrics) -> (f64, f64) {
+    let text = metrics.encode();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    (
+        value("kakehashi_record_commit_rows_sum "),
+        value("kakehashi_record_commit_rows_count "),
+    )
+}
+
+/// `commit_delay_us`: a commit waits for a query under way so both share it;
+/// with nothing under way nobody waits.
+async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let metrics = kakehashi_broker::metrics::Metrics::new();
+    let delay = std::time::Duration::from_millis(400);
+    let log = RecordLog::open_observed(
+        env.pools(),
+        &env.keys(),
+        RecordsConfig {
+            commit_delay_us: u64::try_from(delay.as_micros())?,
+            ..quiet()
+        },
+        Some(metrics.commits()),
+    )
+    .await?;
+
+    let started = std::time::Instant::now();
+    log.append(draft(0)).await?;
+    assert!(
+        started.elapsed() < delay,
+        "a lone append waited {:?}",
+        started.elapsed()
+    );
+
+    let coming = log.expect_append();
+    let first = tokio::spawn({
+        let log = log.clone();
+        async move { log.append(draft(1)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !first.is_finished(),
+        "the commit waits for the query under way"
+    );
+    drop(coming);
+    log.append(draft(2)).await?;
+    first.await??;
+    assert_eq!(
+        commit_totals(&metrics),
+        (3.0, 2.0),
+        "the lone append alone, then both in one commit"
+    );
+    assert_eq!(env.seqs().await?, vec![1, 2, 3]);
+    Ok(())
+}
+both_backends!(a_commit_waits_for_queries_under_way: commit_delay_sqlite, commit_delay_postgres);
+
 /// Two writers on one store (two broker nodes on PostgreSQL, or the command
 /// line appending an export record beside a running broker): each commits on
 /// the head it last wrote, so every turn of the other one moves the head

@@ -110,9 +110,7 @@ impl Cache {
         let key_bytes = size - size_of_found(&found);
         if let Some(old) = self.entries.insert(lookup, found) {
             // The key was already counted with the entry it replaces.
-            self.bytes = self
-                .bytes
-                .saturating_sub(key_bytes + size_of_found(&old));
+            self.bytes = self.bytes.saturating_sub(key_bytes + size_of_found(&old));
         }
         self.bytes += size;
     }

@@ -32,7 +32,7 @@ pub(crate) mod wal;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -76,6 +76,11 @@ pub struct RecordsConfig {
     /// How often a background connection checkpoints the SQLite WAL into the
     /// database file, so no commit has to; 0 leaves it to the writer.
     pub wal_checkpoint_interval_ms: u64,
+    /// How long a group commit waits for queries under way to join it
+    /// (microseconds; only while some are; 0 never waits). Under load it
+    /// makes commits several times larger, so each query pays a fraction of
+    /// a commit; an answer waits at most this much longer.
+    pub commit_delay_us: u64,
 }
 
 impl Default for RecordsConfig {
@@ -89,6 +94,7 @@ impl Default for RecordsConfig {
             queue_capacity: 65_536,
             person_index_interval_ms: 1_000,
             wal_checkpoint_interval_ms: 250,
+            commit_delay_us: 1_000,
         }
     }
 }
@@ -208,6 +214,20 @@ pub struct RecordLog {
     committed: writer::CommittedHead,
     /// Records by person code, beside a SQLite database (R18).
     person_index: Option<person_index::PersonIndex>,
+    /// Queries under way that will append soon (see [`RecordLog::expect_append`]).
+    coming: Arc<AtomicUsize>,
+}
+
+/// A query under way that will append a record soon; the writer may hold a
+/// commit briefly for it (`commit_delay_us`). Drop it just before appending,
+/// so the writer stops counting it once its record is queued.
+#[must_use = "the writer counts the query only while this lives"]
+pub struct ExpectedAppend(Arc<AtomicUsize>);
+
+impl Drop for ExpectedAppend {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for RecordLog {
@@ -259,13 +279,13 @@ impl RecordLog {
         }
         let (jobs, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committed = writer::CommittedHead::default();
-        let writer = writer::spawn(
-            rx,
-            pools.clone(),
-            config.max_batch.max(1),
-            commits,
-            committed.clone(),
-        );
+        let coming = Arc::new(AtomicUsize::new(0));
+        let batching = writer::Batching {
+            max_batch: config.max_batch.max(1),
+            commit_delay: Duration::from_micros(config.commit_delay_us),
+            coming: coming.clone(),
+        };
+        let writer = writer::spawn(rx, pools.clone(), batching, commits, committed.clone());
         let person_index = person_index::PersonIndex::open(&pools).await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
@@ -281,6 +301,7 @@ impl RecordLog {
             seal_lock: tokio::sync::Mutex::new(()),
             committed,
             person_index,
+            coming,
         });
         let mut tasks = vec![tokio::spawn(seal_task(
             Arc::downgrade(&log),
@@ -317,6 +338,12 @@ impl RecordLog {
         }
         tracing::info!(key_id = %log.sealer_key_id, "provision records open");
         Ok(log)
+    }
+
+    /// Tells the writer a query is under way and will append soon.
+    pub fn expect_append(&self) -> ExpectedAppend {
+        self.coming.fetch_add(1, Ordering::AcqRel);
+        ExpectedAppend(self.coming.clone())
     }
 
     /// Appends one record; returns its sequence number only after the

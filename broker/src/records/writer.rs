@@ -104,6 +104,28 @@ pub(crate) enum Job {
     },
 }
 
+/// How the writer groups appends into commits.
+#[derive(Clone)]
+pub(crate) struct Batching {
+    /// Most records in one transaction.
+    pub max_batch: usize,
+    /// How long a commit may wait for queries under way to join it.
+    pub commit_delay: std::time::Duration,
+    /// Queries under way that will append soon ([`super::ExpectedAppend`]).
+    pub coming: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Batching {
+    /// Whether a commit of `rows` waits once for more: PostgreSQL's
+    /// `commit_delay` with `commit_siblings = 1`. Under load every commit
+    /// (its fsync, its hand-offs, its WAL pages shared by all its rows) is
+    /// paid by several times more queries; with nothing under way, nobody
+    /// waits.
+    pub fn should_wait(&self, rows: usize, coming: usize) -> bool {
+        !self.commit_delay.is_zero() && rows > 0 && rows < self.max_batch && coming > 0
+    }
+}
+
 /// Starts the writer on a thread of its own with a single-threaded runtime,
 /// so its hand-offs with the database (several per commit) are not queued
 /// behind request tasks busy with cryptography on the shared workers; the
@@ -115,7 +137,7 @@ pub(crate) enum Job {
 pub(crate) fn spawn(
     rx: mpsc::Receiver<Job>,
     pools: Pools,
-    max_batch: usize,
+    batching: Batching,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
 ) -> tokio::task::JoinHandle<()> {
@@ -128,7 +150,12 @@ pub(crate) fn spawn(
         Err(e) => {
             // Without its own thread the writer still works, only slower.
             tracing::warn!(error = %e, "records writer runs on the shared runtime");
-            return tokio::spawn(run(rx, pools, max_batch, metrics, head));
+            // Its wait for more would block a shared worker: none then.
+            let batching = Batching {
+                commit_delay: std::time::Duration::ZERO,
+                ..batching
+            };
+            return tokio::spawn(run(rx, pools, batching, metrics, head));
         }
     };
     let thread = std::thread::Builder::new()
@@ -139,7 +166,7 @@ pub(crate) fn spawn(
                     Pools::Postgres(_) => pools.own(2),
                     sqlite => sqlite,
                 };
-                run(rx, pools, max_batch, metrics, head).await;
+                run(rx, pools, batching, metrics, head).await;
             });
             let _ = finished.send(());
         });
@@ -166,10 +193,11 @@ struct Writer {
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     pools: Pools,
-    max_batch: usize,
+    batching: Batching,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
 ) {
+    let max_batch = batching.max_batch;
     let mut writer = Writer {
         pools,
         ensured_months: BTreeSet::new(),
@@ -181,32 +209,44 @@ pub(crate) async fn run(
         let mut waiters = Vec::new();
         let mut close = None;
         let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Append { row, done } => {
-                    rows.push(*row);
-                    waiters.push(done);
+        let mut waited = false;
+        loop {
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append { row, done } => {
+                        rows.push(*row);
+                        waiters.push(done);
+                    }
+                    Job::Purge { plan, done } => {
+                        // A purge commits alone, after what was queued before it.
+                        writer
+                            .commit_appends(std::mem::take(&mut rows), std::mem::take(&mut waiters))
+                            .await;
+                        let result = writer
+                            .commit(&[&plan.record], Some(&plan))
+                            .await
+                            .map(|seqs| seqs.first().copied().unwrap_or(0))
+                            .map_err(|e| e.to_string());
+                        let _ = done.send(result);
+                    }
+                    Job::Close { done } => {
+                        close = Some(done);
+                        break;
+                    }
                 }
-                Job::Purge { plan, done } => {
-                    // A purge commits alone, after what was queued before it.
-                    writer
-                        .commit_appends(std::mem::take(&mut rows), std::mem::take(&mut waiters))
-                        .await;
-                    let result = writer
-                        .commit(&[&plan.record], Some(&plan))
-                        .await
-                        .map(|seqs| seqs.first().copied().unwrap_or(0))
-                        .map_err(|e| e.to_string());
-                    let _ = done.send(result);
-                }
-                Job::Close { done } => {
-                    close = Some(done);
-                    break;
+                if rows.len() < max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
-            if rows.len() < max_batch {
-                next = rx.try_recv().ok();
+            let coming = batching.coming.load(std::sync::atomic::Ordering::Acquire);
+            if close.is_some() || waited || !batching.should_wait(rows.len(), coming) {
+                break;
             }
+            waited = true;
+            // The writer owns this thread (see `spawn`): a blocking sleep is the
+            // sub-millisecond wait that tokio's 1 ms timer cannot give.
+            std::thread::sleep(batching.commit_delay);
+            next = rx.try_recv().ok();
         }
         writer.commit_appends(rows, waiters).await;
         if let Some(done) = close {
@@ -580,5 +620,30 @@ impl Writer {
                 commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batching;
+    use std::time::Duration;
+
+    fn batching(delay_us: u64) -> Batching {
+        Batching {
+            max_batch: 8,
+            commit_delay: Duration::from_micros(delay_us),
+            coming: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_commit_waits_only_for_queries_under_way_with_room_left() {
+        let b = batching(1_000);
+        assert!(b.should_wait(1, 1));
+        assert!(b.should_wait(7, 30));
+        assert!(!b.should_wait(1, 0), "nobody under way");
+        assert!(!b.should_wait(8, 5), "the batch is full");
+        assert!(!b.should_wait(0, 5), "nothing to commit yet");
+        assert!(!batching(0).should_wait(1, 5), "the delay is off");
     }
 }
