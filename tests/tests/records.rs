@@ -725,7 +725,7 @@ async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
         env.pools(),
         &env.keys(),
         RecordsConfig {
-            commit_delay_us: u64::try_from(delay.as_micros())?,
+            commit_delay_us: Some(u64::try_from(delay.as_micros())?),
             ..quiet()
         },
         Some(metrics.commits()),

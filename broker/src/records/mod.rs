@@ -54,6 +54,10 @@ pub use verify::{trusted_keys, verify_store, Verdict, SEALER_KEY_FILE};
 /// The org id that system records (exports, purges) name as requester.
 pub const SYSTEM_ORG: &str = "kakehashi-broker";
 
+/// The group commit's wait on SQLite unless configured (see
+/// [`RecordsConfig::commit_delay_us`]).
+pub const SQLITE_COMMIT_DELAY_US: u64 = 1_000;
+
 /// `[records]` settings. Defaults suit production.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,8 +83,11 @@ pub struct RecordsConfig {
     /// How long a group commit waits for queries under way to join it
     /// (microseconds; only while some are; 0 never waits). Under load it
     /// makes commits several times larger, so each query pays a fraction of
-    /// a commit; an answer waits at most this much longer.
-    pub commit_delay_us: u64,
+    /// a commit; an answer waits at most this much longer. Unset: 1,000 on
+    /// SQLite, where a commit costs the broker's own CPU; 0 on PostgreSQL,
+    /// whose commits cost the database's round trip and fsync (its own
+    /// `commit_delay` is there for that).
+    pub commit_delay_us: Option<u64>,
 }
 
 impl Default for RecordsConfig {
@@ -94,7 +101,7 @@ impl Default for RecordsConfig {
             queue_capacity: 65_536,
             person_index_interval_ms: 1_000,
             wal_checkpoint_interval_ms: 250,
-            commit_delay_us: 1_000,
+            commit_delay_us: None,
         }
     }
 }
@@ -282,7 +289,10 @@ impl RecordLog {
         let coming = Arc::new(AtomicUsize::new(0));
         let batching = writer::Batching {
             max_batch: config.max_batch.max(1),
-            commit_delay: Duration::from_micros(config.commit_delay_us),
+            commit_delay: Duration::from_micros(config.commit_delay_us.unwrap_or(match pools {
+                Pools::Sqlite { .. } => SQLITE_COMMIT_DELAY_US,
+                Pools::Postgres(_) => 0,
+            })),
             coming: coming.clone(),
         };
         let writer = writer::spawn(rx, pools.clone(), batching, commits, committed.clone());
