@@ -49,6 +49,28 @@ impl CommitMetrics {
     }
 }
 
+/// What the query path's lookup cache reports (SQLite): lookups answered
+/// from memory, lookups read from the database, and times the cache was
+/// emptied because person codes or copies changed.
+#[derive(Clone, Default)]
+pub struct LookupMetrics {
+    hits: Counter,
+    misses: Counter,
+    resets: Counter,
+}
+
+impl LookupMetrics {
+    /// One batch: `hits` answered from memory, `misses` read, `reset` if the
+    /// cache was emptied first.
+    pub fn observe(&self, hits: usize, misses: usize, reset: bool) {
+        self.hits.inc_by(hits as u64);
+        self.misses.inc_by(misses as u64);
+        if reset {
+            self.resets.inc();
+        }
+    }
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -57,6 +79,7 @@ pub struct Metrics {
     latency: LatencyFamily,
     connections: Gauge,
     commits: CommitMetrics,
+    lookups: LookupMetrics,
 }
 
 impl Default for Metrics {
@@ -107,6 +130,22 @@ impl Metrics {
             "Duration of each group-commit transaction, fsync included",
             commits.seconds.clone(),
         );
+        let lookups = LookupMetrics::default();
+        registry.register(
+            "lookup_cache_hits",
+            "Query-path lookups answered from memory (SQLite)",
+            lookups.hits.clone(),
+        );
+        registry.register(
+            "lookup_cache_misses",
+            "Query-path lookups read from the database (SQLite)",
+            lookups.misses.clone(),
+        );
+        registry.register(
+            "lookup_cache_resets",
+            "Times the lookup cache was emptied because person codes or copies changed",
+            lookups.resets.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -114,6 +153,7 @@ impl Metrics {
             latency,
             connections,
             commits,
+            lookups,
         }
     }
 
@@ -145,6 +185,11 @@ impl Metrics {
     /// The records writer's handle for group-commit observations.
     pub fn commits(&self) -> CommitMetrics {
         self.commits.clone()
+    }
+
+    /// The lookup task's handle for cache observations.
+    pub fn lookups(&self) -> LookupMetrics {
+        self.lookups.clone()
     }
 
     /// Prometheus text exposition.

@@ -58,8 +58,8 @@ impl AppState {
         let limits = Arc::new(RateLimits::new(&config.limits));
         Ok(Self {
             directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
+            lookups: crate::lookups::Lookups::start(pools.clone(), metrics.lookups()),
             metrics,
-            lookups: crate::lookups::Lookups::start(pools.clone()),
             limits,
             keys,
             records,

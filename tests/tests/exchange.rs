@@ -707,6 +707,18 @@ async fn answers_follow_changes_to_codes_and_copies(backend: Backend) -> Result<
         income_of(&mut s.union, &s.union_codes[2]).await?,
         Ok(json!(2_000_002))
     );
+    // Asked again with nothing changed: on SQLite answered from memory.
+    assert_eq!(
+        income_of(&mut s.union, &s.union_codes[1]).await?,
+        Ok(json!(2_000_001))
+    );
+    let hits_after_repeat = lookup_cache_metric(&mut s.union, "hits").await?;
+    let cached = backend == Backend::Sqlite;
+    assert_eq!(
+        hits_after_repeat >= 1.0,
+        cached,
+        "hits: {hits_after_repeat}"
+    );
 
     // The city deposits a newer copy: the next answer carries it.
     let newer = json!({"person": s.city_codes[1], "items": {"local_tax.income": 3_100_000}});
@@ -748,7 +760,20 @@ async fn answers_follow_changes_to_codes_and_copies(backend: Backend) -> Result<
         income_of(&mut s.union, &s.union_codes[0]).await?,
         Ok(json!(2_000_000))
     );
+    // Each change emptied the cache (operators see it in /metrics).
+    let resets = lookup_cache_metric(&mut s.union, "resets").await?;
+    assert_eq!(resets >= 3.0, cached, "resets: {resets}");
     Ok(())
+}
+
+/// `kakehashi_lookup_cache_<what>_total` from /metrics.
+async fn lookup_cache_metric(client: &mut kakehashi_tests::TestClient, what: &str) -> Result<f64> {
+    let text = String::from_utf8(client.get("/metrics").await?.body.to_vec())?;
+    let name = format!("kakehashi_lookup_cache_{what}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name}in /metrics"))
 }
 
 #[tokio::test]

@@ -59,12 +59,12 @@ pub struct Lookups {
 
 impl Lookups {
     /// Starts the batching task on the current runtime.
-    pub fn start(pools: Pools) -> Lookups {
+    pub fn start(pools: Pools, metrics: crate::metrics::LookupMetrics) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
         // The task runs one batch at a time, so one connection of its own
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
-        tokio::spawn(run(rx, pools.own(1)));
+        tokio::spawn(run(rx, pools.own(1), metrics));
         Lookups { tx }
     }
 
@@ -88,7 +88,11 @@ impl Lookups {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
+async fn run(
+    mut rx: mpsc::Receiver<(Lookup, Reply)>,
+    pools: Pools,
+    metrics: crate::metrics::LookupMetrics,
+) {
     // PostgreSQL keeps its buffers across other sessions' commits: no cache.
     let mut cache = match pools {
         Pools::Sqlite { .. } => Some(cache::Cache::new(cache::MAX_BYTES)),
@@ -103,7 +107,7 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match answer(&pools, cache.as_mut(), &lookups).await {
+        match answer(&pools, cache.as_mut(), &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -126,6 +130,7 @@ async fn run(mut rx: mpsc::Receiver<(Lookup, Reply)>, pools: Pools) {
 async fn answer(
     pools: &Pools,
     cache: Option<&mut cache::Cache>,
+    metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
 ) -> Result<Vec<Found>, BrokerError> {
     let Some(cache) = cache else {
@@ -133,8 +138,14 @@ async fn answer(
     };
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
-    cache.observe(generation(pools).await?);
+    let held = !cache.is_empty();
+    let reset = cache.observe(generation(pools).await?) && held;
     let split = cache.split(lookups);
+    metrics.observe(
+        split.answers.iter().filter(|a| a.is_some()).count(),
+        split.misses.len(),
+        reset,
+    );
     if split.misses.is_empty() {
         return Ok(cache::fill(lookups, split, &[]));
     }
