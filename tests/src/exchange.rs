@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use http::StatusCode;
+use kakehashi_interfaces::envelope::{open_answer, EnvelopeContext};
 use kakehashi_interfaces::individual_number::check_digit;
-use kakehashi_interfaces::{RegistrationReport, ReplyKeyPair};
+use kakehashi_interfaces::{QueryResponse, RegistrationReport, ReplyKeyPair};
 use serde_json::json;
 
 use crate::{Backend, BrokerOptions, TestBroker, TestClient};
@@ -186,4 +187,42 @@ pub fn all_bytes_under(dir: &std::path::Path) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// The union asks the city for one person's income (`F-0120`): the value it
+/// opens with the query's reply key, or the refusal's error code.
+pub async fn income_of(
+    union: &mut TestClient,
+    union_code: &str,
+) -> Result<Result<serde_json::Value, String>> {
+    let (body, keys) = query_body(
+        "F-0120",
+        "premium-calculation",
+        "city-saitama",
+        union_code,
+        &["local_tax.income"],
+    );
+    let response = union.post("/v1/queries", body).await?;
+    if response.status != StatusCode::OK {
+        return Ok(Err(response.error_code().unwrap_or_default()));
+    }
+    Ok(Ok(
+        opened_items(&response.body, &keys)?["local_tax.income"].clone()
+    ))
+}
+
+/// The items of a union-saitama ← city-saitama answer (a `QueryResponse`
+/// body), opened with the query's reply key.
+pub fn opened_items(body: &[u8], keys: &ReplyKeyPair) -> Result<serde_json::Value> {
+    let answer: QueryResponse = serde_json::from_slice(body)?;
+    let context = EnvelopeContext {
+        query_id: answer.query_id.clone(),
+        requester: "union-saitama".parse()?,
+        provider: "city-saitama".parse()?,
+    };
+    let envelope = answer
+        .envelope
+        .ok_or_else(|| anyhow::anyhow!("a provided answer without an envelope"))?;
+    let payload = open_answer(keys, &context, &envelope)?;
+    Ok(serde_json::to_value(&payload.items)?)
 }

@@ -5,7 +5,8 @@ use http::StatusCode;
 use kakehashi_interfaces::envelope::{open_answer, EnvelopeContext};
 use kakehashi_interfaces::{PermitKeySet, QueryResponse, QueryStatus, ReplyKeyPair};
 use kakehashi_tests::exchange::{
-    exchange_broker, individual_number, post_ok, query_body, registration_line, scenario,
+    exchange_broker, income_of, individual_number, opened_items, post_ok, query_body,
+    registration_line, scenario,
 };
 use kakehashi_tests::Backend;
 use serde_json::json;
@@ -610,19 +611,8 @@ async fn concurrent_queries_get_their_own_answers(backend: Backend) -> Result<()
             continue;
         }
         assert_eq!(response.status, StatusCode::OK, "{body}");
-        let answer: QueryResponse = serde_json::from_slice(&response.body)?;
-        let context = EnvelopeContext {
-            query_id: answer.query_id.clone(),
-            requester: "union-saitama".parse()?,
-            provider: "city-saitama".parse()?,
-        };
-        let envelope = answer
-            .envelope
-            .clone()
-            .expect("provided answers carry an envelope");
-        let payload = open_answer(&keys, &context, &envelope)?;
         assert_eq!(
-            serde_json::to_value(&payload.items)?,
+            opened_items(&response.body, &keys)?,
             json!({"local_tax.income": 2_000_000 + (i / 2) as u64}),
             "query {i} got another person's answer"
         );
@@ -638,38 +628,6 @@ async fn concurrent_queries_get_their_own_answers_sqlite() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_queries_get_their_own_answers_postgres() -> Result<()> {
     concurrent_queries_get_their_own_answers(Backend::Postgres).await
-}
-
-/// The union asks the city for one person's income: the value it opens, or
-/// the refusal's error code.
-async fn income_of(
-    union: &mut kakehashi_tests::TestClient,
-    union_code: &str,
-) -> Result<Result<serde_json::Value, String>> {
-    let (body, keys) = query_body(
-        "F-0120",
-        "premium-calculation",
-        "city-saitama",
-        union_code,
-        &["local_tax.income"],
-    );
-    let response = union.post("/v1/queries", body).await?;
-    if response.status != StatusCode::OK {
-        return Ok(Err(response.error_code().unwrap_or_default()));
-    }
-    let answer: QueryResponse = serde_json::from_slice(&response.body)?;
-    let context = EnvelopeContext {
-        query_id: answer.query_id.clone(),
-        requester: "union-saitama".parse()?,
-        provider: "city-saitama".parse()?,
-    };
-    let envelope = answer
-        .envelope
-        .ok_or_else(|| anyhow::anyhow!("a provided answer without an envelope"))?;
-    let payload = open_answer(&keys, &context, &envelope)?;
-    Ok(Ok(serde_json::to_value(&payload.items)?
-        ["local_tax.income"]
-        .clone()))
 }
 
 /// Runs SQL as another writer would: on SQLite a connection of its own to the

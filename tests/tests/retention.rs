@@ -3,34 +3,21 @@
 //! years after loss of eligibility. Real brokers, both backends.
 
 use anyhow::{bail, Context, Result};
-use http::StatusCode;
 use kakehashi_broker::records::{self, Verdict};
 use kakehashi_broker::retention::{self, RetentionConfig};
-use kakehashi_interfaces::{QueryResponse, QueryStatus, RegistrationReport};
+use kakehashi_interfaces::RegistrationReport;
 use kakehashi_tests::exchange::{
-    exchange_broker, individual_number, post_ok, query_body, registration_line,
+    exchange_broker, income_of, individual_number, post_ok, registration_line,
     registration_line_lost, scenario,
 };
 use kakehashi_tests::{both_backends, sql_count, sql_exec, Backend, TestBroker, TestClient};
 
 /// The union asks the city for one person's income; the error code or "provided".
 async fn ask_income(union: &mut TestClient, union_code: &str) -> Result<String> {
-    let (body, _) = query_body(
-        "F-0120",
-        "premium-calculation",
-        "city-saitama",
-        union_code,
-        &["local_tax.income"],
-    );
-    let response = union.post("/v1/queries", body).await?;
-    if response.status == StatusCode::OK {
-        let answer: QueryResponse = serde_json::from_slice(&response.body)?;
-        if answer.status != QueryStatus::Provided {
-            bail!("unexpected status {:?}", answer.status);
-        }
-        return Ok("provided".into());
-    }
-    Ok(response.error_code().unwrap_or_default())
+    Ok(match income_of(union, union_code).await? {
+        Ok(_) => "provided".into(),
+        Err(code) => code,
+    })
 }
 
 /// Runs the erasure now with the default periods, as `ops-suzuki`.
