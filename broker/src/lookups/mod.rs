@@ -163,14 +163,19 @@ async fn answer(
 }
 
 /// The lookup generation: bumped by triggers with every change to person
-/// codes or copies (migration `0005_lookup_generation.sql`).
+/// codes or copies (SQLite migration `0005_lookup_generation.sql`; the
+/// PostgreSQL schema has no such table, and no cache).
 async fn generation(pools: &Pools) -> Result<i64, BrokerError> {
-    let generation: i64 = crate::on_pool!(pools, read, |pool| {
+    let Pools::Sqlite { read, .. } = pools else {
+        return Err(BrokerError::Config(
+            "the lookup generation is kept on SQLite only".into(),
+        ));
+    };
+    Ok(
         sqlx::query_scalar("SELECT n FROM lookup_generation WHERE id = 1")
-            .fetch_one(pool)
-            .await?
-    });
-    Ok(generation)
+            .fetch_one(read)
+            .await?,
+    )
 }
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
