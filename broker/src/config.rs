@@ -217,6 +217,9 @@ impl Default for KeysConfig {
     }
 }
 
+/// The longest `[records] commit_delay_us` accepted.
+pub const MAX_COMMIT_DELAY_US: u64 = 1_000_000;
+
 impl Config {
     /// Reads and validates a config file, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Config, BrokerError> {
@@ -233,7 +236,19 @@ impl Config {
 
     /// Parses config text without touching the file system.
     pub fn parse(text: &str) -> Result<Config, BrokerError> {
-        toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))
+        let config: Config =
+            toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        if config
+            .records
+            .commit_delay_us
+            .is_some_and(|us| us > MAX_COMMIT_DELAY_US)
+        {
+            // Every answer under load may wait this long for its commit.
+            return Err(BrokerError::Config(format!(
+                "[records] commit_delay_us must be at most {MAX_COMMIT_DELAY_US} (one second)"
+            )));
+        }
+        Ok(config)
     }
 
     /// Makes every relative path absolute with respect to `base`.
@@ -280,6 +295,22 @@ mod tests {
         assert!(!c.tls.allow_tls12);
         assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
         assert!(matches!(c.storage.target(), Ok(StorageTarget::Sqlite(_))));
+    }
+
+    #[test]
+    fn a_commit_delay_past_one_second_is_refused() {
+        let with =
+            |us: u64| Config::parse(&format!("{MINIMAL}\n[records]\ncommit_delay_us = {us}"));
+        assert_eq!(with(2_500).unwrap().records.commit_delay_us, Some(2_500));
+        let err = with(5_000_000).unwrap_err().to_string();
+        assert!(
+            err.contains("commit_delay_us must be at most 1000000"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().records.commit_delay_us,
+            None
+        );
     }
 
     #[test]
