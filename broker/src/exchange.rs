@@ -231,7 +231,7 @@ fn secs(s: u64) -> i64 {
 /// Records a denial, then returns it.
 async fn deny(
     state: &AppState,
-    coming: ExpectedAppend,
+    coming: ExpectedAppend<'_>,
     mut draft: RecordDraft,
     err: BrokerError,
 ) -> Result<QueryResponse, BrokerError> {

@@ -98,19 +98,18 @@ impl Cache {
             // Nothing observed: no number would tell when this went stale.
             return;
         }
-        let size = entry_bytes(&lookup, &found);
+        let key = key_bytes(&lookup);
+        let size = key + size_of_found(&found);
         if size > self.max_bytes {
             return;
         }
         if self.bytes + size > self.max_bytes {
-            let generation = self.generation;
+            // Starting over keeps the generation: it still holds.
             self.clear();
-            self.generation = generation;
         }
-        let key_bytes = size - size_of_found(&found);
         if let Some(old) = self.entries.insert(lookup, found) {
             // The key was already counted with the entry it replaces.
-            self.bytes = self.bytes.saturating_sub(key_bytes + size_of_found(&old));
+            self.bytes = self.bytes.saturating_sub(key + size_of_found(&old));
         }
         self.bytes += size;
     }
@@ -142,11 +141,13 @@ pub fn fill(lookups: &[Lookup], split: Split, read: &[(usize, Found)]) -> Vec<Fo
         .collect()
 }
 
+fn key_bytes(lookup: &Lookup) -> usize {
+    lookup.requester.len() + lookup.requester_code.len() + lookup.provider.len()
+}
+
+#[cfg(test)]
 fn entry_bytes(lookup: &Lookup, found: &Found) -> usize {
-    lookup.requester.len()
-        + lookup.requester_code.len()
-        + lookup.provider.len()
-        + size_of_found(found)
+    key_bytes(lookup) + size_of_found(found)
 }
 
 fn size_of_found(found: &Found) -> usize {
@@ -154,7 +155,7 @@ fn size_of_found(found: &Found) -> usize {
     const OVERHEAD: usize = 160;
     OVERHEAD
         + match found {
-            Found::Provider { code, cipher } => code.len() + cipher.as_ref().map_or(0, Vec::len),
+            Found::Provider { code, cipher } => code.len() + cipher.as_ref().map_or(0, |c| c.len()),
             _ => 0,
         }
 }
@@ -174,7 +175,7 @@ mod tests {
     fn copy(code: &str) -> Found {
         Found::Provider {
             code: code.into(),
-            cipher: Some(vec![7; 100]),
+            cipher: Some(vec![7; 100].into()),
         }
     }
 

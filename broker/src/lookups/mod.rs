@@ -44,8 +44,9 @@ pub enum Found {
     Provider {
         /// The provider's code for the person.
         code: String,
-        /// The copy as stored (AES-GCM at rest), if deposited.
-        cipher: Option<Vec<u8>>,
+        /// The copy as stored (AES-GCM at rest), if deposited; shared, so an
+        /// answer from the cache costs no copy of it.
+        cipher: Option<std::sync::Arc<[u8]>>,
     },
 }
 
@@ -223,7 +224,10 @@ pub async fn find_all(pools: &Pools, lookups: &[Lookup]) -> Result<Vec<Found>, B
         };
         *slot = match code {
             None => Found::NotLinkedByProvider,
-            Some(code) => Found::Provider { code, cipher },
+            Some(code) => Found::Provider {
+                code,
+                cipher: cipher.map(std::sync::Arc::from),
+            },
         };
     }
     Ok(found)

@@ -229,9 +229,9 @@ pub struct RecordLog {
 /// commit briefly for it (`commit_delay_us`). Drop it just before appending,
 /// so the writer stops counting it once its record is queued.
 #[must_use = "the writer counts the query only while this lives"]
-pub struct ExpectedAppend(Arc<AtomicUsize>);
+pub struct ExpectedAppend<'a>(&'a AtomicUsize);
 
-impl Drop for ExpectedAppend {
+impl Drop for ExpectedAppend<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -351,9 +351,9 @@ impl RecordLog {
     }
 
     /// Tells the writer a query is under way and will append soon.
-    pub fn expect_append(&self) -> ExpectedAppend {
+    pub fn expect_append(&self) -> ExpectedAppend<'_> {
         self.coming.fetch_add(1, Ordering::AcqRel);
-        ExpectedAppend(self.coming.clone())
+        ExpectedAppend(&self.coming)
     }
 
     /// Appends one record; returns its sequence number only after the
