@@ -27,6 +27,7 @@ mod db;
 mod export;
 mod person_index;
 mod purge;
+mod sqlite_direct;
 mod verify;
 pub(crate) mod wal;
 mod writer;

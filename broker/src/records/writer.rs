@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{self, to_hash, to_i64};
+use super::sqlite_direct::{DirectError, DirectWriter};
 use super::RecordDraft;
 use crate::error::BrokerError;
 use crate::metrics::CommitMetrics;
@@ -155,18 +156,29 @@ pub(crate) fn spawn(
                 commit_delay: std::time::Duration::ZERO,
                 ..batching
             };
-            return tokio::spawn(run(rx, pools, batching, metrics, head));
+            return tokio::spawn(run(rx, pools, None, batching, metrics, head));
         }
     };
     let thread = std::thread::Builder::new()
         .name("records-writer".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let pools = match pools {
-                    Pools::Postgres(_) => pools.own(2),
-                    sqlite => sqlite,
+                let (pools, direct) = match pools {
+                    Pools::Postgres(_) => (pools.own(2), None),
+                    Pools::Sqlite { ref write, .. } => {
+                        let path = write.connect_options().get_filename().to_path_buf();
+                        let direct = match DirectWriter::open(&path) {
+                            Ok(direct) => Some(direct),
+                            Err(e) => {
+                                // Commits still go through sqlx, only slower.
+                                tracing::warn!(error = %e, "records writer's own SQLite connection could not open");
+                                None
+                            }
+                        };
+                        (pools, direct)
+                    }
                 };
-                run(rx, pools, batching, metrics, head).await;
+                run(rx, pools, direct, batching, metrics, head).await;
             });
             let _ = finished.send(());
         });
@@ -183,6 +195,11 @@ pub(crate) fn spawn(
 /// The writer's state between commits.
 struct Writer {
     pools: Pools,
+    /// On SQLite, the writer's own connection for the common commit
+    /// ([`super::sqlite_direct`]); `None` on PostgreSQL, or after it failed.
+    /// In a mutex only so the writer's future may move between threads (a
+    /// connection is not `Sync`); only the writer ever locks it.
+    direct: Option<std::sync::Mutex<DirectWriter>>,
     /// PostgreSQL months whose partitions exist (created on first use).
     ensured_months: BTreeSet<i32>,
     metrics: Option<CommitMetrics>,
@@ -193,6 +210,7 @@ struct Writer {
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     pools: Pools,
+    direct: Option<DirectWriter>,
     batching: Batching,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
@@ -200,6 +218,7 @@ pub(crate) async fn run(
     let max_batch = batching.max_batch;
     let mut writer = Writer {
         pools,
+        direct: direct.map(std::sync::Mutex::new),
         ensured_months: BTreeSet::new(),
         metrics,
         head,
@@ -434,14 +453,33 @@ macro_rules! commit_in_tx {
     }};
 }
 
-/// Rows with their sequence numbers, chain hashes and outcome columns.
-struct Prepared<'a> {
-    rows: Vec<PreparedRow<'a>>,
-    /// The head after the last row.
-    head: (u64, Hash),
+/// Why the common commit did not happen.
+enum AtFailure {
+    /// Refused as a whole, nothing written: retry under the head lock.
+    Refused(String),
+    /// The database could not be reached.
+    Failed(BrokerError),
 }
 
-type PreparedRow<'a> = (
+impl From<sqlx::Error> for AtFailure {
+    fn from(e: sqlx::Error) -> AtFailure {
+        match e {
+            sqlx::Error::Database(e) => AtFailure::Refused(e.to_string()),
+            e => AtFailure::Failed(e.into()),
+        }
+    }
+}
+
+/// Rows with their sequence numbers, chain hashes and outcome columns.
+pub(super) struct Prepared<'a> {
+    pub rows: Vec<PreparedRow<'a>>,
+    /// The head after the last row.
+    pub head: (u64, Hash),
+}
+
+/// A row with its sequence number, chain hash, and outcome, reason and
+/// detail columns.
+pub(super) type PreparedRow<'a> = (
     &'a NewRow,
     u64,
     Hash,
@@ -451,7 +489,7 @@ type PreparedRow<'a> = (
 );
 
 /// Numbers and hash-links `rows` after `head`.
-fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
+pub(super) fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
     let (mut seq, mut prev) = head;
     let mut prepared = Vec::with_capacity(rows.len());
     for row in rows {
@@ -524,14 +562,14 @@ impl Writer {
             Some(head) if purge.is_none() && rows.len() <= ROWS_PER_STATEMENT => {
                 match self.commit_at(rows, head).await {
                     Ok(prepared) => Ok(prepared),
-                    // The statement was refused as a whole (the head moved
-                    // behind this writer's back, e.g. a purge from the command
-                    // line): nothing was written, so take the locked path.
-                    Err(sqlx::Error::Database(e)) => {
-                        tracing::debug!(error = %e, "records head moved; committing under the head lock");
+                    // Refused as a whole (the head moved behind this
+                    // writer's back, e.g. a purge from the command line):
+                    // nothing was written, so take the locked path.
+                    Err(AtFailure::Refused(why)) => {
+                        tracing::debug!(error = %why, "records head moved or commit refused; committing under the head lock");
                         self.commit_locked(rows, purge).await
                     }
-                    Err(e) => Err(e.into()),
+                    Err(AtFailure::Failed(e)) => Err(e),
                 }
             }
             _ => self.commit_locked(rows, purge).await,
@@ -559,15 +597,31 @@ impl Writer {
     /// stored one, so the records go in one statement guarded by it — one
     /// round trip instead of four (begin, lock, insert, commit).
     async fn commit_at<'a>(
-        &self,
+        &mut self,
         rows: &[&'a NewRow],
         head: (u64, Hash),
-    ) -> Result<Prepared<'a>, sqlx::Error> {
+    ) -> Result<Prepared<'a>, AtFailure> {
         let prepared = prepare(rows, head);
         let old = (head.0, &head.1);
         match &self.pools {
             Pools::Sqlite { write, .. } => {
                 let mut conn = write.acquire().await?;
+                if let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) {
+                    // sqlx's writer stays held (unused) until this commit
+                    // is done: one writer at a time within the broker.
+                    match direct.commit_at(&prepared.rows, old) {
+                        Ok(()) => return Ok(prepared),
+                        Err(DirectError::HeadMoved) => {
+                            return Err(AtFailure::Refused("the records head moved".into()))
+                        }
+                        Err(DirectError::Sqlite(e)) => {
+                            // Rolled back as a whole; sqlx's locked path then
+                            // commits, or reports an error that persists.
+                            tracing::warn!(error = %e, "records commit on the writer's own SQLite connection failed; retrying through sqlx");
+                            return Err(AtFailure::Refused(e.to_string()));
+                        }
+                    }
+                }
                 let mut statement = chunk_statement!(
                     sqlx::Sqlite,
                     INSERT_HEAD_SQLITE,
