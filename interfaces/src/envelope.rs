@@ -404,8 +404,10 @@ pub fn seal_answer(
     if payload.query_id != context.query_id || payload.provider != context.provider {
         return Err(EnvelopeError::ContextMismatch);
     }
-    let json =
-        Zeroizing::new(serde_json::to_vec(payload).map_err(|_| EnvelopeError::InvalidPayload)?);
+    // Sized up front: a buffer grown by doubling would leave copies of the
+    // values behind in freed memory, where `Zeroizing` cannot reach them.
+    let mut json = Zeroizing::new(Vec::with_capacity(1024));
+    serde_json::to_writer(&mut *json, payload).map_err(|_| EnvelopeError::InvalidPayload)?;
     seal(recipient, context, &json)
 }
 
