@@ -6,9 +6,11 @@
 //! the chain linear even with several broker nodes on one PostgreSQL (or the
 //! command line appending beside a running broker):
 //!
-//! - usually the writer knows the head it committed last, and sends the whole
-//!   transaction as one statement whose head update only succeeds if the
-//!   stored head is still that one (one round trip to the database);
+//! - usually the writer knows the head it committed last, and commits the
+//!   batch with a head update that only succeeds if the stored head is still
+//!   that one: on SQLite through its own connection on its own thread
+//!   ([`super::sqlite_direct`]), on PostgreSQL as one statement (one round
+//!   trip to the database);
 //! - otherwise — first commit, a purge, a batch larger than one statement, or
 //!   that guard refusing because someone else moved the head — it locks the
 //!   head row inside a transaction, reads it, and appends after it.
