@@ -35,12 +35,11 @@ pub(crate) enum DirectError {
     /// SQLite refused or failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file is not in WAL mode, which the store always sets: not the
+    /// broker's database, or changed behind its back.
+    #[error("the database is in journal mode {0}, not WAL")]
+    NotWal(String),
 }
-
-const INSERT_RECORD: &str = "INSERT INTO records (seq, recorded_at, query_id, permit_id, \
-     flow_id, flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Moves the head only if it still is the old one; no row changed then
 /// means someone else moved it.
@@ -50,6 +49,9 @@ const MOVE_HEAD: &str =
 /// A connection to the broker's SQLite file, owned by the records writer.
 pub(crate) struct DirectWriter {
     conn: Connection,
+    /// One row of the writer's own column list ([`super::writer`]), so the
+    /// two paths cannot disagree on column order.
+    insert_record: String,
     insert_result: String,
 }
 
@@ -57,7 +59,7 @@ impl DirectWriter {
     /// Opens the database file (already created and migrated by the store)
     /// with the settings of sqlx's writer: WAL, `synchronous = FULL` so a
     /// committed record survives power loss, the same busy timeout.
-    pub fn open(path: &Path) -> Result<DirectWriter, rusqlite::Error> {
+    pub fn open(path: &Path) -> Result<DirectWriter, DirectError> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -65,7 +67,7 @@ impl DirectWriter {
         conn.busy_timeout(Duration::from_secs(10))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(rusqlite::Error::InvalidQuery);
+            return Err(DirectError::NotWal(mode));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -74,12 +76,14 @@ impl DirectWriter {
             "wal_autocheckpoint",
             super::wal::WRITER_AUTOCHECKPOINT,
         )?;
+        let values = |n: usize| {
+            let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+            format!("VALUES ({})", marks.join(", "))
+        };
         Ok(DirectWriter {
             conn,
-            insert_result: format!(
-                "{}VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                crate::results::INSERT_HEAD
-            ),
+            insert_record: format!("{}{}", super::writer::INSERT_HEAD_SQLITE, values(19)),
+            insert_result: format!("{}{}", crate::results::INSERT_HEAD, values(9)),
         })
     }
 
@@ -109,7 +113,7 @@ impl DirectWriter {
             return Err(DirectError::HeadMoved);
         }
         {
-            let mut record = tx.prepare_cached(INSERT_RECORD)?;
+            let mut record = tx.prepare_cached(&self.insert_record)?;
             let mut result = tx.prepare_cached(&self.insert_result)?;
             for (row, seq, hash, outcome, reason, detail) in rows {
                 let d = &row.draft;

@@ -284,7 +284,7 @@ const LOCK_HEAD: &str =
 /// SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_STATEMENT: usize = 400;
 
-const INSERT_HEAD_SQLITE: &str =
+pub(super) const INSERT_HEAD_SQLITE: &str =
     "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
      flow_list_version, procedure_code, requester, provider, items, requester_code, \
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) ";
@@ -616,7 +616,7 @@ impl Writer {
                         Err(DirectError::HeadMoved) => {
                             return Err(AtFailure::Refused("the records head moved".into()))
                         }
-                        Err(DirectError::Sqlite(e)) => {
+                        Err(e) => {
                             // Rolled back as a whole; sqlx's locked path then
                             // commits, or reports an error that persists.
                             tracing::warn!(error = %e, "records commit on the writer's own SQLite connection failed; retrying through sqlx");
