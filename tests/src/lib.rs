@@ -536,9 +536,30 @@ pub async fn sql_count(pools: &store::Pools, sql: &str) -> Result<i64> {
     })
 }
 
+/// The value of the unlabelled sample `name` (e.g.
+/// `kakehashi_record_commit_rows_sum`) in Prometheus text, if present.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (sample, value) = line.split_once(' ')?;
+        if sample == name {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::url_with_database;
+    use super::{metric_value, url_with_database};
+
+    #[test]
+    fn a_metric_is_read_by_its_whole_name() {
+        let text = "# HELP x\nkakehashi_a_total 3\nkakehashi_a_total_more 9\nkakehashi_b 2.5\n";
+        assert_eq!(metric_value(text, "kakehashi_a_total"), Some(3.0));
+        assert_eq!(metric_value(text, "kakehashi_b"), Some(2.5));
+        assert_eq!(metric_value(text, "kakehashi_a"), None);
+    }
 
     #[test]
     fn database_in_url_is_replaced() {

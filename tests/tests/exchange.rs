@@ -93,11 +93,8 @@ async fn permitted_query_is_sealed_to_the_requester(backend: Backend) -> Result<
         metrics.contains("kakehashi_requests_total{route=\"query\",status=\"200\"} 1"),
         "{metrics}"
     );
-    let commits = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kakehashi_record_commit_rows_sum "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let commits =
+        kakehashi_tests::metric_value(&metrics, "kakehashi_record_commit_rows_sum").unwrap_or(0.0);
     assert!(
         commits >= 1.0,
         "the query's record was group-committed: {metrics}"
@@ -727,11 +724,9 @@ async fn answers_follow_changes_to_codes_and_copies(backend: Backend) -> Result<
 /// `kakehashi_lookup_cache_<what>_total` from /metrics.
 async fn lookup_cache_metric(client: &mut kakehashi_tests::TestClient, what: &str) -> Result<f64> {
     let text = String::from_utf8(client.get("/metrics").await?.body.to_vec())?;
-    let name = format!("kakehashi_lookup_cache_{what}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {name}in /metrics"))
+    let name = format!("kakehashi_lookup_cache_{what}_total");
+    kakehashi_tests::metric_value(&text, &name)
+        .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
 }
 
 #[tokio::test]

@@ -701,15 +701,10 @@ both_backends!(concurrent_appends_are_gap_free: group_commit_sqlite, group_commi
 /// The total rows and the number of commits the writer reported.
 fn commit_totals(metrics: &kakehashi_broker::metrics::Metrics) -> (f64, f64) {
     let text = metrics.encode();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(-1.0)
-    };
+    let value = |name| kakehashi_tests::metric_value(&text, name).unwrap_or(-1.0);
     (
-        value("kakehashi_record_commit_rows_sum "),
-        value("kakehashi_record_commit_rows_count "),
+        value("kakehashi_record_commit_rows_sum"),
+        value("kakehashi_record_commit_rows_count"),
     )
 }
 

@@ -95,8 +95,9 @@ async fn run(
     metrics: crate::metrics::LookupMetrics,
 ) {
     // PostgreSQL keeps its buffers across other sessions' commits: no cache.
-    let mut cache = match pools {
-        Pools::Sqlite { .. } => Some(cache::Cache::new(cache::MAX_BYTES)),
+    // On SQLite the cache goes with the reader its generation is read on.
+    let mut cached = match &pools {
+        Pools::Sqlite { read, .. } => Some((read.clone(), cache::Cache::new(cache::MAX_BYTES))),
         Pools::Postgres(_) => None,
     };
     while let Some(first) = rx.recv().await {
@@ -108,7 +109,8 @@ async fn run(
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match answer(&pools, cache.as_mut(), &metrics, &lookups).await {
+        let cached = cached.as_mut().map(|(read, cache)| (&*read, cache));
+        match answer(&pools, cached, &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -130,17 +132,17 @@ async fn run(
 /// the database (and keeps what it read).
 async fn answer(
     pools: &Pools,
-    cache: Option<&mut cache::Cache>,
+    cached: Option<(&sqlx::SqlitePool, &mut cache::Cache)>,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
 ) -> Result<Vec<Found>, BrokerError> {
-    let Some(cache) = cache else {
+    let Some((read, cache)) = cached else {
         return find_all(pools, lookups).await;
     };
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
     let held = !cache.is_empty();
-    let reset = cache.observe(generation(pools).await?) && held;
+    let reset = cache.observe(generation(read).await?) && held;
     let split = cache.split(lookups);
     metrics.observe(
         split.answers.iter().filter(|a| a.is_some()).count(),
@@ -166,12 +168,7 @@ async fn answer(
 /// The lookup generation: bumped by triggers with every change to person
 /// codes or copies (SQLite migration `0005_lookup_generation.sql`; the
 /// PostgreSQL schema has no such table, and no cache).
-async fn generation(pools: &Pools) -> Result<i64, BrokerError> {
-    let Pools::Sqlite { read, .. } = pools else {
-        return Err(BrokerError::Config(
-            "the lookup generation is kept on SQLite only".into(),
-        ));
-    };
+async fn generation(read: &sqlx::SqlitePool) -> Result<i64, BrokerError> {
     Ok(
         sqlx::query_scalar("SELECT n FROM lookup_generation WHERE id = 1")
             .fetch_one(read)

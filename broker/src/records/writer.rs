@@ -11,9 +11,10 @@
 //!   that one: on SQLite through its own connection on its own thread
 //!   ([`super::sqlite_direct`]), on PostgreSQL as one statement (one round
 //!   trip to the database);
-//! - otherwise — first commit, a purge, a batch larger than one statement, or
-//!   that guard refusing because someone else moved the head — it locks the
-//!   head row inside a transaction, reads it, and appends after it.
+//! - otherwise — first commit, a purge, a batch larger than one statement,
+//!   that guard refusing because someone else moved the head, or SQLite
+//!   without the writer's own connection — it locks the head row inside a
+//!   transaction, reads it, and appends after it.
 
 use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
 use std::collections::BTreeSet;
@@ -295,21 +296,20 @@ const INSERT_HEAD_PG: &str =
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
      part_month) ";
 
-// One statement (SQLite: one multi-statement string, since sqlx binds `?`
-// across statements in order; PostgreSQL: data-modifying CTEs) that inserts a
-// chunk of records and their results and moves the head from `$old` to the
-// chunk's last record. The head moves only if it still is `$old`: otherwise
+// One statement (SQLite, on the locked path: one multi-statement string,
+// since sqlx binds `?` across statements in order; PostgreSQL: data-modifying
+// CTEs) that inserts a chunk of records and their results and moves the head
+// from `$old` to the chunk's last record. The head moves only if it still is `$old`: otherwise
 // `seq` becomes NULL and the NOT NULL constraint fails the whole statement,
 // so a stale head can never fork the chain.
 macro_rules! chunk_statement {
-    ($db:ty, $insert_head:expr, $pg:expr, $prefix:expr, $chunk:expr, $old:expr) => {{
+    ($db:ty, $insert_head:expr, $pg:expr, $chunk:expr, $old:expr) => {{
         let (old_seq, old_hash): (u64, &Hash) = $old;
         let (last_seq, last_hash) = match $chunk.last() {
             Some((_, seq, hash, ..)) => (*seq, hash),
             None => (old_seq, old_hash),
         };
-        let mut batch = sqlx::QueryBuilder::<$db>::new($prefix);
-        batch.push(if $pg { "WITH r AS (" } else { "" });
+        let mut batch = sqlx::QueryBuilder::<$db>::new(if $pg { "WITH r AS (" } else { "" });
         batch.push($insert_head);
         batch.push_values(
             $chunk,
@@ -442,7 +442,7 @@ macro_rules! commit_in_tx {
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks(ROWS_PER_STATEMENT) {
-            chunk_statement!($db, $insert_head, $pg, "", chunk, (old.0, &old.1))
+            chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1))
                 .build()
                 .execute(&mut *tx)
                 .await?;
@@ -561,7 +561,9 @@ impl Writer {
         }
         let known = self.head.lock().ok().and_then(|cell| *cell);
         let committed = match known {
-            Some(head) if purge.is_none() && rows.len() <= ROWS_PER_STATEMENT => {
+            Some(head)
+                if purge.is_none() && rows.len() <= ROWS_PER_STATEMENT && self.has_fast_path() =>
+            {
                 match self.commit_at(rows, head).await {
                     Ok(prepared) => Ok(prepared),
                     // Refused as a whole (the head moved behind this
@@ -595,9 +597,21 @@ impl Writer {
         Ok(seqs)
     }
 
+    /// Whether [`Writer::commit_at`] can run: always on PostgreSQL; on
+    /// SQLite only with the writer's own connection (without it — it could
+    /// not open, or the writer runs on the shared runtime — every commit
+    /// takes the locked path).
+    fn has_fast_path(&self) -> bool {
+        match self.pools {
+            Pools::Postgres(_) => true,
+            Pools::Sqlite { .. } => self.direct.is_some(),
+        }
+    }
+
     /// The common case: the head this writer committed last is still the
-    /// stored one, so the records go in one statement guarded by it — one
-    /// round trip instead of four (begin, lock, insert, commit).
+    /// stored one, so the records go in guarded by it — on SQLite through
+    /// the writer's own connection, on PostgreSQL in one statement (one
+    /// round trip instead of four: begin, lock, insert, commit).
     async fn commit_at<'a>(
         &mut self,
         rows: &[&'a NewRow],
@@ -607,55 +621,33 @@ impl Writer {
         let old = (head.0, &head.1);
         match &self.pools {
             Pools::Sqlite { write, .. } => {
-                let mut conn = write.acquire().await?;
-                if let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) {
-                    // sqlx's writer stays held (unused) until this commit
-                    // is done: one writer at a time within the broker.
-                    match direct.commit_at(&prepared.rows, old) {
-                        Ok(()) => return Ok(prepared),
-                        Err(DirectError::HeadMoved) => {
-                            return Err(AtFailure::Refused("the records head moved".into()))
-                        }
-                        Err(e) => {
-                            // Rolled back as a whole; sqlx's locked path then
-                            // commits, or reports an error that persists.
-                            tracing::warn!(error = %e, "records commit on the writer's own SQLite connection failed; retrying through sqlx");
-                            return Err(AtFailure::Refused(e.to_string()));
-                        }
+                let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) else {
+                    return Err(AtFailure::Refused(
+                        "no SQLite connection of the writer's own".into(),
+                    ));
+                };
+                // sqlx's writer stays held (unused) until this commit is
+                // done: one writer at a time within the broker.
+                let _one_writer = write.acquire().await?;
+                match direct.commit_at(&prepared.rows, old) {
+                    Ok(()) => {}
+                    Err(DirectError::HeadMoved) => {
+                        return Err(AtFailure::Refused("the records head moved".into()))
+                    }
+                    Err(e) => {
+                        // Rolled back as a whole; sqlx's locked path then
+                        // commits, or reports an error that persists.
+                        tracing::warn!(error = %e, "records commit on the writer's own SQLite connection failed; retrying through sqlx");
+                        return Err(AtFailure::Refused(e.to_string()));
                     }
                 }
-                let mut statement = chunk_statement!(
-                    sqlx::Sqlite,
-                    INSERT_HEAD_SQLITE,
-                    false,
-                    "BEGIN IMMEDIATE; ",
-                    &prepared.rows,
-                    old
-                );
-                statement.push("; COMMIT");
-                let outcome = statement.build().execute(&mut *conn).await;
-                if outcome.is_err() {
-                    // The string stops at the failing statement, inside the
-                    // transaction it began; end it before the connection is reused.
-                    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                        tracing::debug!(error = %e, "rollback after a refused commit");
-                    }
-                }
-                outcome?;
             }
             Pools::Postgres(pool) => {
                 // A single statement is its own transaction.
-                chunk_statement!(
-                    sqlx::Postgres,
-                    INSERT_HEAD_PG,
-                    true,
-                    "",
-                    &prepared.rows,
-                    old
-                )
-                .build()
-                .execute(pool)
-                .await?;
+                chunk_statement!(sqlx::Postgres, INSERT_HEAD_PG, true, &prepared.rows, old)
+                    .build()
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(prepared)
@@ -681,7 +673,9 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::Batching;
+    use super::{run, Batching, Job, NewRow};
+    use crate::records::{Outcome, RecordDraft};
+    use crate::store::{Pools, SqliteStore};
     use std::time::Duration;
 
     fn batching(delay_us: u64) -> Batching {
@@ -701,5 +695,61 @@ mod tests {
         assert!(!b.should_wait(8, 5), "the batch is full");
         assert!(!b.should_wait(0, 5), "nothing to commit yet");
         assert!(!batching(0).should_wait(1, 5), "the delay is off");
+    }
+
+    /// SQLite without the writer's own connection (it could not open, or the
+    /// writer runs on the shared runtime): every commit takes the locked
+    /// path, and the records still come out numbered and linked.
+    #[tokio::test]
+    async fn without_its_own_connection_sqlite_commits_under_the_head_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let writer = tokio::spawn(run(
+            rx,
+            store_pools(&store),
+            None,
+            batching(0),
+            None,
+            Default::default(),
+        ));
+        let mut seqs = Vec::new();
+        for i in 0..3 {
+            let requester = kakehashi_interfaces::OrgId::new("city-locked").expect("org id");
+            let draft = RecordDraft::new(format!("q-{i}"), requester, Outcome::Provided);
+            let (done, seq) = tokio::sync::oneshot::channel();
+            let row = Box::new(NewRow::new(draft, time::OffsetDateTime::now_utc()));
+            tx.send(Job::Append { row, done }).await.expect("queued");
+            seqs.push(seq.await.expect("answered").expect("committed"));
+        }
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let (done, closed) = tokio::sync::oneshot::channel();
+        tx.send(Job::Close { done }).await.expect("queued");
+        closed.await.expect("closed");
+        writer.await.expect("writer ended");
+        let (head,): (i64,) = sqlx::query_as("SELECT seq FROM records_head WHERE id = 1")
+            .fetch_one(store.writer())
+            .await
+            .expect("head");
+        assert_eq!(head, 3);
+        match crate::records::verify_store(
+            &store_pools(&store),
+            &kakehashi_interfaces::audit::TrustedKeys::new(),
+        )
+        .await
+        .expect("verify")
+        {
+            crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, 3),
+            crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
+        }
+    }
+
+    fn store_pools(store: &SqliteStore) -> Pools {
+        Pools::Sqlite {
+            write: store.writer().clone(),
+            read: store.reader().clone(),
+        }
     }
 }
