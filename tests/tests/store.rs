@@ -113,3 +113,84 @@ async fn org_store_on_postgres() -> Result<()> {
     assert_eq!(store.backend(), "postgres");
     org_suite(&*store).await
 }
+
+/// On PostgreSQL the lookup generation (what the query path's cache trusts)
+/// moves once per transaction that changes copies or person codes, at its
+/// commit: not before it (a reader would cache what is about to change
+/// under a number already new), not per row, not for a rollback; and a
+/// second writer is not held up by the first one's uncommitted bump.
+#[tokio::test]
+async fn lookup_generation_on_postgres_moves_once_per_commit() -> Result<()> {
+    use sqlx::{Connection, PgConnection};
+    let dir = tempfile::tempdir()?;
+    let Some(store) = open(Backend::Postgres, dir.path()).await? else {
+        return Ok(());
+    };
+    store
+        .add_org(&NewOrg {
+            id: OrgId::new("city-kawagoe")?,
+            kind: OrgKind::Municipality,
+            name: "川越市".into(),
+            cert_fingerprint: None,
+        })
+        .await?;
+    let store::Pools::Postgres(pool) = store.pools() else {
+        anyhow::bail!("not PostgreSQL");
+    };
+    let url = pool.connect_options();
+    let generation = || async {
+        let n: i64 = sqlx::query_scalar("SELECT n FROM lookup_generation WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
+        anyhow::Ok(n)
+    };
+    let insert = |code: &str| {
+        format!(
+            "INSERT INTO copies (provider, person_code, cipher, deposited_at) \
+             VALUES ('city-kawagoe', '{code}', '\\x00', '2026-01-01T00:00:00Z')"
+        )
+    };
+    let g0 = generation().await?;
+
+    // Writer A changes three rows and has not committed: nothing moves yet.
+    let mut a = PgConnection::connect_with(&url).await?;
+    sqlx::raw_sql("BEGIN").execute(&mut a).await?;
+    for code in ["a1", "a2", "a3"] {
+        sqlx::raw_sql(&insert(code)).execute(&mut a).await?;
+    }
+    assert_eq!(generation().await?, g0, "moved before the commit");
+
+    // Writer B commits meanwhile, without waiting for A.
+    let mut b = PgConnection::connect_with(&url).await?;
+    let b_done = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        sqlx::raw_sql("BEGIN").execute(&mut b).await?;
+        sqlx::raw_sql(&insert("b1")).execute(&mut b).await?;
+        sqlx::raw_sql("COMMIT").execute(&mut b).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(b_done.is_ok(), "B waited for A's uncommitted transaction");
+    b_done.map_err(|_| anyhow::anyhow!("timeout"))??;
+    assert_eq!(generation().await?, g0 + 1);
+
+    // A commits: one step for its three rows.
+    sqlx::raw_sql("COMMIT").execute(&mut a).await?;
+    assert_eq!(generation().await?, g0 + 2);
+
+    // A rolled-back change leaves the number alone.
+    sqlx::raw_sql(&format!("BEGIN; {}; ROLLBACK", insert("c1")))
+        .execute(&mut a)
+        .await?;
+    assert_eq!(generation().await?, g0 + 2);
+
+    // A deletion and a TRUNCATE (no row triggers) each move it.
+    sqlx::raw_sql("DELETE FROM copies WHERE person_code = 'a1'")
+        .execute(&mut a)
+        .await?;
+    assert_eq!(generation().await?, g0 + 3);
+    sqlx::raw_sql("TRUNCATE copies").execute(&mut a).await?;
+    assert_eq!(generation().await?, g0 + 4);
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@
 //! `copies`, so the hand-off is paid once per batch instead of per query, on
 //! a database connection of its own.
 //!
-//! On SQLite the answers are also kept in memory while the database's lookup
+//! The answers are also kept in memory while the database's lookup
 //! generation holds ([`cache`]); a batch whose lookups are all cached costs
 //! one read of that number.
 
@@ -94,12 +94,7 @@ async fn run(
     pools: Pools,
     metrics: crate::metrics::LookupMetrics,
 ) {
-    // PostgreSQL keeps its buffers across other sessions' commits: no cache.
-    // On SQLite the cache goes with the reader its generation is read on.
-    let mut cached = match &pools {
-        Pools::Sqlite { read, .. } => Some((read.clone(), cache::Cache::new(cache::MAX_BYTES))),
-        Pools::Postgres(_) => None,
-    };
+    let mut cache = cache::Cache::new(cache::MAX_BYTES);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -109,8 +104,7 @@ async fn run(
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        let cached = cached.as_mut().map(|(read, cache)| (&*read, cache));
-        match answer(&pools, cached, &metrics, &lookups).await {
+        match answer(&pools, &mut cache, &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -132,17 +126,14 @@ async fn run(
 /// the database (and keeps what it read).
 async fn answer(
     pools: &Pools,
-    cached: Option<(&sqlx::SqlitePool, &mut cache::Cache)>,
+    cache: &mut cache::Cache,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
 ) -> Result<Vec<Found>, BrokerError> {
-    let Some((read, cache)) = cached else {
-        return find_all(pools, lookups).await;
-    };
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
     let held = !cache.is_empty();
-    let reset = cache.observe(generation(read).await?) && held;
+    let reset = cache.observe(generation(pools).await?) && held;
     let split = cache.split(lookups);
     metrics.observe(
         split.answers.iter().filter(|a| a.is_some()).count(),
@@ -165,15 +156,18 @@ async fn answer(
     Ok(cache::fill(lookups, split, &read))
 }
 
-/// The lookup generation: bumped by triggers with every change to person
-/// codes or copies (SQLite migration `0005_lookup_generation.sql`; the
-/// PostgreSQL schema has no such table, and no cache).
-async fn generation(read: &sqlx::SqlitePool) -> Result<i64, BrokerError> {
-    Ok(
-        sqlx::query_scalar("SELECT n FROM lookup_generation WHERE id = 1")
-            .fetch_one(read)
-            .await?,
-    )
+/// The lookup generation: bumped by triggers in the same transaction as
+/// every change to person codes or copies (migrations
+/// `0005_lookup_generation.sql`; on PostgreSQL at commit, once).
+///
+/// On PostgreSQL each statement reads a snapshot taken after the one
+/// before it, so the answers read after this number see every change the
+/// number counts, as on SQLite.
+async fn generation(pools: &Pools) -> Result<i64, BrokerError> {
+    let sql = "SELECT n FROM lookup_generation WHERE id = 1";
+    Ok(crate::on_pool!(pools, read, |pool| {
+        sqlx::query_scalar(sql).fetch_one(pool).await?
+    }))
 }
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
