@@ -217,8 +217,9 @@ struct CompareArgs {
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// Unmeasured seconds at half rate before the half-rate run is measured:
-    /// the steady state at that rate, not the full-rate run's aftermath
-    /// (PostgreSQL's checkpoint and vacuum work takes ~30 s to settle).
+    /// the steady state at that rate, not the first seconds after the
+    /// full-rate run (PostgreSQL's autovacuum of what that run inserted can
+    /// still fall in the window: benches/README.md, session 9).
     #[arg(long, default_value_t = 30)]
     half_warmup: u64,
     /// Connections for every scenario.

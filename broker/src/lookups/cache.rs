@@ -5,8 +5,8 @@
 //! commits about a thousand times a second under load) makes a reading
 //! connection drop its whole page cache, so each lookup re-read its B-tree
 //! pages from the file — most of the lookup connection's time. On
-//! PostgreSQL the three-table join per batch was a quarter of the server's
-//! CPU under load. The person codes and copies themselves change rarely
+//! PostgreSQL the three-table join per batch was a third of the database
+//! server's CPU under load. The person codes and copies themselves change rarely
 //! (deposits, registrations, retention), so their answers are kept here
 //! instead.
 //!
