@@ -49,7 +49,7 @@ impl CommitMetrics {
     }
 }
 
-/// What the query path's lookup cache reports (SQLite): lookups answered
+/// What the query path's lookup cache reports: lookups answered
 /// from memory, lookups read from the database, and times the cache was
 /// emptied because person codes or copies changed.
 #[derive(Clone, Default)]
@@ -133,12 +133,12 @@ impl Metrics {
         let lookups = LookupMetrics::default();
         registry.register(
             "lookup_cache_hits",
-            "Query-path lookups answered from memory (SQLite)",
+            "Query-path lookups answered from memory",
             lookups.hits.clone(),
         );
         registry.register(
             "lookup_cache_misses",
-            "Query-path lookups read from the database (SQLite)",
+            "Query-path lookups read from the database",
             lookups.misses.clone(),
         );
         registry.register(

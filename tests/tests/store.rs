@@ -183,7 +183,11 @@ async fn lookup_generation_on_postgres_moves_once_per_commit() -> Result<()> {
         .await?;
     assert_eq!(generation().await?, g0 + 2);
 
-    // A deletion and a TRUNCATE (no row triggers) each move it.
+    // A deletion and a TRUNCATE (no row triggers) each move it, even in a
+    // session that set the trigger's own marker itself.
+    sqlx::raw_sql("SET kakehashi.lookup_generation_bumped = 'on'")
+        .execute(&mut a)
+        .await?;
     sqlx::raw_sql("DELETE FROM copies WHERE person_code = 'a1'")
         .execute(&mut a)
         .await?;

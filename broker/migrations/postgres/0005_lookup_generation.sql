@@ -7,7 +7,8 @@
 -- row: bumping it takes that row's lock until commit. So the bump is a
 -- deferred constraint trigger: it runs at commit, after every statement of
 -- the transaction, and once per transaction (a transaction-local setting
--- marks it done). Two writers then only queue for the instant of their
+-- holding the transaction's id marks it done, so no session-level setting
+-- can stand in for it). Two writers then only queue for the instant of their
 -- commits, and since the row is the last lock either takes, they cannot
 -- deadlock on it.
 CREATE TABLE lookup_generation (
@@ -19,9 +20,10 @@ INSERT INTO lookup_generation (id, n) VALUES (1, 0);
 CREATE FUNCTION lookup_generation_bump() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('kakehashi.lookup_generation_bumped', true) IS DISTINCT FROM 'on' THEN
+    IF current_setting('kakehashi.lookup_generation_bumped', true)
+            IS DISTINCT FROM pg_current_xact_id()::text THEN
         UPDATE lookup_generation SET n = n + 1 WHERE id = 1;
-        PERFORM set_config('kakehashi.lookup_generation_bumped', 'on', true);
+        PERFORM set_config('kakehashi.lookup_generation_bumped', pg_current_xact_id()::text, true);
     END IF;
     RETURN NULL;
 END;

@@ -6,9 +6,9 @@
 //! connection drop its whole page cache, so each lookup re-read its B-tree
 //! pages from the file — most of the lookup connection's time. On
 //! PostgreSQL the three-table join per batch was a third of the database
-//! server's CPU under load. The person codes and copies themselves change rarely
-//! (deposits, registrations, retention), so their answers are kept here
-//! instead.
+//! server's CPU under load. The person codes and copies themselves change
+//! rarely (deposits, registrations, retention), so their answers are kept
+//! here instead.
 //!
 //! Validity rests on one number, the *lookup generation*: a row that triggers
 //! on `person_codes` and `copies` bump in the same transaction as any change
