@@ -404,11 +404,39 @@ pub fn seal_answer(
     if payload.query_id != context.query_id || payload.provider != context.provider {
         return Err(EnvelopeError::ContextMismatch);
     }
-    // Sized up front: a buffer grown by doubling would leave copies of the
-    // values behind in freed memory, where `Zeroizing` cannot reach them.
-    let mut json = Zeroizing::new(Vec::with_capacity(1024));
-    serde_json::to_writer(&mut *json, payload).map_err(|_| EnvelopeError::InvalidPayload)?;
-    seal(recipient, context, &json)
+    let mut json = ZeroizingBuf::with_capacity(1024);
+    serde_json::to_writer(&mut json, payload).map_err(|_| EnvelopeError::InvalidPayload)?;
+    seal(recipient, context, &json.0)
+}
+
+/// A write buffer for plaintext that never leaves a copy behind: a `Vec`
+/// grown by `write` reallocates and frees the old block unzeroed, where
+/// `Zeroizing` cannot reach it. This one moves to a larger block itself and
+/// lets the old one be zeroized as it is dropped.
+struct ZeroizingBuf(Zeroizing<Vec<u8>>);
+
+impl ZeroizingBuf {
+    fn with_capacity(capacity: usize) -> ZeroizingBuf {
+        ZeroizingBuf(Zeroizing::new(Vec::with_capacity(capacity)))
+    }
+}
+
+impl std::io::Write for ZeroizingBuf {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let needed = self.0.len() + bytes.len();
+        if needed > self.0.capacity() {
+            let mut larger = Zeroizing::new(Vec::with_capacity(needed.max(2 * self.0.capacity())));
+            larger.extend_from_slice(&self.0);
+            // The old block is zeroized here, as it is dropped.
+            self.0 = larger;
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens an answer envelope and checks that it answers this query from this
@@ -430,6 +458,18 @@ pub fn open_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zeroizing_buffer_keeps_every_byte_across_growth() {
+        use std::io::Write as _;
+        let mut buf = ZeroizingBuf::with_capacity(4);
+        let chunks: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; usize::from(i) + 1]).collect();
+        for chunk in &chunks {
+            buf.write_all(chunk).unwrap();
+        }
+        assert_eq!(*buf.0, chunks.concat());
+        assert!(buf.0.capacity() >= buf.0.len());
+    }
 
     fn hx(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
@@ -648,6 +688,16 @@ mod tests {
         };
         let env = seal_answer(&kp.public(), &ctx, &payload).unwrap();
         assert_eq!(open_answer(&kp, &ctx, &env).unwrap(), payload);
+
+        // An answer larger than the buffer's first block arrives whole.
+        let mut large = payload.clone();
+        large.items.insert(
+            ItemCode::new("address.line").unwrap(),
+            ItemValue::from("埼玉県さいたま市浦和区高砂三丁目".repeat(40).as_str()),
+        );
+        let env = seal_answer(&kp.public(), &ctx, &large).unwrap();
+        assert!(b64::decode(&env.ciphertext).unwrap().len() > 1024);
+        assert_eq!(open_answer(&kp, &ctx, &env).unwrap(), large);
 
         let mut wrong = payload.clone();
         wrong.provider = OrgId::new("agency-x").unwrap();

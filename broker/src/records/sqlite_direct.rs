@@ -46,6 +46,14 @@ pub(crate) enum DirectError {
 const MOVE_HEAD: &str =
     "UPDATE records_head SET seq = ?3, hash = ?4 WHERE id = 1 AND seq = ?1 AND hash = ?2";
 
+/// `head` (`INSERT INTO t (a, b, …) `) completed with one numbered
+/// placeholder per column it lists.
+fn with_values(head: &str) -> String {
+    let columns = head.matches(',').count() + 1;
+    let marks: Vec<String> = (1..=columns).map(|i| format!("?{i}")).collect();
+    format!("{head}VALUES ({})", marks.join(", "))
+}
+
 /// A connection to the broker's SQLite file, owned by the records writer.
 pub(crate) struct DirectWriter {
     conn: Connection,
@@ -76,14 +84,10 @@ impl DirectWriter {
             "wal_autocheckpoint",
             super::wal::WRITER_AUTOCHECKPOINT,
         )?;
-        let values = |n: usize| {
-            let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
-            format!("VALUES ({})", marks.join(", "))
-        };
         Ok(DirectWriter {
             conn,
-            insert_record: format!("{}{}", super::writer::INSERT_HEAD_SQLITE, values(19)),
-            insert_result: format!("{}{}", crate::results::INSERT_HEAD, values(9)),
+            insert_record: with_values(super::writer::INSERT_HEAD_SQLITE),
+            insert_result: with_values(crate::results::INSERT_HEAD),
         })
     }
 
@@ -164,6 +168,16 @@ mod tests {
     use crate::records::writer::{prepare, NewRow};
     use crate::records::{Outcome, RecordDraft};
     use kakehashi_interfaces::OrgId;
+
+    #[test]
+    fn a_statement_has_one_placeholder_per_column() {
+        assert_eq!(
+            with_values("INSERT INTO t (a, b, c) "),
+            "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?3)"
+        );
+        assert!(with_values(super::super::writer::INSERT_HEAD_SQLITE).ends_with("?18, ?19)"));
+        assert!(with_values(crate::results::INSERT_HEAD).ends_with("?8, ?9)"));
+    }
 
     fn rows(n: usize) -> Vec<NewRow> {
         (0..n)

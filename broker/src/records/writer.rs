@@ -675,7 +675,7 @@ impl Writer {
 mod tests {
     use super::{run, Batching, Job, NewRow};
     use crate::records::{Outcome, RecordDraft};
-    use crate::store::{Pools, SqliteStore};
+    use crate::store::{SqliteStore, Store as _};
     use std::time::Duration;
 
     fn batching(delay_us: u64) -> Batching {
@@ -709,7 +709,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let writer = tokio::spawn(run(
             rx,
-            store_pools(&store),
+            store.pools(),
             None,
             batching(0),
             None,
@@ -735,7 +735,7 @@ mod tests {
             .expect("head");
         assert_eq!(head, 3);
         match crate::records::verify_store(
-            &store_pools(&store),
+            &store.pools(),
             &kakehashi_interfaces::audit::TrustedKeys::new(),
         )
         .await
@@ -743,13 +743,6 @@ mod tests {
         {
             crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, 3),
             crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
-        }
-    }
-
-    fn store_pools(store: &SqliteStore) -> Pools {
-        Pools::Sqlite {
-            write: store.writer().clone(),
-            read: store.reader().clone(),
         }
     }
 }
