@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
+use crate::background;
 use crate::client::{tls_connector, Identity, Protocol, Target};
 use crate::floor::{self, Fixture, Floor};
 use crate::idle::{self, IdleReport};
@@ -272,6 +273,8 @@ struct Ctx<'a> {
     pki: PathBuf,
     runs: Vec<RunReport>,
     idle: Vec<IdleReport>,
+    /// The database of the PostgreSQL target while it is driven.
+    pg_url: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -320,7 +323,33 @@ impl Ctx<'_> {
         let sampler = rss::sample(pids.to_vec(), stop_rx);
         let client_cpu = rss::cpu_seconds(std::process::id()).unwrap_or(0.0);
         let client_wall = std::time::Instant::now();
+        // Half-rate runs: what else happened in the measured window (it
+        // starts after the warm-up) — disk writes, database maintenance.
+        let window_start = rate.map(|_| {
+            tokio::spawn(background::snapshot_after(
+                Duration::from_secs(self.opts.half_warmup),
+                self.pg_url.clone(),
+            ))
+        });
         let measured = load::run(workload.clone(), config).await;
+        let background = match window_start {
+            Some(start) => {
+                let pg_url = self.pg_url.clone();
+                let end =
+                    tokio::task::spawn_blocking(move || background::snapshot(pg_url.as_deref()))
+                        .await
+                        .ok();
+                match (start.await.ok().flatten(), end) {
+                    (Some((at, before)), Some(after)) => Some(background::Background::between(
+                        &before,
+                        &after,
+                        at.elapsed().as_secs_f64(),
+                    )),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let client_cpu = (rss::cpu_seconds(std::process::id()).unwrap_or(0.0) - client_cpu)
             / client_wall.elapsed().as_secs_f64().max(1e-9);
         let _ = stop_tx.send(true);
@@ -344,6 +373,7 @@ impl Ctx<'_> {
             Some(server),
         );
         report.set_cpu(client_cpu, &sampled);
+        report.background = background;
         eprint!("{}", report.text());
         self.runs.push(report.clone());
         Ok(report)
@@ -478,6 +508,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
         pki: pki.clone(),
         runs: Vec::new(),
         idle: Vec::new(),
+        pg_url: None,
     };
 
     // Kakehashi on SQLite: the dev database, which already has the orgs.
@@ -505,6 +536,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
                 "psql CREATE DATABASE",
             )?;
             let url = url_with_database(base, &db);
+            ctx.pg_url = Some(url.clone());
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let config = work.join("postgres.toml");
             std::fs::write(
@@ -529,6 +561,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
                     work.join("postgres.log"),
                 )
                 .await;
+            ctx.pg_url = None;
             let _ = run_tool(
                 Command::new("psql")
                     .args([base.as_str(), "-qc"])
@@ -646,10 +679,13 @@ fn check_targets(
         checks.push(TargetCheck {
             name: format!("p99 {} at half rate ({})", r.scenario.name(), r.target),
             measured: format!(
-                "p99 {:.2} ms at {:.0}/s offered ({:.0}/s answered)",
+                "p99 {:.2} ms at {:.0}/s offered ({:.0}/s answered){}",
                 r.latency_ms.p99,
                 r.rate.unwrap_or(0.0),
-                r.throughput
+                r.throughput,
+                r.background
+                    .map(|b| format!("; during it: {}", b.text()))
+                    .unwrap_or_default()
             ),
             goal: "≤ 10 ms".into(),
             pass: r.latency_ms.p99 <= 10.0 && r.errors == 0,

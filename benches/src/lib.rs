@@ -3,6 +3,7 @@
 //! with nginx) and the crypto-floor fixture the criterion benches share.
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod client;
 pub mod compare;
 pub mod floor;

@@ -91,6 +91,9 @@ pub struct RunReport {
     /// CPU used by everything else on the machine during the run, in cores
     /// (other builds, databases): a number well above 0 means the run was disturbed.
     pub other_cpu_cores: f64,
+    /// Disk writes and database maintenance during the measured window
+    /// (half-rate runs of `compare`).
+    pub background: Option<crate::background::Background>,
 }
 
 impl RunReport {
@@ -153,6 +156,7 @@ impl RunReport {
             server,
             client_cpu_cores: 0.0,
             other_cpu_cores: 0.0,
+            background: None,
         }
     }
 
@@ -190,6 +194,9 @@ impl RunReport {
                 "  errors: {} (e.g. {:?})\n",
                 self.errors, self.error_samples
             ));
+        }
+        if let Some(b) = &self.background {
+            out.push_str(&format!("  during the measured window: {}\n", b.text()));
         }
         if self.envelopes_opened > 0 {
             out.push_str(&format!(
