@@ -103,7 +103,8 @@ impl Background {
     }
 
     /// One line for people, e.g. `disk 412 MB written (41 MB/s); PostgreSQL:
-    /// 2 autovacuums and 2 autoanalyzes finished, checkpointer wrote 95 MB`.
+    /// 2 autovacuums and 2 autoanalyzes finished, 0 checkpoints started, 95 MB
+    /// written by checkpoints that ended`.
     pub fn text(&self) -> String {
         let mut out = format!(
             "disk {:.0} MB written ({:.0} MB/s)",
@@ -112,18 +113,15 @@ impl Background {
         );
         if let Some(pg) = self.postgres {
             let plural = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+            // PostgreSQL 15 adds a checkpoint's buffers to the counter when
+            // it ends: a checkpoint still writing shows as started, 0 MB.
             out.push_str(&format!(
-                "; PostgreSQL: {} and {} finished, checkpointer wrote {:.0} MB",
+                "; PostgreSQL: {} and {} finished, {} started, {:.0} MB written by checkpoints that ended",
                 plural(pg.autovacuums, "autovacuum"),
                 plural(pg.autoanalyzes, "autoanalyze"),
+                plural(pg.checkpoints, "checkpoint"),
                 pg.checkpoint_buffers as f64 * 8192.0 / 1e6
             ));
-            if pg.checkpoints > 0 {
-                out.push_str(&format!(
-                    " ({} started)",
-                    plural(pg.checkpoints, "checkpoint")
-                ));
-            }
         }
         out
     }
@@ -256,7 +254,9 @@ mod tests {
             "the checkpoint was not counted: {pg:?}"
         );
         assert!(
-            window.text().contains("checkpoint started"),
+            window
+                .text()
+                .contains(&format!("{} checkpoint", pg.checkpoints)),
             "{}",
             window.text()
         );
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(
             b.text(),
             "disk 410 MB written (41 MB/s); PostgreSQL: 2 autovacuums and 1 autoanalyze \
-             finished, checkpointer wrote 100 MB (1 checkpoint started)"
+             finished, 1 checkpoint started, 100 MB written by checkpoints that ended"
         );
         // SQLite targets have no PostgreSQL counters; a failed psql read
         // on one side gives none rather than a wrong difference.
