@@ -217,7 +217,7 @@ impl Default for KeysConfig {
     }
 }
 
-/// The longest `[records] commit_delay_us` accepted.
+/// The longest `[records] commit_delay_us` or `commit_interval_us` accepted.
 pub const MAX_COMMIT_DELAY_US: u64 = 1_000_000;
 
 impl Config {
@@ -238,15 +238,16 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, BrokerError> {
         let config: Config =
             toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))?;
-        if config
-            .records
-            .commit_delay_us
-            .is_some_and(|us| us > MAX_COMMIT_DELAY_US)
-        {
-            // Every answer under load may wait this long for its commit.
-            return Err(BrokerError::Config(format!(
-                "[records] commit_delay_us must be at most {MAX_COMMIT_DELAY_US} (one second)"
-            )));
+        for (name, value) in [
+            ("commit_delay_us", config.records.commit_delay_us),
+            ("commit_interval_us", config.records.commit_interval_us),
+        ] {
+            if value.is_some_and(|us| us > MAX_COMMIT_DELAY_US) {
+                // Every answer under load may wait this long for its commit.
+                return Err(BrokerError::Config(format!(
+                    "[records] {name} must be at most {MAX_COMMIT_DELAY_US} (one second)"
+                )));
+            }
         }
         Ok(config)
     }
@@ -309,6 +310,22 @@ mod tests {
         );
         assert_eq!(
             Config::parse(MINIMAL).unwrap().records.commit_delay_us,
+            None
+        );
+    }
+
+    #[test]
+    fn a_commit_interval_past_one_second_is_refused() {
+        let with =
+            |us: u64| Config::parse(&format!("{MINIMAL}\n[records]\ncommit_interval_us = {us}"));
+        assert_eq!(with(500).unwrap().records.commit_interval_us, Some(500));
+        let err = with(1_000_001).unwrap_err().to_string();
+        assert!(
+            err.contains("commit_interval_us must be at most 1000000"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().records.commit_interval_us,
             None
         );
     }

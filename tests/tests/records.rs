@@ -758,6 +758,68 @@ async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
 }
 both_backends!(a_commit_waits_for_queries_under_way: commit_delay_sqlite, commit_delay_postgres);
 
+/// `commit_interval_us`: while queries are under way a commit waits for
+/// what is left of the interval since the previous one began, and no more:
+/// one that comes after the interval commits at once.
+async fn commits_are_paced_by_the_interval(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let metrics = kakehashi_broker::metrics::Metrics::new();
+    let interval = std::time::Duration::from_secs(1);
+    let log = RecordLog::open_observed(
+        env.pools(),
+        &env.keys(),
+        RecordsConfig {
+            commit_delay_us: Some(0),
+            commit_interval_us: Some(u64::try_from(interval.as_micros())?),
+            ..quiet()
+        },
+        Some(metrics.commits()),
+    )
+    .await?;
+
+    // Nothing under way: no wait, interval or not.
+    let started = std::time::Instant::now();
+    log.append(draft(0)).await?;
+    assert!(
+        started.elapsed() < interval,
+        "a lone append waited {:?}",
+        started.elapsed()
+    );
+
+    // Right after that commit, with a query under way: it waits for the
+    // rest of the interval, and the query joins it.
+    let coming = log.expect_append();
+    let first = tokio::spawn({
+        let log = log.clone();
+        async move { log.append(draft(1)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!first.is_finished(), "the commit waits for the interval");
+    drop(coming);
+    log.append(draft(2)).await?;
+    first.await??;
+    assert_eq!(commit_totals(&metrics), (3.0, 2.0), "both in one commit");
+
+    // Once the interval has passed, a commit does not wait, even with a
+    // query under way.
+    tokio::time::sleep(interval + std::time::Duration::from_millis(200)).await;
+    let coming = log.expect_append();
+    let started = std::time::Instant::now();
+    log.append(draft(3)).await?;
+    assert!(
+        started.elapsed() < interval,
+        "waited {:?} after the interval had passed",
+        started.elapsed()
+    );
+    drop(coming);
+    assert_eq!(commit_totals(&metrics), (4.0, 3.0));
+    assert_eq!(env.seqs().await?, vec![1, 2, 3, 4]);
+    Ok(())
+}
+both_backends!(commits_are_paced_by_the_interval: commit_interval_sqlite, commit_interval_postgres);
+
 /// Two writers on one store (two broker nodes on PostgreSQL, or the command
 /// line appending an export record beside a running broker): each commits on
 /// the head it last wrote, so every turn of the other one moves the head

@@ -59,6 +59,10 @@ pub const SYSTEM_ORG: &str = "kakehashi-broker";
 /// [`RecordsConfig::commit_delay_us`]).
 pub const SQLITE_COMMIT_DELAY_US: u64 = 1_000;
 
+/// The least time between two commits' starts on PostgreSQL unless
+/// configured (see [`RecordsConfig::commit_interval_us`]).
+pub const POSTGRES_COMMIT_INTERVAL_US: u64 = 1_000;
+
 /// `[records]` settings. Defaults suit production.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,6 +93,15 @@ pub struct RecordsConfig {
     /// whose commits cost the database's round trip and fsync (its own
     /// `commit_delay` is there for that).
     pub commit_delay_us: Option<u64>,
+    /// The least time between the starts of two group commits while queries
+    /// are under way (microseconds; 0 never waits): a commit that comes
+    /// sooner waits for the rest, so that when the load falls commits do
+    /// not become smaller and more frequent and each cost more queries' CPU.
+    /// At full rate commits take longer than this and never wait. Unset:
+    /// 1,000 on PostgreSQL (at half rate it halves the commits and frees
+    /// ~0.25 of two cores; benches/README.md, session 10); 0 on SQLite,
+    /// which has `commit_delay_us`.
+    pub commit_interval_us: Option<u64>,
 }
 
 impl Default for RecordsConfig {
@@ -103,6 +116,7 @@ impl Default for RecordsConfig {
             person_index_interval_ms: 1_000,
             wal_checkpoint_interval_ms: 250,
             commit_delay_us: None,
+            commit_interval_us: None,
         }
     }
 }
@@ -294,6 +308,12 @@ impl RecordLog {
                 Pools::Sqlite { .. } => SQLITE_COMMIT_DELAY_US,
                 Pools::Postgres(_) => 0,
             })),
+            commit_interval: Duration::from_micros(config.commit_interval_us.unwrap_or(
+                match pools {
+                    Pools::Sqlite { .. } => 0,
+                    Pools::Postgres(_) => POSTGRES_COMMIT_INTERVAL_US,
+                },
+            )),
             coming: coming.clone(),
         };
         let writer = writer::spawn(rx, pools.clone(), batching, commits, committed.clone());

@@ -115,18 +115,34 @@ pub(crate) struct Batching {
     pub max_batch: usize,
     /// How long a commit may wait for queries under way to join it.
     pub commit_delay: std::time::Duration,
+    /// The least time between the starts of two commits while queries are
+    /// under way: a commit that comes sooner waits for the rest.
+    pub commit_interval: std::time::Duration,
     /// Queries under way that will append soon ([`super::ExpectedAppend`]).
     pub coming: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Batching {
-    /// Whether a commit of `rows` waits once for more: PostgreSQL's
-    /// `commit_delay` with `commit_siblings = 1`. Under load every commit
-    /// (its fsync, its hand-offs, its WAL pages shared by all its rows) is
-    /// paid by several times more queries; with nothing under way, nobody
-    /// waits.
-    pub fn should_wait(&self, rows: usize, coming: usize) -> bool {
-        !self.commit_delay.is_zero() && rows > 0 && rows < self.max_batch && coming > 0
+    /// How long a commit of `rows` waits once for more, `since_last_start`
+    /// after the previous commit began. Only with queries under way and
+    /// room left: then the longer of the delay (PostgreSQL's `commit_delay`
+    /// with `commit_siblings = 1`) and what is left of the interval. Under
+    /// load every commit (its fsync, its hand-offs, its WAL pages shared by
+    /// all its rows) is then paid by several times more queries; the
+    /// interval waits only when commits come faster than it, so at full
+    /// rate, where a commit takes longer, it never does. With nothing under
+    /// way, nobody waits.
+    pub fn pause(
+        &self,
+        rows: usize,
+        coming: usize,
+        since_last_start: std::time::Duration,
+    ) -> std::time::Duration {
+        if rows == 0 || rows >= self.max_batch || coming == 0 {
+            return std::time::Duration::ZERO;
+        }
+        self.commit_delay
+            .max(self.commit_interval.saturating_sub(since_last_start))
     }
 }
 
@@ -157,6 +173,7 @@ pub(crate) fn spawn(
             // Its wait for more would block a shared worker: none then.
             let batching = Batching {
                 commit_delay: std::time::Duration::ZERO,
+                commit_interval: std::time::Duration::ZERO,
                 ..batching
             };
             return tokio::spawn(run(rx, pools, None, batching, metrics, head));
@@ -226,6 +243,7 @@ pub(crate) async fn run(
         metrics,
         head,
     };
+    let mut last_start = std::time::Instant::now();
     while let Some(first) = rx.recv().await {
         let mut rows = Vec::new();
         let mut waiters = Vec::new();
@@ -261,15 +279,17 @@ pub(crate) async fn run(
                 }
             }
             let coming = batching.coming.load(std::sync::atomic::Ordering::Acquire);
-            if close.is_some() || waited || !batching.should_wait(rows.len(), coming) {
+            let pause = batching.pause(rows.len(), coming, last_start.elapsed());
+            if close.is_some() || waited || pause.is_zero() {
                 break;
             }
             waited = true;
             // The writer owns this thread (see `spawn`): a blocking sleep is the
             // sub-millisecond wait that tokio's 1 ms timer cannot give.
-            std::thread::sleep(batching.commit_delay);
+            std::thread::sleep(pause);
             next = rx.try_recv().ok();
         }
+        last_start = std::time::Instant::now();
         writer.commit_appends(rows, waiters).await;
         if let Some(done) = close {
             let _ = done.send(());
@@ -678,23 +698,51 @@ mod tests {
     use crate::store::{SqliteStore, Store as _};
     use std::time::Duration;
 
-    fn batching(delay_us: u64) -> Batching {
+    fn batching(delay_us: u64, interval_us: u64) -> Batching {
         Batching {
             max_batch: 8,
             commit_delay: Duration::from_micros(delay_us),
+            commit_interval: Duration::from_micros(interval_us),
             coming: Default::default(),
         }
     }
 
     #[test]
     fn a_commit_waits_only_for_queries_under_way_with_room_left() {
-        let b = batching(1_000);
-        assert!(b.should_wait(1, 1));
-        assert!(b.should_wait(7, 30));
-        assert!(!b.should_wait(1, 0), "nobody under way");
-        assert!(!b.should_wait(8, 5), "the batch is full");
-        assert!(!b.should_wait(0, 5), "nothing to commit yet");
-        assert!(!batching(0).should_wait(1, 5), "the delay is off");
+        let ms = Duration::from_millis(1);
+        let b = batching(1_000, 0);
+        assert_eq!(b.pause(1, 1, Duration::ZERO), ms);
+        assert_eq!(b.pause(7, 30, 5 * ms), ms, "a delay waits however long ago");
+        assert!(b.pause(1, 0, Duration::ZERO).is_zero(), "nobody under way");
+        assert!(b.pause(8, 5, Duration::ZERO).is_zero(), "the batch is full");
+        assert!(
+            b.pause(0, 5, Duration::ZERO).is_zero(),
+            "nothing to commit yet"
+        );
+        assert!(
+            batching(0, 0).pause(1, 5, Duration::ZERO).is_zero(),
+            "both off"
+        );
+    }
+
+    #[test]
+    fn an_interval_waits_only_for_what_is_left_of_it() {
+        let us = Duration::from_micros;
+        let b = batching(0, 1_000);
+        assert_eq!(b.pause(1, 1, us(400)), us(600), "the rest of the interval");
+        assert!(
+            b.pause(1, 1, us(1_000)).is_zero(),
+            "the interval has passed"
+        );
+        assert!(
+            b.pause(1, 1, us(2_500)).is_zero(),
+            "a long commit: no wait at full rate"
+        );
+        assert!(b.pause(1, 0, us(100)).is_zero(), "nobody under way");
+        assert!(b.pause(8, 3, us(100)).is_zero(), "the batch is full");
+        // Both set: the longer wait.
+        assert_eq!(batching(300, 1_000).pause(2, 2, us(900)), us(300));
+        assert_eq!(batching(300, 1_000).pause(2, 2, us(200)), us(800));
     }
 
     /// SQLite without the writer's own connection (it could not open, or the
@@ -711,7 +759,7 @@ mod tests {
             rx,
             store.pools(),
             None,
-            batching(0),
+            batching(0, 0),
             None,
             Default::default(),
         ));
