@@ -160,14 +160,12 @@ pub fn snapshot(pg_url: Option<&str>) -> Snapshot {
         .map(|text| sectors_written(&text, is_physical_disk))
         .unwrap_or(0);
     let postgres = pg_url.and_then(|url| {
-        let out = Command::new("psql")
-            .args([url, "-X", "-tA", "-F,", "-c", PG_COUNTERS_SQL])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        PgCounters::parse(&String::from_utf8_lossy(&out.stdout))
+        let out = crate::compare::run_tool(
+            Command::new("psql").args([url, "-X", "-tA", "-F,", "-c", PG_COUNTERS_SQL]),
+            "psql (statistics)",
+        )
+        .ok()?;
+        PgCounters::parse(&out)
     });
     Snapshot {
         disk_sectors_written: disk,
@@ -175,16 +173,42 @@ pub fn snapshot(pg_url: Option<&str>) -> Snapshot {
     }
 }
 
-/// Takes a snapshot after `delay` without blocking the runtime's workers
-/// (the load generator runs on them); returns it with its instant.
-pub async fn snapshot_after(
-    delay: Duration,
+/// A measured window: its first snapshot is taken `delay` after
+/// [`Window::start`] (when the run's warm-up ends), its last by
+/// [`Window::finish`]. Both run off the runtime's workers, which the load
+/// generator uses.
+pub struct Window {
+    start: tokio::task::JoinHandle<Option<(std::time::Instant, Snapshot)>>,
     pg_url: Option<String>,
-) -> Option<(std::time::Instant, Snapshot)> {
-    tokio::time::sleep(delay).await;
-    tokio::task::spawn_blocking(move || (std::time::Instant::now(), snapshot(pg_url.as_deref())))
-        .await
-        .ok()
+}
+
+impl Window {
+    /// Starts the clock; `pg_url` is the benchmark's database, if any.
+    pub fn start(delay: Duration, pg_url: Option<String>) -> Window {
+        let url = pg_url.clone();
+        let start = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let at = std::time::Instant::now();
+            let first = tokio::task::spawn_blocking(move || snapshot(url.as_deref()));
+            first.await.ok().map(|first| (at, first))
+        });
+        Window { start, pg_url }
+    }
+
+    /// What happened from the first snapshot to now; `None` if a snapshot
+    /// task failed.
+    pub async fn finish(self) -> Option<Background> {
+        let url = self.pg_url;
+        let last = tokio::task::spawn_blocking(move || snapshot(url.as_deref()))
+            .await
+            .ok()?;
+        let (at, first) = self.start.await.ok()??;
+        Some(Background::between(
+            &first,
+            &last,
+            at.elapsed().as_secs_f64(),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -220,10 +244,11 @@ mod tests {
         assert_eq!(PgCounters::parse("3,x,1,2"), None);
     }
 
-    /// Against the real server `scripts/test` starts: the counters read,
-    /// and a checkpoint in the window is seen.
-    #[test]
-    fn reads_the_counters_of_a_real_postgres() {
+    /// Against the real server `scripts/test` starts, through the
+    /// [`Window`] `compare` uses: the counters read, and a checkpoint in the
+    /// window is seen.
+    #[tokio::test]
+    async fn reads_the_counters_of_a_real_postgres() {
         let Ok(url) = std::env::var("KAKEHASHI_TEST_PG_URL") else {
             eprintln!("KAKEHASHI_TEST_PG_URL unset: PostgreSQL counters not read");
             return;
@@ -232,6 +257,9 @@ mod tests {
         let Some(pg_before) = before.postgres else {
             panic!("psql gave no counters for the test server");
         };
+        let window = Window::start(Duration::ZERO, Some(url.clone()));
+        // The window's first snapshot is taken before the checkpoint.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let status = Command::new("psql")
             .args([url.as_str(), "-X", "-qc", "CHECKPOINT"])
             .status()
@@ -239,15 +267,17 @@ mod tests {
         assert!(status.success(), "CHECKPOINT refused");
         // The checkpointer publishes its counters just after it finishes.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let after = loop {
-            let after = snapshot(Some(&url));
-            let started = after.postgres.map(|p| p.checkpoints).unwrap_or(0);
+        loop {
+            let started = snapshot(Some(&url))
+                .postgres
+                .map(|p| p.checkpoints)
+                .unwrap_or(0);
             if started > pg_before.checkpoints || std::time::Instant::now() > deadline {
-                break after;
+                break;
             }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let window = Background::between(&before, &after, 1.0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let window = window.finish().await.expect("both snapshots taken");
         let pg = window.postgres.expect("counters on both sides");
         assert!(
             pg.checkpoints >= 1,

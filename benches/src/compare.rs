@@ -187,7 +187,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn run_tool(cmd: &mut Command, what: &str) -> Result<String> {
+/// Runs a tool to completion; its stdout, or an error with its output.
+pub(crate) fn run_tool(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     if !out.status.success() {
         bail!(
@@ -325,29 +326,15 @@ impl Ctx<'_> {
         let client_wall = std::time::Instant::now();
         // Half-rate runs: what else happened in the measured window (it
         // starts after the warm-up) — disk writes, database maintenance.
-        let window_start = rate.map(|_| {
-            tokio::spawn(background::snapshot_after(
+        let window = rate.map(|_| {
+            background::Window::start(
                 Duration::from_secs(self.opts.half_warmup),
                 self.pg_url.clone(),
-            ))
+            )
         });
         let measured = load::run(workload.clone(), config).await;
-        let background = match window_start {
-            Some(start) => {
-                let pg_url = self.pg_url.clone();
-                let end =
-                    tokio::task::spawn_blocking(move || background::snapshot(pg_url.as_deref()))
-                        .await
-                        .ok();
-                match (start.await.ok().flatten(), end) {
-                    (Some((at, before)), Some(after)) => Some(background::Background::between(
-                        &before,
-                        &after,
-                        at.elapsed().as_secs_f64(),
-                    )),
-                    _ => None,
-                }
-            }
+        let background = match window {
+            Some(window) => window.finish().await,
             None => None,
         };
         let client_cpu = (rss::cpu_seconds(std::process::id()).unwrap_or(0.0) - client_cpu)

@@ -299,35 +299,26 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_delay_past_one_second_is_refused() {
-        let with =
-            |us: u64| Config::parse(&format!("{MINIMAL}\n[records]\ncommit_delay_us = {us}"));
-        assert_eq!(with(2_500).unwrap().records.commit_delay_us, Some(2_500));
-        let err = with(5_000_000).unwrap_err().to_string();
-        assert!(
-            err.contains("commit_delay_us must be at most 1000000"),
-            "{err}"
-        );
-        assert_eq!(
-            Config::parse(MINIMAL).unwrap().records.commit_delay_us,
-            None
-        );
-    }
-
-    #[test]
-    fn a_commit_interval_past_one_second_is_refused() {
-        let with =
-            |us: u64| Config::parse(&format!("{MINIMAL}\n[records]\ncommit_interval_us = {us}"));
-        assert_eq!(with(500).unwrap().records.commit_interval_us, Some(500));
-        let err = with(1_000_001).unwrap_err().to_string();
-        assert!(
-            err.contains("commit_interval_us must be at most 1000000"),
-            "{err}"
-        );
-        assert_eq!(
-            Config::parse(MINIMAL).unwrap().records.commit_interval_us,
-            None
-        );
+    fn a_commit_wait_past_one_second_is_refused() {
+        type Field = fn(&Config) -> Option<u64>;
+        let fields: [(&str, u64, u64, Field); 2] = [
+            ("commit_delay_us", 2_500, 5_000_000, |c| {
+                c.records.commit_delay_us
+            }),
+            ("commit_interval_us", 500, 1_000_001, |c| {
+                c.records.commit_interval_us
+            }),
+        ];
+        for (key, fine, too_long, field) in fields {
+            let with = |us: u64| Config::parse(&format!("{MINIMAL}\n[records]\n{key} = {us}"));
+            assert_eq!(field(&with(fine).unwrap()), Some(fine), "{key}");
+            let err = with(too_long).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{key} must be at most 1000000")),
+                "{err}"
+            );
+            assert_eq!(field(&Config::parse(MINIMAL).unwrap()), None, "{key}");
+        }
     }
 
     #[test]

@@ -708,29 +708,31 @@ fn commit_totals(metrics: &kakehashi_broker::metrics::Metrics) -> (f64, f64) {
     )
 }
 
-/// `commit_delay_us`: a commit waits for a query under way so both share it;
-/// with nothing under way nobody waits.
-async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
-    let Some(env) = Env::new(backend).await? else {
-        return Ok(());
-    };
+/// A record log with these `[records]` settings whose commits are counted.
+async fn counted_log(
+    env: &Env,
+    config: RecordsConfig,
+) -> Result<(Arc<RecordLog>, kakehashi_broker::metrics::Metrics)> {
     let metrics = kakehashi_broker::metrics::Metrics::new();
-    let delay = std::time::Duration::from_millis(400);
-    let log = RecordLog::open_observed(
-        env.pools(),
-        &env.keys(),
-        RecordsConfig {
-            commit_delay_us: Some(u64::try_from(delay.as_micros())?),
-            ..quiet()
-        },
-        Some(metrics.commits()),
-    )
-    .await?;
+    let log =
+        RecordLog::open_observed(env.pools(), &env.keys(), config, Some(metrics.commits())).await?;
+    Ok((log, metrics))
+}
 
+/// Drafts 0, 1 and 2: a lone append commits within `bound`; then a commit
+/// with a query under way is still waiting after `peek` (`why` says for
+/// what), and that query joins it: three rows in two commits.
+async fn lone_then_joined(
+    log: &Arc<RecordLog>,
+    metrics: &kakehashi_broker::metrics::Metrics,
+    bound: std::time::Duration,
+    peek: std::time::Duration,
+    why: &str,
+) -> Result<()> {
     let started = std::time::Instant::now();
     log.append(draft(0)).await?;
     assert!(
-        started.elapsed() < delay,
+        started.elapsed() < bound,
         "a lone append waited {:?}",
         started.elapsed()
     );
@@ -740,19 +742,39 @@ async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
         let log = log.clone();
         async move { log.append(draft(1)).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(
-        !first.is_finished(),
-        "the commit waits for the query under way"
-    );
+    tokio::time::sleep(peek).await;
+    assert!(!first.is_finished(), "{why}");
     drop(coming);
     log.append(draft(2)).await?;
     first.await??;
     assert_eq!(
-        commit_totals(&metrics),
+        commit_totals(metrics),
         (3.0, 2.0),
         "the lone append alone, then both in one commit"
     );
+    Ok(())
+}
+
+/// `commit_delay_us`: a commit waits for a query under way so both share it;
+/// with nothing under way nobody waits.
+async fn a_commit_waits_for_queries_under_way(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let delay = std::time::Duration::from_millis(400);
+    let config = RecordsConfig {
+        commit_delay_us: Some(u64::try_from(delay.as_micros())?),
+        ..quiet()
+    };
+    let (log, metrics) = counted_log(&env, config).await?;
+    lone_then_joined(
+        &log,
+        &metrics,
+        delay,
+        std::time::Duration::from_millis(100),
+        "the commit waits for the query under way",
+    )
+    .await?;
     assert_eq!(env.seqs().await?, vec![1, 2, 3]);
     Ok(())
 }
@@ -765,42 +787,24 @@ async fn commits_are_paced_by_the_interval(backend: Backend) -> Result<()> {
     let Some(env) = Env::new(backend).await? else {
         return Ok(());
     };
-    let metrics = kakehashi_broker::metrics::Metrics::new();
     let interval = std::time::Duration::from_secs(1);
-    let log = RecordLog::open_observed(
-        env.pools(),
-        &env.keys(),
-        RecordsConfig {
-            commit_delay_us: Some(0),
-            commit_interval_us: Some(u64::try_from(interval.as_micros())?),
-            ..quiet()
-        },
-        Some(metrics.commits()),
+    let config = RecordsConfig {
+        commit_delay_us: Some(0),
+        commit_interval_us: Some(u64::try_from(interval.as_micros())?),
+        ..quiet()
+    };
+    let (log, metrics) = counted_log(&env, config).await?;
+    // Nothing under way: no wait, interval or not. Right after that commit,
+    // with a query under way: it waits for the rest of the interval, and
+    // the query joins it.
+    lone_then_joined(
+        &log,
+        &metrics,
+        interval,
+        std::time::Duration::from_millis(200),
+        "the commit waits for the interval",
     )
     .await?;
-
-    // Nothing under way: no wait, interval or not.
-    let started = std::time::Instant::now();
-    log.append(draft(0)).await?;
-    assert!(
-        started.elapsed() < interval,
-        "a lone append waited {:?}",
-        started.elapsed()
-    );
-
-    // Right after that commit, with a query under way: it waits for the
-    // rest of the interval, and the query joins it.
-    let coming = log.expect_append();
-    let first = tokio::spawn({
-        let log = log.clone();
-        async move { log.append(draft(1)).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(!first.is_finished(), "the commit waits for the interval");
-    drop(coming);
-    log.append(draft(2)).await?;
-    first.await??;
-    assert_eq!(commit_totals(&metrics), (3.0, 2.0), "both in one commit");
 
     // Once the interval has passed, a commit does not wait, even with a
     // query under way.
