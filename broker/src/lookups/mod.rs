@@ -13,6 +13,7 @@
 //! one read of that number.
 
 pub mod cache;
+mod sqlite_generation;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -65,7 +66,21 @@ impl Lookups {
         // The task runs one batch at a time, so one connection of its own
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
-        tokio::spawn(run(rx, pools.own(1), metrics));
+        let direct = match &pools {
+            Pools::Sqlite { read, .. } => {
+                let path = read.connect_options().get_filename().to_path_buf();
+                match sqlite_generation::DirectGeneration::open(&path) {
+                    Ok(direct) => Some(direct),
+                    Err(e) => {
+                        // Reads still go through the pool, only dearer.
+                        tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
+                        None
+                    }
+                }
+            }
+            Pools::Postgres(_) => None,
+        };
+        tokio::spawn(run(rx, pools.own(1), direct, metrics));
         Lookups { tx }
     }
 
@@ -92,6 +107,7 @@ impl Lookups {
 async fn run(
     mut rx: mpsc::Receiver<(Lookup, Reply)>,
     pools: Pools,
+    mut direct: Option<sqlite_generation::DirectGeneration>,
     metrics: crate::metrics::LookupMetrics,
 ) {
     let mut cache = cache::Cache::new(cache::MAX_BYTES);
@@ -104,7 +120,7 @@ async fn run(
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match answer(&pools, &mut cache, &metrics, &lookups).await {
+        match answer(&pools, direct.as_mut(), &mut cache, &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -126,6 +142,7 @@ async fn run(
 /// the database (and keeps what it read).
 async fn answer(
     pools: &Pools,
+    direct: Option<&mut sqlite_generation::DirectGeneration>,
     cache: &mut cache::Cache,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
@@ -133,7 +150,7 @@ async fn answer(
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
     let held = !cache.is_empty();
-    let reset = cache.observe(generation(pools).await?) && held;
+    let reset = cache.observe(generation(pools, direct).await?) && held;
     let split = cache.split(lookups);
     metrics.observe(
         split.answers.iter().filter(|a| a.is_some()).count(),
@@ -163,12 +180,28 @@ async fn answer(
 /// On PostgreSQL each statement reads a snapshot taken after the one
 /// before it, so the answers read after this number see every change the
 /// number counts, as on SQLite.
-async fn generation(pools: &Pools) -> Result<i64, BrokerError> {
-    let sql = "SELECT n FROM lookup_generation WHERE id = 1";
+///
+/// On SQLite it is read in place when the task's own connection is there
+/// and SQLite answers at once ([`sqlite_generation`]), else through the pool.
+async fn generation(
+    pools: &Pools,
+    direct: Option<&mut sqlite_generation::DirectGeneration>,
+) -> Result<i64, BrokerError> {
+    if let Some(direct) = direct {
+        match direct.read() {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                tracing::debug!(error = %e, "lookup generation read in place refused; asking the pool")
+            }
+        }
+    }
     Ok(crate::on_pool!(pools, read, |pool| {
-        sqlx::query_scalar(sql).fetch_one(pool).await?
+        sqlx::query_scalar(GENERATION_SQL).fetch_one(pool).await?
     }))
 }
+
+/// The one row the lookup generation is.
+const GENERATION_SQL: &str = "SELECT n FROM lookup_generation WHERE id = 1";
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
 /// requester code exists; absent indexes are unknown to their requester.

@@ -1,0 +1,90 @@
+//! The lookup generation read on SQLite without leaving the task.
+//!
+//! The batching task reads the generation once per batch, and under load
+//! most batches are answered from memory, so that one read is all the
+//! database work they cost. Through sqlx it is a hand-off to the
+//! connection's worker thread and back: two thread wake-ups for a one-row
+//! read, which at full rate cost ~3 % of the machine (benches/README.md,
+//! session 11). This connection is read in place instead, synchronously: a
+//! point read of a one-page table, which a WAL reader does without waiting
+//! for the writer.
+//!
+//! It never sleeps on the runtime's thread: the busy timeout is zero, and a
+//! read SQLite refuses (`SQLITE_BUSY` in a rare moment of the WAL's
+//! bookkeeping) is the caller's cue to ask the pool instead.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::GENERATION_SQL;
+
+/// A read-only connection of the batching task's own.
+pub(crate) struct DirectGeneration {
+    conn: Connection,
+}
+
+impl DirectGeneration {
+    /// Opens the broker's SQLite file read-only.
+    pub(crate) fn open(path: &Path) -> rusqlite::Result<DirectGeneration> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::ZERO)?;
+        let mut direct = DirectGeneration { conn };
+        // Fail here, not on the first query, if the table is not there.
+        direct.read()?;
+        Ok(direct)
+    }
+
+    /// The generation committed now. Each read is a transaction of its
+    /// own (the statement is reset when the row is read), so it sees every
+    /// commit made before it, by any connection. `&mut`: the connection is
+    /// not `Sync`, and the batching task holds it across its awaits.
+    pub(crate) fn read(&mut self) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached(GENERATION_SQL)?
+            .query_row([], |row| row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    #[tokio::test]
+    async fn reads_what_another_connection_committed_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.db");
+        let store = SqliteStore::open(&path).await.expect("store");
+        let mut direct = DirectGeneration::open(&path).expect("open");
+        let before = direct.read().expect("read");
+
+        let crate::store::Pools::Sqlite { write, .. } = store.pools() else {
+            panic!("a SQLite store has SQLite pools");
+        };
+        sqlx::query("UPDATE lookup_generation SET n = n + 5 WHERE id = 1")
+            .execute(&write)
+            .await
+            .expect("bump");
+        assert_eq!(direct.read().expect("read"), before + 5);
+
+        // A second read with nothing committed in between agrees: the
+        // statement holds no snapshot, and reading changes nothing.
+        assert_eq!(direct.read().expect("read"), before + 5);
+    }
+
+    #[test]
+    fn a_file_without_the_table_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("empty.db");
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("CREATE TABLE other (x INTEGER)"))
+            .expect("create");
+        assert!(DirectGeneration::open(&path).is_err());
+        assert!(DirectGeneration::open(&dir.path().join("absent.db")).is_err());
+    }
+}
