@@ -32,10 +32,13 @@ impl DirectGeneration {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::ZERO)?;
         let mut direct = DirectGeneration { conn };
-        // Fail here, not on the first query, if the table is not there.
+        // Fail here, not on the first query, if the table is not there;
+        // at start-up a moment's wait (another connection closing, say) is
+        // fine, on the query path it is not.
+        direct.conn.busy_timeout(Duration::from_secs(2))?;
         direct.read()?;
+        direct.conn.busy_timeout(Duration::ZERO)?;
         Ok(direct)
     }
 
@@ -75,6 +78,37 @@ mod tests {
         // A second read with nothing committed in between agrees: the
         // statement holds no snapshot, and reading changes nothing.
         assert_eq!(direct.read().expect("read"), before + 5);
+    }
+
+    #[tokio::test]
+    async fn a_refused_read_in_place_is_asked_of_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        let pools = store.pools();
+        let crate::store::Pools::Sqlite { write, .. } = &pools else {
+            panic!("a SQLite store has SQLite pools");
+        };
+        sqlx::query("UPDATE lookup_generation SET n = 41 WHERE id = 1")
+            .execute(write)
+            .await
+            .expect("set");
+
+        // A connection whose reads now fail: its file lost the table.
+        let other = dir.path().join("other.db");
+        // Kept open: while its pools close, a read-only open can meet a busy file.
+        let _other_store = SqliteStore::open(&other).await.expect("other store");
+        let mut direct = DirectGeneration::open(&other).expect("open");
+        Connection::open(&other)
+            .and_then(|c| c.execute_batch("DROP TABLE lookup_generation"))
+            .expect("drop");
+        assert!(direct.read().is_err());
+
+        let n = crate::lookups::generation(&pools, Some(&mut direct))
+            .await
+            .expect("the pool answers");
+        assert_eq!(n, 41);
     }
 
     #[test]
