@@ -1,6 +1,7 @@
 //! What else the machine did during a measured window: bytes written to
 //! disk and, on PostgreSQL, the maintenance that finished (autovacuum,
-//! autoanalyze) and the checkpointer's writes.
+//! autoanalyze), the autovacuum passes at work at either end, and the
+//! checkpointer's writes.
 //!
 //! Why: a half-rate p99 that misses its target is read against these. On
 //! this project's 2-core VM the misses come from the full-rate run's
@@ -65,17 +66,42 @@ pub const PG_COUNTERS_SQL: &str = "SELECT \
     (SELECT coalesce(sum(autoanalyze_count), 0) FROM pg_stat_user_tables), \
     checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter";
 
+/// What the autovacuum workers are doing in the database now, one line
+/// each (`autovacuum: VACUUM public.queries`). The counters above move
+/// only when a pass ends, so a pass that began before a window and ends
+/// after it shows only here.
+pub const PG_AUTOVACUUM_SQL: &str = "SELECT query FROM pg_stat_activity \
+    WHERE backend_type = 'autovacuum worker' AND datname = current_database() \
+    AND query <> '' ORDER BY query";
+
+/// Parses psql's output of [`PG_COUNTERS_SQL`] then [`PG_AUTOVACUUM_SQL`]:
+/// the counters on the first line, then the autovacuum workers' passes
+/// (their `autovacuum: ` prefix dropped); `None` without counters.
+pub fn parse_pg(out: &str) -> Option<(PgCounters, Vec<String>)> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let counters = PgCounters::parse(lines.next()?)?;
+    let running = lines
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix("autovacuum: ").unwrap_or(l).to_string()
+        })
+        .collect();
+    Some((counters, running))
+}
+
 /// The counters at one instant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// 512-byte sectors written to the machine's disks since boot.
     pub disk_sectors_written: u64,
     /// PostgreSQL's counters, when a database was given and psql answered.
     pub postgres: Option<PgCounters>,
+    /// The autovacuum passes at work then (empty without PostgreSQL).
+    pub autovacuum_running: Vec<String>,
 }
 
 /// What happened between two snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Background {
     /// Seconds between the snapshots.
     pub seconds: f64,
@@ -83,6 +109,10 @@ pub struct Background {
     pub disk_written_mb: f64,
     /// PostgreSQL's maintenance in the window, when the target was PostgreSQL.
     pub postgres: Option<PgCounters>,
+    /// Autovacuum passes at work when the window began (PostgreSQL).
+    pub autovacuum_at_start: Vec<String>,
+    /// Autovacuum passes at work when it ended (PostgreSQL).
+    pub autovacuum_at_end: Vec<String>,
 }
 
 impl Background {
@@ -99,6 +129,8 @@ impl Background {
                 (Some(b), Some(a)) => Some(a.since(b)),
                 _ => None,
             },
+            autovacuum_at_start: before.autovacuum_running.clone(),
+            autovacuum_at_end: after.autovacuum_running.clone(),
         }
     }
 
@@ -121,6 +153,18 @@ impl Background {
                 plural(pg.autoanalyzes, "autoanalyze"),
                 plural(pg.checkpoints, "checkpoint"),
                 pg.checkpoint_buffers as f64 * 8192.0 / 1e6
+            ));
+            let at_work = |passes: &[String]| {
+                if passes.is_empty() {
+                    "none".to_string()
+                } else {
+                    passes.join(", ")
+                }
+            };
+            out.push_str(&format!(
+                "; autovacuum at work when it began: {}, when it ended: {}",
+                at_work(&self.autovacuum_at_start),
+                at_work(&self.autovacuum_at_end)
             ));
         }
         out
@@ -161,15 +205,29 @@ pub fn snapshot(pg_url: Option<&str>) -> Snapshot {
         .unwrap_or(0);
     let postgres = pg_url.and_then(|url| {
         let out = crate::compare::run_tool(
-            Command::new("psql").args([url, "-X", "-tA", "-F,", "-c", PG_COUNTERS_SQL]),
+            Command::new("psql").args([
+                url,
+                "-X",
+                "-tA",
+                "-F,",
+                "-c",
+                PG_COUNTERS_SQL,
+                "-c",
+                PG_AUTOVACUUM_SQL,
+            ]),
             "psql (statistics)",
         )
         .ok()?;
-        PgCounters::parse(&out)
+        parse_pg(&out)
     });
+    let (postgres, autovacuum_running) = match postgres {
+        Some((counters, running)) => (Some(counters), running),
+        None => (None, Vec::new()),
+    };
     Snapshot {
         disk_sectors_written: disk,
         postgres,
+        autovacuum_running,
     }
 }
 
@@ -239,6 +297,19 @@ mod tests {
                 checkpoint_buffers: 12207
             })
         );
+        assert_eq!(
+            parse_pg("3,4,1,12207\nautovacuum: VACUUM public.queries\n"),
+            Some((
+                PgCounters {
+                    autovacuums: 3,
+                    autoanalyzes: 4,
+                    checkpoints: 1,
+                    checkpoint_buffers: 12207
+                },
+                vec!["VACUUM public.queries".to_string()]
+            ))
+        );
+        assert_eq!(parse_pg("autovacuum: VACUUM public.queries\n"), None);
         assert_eq!(PgCounters::parse(""), None);
         assert_eq!(PgCounters::parse("3,4,1"), None);
         assert_eq!(PgCounters::parse("3,x,1,2"), None);
@@ -302,6 +373,7 @@ mod tests {
                 checkpoints: 2,
                 checkpoint_buffers: 1000,
             }),
+            autovacuum_running: vec!["VACUUM ANALYZE public.queries".into()],
         };
         let after = Snapshot {
             disk_sectors_written: 1_000_000 + 800_000,
@@ -311,18 +383,21 @@ mod tests {
                 checkpoints: 3,
                 checkpoint_buffers: 1000 + 12_207,
             }),
+            autovacuum_running: Vec::new(),
         };
         let b = Background::between(&before, &after, 10.0);
         assert_eq!(
             b.text(),
             "disk 410 MB written (41 MB/s); PostgreSQL: 2 autovacuums and 1 autoanalyze \
-             finished, 1 checkpoint started, 100 MB written by checkpoints that ended"
+             finished, 1 checkpoint started, 100 MB written by checkpoints that ended; \
+             autovacuum at work when it began: VACUUM ANALYZE public.queries, when it ended: none"
         );
         // SQLite targets have no PostgreSQL counters; a failed psql read
         // on one side gives none rather than a wrong difference.
         let sqlite = Background::between(
             &Snapshot {
                 postgres: None,
+                autovacuum_running: Vec::new(),
                 ..before
             },
             &after,

@@ -671,6 +671,7 @@ fn check_targets(
                 r.rate.unwrap_or(0.0),
                 r.throughput,
                 r.background
+                    .as_ref()
                     .map(|b| format!("; during it: {}", b.text()))
                     .unwrap_or_default()
             ),
