@@ -89,8 +89,85 @@ pub fn parse_pg(out: &str) -> Option<(PgCounters, Vec<String>)> {
     Some((counters, running))
 }
 
+/// The broker's record-commit latency histogram
+/// (`kakehashi_record_commit_seconds` on `/metrics`): cumulative counts by
+/// upper bound in seconds, in the order the broker prints them.
+pub type CommitBuckets = Vec<(f64, u64)>;
+
+/// The histogram's buckets from `/metrics` text; `None` without any.
+pub fn parse_commit_buckets(metrics: &str) -> Option<CommitBuckets> {
+    let buckets: CommitBuckets = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("kakehashi_record_commit_seconds_bucket{le=\"")?;
+            let (le, rest) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// How the broker's record commits went in a window: whether the tail of
+/// the queries came with slow commits (the disk) or without (CPU, queues).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Commits {
+    /// Commits in the window.
+    pub commits: u64,
+    /// Of those, taking longer than 3.2 ms.
+    pub over_3_2_ms: u64,
+    /// The upper bound of the slowest bucket any reached, in ms (`None`
+    /// past the last finite bound).
+    pub slowest_under_ms: Option<f64>,
+}
+
+impl Commits {
+    /// The growth from `before` to `after`; `None` if the buckets differ.
+    pub fn between(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Commits> {
+        if before.len() != after.len() || before.iter().zip(after).any(|(b, a)| b.0 != a.0) {
+            return None;
+        }
+        let grown: Vec<(f64, u64)> = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| (a.0, a.1.saturating_sub(b.1)))
+            .collect();
+        let commits = grown.last().map(|b| b.1).unwrap_or(0);
+        let within = |bound: f64| {
+            grown
+                .iter()
+                .filter(|b| b.0 <= bound)
+                .map(|b| b.1)
+                .max()
+                .unwrap_or(0)
+        };
+        let slowest = grown.iter().find(|b| b.1 == commits).map(|b| b.0);
+        Some(Commits {
+            commits,
+            over_3_2_ms: commits.saturating_sub(within(0.0032)),
+            slowest_under_ms: slowest.filter(|le| le.is_finite()).map(|le| le * 1e3),
+        })
+    }
+
+    fn text(&self) -> String {
+        let share = self.over_3_2_ms as f64 * 100.0 / (self.commits.max(1) as f64);
+        let slowest = match self.slowest_under_ms {
+            Some(ms) => format!("the slowest under {ms} ms"),
+            None => "the slowest past the histogram".to_string(),
+        };
+        format!(
+            "broker: {} record commits, {share:.1} % over 3.2 ms, {slowest}",
+            self.commits
+        )
+    }
+}
+
 /// The counters at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// 512-byte sectors written to the machine's disks since boot.
     pub disk_sectors_written: u64,
@@ -98,6 +175,8 @@ pub struct Snapshot {
     pub postgres: Option<PgCounters>,
     /// The autovacuum passes at work then (empty without PostgreSQL).
     pub autovacuum_running: Vec<String>,
+    /// The broker's commit histogram, when its `/metrics` answered.
+    pub commit_buckets: Option<CommitBuckets>,
 }
 
 /// What happened between two snapshots.
@@ -113,6 +192,8 @@ pub struct Background {
     pub autovacuum_at_start: Vec<String>,
     /// Autovacuum passes at work when it ended (PostgreSQL).
     pub autovacuum_at_end: Vec<String>,
+    /// The broker's record commits in the window, when `/metrics` answered.
+    pub commits: Option<Commits>,
 }
 
 impl Background {
@@ -131,6 +212,10 @@ impl Background {
             },
             autovacuum_at_start: before.autovacuum_running.clone(),
             autovacuum_at_end: after.autovacuum_running.clone(),
+            commits: match (&before.commit_buckets, &after.commit_buckets) {
+                (Some(b), Some(a)) => Commits::between(b, a),
+                _ => None,
+            },
         }
     }
 
@@ -166,6 +251,10 @@ impl Background {
                 at_work(&self.autovacuum_at_start),
                 at_work(&self.autovacuum_at_end)
             ));
+        }
+        if let Some(commits) = &self.commits {
+            out.push_str("; ");
+            out.push_str(&commits.text());
         }
         out
     }
@@ -228,6 +317,7 @@ pub fn snapshot(pg_url: Option<&str>) -> Snapshot {
         disk_sectors_written: disk,
         postgres,
         autovacuum_running,
+        commit_buckets: None,
     }
 }
 
@@ -238,28 +328,73 @@ pub fn snapshot(pg_url: Option<&str>) -> Snapshot {
 pub struct Window {
     start: tokio::task::JoinHandle<Option<(std::time::Instant, Snapshot)>>,
     pg_url: Option<String>,
+    broker: Option<Metrics>,
+}
+
+/// Where the broker's `/metrics` is read, with an identity it lets in.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The broker.
+    pub target: crate::client::Target,
+    /// TLS with the identity.
+    pub tls: tokio_rustls::TlsConnector,
+}
+
+impl Metrics {
+    /// The commit histogram now; `None` if the broker did not answer.
+    async fn commit_buckets(&self) -> Option<CommitBuckets> {
+        let mut conn =
+            crate::client::Conn::connect(&self.target, &self.tls, crate::client::Protocol::Http1)
+                .await
+                .ok()?;
+        let reply = conn
+            .send(http::Method::GET, "/metrics", bytes::Bytes::new())
+            .await
+            .ok()?;
+        if !reply.status.is_success() {
+            return None;
+        }
+        parse_commit_buckets(&String::from_utf8_lossy(&reply.body))
+    }
+}
+
+/// Both reads at one instant: the broker's histogram, then the rest.
+async fn snapshot_with(pg_url: Option<String>, broker: Option<&Metrics>) -> Option<Snapshot> {
+    let commit_buckets = match broker {
+        Some(broker) => broker.commit_buckets().await,
+        None => None,
+    };
+    let mut snap = tokio::task::spawn_blocking(move || snapshot(pg_url.as_deref()))
+        .await
+        .ok()?;
+    snap.commit_buckets = commit_buckets;
+    Some(snap)
 }
 
 impl Window {
-    /// Starts the clock; `pg_url` is the benchmark's database, if any.
-    pub fn start(delay: Duration, pg_url: Option<String>) -> Window {
+    /// Starts the clock; `pg_url` is the benchmark's database, if any;
+    /// `broker` where its commit histogram is read, if it is Kakehashi.
+    pub fn start(delay: Duration, pg_url: Option<String>, broker: Option<Metrics>) -> Window {
         let url = pg_url.clone();
+        let at_start = broker.clone();
         let start = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let at = std::time::Instant::now();
-            let first = tokio::task::spawn_blocking(move || snapshot(url.as_deref()));
-            first.await.ok().map(|first| (at, first))
+            snapshot_with(url, at_start.as_ref())
+                .await
+                .map(|first| (at, first))
         });
-        Window { start, pg_url }
+        Window {
+            start,
+            pg_url,
+            broker,
+        }
     }
 
     /// What happened from the first snapshot to now; `None` if a snapshot
     /// task failed.
     pub async fn finish(self) -> Option<Background> {
-        let url = self.pg_url;
-        let last = tokio::task::spawn_blocking(move || snapshot(url.as_deref()))
-            .await
-            .ok()?;
+        let last = snapshot_with(self.pg_url, self.broker.as_ref()).await?;
         let (at, first) = self.start.await.ok()??;
         Some(Background::between(
             &first,
@@ -328,7 +463,7 @@ mod tests {
         let Some(pg_before) = before.postgres else {
             panic!("psql gave no counters for the test server");
         };
-        let window = Window::start(Duration::ZERO, Some(url.clone()));
+        let window = Window::start(Duration::ZERO, Some(url.clone()), None);
         // The window's first snapshot is taken before the checkpoint.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let status = Command::new("psql")
@@ -363,6 +498,49 @@ mod tests {
         );
     }
 
+    const METRICS: &str = "\
+# TYPE kakehashi_record_commit_seconds histogram
+kakehashi_record_commit_seconds_bucket{le=\"0.0008\"} 7617
+kakehashi_record_commit_seconds_bucket{le=\"0.0016\"} 9405
+kakehashi_record_commit_seconds_bucket{le=\"0.0032\"} 9553
+kakehashi_record_commit_seconds_bucket{le=\"0.0064\"} 9626
+kakehashi_record_commit_seconds_bucket{le=\"0.0128\"} 9641
+kakehashi_record_commit_seconds_bucket{le=\"+Inf\"} 9642
+kakehashi_record_commit_seconds_sum 7.59
+kakehashi_request_duration_seconds_bucket{le=\"0.0001\",route=\"query\"} 3
+";
+
+    #[test]
+    fn commit_buckets_parse_from_metrics_text() {
+        let b = parse_commit_buckets(METRICS).expect("buckets");
+        assert_eq!(b.len(), 6);
+        assert_eq!(b[0], (0.0008, 7617));
+        assert_eq!(b[5], (f64::INFINITY, 9642));
+        assert_eq!(parse_commit_buckets("kakehashi_up 1\n"), None);
+    }
+
+    #[test]
+    fn commits_in_a_window_are_the_growth_of_the_buckets() {
+        let after = parse_commit_buckets(METRICS).expect("buckets");
+        let before: CommitBuckets = after.iter().map(|b| (b.0, b.1 / 2)).collect();
+        // Grown: 3809, 4703, 4777, 4813, 4821, 4821 (of 9642 - 4821).
+        let c = Commits::between(&before, &after).expect("same buckets");
+        assert_eq!(c.commits, 4821);
+        assert_eq!(c.over_3_2_ms, 4821 - 4777);
+        assert_eq!(c.slowest_under_ms, Some(12.8));
+        assert_eq!(
+            c.text(),
+            "broker: 4821 record commits, 0.9 % over 3.2 ms, the slowest under 12.8 ms"
+        );
+        // From nothing: one commit past the last bound.
+        let zero: CommitBuckets = after.iter().map(|b| (b.0, 0)).collect();
+        let c = Commits::between(&zero, &after).expect("same buckets");
+        assert_eq!((c.commits, c.slowest_under_ms), (9642, None));
+        assert!(c.text().ends_with("the slowest past the histogram"));
+        // A broker restarted with other buckets gives no figures.
+        assert_eq!(Commits::between(&after[..5], &after), None);
+    }
+
     #[test]
     fn a_window_reports_growth_in_words() {
         let before = Snapshot {
@@ -374,6 +552,7 @@ mod tests {
                 checkpoint_buffers: 1000,
             }),
             autovacuum_running: vec!["VACUUM ANALYZE public.queries".into()],
+            commit_buckets: None,
         };
         let after = Snapshot {
             disk_sectors_written: 1_000_000 + 800_000,
@@ -384,6 +563,7 @@ mod tests {
                 checkpoint_buffers: 1000 + 12_207,
             }),
             autovacuum_running: Vec::new(),
+            commit_buckets: None,
         };
         let b = Background::between(&before, &after, 10.0);
         assert_eq!(

@@ -326,12 +326,17 @@ impl Ctx<'_> {
         let client_wall = std::time::Instant::now();
         // Half-rate runs: what else happened in the measured window (it
         // starts after the warm-up) — disk writes, database maintenance.
-        let window = rate.map(|_| {
-            background::Window::start(
+        let window = match rate {
+            Some(_) => Some(background::Window::start(
                 Duration::from_secs(self.opts.half_warmup),
                 self.pg_url.clone(),
-            )
-        });
+                Some(background::Metrics {
+                    target: target.clone(),
+                    tls: tls_connector(&identity, Protocol::Http1, true)?,
+                }),
+            )),
+            None => None,
+        };
         let measured = load::run(workload.clone(), config).await;
         let background = match window {
             Some(window) => window.finish().await,
