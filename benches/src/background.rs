@@ -1,7 +1,8 @@
 //! What else the machine did during a measured window: bytes written to
-//! disk and, on PostgreSQL, the maintenance that finished (autovacuum,
+//! disk; on PostgreSQL, the maintenance that finished (autovacuum,
 //! autoanalyze), the autovacuum passes at work at either end, and the
-//! checkpointer's writes.
+//! checkpointer's writes; and how the broker's own record commits went
+//! (its `/metrics` histogram).
 //!
 //! Why: a half-rate p99 that misses its target is read against these. On
 //! this project's 2-core VM the misses come from the full-rate run's
