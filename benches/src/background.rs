@@ -146,7 +146,11 @@ impl Commits {
                 .max()
                 .unwrap_or(0)
         };
-        let slowest = grown.iter().find(|b| b.1 == commits).map(|b| b.0);
+        // With no commits every bucket "holds them all": there is no slowest.
+        let slowest = grown
+            .iter()
+            .find(|b| commits > 0 && b.1 == commits)
+            .map(|b| b.0);
         Some(Commits {
             commits,
             over_3_2_ms: commits.saturating_sub(within(0.0032)),
@@ -155,6 +159,9 @@ impl Commits {
     }
 
     fn text(&self) -> String {
+        if self.commits == 0 {
+            return "broker: no record commits".to_string();
+        }
         let share = self.over_3_2_ms as f64 * 100.0 / (self.commits.max(1) as f64);
         let slowest = match self.slowest_under_ms {
             Some(ms) => format!("the slowest under {ms} ms"),
@@ -538,6 +545,10 @@ kakehashi_request_duration_seconds_bucket{le=\"0.0001\",route=\"query\"} 3
         let c = Commits::between(&zero, &after).expect("same buckets");
         assert_eq!((c.commits, c.slowest_under_ms), (9642, None));
         assert!(c.text().ends_with("the slowest past the histogram"));
+        // A window without commits says so.
+        let idle = Commits::between(&after, &after).expect("same buckets");
+        assert_eq!((idle.commits, idle.slowest_under_ms), (0, None));
+        assert_eq!(idle.text(), "broker: no record commits");
         // A broker restarted with other buckets gives no figures.
         assert_eq!(Commits::between(&after[..5], &after), None);
     }

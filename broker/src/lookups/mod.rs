@@ -66,20 +66,14 @@ impl Lookups {
         // The task runs one batch at a time, so one connection of its own
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
-        let direct = match &pools {
-            Pools::Sqlite { read, .. } => {
-                let path = read.connect_options().get_filename().to_path_buf();
-                match sqlite_generation::DirectGeneration::open(&path) {
-                    Ok(direct) => Some(direct),
-                    Err(e) => {
-                        // Reads still go through the pool, only dearer.
-                        tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
-                        None
-                    }
-                }
-            }
-            Pools::Postgres(_) => None,
-        };
+        let direct = pools.sqlite_file().and_then(|path| {
+            sqlite_generation::DirectGeneration::open(&path)
+                .map_err(|e| {
+                    // Reads still go through the pool, only dearer.
+                    tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
+                })
+                .ok()
+        });
         tokio::spawn(run(rx, pools.own(1), direct, metrics));
         Lookups { tx }
     }
@@ -120,7 +114,7 @@ async fn run(
             }
         }
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match answer(&pools, direct.as_mut(), &mut cache, &metrics, &lookups).await {
+        match answer(&pools, &mut direct, &mut cache, &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -142,7 +136,7 @@ async fn run(
 /// the database (and keeps what it read).
 async fn answer(
     pools: &Pools,
-    direct: Option<&mut sqlite_generation::DirectGeneration>,
+    direct: &mut Option<sqlite_generation::DirectGeneration>,
     cache: &mut cache::Cache,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
@@ -183,15 +177,21 @@ async fn answer(
 ///
 /// On SQLite it is read in place when the task's own connection is there
 /// and SQLite answers at once ([`sqlite_generation`]), else through the pool.
+/// A busy file is a moment's refusal; any other failure gives the
+/// connection up, so a broken one does not cost every batch two reads.
 async fn generation(
     pools: &Pools,
-    direct: Option<&mut sqlite_generation::DirectGeneration>,
+    direct: &mut Option<sqlite_generation::DirectGeneration>,
 ) -> Result<i64, BrokerError> {
-    if let Some(direct) = direct {
-        match direct.read() {
+    if let Some(conn) = direct.as_mut() {
+        match conn.read() {
             Ok(n) => return Ok(n),
-            Err(e) => {
+            Err(e) if sqlite_generation::is_busy(&e) => {
                 tracing::debug!(error = %e, "lookup generation read in place refused; asking the pool")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the lookups' own SQLite connection failed; reading through the pool from now on");
+                *direct = None;
             }
         }
     }

@@ -185,8 +185,8 @@ pub(crate) fn spawn(
             runtime.block_on(async move {
                 let (pools, direct) = match pools {
                     Pools::Postgres(_) => (pools.own(2), None),
-                    Pools::Sqlite { ref write, .. } => {
-                        let path = write.connect_options().get_filename().to_path_buf();
+                    Pools::Sqlite { .. } => {
+                        let path = pools.sqlite_file().unwrap_or_default();
                         let direct = match DirectWriter::open(&path) {
                             Ok(direct) => Some(direct),
                             Err(e) => {

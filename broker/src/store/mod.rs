@@ -66,6 +66,17 @@ pub enum Pools {
 }
 
 impl Pools {
+    /// The SQLite database file, for a connection of a task's own outside
+    /// sqlx; `None` on PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Pools::Sqlite { write, .. } => {
+                Some(write.connect_options().get_filename().to_path_buf())
+            }
+            Pools::Postgres(_) => None,
+        }
+    }
+
     /// Pools of a task's own with the same settings, opened lazily: up to
     /// `connections` PostgreSQL connections, or SQLite readers (SQLite's
     /// single writer stays shared, as there is only one). For a task that
