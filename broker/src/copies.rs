@@ -60,29 +60,37 @@ pub async fn deposit_batch(
 /// The query path's one read: maps the requester's code to the provider's
 /// code and fetches the provider's copy, batched with concurrent queries'
 /// reads into one statement ([`crate::lookups`]), then opens the copy.
+/// Also returns the lookup generation the answer holds under when it came
+/// from memory unconfirmed (its record must be committed under it);
+/// `fresh` asks for an answer confirmed first.
 pub async fn read_for_query(
     lookups: &crate::lookups::Lookups,
     keys: &Keyring,
     requester: &OrgId,
     requester_code: &str,
     provider: &OrgId,
+    fresh: bool,
 ) -> Result<
     (
         crate::identity::MappedCode,
         Option<BTreeMap<String, serde_json::Value>>,
+        Option<i64>,
     ),
     BrokerError,
 > {
     use crate::identity::MappedCode;
     use crate::lookups::{Found, Lookup};
-    let found = lookups
-        .find(Lookup {
-            requester: requester.as_str().to_string(),
-            requester_code: requester_code.to_string(),
-            provider: provider.as_str().to_string(),
-        })
+    let (found, generation) = lookups
+        .find(
+            Lookup {
+                requester: requester.as_str().to_string(),
+                requester_code: requester_code.to_string(),
+                provider: provider.as_str().to_string(),
+            },
+            fresh,
+        )
         .await?;
-    Ok(match found {
+    let (mapped, copy) = match found {
         Found::UnknownToRequester => (MappedCode::UnknownToRequester, None),
         Found::NotLinkedByProvider => (MappedCode::NotLinkedByProvider, None),
         Found::Provider { code, cipher: None } => (MappedCode::Provider(code), None),
@@ -90,10 +98,20 @@ pub async fn read_for_query(
             code,
             cipher: Some(cipher),
         } => {
-            let plain = keys.decrypt(&cipher, &context(provider, &code))?;
-            let map = serde_json::from_slice(&plain)
-                .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))?;
-            (MappedCode::Provider(code), Some(map))
+            let opened = keys
+                .decrypt(&cipher, &context(provider, &code))
+                .and_then(|plain| {
+                    serde_json::from_slice(&plain)
+                        .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))
+                });
+            match opened {
+                Ok(map) => (MappedCode::Provider(code), Some(map)),
+                // A copy from memory may be one the database no longer
+                // holds: ask again, confirmed, before calling it a fault.
+                Err(_) if generation.is_some() => return Err(BrokerError::LookupChanged),
+                Err(e) => return Err(e),
+            }
         }
-    })
+    };
+    Ok((mapped, copy, generation))
 }

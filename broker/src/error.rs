@@ -33,6 +33,12 @@ pub enum BrokerError {
         /// Explanation without secrets.
         message: String,
     },
+    /// A person code or copy a query's answer was read from memory under
+    /// changed before the query's record was committed: nothing was
+    /// committed, and the query is answered again
+    /// ([`crate::exchange::query`]), so this never reaches a client.
+    #[error("the person data a query read changed while it was answered")]
+    LookupChanged,
 }
 
 impl BrokerError {

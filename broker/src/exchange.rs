@@ -21,11 +21,41 @@ use crate::results::{self, OwnedResult};
 use crate::state::AppState;
 use crate::store::OrgRecord;
 
+/// Times a query is answered before the broker gives up on person data that
+/// keeps changing under it.
+const ATTEMPTS: usize = 3;
+
 /// Runs a query for an admitted requester.
+///
+/// The person lookup may answer from memory without asking the database
+/// whether anything changed ([`crate::lookups`]); the query's record then
+/// commits only if nothing did, and otherwise nothing is committed and the
+/// query is answered again, the lookup confirmed first.
 pub async fn query(
     state: &AppState,
     requester: &OrgRecord,
     req: QueryRequest,
+) -> Result<QueryResponse, BrokerError> {
+    for attempt in 0..ATTEMPTS {
+        match answer(state, requester, &req, attempt > 0).await {
+            Err(BrokerError::LookupChanged) => {
+                tracing::debug!("person data changed while a query was answered; answering again")
+            }
+            done => return done,
+        }
+    }
+    Err(BrokerError::refused(
+        ErrorCode::Unavailable,
+        "the person's codes or copies kept changing while the query was answered; try again",
+    ))
+}
+
+/// One attempt at a query; `fresh` confirms the lookup before answering.
+async fn answer(
+    state: &AppState,
+    requester: &OrgRecord,
+    req: &QueryRequest,
+    fresh: bool,
 ) -> Result<QueryResponse, BrokerError> {
     // Every way out of a query appends a record: the writer may hold a
     // commit briefly for it. Dropped just before the append.
@@ -85,12 +115,13 @@ pub async fn query(
     };
 
     // One read maps the person to the provider's code and fetches the copy.
-    let (mapped, copy) = copies::read_for_query(
+    let (mapped, copy, generation) = copies::read_for_query(
         &state.lookups,
         &state.keys,
         &requester.id,
         req.person.as_str(),
         &provider.id,
+        fresh,
     )
     .await?;
     let provider_code = match mapped {
@@ -102,14 +133,14 @@ pub async fn query(
                 ErrorCode::UnknownPerson,
                 "this org has no person with that code",
             );
-            return deny(state, coming, draft, err).await;
+            return deny_read(state, coming, draft, err, generation).await;
         }
         MappedCode::NotLinkedByProvider => {
             let err = BrokerError::refused(
                 ErrorCode::NoCopy,
                 "the provider holds no data about this person",
             );
-            return deny(state, coming, draft, err).await;
+            return deny_read(state, coming, draft, err, generation).await;
         }
     };
     draft.provider_person_code = Some(provider_code.clone());
@@ -119,7 +150,7 @@ pub async fn query(
             ErrorCode::NoCopy,
             "the provider has deposited no copy for this person",
         );
-        return deny(state, coming, draft, err).await;
+        return deny_read(state, coming, draft, err, generation).await;
     };
 
     let exchange = &state.config.exchange;
@@ -173,7 +204,10 @@ pub async fn query(
         result.pending_cipher = Some(cipher);
         draft.outcome = Outcome::Pending;
         drop(coming);
-        state.records.append_with_result(draft, result).await?;
+        state
+            .records
+            .append_answer(draft, Some(result), generation)
+            .await?;
         return Ok(QueryResponse {
             query_id,
             status: QueryStatus::Pending,
@@ -214,7 +248,10 @@ pub async fn query(
     result.envelope = Some(envelope_json);
     draft.outcome = Outcome::Provided;
     drop(coming);
-    state.records.append_with_result(draft, result).await?;
+    state
+        .records
+        .append_answer(draft, Some(result), generation)
+        .await?;
     Ok(QueryResponse {
         query_id,
         status: QueryStatus::Provided,
@@ -232,15 +269,27 @@ fn secs(s: u64) -> i64 {
 async fn deny(
     state: &AppState,
     coming: ExpectedAppend<'_>,
+    draft: RecordDraft,
+    err: BrokerError,
+) -> Result<QueryResponse, BrokerError> {
+    deny_read(state, coming, draft, err, None).await
+}
+
+/// Records a denial that rests on what the lookup found (under `generation`
+/// if that came from memory unconfirmed), then returns it.
+async fn deny_read(
+    state: &AppState,
+    coming: ExpectedAppend<'_>,
     mut draft: RecordDraft,
     err: BrokerError,
+    generation: Option<i64>,
 ) -> Result<QueryResponse, BrokerError> {
     draft.outcome = Outcome::Denied {
         reason: err.code().as_str().to_string(),
     };
     draft.permit_id = None;
     drop(coming);
-    state.record(draft).await?;
+    state.records.append_answer(draft, None, generation).await?;
     Err(err)
 }
 

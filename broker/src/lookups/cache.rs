@@ -69,6 +69,11 @@ impl Cache {
         self.entries.is_empty()
     }
 
+    /// The generation the held answers belong to, once one was observed.
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
+    }
+
     /// Adopts the generation the database reports now; a different one than
     /// the cache's empties it. Returns whether the cache was emptied.
     pub fn observe(&mut self, generation: i64) -> bool {

@@ -11,6 +11,15 @@
 //! The answers are also kept in memory while the database's lookup
 //! generation holds ([`cache`]); a batch whose lookups are all cached costs
 //! one read of that number.
+//!
+//! Where that read is a round trip (PostgreSQL, or SQLite without the task's
+//! own connection) it is not made: a batch the cache answers whole is
+//! answered at once, each answer carrying the generation it was read under.
+//! The query's record commits only if the database's generation is still
+//! that one — checked by the commit's own statement
+//! ([`crate::records::RecordLog::append_answer`]) — else nothing commits and
+//! the query is asked again with `fresh`, which reads the number first. So
+//! answers still follow every change committed before their query came.
 
 pub mod cache;
 mod sqlite_generation;
@@ -51,18 +60,26 @@ pub enum Found {
     },
 }
 
-type Reply = oneshot::Sender<Result<Found, String>>;
+/// What the database holds for a lookup, and the lookup generation it
+/// holds under if it was read from memory without asking (`None`: read
+/// under a generation read after the lookup was asked).
+pub type Answer = (Found, Option<i64>);
+
+type Reply = oneshot::Sender<Result<Answer, String>>;
+
+/// A lookup, whether it must be read under a fresh generation, and where
+/// its answer goes.
+type Asked = (Lookup, bool, Reply);
 
 /// Handle to the batching task.
 #[derive(Clone)]
 pub struct Lookups {
-    tx: mpsc::Sender<(Lookup, Reply)>,
+    tx: mpsc::Sender<Asked>,
 }
 
 impl Lookups {
     /// Starts the batching task on the current runtime.
     pub fn start(pools: Pools, metrics: crate::metrics::LookupMetrics) -> Lookups {
-        let (tx, rx) = mpsc::channel(4096);
         // The task runs one batch at a time, so one connection of its own
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
@@ -74,12 +91,23 @@ impl Lookups {
                 })
                 .ok()
         });
+        Lookups::spawn(pools, direct, metrics)
+    }
+
+    fn spawn(
+        pools: Pools,
+        direct: Option<sqlite_generation::DirectGeneration>,
+        metrics: crate::metrics::LookupMetrics,
+    ) -> Lookups {
+        let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(rx, pools.own(1), direct, metrics));
         Lookups { tx }
     }
 
-    /// Maps and reads for one query; waits for the batch it joins.
-    pub async fn find(&self, lookup: Lookup) -> Result<Found, BrokerError> {
+    /// Maps and reads for one query; waits for the batch it joins. `fresh`
+    /// reads the lookup generation before answering, as after an answer
+    /// from memory turned out stale.
+    pub async fn find(&self, lookup: Lookup, fresh: bool) -> Result<Answer, BrokerError> {
         let (reply, answer) = oneshot::channel();
         let unavailable = || {
             BrokerError::refused(
@@ -88,7 +116,7 @@ impl Lookups {
             )
         };
         self.tx
-            .send((lookup, reply))
+            .send((lookup, fresh, reply))
             .await
             .map_err(|_| unavailable())?;
         answer
@@ -99,7 +127,7 @@ impl Lookups {
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<(Lookup, Reply)>,
+    mut rx: mpsc::Receiver<Asked>,
     pools: Pools,
     mut direct: Option<sqlite_generation::DirectGeneration>,
     metrics: crate::metrics::LookupMetrics,
@@ -113,8 +141,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
-        match answer(&pools, &mut direct, &mut cache, &metrics, &lookups).await {
+        let fresh = batch.iter().any(|(_, fresh, _)| *fresh);
+        let (lookups, replies): (Vec<Lookup>, Vec<Reply>) =
+            batch.into_iter().map(|(l, _, r)| (l, r)).unzip();
+        match answer(&pools, &mut direct, &mut cache, &metrics, &lookups, fresh).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -134,13 +164,29 @@ async fn run(
 
 /// Answers a batch from the cache where the generation allows, else from
 /// the database (and keeps what it read).
+///
+/// Without a read in place, a batch the cache answers whole (and nobody in
+/// it asked `fresh`) is answered without a read, under the cache's number.
 async fn answer(
     pools: &Pools,
     direct: &mut Option<sqlite_generation::DirectGeneration>,
     cache: &mut cache::Cache,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
-) -> Result<Vec<Found>, BrokerError> {
+    fresh: bool,
+) -> Result<Vec<Answer>, BrokerError> {
+    if direct.is_none() && !fresh && !cache.is_empty() {
+        if let Some(held) = cache.generation() {
+            let split = cache.split(lookups);
+            if split.misses.is_empty() {
+                metrics.observe(lookups.len(), 0, false);
+                return Ok(cache::fill(lookups, split, &[])
+                    .into_iter()
+                    .map(|found| (found, Some(held)))
+                    .collect());
+            }
+        }
+    }
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
     let held = !cache.is_empty();
@@ -151,8 +197,9 @@ async fn answer(
         split.misses.len(),
         reset,
     );
+    let read_now = |found: Vec<Found>| found.into_iter().map(|f| (f, None)).collect();
     if split.misses.is_empty() {
-        return Ok(cache::fill(lookups, split, &[]));
+        return Ok(read_now(cache::fill(lookups, split, &[])));
     }
     let asked: Vec<Lookup> = split.misses.iter().map(|&i| lookups[i].clone()).collect();
     let read: Vec<(usize, Found)> = split
@@ -164,7 +211,7 @@ async fn answer(
     for (i, found) in &read {
         cache.store(lookups[*i].clone(), found.clone());
     }
-    Ok(cache::fill(lookups, split, &read))
+    Ok(read_now(cache::fill(lookups, split, &read)))
 }
 
 /// The lookup generation: bumped by triggers in the same transaction as
@@ -195,6 +242,11 @@ async fn generation(
             }
         }
     }
+    generation_now(pools).await
+}
+
+/// The lookup generation, read through the pool.
+pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
     Ok(crate::on_pool!(pools, read, |pool| {
         sqlx::query_scalar(GENERATION_SQL).fetch_one(pool).await?
     }))
@@ -255,4 +307,65 @@ pub async fn find_all(pools: &Pools, lookups: &[Lookup]) -> Result<Vec<Found>, B
         };
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    /// The task without a read in place (as on PostgreSQL): an answer from
+    /// memory comes with the generation it holds under, unread; `fresh`
+    /// reads the number first and so sees a change.
+    #[tokio::test]
+    async fn answers_from_memory_carry_their_generation_and_fresh_ones_read_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        let pools = store.pools();
+        let Pools::Sqlite { write, .. } = &pools else {
+            panic!("a SQLite store has SQLite pools");
+        };
+        sqlx::query("UPDATE lookup_generation SET n = 3 WHERE id = 1")
+            .execute(write)
+            .await
+            .expect("set");
+        let lookups = Lookups::spawn(pools.clone(), None, Default::default());
+        let ask = || Lookup {
+            requester: "city-a".into(),
+            requester_code: "c0de".into(),
+            provider: "city-b".into(),
+        };
+        let found = Found::UnknownToRequester;
+        // Read from the database, under a number read first.
+        assert_eq!(
+            lookups.find(ask(), false).await.expect("found"),
+            (found.clone(), None)
+        );
+        // From memory, under the number it was read under.
+        assert_eq!(
+            lookups.find(ask(), false).await.expect("found"),
+            (found.clone(), Some(3))
+        );
+
+        sqlx::query("UPDATE lookup_generation SET n = n + 1 WHERE id = 1")
+            .execute(write)
+            .await
+            .expect("bump");
+        // Memory does not know yet: its answer says which number it needs.
+        assert_eq!(
+            lookups.find(ask(), false).await.expect("found"),
+            (found.clone(), Some(3))
+        );
+        // Fresh: the number is read, the cache starts over.
+        assert_eq!(
+            lookups.find(ask(), true).await.expect("found"),
+            (found.clone(), None)
+        );
+        assert_eq!(
+            lookups.find(ask(), false).await.expect("found"),
+            (found, Some(4))
+        );
+    }
 }

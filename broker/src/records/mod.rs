@@ -407,11 +407,25 @@ impl RecordLog {
         draft: RecordDraft,
         result: crate::results::OwnedResult,
     ) -> Result<u64, BrokerError> {
+        self.append_answer(draft, Some(result), None).await
+    }
+
+    /// Appends a query's record (and its result, if any) that holds only
+    /// while the lookup generation its answer was read under from memory
+    /// does ([`crate::lookups`]): fails with [`BrokerError::LookupChanged`],
+    /// committing nothing, when it changed.
+    pub async fn append_answer(
+        &self,
+        draft: RecordDraft,
+        result: Option<crate::results::OwnedResult>,
+        lookup_generation: Option<i64>,
+    ) -> Result<u64, BrokerError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
         let mut row = writer::NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
-        row.result = Some(result);
+        row.result = result;
+        row.lookup_generation = lookup_generation;
         self.enqueue(row).await
     }
 
@@ -424,7 +438,10 @@ impl RecordLog {
             .map_err(|_| unavailable())?;
         wait.await
             .map_err(|_| unavailable())?
-            .map_err(|()| unavailable())
+            .map_err(|not| match not {
+                writer::NotCommitted::Failed => unavailable(),
+                writer::NotCommitted::LookupChanged => BrokerError::LookupChanged,
+            })
     }
 
     /// Signs a final checkpoint and stops the tasks (called at shutdown).

@@ -42,6 +42,20 @@ pub(crate) struct NewRow {
     /// A query result committed in the same transaction as its record, so an
     /// answer and its record are durable together with one shared fsync.
     pub result: Option<crate::results::OwnedResult>,
+    /// The lookup generation the query's answer was read under from memory
+    /// without asking the database ([`crate::lookups`]): the row commits only
+    /// if the database's is still this one (checked in the commit's own
+    /// statement on PostgreSQL), else its query is answered again.
+    pub lookup_generation: Option<i64>,
+}
+
+/// Why an append was not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotCommitted {
+    /// The commit failed: the query is refused, never answered.
+    Failed,
+    /// The person codes or copies its answer was read from changed since.
+    LookupChanged,
 }
 
 impl NewRow {
@@ -54,6 +68,7 @@ impl NewRow {
             provider_salt: salt(&draft.provider_person_code),
             draft,
             result: None,
+            lookup_generation: None,
         }
     }
 
@@ -97,7 +112,7 @@ pub(crate) struct PurgePlan {
 pub(crate) enum Job {
     Append {
         row: Box<NewRow>,
-        done: oneshot::Sender<Result<u64, ()>>,
+        done: oneshot::Sender<Result<u64, NotCommitted>>,
     },
     Purge {
         plan: Box<PurgePlan>,
@@ -265,7 +280,7 @@ pub(crate) async fn run(
                         let result = writer
                             .commit(&[&plan.record], Some(&plan))
                             .await
-                            .map(|seqs| seqs.first().copied().unwrap_or(0))
+                            .map(|seqs| seqs.first().copied().flatten().unwrap_or(0))
                             .map_err(|e| e.to_string());
                         let _ = done.send(result);
                     }
@@ -323,7 +338,7 @@ const INSERT_HEAD_PG: &str =
 // `seq` becomes NULL and the NOT NULL constraint fails the whole statement,
 // so a stale head can never fork the chain.
 macro_rules! chunk_statement {
-    ($db:ty, $insert_head:expr, $pg:expr, $chunk:expr, $old:expr) => {{
+    ($db:ty, $insert_head:expr, $pg:expr, $chunk:expr, $old:expr, $generation:expr) => {{
         let (old_seq, old_hash): (u64, &Hash) = $old;
         let (last_seq, last_hash) = match $chunk.last() {
             Some((_, seq, hash, ..)) => (*seq, hash),
@@ -385,6 +400,12 @@ macro_rules! chunk_statement {
         batch.push_bind(to_i64(old_seq));
         batch.push(" AND hash = ");
         batch.push_bind(&old_hash[..]);
+        if let Some(generation) = $generation {
+            // Answers read from memory hold only while the lookup
+            // generation does: checked by the statement that commits them.
+            batch.push(" AND (SELECT n FROM lookup_generation WHERE id = 1) = ");
+            batch.push_bind(generation);
+        }
         batch.push(" THEN ");
         batch.push_bind(to_i64(last_seq));
         batch.push(" END, hash = ");
@@ -462,7 +483,7 @@ macro_rules! commit_in_tx {
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks(ROWS_PER_STATEMENT) {
-            chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1))
+            chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<i64>)
                 .build()
                 .execute(&mut *tx)
                 .await?;
@@ -473,6 +494,29 @@ macro_rules! commit_in_tx {
         tx.commit().await?;
         Ok(prepared)
     }};
+}
+
+/// The lookup generations a batch's rows depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// None: every answer was read from the database.
+    Nothing,
+    /// One, shared by every row that has one.
+    One(i64),
+    /// More than one: some answers were read before a change, some after.
+    Several,
+}
+
+fn one_generation(rows: &[&NewRow]) -> Guard {
+    let mut guard = Guard::Nothing;
+    for g in rows.iter().filter_map(|r| r.lookup_generation) {
+        guard = match guard {
+            Guard::Nothing => Guard::One(g),
+            Guard::One(held) if held == g => Guard::One(g),
+            _ => return Guard::Several,
+        };
+    }
+    guard
 }
 
 /// Why the common commit did not happen.
@@ -540,7 +584,7 @@ impl Writer {
     async fn commit_appends(
         &mut self,
         rows: Vec<NewRow>,
-        waiters: Vec<oneshot::Sender<Result<u64, ()>>>,
+        waiters: Vec<oneshot::Sender<Result<u64, NotCommitted>>>,
     ) {
         if rows.is_empty() {
             return;
@@ -550,28 +594,29 @@ impl Writer {
         match self.commit(&refs, None).await {
             Ok(seqs) => {
                 if let Some(m) = &self.metrics {
-                    m.observe(seqs.len(), started.elapsed());
+                    m.observe(seqs.iter().flatten().count(), started.elapsed());
                 }
                 for (done, seq) in waiters.into_iter().zip(seqs) {
-                    let _ = done.send(Ok(seq));
+                    let _ = done.send(seq.ok_or(NotCommitted::LookupChanged));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, records = rows.len(), "provision records not committed; their queries are refused");
                 for done in waiters {
-                    let _ = done.send(Err(()));
+                    let _ = done.send(Err(NotCommitted::Failed));
                 }
             }
         }
     }
 
     /// Commits `rows` (and a purge) in one transaction; returns their
-    /// sequence numbers and, once committed, publishes the new head.
+    /// sequence numbers and, once committed, publishes the new head. A row
+    /// whose answer's lookup generation no longer holds is left out (`None`).
     async fn commit(
         &mut self,
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
-    ) -> Result<Vec<u64>, BrokerError> {
+    ) -> Result<Vec<Option<u64>>, BrokerError> {
         if let Pools::Postgres(pool) = &self.pools {
             for row in rows {
                 if self.ensured_months.insert(row.part_month) {
@@ -580,29 +625,48 @@ impl Writer {
             }
         }
         let known = self.head.lock().ok().and_then(|cell| *cell);
+        let guard = one_generation(rows);
+        let fast = match guard {
+            Guard::Nothing => true,
+            // Only PostgreSQL's one-statement commit checks the generation.
+            Guard::One(_) => matches!(self.pools, Pools::Postgres(_)),
+            Guard::Several => false,
+        };
         let committed = match known {
             Some(head)
-                if purge.is_none() && rows.len() <= ROWS_PER_STATEMENT && self.has_fast_path() =>
+                if fast
+                    && purge.is_none()
+                    && rows.len() <= ROWS_PER_STATEMENT
+                    && self.has_fast_path() =>
             {
-                match self.commit_at(rows, head).await {
-                    Ok(prepared) => Ok(prepared),
+                let generation = match guard {
+                    Guard::One(g) => Some(g),
+                    _ => None,
+                };
+                match self.commit_at(rows, head, generation).await {
+                    Ok(prepared) => Ok((
+                        prepared
+                            .rows
+                            .iter()
+                            .map(|(_, seq, ..)| Some(*seq))
+                            .collect(),
+                        Some(prepared.head),
+                    )),
                     // Refused as a whole (the head moved behind this
-                    // writer's back, e.g. a purge from the command line):
-                    // nothing was written, so take the locked path.
+                    // writer's back, e.g. a purge from the command line, or
+                    // the lookup generation changed): nothing was written,
+                    // so take the locked path.
                     Err(AtFailure::Refused(why)) => {
                         tracing::debug!(error = %why, "records head moved or commit refused; committing under the head lock");
-                        self.commit_locked(rows, purge).await
+                        self.commit_checked(rows, purge).await
                     }
                     Err(AtFailure::Failed(e)) => Err(e),
                 }
             }
-            _ => self.commit_locked(rows, purge).await,
+            _ => self.commit_checked(rows, purge).await,
         };
         let (seqs, head) = match committed {
-            Ok(prepared) => (
-                prepared.rows.iter().map(|(_, seq, ..)| *seq).collect(),
-                Some(prepared.head),
-            ),
+            Ok(done) => done,
             Err(e) => {
                 // The stored head is unknown now; the next commit reads it.
                 if let Ok(mut cell) = self.head.lock() {
@@ -611,10 +675,46 @@ impl Writer {
                 return Err(e);
             }
         };
-        if let Ok(mut cell) = self.head.lock() {
-            *cell = head;
+        if let Some(head) = head {
+            if let Ok(mut cell) = self.head.lock() {
+                *cell = Some(head);
+            }
         }
         Ok(seqs)
+    }
+
+    /// The locked path, leaving out the rows whose answers' lookup
+    /// generation changed: read once, after every one of those answers was
+    /// given, so the rows kept hold as of a moment after their queries came.
+    async fn commit_checked(
+        &self,
+        rows: &[&NewRow],
+        purge: Option<&PurgePlan>,
+    ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
+        let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_generation.is_some()) {
+            let now = crate::lookups::generation_now(&self.pools).await?;
+            rows.iter()
+                .map(|r| r.lookup_generation.is_none_or(|g| g == now))
+                .collect()
+        } else {
+            vec![true; rows.len()]
+        };
+        let kept: Vec<&NewRow> = rows
+            .iter()
+            .zip(&keep)
+            .filter(|(_, keep)| **keep)
+            .map(|(row, _)| *row)
+            .collect();
+        if kept.is_empty() && purge.is_none() {
+            return Ok((vec![None; rows.len()], None));
+        }
+        let prepared = self.commit_locked(&kept, purge).await?;
+        let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
+        let all = keep
+            .iter()
+            .map(|keep| if *keep { seqs.next() } else { None })
+            .collect();
+        Ok((all, Some(prepared.head)))
     }
 
     /// Whether [`Writer::commit_at`] can run: always on PostgreSQL; on
@@ -636,6 +736,7 @@ impl Writer {
         &mut self,
         rows: &[&'a NewRow],
         head: (u64, Hash),
+        generation: Option<i64>,
     ) -> Result<Prepared<'a>, AtFailure> {
         let prepared = prepare(rows, head);
         let old = (head.0, &head.1);
@@ -664,10 +765,17 @@ impl Writer {
             }
             Pools::Postgres(pool) => {
                 // A single statement is its own transaction.
-                chunk_statement!(sqlx::Postgres, INSERT_HEAD_PG, true, &prepared.rows, old)
-                    .build()
-                    .execute(pool)
-                    .await?;
+                chunk_statement!(
+                    sqlx::Postgres,
+                    INSERT_HEAD_PG,
+                    true,
+                    &prepared.rows,
+                    old,
+                    generation
+                )
+                .build()
+                .execute(pool)
+                .await?;
             }
         }
         Ok(prepared)
@@ -693,7 +801,7 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::{run, Batching, Job, NewRow};
+    use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted};
     use crate::records::{Outcome, RecordDraft};
     use crate::store::{SqliteStore, Store as _};
     use std::time::Duration;
@@ -743,6 +851,112 @@ mod tests {
         // Both set: the longer wait.
         assert_eq!(batching(300, 1_000).pause(2, 2, us(900)), us(300));
         assert_eq!(batching(300, 1_000).pause(2, 2, us(200)), us(800));
+    }
+
+    /// Answers read from memory under a lookup generation commit only while
+    /// it holds: in one batch, the row under the current number and the row
+    /// needing none commit, the row under an older one is left out (its
+    /// query is asked again), and the chain stays whole.
+    #[tokio::test]
+    async fn a_row_whose_lookup_generation_changed_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        sqlx::query("UPDATE lookup_generation SET n = 7 WHERE id = 1")
+            .execute(store.writer())
+            .await
+            .expect("set");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let writer = tokio::spawn(run(
+            rx,
+            store.pools(),
+            None,
+            batching(0, 0),
+            None,
+            Default::default(),
+        ));
+        let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
+        let row = |i: usize, generation: Option<i64>| {
+            let draft = RecordDraft::new(format!("q-{i}"), requester.clone(), Outcome::Provided);
+            let mut row = NewRow::new(draft, time::OffsetDateTime::now_utc());
+            row.lookup_generation = generation;
+            Box::new(row)
+        };
+        let mut answers = Vec::new();
+        for (i, generation) in [None, Some(7), Some(6), Some(6)].into_iter().enumerate() {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.send(Job::Append {
+                row: row(i, generation),
+                done,
+            })
+            .await
+            .expect("queued");
+            answers.push(answer);
+        }
+        let mut got = Vec::new();
+        for answer in answers {
+            got.push(answer.await.expect("answered"));
+        }
+        assert_eq!(
+            got,
+            vec![
+                Ok(1),
+                Ok(2),
+                Err(NotCommitted::LookupChanged),
+                Err(NotCommitted::LookupChanged)
+            ]
+        );
+        // A batch left out whole commits nothing; the next row follows on.
+        for (i, generation) in [(4, Some(6)), (5, Some(7))] {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.send(Job::Append {
+                row: row(i, generation),
+                done,
+            })
+            .await
+            .expect("queued");
+            let expected = match generation {
+                Some(7) => Ok(3),
+                _ => Err(NotCommitted::LookupChanged),
+            };
+            assert_eq!(answer.await.expect("answered"), expected);
+        }
+        let (done, closed) = tokio::sync::oneshot::channel();
+        tx.send(Job::Close { done }).await.expect("queued");
+        closed.await.expect("closed");
+        writer.await.expect("writer ended");
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT query_id FROM records ORDER BY seq")
+            .fetch_all(store.writer())
+            .await
+            .expect("records");
+        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        assert_eq!(ids, ["q-0", "q-1", "q-5"]);
+        match crate::records::verify_store(
+            &store.pools(),
+            &kakehashi_interfaces::audit::TrustedKeys::new(),
+        )
+        .await
+        .expect("verify")
+        {
+            crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, 3),
+            crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_shares_one_lookup_generation_or_takes_the_locked_path() {
+        let row = |generation: Option<i64>| {
+            let requester = kakehashi_interfaces::OrgId::new("city-g").expect("org id");
+            let draft = RecordDraft::new("q", requester, Outcome::Provided);
+            let mut row = NewRow::new(draft, time::OffsetDateTime::now_utc());
+            row.lookup_generation = generation;
+            row
+        };
+        let (none, seven, six) = (row(None), row(Some(7)), row(Some(6)));
+        assert_eq!(one_generation(&[&none]), Guard::Nothing);
+        assert_eq!(one_generation(&[&none, &seven, &seven]), Guard::One(7));
+        assert_eq!(one_generation(&[&seven, &none, &six]), Guard::Several);
     }
 
     /// SQLite without the writer's own connection (it could not open, or the
