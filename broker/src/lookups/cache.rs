@@ -13,11 +13,14 @@
 //! Validity rests on one number, the *lookup generation*: a row that triggers
 //! on `person_codes` and `copies` bump in the same transaction as any change
 //! (whoever writes: this broker, the command line, another process; on
-//! PostgreSQL once per transaction, at its commit). Each
-//! batch reads it first; a different number empties the cache. An answer is
-//! only ever stored under a generation read *before* the answer was read, so
-//! a change committed in between shows as a new number at the next batch and
-//! the answer is dropped then.
+//! PostgreSQL once per transaction, at its commit). On SQLite each batch
+//! reads it first; a different number empties the cache. On PostgreSQL a
+//! batch the cache answers whole is not read for: each answer carries the
+//! cache's number and its record commits only if the database still has it
+//! ([`super`]); a query whose answer was stale reads it first when asked
+//! again. An answer is only ever stored under a generation read *before* the
+//! answer was read, so a change committed in between shows as a new number
+//! and the answer is dropped then.
 //!
 //! Only what the database holds is kept: person codes and copies still sealed
 //! (AES-GCM at rest), never an opened copy.
