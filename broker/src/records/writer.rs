@@ -853,6 +853,54 @@ mod tests {
         assert_eq!(batching(300, 1_000).pause(2, 2, us(200)), us(800));
     }
 
+    /// A writer on the store's pools alone, committing at once: SQLite
+    /// without the writer's own connection takes the locked path.
+    fn writer_without_own_connection(
+        store: &SqliteStore,
+    ) -> (tokio::sync::mpsc::Sender<Job>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let writer = tokio::spawn(run(
+            rx,
+            store.pools(),
+            None,
+            batching(0, 0),
+            None,
+            Default::default(),
+        ));
+        (tx, writer)
+    }
+
+    async fn close(tx: tokio::sync::mpsc::Sender<Job>, writer: tokio::task::JoinHandle<()>) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        tx.send(Job::Close { done }).await.expect("queued");
+        closed.await.expect("closed");
+        writer.await.expect("writer ended");
+    }
+
+    /// Queues one append; the receiver says how it went.
+    async fn queue(
+        tx: &tokio::sync::mpsc::Sender<Job>,
+        row: Box<NewRow>,
+    ) -> tokio::sync::oneshot::Receiver<Result<u64, NotCommitted>> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        tx.send(Job::Append { row, done }).await.expect("queued");
+        answer
+    }
+
+    /// The chain verifies and holds `records` records.
+    async fn assert_intact(store: &SqliteStore, records: u64) {
+        match crate::records::verify_store(
+            &store.pools(),
+            &kakehashi_interfaces::audit::TrustedKeys::new(),
+        )
+        .await
+        .expect("verify")
+        {
+            crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, records),
+            crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
+        }
+    }
+
     /// Answers read from memory under a lookup generation commit only while
     /// it holds: in one batch, the row under the current number and the row
     /// needing none commit, the row under an older one is left out (its
@@ -867,15 +915,7 @@ mod tests {
             .execute(store.writer())
             .await
             .expect("set");
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let writer = tokio::spawn(run(
-            rx,
-            store.pools(),
-            None,
-            batching(0, 0),
-            None,
-            Default::default(),
-        ));
+        let (tx, writer) = writer_without_own_connection(&store);
         let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
         let row = |i: usize, generation: Option<i64>| {
             let draft = RecordDraft::new(format!("q-{i}"), requester.clone(), Outcome::Provided);
@@ -885,14 +925,7 @@ mod tests {
         };
         let mut answers = Vec::new();
         for (i, generation) in [None, Some(7), Some(6), Some(6)].into_iter().enumerate() {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job::Append {
-                row: row(i, generation),
-                done,
-            })
-            .await
-            .expect("queued");
-            answers.push(answer);
+            answers.push(queue(&tx, row(i, generation)).await);
         }
         let mut got = Vec::new();
         for answer in answers {
@@ -909,39 +942,21 @@ mod tests {
         );
         // A batch left out whole commits nothing; the next row follows on.
         for (i, generation) in [(4, Some(6)), (5, Some(7))] {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job::Append {
-                row: row(i, generation),
-                done,
-            })
-            .await
-            .expect("queued");
+            let answer = queue(&tx, row(i, generation)).await;
             let expected = match generation {
                 Some(7) => Ok(3),
                 _ => Err(NotCommitted::LookupChanged),
             };
             assert_eq!(answer.await.expect("answered"), expected);
         }
-        let (done, closed) = tokio::sync::oneshot::channel();
-        tx.send(Job::Close { done }).await.expect("queued");
-        closed.await.expect("closed");
-        writer.await.expect("writer ended");
+        close(tx, writer).await;
         let ids: Vec<(String,)> = sqlx::query_as("SELECT query_id FROM records ORDER BY seq")
             .fetch_all(store.writer())
             .await
             .expect("records");
         let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
         assert_eq!(ids, ["q-0", "q-1", "q-5"]);
-        match crate::records::verify_store(
-            &store.pools(),
-            &kakehashi_interfaces::audit::TrustedKeys::new(),
-        )
-        .await
-        .expect("verify")
-        {
-            crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, 3),
-            crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
-        }
+        assert_intact(&store, 3).await;
     }
 
     #[test]
@@ -968,15 +983,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let writer = tokio::spawn(run(
-            rx,
-            store.pools(),
-            None,
-            batching(0, 0),
-            None,
-            Default::default(),
-        ));
+        let (tx, writer) = writer_without_own_connection(&store);
         let mut seqs = Vec::new();
         for i in 0..3 {
             let requester = kakehashi_interfaces::OrgId::new("city-locked").expect("org id");
@@ -987,24 +994,12 @@ mod tests {
             seqs.push(seq.await.expect("answered").expect("committed"));
         }
         assert_eq!(seqs, vec![1, 2, 3]);
-        let (done, closed) = tokio::sync::oneshot::channel();
-        tx.send(Job::Close { done }).await.expect("queued");
-        closed.await.expect("closed");
-        writer.await.expect("writer ended");
+        close(tx, writer).await;
         let (head,): (i64,) = sqlx::query_as("SELECT seq FROM records_head WHERE id = 1")
             .fetch_one(store.writer())
             .await
             .expect("head");
         assert_eq!(head, 3);
-        match crate::records::verify_store(
-            &store.pools(),
-            &kakehashi_interfaces::audit::TrustedKeys::new(),
-        )
-        .await
-        .expect("verify")
-        {
-            crate::records::Verdict::Intact(summary) => assert_eq!(summary.records, 3),
-            crate::records::Verdict::Broken(f) => panic!("chain broken: {f}"),
-        }
+        assert_intact(&store, 3).await;
     }
 }
