@@ -27,7 +27,7 @@ pub struct StoredResult {
 }
 
 /// A result to store, committed with its provision record
-/// ([`crate::records::RecordLog::append_with_result`]).
+/// ([`crate::records::RecordLog::append_answer`]).
 #[derive(Debug, Clone)]
 pub struct OwnedResult {
     /// Query id.

@@ -12,9 +12,9 @@
 //! generation holds ([`cache`]); a batch whose lookups are all cached costs
 //! one read of that number.
 //!
-//! Where that read is a round trip (PostgreSQL, or SQLite without the task's
-//! own connection) it is not made: a batch the cache answers whole is
-//! answered at once, each answer carrying the generation it was read under.
+//! On PostgreSQL, where that read is a round trip, it is not made: a batch
+//! the cache answers whole is answered at once, each answer carrying the
+//! generation it was read under ([`Generation::AtCommit`]).
 //! The query's record commits only if the database's generation is still
 //! that one — checked by the commit's own statement
 //! ([`crate::records::RecordLog::append_answer`]) — else nothing commits and
@@ -83,24 +83,25 @@ impl Lookups {
         // The task runs one batch at a time, so one connection of its own
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
-        let direct = pools.sqlite_file().and_then(|path| {
-            sqlite_generation::DirectGeneration::open(&path)
-                .map_err(|e| {
+        let how = match pools.sqlite_file() {
+            // Only PostgreSQL's record commit checks the generation in its
+            // statement; on SQLite the read in place costs no round trip.
+            None => Generation::AtCommit,
+            Some(path) => match sqlite_generation::DirectGeneration::open(&path) {
+                Ok(direct) => Generation::InPlace(direct),
+                Err(e) => {
                     // Reads still go through the pool, only dearer.
                     tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
-                })
-                .ok()
-        });
-        Lookups::spawn(pools, direct, metrics)
+                    Generation::Pool
+                }
+            },
+        };
+        Lookups::spawn(pools, how, metrics)
     }
 
-    fn spawn(
-        pools: Pools,
-        direct: Option<sqlite_generation::DirectGeneration>,
-        metrics: crate::metrics::LookupMetrics,
-    ) -> Lookups {
+    fn spawn(pools: Pools, how: Generation, metrics: crate::metrics::LookupMetrics) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, pools.own(1), direct, metrics));
+        tokio::spawn(run(rx, pools.own(1), how, metrics));
         Lookups { tx }
     }
 
@@ -126,10 +127,21 @@ impl Lookups {
     }
 }
 
+/// How a batch learns the lookup generation.
+enum Generation {
+    /// Read in place on SQLite, on the task's own connection.
+    InPlace(sqlite_generation::DirectGeneration),
+    /// Read through the pool before answering.
+    Pool,
+    /// Read through the pool only for a batch the cache cannot answer whole
+    /// (or one asked `fresh`); otherwise the record commit checks it.
+    AtCommit,
+}
+
 async fn run(
     mut rx: mpsc::Receiver<Asked>,
     pools: Pools,
-    mut direct: Option<sqlite_generation::DirectGeneration>,
+    mut how: Generation,
     metrics: crate::metrics::LookupMetrics,
 ) {
     let mut cache = cache::Cache::new(cache::MAX_BYTES);
@@ -144,7 +156,7 @@ async fn run(
         let fresh = batch.iter().any(|(_, fresh, _)| *fresh);
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) =
             batch.into_iter().map(|(l, _, r)| (l, r)).unzip();
-        match answer(&pools, &mut direct, &mut cache, &metrics, &lookups, fresh).await {
+        match answer(&pools, &mut how, &mut cache, &metrics, &lookups, fresh).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -165,17 +177,18 @@ async fn run(
 /// Answers a batch from the cache where the generation allows, else from
 /// the database (and keeps what it read).
 ///
-/// Without a read in place, a batch the cache answers whole (and nobody in
-/// it asked `fresh`) is answered without a read, under the cache's number.
+/// With [`Generation::AtCommit`], a batch the cache answers whole (and
+/// nobody in it asked `fresh`) is answered without a read, under the
+/// cache's number.
 async fn answer(
     pools: &Pools,
-    direct: &mut Option<sqlite_generation::DirectGeneration>,
+    how: &mut Generation,
     cache: &mut cache::Cache,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
     fresh: bool,
 ) -> Result<Vec<Answer>, BrokerError> {
-    if direct.is_none() && !fresh && !cache.is_empty() {
+    if matches!(how, Generation::AtCommit) && !fresh && !cache.is_empty() {
         if let Some(held) = cache.generation() {
             let split = cache.split(lookups);
             if split.misses.is_empty() {
@@ -190,7 +203,7 @@ async fn answer(
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
     let held = !cache.is_empty();
-    let reset = cache.observe(generation(pools, direct).await?) && held;
+    let reset = cache.observe(generation(pools, how).await?) && held;
     let split = cache.split(lookups);
     metrics.observe(
         split.answers.iter().filter(|a| a.is_some()).count(),
@@ -226,11 +239,8 @@ async fn answer(
 /// and SQLite answers at once ([`sqlite_generation`]), else through the pool.
 /// A busy file is a moment's refusal; any other failure gives the
 /// connection up, so a broken one does not cost every batch two reads.
-async fn generation(
-    pools: &Pools,
-    direct: &mut Option<sqlite_generation::DirectGeneration>,
-) -> Result<i64, BrokerError> {
-    if let Some(conn) = direct.as_mut() {
+async fn generation(pools: &Pools, how: &mut Generation) -> Result<i64, BrokerError> {
+    if let Generation::InPlace(conn) = how {
         match conn.read() {
             Ok(n) => return Ok(n),
             Err(e) if sqlite_generation::is_busy(&e) => {
@@ -238,7 +248,7 @@ async fn generation(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the lookups' own SQLite connection failed; reading through the pool from now on");
-                *direct = None;
+                *how = Generation::Pool;
             }
         }
     }
@@ -314,7 +324,7 @@ mod tests {
     use super::*;
     use crate::store::{SqliteStore, Store};
 
-    /// The task without a read in place (as on PostgreSQL): an answer from
+    /// The task reading at commit (as on PostgreSQL): an answer from
     /// memory comes with the generation it holds under, unread; `fresh`
     /// reads the number first and so sees a change.
     #[tokio::test]
@@ -323,15 +333,14 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        let pools = store.pools();
-        let Pools::Sqlite { write, .. } = &pools else {
-            panic!("a SQLite store has SQLite pools");
-        };
+        let write = store.writer();
         sqlx::query("UPDATE lookup_generation SET n = 3 WHERE id = 1")
             .execute(write)
             .await
             .expect("set");
-        let lookups = Lookups::spawn(pools.clone(), None, Default::default());
+        // The locked path of SQLite's writer checks the number as
+        // PostgreSQL's statement does (records::writer's tests).
+        let lookups = Lookups::spawn(store.pools(), Generation::AtCommit, Default::default());
         let ask = || Lookup {
             requester: "city-a".into(),
             requester_code: "c0de".into(),

@@ -115,15 +115,18 @@ mod tests {
         let refused = direct.read().expect_err("the table is gone");
         assert!(!is_busy(&refused), "{refused}");
 
-        let mut direct = Some(direct);
-        let n = crate::lookups::generation(&pools, &mut direct)
+        let mut how = crate::lookups::Generation::InPlace(direct);
+        let n = crate::lookups::generation(&pools, &mut how)
             .await
             .expect("the pool answers");
         assert_eq!(n, 41);
         // Not a busy moment: the connection is given up, and the next read
         // goes straight to the pool.
-        assert!(direct.is_none(), "a failing connection was kept");
-        let n = crate::lookups::generation(&pools, &mut direct)
+        assert!(
+            matches!(how, crate::lookups::Generation::Pool),
+            "a failing connection was kept"
+        );
+        let n = crate::lookups::generation(&pools, &mut how)
             .await
             .expect("the pool answers");
         assert_eq!(n, 41);

@@ -400,20 +400,12 @@ impl RecordLog {
             .await
     }
 
-    /// Appends a record and stores the query's result in the same
+    /// Appends a query's record and stores its result (if any) in the same
     /// transaction: both are durable before this returns, or neither is.
-    pub async fn append_with_result(
-        &self,
-        draft: RecordDraft,
-        result: crate::results::OwnedResult,
-    ) -> Result<u64, BrokerError> {
-        self.append_answer(draft, Some(result), None).await
-    }
-
-    /// Appends a query's record (and its result, if any) that holds only
-    /// while the lookup generation its answer was read under from memory
-    /// does ([`crate::lookups`]): fails with [`BrokerError::LookupChanged`],
-    /// committing nothing, when it changed.
+    /// With `lookup_generation` (the answer was read from memory under it,
+    /// [`crate::lookups`]) it holds only while the database's generation
+    /// does: fails with [`BrokerError::LookupChanged`], committing nothing,
+    /// when it changed.
     pub async fn append_answer(
         &self,
         draft: RecordDraft,
