@@ -13,14 +13,13 @@
 //! Validity rests on one number, the *lookup generation*: a row that triggers
 //! on `person_codes` and `copies` bump in the same transaction as any change
 //! (whoever writes: this broker, the command line, another process; on
-//! PostgreSQL once per transaction, at its commit). On SQLite each batch
-//! reads it first; a different number empties the cache. On PostgreSQL a
-//! batch the cache answers whole is not read for: each answer carries the
-//! cache's number and its record commits only if the database still has it
-//! ([`super`]); a query whose answer was stale reads it first when asked
-//! again. An answer is only ever stored under a generation read *before* the
-//! answer was read, so a change committed in between shows as a new number
-//! and the answer is dropped then.
+//! PostgreSQL once per transaction, at its commit). An answer from memory is
+//! not read for: it carries the cache's number and its record commits only
+//! if the database still has it ([`super`]); a query whose answer was stale
+//! reads the number first when asked again, and a different number empties
+//! the cache. An answer is only ever stored under a generation read *before*
+//! the answer was read, so a change committed in between shows as a new
+//! number and the answer is dropped then.
 //!
 //! Only what the database holds is kept: person codes and copies still sealed
 //! (AES-GCM at rest), never an opened copy.
@@ -86,6 +85,12 @@ impl Cache {
         self.clear();
         self.generation = Some(generation);
         true
+    }
+
+    /// The answer kept for one lookup, with the generation it holds under.
+    pub fn get(&self, lookup: &Lookup) -> Option<(Found, i64)> {
+        let generation = self.generation?;
+        Some((self.entries.get(lookup)?.clone(), generation))
     }
 
     /// Splits a batch into cached answers and what the database must read.
@@ -204,6 +209,8 @@ mod tests {
         assert!(cache.observe(5));
         cache.store(ask("a"), copy("x"));
         assert!(!cache.observe(5));
+        assert_eq!(cache.get(&ask("a")), Some((copy("x"), 5)));
+        assert_eq!(cache.get(&ask("b")), None);
         let split = cache.split(&[ask("a"), ask("b")]);
         assert_eq!(split.answers, vec![Some(copy("x")), None]);
         assert_eq!(split.misses, vec![1]);

@@ -8,21 +8,21 @@
 //! `copies`, so the hand-off is paid once per batch instead of per query, on
 //! a database connection of its own.
 //!
-//! The answers are also kept in memory while the database's lookup
-//! generation holds ([`cache`]); a batch whose lookups are all cached costs
-//! one read of that number.
-//!
-//! On PostgreSQL, where that read is a round trip, it is not made: a batch
-//! the cache answers whole is answered at once, each answer carrying the
-//! generation it was read under ([`Generation::AtCommit`]).
-//! The query's record commits only if the database's generation is still
-//! that one — checked by the commit's own statement
-//! ([`crate::records::RecordLog::append_answer`]) — else nothing commits and
-//! the query is asked again with `fresh`, which reads the number first. So
-//! answers still follow every change committed before their query came.
+//! The answers are also kept in memory ([`cache`]), valid while the
+//! database's lookup generation holds. A lookup the cache holds is answered
+//! in the query's own task, without the hand-off to the batching task and
+//! without reading the generation: the answer carries the generation it was
+//! kept under, and the query's record commits only if the database's
+//! generation is still that one — checked inside the commit's own
+//! transaction ([`crate::records::RecordLog::append_answer`]). Else nothing
+//! commits and the query is asked again with `fresh`, which goes to the task
+//! and reads the number first. So answers still follow every change
+//! committed before their query came, whoever made it.
 
 pub mod cache;
 mod sqlite_generation;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,10 +71,21 @@ type Reply = oneshot::Sender<Result<Answer, String>>;
 /// its answer goes.
 type Asked = (Lookup, bool, Reply);
 
-/// Handle to the batching task.
+/// Handle to the batching task and the answers kept in memory.
 #[derive(Clone)]
 pub struct Lookups {
     tx: mpsc::Sender<Asked>,
+    cache: Shared,
+    metrics: crate::metrics::LookupMetrics,
+}
+
+/// The cache, read by every query and written by the batching task alone.
+type Shared = Arc<Mutex<cache::Cache>>;
+
+/// The cache, even if a holder panicked: its state is a map and a number,
+/// whole after every call, and at worst it answers a miss.
+fn locked(cache: &Shared) -> MutexGuard<'_, cache::Cache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Lookups {
@@ -84,9 +95,7 @@ impl Lookups {
         // serves it: always the same SQLite thread or PostgreSQL backend
         // (prepared statements and plans stay warm), no pool hand-out per batch.
         let how = match pools.sqlite_file() {
-            // Only PostgreSQL's record commit checks the generation in its
-            // statement; on SQLite the read in place costs no round trip.
-            None => Generation::AtCommit,
+            None => Generation::Pool,
             Some(path) => match sqlite_generation::DirectGeneration::open(&path) {
                 Ok(direct) => Generation::InPlace(direct),
                 Err(e) => {
@@ -101,14 +110,21 @@ impl Lookups {
 
     fn spawn(pools: Pools, how: Generation, metrics: crate::metrics::LookupMetrics) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(rx, pools.own(1), how, metrics));
-        Lookups { tx }
+        let cache: Shared = Arc::new(Mutex::new(cache::Cache::new(cache::MAX_BYTES)));
+        tokio::spawn(run(rx, pools.own(1), how, cache.clone(), metrics.clone()));
+        Lookups { tx, cache, metrics }
     }
 
-    /// Maps and reads for one query; waits for the batch it joins. `fresh`
-    /// reads the lookup generation before answering, as after an answer
-    /// from memory turned out stale.
+    /// Maps and reads for one query: from memory if the cache holds the
+    /// lookup (the answer then carries the generation it holds under), else
+    /// in the batch it joins. `fresh` reads the lookup generation before
+    /// answering, as after an answer from memory turned out stale.
     pub async fn find(&self, lookup: Lookup, fresh: bool) -> Result<Answer, BrokerError> {
+        if !fresh {
+            if let Some(answer) = self.in_memory(&lookup) {
+                return Ok(answer);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let unavailable = || {
             BrokerError::refused(
@@ -125,26 +141,29 @@ impl Lookups {
             .map_err(|_| unavailable())?
             .map_err(BrokerError::Config)
     }
+
+    fn in_memory(&self, lookup: &Lookup) -> Option<Answer> {
+        let (found, held) = locked(&self.cache).get(lookup)?;
+        self.metrics.observe(1, 0, false);
+        Some((found, Some(held)))
+    }
 }
 
-/// How a batch learns the lookup generation.
+/// How a batch that must read learns the lookup generation.
 enum Generation {
     /// Read in place on SQLite, on the task's own connection.
     InPlace(sqlite_generation::DirectGeneration),
-    /// Read through the pool before answering.
+    /// Read through the pool (PostgreSQL, or SQLite without that connection).
     Pool,
-    /// Read through the pool only for a batch the cache cannot answer whole
-    /// (or one asked `fresh`); otherwise the record commit checks it.
-    AtCommit,
 }
 
 async fn run(
     mut rx: mpsc::Receiver<Asked>,
     pools: Pools,
     mut how: Generation,
+    cache: Shared,
     metrics: crate::metrics::LookupMetrics,
 ) {
-    let mut cache = cache::Cache::new(cache::MAX_BYTES);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -156,7 +175,7 @@ async fn run(
         let fresh = batch.iter().any(|(_, fresh, _)| *fresh);
         let (lookups, replies): (Vec<Lookup>, Vec<Reply>) =
             batch.into_iter().map(|(l, _, r)| (l, r)).unzip();
-        match answer(&pools, &mut how, &mut cache, &metrics, &lookups, fresh).await {
+        match answer(&pools, &mut how, &cache, &metrics, &lookups, fresh).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -174,42 +193,48 @@ async fn run(
     pools.close_own().await;
 }
 
-/// Answers a batch from the cache where the generation allows, else from
-/// the database (and keeps what it read).
-///
-/// With [`Generation::AtCommit`], a batch the cache answers whole (and
-/// nobody in it asked `fresh`) is answered without a read, under the
-/// cache's number.
+/// Answers a batch from the cache where it can, else from the database
+/// (and keeps what it read). A batch the cache answers whole (and nobody in
+/// it asked `fresh`) is answered without a read, under the cache's number,
+/// as [`Lookups::find`] does; the rest read the number first. The cache is
+/// never held across an await.
 async fn answer(
     pools: &Pools,
     how: &mut Generation,
-    cache: &mut cache::Cache,
+    cache: &Shared,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
     fresh: bool,
 ) -> Result<Vec<Answer>, BrokerError> {
-    if matches!(how, Generation::AtCommit) && !fresh && !cache.is_empty() {
-        if let Some(held) = cache.generation() {
-            let split = cache.split(lookups);
+    if !fresh {
+        let held = locked(cache);
+        if let Some(generation) = held.generation() {
+            let split = held.split(lookups);
             if split.misses.is_empty() {
+                drop(held);
                 metrics.observe(lookups.len(), 0, false);
                 return Ok(cache::fill(lookups, split, &[])
                     .into_iter()
-                    .map(|found| (found, Some(held)))
+                    .map(|found| (found, Some(generation)))
                     .collect());
             }
         }
     }
     // Read before the answers, so an answer is never kept under a number
     // older than a change it missed.
-    let held = !cache.is_empty();
-    let reset = cache.observe(generation(pools, how).await?) && held;
-    let split = cache.split(lookups);
-    metrics.observe(
-        split.answers.iter().filter(|a| a.is_some()).count(),
-        split.misses.len(),
-        reset,
-    );
+    let now = generation(pools, how).await?;
+    let split = {
+        let mut held = locked(cache);
+        let had = !held.is_empty();
+        let reset = held.observe(now) && had;
+        let split = held.split(lookups);
+        metrics.observe(
+            split.answers.iter().filter(|a| a.is_some()).count(),
+            split.misses.len(),
+            reset,
+        );
+        split
+    };
     let read_now = |found: Vec<Found>| found.into_iter().map(|f| (f, None)).collect();
     if split.misses.is_empty() {
         return Ok(read_now(cache::fill(lookups, split, &[])));
@@ -221,8 +246,15 @@ async fn answer(
         .copied()
         .zip(find_all(pools, &asked).await?)
         .collect();
-    for (i, found) in &read {
-        cache.store(lookups[*i].clone(), found.clone());
+    {
+        let mut held = locked(cache);
+        // Kept only if the cache is still at the number read before them;
+        // this task is its only writer, so it is.
+        if held.generation() == Some(now) {
+            for (i, found) in &read {
+                held.store(lookups[*i].clone(), found.clone());
+            }
+        }
     }
     Ok(read_now(cache::fill(lookups, split, &read)))
 }
@@ -263,7 +295,7 @@ pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
 }
 
 /// The one row the lookup generation is.
-const GENERATION_SQL: &str = "SELECT n FROM lookup_generation WHERE id = 1";
+pub(crate) const GENERATION_SQL: &str = "SELECT n FROM lookup_generation WHERE id = 1";
 
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
 /// requester code exists; absent indexes are unknown to their requester.
@@ -324,9 +356,8 @@ mod tests {
     use super::*;
     use crate::store::{SqliteStore, Store};
 
-    /// The task reading at commit (as on PostgreSQL): an answer from
-    /// memory comes with the generation it holds under, unread; `fresh`
-    /// reads the number first and so sees a change.
+    /// An answer from memory comes with the generation it holds under,
+    /// unread; `fresh` reads the number first and so sees a change.
     #[tokio::test]
     async fn answers_from_memory_carry_their_generation_and_fresh_ones_read_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -338,9 +369,9 @@ mod tests {
             .execute(write)
             .await
             .expect("set");
-        // The locked path of SQLite's writer checks the number as
-        // PostgreSQL's statement does (records::writer's tests).
-        let lookups = Lookups::spawn(store.pools(), Generation::AtCommit, Default::default());
+        // The record commit checks the number (records::writer's and
+        // sqlite_direct's tests).
+        let lookups = Lookups::spawn(store.pools(), Generation::Pool, Default::default());
         let ask = || Lookup {
             requester: "city-a".into(),
             requester_code: "c0de".into(),

@@ -1,13 +1,11 @@
 //! The lookup generation read on SQLite without leaving the task.
 //!
-//! The batching task reads the generation once per batch, and under load
-//! most batches are answered from memory, so that one read is all the
-//! database work they cost. Through sqlx it is a hand-off to the
-//! connection's worker thread and back: two thread wake-ups for a one-row
-//! read. Reading it in place gave +3.9 % queries a second at full rate
-//! (benches/README.md, session 11). This connection is read in place instead, synchronously: a
-//! point read of a one-page table, which a WAL reader does without waiting
-//! for the writer.
+//! The batching task reads the generation before it reads the database for
+//! lookups the cache does not hold (or asked `fresh`). Through sqlx it is a
+//! hand-off to the connection's worker thread and back: two thread
+//! wake-ups for a one-row read (benches/README.md, session 11). This
+//! connection is read in place instead, synchronously: a point read of a
+//! one-page table, which a WAL reader does without waiting for the writer.
 //!
 //! It never sleeps on the runtime's thread: the busy timeout is zero, and a
 //! read SQLite refuses (`SQLITE_BUSY` in a rare moment of the WAL's

@@ -32,6 +32,11 @@ pub(crate) enum DirectError {
     /// process appended or purged): the caller re-reads it under the lock.
     #[error("the records head moved")]
     HeadMoved,
+    /// The lookup generation is not the one the rows' answers were read
+    /// under: a person code or copy changed since; the caller answers those
+    /// queries again.
+    #[error("the lookup generation changed")]
+    LookupChanged,
     /// SQLite refused or failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -93,11 +98,15 @@ impl DirectWriter {
 
     /// Appends `rows` (numbered and hashed after `old`) and their results,
     /// and moves the head from `old` to the last row — all or nothing, in
-    /// one `BEGIN IMMEDIATE` transaction.
+    /// one `BEGIN IMMEDIATE` transaction. With `generation`, only if the
+    /// lookup generation is still that number (the rows' answers came from
+    /// memory under it), read inside the transaction, as PostgreSQL's
+    /// one-statement commit does.
     pub fn commit_at(
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
+        generation: Option<i64>,
     ) -> Result<(), DirectError> {
         let Some((_, last_seq, last_hash, ..)) = rows.last() else {
             return Ok(());
@@ -105,6 +114,16 @@ impl DirectWriter {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock no change can come between this read and
+        // the commit: the rows commit only with the answers they describe.
+        if let Some(expected) = generation {
+            let now: i64 = tx
+                .prepare_cached(crate::lookups::GENERATION_SQL)?
+                .query_row([], |r| r.get(0))?;
+            if now != expected {
+                return Err(DirectError::LookupChanged);
+            }
+        }
         // The head first: a stale one is refused before any row is written.
         let moved = tx.prepare_cached(MOVE_HEAD)?.execute(params![
             to_i64(old.0),
@@ -216,7 +235,7 @@ mod tests {
         let refs: Vec<&NewRow> = first.iter().collect();
         let prepared = prepare(&refs, genesis);
         direct
-            .commit_at(&prepared.rows, (genesis.0, &genesis.1))
+            .commit_at(&prepared.rows, (genesis.0, &genesis.1), None)
             .expect("commit after the genesis head");
         let (count, seq, hash) = stored(&direct.conn);
         assert_eq!((count, seq), (3, 3));
@@ -231,7 +250,7 @@ mod tests {
         let second = rows(2);
         let refs: Vec<&NewRow> = second.iter().collect();
         let stale = prepare(&refs, genesis);
-        let refused = direct.commit_at(&stale.rows, (genesis.0, &genesis.1));
+        let refused = direct.commit_at(&stale.rows, (genesis.0, &genesis.1), None);
         assert!(
             matches!(refused, Err(DirectError::HeadMoved)),
             "{refused:?}"
@@ -245,8 +264,42 @@ mod tests {
         // After the real head it goes on, gap-free.
         let next = prepare(&refs, prepared.head);
         direct
-            .commit_at(&next.rows, (prepared.head.0, &prepared.head.1))
+            .commit_at(&next.rows, (prepared.head.0, &prepared.head.1), None)
             .expect("commit after the stored head");
         assert_eq!(stored(&direct.conn), (5, 5, next.head.1.to_vec()));
+    }
+
+    /// Rows answered from memory under a lookup generation commit only
+    /// while the database still has it; otherwise nothing is written.
+    #[tokio::test]
+    async fn commits_only_under_the_lookup_generation_its_answers_were_read_under() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.db");
+        crate::store::SqliteStore::open(&path).await.expect("store");
+        let mut direct = DirectWriter::open(&path).expect("open");
+        direct
+            .conn
+            .execute("UPDATE lookup_generation SET n = 7 WHERE id = 1", [])
+            .expect("set");
+
+        let genesis = (0u64, [0u8; 32]);
+        let batch = rows(2);
+        let refs: Vec<&NewRow> = batch.iter().collect();
+        let prepared = prepare(&refs, genesis);
+        let stale = direct.commit_at(&prepared.rows, (genesis.0, &genesis.1), Some(6));
+        assert!(
+            matches!(stale, Err(DirectError::LookupChanged)),
+            "{stale:?}"
+        );
+        assert_eq!(
+            stored(&direct.conn),
+            (0, 0, genesis.1.to_vec()),
+            "nothing written"
+        );
+
+        direct
+            .commit_at(&prepared.rows, (genesis.0, &genesis.1), Some(7))
+            .expect("commit under the current generation");
+        assert_eq!(stored(&direct.conn), (2, 2, prepared.head.1.to_vec()));
     }
 }

@@ -626,12 +626,8 @@ impl Writer {
         }
         let known = self.head.lock().ok().and_then(|cell| *cell);
         let guard = one_generation(rows);
-        let fast = match guard {
-            Guard::Nothing => true,
-            // Only PostgreSQL's one-statement commit checks the generation.
-            Guard::One(_) => matches!(self.pools, Pools::Postgres(_)),
-            Guard::Several => false,
-        };
+        // Both fast commits check one generation inside their transaction.
+        let fast = !matches!(guard, Guard::Several);
         let committed = match known {
             Some(head)
                 if fast
@@ -750,10 +746,13 @@ impl Writer {
                 // sqlx's writer stays held (unused) until this commit is
                 // done: one writer at a time within the broker.
                 let _one_writer = write.acquire().await?;
-                match direct.commit_at(&prepared.rows, old) {
+                match direct.commit_at(&prepared.rows, old, generation) {
                     Ok(()) => {}
                     Err(DirectError::HeadMoved) => {
                         return Err(AtFailure::Refused("the records head moved".into()))
+                    }
+                    Err(DirectError::LookupChanged) => {
+                        return Err(AtFailure::Refused("the lookup generation changed".into()))
                     }
                     Err(e) => {
                         // Rolled back as a whole; sqlx's locked path then
