@@ -1014,6 +1014,22 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
     assert_eq!(log.catch_up_person_index().await?, 11);
     assert_eq!(side_index_count(&env, "SELECT seq FROM mark").await?, 11);
     assert_eq!(disclosed().await?, vec![1, 11]);
+    // The provider's side is indexed too, under the provider's own code.
+    let to_provider = log
+        .disclosure(&org("city-kawagoe"), "PVSECRET00004")
+        .await?;
+    assert_eq!(
+        to_provider.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(
+        side_index_count(
+            &env,
+            "SELECT COUNT(*) FROM entries WHERE org = 'city-kawagoe' AND code = 'PVSECRET00004'"
+        )
+        .await?,
+        1
+    );
     // A record after the mark is found by the scan.
     let mut later = draft(12);
     later.requester = saitama.clone();

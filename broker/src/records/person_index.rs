@@ -40,18 +40,22 @@ use crate::store::Pools;
 const BUCKET_BITS: u32 = 12;
 /// Records read and indexed per transaction.
 const BATCH: i64 = 16_384;
-/// Entries per INSERT statement (4 binds each, under SQLite's bind limit).
-const ROWS_PER_INSERT: usize = 1_000;
 
-/// A record's sequence, its two parties with their codes, and its hash.
-type Parties = (
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Vec<u8>,
-);
+/// The schema name the records' database is attached under on the side
+/// file's connections.
+const RECORDS: &str = "rec";
+
+/// Indexes the records in `(?1, ?2]` in one statement, sorted by key so a
+/// batch visits each leaf once. It runs inside SQLite: no record crosses
+/// into Rust, where streaming them row by row from sqlx's worker thread
+/// cost more than the rest of the step (benches/README.md, session 13).
+const INDEX_RANGE: &str = "INSERT OR IGNORE INTO entries (bucket, org, code, seq)
+     SELECT seq >> 12, requester, requester_code, seq FROM rec.records
+      WHERE seq > ?1 AND seq <= ?2 AND requester_code IS NOT NULL
+     UNION ALL
+     SELECT seq >> 12, provider, provider_code, seq FROM rec.records
+      WHERE seq > ?1 AND seq <= ?2 AND provider IS NOT NULL AND provider_code IS NOT NULL
+     ORDER BY 1, 2, 3, 4";
 
 /// The side-file index of one SQLite database.
 #[derive(Clone, Debug)]
@@ -105,9 +109,22 @@ impl PersonIndex {
                 // redone from the mark; it cannot tear entries from the mark.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
+        // Each connection sees the records under `rec`, so a batch is
+        // indexed by one statement (INDEX_RANGE).
+        let records_file = main.to_string_lossy().into_owned();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let records_file = records_file.clone();
+                Box::pin(async move {
+                    sqlx::query(&format!("ATTACH DATABASE ? AS {RECORDS}"))
+                        .bind(records_file)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::raw_sql(
@@ -210,51 +227,34 @@ impl PersonIndex {
                 .await?;
             tx.commit().await?;
         }
-        let rows: Vec<Parties> = crate::on_pool!(pools, read, |pool| {
-            sqlx::query_as(
-                "SELECT seq, requester, requester_code, provider, provider_code, hash
-                     FROM records WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(mark)
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await?
-        });
-        let Some((last_seq, .., last_hash)) = rows.last().cloned() else {
+        let mut tx = self.pool.begin().await?;
+        // The batch: at most BATCH records past the mark, as far as this
+        // transaction's snapshot of the records goes; its size, last
+        // sequence and that record's hash.
+        let (count, last, last_hash): (i64, Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT n, last, (SELECT hash FROM rec.records WHERE seq = last)
+               FROM (SELECT COUNT(*) AS n, MAX(seq) AS last
+                       FROM (SELECT seq FROM rec.records WHERE seq > ?1 ORDER BY seq LIMIT ?2))",
+        )
+        .bind(mark)
+        .bind(BATCH)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(last_seq) = last else {
             return Ok(0);
         };
-        let mut entries: Vec<(i64, &str, &str, i64)> = Vec::with_capacity(rows.len() * 2);
-        for (seq, requester, requester_code, provider, provider_code, _) in &rows {
-            let bucket = seq >> BUCKET_BITS;
-            if let Some(code) = requester_code {
-                entries.push((bucket, requester, code, *seq));
-            }
-            if let (Some(provider), Some(code)) = (provider, provider_code) {
-                entries.push((bucket, provider, code, *seq));
-            }
-        }
-        // Key order: each leaf is visited once per batch.
-        entries.sort_unstable();
-        let mut tx = self.pool.begin().await?;
-        for chunk in entries.chunks(ROWS_PER_INSERT) {
-            // Anonymous `?`: SQLite looks a numbered parameter's name up by a
-            // linear walk, which made binding 4,000 of them quadratic.
-            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql =
-                format!("INSERT OR IGNORE INTO entries (bucket, org, code, seq) VALUES {values}");
-            let mut q = sqlx::query(&sql);
-            for (bucket, org, code, seq) in chunk {
-                q = q.bind(*bucket).bind(*org).bind(*code).bind(*seq);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        sqlx::query(INDEX_RANGE)
+            .bind(mark)
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE mark SET seq = $1, hash = $2 WHERE id = 1")
             .bind(last_seq)
             .bind(&last_hash)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(rows.len() as u64)
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Whether the records under the index are not the ones it was built
