@@ -41,19 +41,16 @@ const BUCKET_BITS: u32 = 12;
 /// Records read and indexed per transaction.
 const BATCH: i64 = 16_384;
 
-/// The schema name the records' database is attached under on the side
-/// file's connections.
-const RECORDS: &str = "rec";
-
-/// Indexes the records in `(?1, ?2]` in one statement, sorted by key so a
-/// batch visits each leaf once. It runs inside SQLite: no record crosses
+/// Indexes the records in `(?1, ?2]` in one statement (`?3`: the bucket
+/// bits), sorted by key so a batch visits each leaf once. It runs inside
+/// SQLite over the records' database, attached as `rec`: no record crosses
 /// into Rust, where streaming them row by row from sqlx's worker thread
 /// cost more than the rest of the step (benches/README.md, session 13).
 const INDEX_RANGE: &str = "INSERT OR IGNORE INTO entries (bucket, org, code, seq)
-     SELECT seq >> 12, requester, requester_code, seq FROM rec.records
+     SELECT seq >> ?3, requester, requester_code, seq FROM rec.records
       WHERE seq > ?1 AND seq <= ?2 AND requester_code IS NOT NULL
      UNION ALL
-     SELECT seq >> 12, provider, provider_code, seq FROM rec.records
+     SELECT seq >> ?3, provider, provider_code, seq FROM rec.records
       WHERE seq > ?1 AND seq <= ?2 AND provider IS NOT NULL AND provider_code IS NOT NULL
      ORDER BY 1, 2, 3, 4";
 
@@ -109,8 +106,8 @@ impl PersonIndex {
                 // redone from the mark; it cannot tear entries from the mark.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
-        // Each connection sees the records under `rec`, so a batch is
-        // indexed by one statement (INDEX_RANGE).
+        // Each connection sees the records as `rec`, so a batch is indexed
+        // by one statement (INDEX_RANGE).
         let records_file = main.to_string_lossy().into_owned();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -118,7 +115,7 @@ impl PersonIndex {
             .after_connect(move |conn, _| {
                 let records_file = records_file.clone();
                 Box::pin(async move {
-                    sqlx::query(&format!("ATTACH DATABASE ? AS {RECORDS}"))
+                    sqlx::query("ATTACH DATABASE ? AS rec")
                         .bind(records_file)
                         .execute(conn)
                         .await?;
@@ -246,6 +243,7 @@ impl PersonIndex {
         sqlx::query(INDEX_RANGE)
             .bind(mark)
             .bind(last_seq)
+            .bind(BUCKET_BITS)
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE mark SET seq = $1, hash = $2 WHERE id = 1")
