@@ -65,11 +65,10 @@ pub enum Found {
 /// under a generation read after the lookup was asked).
 pub type Answer = (Found, Option<i64>);
 
-type Reply = oneshot::Sender<Result<Answer, String>>;
+type Reply = oneshot::Sender<Result<Found, String>>;
 
-/// A lookup, whether it must be read under a fresh generation, and where
-/// its answer goes.
-type Asked = (Lookup, bool, Reply);
+/// A lookup for the batching task, and where its answer goes.
+type Asked = (Lookup, Reply);
 
 /// Handle to the batching task and the answers kept in memory.
 #[derive(Clone)]
@@ -117,8 +116,8 @@ impl Lookups {
 
     /// Maps and reads for one query: from memory if the cache holds the
     /// lookup (the answer then carries the generation it holds under), else
-    /// in the batch it joins. `fresh` reads the lookup generation before
-    /// answering, as after an answer from memory turned out stale.
+    /// in the batch it joins, which reads the lookup generation first.
+    /// `fresh` skips memory, as after an answer from it turned out stale.
     pub async fn find(&self, lookup: Lookup, fresh: bool) -> Result<Answer, BrokerError> {
         if !fresh {
             if let Some(answer) = self.in_memory(&lookup) {
@@ -133,13 +132,14 @@ impl Lookups {
             )
         };
         self.tx
-            .send((lookup, fresh, reply))
+            .send((lookup, reply))
             .await
             .map_err(|_| unavailable())?;
-        answer
+        let found = answer
             .await
             .map_err(|_| unavailable())?
-            .map_err(BrokerError::Config)
+            .map_err(BrokerError::Config)?;
+        Ok((found, None))
     }
 
     fn in_memory(&self, lookup: &Lookup) -> Option<Answer> {
@@ -149,7 +149,7 @@ impl Lookups {
     }
 }
 
-/// How a batch that must read learns the lookup generation.
+/// How a batch learns the lookup generation it is read under.
 enum Generation {
     /// Read in place on SQLite, on the task's own connection.
     InPlace(sqlite_generation::DirectGeneration),
@@ -172,10 +172,8 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let fresh = batch.iter().any(|(_, fresh, _)| *fresh);
-        let (lookups, replies): (Vec<Lookup>, Vec<Reply>) =
-            batch.into_iter().map(|(l, _, r)| (l, r)).unzip();
-        match answer(&pools, &mut how, &cache, &metrics, &lookups, fresh).await {
+        let (lookups, replies): (Vec<Lookup>, Vec<Reply>) = batch.into_iter().unzip();
+        match answer(&pools, &mut how, &cache, &metrics, &lookups).await {
             Ok(found) => {
                 for (reply, found) in replies.into_iter().zip(found) {
                     let _ = reply.send(Ok(found));
@@ -193,35 +191,17 @@ async fn run(
     pools.close_own().await;
 }
 
-/// Answers a batch from the cache where it can, else from the database
-/// (and keeps what it read). A batch the cache answers whole (and nobody in
-/// it asked `fresh`) is answered without a read, under the cache's number,
-/// as [`Lookups::find`] does; the rest read the number first. The cache is
-/// never held across an await.
+/// Answers a batch under a lookup generation read first: from the cache
+/// where that number is the cache's, else from the database (and keeps what
+/// it read). Reading first means an answer is never kept under a number
+/// older than a change it missed. The cache is never held across an await.
 async fn answer(
     pools: &Pools,
     how: &mut Generation,
     cache: &Shared,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
-    fresh: bool,
-) -> Result<Vec<Answer>, BrokerError> {
-    if !fresh {
-        let held = locked(cache);
-        if let Some(generation) = held.generation() {
-            let split = held.split(lookups);
-            if split.misses.is_empty() {
-                drop(held);
-                metrics.observe(lookups.len(), 0, false);
-                return Ok(cache::fill(lookups, split, &[])
-                    .into_iter()
-                    .map(|found| (found, Some(generation)))
-                    .collect());
-            }
-        }
-    }
-    // Read before the answers, so an answer is never kept under a number
-    // older than a change it missed.
+) -> Result<Vec<Found>, BrokerError> {
     let now = generation(pools, how).await?;
     let split = {
         let mut held = locked(cache);
@@ -235,9 +215,8 @@ async fn answer(
         );
         split
     };
-    let read_now = |found: Vec<Found>| found.into_iter().map(|f| (f, None)).collect();
     if split.misses.is_empty() {
-        return Ok(read_now(cache::fill(lookups, split, &[])));
+        return Ok(cache::fill(lookups, split, &[]));
     }
     let asked: Vec<Lookup> = split.misses.iter().map(|&i| lookups[i].clone()).collect();
     let read: Vec<(usize, Found)> = split
@@ -247,16 +226,13 @@ async fn answer(
         .zip(find_all(pools, &asked).await?)
         .collect();
     {
+        // Still at `now`: this task is the cache's only writer.
         let mut held = locked(cache);
-        // Kept only if the cache is still at the number read before them;
-        // this task is its only writer, so it is.
-        if held.generation() == Some(now) {
-            for (i, found) in &read {
-                held.store(lookups[*i].clone(), found.clone());
-            }
+        for (i, found) in &read {
+            held.store(lookups[*i].clone(), found.clone());
         }
     }
-    Ok(read_now(cache::fill(lookups, split, &read)))
+    Ok(cache::fill(lookups, split, &read))
 }
 
 /// The lookup generation: bumped by triggers in the same transaction as
@@ -292,6 +268,16 @@ pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
     Ok(crate::on_pool!(pools, read, |pool| {
         sqlx::query_scalar(GENERATION_SQL).fetch_one(pool).await?
     }))
+}
+
+/// Sets the lookup generation, as the triggers do on a change (tests).
+#[cfg(test)]
+pub(crate) async fn set_generation(write: &sqlx::SqlitePool, n: i64) {
+    sqlx::query("UPDATE lookup_generation SET n = $1 WHERE id = 1")
+        .bind(n)
+        .execute(write)
+        .await
+        .expect("set the lookup generation");
 }
 
 /// The one row the lookup generation is.
@@ -365,10 +351,7 @@ mod tests {
             .await
             .expect("store");
         let write = store.writer();
-        sqlx::query("UPDATE lookup_generation SET n = 3 WHERE id = 1")
-            .execute(write)
-            .await
-            .expect("set");
+        set_generation(write, 3).await;
         // The record commit checks the number (records::writer's and
         // sqlite_direct's tests).
         let lookups = Lookups::spawn(store.pools(), Generation::Pool, Default::default());
@@ -389,10 +372,7 @@ mod tests {
             (found.clone(), Some(3))
         );
 
-        sqlx::query("UPDATE lookup_generation SET n = n + 1 WHERE id = 1")
-            .execute(write)
-            .await
-            .expect("bump");
+        set_generation(write, 4).await;
         // Memory does not know yet: its answer says which number it needs.
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),

@@ -76,10 +76,7 @@ mod tests {
         let crate::store::Pools::Sqlite { write, .. } = store.pools() else {
             panic!("a SQLite store has SQLite pools");
         };
-        sqlx::query("UPDATE lookup_generation SET n = n + 5 WHERE id = 1")
-            .execute(&write)
-            .await
-            .expect("bump");
+        crate::lookups::set_generation(&write, before + 5).await;
         assert_eq!(direct.read().expect("read"), before + 5);
 
         // A second read with nothing committed in between agrees: the
@@ -97,10 +94,7 @@ mod tests {
         let crate::store::Pools::Sqlite { write, .. } = &pools else {
             panic!("a SQLite store has SQLite pools");
         };
-        sqlx::query("UPDATE lookup_generation SET n = 41 WHERE id = 1")
-            .execute(write)
-            .await
-            .expect("set");
+        crate::lookups::set_generation(write, 41).await;
 
         // A connection whose reads now fail: its file lost the table.
         let other = dir.path().join("other.db");

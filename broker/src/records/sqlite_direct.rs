@@ -222,13 +222,20 @@ mod tests {
         (count, seq, hash)
     }
 
-    #[tokio::test]
-    async fn commits_after_the_stored_head_and_refuses_a_stale_one_writing_nothing() {
+    /// A fresh broker database and the writer's own connection to it; the
+    /// directory lives as long as the returned guard.
+    async fn fresh_direct() -> (tempfile::TempDir, DirectWriter) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k.db");
         // The store creates and migrates the file, as in the broker.
         crate::store::SqliteStore::open(&path).await.expect("store");
-        let mut direct = DirectWriter::open(&path).expect("open");
+        let direct = DirectWriter::open(&path).expect("open");
+        (dir, direct)
+    }
+
+    #[tokio::test]
+    async fn commits_after_the_stored_head_and_refuses_a_stale_one_writing_nothing() {
+        let (_dir, mut direct) = fresh_direct().await;
 
         let genesis = (0u64, [0u8; 32]);
         let first = rows(3);
@@ -273,10 +280,7 @@ mod tests {
     /// while the database still has it; otherwise nothing is written.
     #[tokio::test]
     async fn commits_only_under_the_lookup_generation_its_answers_were_read_under() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("k.db");
-        crate::store::SqliteStore::open(&path).await.expect("store");
-        let mut direct = DirectWriter::open(&path).expect("open");
+        let (_dir, mut direct) = fresh_direct().await;
         direct
             .conn
             .execute("UPDATE lookup_generation SET n = 7 WHERE id = 1", [])

@@ -44,8 +44,8 @@ pub(crate) struct NewRow {
     pub result: Option<crate::results::OwnedResult>,
     /// The lookup generation the query's answer was read under from memory
     /// without asking the database ([`crate::lookups`]): the row commits only
-    /// if the database's is still this one (checked in the commit's own
-    /// statement on PostgreSQL), else its query is answered again.
+    /// if the database's is still this one (checked inside the commit's
+    /// transaction), else its query is answered again.
     pub lookup_generation: Option<i64>,
 }
 
@@ -910,10 +910,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        sqlx::query("UPDATE lookup_generation SET n = 7 WHERE id = 1")
-            .execute(store.writer())
-            .await
-            .expect("set");
+        crate::lookups::set_generation(store.writer(), 7).await;
         let (tx, writer) = writer_without_own_connection(&store);
         let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
         let row = |i: usize, generation: Option<i64>| {
