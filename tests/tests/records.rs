@@ -279,6 +279,49 @@ async fn duplicated_row_is_named_postgres() -> Result<()> {
     Ok(())
 }
 
+/// Autovacuum passes over the tables every answer writes to are paced
+/// (migration 0101): on `queries`, on the default partition, and on every
+/// month partition the writer creates, for past months as for this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autovacuum_is_paced_on_the_append_only_tables_postgres() -> Result<()> {
+    let Some(env) = Env::new(Backend::Postgres).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    log.append_with_clock(draft(1), at("2018-01-15T10:00:00Z"))
+        .await?;
+    log.append(draft(2)).await?;
+    let paced = |tables: &str| {
+        format!(
+            "SELECT COUNT(*) FROM pg_class WHERE relname IN ({tables}) \
+             AND 'autovacuum_vacuum_cost_delay=10' = ANY(reloptions)"
+        )
+    };
+    assert_eq!(
+        env.count(&paced("'queries', 'records_default'")).await?,
+        2,
+        "queries and the default partition keep autovacuum's default pace"
+    );
+    // The 2018 month, the month after it, this month and the next.
+    let this = time::OffsetDateTime::now_utc();
+    let next = this
+        .replace_day(1)?
+        .saturating_add(time::Duration::days(32));
+    let months = format!(
+        "'records_y2018m01', 'records_y2018m02', 'records_y{}m{:02}', 'records_y{}m{:02}'",
+        this.year(),
+        u8::from(this.month()),
+        next.year(),
+        u8::from(next.month())
+    );
+    assert_eq!(
+        env.count(&paced(&months)).await?,
+        4,
+        "a month partition was created without the pacing"
+    );
+    Ok(())
+}
+
 async fn swapped_rows_are_named(backend: Backend) -> Result<()> {
     let Some(env) = Env::new(backend).await? else {
         return Ok(());
