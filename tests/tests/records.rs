@@ -319,6 +319,22 @@ async fn autovacuum_is_paced_on_the_append_only_tables_postgres() -> Result<()> 
         4,
         "a month partition was created without the pacing"
     );
+    // A database from before the migration: its partitions were made without
+    // the setting, and the migration paces them.
+    env.exec(
+        "CREATE TABLE records_y2019m01 PARTITION OF records FOR VALUES FROM (201901) TO (201902)",
+    )
+    .await?;
+    assert_eq!(env.count(&paced("'records_y2019m01'")).await?, 0);
+    env.exec(include_str!(
+        "../../broker/migrations/postgres/0101_vacuum_pacing.sql"
+    ))
+    .await?;
+    assert_eq!(
+        env.count(&paced("'records_y2019m01'")).await?,
+        1,
+        "the migration left an older partition at autovacuum's default pace"
+    );
     Ok(())
 }
 

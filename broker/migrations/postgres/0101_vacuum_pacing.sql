@@ -14,7 +14,7 @@
 -- New month partitions get the same setting when the writer creates them
 -- (broker/src/records/db.rs, PARTITION_STORAGE).
 ALTER TABLE queries SET (autovacuum_vacuum_cost_delay = 10);
-ALTER TABLE records_default SET (autovacuum_vacuum_cost_delay = 10);
+-- Every partition of records there is already, the default one included.
 DO $$
 DECLARE part record;
 BEGIN
@@ -22,7 +22,7 @@ BEGIN
         SELECT c.relname FROM pg_inherits i
         JOIN pg_class c ON c.oid = i.inhrelid
         JOIN pg_class p ON p.oid = i.inhparent
-        WHERE p.relname = 'records' AND c.relname <> 'records_default'
+        WHERE p.relname = 'records'
     LOOP
         EXECUTE format('ALTER TABLE %I SET (autovacuum_vacuum_cost_delay = 10)', part.relname);
     END LOOP;
