@@ -18,6 +18,10 @@ use kakehashi_benches::report::{RunReport, ServerMem};
 use kakehashi_benches::rss;
 use kakehashi_benches::setup::{self, Codes};
 
+mod approvals;
+mod console;
+mod login_flood;
+
 #[derive(Parser)]
 #[command(
     name = "kakehashi-bench",
@@ -28,6 +32,8 @@ kakehashi-bench run --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --scena
 kakehashi-bench run --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --scenario query --codes codes.json --rate 500\n  \
 kakehashi-bench idle --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --connections 1000\n  \
 kakehashi-bench crypto-floor\n  \
+kakehashi-bench approvals --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --broker-config kakehashi-dev/broker.toml\n  \
+kakehashi-bench login-flood --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --codes codes.json\n  \
 kakehashi-bench compare --postgres-url \"$(scripts/postgres-up)\" --json compare.json"
 )]
 struct Cli {
@@ -54,6 +60,12 @@ enum Command {
     },
     /// Kakehashi on SQLite and PostgreSQL vs nginx, one table (about 5 minutes).
     Compare(CompareArgs),
+    /// Pending sensitive queries with their requesters waiting; an operator
+    /// approves them; approve → waiting request answered, p50–max.
+    Approvals(approvals::ApprovalsArgs),
+    /// The exchange at half rate without and with a flood of wrong-password
+    /// logins on the console; its p99 in both and their ratio.
+    LoginFlood(login_flood::LoginFloodArgs),
 }
 
 /// Where to connect and as whom.
@@ -219,7 +231,7 @@ struct CompareArgs {
     /// Unmeasured seconds at half rate before the half-rate run is measured:
     /// the steady state at that rate, not the first seconds after the
     /// full-rate run (PostgreSQL's autovacuum of what that run inserted can
-    /// still fall in the window: benches/README.md, session 9).
+    /// still fall in the window: benches/README.md, "Design decisions in force").
     #[arg(long, default_value_t = 30)]
     half_warmup: u64,
     /// Connections for every scenario.
@@ -381,6 +393,8 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn main_async(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Approvals(args) => approvals::run(args).await,
+        Command::LoginFlood(args) => login_flood::run(args).await,
         Command::Setup(args) => {
             if args.persons.codes.is_none() {
                 bail!("setup needs --codes FILE to write the codes to");

@@ -235,7 +235,7 @@ pub struct Machine {
     /// Kernel release.
     pub kernel: String,
     /// When the kernel starts writing dirty page cache back. PostgreSQL's
-    /// commit latency depends on it (benches/README.md, "What changed (session 6)").
+    /// commit latency depends on it (benches/README.md, "Design decisions in force").
     pub writeback: Writeback,
 }
 

@@ -35,6 +35,40 @@ pub struct Config {
     /// Own retention periods of identity-confirmation data and copies (R15).
     #[serde(default)]
     pub retention: crate::retention::RetentionConfig,
+    /// The console listener for people (operators, auditors, administrators).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Accounts: password hashing, session timeouts, lockout (R19).
+    #[serde(default)]
+    pub people: crate::people::PeopleConfig,
+}
+
+/// `[console]`: the listener people use (server-authenticated TLS with the
+/// broker's certificate; a password and TOTP instead of a client
+/// certificate). Without `listen` there is no console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Address of the console listener, e.g. `127.0.0.1:7444`.
+    pub listen: Option<SocketAddr>,
+    /// Largest request body a people endpoint takes; exports and searches
+    /// are GETs, so small bodies suffice.
+    pub max_body_bytes: u64,
+    /// Sustained requests per second per client address.
+    pub per_address_per_second: u32,
+    /// Burst allowance per client address.
+    pub per_address_burst: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_body_bytes: 64 * 1024,
+            per_address_per_second: 50,
+            per_address_burst: 200,
+        }
+    }
 }
 
 /// `[exchange]`

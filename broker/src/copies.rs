@@ -62,7 +62,9 @@ pub async fn deposit_batch(
 /// reads into one statement ([`crate::lookups`]), then opens the copy.
 /// Also returns the lookup generation the answer holds under when it came
 /// from memory unconfirmed (its record must be committed under it);
-/// `fresh` asks for an answer confirmed first.
+/// `fresh` asks for an answer confirmed first. `None`: a copy from memory
+/// did not open, so it may be one the database no longer holds — answer
+/// again, confirmed, before calling it a fault.
 pub async fn read_for_query(
     lookups: &crate::lookups::Lookups,
     keys: &Keyring,
@@ -71,11 +73,11 @@ pub async fn read_for_query(
     provider: &OrgId,
     fresh: bool,
 ) -> Result<
-    (
+    Option<(
         crate::identity::MappedCode,
         Option<BTreeMap<String, serde_json::Value>>,
         Option<i64>,
-    ),
+    )>,
     BrokerError,
 > {
     use crate::identity::MappedCode;
@@ -102,16 +104,16 @@ pub async fn read_for_query(
                 .decrypt(&cipher, &context(provider, &code))
                 .and_then(|plain| {
                     serde_json::from_slice(&plain)
-                        .map_err(|_| BrokerError::Config("a stored copy is not valid JSON".into()))
+                        .map_err(|_| BrokerError::Corrupt("a stored copy is not valid JSON".into()))
                 });
             match opened {
                 Ok(map) => (MappedCode::Provider(code), Some(map)),
                 // A copy from memory may be one the database no longer
                 // holds: ask again, confirmed, before calling it a fault.
-                Err(_) if generation.is_some() => return Err(BrokerError::LookupChanged),
+                Err(_) if generation.is_some() => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
     };
-    Ok((mapped, copy, generation))
+    Ok(Some((mapped, copy, generation)))
 }

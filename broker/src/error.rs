@@ -1,4 +1,10 @@
 //! The broker's error type and its mapping to the one JSON error body.
+//!
+//! Variants say what happened, so an operator reading a log knows where to
+//! look: a bad configuration file, TLS material, the database, data read
+//! back from it that does not parse (corrupt), or a fault in the broker
+//! itself. Only [`BrokerError::Refused`] reaches a client with its message;
+//! everything else answers `internal` and is logged with its detail.
 
 use kakehashi_interfaces::{ErrorCode, InvalidInput};
 
@@ -17,6 +23,15 @@ pub enum BrokerError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Data read back from storage is not what the broker writes (a row
+    /// that does not parse, a ciphertext that does not open): the database
+    /// was changed outside the broker, or restored from elsewhere.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// A fault inside the broker: an encoding that cannot fail did, an
+    /// invariant did not hold.
+    #[error("internal fault: {0}")]
+    Internal(String),
     /// Reading or writing a file failed.
     #[error("{context}: {source}")]
     Io {
@@ -33,12 +48,6 @@ pub enum BrokerError {
         /// Explanation without secrets.
         message: String,
     },
-    /// A person code or copy a query's answer was read from memory under
-    /// changed before the query's record was committed: nothing was
-    /// committed, and the query is answered again
-    /// ([`crate::exchange::query`]), so this never reaches a client.
-    #[error("the person data a query read changed while it was answered")]
-    LookupChanged,
 }
 
 impl BrokerError {
@@ -56,6 +65,11 @@ impl BrokerError {
             context: context.into(),
             source,
         }
+    }
+
+    /// A value the broker made could not be encoded (JSON of its own types).
+    pub fn encoding(what: &str, e: impl std::fmt::Display) -> Self {
+        BrokerError::Internal(format!("encoding {what}: {e}"))
     }
 
     /// The code sent to the client. Internal failures never reveal their detail.
@@ -78,5 +92,27 @@ impl BrokerError {
 impl From<InvalidInput> for BrokerError {
     fn from(e: InvalidInput) -> Self {
         BrokerError::refused(ErrorCode::InvalidInput, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_fault_reads_differently_and_none_reaches_the_client() {
+        let faults = [
+            BrokerError::Config("[storage] needs exactly one backend".into()),
+            BrokerError::Corrupt("a stored copy is not valid JSON".into()),
+            BrokerError::Internal("encoding permit: x".into()),
+        ];
+        let texts: Vec<String> = faults.iter().map(|e| e.to_string()).collect();
+        assert!(texts[0].starts_with("configuration: "));
+        assert!(texts[1].starts_with("corrupt stored data: "));
+        assert!(texts[2].starts_with("internal fault: "));
+        for e in &faults {
+            assert_eq!(e.code(), ErrorCode::Internal);
+            assert!(!e.public_message().contains("JSON"));
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use kakehashi_broker::oplog::{cli::HostLog, OpAction};
 use kakehashi_broker::store::{self, NewOrg};
 use kakehashi_broker::{dev, Config, RunningBroker};
 use kakehashi_interfaces::{OrgId, OrgKind, OrgStatus};
@@ -40,6 +41,9 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: String,
+        /// Console listen address (people: operators, auditors, administrators).
+        #[arg(long, default_value = "127.0.0.1:7444")]
+        console_listen: String,
         /// Prepare the directory and exit without serving.
         #[arg(long)]
         no_serve: bool,
@@ -50,13 +54,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Load or show the authorised-flow list.
+    /// The authorised-flow list: propose, approve (a second administrator), list, diff, show.
     Flows {
         /// Path to broker.toml.
         #[arg(long, short)]
         config: PathBuf,
         #[command(subcommand)]
-        action: FlowsAction,
+        action: kakehashi_broker::flow_changes::FlowsCommand,
     },
     /// Manage registered organisations.
     Orgs {
@@ -65,6 +69,22 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: OrgsAction,
+    },
+    /// Manage people's accounts: add, list, reset, disable, enable, grant, revoke.
+    Users {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: kakehashi_broker::people::cli::UsersCommand,
+    },
+    /// Operation log (操作ログ, R17): verify its chain and checkpoints, show entries.
+    Oplog {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: kakehashi_broker::oplog::cli::OplogCommand,
     },
     /// Provision records: verify the chain, export for auditors, verify an export.
     Records {
@@ -85,17 +105,6 @@ enum Command {
         #[command(flatten)]
         args: kakehashi_broker::records::cli::PurgeArgs,
     },
-}
-
-#[derive(Subcommand)]
-enum FlowsAction {
-    /// Validate a flow-list TOML file and store it as a new version (running brokers pick it up on restart).
-    Load {
-        /// The TOML file ([[flow]] tables).
-        file: PathBuf,
-    },
-    /// Print the flow list in force with its version.
-    Show,
 }
 
 #[derive(Subcommand)]
@@ -182,12 +191,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dev {
             dir,
             listen,
+            console_listen,
             no_serve,
         } => {
-            let env = dev::prepare(&dir, &listen).await?;
+            let env = dev::prepare(&dir, &listen, &console_listen).await?;
             if env.created {
                 println!("Created dev environment in {}", env.dir.display());
             }
+            // Printed before serving (and with --no-serve), so the
+            // temporary passwords are never lost.
+            println!("{}", dev::console_notice(&env, &console_listen));
             if no_serve {
                 return Ok(());
             }
@@ -206,46 +219,18 @@ async fn run(cli: Cli) -> Result<()> {
             println!("migrations applied");
         }
         Command::Flows { config, action } => {
-            let config = Config::load(&config)?;
-            let store = store::open(&config.storage).await?;
-            match action {
-                FlowsAction::Load { file } => {
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("cannot read {}", file.display()))?;
-                    let version =
-                        kakehashi_broker::policy::store_version(&store.pools(), &text).await?;
-                    println!("flow list version {version} in force");
-                }
-                FlowsAction::Show => {
-                    let index = kakehashi_broker::policy::load_current(&store.pools()).await?;
-                    println!("flow list version {}", index.version);
-                    for rule in index.rules() {
-                        println!(
-                            "{:<8} {:<22} items: {}{}",
-                            rule.flow_id,
-                            rule.procedure,
-                            rule.items.iter().cloned().collect::<Vec<_>>().join(", "),
-                            if rule.sensitive_items.is_empty() {
-                                String::new()
-                            } else {
-                                format!(
-                                    "  (sensitive: {})",
-                                    rule.sensitive_items
-                                        .iter()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )
-                            }
-                        );
-                    }
-                }
-            }
+            kakehashi_broker::flow_changes::run(&config, action).await?;
         }
         Command::Orgs { config, action } => {
             let config = Config::load(&config)?;
             let store = store::open(&config.storage).await?;
-            orgs(&*store, action).await?;
+            orgs(&*store, &config.keys.dir, action).await?;
+        }
+        Command::Users { config, action } => {
+            kakehashi_broker::people::cli::run(&config, action).await?;
+        }
+        Command::Oplog { config, action } => {
+            kakehashi_broker::oplog::cli::run(&config, action).await?;
         }
         Command::Records { config, action } => {
             kakehashi_broker::records::cli::run(config.as_deref(), action).await?;
@@ -257,7 +242,8 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn orgs(store: &dyn store::Store, action: OrgsAction) -> Result<()> {
+/// Org changes are logged in the operation log as `host:<login name>` (R17).
+async fn orgs(store: &dyn store::Store, keys: &std::path::Path, action: OrgsAction) -> Result<()> {
     match action {
         OrgsAction::Add {
             id,
@@ -265,13 +251,20 @@ async fn orgs(store: &dyn store::Store, action: OrgsAction) -> Result<()> {
             name,
             pin,
         } => {
-            let org = store
+            let id = OrgId::new(id)?;
+            let kind = kind.parse::<OrgKind>()?;
+            let log = HostLog::open(store.pools(), keys).await?;
+            let added = store
                 .add_org(&NewOrg {
-                    id: OrgId::new(id)?,
-                    kind: kind.parse::<OrgKind>()?,
+                    id: id.clone(),
+                    kind,
                     name,
                     cert_fingerprint: pin.map(|p| p.to_ascii_lowercase()),
                 })
+                .await;
+            let detail = Some(format!("kind={}", kind.as_str()));
+            let org = log
+                .org_outcome(OpAction::OrgAdded, &id, detail, added)
                 .await?;
             println!(
                 "registered {} ({}, {})",
@@ -306,14 +299,20 @@ async fn orgs(store: &dyn store::Store, action: OrgsAction) -> Result<()> {
             }
         }
         OrgsAction::Suspend { id } => {
-            let org = store
-                .set_org_status(&OrgId::new(id)?, OrgStatus::Suspended)
+            let id = OrgId::new(id)?;
+            let log = HostLog::open(store.pools(), keys).await?;
+            let result = store.set_org_status(&id, OrgStatus::Suspended).await;
+            let org = log
+                .org_outcome(OpAction::OrgSuspended, &id, None, result)
                 .await?;
             println!("suspended {}", org.id);
         }
         OrgsAction::Activate { id } => {
-            let org = store
-                .set_org_status(&OrgId::new(id)?, OrgStatus::Active)
+            let id = OrgId::new(id)?;
+            let log = HostLog::open(store.pools(), keys).await?;
+            let result = store.set_org_status(&id, OrgStatus::Active).await;
+            let org = log
+                .org_outcome(OpAction::OrgActivated, &id, None, result)
                 .await?;
             println!("activated {}", org.id);
         }
@@ -328,7 +327,16 @@ async fn orgs(store: &dyn store::Store, action: OrgsAction) -> Result<()> {
                 (None, true) => None,
                 _ => anyhow::bail!("give a fingerprint or --clear"),
             };
-            let org = store.set_org_pin(&id, fp.as_deref()).await.context("pin")?;
+            let log = HostLog::open(store.pools(), keys).await?;
+            let result = store.set_org_pin(&id, fp.as_deref()).await;
+            let detail = Some(match &fp {
+                Some(fp) => format!("pin={fp}"),
+                None => "pin cleared".into(),
+            });
+            let org = log
+                .org_outcome(OpAction::OrgPinned, &id, detail, result)
+                .await
+                .context("pin")?;
             println!(
                 "{} pin {}",
                 org.id,

@@ -1,18 +1,19 @@
-//! The authorised-flow list (照会許可用照合リスト, R6): loading, versions, and
-//! the pure check of a query against the list in force.
+//! The authorised-flow list (照会許可用照合リスト, R6): parsing and
+//! validation, the pure check of a query against the list in force, and
+//! loading the version in force.
 //!
-//! `check` is a pure function over an in-memory [`FlowIndex`]; storing and
-//! reloading versions is IO kept at the bottom of this file.
+//! `check` is a pure function over an in-memory [`FlowIndex`]; loading is
+//! IO kept at the bottom of this file. Proposing and approving versions
+//! (two people, R8) is [`crate::flow_changes`].
 
 use std::collections::{BTreeSet, HashMap};
 
 use kakehashi_interfaces::{ErrorCode, OrgId, OrgKind};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::Date;
 
 use crate::error::BrokerError;
-use crate::store::{now_rfc3339, Pools};
+use crate::store::Pools;
 
 /// Who may be requester or provider of a flow: one org, or every org of a kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,43 +328,27 @@ pub fn check<'a>(
     })
 }
 
-/// Stores `text` as a new flow-list version unless it equals the one in force.
-/// Returns the version in force afterwards.
+/// Stores a flow list from the configuration file (or the dev
+/// environment's sample) as a version proposed and approved by
+/// `host:config` — the configuration is the reviewed artefact — unless it
+/// is already in force or unchanged since it was last stored
+/// ([`crate::flow_changes::store_configured`]). Returns the version in
+/// force afterwards. People propose and approve through
+/// [`crate::flow_changes`].
 pub async fn store_version(pools: &Pools, text: &str) -> Result<u64, BrokerError> {
-    parse_flow_list(text)?;
-    let sha = hex::encode(Sha256::digest(text.as_bytes()));
-    let version: u64 = crate::on_pool!(pools, write, |pool| {
-        let mut tx = pool.begin().await?;
-        let latest: Option<(i64, String)> =
-            sqlx::query_as("SELECT version, sha256 FROM flow_lists ORDER BY version DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let version = match latest {
-            Some((v, s)) if s == sha => v,
-            other => {
-                let next = other.map(|(v, _)| v).unwrap_or(0) + 1;
-                sqlx::query("INSERT INTO flow_lists (version, sha256, body, loaded_at) VALUES ($1, $2, $3, $4)")
-                    .bind(next)
-                    .bind(&sha)
-                    .bind(text)
-                    .bind(now_rfc3339())
-                    .execute(&mut *tx)
-                    .await?;
-                next
-            }
-        };
-        tx.commit().await?;
-        u64::try_from(version).unwrap_or(0)
-    });
-    Ok(version)
+    crate::flow_changes::store_configured(pools, text).await
 }
 
-/// Loads the flow list in force (an empty index if none was ever stored).
+/// Loads the flow list in force: the highest approved version (an empty
+/// index if none was ever approved).
 pub async fn load_current(pools: &Pools) -> Result<FlowIndex, BrokerError> {
     let latest: Option<(i64, String)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT version, body FROM flow_lists ORDER BY version DESC LIMIT 1")
-            .fetch_optional(pool)
-            .await?
+        sqlx::query_as(
+            "SELECT version, body FROM flow_lists WHERE approved_at IS NOT NULL \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
     });
     match latest {
         None => Ok(FlowIndex::default()),

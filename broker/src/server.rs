@@ -1,53 +1,64 @@
-//! The exchange listener: TCP accept, connection limit, TLS handshake with a
-//! timeout, HTTP/1.1 and HTTP/2 with a header timeout, graceful shutdown.
+//! A running broker: the exchange listener, the console listener (when
+//! `[console] listen` is set) and the background tasks, assembled in one
+//! place and stopped together.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::console::Console;
+use crate::edge::listener::{self, Edge, TlsSource};
 use crate::error::BrokerError;
-use crate::routes::{self, ConnInfo};
+use crate::exchange::Exchange;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::tls;
 
-/// A broker serving on a socket.
+/// A broker serving on its sockets.
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    console_addr: Option<SocketAddr>,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    oplog: Option<Arc<crate::oplog::OperationLog>>,
+}
+
+async fn bind(address: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| BrokerError::io(format!("cannot listen on {address} ({what})"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| BrokerError::io(format!("{what} listener address"), e))?;
+    Ok((listener, local))
 }
 
 impl RunningBroker {
-    /// Binds the configured address (port 0 picks a free port) and starts serving.
+    /// Binds the configured addresses (port 0 picks a free port) and starts serving.
     pub async fn start(
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<RunningBroker, BrokerError> {
-        let tls_config = tls::server_config(&config.tls)?;
-        let listener = TcpListener::bind(config.listen.address)
-            .await
-            .map_err(|e| {
-                BrokerError::io(format!("cannot listen on {}", config.listen.address), e)
-            })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| BrokerError::io("listener address", e))?;
+        // Refuse bad TLS material before binding anything.
+        tls::server_config(&config.tls)?;
+        if config.console.listen.is_some() {
+            tls::console_server_config(&config.tls)?;
+        }
+        let (exchange_listener, local_addr) = bind(config.listen.address, "exchange").await?;
+        let console_listener = match config.console.listen {
+            Some(address) => Some(bind(address, "console").await?),
+            None => None,
+        };
         let state = Arc::new(AppState::open(config, store).await?);
         state.limits.spawn_pruner(Duration::from_secs(60));
         crate::exchange::spawn_sweeper(&state);
+        crate::flow_changes::spawn_flow_reloader(&state);
         let (stop, stopped) = watch::channel(false);
         crate::retention::spawn_task(
             state.store.pools(),
@@ -55,24 +66,62 @@ impl RunningBroker {
             state.config.retention.clone(),
             stopped.clone(),
         );
-        let task = tokio::spawn(accept_loop(
-            listener,
-            TlsAcceptor::from(tls_config),
-            state.clone(),
-            stopped,
-        ));
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(listener::accept_loop(
+            exchange_listener,
+            tls_source(&state.config, tls::server_config),
+            Arc::new(Exchange {
+                state: state.clone(),
+            }),
+            Edge {
+                limits: state.config.limits.clone(),
+                metrics: state.metrics.clone(),
+                name: "exchange",
+            },
+            stopped.clone(),
+        )));
         tracing::info!(address = %local_addr, backend = state.store.backend(), "exchange listener ready");
+
+        let mut console_addr = None;
+        let mut oplog = None;
+        if let Some((console_listener, address)) = console_listener {
+            let console = Console::start(state.clone()).await?;
+            oplog = Some(console.oplog.clone());
+            let mut limits = state.config.limits.clone();
+            limits.max_body_bytes = state.config.console.max_body_bytes;
+            tasks.push(tokio::spawn(listener::accept_loop(
+                console_listener,
+                tls_source(&state.config, tls::console_server_config),
+                Arc::new(console),
+                Edge {
+                    limits,
+                    metrics: state.metrics.clone(),
+                    name: "console",
+                },
+                stopped,
+            )));
+            tracing::info!(%address, "console listener ready");
+            console_addr = Some(address);
+        }
         Ok(RunningBroker {
             local_addr,
+            console_addr,
             state,
             stop,
-            task,
+            tasks,
+            oplog,
         })
     }
 
-    /// The bound address.
+    /// The exchange listener's bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The console listener's bound address, when it has one.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// The shared state (metrics, store).
@@ -84,8 +133,13 @@ impl RunningBroker {
     pub async fn shutdown(self) {
         self.state.begin_shutdown();
         let _ = self.stop.send(true);
-        let _ = self.task.await;
-        // The final checkpoint is signed once no request can append any more.
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // The final checkpoints are signed once no request can append any more.
+        if let Some(oplog) = &self.oplog {
+            oplog.close().await;
+        }
         self.state.records.close().await;
     }
 
@@ -96,6 +150,20 @@ impl RunningBroker {
         self.shutdown().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The TLS files of `config`, built by `build` and re-read when they change.
+fn tls_source(
+    config: &Config,
+    build: fn(&crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, BrokerError>,
+) -> TlsSource {
+    let for_build = config.tls.clone();
+    let for_stamps = config.tls.clone();
+    TlsSource {
+        build: Box::new(move || build(&for_build)),
+        stamps: Box::new(move || tls::file_stamps(&for_stamps)),
+        reload_every: Duration::from_secs(config.tls.reload_interval_secs),
     }
 }
 
@@ -118,141 +186,5 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    mut acceptor: TlsAcceptor,
-    state: Arc<AppState>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.limits.max_connections));
-    let reload_every = Duration::from_secs(state.config.tls.reload_interval_secs);
-    let mut stamps = tls::file_stamps(&state.config.tls);
-    let mut checked = std::time::Instant::now();
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            state.metrics.refusal("connection_limit");
-            tracing::warn!(reason = "connection_limit", %peer, "refused connection");
-            drop(tcp);
-            continue;
-        };
-        if checked.elapsed() >= reload_every {
-            checked = std::time::Instant::now();
-            let now = tls::file_stamps(&state.config.tls);
-            if now != stamps {
-                stamps = now;
-                match tls::server_config(&state.config.tls) {
-                    Ok(config) => {
-                        acceptor = TlsAcceptor::from(config);
-                        tracing::info!("reloaded TLS certificate, trust anchors and CRLs");
-                    }
-                    // Keep serving with the old material rather than stop.
-                    Err(e) => {
-                        tracing::error!(error = %e, "TLS files changed but could not be loaded; keeping the previous ones")
-                    }
-                }
-            }
-        }
-        let _ = tcp.set_nodelay(true);
-        let state = state.clone();
-        let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _slot = slot;
-            state.metrics.connection_delta(1);
-            serve_connection(tcp, peer, acceptor, &state, watcher).await;
-            state.metrics.connection_delta(-1);
-        });
-    }
-    drop(listener);
-    let grace = state.config.limits.shutdown_grace();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period ended with connections still open");
-    }
-}
-
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    state: &Arc<AppState>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let limits = &state.config.limits;
-    let stream = match tokio::time::timeout(limits.handshake_timeout(), acceptor.accept(tcp)).await
-    {
-        Err(_) => {
-            state.metrics.refusal("handshake_timeout");
-            tracing::warn!(reason = "handshake_timeout", %peer, "refused connection");
-            return;
-        }
-        Ok(Err(e)) => {
-            let reason = tls::handshake_refusal_reason(&e);
-            state.metrics.refusal(reason);
-            tracing::warn!(reason, %peer, "refused TLS handshake");
-            return;
-        }
-        Ok(Ok(stream)) => stream,
-    };
-    let Some(identity) = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(tls::peer_identity)
-    else {
-        // Unreachable with a mandatory client verifier; refuse rather than assume.
-        state.metrics.refusal("no_client_certificate");
-        return;
-    };
-    let conn = Arc::new(ConnInfo { peer, identity });
-    let service_state = state.clone();
-    let service = service_fn(move |req| {
-        let state = service_state.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(routes::handle(state, conn, req).await) }
-    });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Without a timer hyper ignores this timeout; it is what cuts off slow-header clients.
-        .header_read_timeout(limits.header_read_timeout())
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        let text = e.to_string();
-        if text.contains("timeout") || text.contains("timed out") {
-            state.metrics.refusal("header_timeout");
-            tracing::warn!(reason = "header_timeout", %peer, "closed slow connection");
-        } else {
-            tracing::debug!(%peer, error = %text, "connection ended with an error");
-        }
     }
 }

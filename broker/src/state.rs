@@ -3,14 +3,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::admission::OrgDirectory;
 use crate::config::Config;
+use crate::edge::limits::RateLimits;
 use crate::error::BrokerError;
+use crate::exchange::admission::OrgDirectory;
 use crate::keys::Keyring;
-use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::policy::{self, FlowIndex};
-use crate::records::{DisclosureEntry, RecordDraft, RecordLog};
+use crate::records::{RecordDraft, RecordLog};
 use crate::store::Store;
 
 /// Everything a request handler may use.
@@ -22,7 +22,7 @@ pub struct AppState {
     /// Org admission with a short cache.
     pub directory: OrgDirectory,
     /// Prometheus metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Rate limiters.
     pub limits: Arc<RateLimits>,
     /// The query path's batched person/copy reads.
@@ -31,6 +31,9 @@ pub struct AppState {
     pub keys: Keyring,
     /// The provision record log (R14).
     pub records: Arc<RecordLog>,
+    /// Ids of pending queries just approved or rejected: wakes the
+    /// requesters waiting on `GET /v1/queries/{id}?wait=` at once.
+    pub decisions: tokio::sync::broadcast::Sender<String>,
     flows: RwLock<Arc<FlowIndex>>,
     shutting_down: AtomicBool,
 }
@@ -40,14 +43,18 @@ impl AppState {
     pub async fn open(config: Config, store: Arc<dyn Store>) -> Result<Self, BrokerError> {
         let pools = store.pools();
         let keys = Keyring::open(&config.keys.dir, pools.clone()).await?;
+        // The configured file is stored as proposed and approved by
+        // `host:config` when it changed: broker.toml is the reviewed
+        // artefact (flow_changes). People's versions go through
+        // propose/approve; the highest approved one is in force.
         if let Some(path) = &config.exchange.flow_list {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BrokerError::io(format!("flow list {}", path.display()), e))?;
-            let version = policy::store_version(&pools, &text).await?;
-            tracing::info!(version, path = %path.display(), "flow list in force");
+            policy::store_version(&pools, &text).await?;
         }
         let flows = policy::load_current(&pools).await?;
-        let metrics = Metrics::new();
+        tracing::info!(version = flows.version, "flow list in force");
+        let metrics = Arc::new(Metrics::new());
         let records = RecordLog::open_observed(
             pools.clone(),
             &config.keys.dir,
@@ -63,6 +70,7 @@ impl AppState {
             limits,
             keys,
             records,
+            decisions: tokio::sync::broadcast::channel(1024).0,
             flows: RwLock::new(Arc::new(flows)),
             store,
             config,
@@ -78,45 +86,27 @@ impl AppState {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Re-reads the flow list in force from the store.
+    /// Re-reads the flow list in force (the highest approved version) from
+    /// the store; returns the version held afterwards. Called after an
+    /// approval and by the reloader task (`flow_changes`).
     pub async fn reload_flows(&self) -> Result<u64, BrokerError> {
         let index = policy::load_current(&self.store.pools()).await?;
-        let version = index.version;
-        if let Ok(mut flows) = self.flows.write() {
+        let mut flows = self
+            .flows
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The version in force only moves forward: a slower reload that
+        // read an older version must not replace a newer one.
+        if index.version >= flows.version {
             *flows = Arc::new(index);
         }
-        Ok(version)
+        Ok(flows.version)
     }
 
     /// Appends a provision record and waits until it is committed: nothing is
     /// answered before its record is durable.
     pub async fn record(&self, draft: RecordDraft) -> Result<u64, BrokerError> {
         self.records.append(draft).await
-    }
-
-    /// Who received which data about one of `org`'s persons, and when (R18):
-    /// every record about the person, whichever orgs exchanged it, found
-    /// through each org's own code. Other orgs' codes are never returned.
-    pub async fn disclosure(
-        &self,
-        org: &kakehashi_interfaces::OrgId,
-        person_code: &str,
-    ) -> Result<Vec<DisclosureEntry>, BrokerError> {
-        kakehashi_interfaces::PersonCode::new(person_code).map_err(BrokerError::from)?;
-        let pools = self.store.pools();
-        let Some(person) = crate::identity::resolve(&pools, org, person_code).await? else {
-            return Err(BrokerError::refused(
-                kakehashi_interfaces::ErrorCode::UnknownPerson,
-                "this org has no person with that code",
-            ));
-        };
-        let mut entries = Vec::new();
-        for (holder, code) in crate::identity::all_codes(&pools, &person).await? {
-            entries.extend(self.records.disclosure(&holder, &code).await?);
-        }
-        entries.sort_by_key(|e| e.seq);
-        entries.dedup_by_key(|e| e.seq);
-        Ok(entries)
     }
 
     /// True once shutdown began (`/readyz` turns 503 so balancers drain us).

@@ -1,7 +1,8 @@
-//! TLS for the exchange listener: server config with mandatory client
-//! certificates (trust anchors + CRLs, expired CRLs enforced), the mapping of
-//! handshake failures to refusal reasons, and org identity from the peer
-//! certificate.
+//! TLS for both listeners: the exchange's server config with mandatory
+//! client certificates (trust anchors + CRLs, expired CRLs enforced), the
+//! console's server-authenticated config (people log in with a password and
+//! TOTP instead), the mapping of handshake failures to refusal reasons, and
+//! org identity from the peer certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rustls::{CertificateError, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
 use crate::config::TlsConfig;
+use crate::edge::refusal::Reason;
 use crate::error::BrokerError;
 
 /// The org identity a verified client certificate carries.
@@ -54,19 +56,41 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> 
         .build()
         .map_err(|e| BrokerError::Tls(format!("client verifier: {e}")))?;
 
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls.allow_tls12 {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
+        .with_protocol_versions(versions(tls))
         .map_err(|e| BrokerError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(read_certs(&tls.cert)?, read_key(&tls.key)?)
         .map_err(|e| BrokerError::Tls(format!("server certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The console listener's config: the same server certificate, no client
+/// certificate (people authenticate with a password and TOTP), HTTP/1.1
+/// and HTTP/2.
+pub fn console_server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(tls))
+        .map_err(|e| BrokerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(read_certs(&tls.cert)?, read_key(&tls.key)?)
+        .map_err(|e| BrokerError::Tls(format!("server certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+fn versions(tls: &TlsConfig) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls.allow_tls12 {
+        &TLS13_AND_12
+    } else {
+        &TLS13_ONLY
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
@@ -124,40 +148,40 @@ pub fn peer_identity(leaf: &CertificateDer<'_>) -> PeerIdentity {
 }
 
 /// Why a TLS handshake was refused, as a stable metric label.
-pub fn handshake_refusal_reason(err: &std::io::Error) -> &'static str {
+pub fn handshake_refusal_reason(err: &std::io::Error) -> Reason {
     let Some(tls) = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
         return match err.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                "handshake_aborted"
+                Reason::HandshakeAborted
             }
-            _ => "handshake_failed",
+            _ => Reason::HandshakeFailed,
         };
     };
     match tls {
-        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::NoCertificatesPresented => Reason::NoClientCertificate,
         rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "certificate_expired"
+                Reason::CertificateExpired
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "certificate_not_yet_valid"
+                Reason::CertificateNotYetValid
             }
-            CertificateError::Revoked => "certificate_revoked",
+            CertificateError::Revoked => Reason::CertificateRevoked,
             // A same-named CA with another key shows up as a bad signature: both
             // mean "not issued by a trust anchor".
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => Reason::UnknownCa,
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "certificate_wrong_purpose"
+                Reason::CertificateWrongPurpose
             }
             CertificateError::ExpiredRevocationList
-            | CertificateError::ExpiredRevocationListContext { .. } => "crl_expired",
-            CertificateError::UnknownRevocationStatus => "revocation_unknown",
-            _ => "certificate_invalid",
+            | CertificateError::ExpiredRevocationListContext { .. } => Reason::CrlExpired,
+            CertificateError::UnknownRevocationStatus => Reason::RevocationUnknown,
+            _ => Reason::CertificateInvalid,
         },
-        rustls::Error::PeerIncompatible(_) => "tls_incompatible",
-        _ => "handshake_failed",
+        rustls::Error::PeerIncompatible(_) => Reason::TlsIncompatible,
+        _ => Reason::HandshakeFailed,
     }
 }

@@ -7,14 +7,15 @@ use bytes::Bytes;
 use kakehashi_interfaces::envelope::{self, EnvelopeContext, ReplyKeyPair};
 use kakehashi_interfaces::permit::PermitError;
 use kakehashi_interfaces::{
-    CopyDeposit, DepositReport, FlowId, FlowListView, ItemCode, ItemValue, OrgId, PermitKeySet,
-    PersonCode, PersonRegistration, ProcedureCode, QueryId, QueryRequest, QueryResponse,
-    QueryStatus, RegistrationReport, SignedPermit, WhoAmI,
+    CopyDeposit, DepositReport, ErrorCode, FlowId, FlowListView, ItemCode, ItemValue, OrgId,
+    PermitKeySet, PersonCode, PersonRegistration, ProcedureCode, QueryId, QueryRequest,
+    QueryResponse, QueryStatus, RegistrationReport, RejectionReason, SignedPermit, WhoAmI,
 };
 use time::OffsetDateTime;
 
 use crate::client::{safe_json_error, Client};
 use crate::error::ClientError;
+use crate::pending::KeptQuery;
 use crate::transport::Call;
 
 /// Longest long-poll one `GET /v1/queries/{id}?wait=` may ask for; the broker
@@ -84,8 +85,9 @@ pub struct Answer {
 }
 
 /// A query waiting for an operator of the provider to approve (R11). Holds
-/// the query's private reply key, in memory only, until the answer is
-/// opened or this value is dropped.
+/// the query's private reply key in memory until the answer is opened or
+/// this value is dropped; [`crate::PendingStore::save`] keeps it on disk so
+/// that another process can open the answer ([`Client::resume`]).
 #[derive(Debug)]
 pub struct PendingQuery {
     /// The broker's id of the query.
@@ -94,9 +96,9 @@ pub struct PendingQuery {
     pub permit: SignedPermit,
     /// When the broker will give up waiting and delete it.
     pub expires_at: OffsetDateTime,
-    query: Query,
-    keys: ReplyKeyPair,
-    requester: OrgId,
+    pub(crate) query: Query,
+    pub(crate) keys: ReplyKeyPair,
+    pub(crate) requester: OrgId,
 }
 
 impl PendingQuery {
@@ -117,8 +119,11 @@ pub enum QueryOutcome {
     Rejected {
         /// The query.
         query_id: QueryId,
+        /// The operator's reason, as the broker gave it.
+        reason: Option<RejectionReason>,
     },
-    /// The result passed its retention time and was deleted.
+    /// The query was not approved in time, or its result passed its
+    /// retention time, and the broker deleted it.
     Expired {
         /// The query.
         query_id: QueryId,
@@ -141,7 +146,9 @@ impl QueryOutcome {
         match self {
             QueryOutcome::Provided(a) => &a.query_id,
             QueryOutcome::Pending(p) => &p.query_id,
-            QueryOutcome::Rejected { query_id } | QueryOutcome::Expired { query_id } => query_id,
+            QueryOutcome::Rejected { query_id, .. } | QueryOutcome::Expired { query_id } => {
+                query_id
+            }
         }
     }
 }
@@ -196,9 +203,10 @@ impl Client {
     ///
     /// Makes a fresh X25519 key pair for this query, sends its public half,
     /// verifies the returned permit against the broker's published keys, and
-    /// opens the sealed answer. The private key lives only in memory: it is
+    /// opens the sealed answer. The private key lives in memory: it is
     /// wiped once the answer is opened, or kept in the returned
-    /// [`PendingQuery`] while approval is awaited.
+    /// [`PendingQuery`] while approval is awaited (and on disk only if the
+    /// caller keeps it with [`crate::PendingStore::save`]).
     ///
     /// Not retried after a broken connection (a query is recorded by the
     /// broker); retried after 429/503, which change nothing.
@@ -254,32 +262,108 @@ impl Client {
     }
 
     /// Waits up to `max` for a pending query to be decided, then opens the
-    /// answer. Returns the query still pending if `max` passes first.
+    /// answer. Returns the query still pending if `max` passes first, and
+    /// [`QueryOutcome::Expired`] when the broker answers `expired` (410).
     pub async fn wait(
         &self,
         pending: PendingQuery,
         max: Duration,
     ) -> Result<QueryOutcome, ClientError> {
+        let Some(response) = self.poll(&pending.query_id, max).await? else {
+            return Ok(QueryOutcome::Expired {
+                query_id: pending.query_id,
+            });
+        };
+        let PendingQuery {
+            query,
+            keys,
+            requester,
+            ..
+        } = pending;
+        self.settle(response, query, keys, requester, PermitTime::Issued)
+            .await
+    }
+
+    /// Asks for a query whose reply key was kept in a
+    /// [`crate::PendingStore`] (by this process or an earlier one), waiting
+    /// up to `max` while it is pending, and opens the answer exactly as
+    /// [`Client::wait`] does: the permit is verified against the broker's
+    /// keys, the query as asked and the kept key.
+    ///
+    /// Refuses (without asking the broker) a query that was asked as
+    /// another org than this client's certificate names. The kept file is
+    /// not touched; wipe it with [`crate::PendingStore::wipe`] once the
+    /// outcome is not `Pending`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: kakehashi_client::Client, store: kakehashi_client::PendingStore)
+    /// # -> Result<(), kakehashi_client::ClientError> {
+    /// use std::time::Duration;
+    /// use kakehashi_client::QueryOutcome;
+    ///
+    /// for entry in store.scan()?.entries {
+    ///     let Some(kept) = store.open_entry(&entry.query_id)? else { continue };
+    ///     match client.resume(kept, Duration::ZERO).await? {
+    ///         QueryOutcome::Pending(_) => {}
+    ///         QueryOutcome::Provided(answer) => {
+    ///             println!("{:?}", answer.items.keys());
+    ///             store.wipe(&entry.query_id)?;
+    ///         }
+    ///         _ => {
+    ///             store.wipe(&entry.query_id)?;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume(
+        &self,
+        kept: KeptQuery,
+        max: Duration,
+    ) -> Result<QueryOutcome, ClientError> {
+        let me = self.me().await?.org_id.clone();
+        if me != kept.entry.requester {
+            return Err(ClientError::config(format!(
+                "query {} was asked as {}, but this profile's certificate is {me}; use the profile that asked",
+                kept.entry.query_id, kept.entry.requester
+            )));
+        }
+        let query_id = kept.entry.query_id.clone();
+        let Some(response) = self.poll(&query_id, max).await? else {
+            return Ok(QueryOutcome::Expired { query_id });
+        };
+        let query = kept.query();
+        let KeptQuery { keys, entry, .. } = kept;
+        self.settle(response, query, keys, entry.requester, PermitTime::Issued)
+            .await
+    }
+
+    /// Long-polls a query until it is no longer pending or `max` passed;
+    /// `None` when the broker says it expired (410 `expired`).
+    async fn poll(
+        &self,
+        query_id: &QueryId,
+        max: Duration,
+    ) -> Result<Option<QueryResponse>, ClientError> {
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let response = self.get_query(&pending.query_id, left).await?;
-            if response.query_id != pending.query_id {
+            let response = match self.get_query(query_id, left).await {
+                Ok(r) => r,
+                Err(ClientError::Refused {
+                    code: ErrorCode::Expired,
+                    ..
+                }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if &response.query_id != query_id {
                 return Err(ClientError::Protocol {
                     status: None,
-                    message: format!("asked for query {}, got another", pending.query_id),
+                    message: format!("asked for query {query_id}, got another"),
                 });
             }
             if response.status != QueryStatus::Pending || left.is_zero() {
-                let PendingQuery {
-                    query,
-                    keys,
-                    requester,
-                    ..
-                } = pending;
-                return self
-                    .settle(response, query, keys, requester, PermitTime::Issued)
-                    .await;
+                return Ok(Some(response));
             }
         }
     }
@@ -294,7 +378,12 @@ impl Client {
     ) -> Result<QueryOutcome, ClientError> {
         let query_id = response.query_id.clone();
         match response.status {
-            QueryStatus::Rejected => return Ok(QueryOutcome::Rejected { query_id }),
+            QueryStatus::Rejected => {
+                return Ok(QueryOutcome::Rejected {
+                    query_id,
+                    reason: response.reason,
+                })
+            }
             QueryStatus::Expired => return Ok(QueryOutcome::Expired { query_id }),
             QueryStatus::Pending | QueryStatus::Provided => {}
         }

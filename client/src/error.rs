@@ -77,6 +77,16 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// The reply-key store of a profile (the kept keys of pending queries) is
+    /// unusable: permissions too wide, a file altered, or a key that does
+    /// not open it.
+    #[error("reply-key store {}: {message}", path.display())]
+    KeyStore {
+        /// The file or directory concerned.
+        path: std::path::PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A value given to the library failed validation before anything was sent.
     #[error("invalid input: {0}")]
     InvalidInput(#[from] kakehashi_interfaces::InvalidInput),

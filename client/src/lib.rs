@@ -22,6 +22,7 @@ mod calls;
 mod client;
 pub mod config;
 mod error;
+pub mod pending;
 mod tls;
 mod transport;
 
@@ -32,4 +33,5 @@ pub use error::ClientError;
 /// The wire contract, re-exported so callers need not depend on it separately.
 pub use kakehashi_interfaces as interfaces;
 pub use kakehashi_interfaces::ErrorCode;
+pub use pending::{KeptQuery, PendingEntry, PendingStore};
 pub use transport::ClientOptions;

@@ -51,11 +51,18 @@ pub enum ErrorCode {
     RequestTimeout,
     /// An unexpected failure inside the broker; nothing was changed.
     Internal,
+    /// The request conflicts with the resource's state (e.g. a query that
+    /// was already approved or rejected); nothing was changed.
+    Conflict,
+    /// A person's account is locked after repeated failed logins, or disabled.
+    AccountLocked,
+    /// No valid session (people endpoints), or it timed out: log in again.
+    SessionRequired,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidInput,
         ErrorCode::Unauthenticated,
         ErrorCode::UnknownOrg,
@@ -77,6 +84,9 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RequestTimeout,
         ErrorCode::Internal,
+        ErrorCode::Conflict,
+        ErrorCode::AccountLocked,
+        ErrorCode::SessionRequired,
     ];
 
     /// The HTTP status this code is sent with.
@@ -101,6 +111,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::Conflict => 409,
+            ErrorCode::AccountLocked => 423,
+            ErrorCode::SessionRequired => 401,
         }
     }
 
@@ -128,6 +141,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::AccountLocked => "account_locked",
+            ErrorCode::SessionRequired => "session_required",
         }
     }
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod approvals;
 pub mod audit;
 pub mod copies;
 pub mod datetime;
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod individual_number;
 pub mod json;
 pub mod org;
+pub mod people;
 pub mod permit;
 pub mod person;
 pub mod query;
@@ -43,7 +45,7 @@ pub use person::{
     BasicFacts, LineIssue, LineReason, PersonRegistration, RegisteredPerson, RegistrationReport,
     Sex,
 };
-pub use query::{QueryRequest, QueryResponse, QueryStatus};
+pub use query::{QueryRequest, QueryResponse, QueryStatus, RejectionReason};
 
 /// Validation failure of an input value; becomes `invalid_input` at the HTTP edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -139,6 +139,10 @@ pub struct QueryResponse {
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "crate::schema::DateTimeString")]
     pub expires_at: OffsetDateTime,
+    /// Why the provider's operator rejected the query: present exactly when
+    /// `status` is `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RejectionReason>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +155,8 @@ struct QueryResponseWire {
     envelope: Option<SealedEnvelope>,
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
+    #[serde(default)]
+    reason: Option<RejectionReason>,
 }
 
 impl TryFrom<QueryResponseWire> for QueryResponse {
@@ -165,12 +171,71 @@ impl TryFrom<QueryResponseWire> for QueryResponse {
         if w.permit.claims.query_id != w.query_id {
             return Err(InvalidInput::new("permit", "names another query"));
         }
+        if (w.status == QueryStatus::Rejected) != w.reason.is_some() {
+            return Err(InvalidInput::new(
+                "reason",
+                "must be present exactly when status is rejected",
+            ));
+        }
         Ok(Self {
             query_id: w.query_id,
             status: w.status,
             permit: w.permit,
             envelope: w.envelope,
             expires_at: w.expires_at,
+            reason: w.reason,
         })
+    }
+}
+
+/// Most characters in a rejection reason.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// An operator's reason for rejecting a sensitive query: 1 to 200
+/// characters without control characters. It is shown to the requester, so
+/// it names the rule, never the person's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct RejectionReason(String);
+
+impl RejectionReason {
+    /// Validates a reason (surrounding spaces are trimmed).
+    pub fn new(text: &str) -> Result<Self, InvalidInput> {
+        let trimmed = text.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 || chars > MAX_REASON_CHARS {
+            return Err(InvalidInput::new("reason", "must be 1 to 200 characters"));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "reason",
+                "must not contain control characters (line breaks, tabs)",
+            ));
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RejectionReason {
+    type Error = InvalidInput;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<RejectionReason> for String {
+    fn from(r: RejectionReason) -> String {
+        r.0
+    }
+}
+
+impl std::fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

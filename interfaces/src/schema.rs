@@ -96,6 +96,145 @@ pub struct Endpoint {
     pub summary: &'static str,
 }
 
+/// The console listener's endpoints (people; server TLS, session cookie and
+/// `X-CSRF-Token` on every POST and DELETE).
+pub const CONSOLE_ENDPOINTS: [Endpoint; 17] = [
+    console(
+        "POST",
+        "/api/session",
+        Some("LoginRequest"),
+        "SessionAnswer",
+        "Log in with user id and password; sets the session cookie; `stage` says what is next",
+    ),
+    console(
+        "GET",
+        "/api/session",
+        None,
+        "SessionAnswer",
+        "The session: who, org, roles, stage, last successful and failed login",
+    ),
+    console("DELETE", "/api/session", None, "none (204)", "Log out"),
+    console(
+        "POST",
+        "/api/session/password",
+        Some("PasswordChangeRequest"),
+        "SessionAnswer",
+        "Change the password (required while the password is temporary)",
+    ),
+    console(
+        "POST",
+        "/api/session/totp/enrolment",
+        None,
+        "EnrolmentAnswer",
+        "A new TOTP secret as an otpauth URI and an SVG QR code",
+    ),
+    console(
+        "POST",
+        "/api/session/totp",
+        Some("TotpRequest"),
+        "SessionAnswer",
+        "A TOTP code: confirms the enrolment or finishes the login",
+    ),
+    console(
+        "GET",
+        "/api/approvals",
+        None,
+        "PendingQueue",
+        "Operators: the org's pending sensitive queries, oldest first",
+    ),
+    console(
+        "GET",
+        "/api/approvals/{query_id}",
+        None,
+        "PendingDetail",
+        "Operators: one pending query with the values approval would release",
+    ),
+    console(
+        "POST",
+        "/api/approvals/{query_id}/approve",
+        None,
+        "Decided",
+        "Operators: release the answer, sealed to the requester's reply key",
+    ),
+    console(
+        "POST",
+        "/api/approvals/{query_id}/reject",
+        Some("RejectRequest"),
+        "Decided",
+        "Operators: refuse the answer with a reason the requester sees",
+    ),
+    console(
+        "GET",
+        "/api/operation-log",
+        None,
+        "object {entries, next_before}",
+        "Auditors: the operation log, newest first (filters action, actor; paging before)",
+    ),
+    console(
+        "GET",
+        "/api/users",
+        None,
+        "UserList",
+        "Administrators: every user, without secrets",
+    ),
+    console(
+        "GET",
+        "/api/keys",
+        None,
+        "object {record_keys, permit_keys, verify_command}",
+        "Anyone: the keys that verify records and exports offline",
+    ),
+    console(
+        "GET",
+        "/api/flow-lists",
+        None,
+        "object {versions}",
+        "Administrators: every flow-list version with who proposed and approved it",
+    ),
+    console(
+        "GET",
+        "/api/flow-lists/{version}",
+        None,
+        "object {version, in_force, diff_from_in_force}",
+        "Administrators: one version's text and its difference from the version in force",
+    ),
+    console(
+        "POST",
+        "/api/flow-lists",
+        Some("object {text}"),
+        "object {version, sha256}",
+        "Administrators: propose a flow-list version (TOML text, validated as `flows load` does)",
+    ),
+    console(
+        "POST",
+        "/api/flow-lists/{version}/approve",
+        None,
+        "object {version, sha256}",
+        "Another administrator: approve a proposed version; it is in force at once",
+    ),
+];
+
+const fn console(
+    method: &'static str,
+    path: &'static str,
+    request: Option<&'static str>,
+    response: &'static str,
+    summary: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        query: None,
+        request,
+        request_media_type: match request {
+            Some(_) => Some("application/json"),
+            None => None,
+        },
+        response,
+        summary,
+    }
+}
+
 /// The exchange listener's endpoints (mutual TLS).
 pub const ENDPOINTS: [Endpoint; 8] = [
     Endpoint {
@@ -191,8 +330,30 @@ pub fn schema_document() -> Value {
     gen.subschema_for::<CopyDeposit>();
     gen.subschema_for::<DepositReport>();
     gen.subschema_for::<crate::audit::DisclosureEntry>();
+    gen.subschema_for::<crate::people::LoginRequest>();
+    gen.subschema_for::<crate::people::SessionAnswer>();
+    gen.subschema_for::<crate::people::PasswordChangeRequest>();
+    gen.subschema_for::<crate::people::TotpRequest>();
+    gen.subschema_for::<crate::people::EnrolmentAnswer>();
+    gen.subschema_for::<crate::people::UserList>();
+    gen.subschema_for::<crate::approvals::PendingQueue>();
+    gen.subschema_for::<crate::approvals::PendingDetail>();
+    gen.subschema_for::<crate::approvals::RejectRequest>();
+    gen.subschema_for::<crate::approvals::Decided>();
     let definitions = serde_json::to_value(gen.definitions()).unwrap_or(Value::Null);
 
+    let endpoint_json = |e: &Endpoint| {
+        json!({
+            "method": e.method,
+            "path": e.path,
+            "query": e.query,
+            "request": e.request,
+            "request_media_type": e.request_media_type,
+            "response": e.response,
+            "summary": e.summary,
+        })
+    };
+    let console_endpoints: Vec<Value> = CONSOLE_ENDPOINTS.iter().map(endpoint_json).collect();
     let endpoints: Vec<Value> = ENDPOINTS
         .iter()
         .map(|e| {
@@ -216,9 +377,10 @@ pub fn schema_document() -> Value {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
         "title": "Kakehashi wire contract v1",
-        "description": "Types of the Kakehashi exchange listener (mutual TLS). Every object refuses unknown fields. Errors are always ErrorBody with the HTTP status listed in x-error-codes.",
+        "description": "Types of the Kakehashi exchange listener (mutual TLS, x-endpoints) and console listener (people, x-console-endpoints). Every object refuses unknown fields. Errors are always ErrorBody with the HTTP status listed in x-error-codes.",
         "definitions": definitions,
         "x-endpoints": endpoints,
+        "x-console-endpoints": console_endpoints,
         "x-error-codes": codes,
         "x-envelope": {
             "suite": crate::envelope::SUITE,

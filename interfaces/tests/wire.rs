@@ -307,6 +307,7 @@ proptest! {
             envelope: (status == QueryStatus::Provided).then_some(env),
             permit,
             expires_at: at,
+            reason: (status == QueryStatus::Rejected).then(|| RejectionReason::new("根拠法令の範囲外").unwrap()),
         });
     }
 

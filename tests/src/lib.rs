@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod console;
 pub mod exchange;
 
 use std::net::SocketAddr;
@@ -202,6 +203,10 @@ pub struct BrokerOptions {
     pub records: kakehashi_broker::records::RecordsConfig,
     /// Own retention periods of personal data (R15).
     pub retention: kakehashi_broker::retention::RetentionConfig,
+    /// The console listener (off unless `listen` is set).
+    pub console: kakehashi_broker::config::ConsoleConfig,
+    /// Accounts, sessions, lockout.
+    pub people: kakehashi_broker::people::PeopleConfig,
 }
 
 impl Default for BrokerOptions {
@@ -218,6 +223,8 @@ impl Default for BrokerOptions {
             exchange: ExchangeConfig::default(),
             records: kakehashi_broker::records::RecordsConfig::default(),
             retention: kakehashi_broker::retention::RetentionConfig::default(),
+            console: kakehashi_broker::config::ConsoleConfig::default(),
+            people: kakehashi_broker::people::PeopleConfig::default(),
         }
     }
 }
@@ -258,6 +265,8 @@ impl TestBroker {
             exchange: opts.exchange,
             records: opts.records,
             retention: opts.retention,
+            console: opts.console,
+            people: opts.people,
         };
         let store = store::open(&config.storage).await?;
         for (id, kind) in &opts.orgs {
@@ -445,6 +454,17 @@ impl TestClient {
         path: &str,
         body: impl Into<Bytes>,
     ) -> Result<TestResponse> {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// Sends one request with extra headers.
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<TestResponse> {
         let uri = match &self.sender {
             Sender::H1(_) => path.to_string(),
             Sender::H2(_) => format!("https://localhost{path}"),
@@ -452,6 +472,9 @@ impl TestClient {
         let mut builder = Request::builder().method(method).uri(uri);
         if matches!(self.sender, Sender::H1(_)) {
             builder = builder.header(http::header::HOST, "localhost");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let req = builder.body(Full::new(body.into()))?;
         let response = match &mut self.sender {

@@ -42,6 +42,7 @@ async fn start_dev() -> Result<Broker> {
         .args(["dev", "--dir"])
         .arg(dir.path().join("dev"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--console-listen", &format!("127.0.0.1:{}", free_port()?)])
         .env("KAKEHASHI_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -3,7 +3,7 @@
 //! The batching task reads the generation before it reads the database for
 //! lookups the cache does not hold (or asked `fresh`). Through sqlx it is a
 //! hand-off to the connection's worker thread and back: two thread
-//! wake-ups for a one-row read (benches/README.md, session 11). This
+//! wake-ups for a one-row read (benches/README.md, "Design decisions in force"). This
 //! connection is read in place instead, synchronously: a point read of a
 //! one-page table, which a WAL reader does without waiting for the writer.
 //!

@@ -154,7 +154,7 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&verdict)
-                        .map_err(|e| BrokerError::Config(e.to_string()))?
+                        .map_err(|e| BrokerError::encoding("JSON", e))?
                 );
             }
             match verdict {
@@ -324,7 +324,7 @@ pub async fn stress(
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| BrokerError::Config(format!("stress task: {e}")))??;
+        joined.map_err(|e| BrokerError::Internal(format!("stress task: {e}")))??;
     }
     Ok(())
 }

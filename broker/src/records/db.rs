@@ -151,7 +151,7 @@ pub(crate) struct Head {
 pub(crate) fn to_hash(bytes: &[u8], what: &str) -> Result<Hash, BrokerError> {
     bytes
         .try_into()
-        .map_err(|_| BrokerError::Config(format!("stored {what} is not 32 bytes")))
+        .map_err(|_| BrokerError::Corrupt(format!("stored {what} is not 32 bytes")))
 }
 
 /// Reads the head row.

@@ -91,15 +91,35 @@ pub struct ExportSummary {
     pub export_record_seq: u64,
 }
 
+/// Counts and hashes what passes through it.
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
+    written: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts what passes through it.
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -117,12 +137,23 @@ fn create_private(path: &Path) -> Result<std::fs::File, BrokerError> {
         .map_err(|e| BrokerError::io(format!("create {}", path.display()), e))
 }
 
-struct Matcher {
-    from: Option<String>,
-    to: Option<String>,
-    org: Option<String>,
-    flow: Option<String>,
-    person: Option<String>,
+/// Which records an export writes; every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Matcher {
+    /// Recorded at or after (fixed-width UTC text).
+    pub(super) from: Option<String>,
+    /// Recorded before.
+    pub(super) to: Option<String>,
+    /// Requester or provider.
+    pub(super) org: Option<String>,
+    pub(super) flow: Option<String>,
+    /// Outcome name.
+    pub(super) outcome: Option<String>,
+    /// A person code (selects, never written).
+    pub(super) person: Option<String>,
+    /// When set, `person` is this org's own code and matches only on the
+    /// side this org took part in, never another org's code column (R4).
+    pub(super) person_org: Option<String>,
 }
 
 impl Matcher {
@@ -132,7 +163,9 @@ impl Matcher {
             to: f.to.map(crate::store::timestamp),
             org: f.org.as_ref().map(|o| o.as_str().to_string()),
             flow: f.flow.clone(),
+            outcome: None,
             person: f.person.clone(),
+            person_org: None,
         }
     }
 
@@ -148,14 +181,61 @@ impl Matcher {
                 .flow
                 .as_ref()
                 .is_none_or(|f| r.flow_id.as_ref() == Some(f))
-            && self.person.as_ref().is_none_or(|p| {
-                r.requester_code.as_ref() == Some(p) || r.provider_code.as_ref() == Some(p)
+            && self.outcome.as_ref().is_none_or(|o| r.outcome == *o)
+            && self.person.as_ref().is_none_or(|p| match &self.person_org {
+                Some(org) => {
+                    (r.requester == *org && r.requester_code.as_ref() == Some(p))
+                        || (r.provider.as_ref() == Some(org) && r.provider_code.as_ref() == Some(p))
+                }
+                None => r.requester_code.as_ref() == Some(p) || r.provider_code.as_ref() == Some(p),
             })
     }
 }
 
+/// The most an export may write before it stops with `payload_too_large`
+/// (a download is held in memory or spooled before it is served).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caps {
+    /// Data rows.
+    pub(super) rows: u64,
+    /// Bytes of the data file and the bundle together.
+    pub(super) bytes: u64,
+}
+
+impl Caps {
+    /// The error an export over its caps stops with.
+    pub(super) fn exceeded(&self) -> BrokerError {
+        BrokerError::refused(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "エクスポートが上限（{} 件、{} MiB）を超えます。期間を絞ってください / \
+                 the export exceeds its limit ({} records, {} MiB); narrow the period",
+                self.rows,
+                self.bytes >> 20,
+                self.rows,
+                self.bytes >> 20
+            ),
+        )
+    }
+}
+
+/// What an export in progress has written so far.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    pub(super) rows: u64,
+    pub(super) segments: u64,
+}
+
 fn io(what: &str) -> impl Fn(std::io::Error) -> BrokerError + '_ {
     move |e| BrokerError::io(what.to_string(), e)
+}
+
+/// `csv` or `jsonl`, as export records name the format.
+pub(super) fn format_name(format: ExportFormat) -> &'static str {
+    match format {
+        ExportFormat::Csv => "csv",
+        ExportFormat::Jsonl => "jsonl",
+    }
 }
 
 impl RecordLog {
@@ -164,75 +244,116 @@ impl RecordLog {
     /// part-way, with what was written.
     pub async fn export(&self, req: &ExportRequest) -> Result<ExportSummary, BrokerError> {
         let bundle = audit::bundle_path_for(&req.out);
-        let data_file = create_private(&req.out)?;
-        let bundle_file = create_private(&bundle)?;
-        let mut rows = 0;
-        let mut segments = 0;
-        let result = self
-            .write_export(req, data_file, bundle_file, &mut rows, &mut segments)
-            .await;
-        let mut filter = format!(
-            "{} format={}",
-            req.filter.describe(),
-            match req.format {
-                ExportFormat::Csv => "csv",
-                ExportFormat::Jsonl => "jsonl",
-            }
-        );
-        if result.is_err() {
-            filter.push_str(" (failed)");
-        }
+        let mut data_file = BufWriter::with_capacity(256 * 1024, create_private(&req.out)?);
+        let mut bundle_file = BufWriter::with_capacity(256 * 1024, create_private(&bundle)?);
+        let filter = req.filter.describe();
+        let mut progress = Progress::default();
+        let result = match self
+            .write_export(
+                &Matcher::new(&req.filter),
+                req.format,
+                &filter,
+                &mut data_file,
+                &mut bundle_file,
+                &mut progress,
+                None,
+            )
+            .await
+        {
+            Ok(sealed) => sync(&mut data_file, "sync export")
+                .and_then(|()| sync(&mut bundle_file, "sync bundle"))
+                .map(|()| sealed),
+            Err(e) => Err(e),
+        };
         let export_record_seq = self
-            .append(RecordDraft::new(
-                format!("export-{}", hex::encode(rand::random::<[u8; 8]>())),
-                system_org()?,
-                Outcome::Export {
-                    actor: req.actor.clone(),
-                    filter,
-                    count: rows,
-                },
-            ))
+            .record_export(
+                &req.actor,
+                &filter,
+                req.format,
+                result.is_err(),
+                progress.rows,
+            )
             .await?;
         let sealed_seq = result?;
         Ok(ExportSummary {
-            rows,
+            rows: progress.rows,
             data: req.out.clone(),
             bundle,
-            segments,
+            segments: progress.segments,
             sealed_seq,
             export_record_seq,
         })
     }
 
-    async fn write_export(
+    /// Appends the record of an export (R16: exports are themselves
+    /// recorded): who, the filter in words, the format, the rows written and
+    /// whether it failed part-way.
+    pub(super) async fn record_export(
         &self,
-        req: &ExportRequest,
-        data_file: std::fs::File,
-        bundle_file: std::fs::File,
-        rows: &mut u64,
-        segments: &mut u64,
+        actor: &str,
+        filter: &str,
+        format: ExportFormat,
+        failed: bool,
+        rows: u64,
+    ) -> Result<u64, BrokerError> {
+        let mut filter = format!("{filter} format={}", format_name(format));
+        if failed {
+            filter.push_str(" (failed)");
+        }
+        self.append(RecordDraft::new(
+            format!("export-{}", hex::encode(rand::random::<[u8; 8]>())),
+            system_org()?,
+            Outcome::Export {
+                actor: actor.to_string(),
+                filter,
+                count: rows,
+            },
+        ))
+        .await
+    }
+
+    /// Writes the records `matcher` selects to `data` and the bundle that
+    /// proves them to `bundle`; returns the sealed sequence the export
+    /// covers. Both writers are flushed, not synced. With `caps`, stops with
+    /// `payload_too_large` as soon as either is exceeded.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_export<D: Write, B: Write>(
+        &self,
+        matcher: &Matcher,
+        format: ExportFormat,
+        filter: &str,
+        data: D,
+        bundle: B,
+        progress: &mut Progress,
+        caps: Option<Caps>,
     ) -> Result<u64, BrokerError> {
         // Everything exported must be covered by a checkpoint: seal the head.
         let sealed = self.seal().await?;
         let mut snap = Snapshot::begin(&self.pools).await?;
         let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
-        let matcher = Matcher::new(&req.filter);
 
         let mut data = HashingWriter {
-            inner: BufWriter::with_capacity(256 * 1024, data_file),
+            inner: data,
             hasher: Sha256::new(),
+            written: 0,
         };
-        let mut bundle = BufWriter::with_capacity(256 * 1024, bundle_file);
+        let mut bundle = CountingWriter {
+            inner: bundle,
+            written: 0,
+        };
+        let over = |rows: u64, data: &HashingWriter<D>, bundle: &CountingWriter<B>| {
+            caps.filter(|c| rows > c.rows || data.written + bundle.written > c.bytes)
+        };
         BundleLine::Header {
             format: audit::BUNDLE_FORMAT.into(),
-            data_format: req.format,
+            data_format: format,
             created_at: crate::store::now_rfc3339(),
-            filter: req.filter.describe(),
+            filter: filter.to_string(),
         }
         .write(&mut bundle)
         .map_err(io("write bundle"))?;
-        if req.format == ExportFormat::Csv {
+        if format == ExportFormat::Csv {
             audit::write_csv_header(&mut data).map_err(io("write export"))?;
         }
 
@@ -273,7 +394,7 @@ impl RecordLog {
                         .write(&mut bundle)
                         .map_err(io("write bundle"))?;
                         in_segment = true;
-                        *segments += 1;
+                        progress.segments += 1;
                     }
                     if in_segment {
                         let (record, _) = row.to_record().map_err(|e| {
@@ -284,7 +405,7 @@ impl RecordLog {
                         })?;
                         if matches {
                             let out = ExportRow::from_record(&record);
-                            match req.format {
+                            match format {
                                 ExportFormat::Csv => out.write_csv(&mut data),
                                 ExportFormat::Jsonl => out.write_jsonl(&mut data),
                             }
@@ -296,7 +417,7 @@ impl RecordLog {
                             }
                             .write(&mut bundle)
                             .map_err(io("write bundle"))?;
-                            *rows += 1;
+                            progress.rows += 1;
                         } else {
                             BundleLine::Leaf {
                                 seq,
@@ -304,6 +425,9 @@ impl RecordLog {
                             }
                             .write(&mut bundle)
                             .map_err(io("write bundle"))?;
+                        }
+                        if let Some(caps) = over(progress.rows, &data, &bundle) {
+                            return Err(caps.exceeded());
                         }
                     }
                     prev = to_hash(&row.hash, "record hash")?;
@@ -341,14 +465,21 @@ impl RecordLog {
         data.flush().map_err(io("write export"))?;
         let data_sha256 = hex::encode(data.hasher.finalize_reset());
         BundleLine::End {
-            rows: *rows,
+            rows: progress.rows,
             data_sha256,
         }
         .write(&mut bundle)
         .map_err(io("write bundle"))?;
         bundle.flush().map_err(io("write bundle"))?;
-        data.inner.get_ref().sync_all().map_err(io("sync export"))?;
-        bundle.get_ref().sync_all().map_err(io("sync bundle"))?;
+        if let Some(caps) = over(progress.rows, &data, &bundle) {
+            return Err(caps.exceeded());
+        }
         Ok(hi)
     }
+}
+
+/// Flushes a file's buffer and syncs the file.
+fn sync(file: &mut BufWriter<std::fs::File>, what: &str) -> Result<(), BrokerError> {
+    file.flush().map_err(io(what))?;
+    file.get_ref().sync_all().map_err(io(what))
 }

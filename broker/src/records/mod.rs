@@ -27,6 +27,7 @@ mod db;
 mod export;
 mod person_index;
 mod purge;
+mod search;
 mod sqlite_direct;
 mod verify;
 pub(crate) mod wal;
@@ -48,6 +49,11 @@ use crate::error::BrokerError;
 use crate::store::Pools;
 
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
+pub use search::{
+    Download, DownloadRequest, DownloadSummary, ExplainedStatement, ExportLimits, PageRequest,
+    SearchFilter, SearchPage, DEFAULT_MAX_EXPORT_BYTES, DEFAULT_MAX_EXPORT_ROWS, MAX_PAGE_SIZE,
+    OUTCOME_NAMES,
+};
 pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
 pub use purge::PurgeReport;
 pub use verify::{trusted_keys, verify_store, Verdict, SEALER_KEY_FILE};
@@ -99,7 +105,7 @@ pub struct RecordsConfig {
     /// not become smaller and more frequent and each cost more queries' CPU.
     /// At full rate commits take longer than this and never wait. Unset:
     /// 1,000 on PostgreSQL (at half rate it halves the commits and frees
-    /// ~0.25 of two cores; benches/README.md, session 10); 0 on SQLite,
+    /// ~0.25 of two cores; benches/README.md, "Design decisions in force"); 0 on SQLite,
     /// which has `commit_delay_us`.
     pub commit_interval_us: Option<u64>,
 }
@@ -219,6 +225,16 @@ impl RecordDraft {
 }
 
 pub use kakehashi_interfaces::audit::DisclosureEntry;
+
+/// What became of a query's record and result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Both are durable; the record has this sequence number.
+    Committed(u64),
+    /// The person data the answer was read under changed before the commit:
+    /// nothing was committed; answer the query again.
+    Stale,
+}
 
 /// The provision record log of one broker process.
 pub struct RecordLog {
@@ -404,36 +420,45 @@ impl RecordLog {
     /// transaction: both are durable before this returns, or neither is.
     /// With `lookup_generation` (the answer was read from memory under it,
     /// [`crate::lookups`]) it holds only while the database's generation
-    /// does: fails with [`BrokerError::LookupChanged`], committing nothing,
-    /// when it changed.
+    /// does: when it changed, nothing is committed and the answer is
+    /// [`Commit::Stale`].
     pub async fn append_answer(
         &self,
         draft: RecordDraft,
         result: Option<crate::results::OwnedResult>,
         lookup_generation: Option<i64>,
-    ) -> Result<u64, BrokerError> {
+    ) -> Result<Commit, BrokerError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
         let mut row = writer::NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
         row.result = result;
         row.lookup_generation = lookup_generation;
-        self.enqueue(row).await
+        self.submit(row).await
     }
 
     async fn enqueue(&self, row: writer::NewRow) -> Result<u64, BrokerError> {
+        match self.submit(row).await? {
+            Commit::Committed(seq) => Ok(seq),
+            // Only appends with a lookup generation can be stale.
+            Commit::Stale => Err(BrokerError::Internal(
+                "a record without a lookup generation was reported stale".into(),
+            )),
+        }
+    }
+
+    async fn submit(&self, row: writer::NewRow) -> Result<Commit, BrokerError> {
         let row = Box::new(row);
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(writer::Job::Append { row, done })
             .await
             .map_err(|_| unavailable())?;
-        wait.await
-            .map_err(|_| unavailable())?
-            .map_err(|not| match not {
-                writer::NotCommitted::Failed => unavailable(),
-                writer::NotCommitted::LookupChanged => BrokerError::LookupChanged,
-            })
+        match wait.await.map_err(|_| unavailable())? {
+            Ok(seq) => Ok(Commit::Committed(seq)),
+            Err(writer::NotCommitted::Failed) => Err(unavailable()),
+            Err(writer::NotCommitted::LookupChanged) => Ok(Commit::Stale),
+        }
     }
 
     /// Signs a final checkpoint and stops the tasks (called at shutdown).
@@ -467,6 +492,11 @@ impl RecordLog {
     /// Id of the key that signs checkpoints (publish it for auditors).
     pub fn sealer_key_id(&self) -> &str {
         &self.sealer_key_id
+    }
+
+    /// The checkpoint key's public half, lowercase hex (Ed25519).
+    pub fn sealer_public_key_hex(&self) -> String {
+        hex::encode(self.sealer.verifying_key().as_bytes())
     }
 
     /// The settings in use.

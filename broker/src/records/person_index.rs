@@ -45,7 +45,7 @@ const BATCH: i64 = 16_384;
 /// bits), sorted by key so a batch visits each leaf once. It runs inside
 /// SQLite over the records' database, attached as `rec`: no record crosses
 /// into Rust, where streaming them row by row from sqlx's worker thread
-/// cost more than the rest of the step (benches/README.md, session 13).
+/// cost more than the rest of the step (benches/README.md, "Design decisions in force").
 const INDEX_RANGE: &str = "INSERT OR IGNORE INTO entries (bucket, org, code, seq)
      SELECT seq >> ?3, requester, requester_code, seq FROM rec.records
       WHERE seq > ?1 AND seq <= ?2 AND requester_code IS NOT NULL

@@ -4,7 +4,7 @@
 //! thread and back, and the multi-row statement is rebuilt (and its binds
 //! copied) for every commit: under load that cost the writer and the worker
 //! thread about as much CPU as SQLite's own work, most of it waking threads
-//! (benches/README.md, session 8). This connection is used on the writer's
+//! (benches/README.md, "Design decisions in force"). This connection is used on the writer's
 //! own thread, synchronously — the thread exists for the writer alone — with
 //! one prepared statement per table reused for every row.
 //!

@@ -196,7 +196,7 @@ pub(crate) fn parse_org_row(
     created_at: String,
     updated_at: String,
 ) -> Result<OrgRecord, BrokerError> {
-    let corrupt = |what: &str| BrokerError::Config(format!("stored org has invalid {what}"));
+    let corrupt = |what: &str| BrokerError::Corrupt(format!("stored org has invalid {what}"));
     Ok(OrgRecord {
         id: OrgId::new(id).map_err(|_| corrupt("id"))?,
         kind: kind.parse().map_err(|_| corrupt("kind"))?,

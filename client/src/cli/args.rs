@@ -14,6 +14,7 @@ Examples:
       --provider city-saitama --person <code> --item local_tax.income
   kakehashi --profile union-saitama query --batch persons.csv --out results.jsonl \\
       --flow F-0120 --procedure premium-calculation --provider city-saitama --item local_tax.income
+  kakehashi --profile union-saitama query collect
   kakehashi --profile union-saitama persons register insured.csv
   kakehashi copies deposit copies.jsonl
 
@@ -130,16 +131,30 @@ Examples:
   Many persons, resumable (rerun the same command after an interruption):
     kakehashi query --batch persons.csv --out results.jsonl \\
         --flow F-0120 --procedure premium-calculation --provider city-saitama --item local_tax.income
+  Answers that were pending approval, after the provider's operator decided:
+    kakehashi query collect
+    kakehashi query get <query-id> --wait 30
+    kakehashi query collect --batch results.jsonl
 
 The batch CSV has a header; `person` is required, `flow`, `procedure`,
 `provider` and `items` (separated by ';' or spaces) override the flags per row.
 Each finished person is appended to --out as one JSON line; persons already
 there are skipped. Refusals due to overload or connection loss are not
-written, so a rerun tries them again.";
+written, so a rerun tries them again.
+
+A pending answer's reply key is kept, encrypted, in the profile's
+directory ($KAKEHASHI_HOME/pending/<profile>/) until the answer is opened,
+rejected or expired.";
 
 #[derive(Debug, Args)]
-#[command(after_help = QUERY_AFTER_HELP)]
+#[command(
+    after_help = QUERY_AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct QueryArgs {
+    #[command(subcommand)]
+    pub action: Option<QueryAction>,
     /// Flow id (row of the flow list).
     #[arg(long, value_name = "FLOW")]
     pub flow: Option<String>,
@@ -175,6 +190,59 @@ pub struct QueryArgs {
     /// Queries in flight at once.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+}
+
+/// What to do with queries that were pending approval.
+#[derive(Debug, Subcommand)]
+pub enum QueryAction {
+    /// Open the answers of this profile's pending queries that were decided.
+    #[command(after_help = "\
+Examples:
+  kakehashi --profile union-saitama query collect
+  kakehashi --profile union-saitama query collect --batch results.jsonl
+
+Asks the broker once about every query of this profile whose answer was
+pending approval, and prints each decided one: approved answers exactly as
+`kakehashi query` prints them, rejections with the operator's reason,
+expired queries as expired. The reply keys of decided queries are wiped.
+With --batch, completes the pending lines of a results file written by
+`kakehashi query --batch` instead (the file is rewritten atomically; other
+lines are left unchanged); run it when the batch is not running.
+Exit codes: 0 every decided query was provided (or none was pending),
+1 some are still pending, were rejected or expired.")]
+    Collect(CollectArgs),
+    /// Open the answer of one pending query of this profile.
+    #[command(after_help = "\
+Example:
+  kakehashi --profile union-saitama query get q_0123456789abcdefghijklmnop --wait 30
+
+Prints the answer exactly as `kakehashi query` does once the provider's
+operator approved it; a rejection with its reason; or that it expired.
+Exit codes: 0 provided, 1 still pending, rejected or expired.")]
+    Get(GetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Complete the pending lines of this batch results file (JSON Lines).
+    #[arg(long, value_name = "FILE")]
+    pub batch: Option<PathBuf>,
+    /// Print JSON instead of tables (a list, one object per query).
+    #[arg(long, conflicts_with = "batch")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The query id the pending answer came with.
+    #[arg(value_name = "QUERY_ID")]
+    pub query_id: String,
+    /// Wait up to SECS for the decision while the query is pending.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

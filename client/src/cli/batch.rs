@@ -7,6 +7,10 @@
 //! cut off and that person is asked again. Failures that say nothing about
 //! the person (overload, lost connection) are not written, so a rerun tries
 //! them again.
+//!
+//! A pending answer's reply key is kept in the profile's store, naming this
+//! results file, so that `kakehashi query collect --batch` can complete the
+//! line once the provider's operator decides.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -17,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kakehashi_client::{Client, ClientError, ErrorCode, Query, QueryOutcome};
+use kakehashi_client::{Client, ClientError, ErrorCode, PendingStore, Query, QueryOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,6 +51,8 @@ enum Done {
         /// The reason code of a refusal.
         code: Option<String>,
         line: String,
+        /// The reply key of a pending answer could not be kept.
+        unkept: Option<String>,
     },
     /// Not finished: not written, tried again on a rerun.
     Failed { reason: String, fatal: bool },
@@ -195,7 +201,14 @@ fn is_final(code: ErrorCode) -> bool {
     )
 }
 
-async fn run_job(client: &Client, job: &Job, wait: u64) -> Done {
+/// Where pending answers' reply keys go.
+struct Keeper {
+    store: PendingStore,
+    /// The results file, as the kept keys name it.
+    results: PathBuf,
+}
+
+async fn run_job(client: &Client, keeper: &Keeper, job: &Job, wait: u64) -> Done {
     let k = &job.key;
     let base = json!({
         "line": job.line,
@@ -221,6 +234,7 @@ async fn run_job(client: &Client, job: &Job, wait: u64) -> Done {
             status: status.to_string(),
             code,
             line: v.to_string(),
+            unkept: None,
         }
     };
     let query = match Query::parse(&k.flow, &k.procedure, &k.provider, &k.person, &k.items) {
@@ -233,11 +247,39 @@ async fn run_job(client: &Client, job: &Job, wait: u64) -> Done {
         }
     };
     let mut outcome = client.query(&query).await;
+    let mut kept = None;
+    let mut unkept = None;
+    if let Ok(QueryOutcome::Pending(pending)) = &outcome {
+        match keeper
+            .store
+            .save(pending, client.broker(), Some(&keeper.results))
+        {
+            Ok(_) => kept = Some(pending.query_id.clone()),
+            Err(e) => unkept = Some(format!("query {}: {e}", pending.query_id)),
+        }
+    }
     if wait > 0 {
         if let Ok(QueryOutcome::Pending(pending)) = outcome {
             outcome = client.wait(pending, Duration::from_secs(wait)).await;
         }
     }
+    let decided = matches!(&outcome, Ok(o) if !matches!(o, QueryOutcome::Pending(_)));
+    if let (true, Some(query_id)) = (decided, &kept) {
+        // Decided while waiting: the line says so and the key is not needed.
+        // A key left by a failed wipe is wiped by the next `query collect`.
+        let _ = keeper.store.wipe(query_id);
+    }
+    let mut done = settle_job(outcome, finished);
+    if let Done::Finished { unkept: slot, .. } = &mut done {
+        *slot = unkept;
+    }
+    done
+}
+
+fn settle_job(
+    outcome: Result<QueryOutcome, ClientError>,
+    finished: impl Fn(&str, serde_json::Value) -> Done,
+) -> Done {
     match outcome {
         Ok(QueryOutcome::Provided(a)) => {
             let values: serde_json::Map<String, serde_json::Value> = a
@@ -250,6 +292,10 @@ async fn run_job(client: &Client, job: &Job, wait: u64) -> Done {
                 json!({"query_id": a.query_id, "values": values, "missing": a.missing}),
             )
         }
+        Ok(QueryOutcome::Rejected {
+            query_id,
+            reason: Some(reason),
+        }) => finished("rejected", json!({"query_id": query_id, "reason": reason})),
         Ok(other) => finished(
             other.status().as_str(),
             json!({"query_id": other.query_id()}),
@@ -289,6 +335,8 @@ struct Tally {
 /// A batch read and checked, before anything is sent.
 pub struct Prepared {
     out: PathBuf,
+    /// The results file's canonical path, named by kept reply keys.
+    out_canonical: PathBuf,
     out_file: File,
     todo: VecDeque<Job>,
 }
@@ -318,6 +366,8 @@ pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
         .append(true)
         .open(out)
         .map_err(|e| CliError::file("open results file", out, e))?;
+    let out_canonical =
+        std::fs::canonicalize(out).map_err(|e| CliError::file("open results file", out, e))?;
     eprintln!(
         "{total} queries in {}; {skipped} already in {}; {} to do",
         input.display(),
@@ -326,6 +376,7 @@ pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
     );
     Ok(Prepared {
         out: out.to_path_buf(),
+        out_canonical,
         out_file,
         todo,
     })
@@ -334,14 +385,20 @@ pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
 /// Runs the prepared batch.
 pub async fn execute(
     client: Client,
+    store: PendingStore,
     prepared: Prepared,
     args: &QueryArgs,
 ) -> Result<Exit, CliError> {
     let Prepared {
         out,
+        out_canonical,
         mut out_file,
         todo,
     } = prepared;
+    let keeper = Arc::new(Keeper {
+        store,
+        results: out_canonical,
+    });
     let out = out.as_path();
     let bar = ProgressBar::with_draw_target(Some(todo.len() as u64), ProgressDrawTarget::stderr());
     if let Ok(style) =
@@ -355,8 +412,9 @@ pub async fn execute(
     let conn_failures = Arc::new(AtomicU32::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Done>(usize::from(args.concurrency) * 2);
     for _ in 0..args.concurrency {
-        let (client, queue, stop, failures, tx) = (
+        let (client, keeper, queue, stop, failures, tx) = (
             client.clone(),
+            keeper.clone(),
             queue.clone(),
             stop.clone(),
             conn_failures.clone(),
@@ -370,7 +428,7 @@ pub async fn execute(
                     Err(_) => None,
                 };
                 let Some(job) = job else { break };
-                let done = run_job(&client, &job, wait).await;
+                let done = run_job(&client, &keeper, &job, wait).await;
                 match &done {
                     Done::Failed { fatal: true, .. } => stop.store(true, Ordering::SeqCst),
                     Done::Failed { reason, .. } if reason.starts_with("connection") => {
@@ -393,6 +451,7 @@ pub async fn execute(
     let mut tally = Tally::default();
     let mut interrupted = false;
     let mut write_error = None;
+    let mut unkept_keys = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -407,7 +466,21 @@ pub async fn execute(
         };
         let Some(done) = done else { break };
         match done {
-            Done::Finished { status, code, line } => {
+            Done::Finished {
+                status,
+                code,
+                line,
+                unkept,
+            } => {
+                if let Some(why) = unkept {
+                    // Later pending answers would be lost the same way.
+                    note(
+                        &bar,
+                        &format!("error: cannot keep the reply key of a pending answer: {why}"),
+                    );
+                    stop.store(true, Ordering::SeqCst);
+                    unkept_keys = true;
+                }
                 if write_error.is_none() {
                     // One write per line, so that a kill leaves at most one torn line.
                     let mut bytes = line.into_bytes();
@@ -447,6 +520,12 @@ pub async fn execute(
     }
     let failed: u64 = tally.failures.values().sum();
     let left = queue.lock().map(|q| q.len()).unwrap_or(0);
+    if unkept_keys {
+        return Err(CliError::usage(format!(
+            "stopped with {left} queries not started: the reply key of a pending answer could not be kept, so that answer cannot be opened later"
+        ))
+        .hint("fix the reply-key store named above (permissions, disk space), then rerun the same command to continue"));
+    }
     if stop.load(Ordering::SeqCst) && !interrupted {
         let cause =
             if tally.failures.contains_key("tls") || tally.failures.contains_key("connection") {

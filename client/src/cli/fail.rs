@@ -146,6 +146,10 @@ impl From<ClientError> for CliError {
                 }
                 (Exit::Refused, hint)
             }
+            ClientError::KeyStore { .. } => (
+                Exit::Usage,
+                "the reply keys of pending queries are kept there (see `kakehashi query --help`); nothing was sent".to_string(),
+            ),
             ClientError::Permit { .. } | ClientError::Envelope { .. } => (
                 Exit::Internal,
                 "the answer was discarded; tell the broker's operator".to_string(),

@@ -2,6 +2,7 @@
 
 pub mod args;
 mod batch;
+mod collect;
 pub mod fail;
 mod files;
 mod profile_cmd;
@@ -13,15 +14,32 @@ use std::io::Write;
 
 use clap::CommandFactory;
 use kakehashi_client::interfaces::PersonCode;
-use kakehashi_client::Client;
+use kakehashi_client::{Client, PendingStore};
 
-use args::{AuditCommand, Cli, Command, CopiesCommand, PersonsCommand};
+use args::{AuditCommand, Cli, Command, CopiesCommand, PersonsCommand, QueryAction};
 use fail::{CliError, Exit};
 
 /// Connects with the chosen profile.
 async fn connect(chosen: Option<&str>) -> Result<Client, CliError> {
     let (_name, profile) = profile_cmd::resolve(chosen)?;
     Ok(Client::connect(&profile).await?)
+}
+
+/// The directory of the profiles file; the profiles' reply-key stores live under it.
+fn config_dir() -> Result<std::path::PathBuf, CliError> {
+    let path = profile_cmd::config_path()?;
+    Ok(path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from(".")))
+}
+
+/// The reply-key store of the chosen profile, created on first use; opened
+/// before any query is sent, so that a store that cannot be used stops the
+/// run before a pending answer could be lost.
+fn pending_store(chosen: Option<&str>) -> Result<PendingStore, CliError> {
+    let (name, _) = profile_cmd::resolve(chosen)?;
+    Ok(PendingStore::open(&config_dir()?, &name)?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
@@ -68,20 +86,26 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             Ok(Exit::Ok)
         }
         // Inputs are checked before connecting, so that their errors need no broker.
-        Command::Query(args) => match args.person.as_deref() {
-            Some(person) => {
-                let query = query_cmd::query_from_flags(&args, person)?;
-                let client = connect(chosen).await?;
-                query_cmd::run_single(&client, &args, query).await
+        Command::Query(args) => match (&args.action, args.person.as_deref()) {
+            (Some(QueryAction::Collect(collect_args)), _) => {
+                collect::collect(chosen, collect_args).await
             }
-            None => {
+            (Some(QueryAction::Get(get_args)), _) => collect::get(chosen, get_args).await,
+            (None, Some(person)) => {
+                let query = query_cmd::query_from_flags(&args, person)?;
+                let store = pending_store(chosen)?;
+                let client = connect(chosen).await?;
+                query_cmd::run_single(&client, &store, &args, query).await
+            }
+            (None, None) => {
                 let prepared = batch::prepare(&args)?;
                 if prepared.is_done() {
                     eprintln!("nothing to do: every query is already in the results file");
                     return Ok(Exit::Ok);
                 }
+                let store = pending_store(chosen)?;
                 let client = connect(chosen).await?;
-                batch::execute(client, prepared, &args).await
+                batch::execute(client, store, prepared, &args).await
             }
         },
         Command::Persons(PersonsCommand::Register { file, out, batch }) => {

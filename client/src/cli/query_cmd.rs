@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use kakehashi_client::interfaces::{FlowListView, Party};
-use kakehashi_client::{Client, Query, QueryOutcome};
+use kakehashi_client::interfaces::{FlowListView, OrgId, Party, QueryId};
+use kakehashi_client::{Client, PendingStore, Query, QueryOutcome};
 use serde_json::json;
 
 use super::args::QueryArgs;
@@ -101,9 +101,21 @@ pub fn query_from_flags(args: &QueryArgs, person: &str) -> Result<Query, CliErro
     .map_err(|e| CliError::usage(e.to_string()).hint("correct the arguments"))
 }
 
-/// `kakehashi query --person …`: one query, printed as a table or JSON.
-pub async fn run_single(client: &Client, args: &QueryArgs, query: Query) -> Result<Exit, CliError> {
+/// `kakehashi query --person …`: one query, printed as a table or JSON. A
+/// pending answer's reply key is kept in `store` until the answer is opened.
+pub async fn run_single(
+    client: &Client,
+    store: &PendingStore,
+    args: &QueryArgs,
+    query: Query,
+) -> Result<Exit, CliError> {
     let mut outcome = client.query(&query).await?;
+    let mut kept = None;
+    if let QueryOutcome::Pending(pending) = &outcome {
+        // Kept before waiting, so that a process killed while waiting loses nothing.
+        store.save(pending, client.broker(), None)?;
+        kept = Some(pending.query_id.clone());
+    }
     if args.wait > 0 {
         if let QueryOutcome::Pending(pending) = outcome {
             eprintln!(
@@ -113,39 +125,74 @@ pub async fn run_single(client: &Client, args: &QueryArgs, query: Query) -> Resu
             outcome = client.wait(pending, Duration::from_secs(args.wait)).await?;
         }
     }
-    let exit = if matches!(outcome, QueryOutcome::Provided(_)) {
+    print_outcome(&outcome, &query.provider, args.json)?;
+    match (&outcome, kept) {
+        (QueryOutcome::Pending(p), _) if !args.json => {
+            eprintln!(
+                "the reply key is kept, encrypted, in {}; once approved, open the answer with `kakehashi query get {}` or `kakehashi query collect`",
+                store.path_of(&p.query_id).display(),
+                p.query_id
+            );
+        }
+        (QueryOutcome::Pending(_), _) => {}
+        // Decided while waiting: the kept key is no longer needed.
+        (_, Some(query_id)) => {
+            store.wipe(&query_id)?;
+        }
+        (_, None) => {}
+    }
+    Ok(exit_for(&outcome))
+}
+
+/// Exit code of one query's outcome: 0 provided, 1 anything else.
+pub fn exit_for(outcome: &QueryOutcome) -> Exit {
+    if matches!(outcome, QueryOutcome::Provided(_)) {
         Exit::Ok
     } else {
         Exit::Partial
-    };
-    if args.json {
-        let value = match &outcome {
-            QueryOutcome::Provided(a) => json!({
-                "query_id": a.query_id,
-                "status": "provided",
-                "provider": a.provider,
-                "flow_id": a.flow_id,
-                "permit_id": a.permit.claims.permit_id,
-                "items": a.items.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect::<serde_json::Map<_, _>>(),
-                "missing": a.missing,
-            }),
-            QueryOutcome::Pending(p) => json!({
-                "query_id": p.query_id,
-                "status": "pending",
-                "provider": query.provider,
-                "permit_id": p.permit.claims.permit_id,
-                "expires_at": p.expires_at.unix_timestamp(),
-            }),
-            other => json!({
-                "query_id": other.query_id(),
-                "status": other.status().as_str(),
-                "provider": query.provider,
-            }),
-        };
-        super::print_json(&value)?;
-        return Ok(exit);
     }
-    match &outcome {
+}
+
+/// The JSON object `kakehashi query --json` prints for an outcome.
+pub fn outcome_json(outcome: &QueryOutcome, provider: &OrgId) -> serde_json::Value {
+    match outcome {
+        QueryOutcome::Provided(a) => json!({
+            "query_id": a.query_id,
+            "status": "provided",
+            "provider": a.provider,
+            "flow_id": a.flow_id,
+            "permit_id": a.permit.claims.permit_id,
+            "items": a.items.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect::<serde_json::Map<_, _>>(),
+            "missing": a.missing,
+        }),
+        QueryOutcome::Pending(p) => json!({
+            "query_id": p.query_id,
+            "status": "pending",
+            "provider": provider,
+            "permit_id": p.permit.claims.permit_id,
+            "expires_at": p.expires_at.unix_timestamp(),
+        }),
+        QueryOutcome::Rejected { query_id, reason } => json!({
+            "query_id": query_id,
+            "status": "rejected",
+            "provider": provider,
+            "reason": reason,
+        }),
+        QueryOutcome::Expired { query_id } => json!({
+            "query_id": query_id,
+            "status": "expired",
+            "provider": provider,
+        }),
+    }
+}
+
+/// Prints an outcome as `kakehashi query` does: a table of the items, or
+/// what became of the query; JSON with `json`.
+pub fn print_outcome(outcome: &QueryOutcome, provider: &OrgId, json: bool) -> Result<(), CliError> {
+    if json {
+        return super::print_json(&outcome_json(outcome, provider));
+    }
+    match outcome {
         QueryOutcome::Provided(a) => {
             println!(
                 "query {}: provided by {} under flow {} (permit {})",
@@ -165,14 +212,35 @@ pub async fn run_single(client: &Client, args: &QueryArgs, query: Query) -> Resu
         }
         QueryOutcome::Pending(p) => {
             println!(
-                "query {}: pending approval by an operator of {}",
-                p.query_id, query.provider
+                "query {}: pending approval by an operator of {provider}",
+                p.query_id
             );
-            eprintln!("the answer can only be opened by this process (the reply key is not stored); use --wait SECS to wait for it");
         }
-        other => println!("query {}: {}", other.query_id(), other.status()),
+        QueryOutcome::Rejected { query_id, reason } => {
+            let (ja, en) = match reason {
+                Some(r) => (r.as_str(), r.as_str()),
+                None => ("記載なし", "none given"),
+            };
+            println!("照会 {query_id}: {provider} の担当者が提供を却下しました（理由: {ja}）");
+            println!("query {query_id}: rejected by an operator of {provider} (reason: {en})");
+        }
+        QueryOutcome::Expired { query_id } => print_expired(query_id, false),
     }
-    Ok(exit)
+    Ok(())
+}
+
+/// The two lines (Japanese, English) saying that a query expired;
+/// `not_found` when the broker no longer knows it at all.
+pub fn print_expired(query_id: &QueryId, not_found: bool) {
+    if not_found {
+        println!("照会 {query_id}: 期限切れです（ブローカーから削除され、見つかりません）");
+        println!("query {query_id}: expired: the broker no longer holds it (not found)");
+    } else {
+        println!(
+            "照会 {query_id}: 期限切れです（期限内に承認されず、ブローカーから削除されました）"
+        );
+        println!("query {query_id}: expired (not decided in time; the broker deleted it)");
+    }
 }
 
 /// A JSON scalar as a table cell: strings without quotes, control characters escaped.

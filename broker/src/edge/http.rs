@@ -114,7 +114,38 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Bro
     })
 }
 
+/// serde's own data errors, which may quote the offending value; every
+/// other data error comes from our validation ([`kakehashi_interfaces::InvalidInput`],
+/// "field: rule"), which never echoes a value.
+const SERDE_OWN: [&str; 7] = [
+    "invalid type",
+    "invalid value",
+    "invalid length",
+    "unknown field",
+    "missing field",
+    "duplicate field",
+    "unknown variant",
+];
+
 fn redact_serde(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let position = format!("line {} column {}", e.line(), e.column());
+    // serde_json appends " at line L column C"; 0/0 means "the whole value".
+    let text = msg
+        .strip_suffix(&format!(" at {position}"))
+        .unwrap_or(&msg)
+        .to_string();
+    let located = if e.line() == 0 {
+        String::new()
+    } else {
+        format!(" at {position}")
+    };
+    if e.classify() == serde_json::error::Category::Data
+        && !SERDE_OWN.iter().any(|p| text.starts_with(p))
+    {
+        // Our validation: field and rule, safe to show.
+        return format!("{text}{located}");
+    }
     // serde_json may quote the offending string value (e.g. in "invalid value: string \"…\"");
     // keep the category and position only, so no item value or number is echoed.
     let category = match e.classify() {
@@ -123,10 +154,15 @@ fn redact_serde(e: &serde_json::Error) -> String {
         serde_json::error::Category::Io => "could not read JSON",
         serde_json::error::Category::Data => "invalid or unknown field",
     };
-    let msg = e.to_string();
+    // Only these messages put a field name in backticks; the others may
+    // put the value there (`invalid type: integer `123…``).
+    let names_field = ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| text.starts_with(p));
     let field_hint = msg
         .split('`')
         .nth(1)
+        .filter(|_| names_field)
         .filter(|f| {
             f.len() <= 64
                 && f.chars()
@@ -134,9 +170,37 @@ fn redact_serde(e: &serde_json::Error) -> String {
         })
         .map(|f| format!(" (`{f}`)"))
         .unwrap_or_default();
-    format!(
-        "{category}{field_hint} at line {} column {}",
-        e.line(),
-        e.column()
-    )
+    format!("{category}{field_hint}{located}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakehashi_interfaces::query::QueryRequest;
+
+    fn message(body: &str) -> String {
+        match parse_json::<QueryRequest>(body.as_bytes()) {
+            Err(e) => e.public_message(),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn a_validation_error_names_the_field_and_the_rule() {
+        let body = r#"{"flow_id":"F-1","procedure":"p","provider":"city-a","person":"PERSON0001","items":[],"reply_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#;
+        let text = message(body);
+        assert!(
+            text.contains("reply_key: must not be the all-zero key"),
+            "{text}"
+        );
+        assert!(!text.contains("line 0"), "{text}");
+    }
+
+    #[test]
+    fn a_value_serde_quotes_is_never_echoed() {
+        let text = message(r#"{"flow_id": 12345678901234}"#);
+        assert!(!text.contains("12345678901234"), "{text}");
+        let text = message(r#"{"flow_id":"F-1","extra":1}"#);
+        assert!(text.contains("(`extra`)"), "{text}");
+    }
 }

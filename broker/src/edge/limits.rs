@@ -49,7 +49,7 @@ impl RateLimits {
 
     /// Admits or throttles one request. The address is checked first so one
     /// host cannot exhaust an org's allowance on behalf of others.
-    pub fn check(&self, org: &OrgId, address: IpAddr) -> Result<(), Throttled> {
+    pub fn check(&self, org: Option<&OrgId>, address: IpAddr) -> Result<(), Throttled> {
         let retry = |not_until: governor::NotUntil<_>| {
             let wait = not_until.wait_time_from(self.clock.now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
@@ -60,13 +60,22 @@ impl RateLimits {
                 retry_after_secs: retry(n).max(1),
             });
         }
-        if let Err(n) = self.per_org.check_key(org) {
+        if let Some(Err(n)) = org.map(|org| self.per_org.check_key(org)) {
             return Err(Throttled {
                 scope: "per_org",
                 retry_after_secs: retry(n).max(1),
             });
         }
         Ok(())
+    }
+
+    /// Limiters for a listener without orgs (the console): per address only.
+    pub fn per_address(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_org: RateLimiter::keyed(quota(1, 1)),
+            per_address: RateLimiter::keyed(quota(per_second, burst)),
+            clock: DefaultClock::default(),
+        }
     }
 
     /// Drops keys whose state is back to full.
@@ -108,11 +117,11 @@ mod tests {
         let b = OrgId::new("city-b").unwrap();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            assert!(limits.check(&a, ip).is_ok());
+            assert!(limits.check(Some(&a), ip).is_ok());
         }
-        let t = limits.check(&a, ip).unwrap_err();
+        let t = limits.check(Some(&a), ip).unwrap_err();
         assert_eq!(t.scope, "per_org");
         assert!(t.retry_after_secs >= 1);
-        assert!(limits.check(&b, ip).is_ok());
+        assert!(limits.check(Some(&b), ip).is_ok());
     }
 }

@@ -1,11 +1,11 @@
-//! Batch endpoints: persons (register or link) and copies (deposit), both JSON
-//! Lines; the flow list as an org sees it. Good lines apply, bad lines come
-//! back with their line number and reason; nothing of a bad line is stored.
+//! The batch endpoints: `POST /v1/persons` (register or link) and
+//! `POST /v1/copies` (deposit), both JSON Lines. Good lines apply, bad lines
+//! come back with their line number and reason; nothing of a bad line is
+//! stored.
 
 use std::collections::BTreeMap;
 
 use kakehashi_interfaces::copies::{CopyDeposit, DepositReport};
-use kakehashi_interfaces::flows::{FlowEntry, FlowListView, Party};
 use kakehashi_interfaces::person::{
     LineIssue, LineReason, PersonRegistration, RegisteredPerson, RegistrationReport,
 };
@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 use crate::copies;
 use crate::error::BrokerError;
 use crate::identity::{self, PersonInput, Registered};
-use crate::policy::FlowRule;
 use crate::state::AppState;
 use crate::store::OrgRecord;
 
@@ -81,7 +80,7 @@ pub async fn persons(
             .iter()
             .map(|(_, p)| serde_json::to_vec(&p.basic).map(Zeroizing::new))
             .collect::<Result<_, _>>()
-            .map_err(|e| BrokerError::Config(e.to_string()))?;
+            .map_err(|e| BrokerError::encoding("JSON", e))?;
         let inputs: Vec<PersonInput<'_>> = good
             .iter()
             .zip(&facts)
@@ -194,8 +193,8 @@ pub async fn copies(
             ));
             continue;
         }
-        let json =
-            serde_json::to_vec(&deposit.items).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let json = serde_json::to_vec(&deposit.items)
+            .map_err(|e| BrokerError::encoding("copy items", e))?;
         // A later line for the same person in one batch wins, like a later deposit.
         good.insert(deposit.person.to_string(), (line, Zeroizing::new(json)));
     }
@@ -210,43 +209,4 @@ pub async fn copies(
         replaced: replaced.iter().filter(|r| **r).count() as u64,
         rejected,
     })
-}
-
-fn party(p: &crate::policy::Party) -> Option<Party> {
-    match (&p.org, p.kind) {
-        (Some(org), _) => Some(Party::Org { org: org.clone() }),
-        (None, Some(kind)) => Some(Party::Kind { kind }),
-        _ => None,
-    }
-}
-
-fn entry(rule: &FlowRule) -> Option<FlowEntry> {
-    Some(FlowEntry {
-        flow_id: rule.flow_id.parse().ok()?,
-        procedure: rule.procedure.parse().ok()?,
-        requester: party(&rule.requester)?,
-        provider: party(&rule.provider)?,
-        items: rule.items.iter().filter_map(|i| i.parse().ok()).collect(),
-        sensitive_items: rule
-            .sensitive_items
-            .iter()
-            .filter_map(|i| i.parse().ok())
-            .collect(),
-        legal_basis: rule.legal_basis.clone(),
-        valid_from: rule.valid_from,
-        valid_until: rule.valid_until,
-    })
-}
-
-/// `GET /v1/flows`: the rows this org takes part in.
-pub fn flow_view(state: &AppState, org: &OrgRecord) -> FlowListView {
-    let flows = state.flows();
-    FlowListView {
-        version: flows.version,
-        flows: flows
-            .for_org(&org.id, org.kind)
-            .into_iter()
-            .filter_map(entry)
-            .collect(),
-    }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kakehashi_interfaces::{ErrorCode, OrgId, OrgStatus};
 
+use crate::edge::refusal::Reason;
 use crate::error::BrokerError;
 use crate::store::{OrgRecord, Store};
 use crate::tls::PeerIdentity;
@@ -28,13 +29,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Stable label for logs and metrics.
-    pub fn reason(self) -> &'static str {
+    /// The reason counted in logs and metrics.
+    pub fn reason(self) -> Reason {
         match self {
-            Refusal::NoOrgInCertificate => "no_org_in_certificate",
-            Refusal::UnknownOrg => "unknown_org",
-            Refusal::Suspended => "org_suspended",
-            Refusal::PinMismatch => "certificate_pin_mismatch",
+            Refusal::NoOrgInCertificate => Reason::NoOrgInCertificate,
+            Refusal::UnknownOrg => Reason::UnknownOrg,
+            Refusal::Suspended => Reason::OrgSuspended,
+            Refusal::PinMismatch => Reason::CertificatePinMismatch,
         }
     }
 

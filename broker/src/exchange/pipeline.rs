@@ -1,4 +1,4 @@
-//! One query, end to end (DESIGN.md): flow check → code mapping → permit →
+//! One query, end to end (docs/architecture.md): flow check → code mapping → permit →
 //! deposited copy → sealed answer (or pending approval) → durable record →
 //! answer. Every denial is recorded and returned as a typed error; a denied
 //! query stores nothing but its record.
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use kakehashi_interfaces::envelope::{self, AnswerPayload, EnvelopeContext};
 use kakehashi_interfaces::permit::{self, PermitClaims};
-use kakehashi_interfaces::query::{QueryRequest, QueryResponse, QueryStatus};
+use kakehashi_interfaces::query::{QueryRequest, QueryResponse, QueryStatus, RejectionReason};
 use kakehashi_interfaces::{ErrorCode, ItemCode, ItemValue, KeyId, OrgStatus, PermitId, QueryId};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -16,7 +16,7 @@ use crate::copies;
 use crate::error::BrokerError;
 use crate::identity::MappedCode;
 use crate::policy::{self, Asked, Denial, OrgRef};
-use crate::records::{ExpectedAppend, Outcome, RecordDraft};
+use crate::records::{Commit, ExpectedAppend, Outcome, RecordDraft};
 use crate::results::{self, OwnedResult};
 use crate::state::AppState;
 use crate::store::OrgRecord;
@@ -37,11 +37,11 @@ pub async fn query(
     req: QueryRequest,
 ) -> Result<QueryResponse, BrokerError> {
     for attempt in 0..ATTEMPTS {
-        match answer(state, requester, &req, attempt > 0).await {
-            Err(BrokerError::LookupChanged) => {
+        match answer(state, requester, &req, attempt > 0).await? {
+            Answered::Done(done) => return *done,
+            Answered::Stale => {
                 tracing::debug!("person data changed while a query was answered; answering again")
             }
-            done => return done,
         }
     }
     Err(BrokerError::refused(
@@ -50,13 +50,39 @@ pub async fn query(
     ))
 }
 
+/// What a pending query keeps, encrypted at rest, until an operator decides:
+/// the values that would be released and the key to seal them to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PendingAnswer {
+    /// The requester's reply public key, as sent with the query.
+    pub reply_key: kakehashi_interfaces::ReplyPublicKey,
+    /// The flow the permit names.
+    pub flow_id: kakehashi_interfaces::FlowId,
+    /// The asked items the provider's copy holds.
+    pub items: BTreeMap<ItemCode, ItemValue>,
+}
+
+/// The associated data a pending answer is encrypted under.
+pub fn pending_context(query_id: &str) -> Vec<u8> {
+    format!("pending|{query_id}").into_bytes()
+}
+
+/// How one attempt at a query ended.
+enum Answered {
+    /// Recorded: the answer or the recorded refusal.
+    Done(Box<Result<QueryResponse, BrokerError>>),
+    /// Nothing was committed: the person data changed under the answer.
+    Stale,
+}
+
 /// One attempt at a query; `fresh` confirms the lookup before answering.
+/// An `Err` is a fault before anything was recorded.
 async fn answer(
     state: &AppState,
     requester: &OrgRecord,
     req: &QueryRequest,
     fresh: bool,
-) -> Result<QueryResponse, BrokerError> {
+) -> Result<Answered, BrokerError> {
     // Every way out of a query appends a record: the writer may hold a
     // commit briefly for it. Dropped just before the append.
     let coming = state.records.expect_append();
@@ -115,7 +141,7 @@ async fn answer(
     };
 
     // One read maps the person to the provider's code and fetches the copy.
-    let (mapped, copy, generation) = copies::read_for_query(
+    let Some((mapped, copy, generation)) = copies::read_for_query(
         &state.lookups,
         &state.keys,
         &requester.id,
@@ -123,7 +149,10 @@ async fn answer(
         &provider.id,
         fresh,
     )
-    .await?;
+    .await?
+    else {
+        return Ok(Answered::Stale);
+    };
     let provider_code = match mapped {
         MappedCode::Provider(code) => code,
         MappedCode::UnknownToRequester => {
@@ -174,7 +203,7 @@ async fn answer(
     };
     let permit = permit::sign(signing_key, claims);
     let permit_json =
-        serde_json::to_string(&permit).map_err(|e| BrokerError::Config(e.to_string()))?;
+        serde_json::to_string(&permit).map_err(|e| BrokerError::encoding("permit", e))?;
 
     // Only the asked items the copy holds; never more than the permit names.
     let selected: BTreeMap<ItemCode, ItemValue> = req
@@ -187,11 +216,16 @@ async fn answer(
         .collect();
 
     if decision.needs_approval {
-        let plain =
-            serde_json::to_vec(&selected).map_err(|e| BrokerError::Config(e.to_string()))?;
+        // What sealing needs later, when an operator approves (R11).
+        let plain = serde_json::to_vec(&PendingAnswer {
+            reply_key: req.reply_key.clone(),
+            flow_id: req.flow_id.clone(),
+            items: selected,
+        })
+        .map_err(|e| BrokerError::encoding("pending answer", e))?;
         let cipher = state
             .keys
-            .encrypt(&plain, format!("pending|{query_id}").as_bytes())?;
+            .encrypt(&plain, &pending_context(query_id.as_str()))?;
         let expires_at = now + Duration::seconds(secs(exchange.pending_ttl_secs));
         let mut result = OwnedResult::new(
             query_id.as_str(),
@@ -204,17 +238,22 @@ async fn answer(
         result.pending_cipher = Some(cipher);
         draft.outcome = Outcome::Pending;
         drop(coming);
-        state
+        if state
             .records
             .append_answer(draft, Some(result), generation)
-            .await?;
-        return Ok(QueryResponse {
+            .await?
+            == Commit::Stale
+        {
+            return Ok(Answered::Stale);
+        }
+        return Ok(Answered::Done(Box::new(Ok(QueryResponse {
             query_id,
             status: QueryStatus::Pending,
             permit,
             envelope: None,
             expires_at,
-        });
+            reason: None,
+        }))));
     }
 
     let context = EnvelopeContext {
@@ -235,7 +274,7 @@ async fn answer(
         )
     })?;
     let envelope_json =
-        serde_json::to_string(&sealed).map_err(|e| BrokerError::Config(e.to_string()))?;
+        serde_json::to_string(&sealed).map_err(|e| BrokerError::encoding("envelope", e))?;
     let expires_at = now + Duration::seconds(secs(exchange.result_ttl_secs));
     let mut result = OwnedResult::new(
         query_id.as_str(),
@@ -248,17 +287,22 @@ async fn answer(
     result.envelope = Some(envelope_json);
     draft.outcome = Outcome::Provided;
     drop(coming);
-    state
+    if state
         .records
         .append_answer(draft, Some(result), generation)
-        .await?;
-    Ok(QueryResponse {
+        .await?
+        == Commit::Stale
+    {
+        return Ok(Answered::Stale);
+    }
+    Ok(Answered::Done(Box::new(Ok(QueryResponse {
         query_id,
         status: QueryStatus::Provided,
         permit,
         envelope: Some(sealed),
         expires_at,
-    })
+        reason: None,
+    }))))
 }
 
 fn secs(s: u64) -> i64 {
@@ -271,7 +315,7 @@ async fn deny(
     coming: ExpectedAppend<'_>,
     draft: RecordDraft,
     err: BrokerError,
-) -> Result<QueryResponse, BrokerError> {
+) -> Result<Answered, BrokerError> {
     deny_read(state, coming, draft, err, None).await
 }
 
@@ -283,26 +327,56 @@ async fn deny_read(
     mut draft: RecordDraft,
     err: BrokerError,
     generation: Option<i64>,
-) -> Result<QueryResponse, BrokerError> {
+) -> Result<Answered, BrokerError> {
     draft.outcome = Outcome::Denied {
         reason: err.code().as_str().to_string(),
     };
     draft.permit_id = None;
     drop(coming);
-    state.records.append_answer(draft, None, generation).await?;
-    Err(err)
+    Ok(
+        match state.records.append_answer(draft, None, generation).await? {
+            Commit::Committed(_) => Answered::Done(Box::new(Err(err))),
+            Commit::Stale => Answered::Stale,
+        },
+    )
 }
 
-/// A stored result as the requester sees it.
+/// A stored result as the requester sees it: an expired pending query is
+/// `expired` (410), an expired result `not_found`.
 pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryResponse, BrokerError> {
     let corrupt =
-        |what: &str| BrokerError::Config(format!("stored query result has an invalid {what}"));
+        |what: &str| BrokerError::Corrupt(format!("stored query result has an invalid {what}"));
+    // Past its expiry and not yet swept: a pending query expired (410); a
+    // result is gone as if already deleted (404).
+    if stored.expires_at.as_str() <= crate::store::now_rfc3339().as_str() {
+        return Err(match stored.status.as_str() {
+            "pending" | "deciding" => BrokerError::refused(
+                ErrorCode::Expired,
+                "the query expired before the provider's operator decided; ask again if still needed",
+            ),
+            _ => BrokerError::refused(
+                ErrorCode::NotFound,
+                "no such query for this org (it may have expired and been deleted)",
+            ),
+        });
+    }
     let status = match stored.status.as_str() {
         "provided" => QueryStatus::Provided,
-        "pending" => QueryStatus::Pending,
+        // `deciding`: an operator's decision is being recorded.
+        "pending" | "deciding" => QueryStatus::Pending,
         "rejected" => QueryStatus::Rejected,
-        "expired" => QueryStatus::Expired,
+        "expired" => return Err(BrokerError::refused(
+            ErrorCode::Expired,
+            "the query expired before the provider's operator decided; ask again if still needed",
+        )),
         _ => return Err(corrupt("status")),
+    };
+    let reason = match (status, &stored.reason) {
+        (QueryStatus::Rejected, Some(text)) => {
+            Some(RejectionReason::new(text).map_err(|_| corrupt("rejection reason"))?)
+        }
+        (QueryStatus::Rejected, None) => return Err(corrupt("rejection reason")),
+        _ => None,
     };
     Ok(QueryResponse {
         query_id: stored.id.parse().map_err(|_| corrupt("id"))?,
@@ -317,6 +391,7 @@ pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryRespons
             &time::format_description::well_known::Rfc3339,
         )
         .map_err(|_| corrupt("expiry"))?,
+        reason,
     })
 }
 
@@ -343,7 +418,9 @@ pub fn spawn_sweeper(state: &std::sync::Arc<AppState>) {
 
 /// One sweep: delete what expired, record pending queries that expired.
 pub async fn sweep_once(state: &AppState) -> Result<usize, BrokerError> {
-    let expired = results::sweep(&state.store.pools(), OffsetDateTime::now_utc()).await?;
+    let now = OffsetDateTime::now_utc();
+    let tombstone_until = now + Duration::seconds(secs(state.config.exchange.result_ttl_secs));
+    let expired = results::sweep(&state.store.pools(), now, tombstone_until).await?;
     let count = expired.len();
     for (query_id, requester, provider) in expired {
         let (Ok(requester), Ok(provider)) = (requester.parse(), provider.parse()) else {

@@ -1,0 +1,548 @@
+//! Every endpoint of the console listener, in one table, and the stack a
+//! request goes through to reach one:
+//!
+//! ```text
+//! observe → route → rate limit (per address) → body cap → session → access (stage, role) → CSRF → endpoint
+//! ```
+//!
+//! To add an endpoint: a variant of [`Endpoint`], a row in [`TABLE`] with
+//! the roles that may call it, and an arm in [`run`] calling its file.
+
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use kakehashi_interfaces::ErrorCode;
+
+use crate::console::access::{Access, Denied, ADMINISTRATORS, AUDITORS, OPERATORS};
+use crate::console::{approvals, audit, flows, session, Console, ConsoleConn};
+use crate::edge::http::{self as edge, Body};
+use crate::edge::layers::{self, BodyCap, Refused};
+use crate::edge::refusal::Reason;
+use crate::edge::route::{BodyLimit, Params, Route};
+use crate::error::BrokerError;
+use crate::exchange::{endpoints::endpoint_error, ops};
+use crate::people::SessionView;
+
+/// The console's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /readyz`
+    Readyz,
+    /// `GET /metrics`
+    Metrics,
+    /// `GET /api/keys`: the keys that verify records and exports offline.
+    Keys,
+    /// `POST /api/session`: log in with user id and password.
+    Login,
+    /// `GET /api/session`: who is logged in, at which stage.
+    SessionShow,
+    /// `DELETE /api/session`: log out.
+    Logout,
+    /// `POST /api/session/password`: change the password.
+    PasswordChange,
+    /// `POST /api/session/totp/enrolment`: a new TOTP secret (QR code).
+    TotpEnrol,
+    /// `POST /api/session/totp`: a TOTP code (confirms enrolment or login).
+    Totp,
+    /// `GET /api/approvals`: the org's pending sensitive queries.
+    Approvals,
+    /// `GET /api/approvals/{query_id}`: one, with the values to release.
+    Approval,
+    /// `POST /api/approvals/{query_id}/approve`
+    Approve,
+    /// `POST /api/approvals/{query_id}/reject`
+    Reject,
+    /// `GET /api/operation-log`: search the operation log.
+    OperationLog,
+    /// `GET /api/users`: the users (administrators).
+    Users,
+    /// `GET /api/flow-lists`: every flow-list version.
+    FlowLists,
+    /// `GET /api/flow-lists/{version}`: one, with its diff from the one in force.
+    FlowList,
+    /// `POST /api/flow-lists`: propose a version.
+    FlowListPropose,
+    /// `POST /api/flow-lists/{version}/approve`: a second administrator approves.
+    FlowListApprove,
+}
+
+impl Endpoint {
+    /// The `route` label in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Healthz => "console_healthz",
+            Endpoint::Readyz => "console_readyz",
+            Endpoint::Metrics => "console_metrics",
+            Endpoint::Keys => "console_keys",
+            Endpoint::Login => "console_login",
+            Endpoint::SessionShow => "console_session",
+            Endpoint::Logout => "console_logout",
+            Endpoint::PasswordChange => "console_password",
+            Endpoint::TotpEnrol => "console_totp_enrolment",
+            Endpoint::Totp => "console_totp",
+            Endpoint::Approvals => "console_approvals",
+            Endpoint::Approval => "console_approval",
+            Endpoint::Approve => "console_approve",
+            Endpoint::Reject => "console_reject",
+            Endpoint::OperationLog => "console_operation_log",
+            Endpoint::Users => "console_users",
+            Endpoint::FlowLists => "console_flow_lists",
+            Endpoint::FlowList => "console_flow_list",
+            Endpoint::FlowListPropose => "console_flow_list_propose",
+            Endpoint::FlowListApprove => "console_flow_list_approve",
+        }
+    }
+}
+
+const fn row(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    body: BodyLimit,
+    endpoint: Endpoint,
+) -> Route<Endpoint, Access> {
+    Route {
+        method,
+        path,
+        caller: access,
+        body,
+        endpoint,
+    }
+}
+
+/// The small JSON bodies people endpoints take (a POST without fields may
+/// still carry `{}`, as browsers' fetch calls do).
+const SMALL: BodyLimit = BodyLimit::Bytes(4 * 1024);
+use Access::{LoggingIn, Public, Roles};
+use BodyLimit::Empty;
+
+/// The console listener's endpoints: method, path, who, body, endpoint.
+pub const TABLE: &[Route<Endpoint, Access>] = &[
+    row(Method::GET, "/healthz", Public, Empty, Endpoint::Healthz),
+    row(Method::GET, "/readyz", Public, Empty, Endpoint::Readyz),
+    row(Method::GET, "/metrics", Public, Empty, Endpoint::Metrics),
+    row(Method::GET, "/api/keys", Public, Empty, Endpoint::Keys),
+    row(Method::POST, "/api/session", Public, SMALL, Endpoint::Login),
+    row(
+        Method::GET,
+        "/api/session",
+        LoggingIn,
+        Empty,
+        Endpoint::SessionShow,
+    ),
+    row(
+        Method::DELETE,
+        "/api/session",
+        LoggingIn,
+        Empty,
+        Endpoint::Logout,
+    ),
+    row(
+        Method::POST,
+        "/api/session/password",
+        LoggingIn,
+        SMALL,
+        Endpoint::PasswordChange,
+    ),
+    row(
+        Method::POST,
+        "/api/session/totp/enrolment",
+        LoggingIn,
+        SMALL,
+        Endpoint::TotpEnrol,
+    ),
+    row(
+        Method::POST,
+        "/api/session/totp",
+        LoggingIn,
+        SMALL,
+        Endpoint::Totp,
+    ),
+    row(
+        Method::GET,
+        "/api/approvals",
+        Roles(OPERATORS),
+        Empty,
+        Endpoint::Approvals,
+    ),
+    row(
+        Method::GET,
+        "/api/approvals/{query_id}",
+        Roles(OPERATORS),
+        Empty,
+        Endpoint::Approval,
+    ),
+    row(
+        Method::POST,
+        "/api/approvals/{query_id}/approve",
+        Roles(OPERATORS),
+        SMALL,
+        Endpoint::Approve,
+    ),
+    row(
+        Method::POST,
+        "/api/approvals/{query_id}/reject",
+        Roles(OPERATORS),
+        SMALL,
+        Endpoint::Reject,
+    ),
+    row(
+        Method::GET,
+        "/api/operation-log",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::OperationLog,
+    ),
+    row(
+        Method::GET,
+        "/api/users",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Users,
+    ),
+    row(
+        Method::GET,
+        "/api/flow-lists",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::FlowLists,
+    ),
+    row(
+        Method::GET,
+        "/api/flow-lists/{version}",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::FlowList,
+    ),
+    row(
+        Method::POST,
+        "/api/flow-lists",
+        Roles(ADMINISTRATORS),
+        BodyLimit::Configured,
+        Endpoint::FlowListPropose,
+    ),
+    row(
+        Method::POST,
+        "/api/flow-lists/{version}/approve",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::FlowListApprove,
+    ),
+];
+
+/// The header a state-changing call carries its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// One request past the edge, as an endpoint sees it.
+pub struct Call<'a> {
+    /// The console.
+    pub console: &'a Console,
+    /// The connection.
+    pub conn: &'a ConsoleConn,
+    /// The session id presented (cookie), if any.
+    pub token: Option<String>,
+    /// The session, for every endpoint but the public ones.
+    pub session: Option<SessionView>,
+    /// Path placeholders.
+    pub params: Params,
+    /// The body the endpoint may read.
+    pub body: BodyCap,
+    /// The request id.
+    pub request_id: &'a str,
+}
+
+impl Call<'_> {
+    /// The session; endpoints behind a session are reached with one.
+    pub fn session(&self) -> Result<&SessionView, BrokerError> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| BrokerError::Internal("a session endpoint ran without one".into()))
+    }
+
+    /// The session id presented.
+    pub fn token(&self) -> Result<&str, BrokerError> {
+        self.token
+            .as_deref()
+            .ok_or_else(|| BrokerError::Internal("a session endpoint ran without its id".into()))
+    }
+
+    /// Reads the body within the endpoint's cap and the body timeout.
+    pub async fn read_body(&self, req: Request<Incoming>) -> Result<bytes::Bytes, BrokerError> {
+        edge::read_body(
+            req.into_body(),
+            self.body.declared,
+            self.body.max,
+            self.console.state.config.limits.body_read_timeout(),
+        )
+        .await
+    }
+}
+
+/// Serves one request of the console listener.
+pub async fn handle(
+    console: Arc<Console>,
+    conn: Arc<ConsoleConn>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let found = layers::route(TABLE, req.method(), req.uri().path());
+    let name = found
+        .as_ref()
+        .map_or("console_other", |(r, _)| r.endpoint.name());
+    let state = console.state.clone();
+    layers::observe(&state.metrics, name, async |request_id: &str| {
+        let who = conn.peer.ip().to_string();
+        let mut response = match stack(&console, &conn, found, req, request_id).await {
+            Ok(response) => response,
+            Err(Stop::Refused(refused)) => refused.respond(&state.metrics, request_id, &who),
+            Err(Stop::Failed(e)) => endpoint_error(&state, &e, request_id, &who),
+        };
+        // Nothing a person sees on the console is cached or framed.
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            header::X_FRAME_OPTIONS,
+            header::HeaderValue::from_static("DENY"),
+        );
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("no-referrer"),
+        );
+        response
+    })
+    .await
+}
+
+enum Stop {
+    Refused(Refused),
+    Failed(BrokerError),
+}
+
+impl From<Refused> for Stop {
+    fn from(r: Refused) -> Self {
+        Stop::Refused(r)
+    }
+}
+
+impl From<BrokerError> for Stop {
+    fn from(e: BrokerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+async fn stack(
+    console: &Console,
+    conn: &ConsoleConn,
+    found: Result<(&'static Route<Endpoint, Access>, Params), Refused>,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, Stop> {
+    let (route, params) = found?;
+    layers::rate_limit(&console.limits, None, conn.peer.ip())?;
+    let state = &console.state;
+    let body = layers::body_cap(
+        req.headers(),
+        route.body.max_bytes(state.config.console.max_body_bytes),
+    )?;
+    if route.body != BodyLimit::Empty {
+        layers::content_type(&req, &["application/json"])?;
+    }
+    let token = req
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::people::session::token_from_cookie_header)
+        .map(str::to_string);
+    let session = if route.caller.needs_session() {
+        Some(authenticate(console, conn, token.as_deref()).await?)
+    } else {
+        None
+    };
+    if let Some(session) = &session {
+        let roles: Vec<_> = session.privileges.roles.iter().copied().collect();
+        route
+            .caller
+            .admits(session.stage, &roles)
+            .map_err(|denied| match denied {
+                Denied::LoginUnfinished => Refused::new(
+                    Reason::SessionRequired,
+                    ErrorCode::SessionRequired,
+                    "ログインが完了していません（パスワード変更または確認コードが必要です） / the login is not finished: change the password or enter the TOTP code first",
+                ),
+                Denied::Role => Refused::new(
+                    Reason::RoleNotAllowed,
+                    ErrorCode::Forbidden,
+                    "この操作の権限がありません / your roles do not allow this",
+                ),
+            })?;
+        // Every state-changing call proves it comes from the console's own
+        // page (the cookie alone could be sent by another site's form).
+        if req.method() != Method::GET {
+            let presented = req
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !session.csrf_matches(presented) {
+                return Err(Refused::new(
+                    Reason::CsrfMismatch,
+                    ErrorCode::Forbidden,
+                    "CSRFトークンがありません、または一致しません / missing or wrong CSRF token (header X-CSRF-Token)",
+                )
+                .into());
+            }
+        }
+    }
+    let call = Call {
+        console,
+        conn,
+        token,
+        session,
+        params,
+        body,
+        request_id,
+    };
+    Ok(run(route.endpoint, &call, req).await?)
+}
+
+/// The session a cookie names, or `session_required`.
+async fn authenticate(
+    console: &Console,
+    conn: &ConsoleConn,
+    token: Option<&str>,
+) -> Result<SessionView, Stop> {
+    let missing = || {
+        Refused::new(
+            Reason::SessionRequired,
+            ErrorCode::SessionRequired,
+            "ログインしてください / log in first (no session, or it timed out)",
+        )
+    };
+    let Some(token) = token else {
+        return Err(missing().into());
+    };
+    match console.people.authenticate(token).await {
+        Ok(session) => Ok(session),
+        Err(e) => {
+            let error = BrokerError::from(e);
+            if error.code() == ErrorCode::Internal {
+                return Err(error.into());
+            }
+            let _ = conn;
+            let mut refused = missing();
+            refused.code = error.code();
+            refused.message = error.public_message();
+            Err(refused.into())
+        }
+    }
+}
+
+/// Runs an endpoint.
+async fn run(
+    endpoint: Endpoint,
+    call: &Call<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, BrokerError> {
+    let state = &call.console.state;
+    match endpoint {
+        Endpoint::Healthz => Ok(ops::healthz()),
+        Endpoint::Readyz => Ok(ops::readyz(state, call.request_id).await),
+        Endpoint::Metrics => Ok(ops::metrics(state)),
+        Endpoint::Keys => Ok(edge::json(StatusCode::OK, &audit::keys(state))),
+        Endpoint::Login => session::login(call, req).await,
+        Endpoint::SessionShow => Ok(edge::json(StatusCode::OK, &call.session()?.answer())),
+        Endpoint::Logout => session::logout(call).await,
+        Endpoint::PasswordChange => session::change_password(call, req).await,
+        Endpoint::TotpEnrol => session::enrol(call).await,
+        Endpoint::Totp => session::totp(call, req).await,
+        Endpoint::Approvals => approvals::queue(call).await,
+        Endpoint::Approval => approvals::detail(call).await,
+        Endpoint::Approve => approvals::approve(call).await,
+        Endpoint::Reject => approvals::reject(call, req).await,
+        Endpoint::OperationLog => audit::operation_log(call, req.uri().query()).await,
+        Endpoint::Users => audit::users(call).await,
+        Endpoint::FlowLists => flows::list(call).await,
+        Endpoint::FlowList => flows::show(call).await,
+        Endpoint::FlowListPropose => flows::propose(call, req).await,
+        Endpoint::FlowListApprove => flows::approve(call).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::route::find;
+
+    #[test]
+    fn every_endpoint_has_exactly_one_row_and_a_distinct_name() {
+        let mut names = std::collections::BTreeSet::new();
+        for route in TABLE {
+            assert!(names.insert(route.endpoint.name()), "{:?}", route.endpoint);
+            let (found, _) = find(TABLE, &route.method, route.path).unwrap();
+            assert_eq!(found.endpoint, route.endpoint);
+        }
+    }
+
+    #[test]
+    fn only_health_keys_and_login_are_public() {
+        for route in TABLE {
+            let public = matches!(
+                route.endpoint,
+                Endpoint::Healthz
+                    | Endpoint::Readyz
+                    | Endpoint::Metrics
+                    | Endpoint::Keys
+                    | Endpoint::Login
+            );
+            assert_eq!(public, route.caller == Public, "{}", route.path);
+        }
+    }
+
+    #[test]
+    fn people_paths_live_under_api_and_never_under_the_exchange_prefix() {
+        for route in TABLE {
+            assert!(!route.path.starts_with("/v1/"), "{}", route.path);
+        }
+        for route in crate::exchange::endpoints::TABLE {
+            assert!(!route.path.starts_with("/api/"), "{}", route.path);
+        }
+    }
+
+    /// The published contract (JSON Schema, interfaces README) lists every
+    /// people endpoint the broker serves, and nothing else.
+    #[test]
+    fn the_schema_lists_exactly_the_console_table() {
+        let served: std::collections::BTreeSet<(String, &str)> = TABLE
+            .iter()
+            .filter(|r| r.path.starts_with("/api/"))
+            .map(|r| (r.method.to_string(), r.path))
+            .collect();
+        let published: std::collections::BTreeSet<(String, &str)> =
+            kakehashi_interfaces::schema::CONSOLE_ENDPOINTS
+                .iter()
+                .map(|e| (e.method.to_string(), e.path))
+                .collect();
+        assert_eq!(served, published);
+    }
+
+    #[test]
+    fn any_role_constant_covers_every_role() {
+        assert_eq!(
+            crate::console::access::ANY_ROLE.len(),
+            kakehashi_interfaces::people::Role::ALL.len()
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The exchange listener: org systems over mutual TLS (R1).
+//!
+//! - [`endpoints`]: the table of every endpoint and the stack a request
+//!   goes through; one file per endpoint or small group beside it
+//!   ([`ops`], [`flows`], [`queries`], [`batches`], [`disclosure`]);
+//! - [`admission`]: which certificate's org may use the exchange;
+//! - [`pipeline`]: one query, end to end (policy → lookups → permit → seal
+//!   → record), and the sweep of expired results.
+
+pub mod admission;
+pub mod batches;
+pub mod disclosure;
+pub mod endpoints;
+pub mod flows;
+pub mod ops;
+pub mod pipeline;
+pub mod queries;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::edge::http::Body;
+use crate::edge::listener::Service;
+use crate::edge::refusal::Reason;
+use crate::state::AppState;
+use crate::tls::{self, PeerIdentity};
+
+pub use pipeline::{query, spawn_sweeper, stored_to_response, sweep_once};
+
+/// What the broker knows about an exchange connection once TLS is done.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Identity from the verified client certificate.
+    pub identity: PeerIdentity,
+}
+
+/// The exchange as a [`Service`] of the shared listener.
+pub struct Exchange {
+    /// Shared state.
+    pub state: Arc<AppState>,
+}
+
+impl Service for Exchange {
+    type Conn = ConnInfo;
+
+    fn connection(
+        &self,
+        peer: SocketAddr,
+        tls: &rustls::ServerConnection,
+    ) -> Result<ConnInfo, Reason> {
+        // Unreachable with a mandatory client verifier; refuse rather than assume.
+        let identity = tls
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(tls::peer_identity)
+            .ok_or(Reason::NoClientCertificate)?;
+        Ok(ConnInfo { peer, identity })
+    }
+
+    fn call(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        endpoints::handle(self.state.clone(), conn, req)
+    }
+}

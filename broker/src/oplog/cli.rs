@@ -1,0 +1,317 @@
+//! `kakehashi-broker oplog …`, and [`HostLog`]: how host commands (`orgs`,
+//! `users` …) log what the person at the host did.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use kakehashi_interfaces::{ErrorCode, OrgId};
+
+use super::{
+    host_actor, OpAction, OpEntry, OpFilter, OpRecord, OpResult, OpResultFilter, OpVerdict,
+    OperationLog, OplogOptions,
+};
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::store::{self, Pools};
+
+/// `oplog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OplogCommand {
+    /// Verify every entry against the hash chain, the entry signatures, the
+    /// signed checkpoints and the sealer's state file; on failure name the
+    /// first bad sequence number and the kind of damage (exit 1).
+    Verify {
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show entries, newest first (the reading is itself logged).
+    Show {
+        /// From this day (YYYY-MM-DD, UTC) or instant (RFC 3339), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this day (YYYY-MM-DD, UTC, inclusive) or instant (RFC 3339, exclusive).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this actor (user id, or `host:<login name>`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries concerning this org.
+        #[arg(long)]
+        org: Option<String>,
+        /// Only this action (e.g. login_failed, org_suspended).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only `success` or `refused`.
+        #[arg(long)]
+        result: Option<String>,
+        /// Most entries shown (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only entries before this sequence number (the next page).
+        #[arg(long)]
+        before: Option<u64>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn invalid(message: String) -> BrokerError {
+    BrokerError::refused(ErrorCode::InvalidInput, message)
+}
+
+/// A day (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 instant; `true` when a day.
+fn parse_when(s: &str) -> Result<(time::OffsetDateTime, bool), BrokerError> {
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(s, &day) {
+        return Ok((date.midnight().assume_utc(), true));
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t, false))
+        .map_err(|_| invalid(format!("{s:?} is neither YYYY-MM-DD nor an RFC 3339 time")))
+}
+
+/// Runs an `oplog` subcommand against the database and key directory of
+/// the broker.toml at `config`.
+pub async fn run(config: &Path, command: OplogCommand) -> Result<(), BrokerError> {
+    let config = Config::load(config)?;
+    let store = store::open(&config.storage).await?;
+    let pools = store.pools();
+    match command {
+        OplogCommand::Verify { json } => {
+            let verdict = super::verify_store(&pools, &config.keys.dir).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verdict)
+                        .map_err(|e| BrokerError::encoding("JSON", e))?
+                );
+            }
+            match verdict {
+                OpVerdict::Intact(s) => {
+                    if !json {
+                        println!(
+                            "操作ログは完全です (operation log intact): {} entries, {} checkpoints verified, sealed up to {}, {} unsealed; sealer key ids: {}",
+                            s.entries,
+                            s.checkpoints,
+                            s.sealed_seq,
+                            s.last_seq - s.sealed_seq,
+                            s.key_ids.join(", ")
+                        );
+                    }
+                    Ok(())
+                }
+                OpVerdict::Broken(f) => Err(BrokerError::refused(
+                    ErrorCode::Internal,
+                    format!(
+                        "操作ログの検証に失敗しました (operation log fails verification): first bad sequence {}, kind {}: {}",
+                        f.seq,
+                        f.damage.name(),
+                        f.damage
+                    ),
+                )),
+            }
+        }
+        OplogCommand::Show {
+            since,
+            until,
+            actor,
+            org,
+            action,
+            result,
+            limit,
+            before,
+            json,
+        } => {
+            // Validated before the log is opened: a refused search is not an action.
+            let filter = OpFilter {
+                since: since
+                    .as_deref()
+                    .map(parse_when)
+                    .transpose()?
+                    .map(|(t, _)| t),
+                until: until
+                    .as_deref()
+                    .map(parse_when)
+                    .transpose()?
+                    // A day is inclusive: up to the next midnight.
+                    .map(|(t, day)| if day { t + time::Duration::days(1) } else { t }),
+                actor,
+                org: org.map(OrgId::new).transpose()?,
+                action: action.as_deref().map(str::parse).transpose()?,
+                result: match result.as_deref() {
+                    None => None,
+                    Some("success") => Some(OpResultFilter::Success),
+                    Some("refused") => Some(OpResultFilter::Refused),
+                    Some(_) => return Err(invalid("--result is success or refused".into())),
+                },
+            };
+            let log = HostLog::open(pools, &config.keys.dir).await?;
+            let found = log.log.search(&filter, limit, before).await;
+            let summary = describe(&filter, before);
+            log.outcome(
+                OpAction::OplogSearch,
+                None,
+                None,
+                Some(summary),
+                found.as_ref().map(|_| ()).map_err(clone_error),
+            )
+            .await?;
+            let found = found?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found)
+                        .map_err(|e| BrokerError::encoding("JSON", e))?
+                );
+            } else {
+                print_table(&found);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A refusal keeps its code for the log; the message stays with the original.
+fn clone_error(e: &BrokerError) -> BrokerError {
+    BrokerError::refused(e.code(), e.public_message())
+}
+
+/// The filter as a short detail for the log entry of a search.
+fn describe(filter: &OpFilter, before: Option<u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = filter.since {
+        parts.push(format!("since={}", crate::store::timestamp(t)));
+    }
+    if let Some(t) = filter.until {
+        parts.push(format!("until={}", crate::store::timestamp(t)));
+    }
+    if let Some(a) = &filter.actor {
+        parts.push(format!("actor={a}"));
+    }
+    if let Some(o) = &filter.org {
+        parts.push(format!("org={o}"));
+    }
+    if let Some(a) = filter.action {
+        parts.push(format!("action={a}"));
+    }
+    if let Some(r) = filter.result {
+        parts.push(format!("result={r:?}").to_lowercase());
+    }
+    if let Some(b) = before {
+        parts.push(format!("before={b}"));
+    }
+    parts.join(" ")
+}
+
+fn print_table(found: &[OpRecord]) {
+    println!(
+        "{:>6}  {:<27}  {:<20}  {:<16}  {:<24}  {:<20}  {:<22}  {:<15}  DETAIL",
+        "SEQ", "AT", "ACTOR", "ORG", "ACTION", "TARGET", "RESULT", "SOURCE"
+    );
+    for r in found {
+        let result = match r.result {
+            OpResult::Success => "success".to_string(),
+            OpResult::Refused(code) => format!("refused:{}", code.as_str()),
+        };
+        println!(
+            "{:>6}  {:<27}  {:<20}  {:<16}  {:<24}  {:<20}  {:<22}  {:<15}  {}",
+            r.seq,
+            r.at,
+            r.actor,
+            r.org.as_deref().unwrap_or("-"),
+            r.action.as_str(),
+            r.target.as_deref().unwrap_or("-"),
+            result,
+            r.source.as_deref().unwrap_or("-"),
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// The operation log as a host command uses it: the actor is the host's
+/// login user ([`host_actor`]), known before anything is done, and every
+/// entry is sealed by a checkpoint before the command ends.
+pub struct HostLog {
+    log: Arc<OperationLog>,
+    actor: String,
+}
+
+impl HostLog {
+    /// Opens the log for a host command (no background task).
+    pub async fn open(pools: Pools, keys_dir: &Path) -> Result<HostLog, BrokerError> {
+        let actor = host_actor()?;
+        let log = OperationLog::open_with(
+            pools,
+            keys_dir,
+            OplogOptions {
+                checkpoint_interval: std::time::Duration::ZERO,
+            },
+        )
+        .await?;
+        Ok(HostLog { log, actor })
+    }
+
+    /// `host:<login name>`.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Logs what a host command did and how it ended, seals it, and hands
+    /// the command's outcome back. When the change was made but the entry
+    /// could not be stored, that is the error. A target or detail that
+    /// fails validation is left out rather than losing the entry.
+    pub async fn outcome<T>(
+        &self,
+        action: OpAction,
+        org: Option<&OrgId>,
+        target: Option<String>,
+        detail: Option<String>,
+        outcome: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let full = OpEntry {
+            org: org.cloned(),
+            target,
+            detail,
+            ..OpEntry::new(self.actor.clone(), action, OpResult::of(&outcome))
+        };
+        let entry = match full.clone().validate() {
+            Ok(entry) => entry,
+            Err(_) => OpEntry {
+                target: None,
+                detail: None,
+                ..full
+            },
+        };
+        let logged = match self.log.append(entry).await {
+            Ok(_) => self.log.checkpoint().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = logged {
+            let done = match &outcome {
+                Ok(_) => "the change was made".to_string(),
+                Err(refused) => format!("the command was refused ({})", refused.code().as_str()),
+            };
+            return Err(BrokerError::refused(
+                e.code(),
+                format!("{done}, but its operation-log entry could not be written: {e}"),
+            ));
+        }
+        outcome
+    }
+
+    /// [`HostLog::outcome`] for an action on an org: the org is both the
+    /// entry's org and its target.
+    pub async fn org_outcome<T>(
+        &self,
+        action: OpAction,
+        org: &OrgId,
+        detail: Option<String>,
+        outcome: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        self.outcome(action, Some(org), Some(org.to_string()), detail, outcome)
+            .await
+    }
+}

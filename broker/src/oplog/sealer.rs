@@ -1,0 +1,165 @@
+//! The sealer's key (the provision records' own, [`SEALER_KEY_FILE`]) and
+//! its memory outside the database: the state file holding the last head
+//! it signed, so a checkpoint deleted from the database together with the
+//! entries after it is still noticed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+use kakehashi_interfaces::audit::TrustedKeys;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::chain::SignedHead;
+use crate::error::BrokerError;
+use crate::records::SEALER_KEY_FILE;
+
+/// File in the key directory holding the last operation-log head this
+/// host's sealer signed (JSON, mode 0600, replaced atomically).
+pub const STATE_FILE: &str = "oplog-sealer.state";
+
+fn key_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Config(format!("sealer key {SEALER_KEY_FILE}: {e}"))
+}
+
+/// Loads the sealer key, creating the key directory (0700) and the key
+/// (0600) when neither the broker nor a host command has yet.
+pub(crate) fn load_or_create(key_dir: &Path) -> Result<SigningKey, BrokerError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if !key_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(key_dir)
+            .map_err(|e| BrokerError::io(format!("create {}", key_dir.display()), e))?;
+    }
+    let path = key_dir.join(SEALER_KEY_FILE);
+    if !path.exists() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let pem = key
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(key_error)?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut file) => file
+                .write_all(pem.as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| BrokerError::io(format!("write {}", path.display()), e))?,
+            // The provision records created it meanwhile: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(BrokerError::io(format!("create {}", path.display()), e)),
+        }
+    }
+    // A key another process is writing this instant reads short; it is
+    // complete after its single write and fsync.
+    let mut last = None;
+    for _ in 0..5 {
+        let pem = Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))?,
+        );
+        match SigningKey::from_pkcs8_pem(&pem) {
+            Ok(key) => return Ok(key),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(key_error(last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// The keys a verifier trusts: every sealer key in the key directory
+/// ([`crate::records::trusted_keys`]) and `own`. Keys in the database are
+/// never trusted.
+pub(crate) fn trusted(
+    key_dir: &Path,
+    own: Option<&SigningKey>,
+) -> Result<TrustedKeys, BrokerError> {
+    let mut keys = crate::records::trusted_keys(key_dir)?;
+    if let Some(key) = own {
+        keys.add(key.verifying_key());
+    }
+    Ok(keys)
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    seq: u64,
+    head_hash: String,
+}
+
+fn state_path(key_dir: &Path) -> PathBuf {
+    key_dir.join(STATE_FILE)
+}
+
+/// The last head this host's sealer signed, if it ever signed one.
+pub(crate) fn read_state(key_dir: &Path) -> Result<Option<SignedHead>, BrokerError> {
+    let path = state_path(key_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BrokerError::io(format!("read {}", path.display()), e)),
+    };
+    let bad = |what: &str| {
+        BrokerError::Config(format!(
+            "operation-log sealer state {} is unreadable ({what}); it is never rewritten by hand",
+            path.display()
+        ))
+    };
+    let state: StateFile = serde_json::from_str(&text).map_err(|_| bad("not its JSON"))?;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&state.head_hash, &mut hash).map_err(|_| bad("hash"))?;
+    Ok(Some(SignedHead {
+        seq: state.seq,
+        hash,
+    }))
+}
+
+/// Remembers `head` as signed: written to a temporary file, fsynced and
+/// renamed over the state file, so a crash leaves the old state or the
+/// new one. Never moves the state backwards.
+pub(crate) fn write_state(key_dir: &Path, head: SignedHead) -> Result<(), BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Logs of one process sharing a key directory take turns; between
+    // processes a race can only leave an older head, which is stored too.
+    static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_WRITER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if read_state(key_dir)?.is_some_and(|s| s.seq >= head.seq) {
+        return Ok(());
+    }
+    let path = state_path(key_dir);
+    let tmp = key_dir.join(format!(
+        "{STATE_FILE}.{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let text = serde_json::to_string(&StateFile {
+        seq: head.seq,
+        head_hash: hex::encode(head.hash),
+    })
+    .map_err(|e| BrokerError::Config(e.to_string()))?;
+    let io = |what: &str, p: &Path, e| BrokerError::io(format!("{what} {}", p.display()), e);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("create", &tmp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+    std::fs::File::open(key_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io("sync", key_dir, e))?;
+    Ok(())
+}

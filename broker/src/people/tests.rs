@@ -1,0 +1,739 @@
+//! The people service on a real database (a SQLite file; PostgreSQL too
+//! when `KAKEHASHI_TEST_PG_URL` is set), with time read from a clock the
+//! test moves. No test prints a password, code or secret: comparisons of
+//! secrets use `assert!` without the values.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kakehashi_interfaces::people::{Password, TotpCode, UserId};
+use kakehashi_interfaces::{ErrorCode, OrgId, OrgKind};
+use tempfile::TempDir;
+use time::macros::datetime;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::keys::Keyring;
+use crate::store::{NewOrg, Store};
+
+struct Env {
+    _dir: TempDir,
+    _store: Arc<dyn Store>,
+    people: People,
+    keys: Keyring,
+    clock: Arc<Mutex<OffsetDateTime>>,
+}
+
+impl Env {
+    fn advance(&self, by: Duration) {
+        let mut now = self.clock.lock().unwrap();
+        *now += by;
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        *self.clock.lock().unwrap()
+    }
+}
+
+const START: OffsetDateTime = datetime!(2026-04-01 09:00:00 UTC);
+
+async fn env_on(store: Arc<dyn Store>, dir: TempDir) -> Env {
+    for org in ["city-a", "union-x"] {
+        store
+            .add_org(&NewOrg {
+                id: OrgId::new(org).unwrap(),
+                kind: OrgKind::Municipality,
+                name: org.into(),
+                cert_fingerprint: None,
+            })
+            .await
+            .unwrap();
+    }
+    let keys = Keyring::open(&dir.path().join("keys"), store.pools())
+        .await
+        .unwrap();
+    let clock = Arc::new(Mutex::new(START));
+    let read = clock.clone();
+    let people = People::new(store.pools(), PeopleConfig::default())
+        .unwrap()
+        .with_clock(move || *read.lock().unwrap());
+    Env {
+        _dir: dir,
+        _store: store,
+        people,
+        keys,
+        clock,
+    }
+}
+
+async fn sqlite_env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::SqliteStore::open(&dir.path().join("people.db"))
+        .await
+        .unwrap();
+    env_on(Arc::new(store), dir).await
+}
+
+/// A fresh PostgreSQL database, when the suite is given a server.
+async fn pg_env() -> Option<Env> {
+    use sqlx::Connection;
+    let base = std::env::var("KAKEHASHI_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!("kk_test_people_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base.as_str(), None),
+    };
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let host = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    let url = match query {
+        Some(q) => format!("{host}/{name}?{q}"),
+        None => format!("{host}/{name}"),
+    };
+    let store = crate::store::PgStore::open(&url, 4).await.unwrap();
+    Some(env_on(Arc::new(store), tempfile::tempdir().unwrap()).await)
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn pw(s: &str) -> Password {
+    Password::new(s).unwrap()
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn operator(id: &str) -> NewUser {
+    NewUser {
+        user_id: uid(id),
+        org: OrgId::new("city-a").unwrap(),
+        roles: [Role::Operator].into_iter().collect(),
+        number_privilege: false,
+    }
+}
+
+/// The TOTP secret an authenticator app would read from the enrolment URI.
+fn secret_from_uri(uri: &str) -> totp::TotpSecret {
+    let encoded = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .unwrap();
+    let bytes = totp_rs::Secret::Encoded(encoded.to_string())
+        .to_bytes()
+        .unwrap();
+    totp::TotpSecret::from_bytes(Zeroizing::new(bytes)).unwrap()
+}
+
+fn code_at(secret: &totp::TotpSecret, at: OffsetDateTime) -> TotpCode {
+    TotpCode::new(secret.code_at(at.unix_timestamp() as u64).unwrap()).unwrap()
+}
+
+/// Adds `id`, changes the temporary password to `password` and enrols
+/// TOTP; returns the secret and the full session's token.
+async fn enrolled(env: &Env, id: &str, password: &str) -> (totp::TotpSecret, SessionToken) {
+    let temporary = env.people.add_user(operator(id)).await.unwrap();
+    let login = env
+        .people
+        .login(&uid(id), &pw(temporary.expose()), ip("192.0.2.10"))
+        .await
+        .unwrap();
+    let token = login.token;
+    env.people
+        .change_password(token.expose(), &pw(temporary.expose()), &pw(password), None)
+        .await
+        .unwrap();
+    let enrolment = env
+        .people
+        .begin_enrolment(&env.keys, token.expose())
+        .await
+        .unwrap();
+    let secret = secret_from_uri(&enrolment.otpauth_uri);
+    let view = env
+        .people
+        .confirm_totp(
+            &env.keys,
+            token.expose(),
+            &code_at(&secret, env.now()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.stage, Stage::Full);
+    (secret, token)
+}
+
+async fn whole_login_flow(env: Env) {
+    let people = &env.people;
+    let temporary = people.add_user(operator("taro.yamada")).await.unwrap();
+    assert!(matches!(
+        people.add_user(operator("taro.yamada")).await,
+        Err(PeopleError::UserExists(_))
+    ));
+
+    // First login: the temporary password must be changed first.
+    let login = people
+        .login(
+            &uid("taro.yamada"),
+            &pw(temporary.expose()),
+            ip("192.0.2.10"),
+        )
+        .await
+        .unwrap();
+    let token = login.token.expose().to_owned();
+    assert_eq!(login.session.stage, Stage::PasswordChange);
+    assert_eq!(login.session.last_login, None);
+    assert!(login
+        .session
+        .csrf_matches(&login.session.answer().csrf_token));
+    let view = people.authenticate(&token).await.unwrap();
+    assert_eq!(view.stage, Stage::PasswordChange);
+    assert!(matches!(
+        view.require_full(),
+        Err(PeopleError::StageNotAllowed { .. })
+    ));
+    assert!(matches!(
+        people.begin_enrolment(&env.keys, &token).await,
+        Err(PeopleError::StageNotAllowed {
+            stage: Stage::PasswordChange
+        })
+    ));
+
+    // The rule, then reuse of the temporary password, then a good one.
+    let err = people
+        .change_password(&token, &pw(temporary.expose()), &pw("short"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        PeopleError::WeakPassword(WeakPassword::TooShort)
+    ));
+    assert_eq!(err.code(), ErrorCode::InvalidInput);
+    assert!(matches!(
+        people
+            .change_password(
+                &token,
+                &pw(temporary.expose()),
+                &pw(temporary.expose()),
+                None
+            )
+            .await,
+        Err(PeopleError::PasswordReused)
+    ));
+    assert!(matches!(
+        people
+            .change_password(
+                &token,
+                &pw("not the password"),
+                &pw("kawaguchi 2026 spring"),
+                None
+            )
+            .await,
+        Err(PeopleError::WrongCredentials)
+    ));
+    let view = people
+        .change_password(
+            &token,
+            &pw(temporary.expose()),
+            &pw("kawaguchi 2026 spring"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.stage, Stage::TotpEnrolment);
+
+    // Enrolment: a code before it began is refused, then URI and QR code.
+    let code = TotpCode::new("123456").unwrap();
+    assert!(matches!(
+        people.confirm_totp(&env.keys, &token, &code, None).await,
+        Err(PeopleError::EnrolmentNotStarted)
+    ));
+    let enrolment = people.begin_enrolment(&env.keys, &token).await.unwrap();
+    assert!(enrolment
+        .otpauth_uri
+        .starts_with("otpauth://totp/Kakehashi:taro.yamada?secret="));
+    assert!(enrolment.otpauth_uri.contains("&issuer=Kakehashi"));
+    assert!(enrolment.qr_svg.contains("<svg"));
+    let secret = secret_from_uri(&enrolment.otpauth_uri);
+    let first_code = code_at(&secret, env.now());
+    let view = people
+        .confirm_totp(&env.keys, &token, &first_code, ip("192.0.2.10"))
+        .await
+        .unwrap();
+    assert_eq!(view.stage, Stage::Full);
+    assert!(view.require_full().is_ok());
+    assert_eq!(
+        people.authenticate(&token).await.unwrap().stage,
+        Stage::Full
+    );
+    assert!(matches!(
+        people.begin_enrolment(&env.keys, &token).await,
+        Err(PeopleError::StageNotAllowed { stage: Stage::Full })
+    ));
+    // The secret is stored encrypted, not in clear or base32.
+    let stored = store::user(&env.people.pools, "taro.yamada")
+        .await
+        .unwrap()
+        .unwrap();
+    let cipher = stored.totp_cipher.unwrap();
+    assert!(!cipher
+        .windows(secret.as_bytes().len())
+        .any(|w| w == secret.as_bytes()));
+    assert!(!stored.password_hash.contains("kawaguchi"));
+
+    people.logout(&token).await.unwrap();
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+
+    // A later login: password, then a code. The first login is shown.
+    env.advance(Duration::from_secs(5));
+    let login = people
+        .login(
+            &uid("taro.yamada"),
+            &pw("kawaguchi 2026 spring"),
+            ip("198.51.100.7"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(login.session.stage, Stage::Totp);
+    let shown = login.session.last_login.clone().unwrap();
+    assert_eq!(shown.at, START);
+    assert_eq!(shown.from, ip("192.0.2.10"));
+    let token = login.token.expose().to_owned();
+    // The code already used is refused (replay), and counts as a failure.
+    let err = people
+        .confirm_totp(&env.keys, &token, &first_code, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PeopleError::CodeReused));
+    assert_eq!(err.code(), ErrorCode::Unauthenticated);
+    let view = people
+        .confirm_totp(
+            &env.keys,
+            &token,
+            &code_at(&secret, env.now() + Duration::from_secs(30)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.stage, Stage::Full);
+    // The view shows the logins before this session; the user's record
+    // now has this login (from where the session began) and the replay as
+    // the last failure.
+    assert_eq!(view.last_login.unwrap().from, ip("192.0.2.10"));
+    let listed = people.user(&uid("taro.yamada")).await.unwrap();
+    assert_eq!(listed.last_login.unwrap().from, ip("198.51.100.7"));
+    assert!(listed.last_failed_login.is_some());
+    assert!(listed.totp_enrolled && !listed.temporary_password);
+
+    // Changing the password at full ends the other sessions.
+    let other = people
+        .login(&uid("taro.yamada"), &pw("kawaguchi 2026 spring"), None)
+        .await
+        .unwrap();
+    people
+        .change_password(
+            &token,
+            &pw("kawaguchi 2026 spring"),
+            &pw("kawaguchi 2026 summer"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(people.authenticate(&token).await.is_ok());
+    assert!(matches!(
+        people.authenticate(other.token.expose()).await,
+        Err(PeopleError::SessionExpired)
+    ));
+}
+
+async fn lockout_and_expiry(env: Env) {
+    let people = &env.people;
+    let temporary = people.add_user(operator("hanako")).await.unwrap();
+    let wrong = pw("not the password at all");
+    // Unknown users and wrong passwords get the same answer.
+    let unknown = people
+        .login(&uid("nobody"), &wrong, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, PeopleError::WrongCredentials));
+    for i in 1..=4 {
+        let err = people
+            .login(&uid("hanako"), &wrong, ip("203.0.113.9"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PeopleError::WrongCredentials), "failure {i}");
+        assert_eq!(err.public_message(), unknown.public_message());
+    }
+    let err = people
+        .login(&uid("hanako"), &wrong, ip("203.0.113.9"))
+        .await
+        .unwrap_err();
+    let until = START + Duration::from_secs(15 * 60);
+    assert!(matches!(err, PeopleError::Locked { until: u } if u == until));
+    assert_eq!(err.code(), ErrorCode::AccountLocked);
+    assert!(err.public_message().contains("2026-04-01T09:15:00Z"));
+    // Locked: even the right password is refused.
+    assert!(matches!(
+        people
+            .login(&uid("hanako"), &pw(temporary.expose()), None)
+            .await,
+        Err(PeopleError::Locked { .. })
+    ));
+    let listed = people.user(&uid("hanako")).await.unwrap();
+    assert_eq!(listed.locked_until, Some(until));
+    assert_eq!(listed.last_failed_login.unwrap().from, ip("203.0.113.9"));
+    // One second before the end it still holds; at the end it is over.
+    env.advance(Duration::from_secs(15 * 60 - 1));
+    assert!(matches!(
+        people
+            .login(&uid("hanako"), &pw(temporary.expose()), None)
+            .await,
+        Err(PeopleError::Locked { .. })
+    ));
+    env.advance(Duration::from_secs(1));
+    let login = people
+        .login(&uid("hanako"), &pw(temporary.expose()), None)
+        .await
+        .unwrap();
+    assert_eq!(login.session.stage, Stage::PasswordChange);
+    assert_eq!(
+        people.user(&uid("hanako")).await.unwrap().locked_until,
+        None
+    );
+
+    // Wrong TOTP codes count too, and the lock ends the half-done session.
+    let (secret, _) = enrolled(&env, "jiro", "jiro's long password").await;
+    let login = people
+        .login(&uid("jiro"), &pw("jiro's long password"), None)
+        .await
+        .unwrap();
+    let token = login.token.expose().to_owned();
+    let right = code_at(&secret, env.now() + Duration::from_secs(30));
+    let bad = TotpCode::new(if right.as_str() == "000000" {
+        "000001"
+    } else {
+        "000000"
+    })
+    .unwrap();
+    for _ in 0..4 {
+        assert!(matches!(
+            people.confirm_totp(&env.keys, &token, &bad, None).await,
+            Err(PeopleError::WrongCode)
+        ));
+    }
+    // A wrong password between codes counts as well (the fifth failure).
+    let err = people
+        .login(&uid("jiro"), &pw("jiro's wrong password"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PeopleError::Locked { .. }));
+    assert!(matches!(
+        people.confirm_totp(&env.keys, &token, &right, None).await,
+        Err(PeopleError::Locked { .. })
+    ));
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+
+    // A reset clears lock and TOTP; the new temporary password works at once.
+    let temporary = people.reset(&uid("jiro")).await.unwrap();
+    let view = people.user(&uid("jiro")).await.unwrap();
+    assert!(view.locked_until.is_none() && !view.totp_enrolled && view.temporary_password);
+    let login = people
+        .login(&uid("jiro"), &pw(temporary.expose()), None)
+        .await
+        .unwrap();
+    assert_eq!(login.session.stage, Stage::PasswordChange);
+    let view = people
+        .change_password(
+            login.token.expose(),
+            &pw(temporary.expose()),
+            &pw("jiro's second password"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.stage, Stage::TotpEnrolment);
+}
+
+async fn timeouts_and_disabling(env: Env) {
+    let people = &env.people;
+    let (_, token) = enrolled(&env, "saburo", "saburo's long password").await;
+    let token = token.expose().to_owned();
+    // Used every 14 minutes, the session lives on...
+    for _ in 0..3 {
+        env.advance(Duration::from_secs(14 * 60));
+        assert!(people.authenticate(&token).await.is_ok());
+    }
+    // ...15 idle minutes end it.
+    env.advance(Duration::from_secs(15 * 60));
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+    assert_eq!(
+        PeopleError::SessionExpired.code(),
+        ErrorCode::SessionRequired
+    );
+
+    // However busy, a session ends 8 hours after login.
+    // (A second session, never used, is left for the purge below.)
+    people
+        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .await
+        .unwrap();
+    let login = people
+        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .await
+        .unwrap();
+    let token = login.token.expose().to_owned();
+    let mut used = Duration::ZERO;
+    while used < Duration::from_secs(8 * 60 * 60 - 10 * 60) {
+        env.advance(Duration::from_secs(10 * 60));
+        used += Duration::from_secs(10 * 60);
+        assert!(people.authenticate(&token).await.is_ok(), "at {used:?}");
+    }
+    env.advance(Duration::from_secs(10 * 60));
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+    assert!(people.purge_expired_sessions().await.unwrap() >= 1);
+
+    // Disabling ends live sessions at once and refuses logins.
+    let login = people
+        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .await
+        .unwrap();
+    let token = login.token.expose().to_owned();
+    let view = people.disable(&uid("saburo")).await.unwrap();
+    assert!(view.disabled);
+    // The session is gone at once: the next request must log in again.
+    let err = people.authenticate(&token).await.unwrap_err();
+    assert!(matches!(err, PeopleError::SessionExpired));
+    let err = people
+        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PeopleError::Disabled));
+    assert_eq!(err.code(), ErrorCode::AccountLocked);
+    // A wrong password does not reveal that the account is disabled.
+    assert!(matches!(
+        people
+            .login(&uid("saburo"), &pw("saburo's wrong password"), None)
+            .await,
+        Err(PeopleError::WrongCredentials)
+    ));
+    people.enable(&uid("saburo")).await.unwrap();
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+    assert!(people
+        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .await
+        .is_ok());
+}
+
+async fn administration(env: Env) {
+    let people = &env.people;
+    let (_, token) = enrolled(&env, "admin.one", "admin one's password").await;
+    let token = token.expose().to_owned();
+    assert!(matches!(
+        people
+            .add_user(NewUser {
+                org: OrgId::new("city-zz").unwrap(),
+                ..operator("someone")
+            })
+            .await,
+        Err(PeopleError::UnknownOrg(_))
+    ));
+    assert!(matches!(
+        people
+            .add_user(NewUser {
+                roles: Default::default(),
+                ..operator("someone")
+            })
+            .await,
+        Err(PeopleError::InvalidInput(_))
+    ));
+    // Grants and revocations apply to a live session at once.
+    let view = people
+        .grant(&uid("admin.one"), Grant::Role(Role::Administrator))
+        .await
+        .unwrap();
+    assert!(view.roles.contains(&Role::Administrator));
+    people
+        .grant(&uid("admin.one"), Grant::NumberPrivilege)
+        .await
+        .unwrap();
+    // Granting twice changes nothing.
+    people
+        .grant(&uid("admin.one"), Grant::Role(Role::Administrator))
+        .await
+        .unwrap();
+    let session = people.authenticate(&token).await.unwrap();
+    assert!(session.privileges.has(Role::Administrator));
+    assert!(session.privileges.number_privilege);
+    people
+        .revoke(&uid("admin.one"), Grant::Role(Role::Operator))
+        .await
+        .unwrap();
+    people
+        .revoke(&uid("admin.one"), Grant::NumberPrivilege)
+        .await
+        .unwrap();
+    let session = people.authenticate(&token).await.unwrap();
+    assert_eq!(
+        session.privileges.roles.iter().copied().collect::<Vec<_>>(),
+        vec![Role::Administrator]
+    );
+    assert!(!session.privileges.number_privilege);
+    assert!(matches!(
+        people.grant(&uid("nobody"), Grant::NumberPrivilege).await,
+        Err(PeopleError::UnknownUser(_))
+    ));
+    assert!(matches!(
+        people.reset(&uid("nobody")).await,
+        Err(PeopleError::UnknownUser(_))
+    ));
+
+    // The list holds no hash or secret.
+    people.add_user(operator("b.user")).await.unwrap();
+    let list = people.list().await.unwrap();
+    assert_eq!(
+        list.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(),
+        vec!["admin.one", "b.user"]
+    );
+    let json = serde_json::to_string(&list).unwrap();
+    assert!(!json.contains("$argon2"));
+    assert!(!json.contains("hash") && !json.contains("totp_cipher"));
+    let table = cli::table(&list);
+    assert!(table.contains("admin.one") && table.contains("temporary"));
+    assert!(!table.contains("$argon2"));
+}
+
+#[tokio::test]
+async fn whole_login_flow_sqlite() {
+    whole_login_flow(sqlite_env().await).await;
+}
+
+#[tokio::test]
+async fn whole_login_flow_postgres() {
+    if let Some(env) = pg_env().await {
+        whole_login_flow(env).await;
+    }
+}
+
+#[tokio::test]
+async fn lockout_and_expiry_sqlite() {
+    lockout_and_expiry(sqlite_env().await).await;
+}
+
+#[tokio::test]
+async fn lockout_and_expiry_postgres() {
+    if let Some(env) = pg_env().await {
+        lockout_and_expiry(env).await;
+    }
+}
+
+#[tokio::test]
+async fn timeouts_and_disabling_sqlite() {
+    timeouts_and_disabling(sqlite_env().await).await;
+}
+
+#[tokio::test]
+async fn timeouts_and_disabling_postgres() {
+    if let Some(env) = pg_env().await {
+        timeouts_and_disabling(env).await;
+    }
+}
+
+#[tokio::test]
+async fn administration_sqlite() {
+    administration(sqlite_env().await).await;
+}
+
+#[tokio::test]
+async fn administration_postgres() {
+    if let Some(env) = pg_env().await {
+        administration(env).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_all_count() {
+    let env = sqlite_env().await;
+    env.people.add_user(operator("shiro")).await.unwrap();
+    let attempts = (0..5).map(|_| {
+        let people = env.people.clone();
+        tokio::spawn(async move {
+            people
+                .login(&uid("shiro"), &pw("a wrong password!"), None)
+                .await
+        })
+    });
+    for attempt in attempts.collect::<Vec<_>>() {
+        assert!(attempt.await.unwrap().is_err());
+    }
+    let view = env.people.user(&uid("shiro")).await.unwrap();
+    assert!(view.locked_until.is_some(), "5 concurrent failures lock");
+}
+
+#[test]
+fn config_refuses_disabled_protections() {
+    for bad in [
+        PeopleConfig {
+            lockout_failures: 0,
+            ..PeopleConfig::default()
+        },
+        PeopleConfig {
+            idle_timeout_secs: 0,
+            ..PeopleConfig::default()
+        },
+        PeopleConfig {
+            hash_workers: 0,
+            ..PeopleConfig::default()
+        },
+    ] {
+        assert!(bad.validate().is_err());
+    }
+    let parsed: PeopleConfig = toml::from_str("idle_timeout_secs = 2").unwrap();
+    assert_eq!(parsed.idle_timeout_secs, 2);
+    assert_eq!(parsed.lockout_failures, 5);
+    assert!(toml::from_str::<PeopleConfig>("idle = 2").is_err());
+}
+
+#[test]
+fn messages_are_bilingual_and_internal_details_stay_inside() {
+    let locked = PeopleError::Locked {
+        until: datetime!(2026-04-01 09:15:00 UTC),
+    };
+    let text = locked.public_message();
+    assert!(text.contains("ロック") && text.contains("locked until 2026-04-01T09:15:00Z"));
+    let corrupt = PeopleError::Corrupt("stored TOTP secret".into());
+    assert!(!corrupt.public_message().contains("TOTP"));
+    assert_eq!(corrupt.code(), ErrorCode::Internal);
+    assert_eq!(PeopleError::Busy.code(), ErrorCode::RateLimited);
+    let broker: crate::error::BrokerError = PeopleError::PasswordReused.into();
+    assert_eq!(broker.code(), ErrorCode::InvalidInput);
+}

@@ -1,0 +1,351 @@
+//! The console listener's people API as a person meets it: login with a
+//! temporary password, TOTP enrolment and replay, lockout, timeouts, CSRF,
+//! and the role × endpoint table walked whole (R19, R20).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use http::{Method, StatusCode};
+use kakehashi_broker::console::access::Access;
+use kakehashi_broker::console::endpoints::TABLE;
+use kakehashi_broker::people::Role;
+use kakehashi_tests::console::{add_person, expect_ok, totp_code, ConsoleClient};
+use kakehashi_tests::exchange::exchange_broker_with;
+use kakehashi_tests::{sql_count, Backend, BrokerOptions, TestBroker};
+use serde_json::json;
+
+async fn console_broker(adjust: impl FnOnce(&mut BrokerOptions)) -> Result<TestBroker> {
+    let broker = exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+        adjust(opts);
+    })
+    .await?;
+    broker.ok_or_else(|| anyhow::anyhow!("sqlite broker"))
+}
+
+fn filled(path: &str) -> String {
+    path.replace("{query_id}", "q_aaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .replace("{version}", "1")
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_every_role_it_does_not_list() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut sessions = Vec::new();
+    for (id, role) in [
+        ("table.op", Role::Operator),
+        ("table.aud", Role::Auditor),
+        ("table.adm", Role::Administrator),
+    ] {
+        let mut person = add_person(&broker, id, "city-saitama", &[role]).await?;
+        let mut console = ConsoleClient::connect(&broker).await?;
+        console.log_in(&mut person, 0).await?;
+        sessions.push((role, console));
+    }
+    let mut anonymous = ConsoleClient::connect(&broker).await?;
+    let mut checked = 0;
+    for route in TABLE {
+        let path = filled(route.path);
+        let body = (route.method == Method::POST).then(|| json!({}));
+        if route.caller != Access::Public {
+            let r = anonymous
+                .call(route.method.clone(), &path, body.clone())
+                .await?;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{} {path}",
+                route.method
+            );
+            assert_eq!(r.error_code().as_deref(), Some("session_required"));
+        }
+        let Access::Roles(allowed) = route.caller else {
+            continue;
+        };
+        for (role, console) in sessions.iter_mut() {
+            let r = console
+                .call(route.method.clone(), &path, body.clone())
+                .await?;
+            if allowed.contains(role) {
+                assert_ne!(r.status, StatusCode::FORBIDDEN, "{role:?} {path}");
+            } else {
+                assert_eq!(
+                    r.status,
+                    StatusCode::FORBIDDEN,
+                    "{role:?} {} {path}",
+                    route.method
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2 * 3, "the table has role-limited endpoints");
+    assert!(broker.refusals("role_not_allowed") >= checked);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_temporary_password_must_be_changed_before_anything_else() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let person = add_person(&broker, "temp.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    let first = console.password(&person.user_id, &person.password).await?;
+    expect_ok(&first)?;
+    assert_eq!(first.json()?["stage"], "password_change");
+    // Work is refused until the login is finished.
+    let r = console.call(Method::GET, "/api/approvals", None).await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A short password is refused with the rule named; the old one cannot be kept.
+    let short = console
+        .call(
+            Method::POST,
+            "/api/session/password",
+            Some(json!({"current_password": person.password, "new_password": "short"})),
+        )
+        .await?;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&short.body).to_string();
+    assert!(
+        text.contains("12") || text.contains("new_password"),
+        "{text}"
+    );
+    let same = console
+        .call(
+            Method::POST,
+            "/api/session/password",
+            Some(json!({"current_password": person.password, "new_password": person.password})),
+        )
+        .await?;
+    assert_eq!(same.status, StatusCode::BAD_REQUEST);
+    let changed = console
+        .call(
+            Method::POST,
+            "/api/session/password",
+            Some(json!({"current_password": person.password, "new_password": "川越の新しい合言葉-2026"})),
+        )
+        .await?;
+    expect_ok(&changed)?;
+    assert_eq!(changed.json()?["stage"], "totp_enrolment");
+    let enrol = console
+        .call(Method::POST, "/api/session/totp/enrolment", None)
+        .await?;
+    expect_ok(&enrol)?;
+    let answer = enrol.json()?;
+    assert!(answer["otpauth_uri"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("otpauth://totp/"));
+    assert!(answer["qr_svg"].as_str().unwrap_or("").contains("<svg"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_used_totp_code_is_refused_and_logged() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut person = add_person(&broker, "replay.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    console.log_in(&mut person, 0).await?;
+    // Log in again with the very code that confirmed the enrolment.
+    let used = totp_code(&person, 0)?;
+    let mut again = ConsoleClient::connect(&broker).await?;
+    let wrong = again
+        .password(&person.user_id, "まちがったパスワードです")
+        .await?;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    expect_ok(&again.password(&person.user_id, &person.password).await?)?;
+    let r = again
+        .call(
+            Method::POST,
+            "/api/session/totp",
+            Some(json!({"code": used})),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    let r = again.call(Method::GET, "/api/approvals", None).await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let pools = broker.broker.state().store.pools();
+    let failed = "SELECT COUNT(*) FROM operation_log WHERE actor = 'replay.op' AND action = 'totp_failed' AND result = 'refused'";
+    assert_eq!(sql_count(&pools, failed).await?, 1);
+    // The next code works.
+    let next = totp_code(&person, 1)?;
+    let r = again
+        .call(
+            Method::POST,
+            "/api/session/totp",
+            Some(json!({"code": next})),
+        )
+        .await?;
+    expect_ok(&r)?;
+    assert_eq!(r.json()?["stage"], "full");
+    // The last failed login is shown after login.
+    assert!(
+        r.json()?["last_failed_login"]["at"].is_string(),
+        "{:?}",
+        r.json()?
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_five_wrong_passwords_the_account_is_locked() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let person = add_person(&broker, "lock.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    for attempt in 1..=4 {
+        let r = console
+            .password(&person.user_id, "まちがったパスワードです")
+            .await?;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    // The fifth failure locks the account and says until when.
+    let r = console
+        .password(&person.user_id, "まちがったパスワードです")
+        .await?;
+    assert_eq!(r.status, StatusCode::LOCKED, "{:?}", r.body);
+    // Locked now: even the right password is refused.
+    let r = console.password(&person.user_id, &person.password).await?;
+    assert_eq!(r.status, StatusCode::LOCKED, "{:?}", r.body);
+    assert_eq!(r.error_code().as_deref(), Some("account_locked"));
+    let pools = broker.broker.state().store.pools();
+    let sql = |action: &str| {
+        format!(
+            "SELECT COUNT(*) FROM operation_log WHERE actor = 'lock.op' AND action = '{action}'"
+        )
+    };
+    assert_eq!(sql_count(&pools, &sql("login_failed")).await?, 4);
+    assert_eq!(sql_count(&pools, &sql("account_locked")).await?, 2);
+    // No operation-log row holds a password.
+    let leaks = "SELECT COUNT(*) FROM operation_log WHERE COALESCE(detail, '') LIKE '%パスワードです%' OR COALESCE(target, '') LIKE '%パスワードです%'";
+    assert_eq!(sql_count(&pools, leaks).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_session_ends_and_logout_ends_it_at_once() -> Result<()> {
+    let broker = console_broker(|opts| {
+        opts.people.idle_timeout_secs = 2;
+    })
+    .await?;
+    let mut person = add_person(&broker, "idle.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    console.log_in(&mut person, 0).await?;
+    expect_ok(&console.call(Method::GET, "/api/approvals", None).await?)?;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = console.call(Method::GET, "/api/approvals", None).await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let mut fresh = ConsoleClient::connect(&broker).await?;
+    fresh.log_in(&mut person, 1).await?;
+    let out = fresh.call(Method::DELETE, "/api/session", None).await?;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let r = fresh.call(Method::GET, "/api/session", None).await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_console_answers_with_headers_that_keep_pages_private() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    let r = console.call(Method::GET, "/api/keys", None).await?;
+    expect_ok(&r)?;
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(
+            r.headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert!(r.headers.get("strict-transport-security").is_some());
+    let keys = r.json()?;
+    let key_id = keys["record_keys"][0]["key_id"].as_str().unwrap_or("");
+    assert_eq!(key_id, broker.broker.state().records.sealer_key_id());
+    assert!(keys["verify_command"]
+        .as_str()
+        .unwrap_or("")
+        .contains(key_id));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flow_list_version_needs_a_second_administrator() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut first = add_person(
+        &broker,
+        "flow.adm1",
+        "union-saitama",
+        &[Role::Administrator],
+    )
+    .await?;
+    let mut second = add_person(
+        &broker,
+        "flow.adm2",
+        "union-saitama",
+        &[Role::Administrator],
+    )
+    .await?;
+    let mut a = ConsoleClient::connect(&broker).await?;
+    a.log_in(&mut first, 0).await?;
+    let mut b = ConsoleClient::connect(&broker).await?;
+    b.log_in(&mut second, 0).await?;
+
+    // The sample list with one more flow: the union asks agency-pension.
+    let text = format!(
+        "{}\n[[flow]]\nflow_id = \"F-0999\"\nprocedure = \"pension-check\"\nrequester = {{ kind = \"union\" }}\nprovider = {{ org = \"agency-pension\" }}\nitems = [\"pension.amount\"]\nsensitive_items = []\nlegal_basis = \"試験用\"\nvalid_from = \"2016-01-01\"\n",
+        kakehashi_broker::policy::SAMPLE_FLOW_LIST
+    );
+    let proposed = a
+        .call(
+            Method::POST,
+            "/api/flow-lists",
+            Some(json!({ "text": text })),
+        )
+        .await?;
+    expect_ok(&proposed)?;
+    let version = proposed.json()?["version"].as_u64().unwrap_or(0);
+    let before = broker.broker.state().flows().version;
+    assert!(version > before);
+
+    let shown = b
+        .call(Method::GET, &format!("/api/flow-lists/{version}"), None)
+        .await?;
+    expect_ok(&shown)?;
+    assert_eq!(shown.json()?["diff_from_in_force"][0]["flow_id"], "F-0999");
+
+    // The proposer cannot approve their own version; nothing changes.
+    let own = a
+        .call(
+            Method::POST,
+            &format!("/api/flow-lists/{version}/approve"),
+            None,
+        )
+        .await?;
+    assert_eq!(own.status, StatusCode::FORBIDDEN, "{:?}", own.body);
+    assert_eq!(broker.broker.state().flows().version, before);
+
+    let approved = b
+        .call(
+            Method::POST,
+            &format!("/api/flow-lists/{version}/approve"),
+            None,
+        )
+        .await?;
+    expect_ok(&approved)?;
+    assert_eq!(broker.broker.state().flows().version, version);
+
+    let pools = broker.broker.state().store.pools();
+    for (actor, action) in [
+        ("flow.adm1", "flow_list_proposed"),
+        ("flow.adm2", "flow_list_approved"),
+    ] {
+        let sql = format!(
+            "SELECT COUNT(*) FROM operation_log WHERE actor = '{actor}' AND action = '{action}' AND result = 'success'"
+        );
+        assert_eq!(sql_count(&pools, &sql).await?, 1, "{action}");
+    }
+    Ok(())
+}
