@@ -94,6 +94,10 @@ pub struct ApprovalsArgs {
     /// every run registers new persons).
     #[arg(long)]
     seed: Option<u64>,
+    /// Before approving, wait up to this many seconds for the machine to be
+    /// quiet (other builds distort the numbers).
+    #[arg(long, default_value_t = 0)]
+    wait_quiet: u64,
     /// Server pid for its CPU and RSS (default: the process listening on --url's port).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -232,26 +236,26 @@ pub async fn run(args: ApprovalsArgs) -> Result<()> {
 
     // The operator first: wrong credentials fail the run before any setup.
     let mut operator = operator(&args)?;
-    let mut login_conn = ConsoleConn::connect(&console_target, &console_tls, None).await?;
-    let (mut session, changed) = console::log_in(&mut login_conn, &mut operator)
+    let (mut session, changed) = console::log_in(&console_target, &console_tls, &mut operator)
         .await
         .with_context(|| format!("log {} in", operator.user_id))?;
-    drop(login_conn);
-    if changed {
-        match &args.operator_state {
-            Some(path) => {
-                operator.save(path)?;
+    match &args.operator_state {
+        // Saved after every login: the TOTP step used must not be used again.
+        Some(path) => {
+            operator.save(path)?;
+            if changed {
                 eprintln!(
                     "operator {}: password changed and TOTP enrolled; kept in {} for later runs",
                     operator.user_id,
                     path.display()
                 );
             }
-            None => eprintln!(
-                "operator {}: password changed and TOTP enrolled (not kept: no --operator-state)",
-                operator.user_id
-            ),
         }
+        None if changed => eprintln!(
+            "operator {}: password changed and TOTP enrolled (not kept: no --operator-state)",
+            operator.user_id
+        ),
+        None => {}
     }
 
     let started = std::time::Instant::now();
@@ -290,6 +294,8 @@ pub async fn run(args: ApprovalsArgs) -> Result<()> {
         target: target.clone(),
         tls,
     });
+    // Quiet first, then the requests that wait (they wait at most 60 s).
+    crate::login_flood::wait_quiet(args.wait_quiet).await;
     let (waiters, connections) = start_waiting(&shared, args.protocol, args.connections).await?;
     settle(&shared).await?;
     eprintln!(
@@ -402,6 +408,7 @@ fn operator(args: &ApprovalsArgs) -> Result<Operator> {
             user_id,
             password,
             totp_secret: None,
+            last_totp_step: 0,
         });
     }
     if let Some(user_id) = &args.operator {
@@ -411,6 +418,7 @@ fn operator(args: &ApprovalsArgs) -> Result<Operator> {
             user_id: user_id.clone(),
             password,
             totp_secret: None,
+            last_totp_step: 0,
         });
     }
     bail!("no operator: give --operator-state (an existing file), --broker-config, or --operator")

@@ -213,6 +213,10 @@ pub struct Operator {
     /// The enrolled TOTP secret, base32 as in the otpauth URI.
     #[serde(default)]
     pub totp_secret: Option<String>,
+    /// The last TOTP step used: the broker accepts each step once, so the
+    /// next login waits for a later one.
+    #[serde(default)]
+    pub last_totp_step: u64,
 }
 
 impl Operator {
@@ -241,7 +245,7 @@ impl Operator {
         std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
     }
 
-    fn totp_code(&self, steps_ahead: u64) -> Result<String> {
+    fn totp_code(&self, step: u64) -> Result<String> {
         let encoded = self
             .totp_secret
             .clone()
@@ -250,11 +254,29 @@ impl Operator {
             .to_bytes()
             .map_err(|e| anyhow!("the TOTP secret is not base32: {e:?}"))?;
         let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, secret);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        Ok(totp.generate(now + 30 * steps_ahead))
+        Ok(totp.generate(step * TOTP_STEP_SECS))
     }
+}
+
+/// RFC 6238 time step.
+const TOTP_STEP_SECS: u64 = 30;
+
+fn unix_now() -> Result<std::time::Duration> {
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?)
+}
+
+/// The first step after `last` the broker accepts now (it accepts one step
+/// either side of the current one), waiting for it when it is further ahead.
+async fn usable_step(last: u64) -> Result<u64> {
+    let now = unix_now()?;
+    let current = now.as_secs() / TOTP_STEP_SECS;
+    let step = current.max(last + 1);
+    if step > current + 1 {
+        // Sleep until `step - 1` is the current step.
+        let at = std::time::Duration::from_secs((step - 1) * TOTP_STEP_SECS);
+        tokio::time::sleep(at.saturating_sub(now)).await;
+    }
+    Ok(step)
 }
 
 /// A new password of 37 characters (policy: at least 12, not one of the last five).
@@ -282,9 +304,18 @@ fn stage(reply: &ConsoleReply, step: &str) -> Result<String> {
 /// Logs `operator` in: password; the first time also a new password and
 /// TOTP enrolment (`operator` then holds the new password and secret, and
 /// the returned flag is true); then a TOTP code. A code's step is accepted
-/// once, so when the current step was used (a run a moment ago) the next
-/// one is tried, which the broker's ±1-step window accepts.
-pub async fn log_in(conn: &mut ConsoleConn, operator: &mut Operator) -> Result<(Session, bool)> {
+/// once: the code is of the first step after the last one used, waiting for
+/// it when needed (two runs within one step).
+pub async fn log_in(
+    target: &Target,
+    tls: &TlsConnector,
+    operator: &mut Operator,
+) -> Result<(Session, bool)> {
+    // A refused code counts towards the lockout: one attempt, with a step
+    // the broker has not seen used. Waited for first: the broker closes a
+    // connection left idle between two requests.
+    let step = usable_step(operator.last_totp_step).await?;
+    let conn = &mut ConsoleConn::connect(target, tls, None).await?;
     let mut session = Session::default();
     let mut changed = false;
     let first = conn
@@ -333,23 +364,20 @@ pub async fn log_in(conn: &mut ConsoleConn, operator: &mut Operator) -> Result<(
     if next != "totp" {
         bail!("login: unexpected stage {next:?}");
     }
-    let mut last = String::new();
-    for steps_ahead in 0..2 {
-        let code = operator.totp_code(steps_ahead)?;
-        let reply = conn
-            .call(
-                Method::POST,
-                "/api/session/totp",
-                Some(&json!({"code": code})),
-                Some(&mut session),
-            )
-            .await?;
-        if reply.status == StatusCode::OK {
-            return Ok((session, changed));
-        }
-        last = reply.describe();
+    let code = operator.totp_code(step)?;
+    let reply = conn
+        .call(
+            Method::POST,
+            "/api/session/totp",
+            Some(&json!({"code": code})),
+            Some(&mut session),
+        )
+        .await?;
+    if reply.status != StatusCode::OK {
+        bail!("TOTP code refused: {}", reply.describe());
     }
-    bail!("TOTP code refused: {last}")
+    operator.last_totp_step = step;
+    Ok((session, changed))
 }
 
 /// Where the console is and how to trust it.

@@ -106,7 +106,10 @@ impl Fixture {
             procedure: id(ProcedureCode::new("premium-calculation"))?,
             items: vec![item],
             requester_person_code: id(PersonCode::new(requester_code))?,
-            provider_person_code: id(PersonCode::new(provider_code))?,
+            provider_person_commitment: kakehashi_interfaces::permit::provider_person_commitment(
+                &[7; kakehashi_interfaces::permit::PROVIDER_PERSON_SALT_LEN],
+                provider_code,
+            ),
             reply_key_sha256: reply.public().sha256_hex(),
             issued_at: now,
             expires_at: now + time::Duration::hours(1),

@@ -84,6 +84,10 @@ pub struct LoginFloodArgs {
     /// Reply key pairs generated before the run and used in turn.
     #[arg(long, default_value_t = 1024)]
     key_pool: usize,
+    /// Before each window, wait up to this many seconds for the machine to
+    /// be quiet (other builds distort the numbers; "oth CPU" shows them).
+    #[arg(long, default_value_t = 0)]
+    wait_quiet: u64,
     /// Server pid (default: the process listening on --url's port).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -242,6 +246,16 @@ pub async fn run(args: LoginFloodArgs) -> Result<()> {
             if report.throughput <= 0.0 {
                 bail!("no query succeeded at full rate");
             }
+            // Refusals mean the broker's rate limits set the pace, not its
+            // capacity: half of that is not the half rate the target means.
+            if report.errors > report.ok / 100 {
+                bail!(
+                    "{} of the full-rate queries were refused (e.g. {:?}): serve the broker with \
+                     [limits] lifted (benches/README.md), or give --half-rate",
+                    report.errors,
+                    report.error_samples.first()
+                );
+            }
             let half = report.throughput / 2.0;
             (Some(report), half)
         }
@@ -256,6 +270,7 @@ pub async fn run(args: LoginFloodArgs) -> Result<()> {
                 "== round {round}: half rate {half_rate:.0}/s {} the login flood",
                 if flood_on { "with" } else { "without" }
             );
+            wait_quiet(args.wait_quiet).await;
             let flood = if flood_on {
                 Some(Flood::start(
                     &console_target,
@@ -335,6 +350,17 @@ pub async fn run(args: LoginFloodArgs) -> Result<()> {
         crate::write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// Waits up to `secs` for the machine to be quiet, saying so when it is not.
+pub async fn wait_quiet(secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    let busy = rss::wait_quiet(Duration::from_secs(secs)).await;
+    if busy >= 0.25 {
+        eprintln!("note: the machine is busy ({busy:.2} cores used by others); measuring anyway");
+    }
 }
 
 fn histogram() -> Result<Histogram<u64>> {

@@ -17,7 +17,7 @@ use kakehashi_interfaces::{ErrorCode, OrgId, RejectionReason};
 use time::OffsetDateTime;
 
 use crate::error::BrokerError;
-use crate::exchange::pipeline::{pending_context, PendingAnswer};
+use crate::exchange::pipeline::{pending_context, provider_person_salt, PendingAnswer};
 use crate::records::{Outcome, RecordDraft};
 use crate::results::{self, PendingRow, StoredDecision};
 use crate::state::AppState;
@@ -144,8 +144,28 @@ pub async fn decide(
     let permit: SignedPermit = serde_json::from_str(&row.permit).map_err(|_| corrupt("permit"))?;
     // Open (and seal) before claiming, so a payload that does not open
     // leaves the query pending for another look rather than stuck.
+    let pending = open_pending(state, &row)?;
+    // The permit commits to the provider's code without naming it (R4); the
+    // code the record names is the pending answer's, and it must be the one
+    // the permit was issued for.
+    let salt = provider_person_salt(&state.keys, &permit.claims.permit_id)?;
+    if !permit
+        .claims
+        .binds_provider_person(&salt, pending.provider_person_code.as_str())
+    {
+        return Err(corrupt("provider person"));
+    }
+    let provider_person_code = pending.provider_person_code.to_string();
+    // Separation of duties (R11): where one org both asks and provides, the
+    // person who asked does not approve.
+    if permit.claims.requester == *provider && requested_by_operator(&pending, operator) {
+        return Err(BrokerError::refused(
+            ErrorCode::Forbidden,
+            "照会した本人は承認・却下できません / the person who asked cannot decide their own query",
+        ));
+    }
     let sealed = match &decision {
-        Decision::Approve => Some(seal(state, &row, &permit)?),
+        Decision::Approve => Some(seal(pending, &permit)?),
         Decision::Reject(_) => None,
     };
     if !results::claim(&pools, query_id, provider).await? {
@@ -169,7 +189,7 @@ pub async fn decide(
     draft.provider = Some(claims.provider.clone());
     draft.items = claims.items.iter().map(|i| i.to_string()).collect();
     draft.requester_person_code = Some(claims.requester_person_code.to_string());
-    draft.provider_person_code = Some(claims.provider_person_code.to_string());
+    draft.provider_person_code = Some(provider_person_code);
     draft.approver = Some(operator.to_string());
     let record_seq = match state.records.append(draft).await {
         Ok(seq) => seq,
@@ -207,6 +227,14 @@ pub async fn decide(
     })
 }
 
+/// Whether `operator` is the person the terminal named as asking.
+fn requested_by_operator(pending: &PendingAnswer, operator: &str) -> bool {
+    pending
+        .requested_by
+        .as_ref()
+        .is_some_and(|asked| asked.as_str().eq_ignore_ascii_case(operator))
+}
+
 fn decision_name(decision: &Decision) -> &'static str {
     match decision {
         Decision::Approve => "approved",
@@ -216,8 +244,7 @@ fn decision_name(decision: &Decision) -> &'static str {
 
 /// Seals the pending values to the requester's reply key, as an automatic
 /// answer is sealed.
-fn seal(state: &AppState, row: &PendingRow, permit: &SignedPermit) -> Result<String, BrokerError> {
-    let pending = open_pending(state, row)?;
+fn seal(pending: PendingAnswer, permit: &SignedPermit) -> Result<String, BrokerError> {
     let claims = &permit.claims;
     let context = EnvelopeContext {
         query_id: claims.query_id.clone(),

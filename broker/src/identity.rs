@@ -1,11 +1,30 @@
-//! Persons and per-organisation codes (符号, R3–R4).
+//! Persons and per-organisation codes (符号, R2–R5).
 //!
-//! The union registers insured persons with the basic four facts and the
-//! Individual Number; the broker assigns an insured branch number unique per
-//! insurer and a random code per org. Other orgs link their own records by the
-//! Individual Number once and get their own code. Codes are random, so two
-//! orgs' codes for one person cannot be linked by either org; the Individual
-//! Number is stored only encrypted, found through a keyed hash.
+//! Persons are kept per insurer (医療保険者等ごとに区分管理): a union
+//! registers its insured persons with the basic four facts and the
+//! Individual Number, and gets a person of its own per number — with its own
+//! facts, eligibility, insured branch number (unique within the insurer) and
+//! code. A second insurer registering the same number neither finds nor
+//! changes the first one's person.
+//!
+//! Other orgs (municipalities, agencies) *link* their own records by the
+//! Individual Number and get their own code for the number. A linking org's
+//! code names the number, not one insurer's person: a query names its
+//! provider, and the broker maps the requester's code to the provider's code
+//! for the same number — the provider's own person if the provider is an
+//! insurer, its link if not. So a municipality asking union A about a number
+//! that unions A and B both registered reaches union A's person, and each
+//! union asking the municipality reaches the municipality's one record.
+//!
+//! Linking answers alike whether or not any insurer registered the number
+//! (R5, no oracle): a valid number always gets the org's code. A link is in
+//! force, though, only while some insurer has registered the number; until
+//! then queries about it answer as about a person the provider holds nothing
+//! about (`no_copy`).
+//!
+//! Codes are random, so two orgs' codes for one person cannot be linked by
+//! either org; the Individual Number is stored only encrypted, found through
+//! a keyed hash that every code also carries (so the mapping is one join).
 
 use kakehashi_interfaces::OrgId;
 
@@ -72,11 +91,15 @@ pub async fn register_batch(
         let mut tx = pool.begin().await?;
         let mut outcomes = Vec::with_capacity(prepared.len());
         for (input, number_hash, facts_hash) in &prepared {
-            let existing: Option<(String, String)> =
-                sqlx::query_as("SELECT id, branch_number FROM persons WHERE number_hash = $1")
-                    .bind(number_hash)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            // The insurer's own person: another insurer's person with the
+            // same number is another partition's, never found here.
+            let existing: Option<(String, String)> = sqlx::query_as(
+                "SELECT id, branch_number FROM persons WHERE insurer = $1 AND number_hash = $2",
+            )
+            .bind(insurer.as_str())
+            .bind(number_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
             let (person_id, branch_number, created) = match existing {
                 Some((id, branch)) => {
                     // Same number: the facts may have changed (e.g. a move),
@@ -149,7 +172,7 @@ pub async fn register_batch(
             .bind(&now)
             .execute(&mut *tx)
             .await?;
-            let code = ensure_code_tx!(&mut *tx, insurer, &person_id, &now);
+            let code = insurer_code_tx!(&mut *tx, insurer, &person_id, number_hash, &now);
             outcomes.push(Registered::Applied {
                 code,
                 branch_number,
@@ -162,40 +185,66 @@ pub async fn register_batch(
     Ok(outcomes)
 }
 
-/// The org's code for a person, created on first use (inside a transaction).
-macro_rules! ensure_code_tx {
-    ($tx:expr, $org:expr, $person:expr, $now:expr) => {{
-        let found: Option<(String,)> = sqlx::query_as("SELECT code FROM person_codes WHERE org_id = $1 AND person_id = $2")
-            .bind($org.as_str())
-            .bind($person)
-            .fetch_optional($tx)
-            .await?;
+/// The insurer's code for its own person, created on first use (inside a
+/// transaction). A code the insurer already holds for the number without a
+/// person (a link made before persons were kept per insurer) becomes its
+/// person's, so the insurer keeps one code per number.
+macro_rules! insurer_code_tx {
+    ($tx:expr, $org:expr, $person:expr, $number_hash:expr, $now:expr) => {{
+        let found: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT code, person_id FROM person_codes WHERE org_id = $1 AND number_hash = $2",
+        )
+        .bind($org.as_str())
+        .bind($number_hash)
+        .fetch_optional($tx)
+        .await?;
         match found {
-            Some((code,)) => code,
-            None => {
-                let code = random_code();
-                sqlx::query("INSERT INTO person_codes (org_id, code, person_id, created_at) VALUES ($1, $2, $3, $4)")
+            Some((code, person)) => {
+                if person.as_deref() != Some($person.as_str()) {
+                    sqlx::query(
+                        "UPDATE person_codes SET person_id = $1 WHERE org_id = $2 AND code = $3",
+                    )
+                    .bind($person)
                     .bind($org.as_str())
                     .bind(&code)
-                    .bind($person)
-                    .bind($now)
                     .execute($tx)
                     .await?;
+                }
+                code
+            }
+            None => {
+                let code = random_code();
+                sqlx::query(
+                    "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind($org.as_str())
+                .bind(&code)
+                .bind($person)
+                .bind($number_hash)
+                .bind($now)
+                .execute($tx)
+                .await?;
                 code
             }
         }
     }};
 }
-use ensure_code_tx;
+use insurer_code_tx;
 
-/// Links an org's own records to registered persons by Individual Number, in
-/// one transaction; `None` for a number no insurer has registered.
+/// Links an org's own records to Individual Numbers, in one transaction:
+/// the org's code for each number, created on first use.
+///
+/// Every valid number gets a code, whether or not an insurer has registered
+/// it, so the answer tells the org nothing about other orgs' registrations
+/// (R5). The link is in force while some insurer has registered the number
+/// (see [`crate::lookups::find_all`]).
 pub async fn link_batch(
     pools: &Pools,
     keys: &Keyring,
     org: &OrgId,
     numbers: &[&str],
-) -> Result<Vec<Option<String>>, BrokerError> {
+) -> Result<Vec<String>, BrokerError> {
     let now = now_rfc3339();
     let hashes: Vec<Vec<u8>> = numbers
         .iter()
@@ -205,17 +254,34 @@ pub async fn link_batch(
         let mut tx = pool.begin().await?;
         let mut codes = Vec::with_capacity(hashes.len());
         for hash in &hashes {
-            let person: Option<(String,)> =
-                sqlx::query_as("SELECT id FROM persons WHERE number_hash = $1")
+            // Insert-or-keep in one statement: a concurrent link of the same
+            // number (PostgreSQL) waits for the other's commit, then keeps it.
+            let created: Option<(String,)> = sqlx::query_as(
+                "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at)
+                 VALUES ($1, $2, NULL, $3, $4)
+                 ON CONFLICT (org_id, number_hash) DO NOTHING
+                 RETURNING code",
+            )
+            .bind(org.as_str())
+            .bind(random_code())
+            .bind(hash)
+            .bind(&now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let code = match created {
+                Some((code,)) => code,
+                None => {
+                    let (code,): (String,) = sqlx::query_as(
+                        "SELECT code FROM person_codes WHERE org_id = $1 AND number_hash = $2",
+                    )
+                    .bind(org.as_str())
                     .bind(hash)
-                    .fetch_optional(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
-            match person {
-                Some((person_id,)) => {
-                    codes.push(Some(ensure_code_tx!(&mut *tx, org, &person_id, &now)))
+                    code
                 }
-                None => codes.push(None),
-            }
+            };
+            codes.push(code);
         }
         tx.commit().await?;
         codes
@@ -223,20 +289,35 @@ pub async fn link_batch(
     Ok(codes)
 }
 
-/// The person an org means by its code; `None` if the code is not that org's.
+/// What an org's code names: an insurer's own person, or (a linking org's
+/// code) an Individual Number by its keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeTarget {
+    /// The insurer's person; `None` for a linking org's code.
+    pub person_id: Option<String>,
+    /// The keyed hash of the Individual Number.
+    pub number_hash: Vec<u8>,
+}
+
+/// What an org means by its code; `None` if the code is not that org's.
 pub async fn resolve(
     pools: &Pools,
     org: &OrgId,
     code: &str,
-) -> Result<Option<String>, BrokerError> {
-    let row: Option<(String,)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT person_id FROM person_codes WHERE org_id = $1 AND code = $2")
-            .bind(org.as_str())
-            .bind(code)
-            .fetch_optional(pool)
-            .await?
+) -> Result<Option<CodeTarget>, BrokerError> {
+    let row: Option<(Option<String>, Vec<u8>)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT person_id, number_hash FROM person_codes WHERE org_id = $1 AND code = $2",
+        )
+        .bind(org.as_str())
+        .bind(code)
+        .fetch_optional(pool)
+        .await?
     });
-    Ok(row.map(|(p,)| p))
+    Ok(row.map(|(person_id, number_hash)| CodeTarget {
+        person_id,
+        number_hash,
+    }))
 }
 
 /// How a requester's person code maps to the provider's (see
@@ -247,39 +328,54 @@ pub enum MappedCode {
     Provider(String),
     /// The requester has no such code (or quoted another org's code).
     UnknownToRequester,
-    /// The provider has never linked this person, so holds nothing about them.
+    /// The provider has never linked this person, so holds nothing about
+    /// them — or the link is not in force yet: no insurer has registered
+    /// the number.
     NotLinkedByProvider,
 }
 
-/// The insurer's code for a person known to `org` by `code` (for union-side lookups).
-pub async fn code_at(
-    pools: &Pools,
-    person_id: &str,
-    org: &OrgId,
-) -> Result<Option<String>, BrokerError> {
-    let row: Option<(String,)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT code FROM person_codes WHERE org_id = $1 AND person_id = $2")
-            .bind(org.as_str())
-            .bind(person_id)
-            .fetch_optional(pool)
-            .await?
-    });
-    Ok(row.map(|(c,)| c))
-}
-
-/// Every org's code for one person (for the union's disclosure listing, R18).
+/// The codes under which orgs know the person or number `target` names, for
+/// the union's disclosure listing (R18): the insurer's own code and every
+/// linking org's code for the number. Another insurer's code for the same
+/// number is another partition's and never listed (R2).
 pub async fn all_codes(
     pools: &Pools,
-    person_id: &str,
+    target: &CodeTarget,
 ) -> Result<Vec<(OrgId, String)>, BrokerError> {
     let rows: Vec<(String, String)> = crate::on_pool!(pools, read, |pool| {
-        sqlx::query_as("SELECT org_id, code FROM person_codes WHERE person_id = $1 ORDER BY org_id")
-            .bind(person_id)
-            .fetch_all(pool)
-            .await?
+        sqlx::query_as(
+            "SELECT org_id, code FROM person_codes
+             WHERE (person_id IS NULL AND number_hash = $1) OR person_id = $2
+             ORDER BY org_id",
+        )
+        .bind(&target.number_hash)
+        .bind(target.person_id.as_deref())
+        .fetch_all(pool)
+        .await?
     });
     Ok(rows
         .into_iter()
         .filter_map(|(org, code)| Some((OrgId::new(org).ok()?, code)))
+        .collect())
+}
+
+/// The insurers other than the one `target` belongs to that registered the
+/// same number: their exchanges are theirs (R2), even where a linking org's
+/// code would find them.
+pub async fn other_insurers(pools: &Pools, target: &CodeTarget) -> Result<Vec<OrgId>, BrokerError> {
+    let rows: Vec<(String,)> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as(
+            "SELECT insurer FROM persons
+             WHERE number_hash = $1 AND ($2 IS NULL OR id <> $2)
+             ORDER BY insurer",
+        )
+        .bind(&target.number_hash)
+        .bind(target.person_id.as_deref())
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .filter_map(|(org,)| OrgId::new(org).ok())
         .collect())
 }

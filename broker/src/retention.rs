@@ -110,13 +110,21 @@ const DUE_PERSONS: &str =
 /// (identity confirmations, persons, copies). Deleting children first keeps
 /// the foreign keys satisfied on both backends.
 pub async fn erase_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u64), BrokerError> {
-    let copies_sql = format!(
-        "DELETE FROM copies WHERE (provider, person_code) IN
-         (SELECT org_id, code FROM person_codes WHERE person_id IN ({DUE_PERSONS}))"
+    // The codes that go with the persons due: each one's insurer code, and a
+    // linking org's code for the number (it names the number, not one
+    // insurer's person) once no insurer keeps a person with that number.
+    let due_codes = format!(
+        "SELECT org_id, code FROM person_codes c
+         WHERE c.person_id IN ({DUE_PERSONS})
+            OR (c.person_id IS NULL
+                AND c.number_hash IN (SELECT number_hash FROM persons WHERE id IN ({DUE_PERSONS}))
+                AND NOT EXISTS (SELECT 1 FROM persons k
+                                WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))"
     );
+    let copies_sql = format!("DELETE FROM copies WHERE (provider, person_code) IN ({due_codes})");
     let facts_sql =
         format!("DELETE FROM person_facts WHERE confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");
-    let codes_sql = format!("DELETE FROM person_codes WHERE person_id IN ({DUE_PERSONS})");
+    let codes_sql = format!("DELETE FROM person_codes WHERE (org_id, code) IN ({due_codes})");
     let persons_sql = format!("DELETE FROM persons WHERE id IN ({DUE_PERSONS})");
     let counts = crate::on_pool!(pools, write, |pool| {
         let mut tx = pool.begin().await?;

@@ -240,6 +240,7 @@ impl Client {
             person: query.person.clone(),
             items: query.items.clone(),
             reply_key: keys.public(),
+            requested_by: requested_by(),
         };
         request.validate()?;
         let response: QueryResponse = self.post_json("/v1/queries", &request).await?;
@@ -539,4 +540,13 @@ fn jsonl<T: serde::Serialize>(values: &[T]) -> Result<Bytes, ClientError> {
         out.push(b'\n');
     }
     Ok(Bytes::from(out))
+}
+
+/// The person at the terminal, from `KAKEHASHI_USER` (their console user
+/// id): sent with each query so that, where the requester org is also the
+/// provider, that person cannot approve their own query (R11). Unset or not
+/// a valid user id: nothing is sent.
+fn requested_by() -> Option<crate::interfaces::people::UserId> {
+    let user = std::env::var("KAKEHASHI_USER").ok()?;
+    crate::interfaces::people::UserId::new(user).ok()
 }

@@ -1,10 +1,25 @@
 //! The provision permit (情報提供許可証, R7).
 //!
 //! For every query that passes the flow list the broker signs a permit with
-//! Ed25519 binding requester, provider, flow, procedure, items, both person
-//! codes and the SHA-256 of the requester's reply key. A provider (or its
-//! online agent) answers only against a permit that verifies with a key from
+//! Ed25519 binding requester, provider, flow, procedure, items, the person
+//! and the SHA-256 of the requester's reply key. A provider (or its online
+//! agent) answers only against a permit that verifies with a key from
 //! `GET /v1/permit-keys`.
+//!
+//! The person is bound by the requester's code in clear and by a salted
+//! commitment to the provider's code (R4: no message to an org carries
+//! another org's code). The requester receives the permit, so it must not
+//! learn the provider's code; the commitment binds it all the same:
+//!
+//! ```text
+//! provider_person_commitment = lowercase hex SHA-256(
+//!     field("kakehashi/permit/provider-person/v1") || salt || field(provider_person_code))
+//! ```
+//!
+//! `salt` is 32 bytes that only the broker can make (a keyed hash of the
+//! permit id), shown to the provider side with its own code; the same code
+//! gives a different commitment in every permit, so permits held by
+//! different orgs cannot be matched to link their codes.
 //!
 //! The signature covers [`PermitClaims::signing_bytes`], a fixed binary
 //! layout, not the JSON: JSON has many spellings of one value, the layout
@@ -12,13 +27,14 @@
 //!
 //! ```text
 //! field(s)   = u32-BE byte length of s || UTF-8 bytes of s
-//! signing    = field("kakehashi/permit/v1")
+//! signing    = field("kakehashi/permit/v2")
 //!           || field(permit_id) || field(query_id) || field(key_id)
 //!           || field(requester) || field(provider)
 //!           || field(flow_id) || field(procedure)
 //!           || u32-BE number of items || field(item) for each item, sorted
 //!              by byte value
-//!           || field(requester_person_code) || field(provider_person_code)
+//!           || field(requester_person_code)
+//!           || field(provider_person_commitment)   (64 lowercase hex chars)
 //!           || field(reply_key_sha256)             (64 lowercase hex chars)
 //!           || field(issued_at) || field(expires_at)
 //!              (UTC, whole seconds: YYYY-MM-DDTHH:MM:SSZ)
@@ -33,11 +49,16 @@ use crate::{b64, InvalidInput};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use time::{Duration, OffsetDateTime};
 
 /// The domain tag at the start of the signed bytes.
-pub const PERMIT_TAG: &str = "kakehashi/permit/v1";
+pub const PERMIT_TAG: &str = "kakehashi/permit/v2";
+/// The domain tag of the provider-person commitment.
+pub const PROVIDER_PERSON_TAG: &str = "kakehashi/permit/provider-person/v1";
+/// Bytes of the salt of the provider-person commitment.
+pub const PROVIDER_PERSON_SALT_LEN: usize = 32;
 /// How far in the future `issued_at` may be before a permit counts as not
 /// yet valid: tolerates small clock differences between broker nodes and
 /// provider agents (R23 keeps clocks synchronised, not identical).
@@ -97,8 +118,12 @@ pub struct PermitClaims {
     pub items: Vec<ItemCode>,
     /// The person, by the requester's code.
     pub requester_person_code: PersonCode,
-    /// The same person, by the provider's code.
-    pub provider_person_code: PersonCode,
+    /// The same person at the provider: lowercase hex
+    /// `SHA-256(field("kakehashi/permit/provider-person/v1") || salt ||
+    /// field(provider_person_code))`, with a 32-byte salt per permit that
+    /// only the broker and the provider side know. The provider's code
+    /// itself is never sent to the requester.
+    pub provider_person_commitment: String,
     /// Lowercase hex SHA-256 of the 32 raw bytes of the query's reply key.
     pub reply_key_sha256: String,
     /// When the permit was issued (RFC 3339).
@@ -123,7 +148,7 @@ struct PermitClaimsWire {
     procedure: ProcedureCode,
     items: Vec<ItemCode>,
     requester_person_code: PersonCode,
-    provider_person_code: PersonCode,
+    provider_person_commitment: String,
     reply_key_sha256: String,
     #[serde(with = "time::serde::rfc3339")]
     issued_at: OffsetDateTime,
@@ -144,7 +169,7 @@ impl TryFrom<PermitClaimsWire> for PermitClaims {
             procedure: w.procedure,
             items: w.items,
             requester_person_code: w.requester_person_code,
-            provider_person_code: w.provider_person_code,
+            provider_person_commitment: w.provider_person_commitment,
             reply_key_sha256: w.reply_key_sha256,
             issued_at: w.issued_at,
             expires_at: w.expires_at,
@@ -161,6 +186,27 @@ fn push_field(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Whether `s` is 64 lowercase hex characters (a SHA-256 in hex).
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+/// The commitment a permit carries for the provider's person code:
+/// lowercase hex `SHA-256(field(PROVIDER_PERSON_TAG) || salt || field(code))`.
+pub fn provider_person_commitment(salt: &[u8; PROVIDER_PERSON_SALT_LEN], code: &str) -> String {
+    let mut h = Sha256::new();
+    let mut tag = Vec::with_capacity(4 + PROVIDER_PERSON_TAG.len());
+    push_field(&mut tag, PROVIDER_PERSON_TAG);
+    h.update(&tag);
+    h.update(salt);
+    let mut field = Vec::with_capacity(4 + code.len());
+    push_field(&mut field, code);
+    h.update(&field);
+    hex::encode(h.finalize())
+}
+
 impl PermitClaims {
     /// Checks the rules deserialization enforces; for claims built in code.
     pub fn validate(&self) -> Result<(), InvalidInput> {
@@ -171,18 +217,26 @@ impl PermitClaims {
         if unique.len() != self.items.len() {
             return Err(InvalidInput::new("items", "must not repeat an item"));
         }
-        let h = self.reply_key_sha256.as_bytes();
-        if h.len() != 64
-            || !h
-                .iter()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-        {
+        if !is_sha256_hex(&self.reply_key_sha256) {
             return Err(InvalidInput::new(
                 "reply_key_sha256",
                 "must be 64 lowercase hex characters",
             ));
         }
+        if !is_sha256_hex(&self.provider_person_commitment) {
+            return Err(InvalidInput::new(
+                "provider_person_commitment",
+                "must be 64 lowercase hex characters",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether the permit binds `code` as the provider's person code, given
+    /// the commitment's `salt` (the provider side's check; the requester has
+    /// no salt).
+    pub fn binds_provider_person(&self, salt: &[u8; PROVIDER_PERSON_SALT_LEN], code: &str) -> bool {
+        provider_person_commitment(salt, code) == self.provider_person_commitment
     }
 
     /// The bytes the signature covers (layout in the module documentation).
@@ -208,7 +262,7 @@ impl PermitClaims {
             push_field(&mut out, item);
         }
         push_field(&mut out, self.requester_person_code.as_str());
-        push_field(&mut out, self.provider_person_code.as_str());
+        push_field(&mut out, &self.provider_person_commitment);
         push_field(&mut out, &self.reply_key_sha256);
         push_field(&mut out, &format_canonical(self.issued_at));
         push_field(&mut out, &format_canonical(self.expires_at));
@@ -413,7 +467,7 @@ mod tests {
                 ItemCode::new("local_tax.deductions").unwrap(),
             ],
             requester_person_code: PersonCode::new("U0000001").unwrap(),
-            provider_person_code: PersonCode::new("K0000001").unwrap(),
+            provider_person_commitment: provider_person_commitment(&SALT, "K0000001"),
             reply_key_sha256: reply.public().sha256_hex(),
             issued_at: datetime!(2025-04-01 09:00:00.5 +09:00),
             expires_at: datetime!(2025-04-01 09:05:00 +09:00),
@@ -427,6 +481,29 @@ mod tests {
     }
 
     const NOW: OffsetDateTime = datetime!(2025-04-01 00:01:00 UTC);
+    const SALT: [u8; PROVIDER_PERSON_SALT_LEN] = [7; PROVIDER_PERSON_SALT_LEN];
+
+    #[test]
+    fn the_provider_person_is_bound_but_not_revealed() {
+        let f = fixture();
+        let permit = sign(&f.key, f.claims);
+        let json = serde_json::to_string(&permit).unwrap();
+        assert!(!json.contains("K0000001"), "{json}");
+        assert!(permit.claims.binds_provider_person(&SALT, "K0000001"));
+        assert!(!permit.claims.binds_provider_person(&SALT, "K0000002"));
+        let other_salt = [8; PROVIDER_PERSON_SALT_LEN];
+        assert!(!permit.claims.binds_provider_person(&other_salt, "K0000001"));
+        // Pinned: implementations in other languages check against this.
+        assert_eq!(provider_person_commitment(&SALT, "K0000001"), {
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&35u32.to_be_bytes());
+            bytes.extend_from_slice(b"kakehashi/permit/provider-person/v1");
+            bytes.extend_from_slice(&[7; 32]);
+            bytes.extend_from_slice(&8u32.to_be_bytes());
+            bytes.extend_from_slice(b"K0000001");
+            hex::encode(Sha256::digest(&bytes))
+        });
+    }
 
     #[test]
     fn round_trip() {
@@ -510,8 +587,10 @@ mod tests {
                 Box::new(|c| c.requester_person_code = PersonCode::new("U0000002").unwrap()),
             ),
             (
-                "provider_person_code",
-                Box::new(|c| c.provider_person_code = PersonCode::new("K0000002").unwrap()),
+                "provider_person_commitment",
+                Box::new(|c| {
+                    c.provider_person_commitment = provider_person_commitment(&SALT, "K0000002")
+                }),
             ),
             (
                 "reply_key_sha256",
@@ -599,6 +678,12 @@ mod tests {
         assert!(serde_json::from_value::<SignedPermit>(v).is_err());
         let mut v = json.clone();
         v["signature"] = "AAAA".into();
+        assert!(serde_json::from_value::<SignedPermit>(v).is_err());
+        let mut v = json.clone();
+        v["claims"]["provider_person_commitment"] = "K0000001".into();
+        assert!(serde_json::from_value::<SignedPermit>(v).is_err());
+        let mut v = json.clone();
+        v["claims"]["provider_person_code"] = "K0000001".into();
         assert!(serde_json::from_value::<SignedPermit>(v).is_err());
         let mut v = json.clone();
         v["claims"]["items"] = serde_json::json!(["a", "a"]);

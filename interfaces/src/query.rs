@@ -3,6 +3,7 @@
 use crate::envelope::{ReplyPublicKey, SealedEnvelope};
 use crate::ids::{FlowId, ItemCode, PersonCode, ProcedureCode, QueryId};
 use crate::org::OrgId;
+use crate::people::UserId;
 use crate::permit::SignedPermit;
 use crate::InvalidInput;
 use schemars::JsonSchema;
@@ -31,6 +32,11 @@ pub struct QueryRequest {
     pub items: Vec<ItemCode>,
     /// A fresh X25519 public key for this query; the answer is sealed to it.
     pub reply_key: ReplyPublicKey,
+    /// The person at the terminal who asks (their console user id), when
+    /// the terminal knows it. Where the requester org is also the provider,
+    /// that person may not approve the answer (R11: approver ≠ requester).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<UserId>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +48,8 @@ struct QueryRequestWire {
     person: PersonCode,
     items: Vec<ItemCode>,
     reply_key: ReplyPublicKey,
+    #[serde(default)]
+    requested_by: Option<UserId>,
 }
 
 impl TryFrom<QueryRequestWire> for QueryRequest {
@@ -54,6 +62,7 @@ impl TryFrom<QueryRequestWire> for QueryRequest {
             person: w.person,
             items: w.items,
             reply_key: w.reply_key,
+            requested_by: w.requested_by,
         };
         q.validate()?;
         Ok(q)

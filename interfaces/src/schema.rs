@@ -98,7 +98,7 @@ pub struct Endpoint {
 
 /// The console listener's endpoints (people; server TLS, session cookie and
 /// `X-CSRF-Token` on every POST and DELETE).
-pub const CONSOLE_ENDPOINTS: [Endpoint; 17] = [
+pub const CONSOLE_ENDPOINTS: [Endpoint; 20] = [
     console(
         "POST",
         "/api/session",
@@ -212,6 +212,9 @@ pub const CONSOLE_ENDPOINTS: [Endpoint; 17] = [
         "object {version, sha256}",
         "Another administrator: approve a proposed version; it is in force at once",
     ),
+    console("GET", "/api/records", None, "object {rows: [ExportRow], next_before}", "Auditors: provision records of the auditor's org, newest first (from, until, flow, outcome, person, before, size)"),
+    console("GET", "/api/records/export", None, "object {rows, export_record_seq, files: [{name, url}], verify_command}", "Auditors: an export (format csv with BOM, or jsonl) and its bundle, to download and verify offline"),
+    console("GET", "/api/records/export/{id}/{file}", None, "the file (attachment)", "Auditors: one file of an export they made, for 10 minutes"),
 ];
 
 const fn console(
@@ -392,7 +395,8 @@ pub fn schema_document() -> Value {
         },
         "x-permit": {
             "algorithm": "ed25519",
-            "signing_bytes": "field(\"kakehashi/permit/v1\") field(permit_id) field(query_id) field(key_id) field(requester) field(provider) field(flow_id) field(procedure) u32be(item count) field(item)* [sorted] field(requester_person_code) field(provider_person_code) field(reply_key_sha256) field(issued_at) field(expires_at); field(s) = u32be(len(s)) || utf8(s); times as YYYY-MM-DDTHH:MM:SSZ",
+            "signing_bytes": "field(\"kakehashi/permit/v2\") field(permit_id) field(query_id) field(key_id) field(requester) field(provider) field(flow_id) field(procedure) u32be(item count) field(item)* [sorted] field(requester_person_code) field(provider_person_commitment) field(reply_key_sha256) field(issued_at) field(expires_at); field(s) = u32be(len(s)) || utf8(s); times as YYYY-MM-DDTHH:MM:SSZ",
+            "provider_person_commitment": "lowercase hex SHA-256(field(\"kakehashi/permit/provider-person/v1\") || salt || field(provider_person_code)); salt = 32 bytes the broker derives per permit and shows to the provider side only; the requester never receives the provider's code",
         },
     })
 }

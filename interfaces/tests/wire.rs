@@ -144,7 +144,10 @@ fn claims() -> impl Strategy<Value = PermitClaims> {
                     procedure,
                     items,
                     requester_person_code: rp,
-                    provider_person_code: pp,
+                    provider_person_commitment: permit::provider_person_commitment(
+                        &[9; permit::PROVIDER_PERSON_SALT_LEN],
+                        pp.as_str(),
+                    ),
                     reply_key_sha256: rk.sha256_hex(),
                     issued_at: at,
                     expires_at: at + time::Duration::seconds(ttl),
@@ -295,7 +298,7 @@ proptest! {
 
     #[test]
     fn query_request(flow in flow_id(), p in procedure(), o in org_id(), person in person_code(), items in item_list(), rk in reply_key()) {
-        check(&QueryRequest { flow_id: flow, procedure: p, provider: o, person, items, reply_key: rk });
+        check(&QueryRequest { flow_id: flow, procedure: p, provider: o, person, items, reply_key: rk, requested_by: None });
     }
 
     #[test]

@@ -290,3 +290,49 @@ async fn a_pending_query_nobody_decides_answers_expired_410() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_person_who_asked_cannot_approve_their_own_orgs_answer() -> Result<()> {
+    // A flow where city-saitama asks itself for a sensitive item.
+    let dir = tempfile::tempdir()?;
+    let flows = dir.path().join("flows.toml");
+    std::fs::write(
+        &flows,
+        format!(
+            "{}\n[[flow]]\nflow_id = \"F-0900\"\nprocedure = \"own-check\"\nrequester = {{ org = \"city-saitama\" }}\nprovider = {{ org = \"city-saitama\" }}\nitems = [\"welfare.public_assistance\"]\nsensitive_items = [\"welfare.public_assistance\"]\nlegal_basis = \"試験用\"\nvalid_from = \"2016-01-01\"\n",
+            kakehashi_broker::policy::SAMPLE_FLOW_LIST
+        ),
+    )?;
+    let broker = exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+        opts.exchange.flow_list = Some(flows.clone());
+    })
+    .await?
+    .expect("sqlite");
+    let mut s = scenario(&broker, 1).await?;
+    let (body, _) = query_body(
+        "F-0900",
+        "own-check",
+        "city-saitama",
+        &s.city_codes[0],
+        &["welfare.public_assistance"],
+    );
+    let mut body: serde_json::Value = serde_json::from_str(&body)?;
+    body["requested_by"] = json!("self.op");
+    let pending: QueryResponse =
+        serde_json::from_slice(&s.city.post("/v1/queries", body.to_string()).await?.body)?;
+    assert_eq!(pending.status, QueryStatus::Pending);
+    let approve = format!("/api/approvals/{}/approve", pending.query_id);
+
+    let mut asker = add_person(&broker, "self.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    console.log_in(&mut asker, 0).await?;
+    let r = console.call(Method::POST, &approve, None).await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+
+    let mut colleague = add_person(&broker, "other.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    console.log_in(&mut colleague, 0).await?;
+    expect_ok(&console.call(Method::POST, &approve, None).await?)?;
+    Ok(())
+}

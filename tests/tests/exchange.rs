@@ -68,10 +68,20 @@ async fn permitted_query_is_sealed_to_the_requester(backend: Backend) -> Result<
         answer.permit.claims.requester_person_code.as_str(),
         s.union_codes[1]
     );
-    assert_eq!(
-        answer.permit.claims.provider_person_code.as_str(),
-        s.city_codes[1]
+    // The provider's code is bound by a salted commitment, never sent to the
+    // requester (R4); the broker can open it for the provider side.
+    assert!(
+        !String::from_utf8_lossy(&response.body).contains(s.city_codes[1].as_str()),
+        "the requester received the provider's person code"
     );
+    let salt = kakehashi_broker::exchange::pipeline::provider_person_salt(
+        &broker.broker.state().keys,
+        &answer.permit.claims.permit_id,
+    )?;
+    assert!(answer
+        .permit
+        .claims
+        .binds_provider_person(&salt, &s.city_codes[1]));
 
     // The requester can fetch it again; the provider cannot see the requester's result.
     let again: QueryResponse = serde_json::from_slice(
@@ -281,7 +291,8 @@ async fn tampered_permit_fails_verification() -> Result<()> {
     );
 
     let mut other_person = answer.permit.clone();
-    other_person.claims.provider_person_code = s.city_codes[0].parse()?;
+    other_person.claims.provider_person_commitment =
+        kakehashi_interfaces::permit::provider_person_commitment(&[0; 32], &s.city_codes[0]);
     other_person.claims.requester_person_code = "ffffffffffffffffffffffffffffffff".parse()?;
     assert!(
         other_person.verify(&key_set, now).is_err(),
@@ -392,7 +403,8 @@ async fn registration_confirmation_list() -> Result<()> {
             );
         }
 
-        // A city links only persons the union registered.
+        // A city links any valid number, registered or not, so the answer
+        // tells nothing about the union's registrations (R5).
         let mut city = broker.client("city-saitama").await?;
         let linked = post_ok(
             &mut city,
@@ -403,8 +415,8 @@ async fn registration_confirmation_list() -> Result<()> {
             ],
         )
         .await?;
-        assert_eq!(linked["applied"].as_array().map(Vec::len), Some(1));
-        assert_eq!(linked["confirmation_list"][0]["reason"], "unknown_person");
+        assert_eq!(linked["applied"].as_array().map(Vec::len), Some(2));
+        assert_eq!(linked["confirmation_list"], json!([]));
         assert_ne!(
             linked["applied"][0]["person_code"], report["applied"][1]["person_code"],
             "two orgs share a code"

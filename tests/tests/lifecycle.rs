@@ -288,7 +288,15 @@ async fn serve(config: &std::path::Path, addr: std::net::SocketAddr) -> Result<C
 async fn kill_nine_loses_no_answered_query(backend: kakehashi_tests::Backend) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let dev = dir.path().join("dev");
-    let out = broker_cli(&["dev", "--dir", dev.to_str().context("utf-8")?, "--no-serve"])?;
+    let console = format!("127.0.0.1:{}", free_port()?);
+    let out = broker_cli(&[
+        "dev",
+        "--dir",
+        dev.to_str().context("utf-8")?,
+        "--console-listen",
+        &console,
+        "--no-serve",
+    ])?;
     assert!(
         out.status.success(),
         "{}",

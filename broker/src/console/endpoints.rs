@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use kakehashi_interfaces::ErrorCode;
 
 use crate::console::access::{Access, Denied, ADMINISTRATORS, AUDITORS, OPERATORS};
-use crate::console::{approvals, audit, flows, session, Console, ConsoleConn};
+use crate::console::pages::{self, Page};
+use crate::console::{approvals, audit, flows, records, session, Console, ConsoleConn};
 use crate::edge::http::{self as edge, Body};
 use crate::edge::layers::{self, BodyCap, Refused};
 use crate::edge::refusal::Reason;
@@ -59,6 +60,12 @@ pub enum Endpoint {
     OperationLog,
     /// `GET /api/users`: the users (administrators).
     Users,
+    /// `GET /api/records`: search provision records (auditors).
+    Records,
+    /// `GET /api/records/export`: make an export that verifies offline.
+    RecordsExport,
+    /// `GET /api/records/export/{id}/{file}`: download one of its files.
+    RecordsDownload,
     /// `GET /api/flow-lists`: every flow-list version.
     FlowLists,
     /// `GET /api/flow-lists/{version}`: one, with its diff from the one in force.
@@ -67,6 +74,8 @@ pub enum Endpoint {
     FlowListPropose,
     /// `POST /api/flow-lists/{version}/approve`: a second administrator approves.
     FlowListApprove,
+    /// An HTML page for people in a browser (`console/pages`).
+    Page(Page),
 }
 
 impl Endpoint {
@@ -89,10 +98,14 @@ impl Endpoint {
             Endpoint::Reject => "console_reject",
             Endpoint::OperationLog => "console_operation_log",
             Endpoint::Users => "console_users",
+            Endpoint::Records => "console_records",
+            Endpoint::RecordsExport => "console_records_export",
+            Endpoint::RecordsDownload => "console_records_download",
             Endpoint::FlowLists => "console_flow_lists",
             Endpoint::FlowList => "console_flow_list",
             Endpoint::FlowListPropose => "console_flow_list_propose",
             Endpoint::FlowListApprove => "console_flow_list_approve",
+            Endpoint::Page(page) => page.name(),
         }
     }
 }
@@ -198,6 +211,27 @@ pub const TABLE: &[Route<Endpoint, Access>] = &[
     ),
     row(
         Method::GET,
+        "/api/records",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::Records,
+    ),
+    row(
+        Method::GET,
+        "/api/records/export",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::RecordsExport,
+    ),
+    row(
+        Method::GET,
+        "/api/records/export/{id}/{file}",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::RecordsDownload,
+    ),
+    row(
+        Method::GET,
         "/api/users",
         Roles(ADMINISTRATORS),
         Empty,
@@ -231,6 +265,100 @@ pub const TABLE: &[Route<Endpoint, Access>] = &[
         SMALL,
         Endpoint::FlowListApprove,
     ),
+    // The pages people use in a browser: the same access as their API
+    // equivalents; forms carry their CSRF token in the `csrf` field.
+    row(Method::GET, "/", Public, Empty, Endpoint::Page(Page::Root)),
+    row(
+        Method::GET,
+        "/login",
+        Public,
+        Empty,
+        Endpoint::Page(Page::Login),
+    ),
+    row(
+        Method::POST,
+        "/login",
+        Public,
+        SMALL,
+        Endpoint::Page(Page::LoginSubmit),
+    ),
+    row(
+        Method::GET,
+        "/login/password",
+        LoggingIn,
+        Empty,
+        Endpoint::Page(Page::Password),
+    ),
+    row(
+        Method::POST,
+        "/login/password",
+        LoggingIn,
+        SMALL,
+        Endpoint::Page(Page::PasswordSubmit),
+    ),
+    row(
+        Method::GET,
+        "/login/totp",
+        LoggingIn,
+        Empty,
+        Endpoint::Page(Page::Totp),
+    ),
+    row(
+        Method::POST,
+        "/login/totp",
+        LoggingIn,
+        SMALL,
+        Endpoint::Page(Page::TotpSubmit),
+    ),
+    row(
+        Method::POST,
+        "/logout",
+        LoggingIn,
+        SMALL,
+        Endpoint::Page(Page::Logout),
+    ),
+    row(
+        Method::GET,
+        "/approvals",
+        Roles(OPERATORS),
+        Empty,
+        Endpoint::Page(Page::Queue),
+    ),
+    row(
+        Method::GET,
+        "/approvals/{query_id}",
+        Roles(OPERATORS),
+        Empty,
+        Endpoint::Page(Page::Detail),
+    ),
+    row(
+        Method::POST,
+        "/approvals/{query_id}/approve",
+        Roles(OPERATORS),
+        SMALL,
+        Endpoint::Page(Page::Approve),
+    ),
+    row(
+        Method::POST,
+        "/approvals/{query_id}/reject",
+        Roles(OPERATORS),
+        SMALL,
+        Endpoint::Page(Page::Reject),
+    ),
+    row(
+        Method::GET,
+        "/static/console.css",
+        Public,
+        Empty,
+        Endpoint::Page(Page::Css),
+    ),
+    row(
+        Method::GET,
+        "/static/console.js",
+        Public,
+        Empty,
+        Endpoint::Page(Page::Js),
+    ),
 ];
 
 /// The header a state-changing call carries its session's CSRF token in.
@@ -252,6 +380,8 @@ pub struct Call<'a> {
     pub body: BodyCap,
     /// The request id.
     pub request_id: &'a str,
+    /// A page's form, read (and its CSRF field checked) by the stack.
+    pub form: Option<pages::Form>,
 }
 
 impl Call<'_> {
@@ -292,6 +422,13 @@ pub async fn handle(
         .as_ref()
         .map_or("console_other", |(r, _)| r.endpoint.name());
     let state = console.state.clone();
+    // A person's browser is answered with pages, refusals included.
+    let page = pages::PageRequest::of(
+        &req,
+        found
+            .as_ref()
+            .is_ok_and(|(r, _)| matches!(r.endpoint, Endpoint::Page(_))),
+    );
     layers::observe(&state.metrics, name, async |request_id: &str| {
         let who = conn.peer.ip().to_string();
         let mut response = match stack(&console, &conn, found, req, request_id).await {
@@ -299,6 +436,9 @@ pub async fn handle(
             Err(Stop::Refused(refused)) => refused.respond(&state.metrics, request_id, &who),
             Err(Stop::Failed(e)) => endpoint_error(&state, &e, request_id, &who),
         };
+        if page.is_page() {
+            response = pages::as_page(&console, &page, response).await;
+        }
         // Nothing a person sees on the console is cached or framed.
         let headers = response.headers_mut();
         headers.insert(
@@ -347,7 +487,7 @@ async fn stack(
     console: &Console,
     conn: &ConsoleConn,
     found: Result<(&'static Route<Endpoint, Access>, Params), Refused>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &str,
 ) -> Result<Response<Body>, Stop> {
     let (route, params) = found?;
@@ -357,15 +497,18 @@ async fn stack(
         req.headers(),
         route.body.max_bytes(state.config.console.max_body_bytes),
     )?;
+    let form_page = matches!(route.endpoint, Endpoint::Page(page) if page.takes_form());
     if route.body != BodyLimit::Empty {
-        layers::content_type(&req, &["application/json"])?;
+        let accepted: &[&str] = if form_page {
+            &["application/x-www-form-urlencoded"]
+        } else {
+            &["application/json"]
+        };
+        layers::content_type(&req, accepted)?;
     }
-    let token = req
-        .headers()
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::people::session::token_from_cookie_header)
-        .map(str::to_string);
+    // Every `Cookie` header: browsers speaking HTTP/2 send one per cookie.
+    let token =
+        pages::cookie(req.headers(), crate::people::session::SESSION_COOKIE).map(str::to_string);
     let session = if route.caller.needs_session() {
         Some(authenticate(console, conn, token.as_deref()).await?)
     } else {
@@ -388,24 +531,16 @@ async fn stack(
                     "この操作の権限がありません / your roles do not allow this",
                 ),
             })?;
-        // Every state-changing call proves it comes from the console's own
-        // page (the cookie alone could be sent by another site's form).
-        if req.method() != Method::GET {
-            let presented = req
-                .headers()
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !session.csrf_matches(presented) {
-                return Err(Refused::new(
-                    Reason::CsrfMismatch,
-                    ErrorCode::Forbidden,
-                    "CSRFトークンがありません、または一致しません / missing or wrong CSRF token (header X-CSRF-Token)",
-                )
-                .into());
-            }
-        }
     }
+    // A page's form is read here, so that its CSRF field is checked with
+    // every other state-changing call before any endpoint runs.
+    let form = if form_page {
+        let timeout = state.config.limits.body_read_timeout();
+        Some(pages::read_form(&mut req, body, timeout).await?)
+    } else {
+        None
+    };
+    csrf(&req, session.as_ref(), form.as_ref())?;
     let call = Call {
         console,
         conn,
@@ -414,8 +549,48 @@ async fn stack(
         params,
         body,
         request_id,
+        form,
     };
     Ok(run(route.endpoint, &call, req).await?)
+}
+
+/// Every state-changing call proves it comes from the console's own page
+/// (the cookie alone could be sent by another site's form): a JSON call in
+/// the `X-CSRF-Token` header, a page's form in its `csrf` field, and the
+/// login form, before any session exists, with the token its page set in
+/// a cookie.
+fn csrf(
+    req: &Request<Incoming>,
+    session: Option<&SessionView>,
+    form: Option<&pages::Form>,
+) -> Result<(), Refused> {
+    if req.method() == Method::GET {
+        return Ok(());
+    }
+    let proven = match (session, form) {
+        (Some(session), Some(form)) => session.csrf_matches(form.get(pages::CSRF_FIELD)),
+        (Some(session), None) => session.csrf_matches(
+            req.headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
+        (None, Some(form)) => pages::login_csrf_matches(req.headers(), form),
+        // The public JSON login: no session yet to act for.
+        (None, None) => true,
+    };
+    if proven {
+        return Ok(());
+    }
+    let message = match form {
+        Some(_) => "このフォームは古いか、このコンソールのものではありません。ページを読み込み直してください / the form is stale or not from this console; reload the page and send it again",
+        None => "CSRFトークンがありません、または一致しません / missing or wrong CSRF token (header X-CSRF-Token)",
+    };
+    Err(Refused::new(
+        Reason::CsrfMismatch,
+        ErrorCode::Forbidden,
+        message,
+    ))
 }
 
 /// The session a cookie names, or `session_required`.
@@ -474,10 +649,14 @@ async fn run(
         Endpoint::Reject => approvals::reject(call, req).await,
         Endpoint::OperationLog => audit::operation_log(call, req.uri().query()).await,
         Endpoint::Users => audit::users(call).await,
+        Endpoint::Records => records::search(call, req.uri().query()).await,
+        Endpoint::RecordsExport => records::export(call, req.uri().query()).await,
+        Endpoint::RecordsDownload => records::download(call).await,
         Endpoint::FlowLists => flows::list(call).await,
         Endpoint::FlowList => flows::show(call).await,
         Endpoint::FlowListPropose => flows::propose(call, req).await,
         Endpoint::FlowListApprove => flows::approve(call).await,
+        Endpoint::Page(page) => Ok(pages::serve(page, call, req).await),
     }
 }
 
@@ -506,7 +685,7 @@ mod tests {
                     | Endpoint::Metrics
                     | Endpoint::Keys
                     | Endpoint::Login
-            );
+            ) || matches!(route.endpoint, Endpoint::Page(page) if page.is_public());
             assert_eq!(public, route.caller == Public, "{}", route.path);
         }
     }

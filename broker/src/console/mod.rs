@@ -7,7 +7,9 @@
 //! - [`session`]: login, TOTP, password change, logout;
 //! - [`approvals`]: the approval queue of sensitive answers (R11);
 //! - [`audit`]: published keys, the operation log, users;
-//! - [`flows`]: flow-list versions proposed and approved by two administrators (R8).
+//! - [`records`]: auditors' search and export of provision records (R16);
+//! - [`flows`]: flow-list versions proposed and approved by two administrators (R8);
+//! - [`pages`]: the HTML pages people use in a browser (ja/en).
 //!
 //! Org certificates play no part here, and a session opens nothing on the
 //! exchange listener: the two never mix.
@@ -17,6 +19,8 @@ pub mod approvals;
 pub mod audit;
 pub mod endpoints;
 pub mod flows;
+pub mod pages;
+pub mod records;
 pub mod session;
 
 use std::future::Future;
@@ -54,6 +58,8 @@ pub struct Console {
     pub people: People,
     /// The operation log (R17).
     pub oplog: Arc<OperationLog>,
+    /// Exports waiting to be downloaded.
+    pub downloads: records::Downloads,
 }
 
 impl Console {
@@ -72,6 +78,7 @@ impl Console {
             limits,
             people,
             oplog,
+            downloads: records::Downloads::default(),
         })
     }
 

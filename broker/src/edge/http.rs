@@ -103,6 +103,17 @@ pub async fn read_body(
     }
 }
 
+/// The decoded `name=value` pairs of a query string (percent and `+`
+/// decoding by `form_urlencoded`); a name given twice keeps the last.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        pairs.retain(|(n, _)| n.as_str() != name);
+        pairs.push((name.into_owned(), value.into_owned()));
+    }
+    pairs
+}
+
 /// Parses a JSON request body into a validated interface type.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BrokerError> {
     serde_json::from_slice(bytes).map_err(|e| {

@@ -44,7 +44,9 @@ fn names_individual_number(e: &kakehashi_interfaces::InvalidInput) -> bool {
 }
 
 /// `POST /v1/persons`: the union registers insured persons; other orgs link
-/// their own records by Individual Number and receive their own codes.
+/// their own records by Individual Number and receive their own codes —
+/// for every valid number, whether or not an insurer registered it
+/// ([`identity::link_batch`]).
 pub async fn persons(
     state: &AppState,
     org: &OrgRecord,
@@ -126,21 +128,17 @@ pub async fn persons(
             .iter()
             .map(|(_, p)| p.individual_number.expose())
             .collect();
+        // Every valid number gets the org's code, registered by an insurer
+        // or not (R5): the answer must not tell another org's registrations.
+        // `created` is always false for a link, for the same reason.
         let codes = identity::link_batch(&pools, &state.keys, &org.id, &numbers).await?;
         for ((line, _), code) in good.iter().zip(codes) {
-            match code {
-                Some(code) => report.applied.push(RegisteredPerson {
-                    line: *line,
-                    person_code: code.parse().map_err(BrokerError::from)?,
-                    branch_number: None,
-                    created: false,
-                }),
-                None => report.confirmation_list.push(issue(
-                    *line,
-                    LineReason::UnknownPerson,
-                    "no insurer has registered a person with this Individual Number",
-                )),
-            }
+            report.applied.push(RegisteredPerson {
+                line: *line,
+                person_code: code.parse().map_err(BrokerError::from)?,
+                branch_number: None,
+                created: false,
+            });
         }
     }
     report.confirmation_list.sort_by_key(|i| i.line);

@@ -22,9 +22,19 @@ pub async fn for_person(
             "this org has no person with that code",
         ));
     };
+    // A linking org's code names the number, so its records also hold its
+    // exchanges with other insurers that registered the same number: those
+    // are the other insurers' partitions (R2), not this union's to list.
+    let others = crate::identity::other_insurers(&pools, &person).await?;
+    let theirs = |e: &DisclosureEntry| {
+        others
+            .iter()
+            .any(|o| e.requester == o.as_str() || e.provider.as_deref() == Some(o.as_str()))
+    };
     let mut entries = Vec::new();
     for (holder, code) in crate::identity::all_codes(&pools, &person).await? {
-        entries.extend(state.records.disclosure(&holder, &code).await?);
+        let found = state.records.disclosure(&holder, &code).await?;
+        entries.extend(found.into_iter().filter(|e| holder == *org || !theirs(e)));
     }
     entries.sort_by_key(|e| e.seq);
     entries.dedup_by_key(|e| e.seq);

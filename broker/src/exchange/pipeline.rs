@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use kakehashi_interfaces::envelope::{self, AnswerPayload, EnvelopeContext};
 use kakehashi_interfaces::permit::{self, PermitClaims};
 use kakehashi_interfaces::query::{QueryRequest, QueryResponse, QueryStatus, RejectionReason};
-use kakehashi_interfaces::{ErrorCode, ItemCode, ItemValue, KeyId, OrgStatus, PermitId, QueryId};
+use kakehashi_interfaces::{
+    ErrorCode, ItemCode, ItemValue, KeyId, OrgStatus, PermitId, PersonCode, QueryId,
+};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
@@ -51,7 +53,9 @@ pub async fn query(
 }
 
 /// What a pending query keeps, encrypted at rest, until an operator decides:
-/// the values that would be released and the key to seal them to.
+/// the values that would be released, the key to seal them to, and the
+/// provider's person code (the permit only commits to it; the decision's
+/// record names it, R14).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PendingAnswer {
     /// The requester's reply public key, as sent with the query.
@@ -60,6 +64,31 @@ pub struct PendingAnswer {
     pub flow_id: kakehashi_interfaces::FlowId,
     /// The asked items the provider's copy holds.
     pub items: BTreeMap<ItemCode, ItemValue>,
+    /// The person's code at the provider.
+    pub provider_person_code: PersonCode,
+    /// The person at the terminal who asked, when the terminal said
+    /// (`requested_by`): they may not approve it where their org provides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<kakehashi_interfaces::people::UserId>,
+}
+
+/// Domain of the keyed hash that makes a permit's provider-person salt.
+const PROVIDER_PERSON_SALT_DOMAIN: &str = "permit-provider-person-salt";
+
+/// The salt of a permit's commitment to the provider's person code (R4):
+/// a keyed hash of the permit id under the broker's lookup key. Only the
+/// broker can make it, so the requester holding the permit cannot test
+/// candidate codes against the commitment; the broker can make it again for
+/// the provider side of any permit it has a record of, without keeping a
+/// secret per query; and every permit gets its own, so commitments to one
+/// code in different permits differ.
+pub fn provider_person_salt(
+    keys: &crate::keys::Keyring,
+    permit_id: &PermitId,
+) -> Result<[u8; permit::PROVIDER_PERSON_SALT_LEN], BrokerError> {
+    keys.lookup_hash(PROVIDER_PERSON_SALT_DOMAIN, permit_id.as_str().as_bytes())
+        .try_into()
+        .map_err(|_| BrokerError::Internal("the lookup key gave no salt".into()))
 }
 
 /// The associated data a pending answer is encrypted under.
@@ -196,7 +225,12 @@ async fn answer(
         procedure: req.procedure.clone(),
         items: req.items.clone(),
         requester_person_code: req.person.clone(),
-        provider_person_code: provider_code.parse().map_err(BrokerError::from)?,
+        // The requester receives the permit: it binds the provider's code
+        // without naming it (R4).
+        provider_person_commitment: permit::provider_person_commitment(
+            &provider_person_salt(&state.keys, &permit_id)?,
+            &provider_code,
+        ),
         reply_key_sha256: hex::encode(Sha256::digest(req.reply_key.as_bytes())),
         issued_at: now,
         expires_at: now + Duration::seconds(secs(exchange.permit_ttl_secs)),
@@ -221,6 +255,8 @@ async fn answer(
             reply_key: req.reply_key.clone(),
             flow_id: req.flow_id.clone(),
             items: selected,
+            provider_person_code: provider_code.parse().map_err(BrokerError::from)?,
+            requested_by: req.requested_by.clone(),
         })
         .map_err(|e| BrokerError::encoding("pending answer", e))?;
         let cipher = state

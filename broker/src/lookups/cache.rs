@@ -11,15 +11,16 @@
 //! here instead.
 //!
 //! Validity rests on one number, the *lookup generation*: a row that triggers
-//! on `person_codes` and `copies` bump in the same transaction as any change
-//! (whoever writes: this broker, the command line, another process; on
-//! PostgreSQL once per transaction, at its commit). An answer from memory is
-//! not read for: it carries the cache's number and its record commits only
-//! if the database still has it ([`super`]); a query whose answer was stale
-//! reads the number first when asked again, and a different number empties
-//! the cache. An answer is only ever stored under a generation read *before*
-//! the answer was read, so a change committed in between shows as a new
-//! number and the answer is dropped then.
+//! on `person_codes`, `copies` and `persons` (added or erased) bump in the
+//! same transaction as any change (whoever writes: this broker, the command
+//! line, another process; on PostgreSQL once per transaction, at its
+//! commit). An answer from memory is not read for: it carries the cache's
+//! number and its record commits only if the database still has it
+//! ([`super`]); a query whose answer was stale reads the number first when
+//! asked again, and a different number empties the cache. An answer is only
+//! ever stored under a generation read *before* the answer was read, so a
+//! change committed in between shows as a new number and the answer is
+//! dropped then.
 //!
 //! Only what the database holds is kept: person codes and copies still sealed
 //! (AES-GCM at rest), never an opened copy.

@@ -236,8 +236,9 @@ async fn answer(
 }
 
 /// The lookup generation: bumped by triggers in the same transaction as
-/// every change to person codes or copies (migrations
-/// `0005_lookup_generation.sql`; on PostgreSQL at commit, once).
+/// every change to person codes or copies and every person added or erased
+/// (migrations `0005_lookup_generation.sql`, `0107_persons_per_insurer.sql`;
+/// on PostgreSQL at commit, once).
 ///
 /// On PostgreSQL each statement reads a snapshot taken after the one
 /// before it, so the answers read after this number see every change the
@@ -288,9 +289,17 @@ pub(crate) const GENERATION_SQL: &str = "SELECT n FROM lookup_generation WHERE i
 type Row = (i64, Option<String>, Option<Vec<u8>>);
 
 const HEAD: &str = "WITH asked (i, requester, code, provider) AS (";
+/// The requester's code maps to the provider's code for the same Individual
+/// Number (its keyed hash): the provider's own person when the provider is
+/// an insurer, its link when not ([`crate::identity`]). An insurer's code
+/// (`person_id` set) stands for a registered person; between two linking
+/// orgs' codes the link is in force only while some insurer has registered
+/// the number, and otherwise answers as unlinked.
 const TAIL: &str = ") SELECT a.i, p.code, c.cipher FROM asked a
      JOIN person_codes r ON r.org_id = a.requester AND r.code = a.code
-     LEFT JOIN person_codes p ON p.person_id = r.person_id AND p.org_id = a.provider
+     LEFT JOIN person_codes p ON p.org_id = a.provider AND p.number_hash = r.number_hash
+         AND (r.person_id IS NOT NULL OR p.person_id IS NOT NULL
+              OR EXISTS (SELECT 1 FROM persons s WHERE s.number_hash = r.number_hash))
      LEFT JOIN copies c ON c.provider = a.provider AND c.person_code = p.code";
 
 /// Answers every lookup in one statement, in the order asked.

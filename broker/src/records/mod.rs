@@ -49,13 +49,13 @@ use crate::error::BrokerError;
 use crate::store::Pools;
 
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
+pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
+pub use purge::PurgeReport;
 pub use search::{
     Download, DownloadRequest, DownloadSummary, ExplainedStatement, ExportLimits, PageRequest,
     SearchFilter, SearchPage, DEFAULT_MAX_EXPORT_BYTES, DEFAULT_MAX_EXPORT_ROWS, MAX_PAGE_SIZE,
     OUTCOME_NAMES,
 };
-pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
-pub use purge::PurgeReport;
 pub use verify::{trusted_keys, verify_store, Verdict, SEALER_KEY_FILE};
 
 /// The org id that system records (exports, purges) name as requester.

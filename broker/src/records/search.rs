@@ -28,7 +28,9 @@
 //!   of the period (an index of `(day, seq)`, one probe per day that has
 //!   records) bound the walk. Order stays by sequence, never by time (R23):
 //!   the bounds cover a record whose clock stepped back too, and the exact
-//!   time condition is checked on every row.
+//!   time condition is checked on every row. Where a period starts or ends
+//!   inside a day (a month on PostgreSQL), the first and last pages also
+//!   step over that day's (month's) records outside it.
 //!
 //! [`RecordLog::explain_search`] returns the plans of the statements a
 //! search runs (`EXPLAIN QUERY PLAN` / `EXPLAIN`).
@@ -664,8 +666,9 @@ impl<'a> Searcher<'a> {
 
     /// A person code: the records where the viewer org took part under it.
     /// SQLite's side index lists those up to its mark; the rest (everything
-    /// on PostgreSQL, which indexes the code columns) are found by the
-    /// org's two walks with the code checked on each row.
+    /// on PostgreSQL) are found by two walks, the viewer as requester and as
+    /// provider, each with the code of that side in its condition
+    /// (PostgreSQL answers it from the code indexes of migration 0100).
     async fn person_matching<T: Found>(
         &mut self,
         p: &Prepared,
@@ -1036,6 +1039,10 @@ impl RecordLog {
     /// before anything is written or recorded; an export whose data and
     /// bundle outgrow `req.limits.max_bytes` stops with
     /// `payload_too_large`. Both messages ask to narrow the period.
+    ///
+    /// Like `records export`, it reads every record from the first match to
+    /// the last (the bundle proves the chain across those not exported), so
+    /// its time follows the length of the period more than the matches.
     pub async fn export_to_writers<D: Write, B: Write>(
         &self,
         req: &DownloadRequest,

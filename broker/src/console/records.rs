@@ -1,0 +1,327 @@
+//! What auditors read of the provision records (R16): `GET /api/records`
+//! (search, newest first, paged) and `GET /api/records/export` (a download
+//! that verifies offline), both scoped to the auditor's own org — records
+//! where it was requester or provider — and both written to the operation
+//! log. No person code of any org is ever in a page or an export.
+//!
+//! An export is two files made in one run (the data and the bundle the
+//! offline verifier reads beside it), so the export call answers with two
+//! links; the files stay in memory for [`DOWNLOAD_TTL`], for the person who
+//! made them only.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Response, StatusCode};
+use kakehashi_interfaces::ErrorCode;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::console::endpoints::Call;
+use crate::edge::http::{self as edge, Body};
+use crate::error::BrokerError;
+use crate::oplog::{OpAction, OpEntry, OpResult};
+use crate::records::{
+    DownloadRequest, ExportFormat, ExportLimits, PageRequest, SearchFilter, SearchPage,
+};
+
+/// How long an export's files can be downloaded.
+pub const DOWNLOAD_TTL: Duration = Duration::from_secs(10 * 60);
+/// Exports kept at once (the oldest goes first); each holds up to the
+/// export byte limit in memory.
+const MAX_KEPT: usize = 4;
+/// Records in one export made through the console (larger ones: narrow the
+/// period, or use `kakehashi-broker records export` on the host).
+const CONSOLE_EXPORT_ROWS: u64 = 1_000_000;
+/// Bytes of one export made through the console (data and bundle).
+const CONSOLE_EXPORT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Exports waiting to be downloaded.
+#[derive(Default)]
+pub struct Downloads {
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+struct Kept {
+    owner: String,
+    made: Instant,
+    files: Vec<(String, &'static str, bytes::Bytes)>,
+}
+
+/// One file of an export, as the export call lists it.
+#[derive(Debug, Serialize)]
+pub struct ExportFile {
+    /// Save it under this name (the bundle is found beside the data by it).
+    pub name: String,
+    /// Where to download it (same session).
+    pub url: String,
+}
+
+/// `GET /api/records/export`'s answer.
+#[derive(Debug, Serialize)]
+pub struct ExportMade {
+    /// Records exported.
+    pub rows: u64,
+    /// The export's own provision record.
+    pub export_record_seq: u64,
+    /// The data file and its bundle; save both in one folder.
+    pub files: Vec<ExportFile>,
+    /// The command that verifies the download offline.
+    pub verify_command: String,
+}
+
+fn invalid(message: impl Into<String>) -> BrokerError {
+    BrokerError::refused(ErrorCode::InvalidInput, message)
+}
+
+/// An instant: RFC 3339, or a date `YYYY-MM-DD` meaning that day's start in
+/// Japan (people think in JST; records stay UTC).
+fn instant(name: &str, text: &str) -> Result<OffsetDateTime, BrokerError> {
+    if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(at);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text, &format).map_err(|_| {
+        invalid(format!(
+            "{name}: 日付は YYYY-MM-DD または RFC 3339 で指定してください / must be YYYY-MM-DD or RFC 3339"
+        ))
+    })?;
+    let jst =
+        time::UtcOffset::from_hms(9, 0, 0).map_err(|e| BrokerError::Internal(e.to_string()))?;
+    Ok(date.midnight().assume_offset(jst))
+}
+
+/// The filter and paging of a search or export query string, scoped to
+/// `viewer`'s own records.
+fn filter(call: &Call<'_>, query: Option<&str>) -> Result<(SearchFilter, Params), BrokerError> {
+    let session = call.session()?;
+    let mut filter = SearchFilter {
+        org: Some(session.org.clone()),
+        ..SearchFilter::default()
+    };
+    let mut params = Params::default();
+    for (name, value) in edge::query_pairs(query) {
+        if value.is_empty() {
+            continue;
+        }
+        match name.as_str() {
+            "from" => filter.from = Some(instant("from", &value)?),
+            "until" => filter.until = Some(instant("until", &value)?),
+            "flow" => filter.flow = Some(value),
+            "outcome" => filter.outcome = Some(value),
+            "person" => filter.person = Some(value),
+            "before" => {
+                params.before = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid("before: must be a sequence number"))?,
+                )
+            }
+            "size" => {
+                params.size = value
+                    .parse()
+                    .map_err(|_| invalid("size: must be 1 to 200"))?
+            }
+            "format" => {
+                params.format = match value.as_str() {
+                    "csv" => ExportFormat::Csv,
+                    "jsonl" => ExportFormat::Jsonl,
+                    _ => return Err(invalid("format: must be csv or jsonl")),
+                }
+            }
+            other => return Err(invalid(format!("unknown query parameter {other}"))),
+        }
+    }
+    Ok((filter, params))
+}
+
+struct Params {
+    before: Option<u64>,
+    size: usize,
+    format: ExportFormat,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            before: None,
+            size: 50,
+            format: ExportFormat::Csv,
+        }
+    }
+}
+
+fn log_entry(
+    call: &Call<'_>,
+    action: OpAction,
+    result: OpResult,
+    detail: String,
+) -> Result<OpEntry, BrokerError> {
+    let session = call.session()?;
+    let mut entry = OpEntry::new(session.user_id.as_str(), action, result);
+    entry.org = Some(session.org.clone());
+    entry.source = Some(call.conn.peer.ip().to_string());
+    // The filter's description names no person code (the code stays out of the log).
+    entry.detail = Some(detail.chars().take(crate::oplog::MAX_TEXT_CHARS).collect());
+    Ok(entry)
+}
+
+/// `GET /api/records?from&until&flow&outcome&person&before&size`.
+pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
+    let session = call.session()?;
+    let (filter, params) = filter(call, query)?;
+    let page = match params.before {
+        Some(before) => PageRequest::before(before, params.size),
+        None => PageRequest::newest(params.size),
+    };
+    let outcome: Result<SearchPage, BrokerError> = call
+        .console
+        .state
+        .records
+        .search(&session.org, &filter, page)
+        .await;
+    let entry = log_entry(
+        call,
+        OpAction::RecordsSearch,
+        OpResult::of(&outcome),
+        filter.describe(&session.org),
+    )?;
+    call.console.log(entry).await?;
+    let page = outcome?;
+    Ok(edge::json(
+        StatusCode::OK,
+        &serde_json::json!({ "rows": page.rows, "next_before": page.next_before_seq }),
+    ))
+}
+
+/// `GET /api/records/export?format=csv|jsonl&from&until&flow&outcome&person`.
+pub async fn export(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
+    let session = call.session()?;
+    let (filter, params) = filter(call, query)?;
+    let detail = filter.describe(&session.org);
+    let request = DownloadRequest {
+        viewer_org: session.org.clone(),
+        filter,
+        format: params.format,
+        actor: session.user_id.as_str().to_string(),
+        limits: ExportLimits {
+            max_rows: CONSOLE_EXPORT_ROWS,
+            max_bytes: CONSOLE_EXPORT_BYTES,
+        },
+    };
+    let outcome = call.console.state.records.export_to_bytes(&request).await;
+    let entry = log_entry(
+        call,
+        OpAction::RecordsExport,
+        OpResult::of(&outcome),
+        detail,
+    )?;
+    call.console.log(entry).await?;
+    let download = outcome?;
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    let data_type = match params.format {
+        ExportFormat::Csv => "text/csv; charset=utf-8",
+        ExportFormat::Jsonl => "application/x-ndjson",
+    };
+    let summary = &download.summary;
+    let files = vec![
+        (
+            summary.data_file_name.clone(),
+            data_type,
+            bytes::Bytes::from(download.data),
+        ),
+        (
+            summary.bundle_file_name.clone(),
+            "application/x-ndjson",
+            bytes::Bytes::from(download.bundle),
+        ),
+    ];
+    let made = ExportMade {
+        rows: summary.rows,
+        export_record_seq: summary.export_record_seq,
+        files: files
+            .iter()
+            .map(|(name, _, _)| ExportFile {
+                name: name.clone(),
+                url: format!("/api/records/export/{id}/{name}"),
+            })
+            .collect(),
+        verify_command: format!(
+            "kakehashi audit verify {} --trusted-key-id {}",
+            summary.data_file_name,
+            call.console.state.records.sealer_key_id()
+        ),
+    };
+    call.console
+        .downloads
+        .keep(id, session.user_id.as_str(), files);
+    Ok(edge::json(StatusCode::OK, &made))
+}
+
+/// `GET /api/records/export/{id}/{file}`: one file of an export this person made.
+pub async fn download(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
+    let session = call.session()?;
+    let (name, content_type, bytes) = call
+        .console
+        .downloads
+        .take(call.params.get("id"), call.params.get("file"), session.user_id.as_str())
+        .ok_or_else(|| {
+            BrokerError::refused(
+                ErrorCode::NotFound,
+                "このダウンロードはありません（10分で消えます） / no such download (they last 10 minutes); export again",
+            )
+        })?;
+    let mut response = edge::text(StatusCode::OK, bytes, content_type);
+    // The name is the broker's own (records-<time>.csv …): no quoting needed.
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+impl Downloads {
+    fn keep(&self, id: String, owner: &str, files: Vec<(String, &'static str, bytes::Bytes)>) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.retain(|_, k| k.made.elapsed() < DOWNLOAD_TTL);
+            while kept.len() >= MAX_KEPT {
+                let Some(oldest) = kept
+                    .iter()
+                    .min_by_key(|(_, k)| k.made)
+                    .map(|(id, _)| id.clone())
+                else {
+                    break;
+                };
+                kept.remove(&oldest);
+            }
+            kept.insert(
+                id,
+                Kept {
+                    owner: owner.to_string(),
+                    made: Instant::now(),
+                    files,
+                },
+            );
+        }
+    }
+
+    fn take(
+        &self,
+        id: &str,
+        file: &str,
+        owner: &str,
+    ) -> Option<(String, &'static str, bytes::Bytes)> {
+        let kept = self.kept.lock().ok()?;
+        let export = kept.get(id)?;
+        if export.owner != owner || export.made.elapsed() >= DOWNLOAD_TTL {
+            return None;
+        }
+        export
+            .files
+            .iter()
+            .find(|(name, _, _)| name == file)
+            .cloned()
+    }
+}
