@@ -18,7 +18,7 @@ use crate::console::access::{Access, Denied, ADMINISTRATORS, AUDITORS, OPERATORS
 use crate::console::pages::{self, Page};
 use crate::console::{approvals, audit, flows, records, session, Console, ConsoleConn};
 use crate::edge::http::{self as edge, Body};
-use crate::edge::layers::{self, BodyCap, Refused};
+use crate::edge::layers::{self, BodyCap, Refused, Stop};
 use crate::edge::refusal::Reason;
 use crate::edge::route::{BodyLimit, Params, Route};
 use crate::error::BrokerError;
@@ -464,23 +464,6 @@ pub async fn handle(
         response
     })
     .await
-}
-
-enum Stop {
-    Refused(Refused),
-    Failed(BrokerError),
-}
-
-impl From<Refused> for Stop {
-    fn from(r: Refused) -> Self {
-        Stop::Refused(r)
-    }
-}
-
-impl From<BrokerError> for Stop {
-    fn from(e: BrokerError) -> Self {
-        Stop::Failed(e)
-    }
 }
 
 async fn stack(

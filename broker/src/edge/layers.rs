@@ -21,6 +21,28 @@ use crate::edge::refusal::Reason;
 use crate::edge::route::{self, Miss, Params, Route};
 use crate::metrics::Metrics;
 
+/// Why a request stopped before a successful answer: refused at the edge,
+/// or failed in its endpoint. Each listener's `stack` returns it.
+#[derive(Debug)]
+pub enum Stop {
+    /// Refused by an edge step.
+    Refused(Refused),
+    /// The endpoint failed (a refusal with its code, or a fault).
+    Failed(crate::error::BrokerError),
+}
+
+impl From<Refused> for Stop {
+    fn from(r: Refused) -> Self {
+        Stop::Refused(r)
+    }
+}
+
+impl From<crate::error::BrokerError> for Stop {
+    fn from(e: crate::error::BrokerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
 /// A request refused at the edge: the reason counted, the error sent.
 #[derive(Debug, Clone)]
 pub struct Refused {

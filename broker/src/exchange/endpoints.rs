@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use kakehashi_interfaces::{ErrorCode, OrgKind, WhoAmI};
 
 use crate::edge::http::{self as edge, Body};
-use crate::edge::layers::{self, BodyCap, Refused};
+use crate::edge::layers::{self, BodyCap, Refused, Stop};
 use crate::edge::route::{BodyLimit, Params, Route};
 use crate::error::BrokerError;
 use crate::exchange::admission::AdmitError;
@@ -227,24 +227,6 @@ pub async fn handle(
         }
     })
     .await
-}
-
-/// Why a request stopped before a successful answer.
-enum Stop {
-    Refused(Refused),
-    Failed(BrokerError),
-}
-
-impl From<Refused> for Stop {
-    fn from(r: Refused) -> Self {
-        Stop::Refused(r)
-    }
-}
-
-impl From<BrokerError> for Stop {
-    fn from(e: BrokerError) -> Self {
-        Stop::Failed(e)
-    }
 }
 
 async fn stack(

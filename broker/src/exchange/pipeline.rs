@@ -249,8 +249,9 @@ async fn answer(
         })
         .collect();
 
-    if decision.needs_approval {
-        // What sealing needs later, when an operator approves (R11).
+    // What the query answers and stores: the values encrypted at rest for
+    // an operator to decide on (R11), or the answer sealed to the requester.
+    let (status, ttl, envelope, stored) = if decision.needs_approval {
         let plain = serde_json::to_vec(&PendingAnswer {
             reply_key: req.reply_key.clone(),
             flow_id: req.flow_id.clone(),
@@ -262,66 +263,56 @@ async fn answer(
         let cipher = state
             .keys
             .encrypt(&plain, &pending_context(query_id.as_str()))?;
-        let expires_at = now + Duration::seconds(secs(exchange.pending_ttl_secs));
-        let mut result = OwnedResult::new(
-            query_id.as_str(),
-            &requester.id,
-            &provider.id,
-            "pending",
-            permit_json,
-            expires_at,
-        );
-        result.pending_cipher = Some(cipher);
-        draft.outcome = Outcome::Pending;
-        drop(coming);
-        if state
-            .records
-            .append_answer(draft, Some(result), generation)
-            .await?
-            == Commit::Stale
-        {
-            return Ok(Answered::Stale);
-        }
-        return Ok(Answered::Done(Box::new(Ok(QueryResponse {
-            query_id,
-            status: QueryStatus::Pending,
-            permit,
-            envelope: None,
-            expires_at,
-            reason: None,
-        }))));
-    }
-
-    let context = EnvelopeContext {
-        query_id: query_id.clone(),
-        requester: requester.id.clone(),
-        provider: provider.id.clone(),
-    };
-    let payload = AnswerPayload {
-        query_id: query_id.clone(),
-        flow_id: req.flow_id.clone(),
-        provider: provider.id.clone(),
-        items: selected,
-    };
-    let sealed = envelope::seal_answer(&req.reply_key, &context, &payload).map_err(|_| {
-        BrokerError::refused(
-            ErrorCode::InvalidInput,
-            "reply_key is not a usable X25519 public key",
+        (
+            QueryStatus::Pending,
+            exchange.pending_ttl_secs,
+            None,
+            Stored::Pending(cipher),
         )
-    })?;
-    let envelope_json =
-        serde_json::to_string(&sealed).map_err(|e| BrokerError::encoding("envelope", e))?;
-    let expires_at = now + Duration::seconds(secs(exchange.result_ttl_secs));
+    } else {
+        let context = EnvelopeContext {
+            query_id: query_id.clone(),
+            requester: requester.id.clone(),
+            provider: provider.id.clone(),
+        };
+        let payload = AnswerPayload {
+            query_id: query_id.clone(),
+            flow_id: req.flow_id.clone(),
+            provider: provider.id.clone(),
+            items: selected,
+        };
+        let sealed = envelope::seal_answer(&req.reply_key, &context, &payload).map_err(|_| {
+            BrokerError::refused(
+                ErrorCode::InvalidInput,
+                "reply_key is not a usable X25519 public key",
+            )
+        })?;
+        let envelope_json =
+            serde_json::to_string(&sealed).map_err(|e| BrokerError::encoding("envelope", e))?;
+        (
+            QueryStatus::Provided,
+            exchange.result_ttl_secs,
+            Some(sealed),
+            Stored::Envelope(envelope_json),
+        )
+    };
+    let expires_at = now + Duration::seconds(secs(ttl));
     let mut result = OwnedResult::new(
         query_id.as_str(),
         &requester.id,
         &provider.id,
-        "provided",
+        status.as_str(),
         permit_json,
         expires_at,
     );
-    result.envelope = Some(envelope_json);
-    draft.outcome = Outcome::Provided;
+    match stored {
+        Stored::Pending(cipher) => result.pending_cipher = Some(cipher),
+        Stored::Envelope(json) => result.envelope = Some(json),
+    }
+    draft.outcome = match status {
+        QueryStatus::Pending => Outcome::Pending,
+        _ => Outcome::Provided,
+    };
     drop(coming);
     if state
         .records
@@ -333,12 +324,20 @@ async fn answer(
     }
     Ok(Answered::Done(Box::new(Ok(QueryResponse {
         query_id,
-        status: QueryStatus::Provided,
+        status,
         permit,
-        envelope: Some(sealed),
+        envelope,
         expires_at,
         reason: None,
     }))))
+}
+
+/// What a query's result row keeps besides its permit.
+enum Stored {
+    /// The values and reply key, encrypted at rest, until an operator decides.
+    Pending(Vec<u8>),
+    /// The sealed answer, JSON.
+    Envelope(String),
 }
 
 fn secs(s: u64) -> i64 {
