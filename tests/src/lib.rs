@@ -102,16 +102,27 @@ pub enum Backend {
     Postgres,
 }
 
-/// The PostgreSQL base URL, or `None` (with a note) when tests should not run on it.
+/// Set to `1` to run the suite without PostgreSQL: its variants then say,
+/// on stderr where no test harness hides it, that they did not run.
+pub const SKIP_PG_ENV: &str = "KAKEHASHI_SKIP_PG";
+
+/// The PostgreSQL base URL; `None` only when `KAKEHASHI_SKIP_PG=1` asks to
+/// run without it (said loudly). Unset otherwise: the test fails, so a
+/// green run means the PostgreSQL variants ran.
 pub fn pg_base_url() -> Option<String> {
     match std::env::var(PG_ENV) {
         Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "note: {PG_ENV} is not set; PostgreSQL variant not run (scripts/test sets it)"
+        _ if std::env::var(SKIP_PG_ENV).as_deref() == Ok("1") => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!! PostgreSQL variant NOT RUN: {SKIP_PG_ENV}=1 and {PG_ENV} is not set !!!\n"
             );
             None
         }
+        _ => panic!(
+            "{PG_ENV} is not set: run scripts/test (it starts PostgreSQL), or set {SKIP_PG_ENV}=1 to run without the PostgreSQL variants"
+        ),
     }
 }
 
