@@ -59,22 +59,10 @@ fn summary(row: &PendingRow, now: OffsetDateTime) -> Result<PendingSummary, Brok
         flow_id: claims.flow_id.to_string(),
         procedure: claims.procedure.to_string(),
         items: claims.items.iter().map(|i| i.to_string()).collect(),
-        asked_at: whole_seconds(asked),
+        asked_at: crate::store::whole_seconds(&row.created_at),
         age_secs: (now - asked).whole_seconds().max(0),
-        expires_at: row
-            .expires_at
-            .get(..19)
-            .map(|s| format!("{s}Z"))
-            .unwrap_or_default(),
+        expires_at: crate::store::whole_seconds(&row.expires_at),
     })
-}
-
-fn whole_seconds(at: OffsetDateTime) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .unwrap_or_default()
 }
 
 /// The provider's queue, oldest first.

@@ -745,3 +745,31 @@ async fn answers_follow_changes_to_codes_and_copies_sqlite() -> Result<()> {
 async fn answers_follow_changes_to_codes_and_copies_postgres() -> Result<()> {
     answers_follow_changes_to_codes_and_copies(Backend::Postgres).await
 }
+
+/// Instants on the wire are UTC, whole seconds (interfaces/README.md).
+#[tokio::test]
+async fn instants_on_the_wire_are_whole_seconds() -> Result<()> {
+    let broker = exchange_broker(Backend::Sqlite).await?.expect("sqlite");
+    let mut s = scenario(&broker, 1).await?;
+    let (body, _) = query_body(
+        "F-0120",
+        "premium-calculation",
+        "city-saitama",
+        &s.union_codes[0],
+        &["local_tax.income"],
+    );
+    let answer = s.union.post("/v1/queries", body).await?.json()?;
+    let expires = answer["expires_at"].as_str().unwrap_or("");
+    assert!(
+        expires.ends_with('Z') && !expires.contains('.'),
+        "{expires}"
+    );
+    let path = format!("/v1/persons/{}/records", s.union_codes[0]);
+    let entries = s.union.get(&path).await?.json()?;
+    let at = entries[0]["at"].as_str().unwrap_or("");
+    assert!(
+        at.ends_with('Z') && !at.contains('.') && at.len() == 20,
+        "{at}"
+    );
+    Ok(())
+}

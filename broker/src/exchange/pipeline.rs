@@ -115,7 +115,10 @@ async fn answer(
     // Every way out of a query appends a record: the writer may hold a
     // commit briefly for it. Dropped just before the append.
     let coming = state.records.expect_append();
-    let now = OffsetDateTime::now_utc();
+    // Instants on the wire are UTC, whole seconds (interfaces/README.md).
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
     let query_id = QueryId::random();
     let flows = state.flows();
     let item_names: Vec<&str> = req.items.iter().map(ItemCode::as_str).collect();
@@ -425,6 +428,8 @@ pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryRespons
             &stored.expires_at,
             &time::format_description::well_known::Rfc3339,
         )
+        .map_err(|_| corrupt("expiry"))?
+        .replace_nanosecond(0)
         .map_err(|_| corrupt("expiry"))?,
         reason,
     })

@@ -677,7 +677,7 @@ impl RecordLog {
                 };
                 DisclosureEntry {
                     seq: r.seq_u64(),
-                    at: r.recorded_at,
+                    at: crate::store::whole_seconds(&r.recorded_at),
                     query_id: r.query_id,
                     requester: r.requester,
                     provider: r.provider,

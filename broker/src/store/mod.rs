@@ -161,6 +161,15 @@ pub fn timestamp(at: time::OffsetDateTime) -> String {
     at.format(&format).unwrap_or_default()
 }
 
+/// A stored fixed-width instant (`2026-11-23T09:50:55.614263Z`) as the wire
+/// contract sends instants: UTC, whole seconds (`2026-11-23T09:50:55Z`).
+pub fn whole_seconds(stored: &str) -> String {
+    match stored.get(..19) {
+        Some(head) if stored.len() > 19 => format!("{head}Z"),
+        _ => stored.to_string(),
+    }
+}
+
 /// Runs the same statement text on whichever backend `pools` is; the body is
 /// expanded once per backend so each gets its own concrete pool type.
 /// SQL must use `$N` placeholders (both drivers accept them).
