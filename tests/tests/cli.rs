@@ -741,6 +741,14 @@ async fn persons_register_with_malformed_lines() -> Result<()> {
         .filter_map(|r| r.split(',').next())
         .collect();
     assert_eq!(code_lines, ["2", "3", "8"], "{codes}");
+    // Branch numbers are written as the contract spells them: 8 digits.
+    for row in codes.lines().skip(1) {
+        let branch = row.split(',').nth(2).unwrap_or("");
+        assert!(
+            branch.len() == 8 && branch.bytes().all(|b| b.is_ascii_digit()),
+            "{codes}"
+        );
+    }
 
     // No Individual Number appears anywhere the user can see.
     for number in numbers.iter().chain([&bad_check]) {

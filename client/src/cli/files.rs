@@ -301,7 +301,7 @@ fn write_codes(path: &Path, applied: &[(u64, RegisteredPerson)]) -> Result<(), C
     for (line, p) in applied {
         let branch = p
             .branch_number
-            .map(|b| b.value().to_string())
+            .map(|b| b.to_string())
             .unwrap_or_default();
         w.write_record([
             line.to_string().as_str(),
