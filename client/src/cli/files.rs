@@ -299,10 +299,7 @@ fn write_codes(path: &Path, applied: &[(u64, RegisteredPerson)]) -> Result<(), C
     w.write_record(["line", "person_code", "branch_number", "created"])
         .map_err(|e| fail(&e))?;
     for (line, p) in applied {
-        let branch = p
-            .branch_number
-            .map(|b| b.to_string())
-            .unwrap_or_default();
+        let branch = p.branch_number.map(|b| b.to_string()).unwrap_or_default();
         w.write_record([
             line.to_string().as_str(),
             p.person_code.as_str(),
