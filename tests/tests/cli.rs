@@ -781,6 +781,34 @@ async fn persons_register_with_malformed_lines() -> Result<()> {
             .contains("applied 3 lines (0 new, 3 already registered)"),
         "{again:?}"
     );
+
+    // A city links the same file with --out: its outputs are named after
+    // --out, and the union's confirmation list stays as it was.
+    let city_out = user.files.path().join("city-codes.csv");
+    let city = user
+        .run(&[
+            "--profile",
+            "city-saitama",
+            "persons",
+            "register",
+            &input_s,
+            "--out",
+            &city_out.display().to_string(),
+        ])
+        .await?;
+    assert!(city_out.exists(), "{city:?}");
+    assert!(
+        user.files
+            .path()
+            .join("city-codes.csv.confirmation.csv")
+            .exists(),
+        "{city:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{input_s}.confirmation.csv"))?,
+        conf,
+        "the union's confirmation list was overwritten"
+    );
     Ok(())
 }
 

@@ -200,11 +200,11 @@ pub async fn register(
     out: Option<PathBuf>,
     opts: &BatchFileArgs,
 ) -> Result<Exit, CliError> {
+    // With --out, the confirmation list is named after it too, so that two
+    // orgs registering the same input file do not overwrite each other's.
+    let conf_default = default_beside(out.as_deref().unwrap_or(file), ".confirmation.csv");
     let codes_path = out.unwrap_or_else(|| default_beside(file, ".codes.csv"));
-    let conf_path = opts
-        .confirmation_list
-        .clone()
-        .unwrap_or_else(|| default_beside(file, ".confirmation.csv"));
+    let conf_path = opts.confirmation_list.clone().unwrap_or(conf_default);
     let Parsed { good, mut issues } = parsed;
     let total = (good.len() + issues.len()) as u64;
     let bar = progress(total);
