@@ -103,10 +103,11 @@ pub async fn get_for(
     Ok(row)
 }
 
-/// Deletes every result whose expiry has passed, except that a pending
-/// query leaves a tombstone (status `expired`, no payload) that lives
-/// `tombstone_until`, so its requester hears `expired`; returns the pending
-/// queries that expired unanswered (they get an `expired` record).
+/// Turns every query whose expiry has passed into a tombstone (status
+/// `expired`, no payload) that lives until `tombstone_until`, so its
+/// requester hears `expired` (410), and deletes the tombstones whose time is
+/// up; returns the pending queries that expired unanswered (they get an
+/// `expired` record).
 pub async fn sweep(
     pools: &Pools,
     now: time::OffsetDateTime,
@@ -124,16 +125,16 @@ pub async fn sweep(
         .bind(&cut)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "DELETE FROM queries WHERE expires_at <= $1 AND status NOT IN ('pending', 'deciding')",
-        )
-        .bind(&cut)
-        .execute(&mut *tx)
-        .await?;
+        // Tombstones whose time is up go; every other expired query becomes
+        // one (no payload), so its requester hears `expired`, not "never was".
+        sqlx::query("DELETE FROM queries WHERE expires_at <= $1 AND status = 'expired'")
+            .bind(&cut)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE queries SET status = 'expired', envelope = NULL, pending_cipher = NULL,
-                 expires_at = $2
-                 WHERE expires_at <= $1 AND status IN ('pending', 'deciding')",
+                 reason = NULL, expires_at = $2
+                 WHERE expires_at <= $1",
         )
         .bind(&cut)
         .bind(timestamp(tombstone_until))

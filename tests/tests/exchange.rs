@@ -496,12 +496,29 @@ async fn answers_are_deleted_when_they_expire() -> Result<()> {
     let mut gone = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if s.union.get(&path).await?.status == StatusCode::NOT_FOUND {
+        // The requester is told it expired (410), not that it never was.
+        if s.union.get(&path).await?.status == StatusCode::GONE {
             gone = true;
             break;
         }
     }
     assert!(gone, "an expired answer was still served");
+    // The sweep deletes the sealed answer and keeps a tombstone without it.
+    let pools = broker.broker.state().store.pools();
+    let sql = format!(
+        "SELECT COUNT(*) FROM queries WHERE id = '{}' AND envelope IS NULL AND status = 'expired'",
+        answer.query_id
+    );
+    let mut swept = false;
+    for _ in 0..30 {
+        if kakehashi_tests::sql_count(&pools, &sql).await? == 1 {
+            swept = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(swept, "the expired answer's envelope was kept");
+    assert_eq!(s.union.get(&path).await?.status, StatusCode::GONE);
     Ok(())
 }
 

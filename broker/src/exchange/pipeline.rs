@@ -379,34 +379,32 @@ async fn deny_read(
     )
 }
 
-/// A stored result as the requester sees it: an expired pending query is
-/// `expired` (410), an expired result `not_found`.
+/// Why an expired query answers 410; the tombstone keeps nothing of it.
+fn expired(status: &str) -> BrokerError {
+    let message = match status {
+        "pending" | "deciding" => {
+            "the query expired before the provider's operator decided; ask again if still needed"
+        }
+        _ => "the query's result expired and was deleted (R13); ask again if still needed",
+    };
+    BrokerError::refused(ErrorCode::Expired, message)
+}
+
+/// A stored result as the requester sees it: an expired query answers
+/// `expired` (410) for `result_ttl_secs` after it expired, then `not_found`.
 pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryResponse, BrokerError> {
     let corrupt =
         |what: &str| BrokerError::Corrupt(format!("stored query result has an invalid {what}"));
-    // Past its expiry and not yet swept: a pending query expired (410); a
-    // result is gone as if already deleted (404).
+    // Past its expiry (swept into a tombstone or not yet): `expired` (410).
     if stored.expires_at.as_str() <= crate::store::now_rfc3339().as_str() {
-        return Err(match stored.status.as_str() {
-            "pending" | "deciding" => BrokerError::refused(
-                ErrorCode::Expired,
-                "the query expired before the provider's operator decided; ask again if still needed",
-            ),
-            _ => BrokerError::refused(
-                ErrorCode::NotFound,
-                "no such query for this org (it may have expired and been deleted)",
-            ),
-        });
+        return Err(expired(&stored.status));
     }
     let status = match stored.status.as_str() {
         "provided" => QueryStatus::Provided,
         // `deciding`: an operator's decision is being recorded.
         "pending" | "deciding" => QueryStatus::Pending,
         "rejected" => QueryStatus::Rejected,
-        "expired" => return Err(BrokerError::refused(
-            ErrorCode::Expired,
-            "the query expired before the provider's operator decided; ask again if still needed",
-        )),
+        "expired" => return Err(expired("expired")),
         _ => return Err(corrupt("status")),
     };
     let reason = match (status, &stored.reason) {
