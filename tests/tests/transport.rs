@@ -374,3 +374,23 @@ async fn expired_crl_refuses_certificates_it_covers() -> Result<()> {
     expect_refusal(&broker, "crl_expired").await;
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_and_health_answer_no_unregistered_org() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    // A certificate from the trusted CA, for an org nobody registered.
+    let cert = broker.pki.org_cert("city-nowhere")?;
+    let mut stranger = TestClient::connect(
+        broker.addr(),
+        broker.pki.ca.cert_pem(),
+        Some(&cert),
+        Protocol::Http1,
+    )
+    .await?;
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let r = stranger.get(path).await?;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(r.error_code().as_deref(), Some("unknown_org"), "{path}");
+    }
+    Ok(())
+}

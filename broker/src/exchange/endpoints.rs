@@ -26,9 +26,6 @@ use crate::store::OrgRecord;
 /// Who may call an exchange endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
-    /// Any peer whose certificate chains to a trust anchor (TLS checked
-    /// that): liveness, readiness and metrics.
-    AnyCertificate,
     /// A registered, active org presenting its (pinned) certificate.
     Org,
     /// The union only.
@@ -98,31 +95,15 @@ const fn row(
 }
 
 use BodyLimit::{Configured, Empty};
-use Caller::{AnyCertificate, Org, Union};
+use Caller::{Org, Union};
 
 /// The exchange listener's endpoints: method, path, caller, body, endpoint.
 pub const TABLE: &[Route<Endpoint, Caller>] = &[
-    row(
-        Method::GET,
-        "/healthz",
-        AnyCertificate,
-        Empty,
-        Endpoint::Healthz,
-    ),
-    row(
-        Method::GET,
-        "/readyz",
-        AnyCertificate,
-        Empty,
-        Endpoint::Readyz,
-    ),
-    row(
-        Method::GET,
-        "/metrics",
-        AnyCertificate,
-        Empty,
-        Endpoint::Metrics,
-    ),
+    // Health and metrics for registered orgs only; load balancers and
+    // Prometheus read them on the console listener, without a certificate.
+    row(Method::GET, "/healthz", Org, Empty, Endpoint::Healthz),
+    row(Method::GET, "/readyz", Org, Empty, Endpoint::Readyz),
+    row(Method::GET, "/metrics", Org, Empty, Endpoint::Metrics),
     row(Method::GET, "/v1/whoami", Org, Empty, Endpoint::WhoAmI),
     row(Method::GET, "/v1/flows", Org, Empty, Endpoint::Flows),
     row(
@@ -175,7 +156,7 @@ pub struct Call<'a> {
     pub state: &'a Arc<AppState>,
     /// The connection.
     pub conn: &'a ConnInfo,
-    /// The admitted org (`None` for [`Caller::AnyCertificate`] endpoints).
+    /// The admitted org (every exchange endpoint admits one).
     pub org: Option<OrgRecord>,
     /// Path placeholders.
     pub params: Params,
@@ -237,10 +218,7 @@ async fn stack(
     request_id: &str,
 ) -> Result<Response<Body>, Stop> {
     let (route, params) = found?;
-    let org = match route.caller {
-        AnyCertificate => None,
-        Org | Union => Some(admit(state, conn, route.caller).await?),
-    };
+    let org = Some(admit(state, conn, route.caller).await?);
     layers::rate_limit(&state.limits, org.as_ref().map(|o| &o.id), conn.peer.ip())?;
     let body = layers::body_cap(
         req.headers(),
@@ -394,18 +372,11 @@ mod tests {
     }
 
     #[test]
-    fn only_operational_endpoints_skip_org_admission() {
+    fn every_exchange_endpoint_admits_an_org_first() {
+        // No endpoint of the exchange answers a certificate whose org is not
+        // registered and active, health and metrics included (R1).
         for route in TABLE {
-            let operational = matches!(
-                route.endpoint,
-                Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics
-            );
-            assert_eq!(
-                operational,
-                route.caller == AnyCertificate,
-                "{}",
-                route.path
-            );
+            assert!(matches!(route.caller, Org | Union), "{}", route.path);
         }
     }
 }
