@@ -135,14 +135,38 @@ pub enum Replacement {
     Hashed(String),
 }
 
-/// Runs Argon2id off the async runtime: at most `workers` jobs at once and
-/// at most `queue` waiting; beyond that a job is refused at once
-/// ([`HasherError::Busy`]), so a login flood costs at most `workers`
-/// blocking threads and never delays the exchange's tasks.
+/// Runs Argon2id off the async runtime, on `workers` threads of its own at
+/// the lowest scheduling priority (nice 19): at most `workers` jobs at once
+/// and at most `queue` waiting; beyond that a job is refused at once
+/// ([`HasherError::Busy`]). A login flood so costs at most `workers`
+/// threads, never delays the exchange's tasks, and gets the CPU only when
+/// the exchange leaves it (benches/README.md, "People: approvals and a
+/// login flood").
 #[derive(Clone)]
 pub struct Hasher {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One hashing thread: lowers its own priority, then runs jobs until every
+/// [`Hasher`] clone is gone.
+fn hash_worker(jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>) {
+    // Failure (another OS, a container that forbids it) leaves the thread at
+    // normal priority: slower for the exchange under a flood, nothing else.
+    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+    loop {
+        let job = match jobs.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
 }
 
 impl std::fmt::Debug for Hasher {
@@ -157,13 +181,25 @@ impl Hasher {
     /// A hasher with `workers` concurrent jobs (at least 1) and `queue` waiting.
     pub fn new(workers: usize, queue: usize) -> Self {
         let workers = workers.max(1);
+        let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        for n in 0..workers {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kakehashi-hash-{n}"))
+                .spawn(move || hash_worker(receiver));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-hashing thread");
+            }
+        }
         Hasher {
             running: Arc::new(Semaphore::new(workers)),
             admitted: Arc::new(Semaphore::new(workers.saturating_add(queue))),
+            jobs,
         }
     }
 
-    /// Runs `job` on a blocking thread once a worker is free.
+    /// Runs `job` on a hashing thread once a worker is free.
     pub async fn run<T, F>(&self, job: F) -> Result<T, HasherError>
     where
         T: Send + 'static,
@@ -180,13 +216,14 @@ impl Hasher {
             .acquire_owned()
             .await
             .map_err(|_| HasherError::Stopped)?;
-        tokio::task::spawn_blocking(move || {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             // The permits live as long as the job, even if the caller gives up waiting.
             let _permits = (admitted, running);
-            job()
-        })
-        .await
-        .map_err(|_| HasherError::Stopped)
+            let _ = done.send(job());
+        });
+        self.jobs.send(job).map_err(|_| HasherError::Stopped)?;
+        wait.await.map_err(|_| HasherError::Stopped)
     }
 
     /// Hashes a new password (PHC string, Argon2id with OWASP parameters).
