@@ -393,6 +393,22 @@ async fn an_auditor_searches_exports_and_the_download_verifies_offline() -> Resu
         )
         .await?;
     assert_eq!(next.json()?["rows"].as_array().map(Vec::len), Some(1));
+    // Narrowed to exchanges with another org: the city, and a city that never took part.
+    let with_city = console
+        .call(
+            Method::GET,
+            "/api/records?org=city-saitama&outcome=provided",
+            None,
+        )
+        .await?;
+    assert_eq!(with_city.json()?["rows"].as_array().map(Vec::len), Some(2));
+    let with_kawagoe = console
+        .call(Method::GET, "/api/records?org=city-kawagoe", None)
+        .await?;
+    assert_eq!(
+        with_kawagoe.json()?["rows"].as_array().map(Vec::len),
+        Some(0)
+    );
     // No person code of either org in what an auditor sees.
     let text = format!("{first}{}", String::from_utf8_lossy(&next.body));
     for code in s.union_codes.iter().chain(&s.city_codes) {
@@ -447,6 +463,30 @@ async fn an_auditor_searches_exports_and_the_download_verifies_offline() -> Resu
             "SELECT COUNT(*) FROM operation_log WHERE actor = 'audit.union' AND action = '{action}'"
         );
         assert!(sql_count(&pools, &sql).await? >= 1, "{action}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_in_use_still_ends_at_its_absolute_lifetime() -> Result<()> {
+    let broker = console_broker(|opts| {
+        opts.people.session_lifetime_secs = 3;
+    })
+    .await?;
+    let mut person = add_person(&broker, "life.op", "city-saitama", &[Role::Operator]).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    console.log_in(&mut person, 0).await?;
+    let started = std::time::Instant::now();
+    // Used every half second: the idle timeout never strikes, the lifetime does.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = console.call(Method::GET, "/api/approvals", None).await?;
+        if started.elapsed() < Duration::from_millis(2500) {
+            assert_eq!(r.status, StatusCode::OK);
+        } else if started.elapsed() > Duration::from_millis(3500) {
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+            break;
+        }
     }
     Ok(())
 }

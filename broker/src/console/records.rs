@@ -1,5 +1,5 @@
 //! What auditors read of the provision records (R16): `GET /api/records`
-//! (search, newest first, paged) and `GET /api/records/export` (a download
+//! (search, newest first, paged; `org` narrows to exchanges with another org) and `GET /api/records/export` (a download
 //! that verifies offline), both scoped to the auditor's own org — records
 //! where it was requester or provider — and both written to the operation
 //! log. No person code of any org is ever in a page or an export.
@@ -111,6 +111,12 @@ fn filter(call: &Call<'_>, query: Option<&str>) -> Result<(SearchFilter, Params)
             "flow" => filter.flow = Some(value),
             "outcome" => filter.outcome = Some(value),
             "person" => filter.person = Some(value),
+            "org" => {
+                params.counterpart = Some(
+                    kakehashi_interfaces::OrgId::new(value)
+                        .map_err(|_| invalid("org: must be an org id such as city-saitama"))?,
+                )
+            }
             "before" => {
                 params.before = Some(
                     value
@@ -137,6 +143,8 @@ fn filter(call: &Call<'_>, query: Option<&str>) -> Result<(SearchFilter, Params)
 }
 
 struct Params {
+    /// The other org of the records (the scope stays the auditor's own).
+    counterpart: Option<kakehashi_interfaces::OrgId>,
     before: Option<u64>,
     size: usize,
     format: ExportFormat,
@@ -145,6 +153,7 @@ struct Params {
 impl Default for Params {
     fn default() -> Self {
         Self {
+            counterpart: None,
             before: None,
             size: 50,
             format: ExportFormat::Csv,
@@ -170,7 +179,13 @@ fn log_entry(
 /// `GET /api/records?from&until&flow&outcome&person&before&size`.
 pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
-    let (filter, params) = filter(call, query)?;
+    let (mut filter, params) = filter(call, query)?;
+    // With another org named, the index walk follows it and the page keeps
+    // only the records the auditor's own org took part in (a page may then
+    // hold fewer rows than asked; `next_before` goes on).
+    if let Some(counterpart) = &params.counterpart {
+        filter.org = Some(counterpart.clone());
+    }
     let page = match params.before {
         Some(before) => PageRequest::before(before, params.size),
         None => PageRequest::newest(params.size),
@@ -188,7 +203,10 @@ pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Bod
         filter.describe(&session.org),
     )?;
     call.console.log(entry).await?;
-    let page = outcome?;
+    let mut page = outcome?;
+    let own = session.org.as_str();
+    page.rows
+        .retain(|r| r.requester == own || r.provider.as_deref() == Some(own));
     Ok(edge::json(
         StatusCode::OK,
         &serde_json::json!({ "rows": page.rows, "next_before": page.next_before_seq }),
@@ -199,6 +217,11 @@ pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Bod
 pub async fn export(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
     let (filter, params) = filter(call, query)?;
+    if params.counterpart.is_some() {
+        return Err(invalid(
+            "org: 出力は自団体の記録全体が対象です。期間・フロー・結果で絞ってください / exports cover the auditor's own org; narrow them by period, flow or outcome",
+        ));
+    }
     let detail = filter.describe(&session.org);
     let request = DownloadRequest {
         viewer_org: session.org.clone(),
