@@ -360,10 +360,10 @@ pub struct SessionAnswer {
     pub roles: BTreeSet<Role>,
     /// Whether the person may see Individual Numbers (R5).
     pub number_privilege: bool,
-    /// The previous successful login, before this session.
+    /// The previous successful login, before the current login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_login: Option<LoginEvent>,
-    /// The latest failed login or code, before this session.
+    /// The latest failed login or code, before the current login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_login: Option<LoginEvent>,
 }

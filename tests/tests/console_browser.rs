@@ -1041,7 +1041,7 @@ async fn page_forms_carry_their_csrf_field_and_pages_their_security_headers() ->
         queue.contains(&format!("照会 {query_id} を承認しました")),
         "{queue}"
     );
-    // A notice not signed for this session is not shown.
+    // A notice not signed for the current login is not shown.
     let forged_notice = shown.replace("record=", "record=9");
     let queue = body(&web.get(&forged_notice).await?);
     assert!(

@@ -646,16 +646,10 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::route::find;
 
     #[test]
     fn every_endpoint_has_exactly_one_row_and_a_distinct_name() {
-        let mut names = std::collections::BTreeSet::new();
-        for route in TABLE {
-            assert!(names.insert(route.endpoint.name()), "{:?}", route.endpoint);
-            let (found, _) = find(TABLE, &route.method, route.path).unwrap();
-            assert_eq!(found.endpoint, route.endpoint);
-        }
+        crate::edge::route::assert_well_formed(TABLE, Endpoint::name);
     }
 
     #[test]
@@ -687,17 +681,11 @@ mod tests {
     /// people endpoint the broker serves, and nothing else.
     #[test]
     fn the_schema_lists_exactly_the_console_table() {
-        let served: std::collections::BTreeSet<(String, &str)> = TABLE
-            .iter()
-            .filter(|r| r.path.starts_with("/api/"))
-            .map(|r| (r.method.to_string(), r.path))
-            .collect();
-        let published: std::collections::BTreeSet<(String, &str)> =
-            kakehashi_interfaces::schema::CONSOLE_ENDPOINTS
-                .iter()
-                .map(|e| (e.method.to_string(), e.path))
-                .collect();
-        assert_eq!(served, published);
+        crate::edge::route::assert_published(
+            TABLE,
+            "/api/",
+            &kakehashi_interfaces::schema::CONSOLE_ENDPOINTS,
+        );
     }
 
     #[test]

@@ -116,6 +116,41 @@ fn matches(pattern: &'static str, path: &str) -> Option<Params> {
     }
 }
 
+/// Checks a listener's table (tests): every row is found by its own method
+/// and path, and every endpoint has one metrics name of its own.
+#[cfg(test)]
+pub(crate) fn assert_well_formed<E: PartialEq + std::fmt::Debug + Copy, C>(
+    table: &[Route<E, C>],
+    name: fn(E) -> &'static str,
+) {
+    let mut names = std::collections::BTreeSet::new();
+    for route in table {
+        assert!(names.insert(name(route.endpoint)), "{:?}", route.endpoint);
+        let (found, _) = find(table, &route.method, route.path).expect("row found");
+        assert_eq!(found.endpoint, route.endpoint);
+    }
+}
+
+/// Checks (tests) that the rows under `prefix` are exactly the endpoints
+/// the published contract lists.
+#[cfg(test)]
+pub(crate) fn assert_published<E, C>(
+    table: &[Route<E, C>],
+    prefix: &str,
+    published: &[kakehashi_interfaces::schema::Endpoint],
+) {
+    let served: std::collections::BTreeSet<(String, &str)> = table
+        .iter()
+        .filter(|r| r.path.starts_with(prefix))
+        .map(|r| (r.method.to_string(), r.path))
+        .collect();
+    let listed: std::collections::BTreeSet<(String, &str)> = published
+        .iter()
+        .map(|e| (e.method.to_string(), e.path))
+        .collect();
+    assert_eq!(served, listed);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -343,32 +343,20 @@ pub fn endpoint_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::route::find;
 
     #[test]
     fn every_endpoint_has_exactly_one_row_and_a_distinct_name() {
-        let mut names = std::collections::BTreeSet::new();
-        for route in TABLE {
-            assert!(names.insert(route.endpoint.name()), "{:?}", route.endpoint);
-            let (found, _) = find(TABLE, &route.method, route.path).unwrap();
-            assert_eq!(found.endpoint, route.endpoint);
-        }
+        crate::edge::route::assert_well_formed(TABLE, Endpoint::name);
     }
 
     /// The published contract lists every `/v1` endpoint the broker serves.
     #[test]
     fn the_schema_lists_exactly_the_exchange_table() {
-        let served: std::collections::BTreeSet<(String, &str)> = TABLE
-            .iter()
-            .filter(|r| r.path.starts_with("/v1/"))
-            .map(|r| (r.method.to_string(), r.path))
-            .collect();
-        let published: std::collections::BTreeSet<(String, &str)> =
-            kakehashi_interfaces::schema::ENDPOINTS
-                .iter()
-                .map(|e| (e.method.to_string(), e.path))
-                .collect();
-        assert_eq!(served, published);
+        crate::edge::route::assert_published(
+            TABLE,
+            "/v1/",
+            &kakehashi_interfaces::schema::ENDPOINTS,
+        );
     }
 
     #[test]

@@ -289,9 +289,9 @@ pub struct SessionView {
     pub stage: Stage,
     /// The session's CSRF token (compare with [`SessionView::csrf_matches`]).
     pub csrf: String,
-    /// The user's last successful login before this session.
+    /// The user's last successful login before the current login.
     pub last_login: Option<LoginEvent>,
-    /// The user's last failed login or code before this session.
+    /// The user's last failed login or code before the current login.
     pub last_failed_login: Option<LoginEvent>,
 }
 
@@ -316,7 +316,7 @@ impl SessionView {
         }
     }
 
-    /// Whether a request's CSRF token is this session's (constant time).
+    /// Whether a request's CSRF token is the session's own (constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
         session::csrf_matches(&self.csrf, presented)
     }
@@ -724,7 +724,7 @@ impl People {
         )
         .await?
         {
-            // Reset or changed elsewhere meanwhile: this session's view is stale.
+            // Reset or changed elsewhere meanwhile: the current login's view is stale.
             return Err(PeopleError::SessionExpired);
         }
         tracing::info!(user = %open.user.id, "password changed");

@@ -334,7 +334,7 @@ async fn whole_login_flow(env: Env) {
         .await
         .unwrap();
     assert_eq!(view.stage, Stage::Full);
-    // The view shows the logins before this session; the user's record
+    // The view shows the logins before the current login; the user's record
     // now has this login (from where the session began) and the replay as
     // the last failure.
     assert_eq!(view.last_login.unwrap().from, ip("192.0.2.10"));
