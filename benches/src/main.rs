@@ -21,6 +21,8 @@ use kakehashi_benches::setup::{self, Codes};
 mod approvals;
 mod console;
 mod login_flood;
+mod pages;
+mod search_scale;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,8 @@ kakehashi-bench idle --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --conn
 kakehashi-bench crypto-floor\n  \
 kakehashi-bench approvals --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --broker-config kakehashi-dev/broker.toml\n  \
 kakehashi-bench login-flood --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --codes codes.json\n  \
+kakehashi-bench pages --console-url https://127.0.0.1:7444 --pki kakehashi-dev/pki --broker-config kakehashi-dev/broker.toml --people-state people.json\n  \
+kakehashi-bench search-scale --records 1000000 --postgres-url \"$(scripts/postgres-up)\"\n  \
 kakehashi-bench compare --postgres-url \"$(scripts/postgres-up)\" --json compare.json"
 )]
 struct Cli {
@@ -66,6 +70,12 @@ enum Command {
     /// The exchange at half rate without and with a flood of wrong-password
     /// logins on the console; its p99 in both and their ratio.
     LoginFlood(login_flood::LoginFloodArgs),
+    /// Staff of each role fetch every console page they may see, 20 at a
+    /// time; per page its size and p50/p99/max against 100 KB and 20 ms.
+    Pages(pages::PagesArgs),
+    /// Fill a record store (10 million by default) through the record log
+    /// and time the auditor's searches' first page, with their plans.
+    SearchScale(search_scale::SearchScaleArgs),
 }
 
 /// Where to connect and as whom.
@@ -395,6 +405,8 @@ async fn main_async(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args).await,
         Command::Approvals(args) => approvals::run(args).await,
         Command::LoginFlood(args) => login_flood::run(args).await,
+        Command::Pages(args) => pages::run(args).await,
+        Command::SearchScale(args) => search_scale::run(args).await,
         Command::Setup(args) => {
             if args.persons.codes.is_none() {
                 bail!("setup needs --codes FILE to write the codes to");

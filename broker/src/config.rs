@@ -283,6 +283,12 @@ impl Config {
                 )));
             }
         }
+        if config.records.retention_years == 0 {
+            return Err(BrokerError::Config(format!(
+                "[records] retention_years must be at least 1 (the legal period is {} years)",
+                crate::records::LEGAL_RETENTION_YEARS
+            )));
+        }
         Ok(config)
     }
 

@@ -290,9 +290,10 @@ pub async fn propose(pools: &Pools, text: &str, proposer: &str) -> Result<Propos
 /// Approves proposed `version` by `approver`, who must not be its
 /// proposer (`forbidden`); the version is then in force. Refused
 /// (`conflict`) when it is already approved, or superseded by a later
-/// approved version; `not_found` when there is no such version. Running
-/// brokers pick it up within [`RELOAD_INTERVAL`]; the caller's own broker
-/// at once with [`AppState::reload_flows`].
+/// approved version; `not_found` when there is no such version. The
+/// approval is announced, so running brokers on PostgreSQL reload it at
+/// once (`cluster::changes`), and every broker within [`RELOAD_INTERVAL`]
+/// in any case; the caller's own broker at once with [`AppState::reload_flows`].
 pub async fn approve(pools: &Pools, version: u64, approver: &str) -> Result<Approved, BrokerError> {
     check_actor(approver, "approver")?;
     let stored = stored_version(version)?;
@@ -344,6 +345,8 @@ pub async fn approve(pools: &Pools, version: u64, approver: &str) -> Result<Appr
         tx.commit().await?;
         sha
     });
+    // Every node re-reads the version in force now rather than at its next check.
+    crate::cluster::changes::announce(pools, crate::cluster::changes::FLOWS).await;
     Ok(Approved {
         version,
         sha256: sha,
@@ -562,7 +565,9 @@ pub async fn reload_if_changed(state: &AppState) -> Result<Option<u64>, BrokerEr
 /// Starts the task that keeps this broker on the version in force: every
 /// [`RELOAD_INTERVAL`] one `SELECT MAX(version)` of the approved versions,
 /// and a reload of the index when it moved (an approval on another broker
-/// or from the host CLI). Stops with the broker.
+/// or from the host CLI). On PostgreSQL approvals are also announced and
+/// reloaded at once (`cluster::changes`); this check is the fallback for an
+/// announcement lost with a connection. Stops with the broker.
 pub fn spawn_flow_reloader(state: &Arc<AppState>) {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {

@@ -37,11 +37,14 @@
 //!   `kakehashi_interfaces::audit`.
 //! - [`store`]: the storage backends (SQLite, PostgreSQL) and migrations.
 //! - [`keys`], [`tls`], [`metrics`], [`retention`], [`config`], [`error`].
+//! - [`cluster`]: several nodes on one PostgreSQL — roles for background
+//!   work done once, changes announced to every node.
 //! - [`server`]: [`RunningBroker`] assembles the listeners and background
 //!   tasks.
 #![forbid(unsafe_code)]
 
 pub mod approvals;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod copies;
@@ -50,6 +53,7 @@ pub mod edge;
 pub mod error;
 pub mod exchange;
 pub mod flow_changes;
+pub mod idempotency;
 pub mod identity;
 pub mod keys;
 pub mod lookups;

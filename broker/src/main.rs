@@ -18,7 +18,7 @@ use kakehashi_interfaces::{OrgId, OrgKind, OrgStatus};
     about = "Kakehashi intermediate server (mutual-TLS data exchange broker)"
 )]
 #[command(
-    after_help = "Examples:\n  kakehashi-broker dev\n  kakehashi-broker serve --config /etc/kakehashi/broker.toml\n  kakehashi-broker orgs --config broker.toml add city-kawaguchi --kind municipality --name 川口市\n  kakehashi-broker orgs --config broker.toml suspend city-kawaguchi"
+    after_help = "Examples:\n  kakehashi-broker dev\n  kakehashi-broker dev --nodes 3 --postgres-url postgres://localhost/kakehashi\n  kakehashi-broker serve --config /etc/kakehashi/broker.toml\n  kakehashi-broker orgs --config broker.toml add city-kawaguchi --kind municipality --name 川口市\n  kakehashi-broker orgs --config broker.toml suspend city-kawaguchi"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +47,14 @@ enum Command {
         /// Prepare the directory and exit without serving.
         #[arg(long)]
         no_serve: bool,
+        /// Run this many broker processes on one PostgreSQL database
+        /// (listeners on consecutive ports); needs --postgres-url.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
+        /// Keep state in this PostgreSQL database instead of the directory's
+        /// SQLite file, e.g. postgres://user@localhost/kakehashi.
+        #[arg(long)]
+        postgres_url: Option<String>,
     },
     /// Run database migrations and exit.
     Migrate {
@@ -172,7 +180,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -180,7 +188,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
@@ -193,8 +201,20 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             console_listen,
             no_serve,
+            nodes,
+            postgres_url,
         } => {
-            let env = dev::prepare(&dir, &listen, &console_listen).await?;
+            if nodes > 1 {
+                let Some(url) = postgres_url else {
+                    anyhow::bail!(
+                        "--nodes {nodes} には --postgres-url が必要です（ノードは一つの PostgreSQL データベースを共有します） / --nodes {nodes} needs --postgres-url: the nodes share one PostgreSQL database"
+                    );
+                };
+                dev_cluster(&dir, &listen, &console_listen, nodes, &url, no_serve).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let env =
+                dev::prepare_on(&dir, &listen, &console_listen, postgres_url.as_deref()).await?;
             if env.created {
                 println!("Created dev environment in {}", env.dir.display());
             }
@@ -202,7 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
             // temporary passwords are never lost.
             println!("{}", dev::console_notice(&env, &console_listen));
             if no_serve {
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             let config = Config::load(&env.config_path)?;
             let store = store::open(&config.storage).await?;
@@ -233,11 +253,80 @@ async fn run(cli: Cli) -> Result<()> {
             kakehashi_broker::oplog::cli::run(&config, action).await?;
         }
         Command::Records { config, action } => {
-            kakehashi_broker::records::cli::run(config.as_deref(), action).await?;
+            let done = kakehashi_broker::records::cli::run(config.as_deref(), action).await?;
+            if done == kakehashi_broker::records::cli::Done::NotTrusted {
+                return Ok(ExitCode::from(
+                    u8::try_from(kakehashi_broker::records::cli::EXIT_NOT_TRUSTED).unwrap_or(1),
+                ));
+            }
         }
         Command::Purge { config, args } => {
             kakehashi_broker::records::cli::purge(&config, args).await?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dev --nodes N`: this process serves the first node; the others are
+/// `serve` processes of this binary, started once the first is up (it
+/// creates the key directory they share), and stopped with it.
+async fn dev_cluster(
+    dir: &std::path::Path,
+    listen: &str,
+    console: &str,
+    nodes: u16,
+    url: &str,
+    no_serve: bool,
+) -> Result<()> {
+    let addresses = dev::node_addresses(listen, console, nodes)?;
+    let (first_listen, first_console) = addresses[0];
+    let env = dev::prepare_on(
+        dir,
+        &first_listen.to_string(),
+        &first_console.to_string(),
+        Some(url),
+    )
+    .await?;
+    if env.created {
+        println!("Created dev environment in {}", env.dir.display());
+    }
+    println!("{}", dev::console_notice(&env, &first_console.to_string()));
+    let configs = dev::write_node_configs(&env, url, &addresses)?;
+    if no_serve {
+        println!("{}", dev::cluster_notice(&configs));
+        return Ok(());
+    }
+    let config = Config::load(&configs[0].config_path)?;
+    let store = store::open(&config.storage).await?;
+    let broker = RunningBroker::start(config, store).await?;
+    let exe = std::env::current_exe().context("locate this binary")?;
+    let mut children = Vec::new();
+    for node in &configs[1..] {
+        let child = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config_path)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start the node of {}", node.config_path.display()))?;
+        children.push(child);
+    }
+    println!("{}", dev::cluster_notice(&configs));
+    println!("{}", dev::try_commands(&env, &first_listen.to_string()));
+    kakehashi_broker::server::wait_for_signal().await;
+    tracing::info!("shutdown requested; stopping every node");
+    for child in &children {
+        if let Some(pid) = child.id() {
+            // SIGTERM, so each node finishes its in-flight requests.
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+    }
+    broker.shutdown().await;
+    for mut child in children {
+        let _ = child.wait().await;
     }
     Ok(())
 }

@@ -33,12 +33,19 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    kind: &'static str,
+}
+
 /// Group-commit observations the records writer reports: rows per commit
-/// and how long each commit took (the fsync is inside).
+/// and how long each commit took (the fsync is inside); and what the
+/// records sealer found when it refuses to sign.
 #[derive(Clone)]
 pub struct CommitMetrics {
     rows: Histogram,
     seconds: Histogram,
+    sealer: Family<FindingLabels, Gauge>,
 }
 
 impl CommitMetrics {
@@ -46,6 +53,17 @@ impl CommitMetrics {
     pub fn observe(&self, rows: usize, elapsed: Duration) {
         self.rows.observe(rows as f64);
         self.seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The sealer refuses: the kind of finding and the first bad sequence
+    /// (the gauge's value); `None` when it signs again.
+    pub fn sealer_refusal(&self, finding: Option<(&'static str, u64)>) {
+        self.sealer.clear();
+        if let Some((kind, seq)) = finding {
+            self.sealer
+                .get_or_create(&FindingLabels { kind })
+                .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -119,7 +137,14 @@ impl Metrics {
         let commits = CommitMetrics {
             rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             seconds: latency_histogram(),
+            sealer: Family::default(),
         };
+        registry.register(
+            "records_sealer_refusal",
+            "While the records sealer refuses to sign (the stored chain does not extend the \
+             head it signed last; queries are refused): the first bad sequence, by kind of finding",
+            commits.sealer.clone(),
+        );
         registry.register(
             "record_commit_rows",
             "Provision records per group-commit transaction",

@@ -8,8 +8,8 @@
 //! Provision records have their own seven-year period ([`crate::records`]);
 //! they hold codes, never facts or numbers, so erasing a person leaves them
 //! intact. Each erasure that deleted anything appends an `erasure` record
-//! with the counts. The cut-offs are a pure function of the clock and the
-//! configuration; the deletion is one transaction.
+//! with the counts, in the same transaction as the deletion. The cut-offs
+//! are a pure function of the clock and the configuration.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
-use crate::records::{RecordDraft, RecordLog};
+use crate::records::{Deletes, RecordDraft, RecordLog};
 use crate::store::Pools;
 
 /// `[retention]` settings. Defaults are the periods of R15.
@@ -106,57 +106,108 @@ pub struct ErasureReport {
 const DUE_PERSONS: &str =
     "SELECT id FROM persons WHERE eligibility_lost_on IS NOT NULL AND eligibility_lost_on < $1";
 
-/// Deletes what is due at `cutoffs` in one transaction and returns the counts
-/// (identity confirmations, persons, copies). Deleting children first keeps
-/// the foreign keys satisfied on both backends.
-pub async fn erase_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u64), BrokerError> {
-    // The codes that go with the persons due: each one's insurer code, and a
-    // linking org's code for the number (it names the number, not one
-    // insurer's person) once no insurer keeps a person with that number.
-    let due_codes = format!(
-        "SELECT org_id, code FROM person_codes c
-         WHERE c.person_id IN ({DUE_PERSONS})
-            OR (c.person_id IS NULL
-                AND c.number_hash IN (SELECT number_hash FROM persons WHERE id IN ({DUE_PERSONS}))
-                AND NOT EXISTS (SELECT 1 FROM persons k
-                                WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))"
-    );
-    let copies_sql = format!("DELETE FROM copies WHERE (provider, person_code) IN ({due_codes})");
-    let facts_sql =
-        format!("DELETE FROM person_facts WHERE confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");
-    let codes_sql = format!("DELETE FROM person_codes WHERE (org_id, code) IN ({due_codes})");
-    let persons_sql = format!("DELETE FROM persons WHERE id IN ({DUE_PERSONS})");
-    let counts = crate::on_pool!(pools, write, |pool| {
-        let mut tx = pool.begin().await?;
-        let copies = sqlx::query(&copies_sql)
-            .bind(&cutoffs.lost_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let facts = sqlx::query(&facts_sql)
-            .bind(&cutoffs.lost_before)
-            .bind(&cutoffs.confirmed_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(&codes_sql)
-            .bind(&cutoffs.lost_before)
-            .execute(&mut *tx)
-            .await?;
-        let persons = sqlx::query(&persons_sql)
-            .bind(&cutoffs.lost_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        (facts, persons, copies)
-    });
-    Ok(counts)
+/// The statements of one erasure: what is due at the cut-offs (`$1` the
+/// loss cut-off, `$2` the confirmation cut-off), counted and deleted.
+/// Children go first, so the foreign keys hold on both backends.
+pub struct ErasureSql {
+    /// Counts facts, persons and copies due, in one statement.
+    pub count: String,
+    /// Deletes the copies of the persons due.
+    pub copies: String,
+    /// Deletes facts confirmed before the cut-off and those of persons due.
+    pub facts: String,
+    /// Deletes the codes that go with the persons due.
+    pub codes: String,
+    /// Deletes the persons due.
+    pub persons: String,
 }
 
+impl ErasureSql {
+    /// The statements.
+    pub fn new() -> ErasureSql {
+        // The codes that go with the persons due: each one's insurer code,
+        // and a linking org's code for the number (it names the number, not
+        // one insurer's person) once no insurer keeps a person with it.
+        let due_codes = format!(
+            "SELECT org_id, code FROM person_codes c
+             WHERE c.person_id IN ({DUE_PERSONS})
+                OR (c.person_id IS NULL
+                    AND c.number_hash IN (SELECT number_hash FROM persons WHERE id IN ({DUE_PERSONS}))
+                    AND NOT EXISTS (SELECT 1 FROM persons k
+                                    WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))"
+        );
+        let facts_due = format!("confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");
+        ErasureSql {
+            count: format!(
+                "SELECT (SELECT COUNT(*) FROM person_facts WHERE {facts_due}),
+                        (SELECT COUNT(*) FROM persons WHERE id IN ({DUE_PERSONS})),
+                        (SELECT COUNT(*) FROM copies WHERE (provider, person_code) IN ({due_codes}))"
+            ),
+            copies: format!("DELETE FROM copies WHERE (provider, person_code) IN ({due_codes})"),
+            facts: format!("DELETE FROM person_facts WHERE {facts_due}"),
+            codes: format!("DELETE FROM person_codes WHERE (org_id, code) IN ({due_codes})"),
+            persons: format!("DELETE FROM persons WHERE id IN ({DUE_PERSONS})"),
+        }
+    }
+}
+
+impl Default for ErasureSql {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts what is due at `cutoffs`: (identity confirmations, persons, copies).
+pub async fn count_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u64), BrokerError> {
+    let sql = ErasureSql::new();
+    let (facts, persons, copies): (i64, i64, i64) = crate::on_pool!(pools, write, |pool| {
+        sqlx::query_as(&sql.count)
+            .bind(&cutoffs.lost_before)
+            .bind(&cutoffs.confirmed_before)
+            .fetch_one(pool)
+            .await?
+    });
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok((n(facts), n(persons), n(copies)))
+}
+
+/// Deletes what is due at `$cutoffs` inside the transaction `$tx` (used as
+/// `&mut *tx`) and evaluates to the counts (identity confirmations,
+/// persons, copies). A macro so each backend's transaction type expands
+/// its own copy; the records writer runs it with the `erasure` record.
+macro_rules! erase_in_tx {
+    ($tx:expr, $cutoffs:expr) => {{
+        let sql = $crate::retention::ErasureSql::new();
+        let cutoffs: &$crate::retention::Cutoffs = $cutoffs;
+        let copies = sqlx::query(&sql.copies)
+            .bind(&cutoffs.lost_before)
+            .execute($tx)
+            .await?
+            .rows_affected();
+        let facts = sqlx::query(&sql.facts)
+            .bind(&cutoffs.lost_before)
+            .bind(&cutoffs.confirmed_before)
+            .execute($tx)
+            .await?
+            .rows_affected();
+        sqlx::query(&sql.codes)
+            .bind(&cutoffs.lost_before)
+            .execute($tx)
+            .await?;
+        let persons = sqlx::query(&sql.persons)
+            .bind(&cutoffs.lost_before)
+            .execute($tx)
+            .await?
+            .rows_affected();
+        (facts, persons, copies)
+    }};
+}
+pub(crate) use erase_in_tx;
+
 /// Erases what is due now and, when anything was, appends an `erasure`
-/// record naming the cut-offs, the counts and `actor`. The record follows
-/// the deletion's commit: it states what was deleted, never what might be.
+/// record naming the cut-offs, the counts and `actor`: the deletion and its
+/// record commit in one transaction of the records writer, so a crash
+/// leaves both or neither, and the record states exactly what was deleted.
 pub async fn erase(
     pools: &Pools,
     records: &RecordLog,
@@ -165,16 +216,24 @@ pub async fn erase(
     actor: &str,
 ) -> Result<ErasureReport, BrokerError> {
     let cutoffs = Cutoffs::at(now, config);
-    let (identity_confirmations, persons, copies) = erase_due(pools, &cutoffs).await?;
-    let mut report = ErasureReport {
-        confirmed_before: cutoffs.confirmed_before,
-        lost_before: cutoffs.lost_before,
-        identity_confirmations,
-        persons,
-        copies,
-        record_seq: None,
-    };
-    if identity_confirmations + persons + copies > 0 {
+    // A registration between counting and deleting changes the counts and
+    // rolls the erasure back; try again a few times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let counts = count_due(pools, &cutoffs).await?;
+        let (identity_confirmations, persons, copies) = counts;
+        let mut report = ErasureReport {
+            confirmed_before: cutoffs.confirmed_before.clone(),
+            lost_before: cutoffs.lost_before.clone(),
+            identity_confirmations,
+            persons,
+            copies,
+            record_seq: None,
+        };
+        if identity_confirmations + persons + copies == 0 {
+            return Ok(report);
+        }
         let draft = RecordDraft::new(
             format!("erasure-{}", hex::encode(rand::random::<[u8; 8]>())),
             crate::records::system_org()?,
@@ -187,23 +246,43 @@ pub async fn erase(
                 actor: actor.to_string(),
             },
         );
-        report.record_seq = Some(records.append(draft).await?);
-        tracing::info!(
-            identity_confirmations,
-            persons,
-            copies,
-            "personal data erased at the end of their retention periods"
-        );
+        let deletes = Deletes::PersonalData {
+            cutoffs: cutoffs.clone(),
+            counts,
+        };
+        match records.delete_with_record(deletes, draft).await {
+            Ok(seq) => {
+                report.record_seq = Some(seq);
+                tracing::info!(
+                    identity_confirmations,
+                    persons,
+                    copies,
+                    record = seq,
+                    "personal data erased at the end of their retention periods"
+                );
+                return Ok(report);
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!(error = %e, attempt, "erasure not committed; counting again");
+            }
+            Err(e) => {
+                return Err(BrokerError::refused(
+                    kakehashi_interfaces::ErrorCode::Unavailable,
+                    format!("erasure failed: {e}"),
+                ))
+            }
+        }
     }
-    Ok(report)
 }
 
 /// Runs [`erase`] every `interval_secs` (after `first_delay_secs`) until
-/// `stop` changes or the record log is gone.
+/// `stop` changes or the record log is gone; in a cluster only while this
+/// node holds the retention role.
 pub fn spawn_task(
     pools: Pools,
     records: Weak<RecordLog>,
     config: RetentionConfig,
+    roles: std::sync::Arc<crate::cluster::Roles>,
     mut stop: watch::Receiver<bool>,
 ) {
     if config.interval_secs == 0 {
@@ -218,6 +297,9 @@ pub fn spawn_task(
             }
             wait = Duration::from_secs(config.interval_secs);
             let Some(log) = records.upgrade() else { return };
+            if !roles.holds(crate::cluster::Role::Retention) {
+                continue;
+            }
             if let Err(e) = erase(
                 &pools,
                 &log,

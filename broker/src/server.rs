@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Node, Role, Roles};
 use crate::config::Config;
 use crate::console::Console;
 use crate::edge::listener::{self, Edge, TlsSource};
@@ -27,6 +28,7 @@ pub struct RunningBroker {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     oplog: Option<Arc<crate::oplog::OperationLog>>,
+    node: Node,
 }
 
 async fn bind(address: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
@@ -57,13 +59,29 @@ impl RunningBroker {
         };
         let state = Arc::new(AppState::open(config, store).await?);
         state.limits.spawn_pruner(Duration::from_secs(60));
-        crate::exchange::spawn_sweeper(&state);
-        crate::flow_changes::spawn_flow_reloader(&state);
+        // Work that must happen once across nodes follows this node's roles
+        // (all of them on SQLite): the sweeper and retention here, the
+        // records' checkpoints and purge inside the record log.
+        let node = Node::start(&state);
         let (stop, stopped) = watch::channel(false);
+        crate::cluster::spawn_role_task(
+            &state,
+            node.roles().clone(),
+            Role::Sweeper,
+            Duration::from_secs(state.config.exchange.sweep_interval_secs.max(1)),
+            stopped.clone(),
+            |state| async move {
+                if let Err(e) = crate::exchange::sweep_once(&state).await {
+                    tracing::error!(error = %e, "sweeping expired results failed");
+                }
+            },
+        );
+        crate::flow_changes::spawn_flow_reloader(&state);
         crate::retention::spawn_task(
             state.store.pools(),
             Arc::downgrade(&state.records),
             state.config.retention.clone(),
+            node.roles().clone(),
             stopped.clone(),
         );
 
@@ -111,6 +129,7 @@ impl RunningBroker {
             stop,
             tasks,
             oplog,
+            node,
         })
     }
 
@@ -129,6 +148,11 @@ impl RunningBroker {
         &self.state
     }
 
+    /// The cluster roles this node holds (all of them on SQLite).
+    pub fn roles(&self) -> &Arc<Roles> {
+        self.node.roles()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the grace period), returns.
     pub async fn shutdown(self) {
         self.state.begin_shutdown();
@@ -141,6 +165,8 @@ impl RunningBroker {
             oplog.close().await;
         }
         self.state.records.close().await;
+        // Roles go last: the sealer's final checkpoint is signed above.
+        self.node.leave().await;
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -167,7 +193,8 @@ fn tls_source(
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -21,6 +21,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Org admission with a short cache.
     pub directory: OrgDirectory,
+    /// The client-certificate trust in force, for open connections.
+    pub trust: crate::exchange::standing::Trust,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Rate limiters.
@@ -64,7 +66,8 @@ impl AppState {
         .await?;
         let limits = Arc::new(RateLimits::new(&config.limits));
         Ok(Self {
-            directory: OrgDirectory::new(store.clone(), std::time::Duration::from_secs(2)),
+            trust: crate::exchange::standing::Trust::open(&config.tls)?,
+            directory: OrgDirectory::new(store.clone(), org_cache_ttl(&pools)),
             lookups: crate::lookups::Lookups::start(pools.clone(), metrics.lookups()),
             metrics,
             limits,
@@ -116,5 +119,16 @@ impl AppState {
 
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How long a node trusts an org's cached record (status, pin). Several
+/// nodes share a PostgreSQL database, and a suspension or pin change made
+/// on one (or by the host command) must hold on every node within a
+/// second; one node alone re-reads less often.
+fn org_cache_ttl(pools: &crate::store::Pools) -> std::time::Duration {
+    match pools {
+        crate::store::Pools::Postgres(_) => std::time::Duration::from_millis(500),
+        crate::store::Pools::Sqlite { .. } => std::time::Duration::from_secs(2),
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use kakehashi_interfaces::OrgId;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
@@ -27,10 +28,11 @@ pub struct PeerIdentity {
     pub fingerprint: String,
 }
 
-/// Builds the rustls server config from `[tls]`.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> {
+/// The verifier of client certificates from `[tls]`: the trust anchors
+/// and the CRLs in force. The handshake uses it, and so does the re-check
+/// of open connections after the files change.
+pub fn client_verifier(tls: &TlsConfig) -> Result<Arc<dyn ClientCertVerifier>, BrokerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-
     let mut roots = RootCertStore::empty();
     for path in &tls.client_ca {
         for cert in read_certs(path)? {
@@ -48,14 +50,18 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> 
     for path in &tls.crls {
         crls.extend(read_crls(path)?);
     }
-
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .with_crls(crls)
         // An out-of-date CRL could hide a revocation: refuse rather than trust it.
         .enforce_revocation_expiration()
         .build()
-        .map_err(|e| BrokerError::Tls(format!("client verifier: {e}")))?;
+        .map_err(|e| BrokerError::Tls(format!("client verifier: {e}")))
+}
 
+/// Builds the rustls server config from `[tls]`.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, BrokerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = client_verifier(tls)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(tls))
         .map_err(|e| BrokerError::Tls(e.to_string()))?
@@ -160,6 +166,12 @@ pub fn handshake_refusal_reason(err: &std::io::Error) -> Reason {
             _ => Reason::HandshakeFailed,
         };
     };
+    certificate_refusal_reason(tls)
+}
+
+/// Why a client certificate was refused, as a stable label: at the
+/// handshake, or when an open connection is checked again.
+pub fn certificate_refusal_reason(tls: &rustls::Error) -> Reason {
     match tls {
         rustls::Error::NoCertificatesPresented => Reason::NoClientCertificate,
         rustls::Error::InvalidCertificate(cert) => match cert {

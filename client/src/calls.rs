@@ -22,11 +22,53 @@ use crate::transport::Call;
 /// caps it at this value.
 pub const MAX_WAIT_PER_REQUEST: Duration = Duration::from_secs(30);
 
+/// The keys one query is made with: its `Idempotency-Key` and the reply key
+/// pair its answer is sealed to.
+pub struct QueryKeys {
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: String,
+    /// The reply key pair.
+    pub reply: ReplyKeyPair,
+}
+
+impl QueryKeys {
+    /// Random keys: a query of its own, safe to retry within this call.
+    pub fn fresh() -> QueryKeys {
+        let mut key = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        QueryKeys {
+            idempotency_key: hex::encode(key),
+            reply: ReplyKeyPair::generate(),
+        }
+    }
+
+    /// Keys derived from a secret and a context (e.g. a batch line): the
+    /// same inputs give the same keys, so a rerun repeats the request.
+    pub fn derived(secret: &[u8], context: &[u8]) -> QueryKeys {
+        use sha2::{Digest, Sha256};
+        let part = |label: &[u8]| {
+            let mut h = Sha256::new();
+            h.update(b"kakehashi-client query keys v1\0");
+            h.update(label);
+            h.update((secret.len() as u64).to_be_bytes());
+            h.update(secret);
+            h.update(context);
+            h.finalize()
+        };
+        QueryKeys {
+            idempotency_key: hex::encode(&part(b"idempotency-key\0")[..16]),
+            reply: ReplyKeyPair::derive(&part(b"reply-key\0")),
+        }
+    }
+}
+
 /// Per-client caches.
 #[derive(Default)]
 pub(crate) struct Caches {
     permit_keys: tokio::sync::RwLock<Option<PermitKeySet>>,
     whoami: tokio::sync::OnceCell<WhoAmI>,
+    /// Where the checkpoints answers carry are kept, if anywhere.
+    pub(crate) checkpoints: std::sync::OnceLock<std::sync::Arc<crate::witness::CheckpointBook>>,
 }
 
 /// What to ask one provider about one person. The reply key is made by
@@ -231,8 +273,24 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn query(&self, query: &Query) -> Result<QueryOutcome, ClientError> {
+        self.query_keyed(query, QueryKeys::fresh()).await
+    }
+
+    /// [`Client::query`] with given keys: the same keys and query give the
+    /// same request, which the broker answers with the same query (no
+    /// second provision record) while its result lives. A batch uses keys
+    /// derived from the line, so a rerun after an interruption gets back an
+    /// answer whose response was lost.
+    pub async fn query_keyed(
+        &self,
+        query: &Query,
+        keys: QueryKeys,
+    ) -> Result<QueryOutcome, ClientError> {
         let requester = self.me().await?.org_id.clone();
-        let keys = ReplyKeyPair::generate();
+        let QueryKeys {
+            idempotency_key,
+            reply: keys,
+        } = keys;
         let request = QueryRequest {
             flow_id: query.flow_id.clone(),
             procedure: query.procedure.clone(),
@@ -243,7 +301,13 @@ impl Client {
             requested_by: requested_by(),
         };
         request.validate()?;
-        let response: QueryResponse = self.post_json("/v1/queries", &request).await?;
+        let body = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol {
+            status: None,
+            message: format!("cannot encode the request: {}", safe_json_error(&e)),
+        })?;
+        let call = Call::post("/v1/queries", Bytes::from(body), "application/json")
+            .with_idempotency_key(idempotency_key);
+        let response: QueryResponse = self.send_json(call).await?;
         self.settle(response, query.clone(), keys, requester, PermitTime::Now)
             .await
     }
@@ -259,7 +323,9 @@ impl Client {
         let wait = wait.min(MAX_WAIT_PER_REQUEST);
         let mut call = Call::get(format!("/v1/queries/{query_id}?wait={}", wait.as_secs()));
         call.extra_time = wait;
-        self.send_json(call).await
+        let response: QueryResponse = self.send_json(call).await?;
+        self.observe_checkpoint(response.checkpoint.as_ref());
+        Ok(response)
     }
 
     /// Waits up to `max` for a pending query to be decided, then opens the
@@ -377,6 +443,7 @@ impl Client {
         requester: OrgId,
         when: PermitTime,
     ) -> Result<QueryOutcome, ClientError> {
+        self.observe_checkpoint(response.checkpoint.as_ref());
         let query_id = response.query_id.clone();
         match response.status {
             QueryStatus::Rejected => {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::StatusCode;
 use kakehashi_interfaces::{ErrorBody, WhoAmI};
 use serde::de::DeserializeOwned;
@@ -103,19 +102,6 @@ impl Client {
     ) -> Result<T, ClientError> {
         let response = self.inner.transport.execute(&call).await?;
         decode(response)
-    }
-
-    pub(crate) async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol {
-            status: None,
-            message: format!("cannot encode the request: {}", safe_json_error(&e)),
-        })?;
-        self.send_json(Call::post(path, Bytes::from(body), "application/json"))
-            .await
     }
 }
 

@@ -1,7 +1,10 @@
 //! Profiles: which broker to talk to and with which certificate.
 //!
-//! The config file (`config.toml`) holds only paths — never keys. Relative
-//! paths in a hand-written file are resolved against the file's directory.
+//! The config file (`config.toml`) holds paths and public keys — never a
+//! private key. Relative paths in a hand-written file are resolved against
+//! the file's directory. `record_keys` are the broker's checkpoint keys the
+//! user pinned (`kakehashi audit keys --pin`): exports and the witness check
+//! are trusted against them only.
 //!
 //! ```toml
 //! current = "city-saitama"
@@ -12,11 +15,16 @@
 //! cert = "/home/me/kk-dev/pki/city-saitama.crt"
 //! key = "/home/me/kk-dev/pki/city-saitama.key"
 //! # server_name = "broker.example.lg.jp"   # optional TLS name override
+//!
+//! [[profiles.city-saitama.record_keys]]       # pinned checkpoint keys
+//! key_id = "fe812c12f3ab4ce6"
+//! public_key = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kakehashi_interfaces::audit::TrustedKeys;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClientError;
@@ -43,6 +51,19 @@ pub struct Profile {
     /// TLS server name to verify instead of the URL's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// The broker's provision-record checkpoint keys, pinned by the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub record_keys: Vec<PinnedKey>,
+}
+
+/// A checkpoint key pinned in a profile (public; only its id and key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedKey {
+    /// Its id (first 16 hex digits of SHA-256 of the key).
+    pub key_id: kakehashi_interfaces::records::RecordKeyId,
+    /// The Ed25519 public key, hex.
+    pub public_key: kakehashi_interfaces::records::Hex<32>,
 }
 
 /// A parsed broker URL.
@@ -68,6 +89,7 @@ impl Profile {
             cert: cert.into(),
             key: key.into(),
             server_name: None,
+            record_keys: Vec::new(),
         }
     }
 
@@ -90,7 +112,40 @@ impl Profile {
             cert: canon("certificate", &self.cert)?,
             key: canon("key", &self.key)?,
             server_name: self.server_name.clone(),
+            record_keys: self.record_keys.clone(),
         })
+    }
+
+    /// The pinned checkpoint keys as a verifier's trusted set. A pinned key
+    /// whose id is not its key's is refused: the file was edited by hand.
+    pub fn trusted_record_keys(&self) -> Result<TrustedKeys, ClientError> {
+        let mut keys = TrustedKeys::new();
+        for pin in &self.record_keys {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&pin.public_key.0)
+                .ok()
+                .filter(|k| kakehashi_interfaces::audit::key_id(k) == pin.key_id.as_str())
+                .ok_or_else(|| {
+                    ClientError::config(format!(
+                        "pinned record key {} is not a valid key with that id; pin it again with `kakehashi audit keys --pin`",
+                        pin.key_id
+                    ))
+                })?;
+            keys.add(key);
+        }
+        Ok(keys)
+    }
+
+    /// Pins a key (once).
+    pub fn pin_record_key(&mut self, key: &ed25519_dalek::VerifyingKey) -> bool {
+        let pin = PinnedKey {
+            key_id: kakehashi_interfaces::records::RecordKeyId::of(key),
+            public_key: kakehashi_interfaces::records::Hex(key.to_bytes()),
+        };
+        if self.record_keys.contains(&pin) {
+            return false;
+        }
+        self.record_keys.push(pin);
+        true
     }
 
     fn resolved_against(mut self, base: &Path) -> Profile {
@@ -218,7 +273,7 @@ impl ClientConfig {
     /// Writes the config atomically (temporary file, then rename), creating the directory.
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
         let text = format!(
-            "# Kakehashi client profiles. Paths only; keys stay where they are.\n{}",
+            "# Kakehashi client profiles. Paths and public keys only; private keys stay where they are.\n{}",
             self.to_toml()?
         );
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -25,8 +25,9 @@ mod error;
 pub mod pending;
 mod tls;
 mod transport;
+pub mod witness;
 
-pub use calls::{Answer, PendingQuery, Query, QueryOutcome, MAX_WAIT_PER_REQUEST};
+pub use calls::{Answer, PendingQuery, Query, QueryKeys, QueryOutcome, MAX_WAIT_PER_REQUEST};
 pub use client::Client;
 pub use config::{ClientConfig, Profile};
 pub use error::ClientError;
@@ -35,3 +36,4 @@ pub use kakehashi_interfaces as interfaces;
 pub use kakehashi_interfaces::ErrorCode;
 pub use pending::{KeptQuery, PendingEntry, PendingStore};
 pub use transport::ClientOptions;
+pub use witness::{CheckpointBook, WitnessReport};

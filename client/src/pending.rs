@@ -235,6 +235,18 @@ impl PendingStore {
         })
     }
 
+    /// A secret for `purpose`, derived from the store key: the same store
+    /// gives the same secret, and nobody without the key can make it.
+    pub fn derived_secret(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"kakehashi-client store secret v1\0");
+        h.update(purpose.as_bytes());
+        h.update([0]);
+        h.update(self.key.as_slice());
+        Zeroizing::new(h.finalize().into())
+    }
+
     /// Opens the store of `profile` if it exists; `None` when nothing was
     /// ever kept for this profile. Creates nothing.
     pub fn open_existing(

@@ -71,6 +71,9 @@ pub(crate) struct Call {
     pub idempotent: bool,
     /// Extra time on top of the request timeout (long-polls).
     pub extra_time: Duration,
+    /// `Idempotency-Key`: the broker answers a repeat with what the first
+    /// got, so the call may be sent again after a timeout.
+    pub idempotency_key: Option<String>,
 }
 
 impl Call {
@@ -82,6 +85,7 @@ impl Call {
             content_type: None,
             idempotent: true,
             extra_time: Duration::ZERO,
+            idempotency_key: None,
         }
     }
 
@@ -93,7 +97,15 @@ impl Call {
             content_type: Some(content_type),
             idempotent: false,
             extra_time: Duration::ZERO,
+            idempotency_key: None,
         }
+    }
+
+    /// This call under an `Idempotency-Key`: safe to send again.
+    pub fn with_idempotency_key(mut self, key: String) -> Call {
+        self.idempotency_key = Some(key);
+        self.idempotent = true;
+        self
     }
 }
 
@@ -116,6 +128,19 @@ impl RawResponse {
             .ok()
             .map(Duration::from_secs)
     }
+}
+
+/// Whether a 409 says the first request under the key is still running
+/// (rather than that the key was used for another request).
+fn in_flight(resp: &RawResponse) -> bool {
+    serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")?
+                .as_str()
+                .map(|m| m.contains("being answered"))
+        })
+        .unwrap_or(false)
 }
 
 /// Where a connection task leaves the error that ended it.
@@ -240,6 +265,20 @@ impl Transport {
                     tracing::debug!(status = %resp.status, wait_ms = wait.as_millis() as u64, "broker asked to retry");
                     tokio::time::sleep(wait).await;
                 }
+                // A repeat under an idempotency key while the first is
+                // still being answered: wait for it rather than fail.
+                Ok(resp)
+                    if resp.status == StatusCode::CONFLICT
+                        && call.idempotency_key.is_some()
+                        && in_flight(&resp)
+                        && attempt < max =>
+                {
+                    tracing::debug!(
+                        attempt,
+                        "the first request under this idempotency key is still being answered"
+                    );
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     let transient = matches!(
@@ -294,6 +333,9 @@ impl Transport {
                 .uri(call.path.as_str())
                 .header(header::HOST, self.authority.as_str()),
         };
+        if let Some(key) = &call.idempotency_key {
+            builder = builder.header("idempotency-key", key.as_str());
+        }
         if let Some(ct) = call.content_type {
             builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         }

@@ -28,12 +28,26 @@ pub fn parse_jsonl<T: DeserializeOwned>(body: &[u8]) -> Vec<(u64, Result<T, Inva
         }
         let parsed = match std::str::from_utf8(raw) {
             Ok(text) => serde_json::from_str::<T>(text)
-                .map_err(|e| InvalidInput::new("line", redact(&e.to_string()))),
+                .map_err(|e| InvalidInput::new("line", line_reason(&e))),
             Err(_) => Err(InvalidInput::new("line", "the line is not valid UTF-8")),
         };
         out.push((line_no, parsed));
     }
     out
+}
+
+/// A line's error without values: serde's "at line 1 column C" (a line of
+/// JSON Lines is one line) becomes "(column C)", so the only line number a
+/// person reads is the line of the file, which the caller reports.
+fn line_reason(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let text = redact(message.strip_suffix(&suffix).unwrap_or(&message));
+    if e.line() == 0 {
+        text
+    } else {
+        format!("{text} (column {})", e.column())
+    }
 }
 
 /// Replaces every `"…"` segment with `"…"` and every `` `…` `` segment that
@@ -93,6 +107,35 @@ mod tests {
         assert!(unknown.reason.contains("`nam`"), "{unknown}");
         assert!(parse_jsonl::<Line>(b"").is_empty());
         assert!(parse_jsonl::<Line>(b"\n\n").is_empty());
+    }
+
+    #[test]
+    fn a_line_error_names_the_rule_and_the_column_not_a_json_line() {
+        #[derive(Debug, Deserialize)]
+        #[serde(try_from = "Line")]
+        #[allow(dead_code)]
+        struct NonEmpty(String);
+        impl TryFrom<Line> for NonEmpty {
+            type Error = InvalidInput;
+            fn try_from(l: Line) -> Result<Self, InvalidInput> {
+                if l.name.is_empty() {
+                    return Err(InvalidInput::new("name", "must not be empty"));
+                }
+                Ok(NonEmpty(l.name))
+            }
+        }
+        let out = parse_jsonl::<NonEmpty>(b"{\"name\":\"a\"}\n\n{\"name\":\"\"}");
+        assert_eq!(out[1].0, 3);
+        let e = out[1].1.as_ref().unwrap_err();
+        assert!(e.reason.starts_with("name: must not be empty"), "{e}");
+        assert!(!e.reason.contains("line "), "{e}");
+        // serde's own errors keep their column within the line.
+        let out = parse_jsonl::<Line>(b"\n{\"name\": 7}");
+        let e = out[0].1.as_ref().unwrap_err();
+        assert!(
+            e.reason.contains("(column 10)") && !e.reason.contains("line "),
+            "{e}"
+        );
     }
 
     #[test]

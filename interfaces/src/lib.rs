@@ -26,6 +26,7 @@ pub mod people;
 pub mod permit;
 pub mod person;
 pub mod query;
+pub mod records;
 pub mod schema;
 
 mod b64;
@@ -46,6 +47,7 @@ pub use person::{
     Sex,
 };
 pub use query::{QueryRequest, QueryResponse, QueryStatus, RejectionReason};
+pub use records::{RecordChain, RecordKey, RecordKeySet, SignedCheckpoint};
 
 /// Validation failure of an input value; becomes `invalid_input` at the HTTP edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@ use crate::ids::{FlowId, ItemCode, PersonCode, ProcedureCode, QueryId};
 use crate::org::OrgId;
 use crate::people::UserId;
 use crate::permit::SignedPermit;
+use crate::records::SignedCheckpoint;
 use crate::InvalidInput;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,11 @@ pub struct QueryResponse {
     /// `status` is `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RejectionReason>,
+    /// The latest signed checkpoint of the broker's provision records when
+    /// it answered. Keep it: `GET /v1/record-chain` later shows whether the
+    /// log still extends it. Absent before the first checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<SignedCheckpoint>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +172,8 @@ struct QueryResponseWire {
     expires_at: OffsetDateTime,
     #[serde(default)]
     reason: Option<RejectionReason>,
+    #[serde(default)]
+    checkpoint: Option<SignedCheckpoint>,
 }
 
 impl TryFrom<QueryResponseWire> for QueryResponse {
@@ -193,6 +201,7 @@ impl TryFrom<QueryResponseWire> for QueryResponse {
             envelope: w.envelope,
             expires_at: w.expires_at,
             reason: w.reason,
+            checkpoint: w.checkpoint,
         })
     }
 }
@@ -246,5 +255,67 @@ impl From<RejectionReason> for String {
 impl std::fmt::Display for RejectionReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The header that makes `POST /v1/queries` idempotent (the IETF
+/// `Idempotency-Key` draft): a retry under the same key, within the
+/// result's lifetime, gets the same query back and makes no second
+/// provision record; another body under a used key is refused (409).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+
+/// Most characters of an idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// An `Idempotency-Key` value: 1 to 255 visible ASCII characters (a UUID
+/// is typical). The draft's structured-field quotes around it are accepted
+/// and removed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validates a header value.
+    pub fn new(value: &str) -> Result<Self, InvalidInput> {
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if value.is_empty() || value.len() > MAX_IDEMPOTENCY_KEY_CHARS {
+            return Err(InvalidInput::new(
+                "Idempotency-Key",
+                "must be 1 to 255 characters",
+            ));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidInput::new(
+                "Idempotency-Key",
+                "must be visible ASCII characters without spaces (a UUID, for example)",
+            ));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod idempotency_key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_visible_ascii_of_bounded_length() {
+        assert_eq!(
+            IdempotencyKey::new("\"8e0f-1\"").map(|k| k.0),
+            Ok("8e0f-1".to_string())
+        );
+        assert!(IdempotencyKey::new("").is_err());
+        assert!(IdempotencyKey::new("a b").is_err());
+        assert!(IdempotencyKey::new("鍵").is_err());
+        assert!(IdempotencyKey::new(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::new(&"k".repeat(255)).is_ok());
     }
 }

@@ -98,7 +98,7 @@ pub struct Endpoint {
 
 /// The console listener's endpoints (people; server TLS, session cookie and
 /// `X-CSRF-Token` on every POST and DELETE).
-pub const CONSOLE_ENDPOINTS: [Endpoint; 20] = [
+pub const CONSOLE_ENDPOINTS: [Endpoint; 31] = [
     console(
         "POST",
         "/api/session",
@@ -178,6 +178,83 @@ pub const CONSOLE_ENDPOINTS: [Endpoint; 20] = [
         "Administrators: every user, without secrets",
     ),
     console(
+        "POST",
+        "/api/users",
+        Some("NewUserRequest"),
+        "TemporaryPasswordAnswer",
+        "Administrators: add a user; the temporary password is shown once (the union's administrators for any org, others for their own)",
+    ),
+    console(
+        "POST",
+        "/api/users/{user_id}/reset",
+        None,
+        "TemporaryPasswordAnswer",
+        "Administrators: a new temporary password (shown once); TOTP and lock cleared, sessions ended",
+    ),
+    console(
+        "POST",
+        "/api/users/{user_id}/disable",
+        None,
+        "UserView",
+        "Administrators: disable a user (not oneself); the user's sessions end at once",
+    ),
+    console(
+        "POST",
+        "/api/users/{user_id}/enable",
+        None,
+        "UserView",
+        "Administrators: enable a disabled user again",
+    ),
+    console(
+        "POST",
+        "/api/users/{user_id}/grant",
+        Some("object {role} or {number_privilege: true}"),
+        "UserView",
+        "Administrators: grant a role or the Individual-Number privilege",
+    ),
+    console(
+        "POST",
+        "/api/users/{user_id}/revoke",
+        Some("object {role} or {number_privilege: true}"),
+        "UserView",
+        "Administrators: revoke a role (not one's own administrator role) or the Individual-Number privilege",
+    ),
+    console(
+        "GET",
+        "/api/orgs",
+        None,
+        "object {orgs: [{id, kind, name, status, cert_fingerprint, created_at, updated_at}]}",
+        "Administrators: every registered org",
+    ),
+    console(
+        "POST",
+        "/api/orgs",
+        Some("object {id, kind, name, cert_fingerprint?}"),
+        "object {id, kind, name, status, cert_fingerprint, created_at, updated_at}",
+        "The union's administrators: register an org (active)",
+    ),
+    console(
+        "POST",
+        "/api/orgs/{org}/suspend",
+        None,
+        "object {id, kind, name, status, cert_fingerprint, created_at, updated_at}",
+        "The union's administrators: suspend an org; its connections are refused within seconds",
+    ),
+    console(
+        "POST",
+        "/api/orgs/{org}/activate",
+        None,
+        "object {id, kind, name, status, cert_fingerprint, created_at, updated_at}",
+        "The union's administrators: activate a suspended org again",
+    ),
+    console(
+        "POST",
+        "/api/orgs/{org}/pin",
+        Some("object {cert_fingerprint: hex SHA-256 or null}"),
+        "object {id, kind, name, status, cert_fingerprint, created_at, updated_at}",
+        "The union's administrators: pin an org to its certificate's SHA-256 fingerprint, or clear the pin (null)",
+    ),
+    console(
         "GET",
         "/api/keys",
         None,
@@ -239,7 +316,7 @@ const fn console(
 }
 
 /// The exchange listener's endpoints (mutual TLS).
-pub const ENDPOINTS: [Endpoint; 8] = [
+pub const ENDPOINTS: [Endpoint; 10] = [
     Endpoint {
         method: "GET",
         path: "/v1/whoami",
@@ -266,6 +343,24 @@ pub const ENDPOINTS: [Endpoint; 8] = [
         request_media_type: None,
         response: "PermitKeySet",
         summary: "The Ed25519 keys permits are signed with",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/v1/record-keys",
+        query: None,
+        request: None,
+        request_media_type: None,
+        response: "RecordKeySet",
+        summary: "The Ed25519 keys provision-record checkpoints are signed with (current and still trusted); pin them",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/v1/record-chain",
+        query: Some("from=A: a sequence whose head the caller kept; to=B (optional): the last sequence wanted (default and at most: the latest checkpoint; at most 10000 links per answer)"),
+        request: None,
+        request_media_type: None,
+        response: "RecordChain",
+        summary: "Leaf hashes of the provision records after A up to B, and the latest signed checkpoint: a kept checkpoint must extend to it",
     },
     Endpoint {
         method: "POST",
@@ -323,6 +418,8 @@ pub fn schema_document() -> Value {
     gen.subschema_for::<WhoAmI>();
     gen.subschema_for::<FlowListView>();
     gen.subschema_for::<PermitKeySet>();
+    gen.subschema_for::<crate::records::RecordKeySet>();
+    gen.subschema_for::<crate::records::RecordChain>();
     gen.subschema_for::<QueryRequest>();
     gen.subschema_for::<QueryResponse>();
     gen.subschema_for::<SignedPermit>();
@@ -339,6 +436,8 @@ pub fn schema_document() -> Value {
     gen.subschema_for::<crate::people::TotpRequest>();
     gen.subschema_for::<crate::people::EnrolmentAnswer>();
     gen.subschema_for::<crate::people::UserList>();
+    gen.subschema_for::<crate::people::NewUserRequest>();
+    gen.subschema_for::<crate::people::TemporaryPasswordAnswer>();
     gen.subschema_for::<crate::approvals::PendingQueue>();
     gen.subschema_for::<crate::approvals::PendingDetail>();
     gen.subschema_for::<crate::approvals::RejectRequest>();
@@ -456,6 +555,9 @@ mod tests {
             "ItemValue",
             "LineIssue",
             "DisclosureEntry",
+            "RecordKeySet",
+            "RecordChain",
+            "SignedCheckpoint",
         ] {
             assert!(doc["definitions"].get(name).is_some(), "{name} missing");
         }

@@ -311,6 +311,10 @@ proptest! {
             permit,
             expires_at: at,
             reason: (status == QueryStatus::Rejected).then(|| RejectionReason::new("根拠法令の範囲外").unwrap()),
+            checkpoint: (status != QueryStatus::Expired).then(|| {
+                let cp = kakehashi_interfaces::audit::Checkpoint::sign(7, [3; 32], "2026-04-01T09:00:01.000000Z".into(), &signing_key());
+                kakehashi_interfaces::SignedCheckpoint::from_checkpoint(&cp).unwrap()
+            }),
         });
     }
 

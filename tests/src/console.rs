@@ -44,6 +44,24 @@ impl ConsoleClient {
         })
     }
 
+    /// Connects to a console listener at `addr` whose server certificate
+    /// `ca_pem` signed (a broker running as a process of its own).
+    pub async fn connect_to(addr: std::net::SocketAddr, ca_pem: &str) -> Result<ConsoleClient> {
+        let client = TestClient::connect(addr, ca_pem, None, Protocol::Http1).await?;
+        Ok(ConsoleClient {
+            client,
+            cookie: None,
+            csrf: None,
+        })
+    }
+
+    /// Carries this session (cookie and CSRF token) over to the console
+    /// listener at `addr`, as a browser sent to another node does.
+    pub async fn move_to(&mut self, addr: std::net::SocketAddr, ca_pem: &str) -> Result<()> {
+        self.client = TestClient::connect(addr, ca_pem, None, Protocol::Http1).await?;
+        Ok(())
+    }
+
     /// One call with the session's cookie and CSRF token, JSON body if any.
     pub async fn call(
         &mut self,

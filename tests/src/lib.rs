@@ -7,7 +7,9 @@
 //! print that they were not run.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod binaries;
+pub mod cluster;
 pub mod console;
 pub mod exchange;
 

@@ -1032,10 +1032,20 @@ async fn person_records_and_audit_verify() -> Result<()> {
         })
         .await?;
     let csv_s = csv.display().to_string();
-    let ok = user.run(&["audit", "verify", &csv_s]).await?.ok()?;
-    assert!(ok.stdout.starts_with("intact: "), "{}", ok.stdout);
     let key_id = records.sealer_key_id().to_string();
-    assert!(ok.stdout.contains(&key_id), "{}", ok.stdout);
+    let public_key = records.sealer_public_key_hex();
+    let trusted = format!("verified against trusted key {key_id}");
+    // Nothing pinned, nothing given: consistent, but anyone could have signed it.
+    let run = user.run(&["audit", "verify", &csv_s]).await?;
+    assert_fails(&run, 6, &["self-consistent, key not trusted", &key_id]);
+    assert!(run.stdout.contains("consistent: "), "{}", run.stdout);
+    assert!(!run.stdout.contains("verified against"), "{}", run.stdout);
+    // A key (or its id) given on the command line is trusted; another is not.
+    let ok = user
+        .run(&["audit", "verify", &csv_s, "--trusted-key", &public_key])
+        .await?
+        .ok()?;
+    assert!(ok.stdout.contains(&trusted), "{}", ok.stdout);
     user.run(&["audit", "verify", &csv_s, "--trusted-key-id", &key_id])
         .await?
         .ok()?;
@@ -1048,7 +1058,119 @@ async fn person_records_and_audit_verify() -> Result<()> {
             "0000000000000000",
         ])
         .await?;
-    assert_fails(&run, 1, &["verification FAILED", "not among the trusted"]);
+    assert_fails(&run, 6, &["self-consistent, key not trusted"]);
+
+    // The broker publishes its checkpoint keys to registered orgs; the
+    // profile pins them only when asked.
+    let union = ["--profile", "union-saitama"];
+    let listed = user
+        .run(&[&union[..], &["audit", "keys"]].concat())
+        .await?
+        .ok()?;
+    assert!(
+        listed.stdout.contains(&key_id) && listed.stdout.contains(&public_key),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("current"), "{}", listed.stdout);
+    let run = user
+        .run(&[&union[..], &["audit", "verify", &csv_s]].concat())
+        .await?;
+    assert_eq!(run.code, 6, "not pinned yet: {run:?}");
+    user.run(&[&union[..], &["audit", "keys", "--pin"]].concat())
+        .await?
+        .ok()?;
+    let ok = user
+        .run(&[&union[..], &["audit", "verify", &csv_s]].concat())
+        .await?
+        .ok()?;
+    assert!(ok.stdout.contains(&trusted), "{}", ok.stdout);
+
+    // An export whose records were edited, re-chained and re-signed with
+    // another key is self-consistent — and not trusted, by either verifier.
+    let jsonl = user.files.path().join("records.jsonl");
+    records
+        .export(&ExportRequest {
+            filter: ExportFilter::default(),
+            format: ExportFormat::Jsonl,
+            out: jsonl.clone(),
+            actor: "auditor-test".into(),
+        })
+        .await?;
+    let forged = user.files.path().join("forged.jsonl");
+    kakehashi_tests::audit::forge_jsonl_export(
+        &jsonl,
+        &forged,
+        &ed25519_dalek::SigningKey::from_bytes(&[42; 32]),
+        |row| {
+            if row.outcome == "provided" {
+                row.provider = Some("city-kawagoe".into());
+            }
+        },
+    )?;
+    let (jsonl_s, forged_s) = (jsonl.display().to_string(), forged.display().to_string());
+    assert!(std::fs::read_to_string(&forged)?.contains("city-kawagoe"));
+    let run = user
+        .run(&[&union[..], &["audit", "verify", &forged_s]].concat())
+        .await?;
+    assert_fails(&run, 6, &["self-consistent, key not trusted"]);
+    let ok = user
+        .run(&[&union[..], &["audit", "verify", &jsonl_s]].concat())
+        .await?
+        .ok()?;
+    assert!(ok.stdout.contains(&trusted), "{}", ok.stdout);
+    // The export carries the log's latest checkpoint; a verified export's
+    // is kept in the profile, for `audit witness`.
+    let bundle = std::fs::read_to_string(kakehashi_interfaces::audit::bundle_path_for(&jsonl))?;
+    let latest: serde_json::Value = bundle
+        .lines()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|l| l["type"] == "latest")
+        .context("the bundle has no latest line")?;
+    let kept = std::fs::read_to_string(user.home.path().join("checkpoints/union-saitama.json"))?;
+    assert!(
+        kept.contains(latest["head_hash"].as_str().unwrap_or("none")),
+        "{kept}"
+    );
+    let broker_cli = |args: &[&str]| -> Result<Run> {
+        let out = std::process::Command::new(kakehashi_tests::binaries::workspace_binary(
+            "kakehashi-broker",
+            "kakehashi-broker",
+        )?)
+        .args(args)
+        .env("KAKEHASHI_LOG", "error")
+        .output()?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    };
+    let run = broker_cli(&[
+        "records",
+        "verify-export",
+        &forged_s,
+        "--trusted-key",
+        &public_key,
+    ])?;
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stdout.contains("self-consistent, key not trusted"),
+        "{run:?}"
+    );
+    let run = broker_cli(&["records", "verify-export", &jsonl_s])?;
+    assert_eq!(run.code, 6, "no trusted key given: {run:?}");
+    let run = broker_cli(&[
+        "records",
+        "verify-export",
+        &jsonl_s,
+        "--trusted-key",
+        &public_key,
+    ])?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains(&trusted), "{run:?}");
 
     let original = std::fs::read_to_string(&csv)?;
     let tampered = user.files.path().join("tampered.csv");
@@ -1064,6 +1186,15 @@ async fn person_records_and_audit_verify() -> Result<()> {
         .run(&["audit", "verify", &tampered.display().to_string()])
         .await?;
     assert_fails(&run, 1, &["verification FAILED"]);
+    let run = broker_cli(&[
+        "records",
+        "verify-export",
+        &tampered.display().to_string(),
+        "--trusted-key",
+        &public_key,
+    ])?;
+    assert_eq!(run.code, 1, "altered, not re-chained: {run:?}");
+    assert!(run.stderr.contains("does NOT verify"), "{run:?}");
     let run = user
         .run(&["audit", "verify", &user.path("none.csv")])
         .await?;

@@ -269,10 +269,17 @@ async fn the_console_answers_with_headers_that_keep_pages_private() -> Result<()
     let keys = r.json()?;
     let key_id = keys["record_keys"][0]["key_id"].as_str().unwrap_or("");
     assert_eq!(key_id, broker.broker.state().records.sealer_key_id());
+    let public_key = keys["record_keys"][0]["public_key_hex"]
+        .as_str()
+        .unwrap_or("");
+    assert_eq!(
+        public_key,
+        broker.broker.state().records.sealer_public_key_hex()
+    );
     assert!(keys["verify_command"]
         .as_str()
         .unwrap_or("")
-        .contains(key_id));
+        .ends_with(&format!(" --trusted-key {public_key}")));
     Ok(())
 }
 

@@ -1162,6 +1162,9 @@ async fn send(
 
 fn filled(path: &str) -> String {
     path.replace("{query_id}", "q_aaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .replace("{user_id}", "no.such.user")
+        .replace("{org}", "no-such-org")
+        .replace("{version}", "99")
 }
 
 /// Every page row of the console's table: without a session a browser is
@@ -1173,12 +1176,13 @@ async fn every_page_refuses_every_role_it_does_not_list() -> Result<()> {
     use kakehashi_broker::console::endpoints::{Endpoint, TABLE};
     let broker = console_broker().await?;
     let mut sessions = Vec::new();
-    for (id, role) in [
-        ("page.op", Role::Operator),
-        ("page.aud", Role::Auditor),
-        ("page.adm", Role::Administrator),
+    // The administrator is the union's: org changes are the union's alone.
+    for (id, org, role) in [
+        ("page.op", "city-saitama", Role::Operator),
+        ("page.aud", "city-saitama", Role::Auditor),
+        ("page.adm", "union-saitama", Role::Administrator),
     ] {
-        let person = add_person(&broker, id, "city-saitama", &[role]).await?;
+        let person = add_person(&broker, id, org, &[role]).await?;
         let mut web = FormClient::connect(&broker).await?;
         let csrf = log_in_by_forms(&mut web, &person).await?;
         sessions.push((role, web, csrf));
@@ -1220,6 +1224,1022 @@ async fn every_page_refuses_every_role_it_does_not_list() -> Result<()> {
     assert!(
         home.contains("page.aud") && home.contains("監査担当者"),
         "{home}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The auditor's pages: record search, export download, operation log, key
+
+/// The union asks city-saitama for a non-sensitive item about each person:
+/// one `provided` record each.
+async fn provided_records(s: &mut kakehashi_tests::exchange::Scenario) -> Result<()> {
+    for code in &s.union_codes {
+        let (body, _) = query_body(
+            "F-0120",
+            "premium-calculation",
+            "city-saitama",
+            code,
+            &["local_tax.income"],
+        );
+        let status = s.union.post("/v1/queries", body).await?.status;
+        ensure!(status == StatusCode::OK, "a query answered {status}");
+    }
+    Ok(())
+}
+
+/// Logs `person` in through the browser's forms (temporary password, new
+/// password, TOTP enrolment), entering one wrong code first.
+async fn log_in_in_browser(b: &Browser, person: &mut Person) -> Result<()> {
+    b.goto("/login").await?;
+    b.loaded().await?;
+    b.fill("#user_id", &person.user_id).await?;
+    b.fill("#password", &person.password).await?;
+    b.click("#login").await?;
+    ensure!(b.path().await? == "/login/password", "{}", b.path().await?);
+    let new_password = format!("{}の新しいパスワード-2026", person.user_id);
+    b.fill("#current_password", &person.password).await?;
+    b.fill("#new_password", &new_password).await?;
+    b.fill("#confirm_password", &new_password).await?;
+    b.click("#change-password").await?;
+    person.password = new_password;
+    ensure!(b.path().await? == "/login/totp", "{}", b.path().await?);
+    let secret = secret_of(&b.text("#otpauth-uri").await?)?;
+    b.fill("#code", &wrong_code(&secret)?).await?;
+    b.click("#verify").await?;
+    ensure!(b.text("#error").await? == "確認コードが正しくありません");
+    b.check_answered("auditor-totp-wrong-code", "ja", Some(401))
+        .await?;
+    b.fill("#code", &totp_now(&secret)?).await?;
+    b.click("#verify").await?;
+    person.totp_secret = Some(secret);
+    Ok(())
+}
+
+/// Tells Chromium to save downloads into `dir` without asking (DevTools
+/// `Browser.setDownloadBehavior` through chromedriver).
+async fn allow_downloads(b: &Browser, dir: &Path) -> Result<()> {
+    let session = b
+        .client
+        .session_id()
+        .await?
+        .context("no WebDriver session")?;
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let command = json!({
+        "cmd": "Browser.setDownloadBehavior",
+        "params": {"behavior": "allow", "downloadPath": dir},
+    });
+    let request = http::Request::post(format!(
+        "http://127.0.0.1:{}/session/{session}/goog/cdp/execute",
+        b.driver_port
+    ))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(command.to_string())))?;
+    let response = http.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    ensure!(
+        status.is_success(),
+        "setDownloadBehavior: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}
+
+/// Clicks a download link and waits until the browser has saved the file.
+async fn download(b: &Browser, css: &str, dir: &Path) -> Result<PathBuf> {
+    let link = b.client.find(Locator::Css(css)).await?;
+    let name = link
+        .attr("download")
+        .await?
+        .with_context(|| format!("{css} is not a download link"))?;
+    link.click().await?;
+    let path = dir.join(&name);
+    let partial = dir.join(format!("{name}.crdownload"));
+    let started = Instant::now();
+    while !path.is_file() || partial.exists() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the browser did not save {name} into {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(path)
+}
+
+/// The rows of the record-search table: their record numbers, as shown.
+async fn shown_records(b: &Browser) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for cell in b.client.find_all(Locator::Css("#records td.seq")).await? {
+        let text = cell.text().await?;
+        seqs.push(
+            text.replace(',', "")
+                .parse()
+                .with_context(|| format!("record number {text:?}"))?,
+        );
+    }
+    Ok(seqs)
+}
+
+#[tokio::test]
+async fn an_auditor_searches_pages_downloads_an_export_and_it_verifies_offline() -> Result<()> {
+    let Some((chromium, chromedriver)) = browser_programs()? else {
+        return Ok(());
+    };
+    let broker = console_broker().await?;
+    let mut s = scenario(&broker, 3).await?;
+    provided_records(&mut s).await?;
+    let auditor = add_person(&broker, "aoki.audit", "union-saitama", &[Role::Auditor]).await?;
+    let addr = broker
+        .broker
+        .console_addr()
+        .context("no console listener")?;
+    let browser = Browser::start(&chromium, &chromedriver, format!("https://{addr}")).await?;
+    let outcome = auditor_flow(&browser, &broker, &s, auditor).await;
+    let _ = browser.client.clone().close().await;
+    outcome
+}
+
+async fn auditor_flow(
+    b: &Browser,
+    broker: &TestBroker,
+    s: &kakehashi_tests::exchange::Scenario,
+    mut auditor: Person,
+) -> Result<()> {
+    log_in_in_browser(b, &mut auditor).await?;
+    // The home page links the auditor's pages, and so does the top bar.
+    ensure!(
+        b.path().await? == "/",
+        "after the code: {}",
+        b.path().await?
+    );
+    ensure!(b.text("#who-roles").await? == "監査担当者");
+    ensure!(b.text("#nav-records").await? == "提供記録の検索");
+    ensure!(b.text("#nav-oplog").await? == "操作ログ");
+    ensure!(b.text("#nav-keys").await? == "検証用の鍵");
+    b.check("auditor-home", "ja").await?;
+
+    // The search: the union's three provided records, newest first.
+    b.click("#nav-records").await?;
+    ensure!(b.path().await? == "/records", "{}", b.path().await?);
+    ensure!(b.text("h1").await? == "提供記録の検索");
+    ensure!(
+        b.text("label[for=person]").await? == "個人の符号（自団体）",
+        "the person field has no Japanese label"
+    );
+    let select = b.client.find(Locator::Css("#outcome")).await?;
+    select.select_by_value("provided").await?;
+    b.fill("#org", "city-saitama").await?;
+    b.click("#search").await?;
+    ensure!(
+        b.path().await? == "/records?from=&until=&org=city-saitama&flow=&outcome=provided&person=",
+        "{}",
+        b.path().await?
+    );
+    let all = shown_records(b).await?;
+    ensure!(all.len() == 3, "{} rows: {all:?}", all.len());
+    ensure!(
+        all.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {all:?}"
+    );
+    ensure!(b.text("#rows-shown").await? == "このページに 3 件（50 件ずつ表示）");
+    let cells = b
+        .client
+        .find_all(Locator::Css("#records td[data-outcome=provided]"))
+        .await?;
+    ensure!(cells.len() == 3 && cells[0].text().await? == "提供");
+    let source = b.client.source().await?;
+    for secret in s.union_codes.iter().chain(&s.city_codes).chain(&s.numbers) {
+        ensure!(
+            !source.contains(secret.as_str()),
+            "a person code or number on the search page"
+        );
+    }
+    // A JST date: today (in Japan) includes them all, tomorrow none.
+    let today = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+9));
+    let day = |at: time::OffsetDateTime| {
+        format!(
+            "{:04}-{:02}-{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day()
+        )
+    };
+    b.goto(&format!(
+        "/records?outcome=provided&from={}&until={}",
+        day(today),
+        day(today)
+    ))
+    .await?;
+    let today_shown = shown_records(b).await?;
+    ensure!(
+        today_shown == all,
+        "today's records: {today_shown:?}, expected {all:?}"
+    );
+    b.goto(&format!(
+        "/records?outcome=provided&from={}",
+        day(today + Duration::from_secs(86_400))
+    ))
+    .await?;
+    ensure!(b.text("#no-records").await? == "条件に合う提供記録はありません。");
+
+    // Paging by record number: two, then the third, then the end.
+    b.goto("/records?outcome=provided&size=2").await?;
+    ensure!(shown_records(b).await? == all[..2], "the first page");
+    b.click("#next-page").await?;
+    ensure!(
+        b.path().await? == format!("/records?outcome=provided&size=2&before={}", all[1]),
+        "{}",
+        b.path().await?
+    );
+    ensure!(shown_records(b).await? == all[2..], "the second page");
+    ensure!(b.text("#last-page").await? == "これが最後のページです。");
+    b.click("#first-page").await?;
+    ensure!(
+        shown_records(b).await? == all[..2],
+        "back to the newest page"
+    );
+
+    // Screenshots of the search in both languages (the README shows the Japanese one).
+    b.goto("/records?org=city-saitama&outcome=provided").await?;
+    b.both_languages("records").await?;
+
+    // The export, downloaded by the browser itself, verifies offline.
+    let downloads = tempfile::tempdir()?;
+    allow_downloads(b, downloads.path()).await?;
+    b.goto("/records?outcome=provided").await?;
+    b.click("#export").await?;
+    ensure!(b.path().await? == "/records/export", "{}", b.path().await?);
+    let done = b.text("#export-done").await?;
+    ensure!(done.starts_with("3 件を出力しました"), "{done}");
+    b.check("export", "ja").await?;
+    let data = download(b, "#download-data", downloads.path()).await?;
+    let bundle = download(b, "#download-bundle", downloads.path()).await?;
+    ensure!(
+        bundle.file_name()
+            == Some(std::ffi::OsStr::new(&format!(
+                "{}.bundle.jsonl",
+                data.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            ))),
+        "the bundle is not named after the data: {}",
+        bundle.display()
+    );
+    let csv = std::fs::read(&data)?;
+    ensure!(csv.starts_with(&[0xEF, 0xBB, 0xBF]), "CSV without BOM");
+    let csv = String::from_utf8_lossy(&csv);
+    ensure!(
+        csv.lines().count() == 4,
+        "header and three records: {}",
+        csv.lines().count()
+    );
+    for secret in s.union_codes.iter().chain(&s.city_codes).chain(&s.numbers) {
+        ensure!(!csv.contains(secret.as_str()), "a person code in the CSV");
+    }
+    // The command the page shows, run as it is in the download folder.
+    let command = b.text("#verify-command").await?;
+    let key_id = broker.broker.state().records.sealer_key_id().to_string();
+    let public_key = broker.broker.state().records.sealer_public_key_hex();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let file_name = data.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    // It trusts exactly the broker's checkpoint key (by its public key or its id).
+    let pinned = match words.get(4..) {
+        Some(["--trusted-key", key]) => *key == public_key,
+        Some(["--trusted-key-id", id]) => *id == key_id,
+        _ => false,
+    };
+    ensure!(
+        words.get(..4) == Some(&["kakehashi", "audit", "verify", file_name][..]) && pinned,
+        "the page's command: {command}"
+    );
+    let client = kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")?;
+    let verified = Command::new(&client)
+        .args(&words[1..])
+        .current_dir(downloads.path())
+        .output()?;
+    ensure!(
+        verified.status.success(),
+        "audit verify refused the browser's download: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // One changed byte in the download: the verifier says so.
+    let tampered = csv.replacen("provided", "rejected", 1);
+    std::fs::write(
+        &data,
+        format!("\u{feff}{}", tampered.trim_start_matches('\u{feff}')),
+    )?;
+    let refused = Command::new(&client)
+        .args(&words[1..])
+        .current_dir(downloads.path())
+        .output()?;
+    ensure!(
+        refused.status.code() == Some(1),
+        "a changed export verified: {:?}",
+        refused.status
+    );
+
+    // The key page: the key the download verified against, and the command.
+    b.click("#nav-keys").await?;
+    ensure!(b.text(".key-id").await? == key_id);
+    ensure!(b.text(".public-key").await? == broker.broker.state().records.sealer_public_key_hex());
+    let shown = b.text("#verify-command").await?;
+    ensure!(
+        shown.starts_with("kakehashi audit verify ")
+            && (shown.ends_with(&format!(" {public_key}"))
+                || shown.ends_with(&format!(" {key_id}"))),
+        "{shown}"
+    );
+    b.both_languages("keys").await?;
+
+    // The operation log: the wrong code at login, and the searches.
+    b.click("#nav-oplog").await?;
+    ensure!(b.path().await? == "/operation-log");
+    let select = b.client.find(Locator::Css("#action")).await?;
+    select.select_by_value("totp_failed").await?;
+    b.fill("#actor", "aoki.audit").await?;
+    b.click("#search").await?;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#oplog tbody tr[data-action=totp_failed]"))
+        .await?;
+    ensure!(rows.len() == 1, "{} wrong-code entries", rows.len());
+    ensure!(b.text("#oplog td.actor").await? == "aoki.audit");
+    ensure!(b.text("#oplog td.action").await? == "確認コードの誤り");
+    b.both_languages("oplog").await?;
+    ensure!(b.text("#oplog td.action").await? == "確認コードの誤り");
+    b.goto("/operation-log?action=records_export").await?;
+    ensure!(
+        b.text("#oplog td.actor").await? == "aoki.audit",
+        "the export is not logged"
+    );
+    Ok(())
+}
+
+/// The auditor's pages over plain HTTPS: JSON Lines through the form,
+/// filters refused with a message on the page, no Individual Number typed
+/// by someone without the privilege shown back anywhere, the operation
+/// log's period.
+#[tokio::test]
+async fn auditor_pages_filter_export_and_never_show_a_number_without_the_privilege() -> Result<()> {
+    let broker = console_broker().await?;
+    let mut s = scenario(&broker, 2).await?;
+    provided_records(&mut s).await?;
+    let auditor = add_person(&broker, "ueda.audit", "union-saitama", &[Role::Auditor]).await?;
+    let mut web = FormClient::connect(&broker).await?;
+    let csrf = log_in_by_forms(&mut web, &auditor).await?;
+
+    let page = body(&web.get("/records?outcome=provided").await?);
+    assert!(
+        page.contains("id=\"nav-records\"") && page.contains("aria-current=\"page\""),
+        "{page}"
+    );
+    assert_eq!(page.matches("<td class=\"num seq\">").count(), 2, "{page}");
+
+    // A bad filter: the form again, with the broker's message in Japanese.
+    let bad = web.get("/records?org=Not+An+Org").await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(body(&bad).contains("id=\"error\""), "{}", body(&bad));
+    assert!(body(&bad).contains("id=\"search-form\""));
+
+    // An Individual Number typed as a filter: refused, and not on the page
+    // (fields, links, language switch).
+    let number = s.numbers[0].clone();
+    for path in [
+        format!("/records?person={number}"),
+        format!("/operation-log?actor={number}"),
+    ] {
+        let r = web.get(&path).await?;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        let page = body(&r);
+        assert!(page.contains("個人番号は検索条件にできません"), "{page}");
+        assert!(!page.contains(&number), "{path}: the number is on the page");
+    }
+
+    // JSON Lines through the export form: one line per record, no person code.
+    let made = web
+        .post(
+            "/records/export",
+            &[
+                ("csrf", &csrf),
+                ("outcome", "provided"),
+                ("format", "jsonl"),
+            ],
+        )
+        .await?;
+    assert_eq!(made.status, StatusCode::OK, "{}", body(&made));
+    let page = body(&made);
+    assert!(page.contains("2 件を出力しました"), "{page}");
+    let at = page
+        .find("id=\"download-data\" href=\"")
+        .context("no data link")?;
+    let rest = &page[at + "id=\"download-data\" href=\"".len()..];
+    let url = rest[..rest.find('"').context("unterminated link")?].replace("&#x2f;", "/");
+    let file = web.get(&url).await?;
+    assert_eq!(file.status, StatusCode::OK, "{url}");
+    let text = body(&file);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for line in text.lines() {
+        let row: Value = serde_json::from_str(line)?;
+        assert_eq!(row["outcome"], "provided");
+    }
+    for secret in s.union_codes.iter().chain(&s.city_codes).chain(&s.numbers) {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a person code in the export"
+        );
+    }
+    // Without the form's token, no export is made.
+    let forged = web.post("/records/export", &[("format", "csv")]).await?;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    // The operation log's period: today in Japan has the logins, tomorrow nothing.
+    let today = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+9));
+    let tomorrow = today + Duration::from_secs(86_400);
+    let day = |at: time::OffsetDateTime| {
+        format!(
+            "{:04}-{:02}-{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day()
+        )
+    };
+    let todays = body(
+        &web.get(&format!(
+            "/operation-log?action=login_succeeded&from={}&until={}",
+            day(today),
+            day(today)
+        ))
+        .await?,
+    );
+    assert!(
+        todays.contains("<td class=\"actor\">ueda.audit</td>"),
+        "{todays}"
+    );
+    let none = body(
+        &web.get(&format!("/operation-log?from={}", day(tomorrow)))
+            .await?,
+    );
+    assert!(none.contains("id=\"no-entries\""), "{none}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The administrator's pages: orgs, users, flow-list versions; lockout and
+// the idle timeout
+
+/// A flow list with one flow more than the sample's.
+fn flow_list_with_one_more() -> String {
+    format!(
+        "{}\n[[flow]]\nflow_id = \"F-0999\"\nprocedure = \"browser-test\"\nrequester = {{ kind = \"union\" }}\nprovider = {{ kind = \"municipality\" }}\nitems = [\"local_tax.income\"]\nsensitive_items = []\nlegal_basis = \"試験用のフロー\"\nvalid_from = \"2026-01-01\"\n",
+        kakehashi_broker::policy::SAMPLE_FLOW_LIST.trim_end()
+    )
+}
+
+/// Whether `org`'s client is refused by the exchange (a fresh connection).
+async fn org_refused(broker: &TestBroker, org: &str) -> Result<bool> {
+    let mut client = match broker.client(org).await {
+        Ok(client) => client,
+        Err(_) => return Ok(true),
+    };
+    match client.get("/v1/whoami").await {
+        Ok(r) if r.status == StatusCode::OK => Ok(false),
+        Ok(r) => {
+            ensure!(
+                r.error_code().as_deref() == Some("org_suspended"),
+                "{org} refused for another reason: {} {}",
+                r.status,
+                body(&r)
+            );
+            Ok(true)
+        }
+        Err(_) => Ok(true),
+    }
+}
+
+/// Waits (the exchange caches org records for a few seconds) until `org`'s
+/// client is refused, or admitted again.
+async fn wait_for_refusal(broker: &TestBroker, org: &str, refused: bool) -> Result<()> {
+    let started = Instant::now();
+    while org_refused(broker, org).await? != refused {
+        ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "{org}'s client is {} 15 s after the change",
+            if refused {
+                "still admitted"
+            } else {
+                "still refused"
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn administrators_manage_orgs_users_and_flow_lists_in_a_real_browser() -> Result<()> {
+    let Some((chromium, chromedriver)) = browser_programs()? else {
+        return Ok(());
+    };
+    let broker = console_broker().await?;
+    let first = add_person(&broker, "ueda.adm", "union-saitama", &[Role::Administrator]).await?;
+    let second = add_person(&broker, "mori.adm", "union-saitama", &[Role::Administrator]).await?;
+    let addr = broker
+        .broker
+        .console_addr()
+        .context("no console listener")?;
+    let browser = Browser::start(&chromium, &chromedriver, format!("https://{addr}")).await?;
+    let outcome = administrator_flow(&browser, &broker, first, second).await;
+    let _ = browser.client.clone().close().await;
+    outcome
+}
+
+async fn administrator_flow(
+    b: &Browser,
+    broker: &TestBroker,
+    mut first: Person,
+    mut second: Person,
+) -> Result<()> {
+    let pools = broker.broker.state().store.pools();
+    log_in_in_browser(b, &mut first).await?;
+    // The administrator's pages are in the top bar.
+    ensure!(b.path().await? == "/", "after login: {}", b.path().await?);
+    ensure!(b.text("#nav-orgs").await? == "団体");
+    ensure!(b.text("#nav-users").await? == "利用者");
+    ensure!(b.text("#nav-flows").await? == "フローリスト");
+
+    // Orgs: suspending one refuses its client; activating admits it again.
+    b.click("#nav-orgs").await?;
+    ensure!(b.path().await? == "/orgs");
+    ensure!(b.text("h1").await? == "団体の管理");
+    b.both_languages("admin-orgs").await?;
+    ensure!(
+        !org_refused(broker, "city-kawagoe").await?,
+        "refused before the suspension"
+    );
+    b.click("#suspend-city-kawagoe").await?;
+    let notice = b.text("#notice").await?;
+    ensure!(
+        notice == "団体 city-kawagoe を停止しました。この団体からの接続は拒否されます。",
+        "{notice}"
+    );
+    ensure!(b.text("#org-city-kawagoe .org-status").await? == "停止中");
+    b.check("admin-org-suspended", "ja").await?;
+    wait_for_refusal(broker, "city-kawagoe", true).await?;
+    b.click("#activate-city-kawagoe").await?;
+    ensure!(b.text("#notice").await? == "団体 city-kawagoe を再開しました。");
+    wait_for_refusal(broker, "city-kawagoe", false).await?;
+    // A new org, and a pin that is not a fingerprint (refused, in Japanese).
+    b.fill("#org-id", "city-tokorozawa").await?;
+    b.fill("#org-name", "所沢市").await?;
+    b.click("#org-add").await?;
+    ensure!(b.text("#notice").await? == "団体 city-tokorozawa を登録しました。");
+    ensure!(b.text("#org-city-tokorozawa td").await? == "所沢市");
+    b.fill("#fingerprint-city-tokorozawa", "abc").await?;
+    b.click("#pin-city-tokorozawa").await?;
+    ensure!(
+        b.text("#error")
+            .await?
+            .starts_with("フィンガープリントは証明書のSHA-256"),
+        "{}",
+        b.text("#error").await?
+    );
+    b.check_answered("admin-org-bad-pin", "ja", Some(400))
+        .await?;
+    let fingerprint = "ab".repeat(32);
+    b.fill("#fingerprint-city-tokorozawa", &fingerprint).await?;
+    b.click("#pin-city-tokorozawa").await?;
+    ensure!(b.text("#org-city-tokorozawa .fingerprint").await? == fingerprint);
+    let logged = "SELECT COUNT(*) FROM operation_log WHERE actor = 'ueda.adm' AND action IN ('org_suspended', 'org_activated', 'org_added', 'org_pinned') AND result = 'success'";
+    ensure!(
+        sql_count(&pools, logged).await? == 4,
+        "an org change is not in the operation log"
+    );
+
+    // Users: a new user's temporary password is shown once, and works.
+    b.click("#nav-users").await?;
+    ensure!(b.path().await? == "/users");
+    b.both_languages("admin-users").await?;
+    // Without a role: refused with the rule, in Japanese, and nobody added.
+    b.fill("#new-user-id", "sato.op").await?;
+    b.click("#user-add").await?;
+    ensure!(b.text("#error").await? == "役割を1つ以上選んでください");
+    b.check_answered("admin-user-no-role", "ja", Some(400))
+        .await?;
+    ensure!(
+        sql_count(&pools, "SELECT COUNT(*) FROM users WHERE id = 'sato.op'").await? == 0,
+        "a user without a role was added"
+    );
+    b.fill("#new-user-id", "sato.op").await?;
+    b.client
+        .find(Locator::Css("#new-user-org option[value='city-saitama']"))
+        .await?
+        .click()
+        .await?;
+    b.client
+        .find(Locator::Css("#new-role-operator"))
+        .await?
+        .click()
+        .await?;
+    b.click("#user-add").await?;
+    ensure!(b.text("#temporary-user").await? == "sato.op");
+    let temporary = b.text("#temporary-password").await?;
+    ensure!(
+        temporary.chars().count() >= 12,
+        "a short temporary password"
+    );
+    b.check("admin-temporary-password", "ja").await?;
+    b.click("#to-user").await?;
+    ensure!(b.text("#user-roles").await? == "承認担当者");
+    ensure!(
+        !b.client.source().await?.contains(&temporary),
+        "the temporary password is shown again"
+    );
+    b.goto("/users").await?;
+    b.loaded().await?;
+    ensure!(
+        !b.client.source().await?.contains(&temporary),
+        "the temporary password is on the user list"
+    );
+    let mut web = FormClient::connect(broker).await?;
+    let login = csrf_field(&body(&web.get("/login").await?))?;
+    let first_login = web
+        .post(
+            "/login",
+            &[
+                ("csrf", &login),
+                ("user_id", "sato.op"),
+                ("password", &temporary),
+            ],
+        )
+        .await?;
+    ensure!(
+        location(&first_login) == "/login/password",
+        "the temporary password does not log in: {}",
+        body(&first_login)
+    );
+    // The Individual-Number privilege, granted on the user's page.
+    b.goto("/users/sato.op").await?;
+    b.loaded().await?;
+    ensure!(b.text("td[data-privilege='number_privilege']").await? == "なし");
+    b.click("#grant-number_privilege").await?;
+    ensure!(b.text("#notice").await? == "利用者 sato.op に付与しました。");
+    ensure!(b.text("td[data-privilege='number_privilege']").await? == "あり");
+    ensure!(b.text("#user-number").await? == "可");
+    b.both_languages("admin-user").await?;
+    let granted = "SELECT COUNT(*) FROM operation_log WHERE actor = 'ueda.adm' AND action = 'number_privilege_granted' AND target = 'sato.op'";
+    ensure!(
+        sql_count(&pools, granted).await? == 1,
+        "the grant is not in the operation log"
+    );
+
+    // Flow lists: propose a version; the proposer's own approval is refused.
+    b.click("#nav-flows").await?;
+    ensure!(b.path().await? == "/flows");
+    b.both_languages("admin-flows").await?;
+    let prefilled = b
+        .client
+        .execute("return document.getElementById('flow-text').value", vec![])
+        .await?;
+    ensure!(
+        prefilled.as_str().is_some_and(|t| t.contains("F-0120")),
+        "the propose form does not start from the version in force"
+    );
+    b.client
+        .execute(
+            "document.getElementById('flow-text').value = arguments[0]",
+            vec![json!(flow_list_with_one_more())],
+        )
+        .await?;
+    b.click("#propose").await?;
+    let path = b.path().await?;
+    ensure!(path.starts_with("/flows/2?"), "after proposing: {path}");
+    ensure!(b.text("#notice").await? == "版 2 を提案しました。別の管理者の承認を待っています。");
+    ensure!(b.text("#version-status").await? == "承認待ち");
+    ensure!(b.text("#diff tbody th").await? == "F-0999");
+    ensure!(b.text("#diff tbody td").await? == "追加");
+    b.both_languages("admin-flow-proposed").await?;
+    b.click("#approve").await?;
+    ensure!(
+        b.text("#error").await? == "提案者自身は承認できません",
+        "{}",
+        b.text("#error").await?
+    );
+    b.check_answered("admin-flow-own-approval", "ja", Some(403))
+        .await?;
+    b.switch("en").await?;
+    b.click("#approve").await?;
+    ensure!(
+        b.text("#error").await? == "the proposer cannot approve their own version",
+        "{}",
+        b.text("#error").await?
+    );
+    b.check_answered("admin-flow-own-approval", "en", Some(403))
+        .await?;
+    b.switch("ja").await?;
+    ensure!(
+        b.text("#version-status").await? == "承認待ち",
+        "approved by its proposer"
+    );
+    // The difference between two versions, from the list.
+    b.goto("/flows?from=1&to=2").await?;
+    b.loaded().await?;
+    ensure!(b.text("#diff-result").await? == "版 1 から版 2 への変更");
+    ensure!(b.text("#diff tbody th").await? == "F-0999");
+    ensure!(b.text("#diff tbody td").await? == "追加");
+    b.both_languages("admin-flows-diff").await?;
+    // On a 1920-wide screen too.
+    b.client.set_window_size(1920, 1080).await?;
+    for page in ["/orgs", "/users", "/flows/2"] {
+        b.goto(page).await?;
+        let name = format!("admin{}-1920", page.replace('/', "-"));
+        b.check(&name, "ja").await?;
+    }
+    b.client.set_window_size(1280, 800).await?;
+
+    // A second administrator approves: version 2 is in force.
+    b.click("#logout").await?;
+    log_in_in_browser(b, &mut second).await?;
+    b.goto("/flows/2").await?;
+    b.loaded().await?;
+    b.click("#approve").await?;
+    ensure!(b.text("#notice").await? == "版 2 を承認しました。適用中です。");
+    ensure!(b.text("#version-status").await? == "適用中");
+    ensure!(b.text("#approved-by").await? == "mori.adm");
+    b.both_languages("admin-flow-approved").await?;
+    ensure!(
+        kakehashi_broker::flow_changes::in_force_version(&pools).await? == 2,
+        "version 2 is not in force"
+    );
+    let approvals = "SELECT COUNT(*) FROM operation_log WHERE action = 'flow_list_approved' AND target = 'version 2'";
+    ensure!(
+        sql_count(
+            &pools,
+            &format!("{approvals} AND actor = 'ueda.adm' AND result <> 'success'")
+        )
+        .await?
+            == 2
+            && sql_count(
+                &pools,
+                &format!("{approvals} AND actor = 'mori.adm' AND result = 'success'")
+            )
+            .await?
+                == 1,
+        "the approvals are not in the operation log as they happened"
+    );
+    eprintln!("console screenshots: {}", b.shots.display());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sixth_wrong_password_locks_and_an_idle_session_returns_to_login() -> Result<()> {
+    let Some((chromium, chromedriver)) = browser_programs()? else {
+        return Ok(());
+    };
+    let idle = 4;
+    let broker = exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+        opts.people.idle_timeout_secs = idle;
+    })
+    .await?
+    .context("a SQLite broker always starts")?;
+    let locked = add_person(&broker, "kimura.op", "city-saitama", &[Role::Operator]).await?;
+    let mut idler =
+        add_person(&broker, "idle.adm", "union-saitama", &[Role::Administrator]).await?;
+    let addr = broker
+        .broker
+        .console_addr()
+        .context("no console listener")?;
+    let browser = Browser::start(&chromium, &chromedriver, format!("https://{addr}")).await?;
+    let b = &browser;
+    let outcome = async {
+        // Five wrong passwords; the sixth attempt says the account is locked.
+        for attempt in 1..=6 {
+            b.goto("/login").await?;
+            b.loaded().await?;
+            b.fill("#user_id", &locked.user_id).await?;
+            b.fill("#password", "まちがったパスワード-0000").await?;
+            // Only the sixth answer's status line may be in the browser's log.
+            b.browser_log().await?;
+            b.click("#login").await?;
+            let error = b.text("#error").await?;
+            if attempt < 6 {
+                ensure!(
+                    error == "利用者IDまたはパスワードが正しくありません"
+                        || (attempt == 5 && error.contains("ロックされています")),
+                    "attempt {attempt}: {error}"
+                );
+            } else {
+                ensure!(
+                    error.contains("連続して失敗したため")
+                        && error.contains("JST までロックされています"),
+                    "the sixth attempt: {error}"
+                );
+                b.check_answered("login-locked", "ja", Some(423)).await?;
+            }
+        }
+        // Locked: the right password is refused too.
+        b.fill("#user_id", &locked.user_id).await?;
+        b.fill("#password", &locked.password).await?;
+        b.click("#login").await?;
+        ensure!(b.text("#error").await?.contains("ロックされています"));
+        ensure!(b.path().await? == "/login", "the locked account logged in");
+        b.check_answered("login-locked", "ja", Some(423)).await?;
+
+        // A session idle past the timeout leads back to the login.
+        log_in_in_browser(b, &mut idler).await?;
+        b.goto("/users").await?;
+        b.loaded().await?;
+        ensure!(b.path().await? == "/users", "{}", b.path().await?);
+        tokio::time::sleep(Duration::from_secs(idle + 2)).await;
+        b.goto("/users").await?;
+        b.loaded().await?;
+        ensure!(
+            b.path().await? == "/login?from=expired",
+            "an idle session still opens pages: {}",
+            b.path().await?
+        );
+        ensure!(
+            b.text(".notice").await? == "セッションが終了しました。もう一度ログインしてください。"
+        );
+        b.check("login-expired", "ja").await
+    }
+    .await;
+    let _ = browser.client.clone().close().await;
+    outcome
+}
+
+/// The administrators' JSON endpoints: the union's administrator manages
+/// every org and user, another org's administrator only their own org's
+/// users; every change is in the operation log.
+#[tokio::test]
+async fn administrator_api_changes_users_and_orgs_within_their_scope() -> Result<()> {
+    use kakehashi_tests::console::ConsoleClient;
+    let broker = console_broker().await?;
+    let pools = broker.broker.state().store.pools();
+    let mut union_admin = add_person(
+        &broker,
+        "api.union",
+        "union-saitama",
+        &[Role::Administrator],
+    )
+    .await?;
+    let mut city_admin =
+        add_person(&broker, "api.city", "city-saitama", &[Role::Administrator]).await?;
+    let mut union = ConsoleClient::connect(&broker).await?;
+    union.log_in(&mut union_admin, 0).await?;
+    let mut city = ConsoleClient::connect(&broker).await?;
+    city.log_in(&mut city_admin, 0).await?;
+
+    // Users: added with a temporary password that logs in once changed.
+    let added = union
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"user_id": "api.aud", "org": "city-kawagoe", "roles": ["auditor"]})),
+        )
+        .await?;
+    assert_eq!(added.status, StatusCode::OK, "{}", body(&added));
+    let temporary = added.json()?["temporary_password"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(temporary.chars().count() >= 12);
+    let mut newcomer = ConsoleClient::connect(&broker).await?;
+    let first = newcomer.password("api.aud", &temporary).await?;
+    assert_eq!(first.json()?["stage"], "password_change");
+    // Another org's administrator may not add to, or change, another org.
+    let refused = city
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"user_id": "api.other", "org": "city-kawagoe", "roles": ["operator"]})),
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", body(&refused));
+    let hidden = city
+        .call(Method::POST, "/api/users/api.aud/disable", None)
+        .await?;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", body(&hidden));
+    let own = city
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"user_id": "api.own", "org": "city-saitama", "roles": ["operator"]})),
+        )
+        .await?;
+    assert_eq!(own.status, StatusCode::OK, "{}", body(&own));
+    // The list shows an administrator the users they manage: the union's
+    // every org's, a city's its own.
+    let orgs_listed = |reply: &kakehashi_tests::TestResponse| -> Result<Vec<String>> {
+        Ok(reply.json()?["users"]
+            .as_array()
+            .map(|users| {
+                users
+                    .iter()
+                    .filter_map(|u| u["org"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let city_list = orgs_listed(&city.call(Method::GET, "/api/users", None).await?)?;
+    assert!(city_list.iter().any(|o| o == "city-saitama"));
+    assert!(
+        city_list.iter().all(|o| o == "city-saitama"),
+        "{city_list:?}"
+    );
+    let union_list = orgs_listed(&union.call(Method::GET, "/api/users", None).await?)?;
+    assert!(
+        union_list.iter().any(|o| o == "city-kawagoe"),
+        "{union_list:?}"
+    );
+    // Grant, revoke, reset; an administrator cannot disable themselves.
+    let granted = union
+        .call(
+            Method::POST,
+            "/api/users/api.aud/grant",
+            Some(json!({"number_privilege": true})),
+        )
+        .await?;
+    assert_eq!(
+        granted.json()?["number_privilege"],
+        true,
+        "{}",
+        body(&granted)
+    );
+    let revoked = union
+        .call(
+            Method::POST,
+            "/api/users/api.aud/revoke",
+            Some(json!({"role": "auditor"})),
+        )
+        .await?;
+    assert_eq!(revoked.json()?["roles"], json!([]), "{}", body(&revoked));
+    let reset = union
+        .call(Method::POST, "/api/users/api.aud/reset", None)
+        .await?;
+    let again = reset.json()?["temporary_password"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!again.is_empty() && again != temporary, "{}", body(&reset));
+    let myself = union
+        .call(Method::POST, "/api/users/api.union/disable", None)
+        .await?;
+    assert_eq!(myself.status, StatusCode::FORBIDDEN, "{}", body(&myself));
+
+    // Orgs: the union's administrator alone; a suspended org is refused.
+    let not_union = city
+        .call(Method::POST, "/api/orgs/city-kawagoe/suspend", None)
+        .await?;
+    assert_eq!(
+        not_union.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        body(&not_union)
+    );
+    assert!(!org_refused(&broker, "city-kawagoe").await?);
+    let suspended = union
+        .call(Method::POST, "/api/orgs/city-kawagoe/suspend", None)
+        .await?;
+    assert_eq!(
+        suspended.json()?["status"],
+        "suspended",
+        "{}",
+        body(&suspended)
+    );
+    wait_for_refusal(&broker, "city-kawagoe", true).await?;
+    let own_org = union
+        .call(Method::POST, "/api/orgs/union-saitama/suspend", None)
+        .await?;
+    assert_eq!(own_org.status, StatusCode::FORBIDDEN, "{}", body(&own_org));
+    let bad_pin = union
+        .call(
+            Method::POST,
+            "/api/orgs/city-kawagoe/pin",
+            Some(json!({"cert_fingerprint": "not-hex"})),
+        )
+        .await?;
+    assert_eq!(bad_pin.error_code().as_deref(), Some("invalid_input"));
+    let org = union
+        .call(
+            Method::POST,
+            "/api/orgs",
+            Some(json!({"id": "agency-tax", "kind": "agency", "name": "税務機関"})),
+        )
+        .await?;
+    assert_eq!(org.json()?["status"], "active", "{}", body(&org));
+    let listed = union.call(Method::GET, "/api/orgs", None).await?;
+    assert!(body(&listed).contains("agency-tax"));
+
+    let logged = "SELECT COUNT(*) FROM operation_log WHERE actor = 'api.union' AND action IN ('user_added', 'number_privilege_granted', 'role_revoked', 'user_reset', 'org_suspended', 'org_added') AND result = 'success'";
+    assert_eq!(sql_count(&pools, logged).await?, 6);
+    let refusals = "SELECT COUNT(*) FROM operation_log WHERE actor IN ('api.city', 'api.union') AND result <> 'success'";
+    assert_eq!(
+        sql_count(&pools, refusals).await?,
+        5,
+        "refusals are logged too"
     );
     Ok(())
 }

@@ -446,8 +446,71 @@ async fn purge_from_the_command_line_erases_lapsed_persons() -> Result<()> {
     let exit = broker.child.wait()?;
     assert!(exit.success(), "broker exited with {exit}");
 
-    let config = broker.dir.path().join("dev/broker.toml");
-    let config = config.to_str().context("utf-8 path")?;
+    let config_path = broker.dir.path().join("dev/broker.toml");
+    let config = config_path.to_str().context("utf-8 path")?;
+    let loaded = kakehashi_broker::Config::load(&config_path)?;
+    let store = kakehashi_broker::store::open(&loaded.storage).await?;
+    let pools = store.pools();
+    let records = "SELECT COUNT(*) FROM records";
+    let recorded = kakehashi_tests::sql_count(&pools, records).await?;
+
+    // Shorter than the law and the configuration: refused, nothing deleted.
+    for years in ["0", "3"] {
+        let out = broker_cli(&["purge", "--config", config, "--retention-years", years])?;
+        assert!(
+            !out.status.success(),
+            "--retention-years {years} was accepted"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("refused"), "{stderr}");
+        assert_eq!(kakehashi_tests::sql_count(&pools, records).await?, recorded);
+    }
+    // The configured period is the one in force: with seven years a purge of
+    // what is two years old is refused; a configuration that keeps records
+    // one year allows it.
+    let two_years_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(731))
+        .date()
+        .to_string();
+    let early = [
+        "purge",
+        "--config",
+        config,
+        "--before",
+        &two_years_ago,
+        "--records-only",
+    ];
+    assert!(!broker_cli(&early)?.status.success());
+    let text = std::fs::read_to_string(&config_path)?;
+    std::fs::write(
+        &config_path,
+        format!("{text}\n[records]\nretention_years = 1\n"),
+    )?;
+    let out = broker_cli(&early)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&config_path, &text)?;
+
+    // An erasure whose record cannot be written deletes nothing: the
+    // deletion and its record are one transaction.
+    let lapsed = "SELECT COUNT(*) FROM persons WHERE eligibility_lost_on IS NOT NULL";
+    assert_eq!(kakehashi_tests::sql_count(&pools, lapsed).await?, 1);
+    kakehashi_tests::sql_exec(
+        &pools,
+        "CREATE TRIGGER no_erasure_record BEFORE INSERT ON records \
+         WHEN NEW.outcome = 'erasure' BEGIN SELECT RAISE(ABORT, 'records disk full'); END",
+    )
+    .await?;
+    let out = broker_cli(&["purge", "--config", config])?;
+    assert!(
+        !out.status.success(),
+        "an erasure without its record succeeded"
+    );
+    assert_eq!(kakehashi_tests::sql_count(&pools, lapsed).await?, 1);
+    kakehashi_tests::sql_exec(&pools, "DROP TRIGGER no_erasure_record").await?;
+
     let out = broker_cli(&["purge", "--config", config, "--actor", "ops-suzuki"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

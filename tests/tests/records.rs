@@ -182,7 +182,10 @@ async fn edited_field_is_named(backend: Backend) -> Result<()> {
     // The CLI says so too, and fails.
     let cli = records::cli::run(
         Some(&env.config_path),
-        RecordsCommand::Verify { json: false },
+        RecordsCommand::Verify {
+            json: false,
+            checkpoint_log: None,
+        },
     )
     .await;
     assert!(cli.is_err(), "records verify passed a tampered store");
@@ -201,9 +204,9 @@ async fn deleted_row_is_named(backend: Backend) -> Result<()> {
 }
 both_backends!(deleted_row_is_named: delete_sqlite, delete_postgres);
 
-/// The sealer signs the head the writer computed, not what the database says
-/// now: a row edited before its checkpoint is still caught by verify, and a
-/// rewritten head row makes the sealer refuse.
+/// The sealer re-checks the chain from the head it signed last before it
+/// signs: a row edited before its checkpoint makes it refuse (and verify
+/// names it), and so does a rewritten head row.
 async fn edits_before_the_checkpoint_are_not_blessed(backend: Backend) -> Result<()> {
     let Some(env) = Env::new(backend).await? else {
         return Ok(());
@@ -214,7 +217,15 @@ async fn edits_before_the_checkpoint_are_not_blessed(backend: Backend) -> Result
     }
     env.exec("UPDATE records SET items = 'income.total' WHERE seq = 6")
         .await?;
-    assert_eq!(log.seal().await?, Some(8));
+    // The sealer re-checks the chain from its last signed head (here: the
+    // start) before signing, so it refuses and names the edited record.
+    let refused = log.seal().await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("fail verification at sequence 6")),
+        "sealed a chain with an edited record: {refused:?}"
+    );
     assert_eq!(expect_broken(&env, 6).await?, FailureKind::HashMismatch);
 
     log.append(draft(9)).await?;
@@ -508,15 +519,17 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
     let report = audit::verify_export_files(&csv, None, &[])?;
     assert_eq!(report.rows, 30);
     // The CLI agrees (no config needed).
-    records::cli::run(
+    let done = records::cli::run(
         None,
         RecordsCommand::VerifyExport {
             file: csv.clone(),
             bundle: None,
+            trusted_keys: Vec::new(),
             key_ids: report.key_ids.clone(),
         },
     )
     .await?;
+    assert_eq!(done, records::cli::Done::Ok);
 
     // One changed byte in one line fails verification.
     let line_start = text
@@ -1111,7 +1124,10 @@ async fn sqlite_person_index_follows_the_records() -> Result<()> {
         .await?;
     assert_eq!(log.catch_up_person_index().await?, 12);
     env.exec("DELETE FROM records WHERE seq = 12").await?;
-    env.exec("UPDATE records_head SET seq = 11").await?;
+    // The head rewound whole (sequence and hash), as in the replaced
+    // database: the sealer re-checks the chain before it signs.
+    env.exec("UPDATE records_head SET seq = 11, hash = (SELECT hash FROM records WHERE seq = 11)")
+        .await?;
     assert_eq!(log.catch_up_person_index().await?, 11, "mark past the head");
     assert_eq!(disclosed().await?, vec![1, 11]);
 

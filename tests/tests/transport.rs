@@ -188,9 +188,121 @@ async fn suspended_org_is_refused_and_reactivation_restores_it() -> Result<()> {
     assert_eq!(response.error_code().as_deref(), Some("org_suspended"));
     assert_eq!(broker.refusals("org_suspended"), 1);
 
+    // A refused connection is closed: the client reconnects.
+    assert!(
+        client.get("/v1/whoami").await.is_err(),
+        "a connection refused for its org stayed open"
+    );
+
     broker.store.set_org_status(&org, OrgStatus::Active).await?;
     tokio::time::sleep(Duration::from_millis(2100)).await; // directory cache TTL
+    let mut client = broker.client("city-kawagoe").await?;
     assert_eq!(client.get("/v1/whoami").await?.status, StatusCode::OK);
+    Ok(())
+}
+
+/// Asserts that `client`'s connection refuses its next request with
+/// `reason` and is closed afterwards.
+async fn refused_then_closed(
+    broker: &TestBroker,
+    client: &mut TestClient,
+    code: &str,
+    reason: &'static str,
+) -> Result<()> {
+    let response = client.get("/v1/whoami").await?;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.error_code().as_deref(), Some(code));
+    expect_refusal(broker, reason).await;
+    let mut closed = false;
+    for _ in 0..50 {
+        if client.get("/v1/whoami").await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the refused connection was kept open");
+    Ok(())
+}
+
+#[tokio::test]
+async fn revocation_reaches_connections_already_open_over_http1_and_http2() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let cert = broker.pki.org_cert("city-saitama")?;
+    let mut h1 = TestClient::connect(
+        broker.addr(),
+        broker.pki.ca.cert_pem(),
+        Some(&cert),
+        Protocol::Http1,
+    )
+    .await?;
+    let mut h2 = TestClient::connect(
+        broker.addr(),
+        broker.pki.ca.cert_pem(),
+        Some(&cert),
+        Protocol::Http2,
+    )
+    .await?;
+    assert_eq!(h1.get("/v1/whoami").await?.status, StatusCode::OK);
+    assert_eq!(h2.get("/v1/whoami").await?.status, StatusCode::OK);
+
+    // Revoked while both keep-alive connections are open: the next request
+    // on each is refused and the connection closed.
+    broker.pki.revoke(&cert)?;
+    refused_then_closed(&broker, &mut h1, "unauthenticated", "certificate_revoked").await?;
+    refused_then_closed(&broker, &mut h2, "unauthenticated", "certificate_revoked").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn suspension_reaches_a_connection_already_open() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut client = broker.client("city-kawagoe").await?;
+    assert_eq!(client.get("/v1/whoami").await?.status, StatusCode::OK);
+    broker
+        .store
+        .set_org_status(&OrgId::new("city-kawagoe")?, OrgStatus::Suspended)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // directory cache TTL
+    let response = client.get("/v1/whoami").await?;
+    assert_eq!(response.error_code().as_deref(), Some("org_suspended"));
+    assert!(
+        client.get("/v1/whoami").await.is_err(),
+        "a connection refused for its org stayed open"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_expiring_during_a_connection_is_refused_then() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let now = time::OffsetDateTime::now_utc();
+    let cert = broker.pki.org_cert_with(
+        "city-saitama",
+        &OrgCertOptions {
+            validity: Validity {
+                not_before: now - time::Duration::minutes(5),
+                not_after: now + time::Duration::seconds(3),
+            },
+            ..OrgCertOptions::default()
+        },
+    )?;
+    let mut client = TestClient::connect(
+        broker.addr(),
+        broker.pki.ca.cert_pem(),
+        Some(&cert),
+        Protocol::Http1,
+    )
+    .await?;
+    assert_eq!(client.get("/v1/whoami").await?.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    refused_then_closed(
+        &broker,
+        &mut client,
+        "unauthenticated",
+        "certificate_expired",
+    )
+    .await?;
     Ok(())
 }
 
@@ -380,14 +492,15 @@ async fn metrics_and_health_answer_no_unregistered_org() -> Result<()> {
     let broker = TestBroker::start().await?;
     // A certificate from the trusted CA, for an org nobody registered.
     let cert = broker.pki.org_cert("city-nowhere")?;
-    let mut stranger = TestClient::connect(
-        broker.addr(),
-        broker.pki.ca.cert_pem(),
-        Some(&cert),
-        Protocol::Http1,
-    )
-    .await?;
     for path in ["/metrics", "/healthz", "/readyz"] {
+        // A refused connection is closed: one connection per try.
+        let mut stranger = TestClient::connect(
+            broker.addr(),
+            broker.pki.ca.cert_pem(),
+            Some(&cert),
+            Protocol::Http1,
+        )
+        .await?;
         let r = stranger.get(path).await?;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(r.error_code().as_deref(), Some("unknown_org"), "{path}");

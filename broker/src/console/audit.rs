@@ -1,14 +1,15 @@
 //! What auditors and administrators read: `GET /api/keys` (the keys that
 //! verify records and exports offline, R16), `GET /api/operation-log`
-//! (R17) and `GET /api/users`.
+//! (R17).
 
 use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::console::endpoints::Call;
+use crate::console::records;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
-use crate::oplog::{OpAction, OpEntry, OpFilter, OpResult};
+use crate::oplog::{OpAction, OpEntry, OpFilter, OpRecord, OpResult};
 use crate::state::AppState;
 
 /// A key that verifies provision records' checkpoints.
@@ -35,26 +36,54 @@ pub struct Keys {
 
 /// The published keys.
 pub fn keys(state: &AppState) -> Keys {
-    let key_id = state.records.sealer_key_id().to_string();
     Keys {
-        verify_command: format!("kakehashi audit verify export.csv --trusted-key-id {key_id}"),
-        record_keys: vec![RecordKey {
-            key_id,
-            algorithm: "ed25519",
-            public_key_hex: state.records.sealer_public_key_hex(),
-        }],
+        verify_command: verify_command("export.csv", &state.records.sealer_public_key_hex()),
+        // The same keys as the exchange's `GET /v1/record-keys`: the current
+        // one first, then older ones still trusted.
+        record_keys: state
+            .records
+            .record_keys()
+            .keys
+            .into_iter()
+            .map(|k| RecordKey {
+                key_id: k.key_id.to_string(),
+                algorithm: "ed25519",
+                public_key_hex: k.public_key.to_string(),
+            })
+            .collect(),
         permit_keys: state.keys.permit_key_set(),
     }
+}
+
+/// The command that verifies export `file` offline against the current
+/// checkpoint key, named by its full public key (the client's README form;
+/// a stronger pin than the key's id).
+pub fn verify_command(file: &str, public_key_hex: &str) -> String {
+    format!("kakehashi audit verify {file} --trusted-key {public_key_hex}")
 }
 
 /// Most entries on one page of the operation log.
 const PAGE: usize = 100;
 
-/// `GET /api/operation-log?action=…&actor=…&before=SEQ&limit=N`.
+/// `GET /api/operation-log?action=…&actor=…&from=…&until=…&before=SEQ&limit=N`.
 pub async fn operation_log(
     call: &Call<'_>,
     query: Option<&str>,
 ) -> Result<Response<Body>, BrokerError> {
+    let (entries, next_before) = operation_log_page(call, query).await?;
+    Ok(edge::json(
+        StatusCode::OK,
+        &serde_json::json!({ "entries": entries, "next_before": next_before }),
+    ))
+}
+
+/// One page of the operation log, newest first, and the `before` of the
+/// next page; the reading itself is logged (the JSON search and the
+/// operation-log page). `from`/`until` are RFC 3339 or a JST date.
+pub(crate) async fn operation_log_page(
+    call: &Call<'_>,
+    query: Option<&str>,
+) -> Result<(Vec<OpRecord>, Option<u64>), BrokerError> {
     let session = call.session()?;
     let mut filter = OpFilter::default();
     let mut before = None;
@@ -65,11 +94,12 @@ pub async fn operation_log(
             format!("query parameter {what} is not valid"),
         )
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    for (key, value) in edge::query_pairs(query) {
+        match key.as_str() {
             "action" => filter.action = Some(value.parse().map_err(|_| invalid("action"))?),
-            "actor" => filter.actor = Some(value.to_string()),
+            "actor" => filter.actor = Some(value),
+            "from" => filter.since = Some(records::instant("from", &value)?),
+            "until" => filter.until = Some(records::instant("until", &value)?),
             "before" => before = Some(value.parse().map_err(|_| invalid("before"))?),
             "limit" => {
                 limit = value
@@ -77,7 +107,7 @@ pub async fn operation_log(
                     .map_err(|_| invalid("limit"))?
                     .clamp(1, 1000)
             }
-            _ => return Err(invalid(key)),
+            _ => return Err(invalid(&key)),
         }
     }
     let outcome = call.console.oplog.search(&filter, limit, before).await;
@@ -93,17 +123,5 @@ pub async fn operation_log(
     let next_before = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.seq))
         .flatten();
-    Ok(edge::json(
-        StatusCode::OK,
-        &serde_json::json!({ "entries": entries, "next_before": next_before }),
-    ))
-}
-
-/// `GET /api/users`: every user, without hashes or secrets.
-pub async fn users(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
-    let users = call.console.people.list().await?;
-    Ok(edge::json(
-        StatusCode::OK,
-        &kakehashi_interfaces::people::UserList { users },
-    ))
+    Ok((entries, next_before))
 }

@@ -15,8 +15,9 @@ use hyper::body::Incoming;
 use kakehashi_interfaces::ErrorCode;
 
 use crate::console::access::{Access, Denied, ADMINISTRATORS, AUDITORS, OPERATORS};
+use crate::console::pages::admin::AdminPage;
 use crate::console::pages::{self, Page};
-use crate::console::{approvals, audit, flows, records, session, Console, ConsoleConn};
+use crate::console::{admin, approvals, audit, flows, records, session, Console, ConsoleConn};
 use crate::edge::http::{self as edge, Body};
 use crate::edge::layers::{self, BodyCap, Refused, Stop};
 use crate::edge::refusal::Reason;
@@ -76,6 +77,8 @@ pub enum Endpoint {
     FlowListApprove,
     /// An HTML page for people in a browser (`console/pages`).
     Page(Page),
+    /// Administrators' changes to users and orgs (`console/admin.rs`).
+    Admin(admin::Api),
 }
 
 impl Endpoint {
@@ -106,6 +109,7 @@ impl Endpoint {
             Endpoint::FlowListPropose => "console_flow_list_propose",
             Endpoint::FlowListApprove => "console_flow_list_approve",
             Endpoint::Page(page) => page.name(),
+            Endpoint::Admin(api) => api.name(),
         }
     }
 }
@@ -265,6 +269,84 @@ pub const TABLE: &[Route<Endpoint, Access>] = &[
         SMALL,
         Endpoint::FlowListApprove,
     ),
+    // Administrators' changes to users and orgs (`console/admin.rs`).
+    row(
+        Method::POST,
+        "/api/users",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserAdd),
+    ),
+    row(
+        Method::POST,
+        "/api/users/{user_id}/reset",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserReset),
+    ),
+    row(
+        Method::POST,
+        "/api/users/{user_id}/disable",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserDisable),
+    ),
+    row(
+        Method::POST,
+        "/api/users/{user_id}/enable",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserEnable),
+    ),
+    row(
+        Method::POST,
+        "/api/users/{user_id}/grant",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserGrant),
+    ),
+    row(
+        Method::POST,
+        "/api/users/{user_id}/revoke",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::UserRevoke),
+    ),
+    row(
+        Method::GET,
+        "/api/orgs",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Admin(admin::Api::Orgs),
+    ),
+    row(
+        Method::POST,
+        "/api/orgs",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::OrgAdd),
+    ),
+    row(
+        Method::POST,
+        "/api/orgs/{org}/suspend",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::OrgSuspend),
+    ),
+    row(
+        Method::POST,
+        "/api/orgs/{org}/activate",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::OrgActivate),
+    ),
+    row(
+        Method::POST,
+        "/api/orgs/{org}/pin",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Admin(admin::Api::OrgPin),
+    ),
     // The pages people use in a browser: the same access as their API
     // equivalents; forms carry their CSRF token in the `csrf` field.
     row(Method::GET, "/", Public, Empty, Endpoint::Page(Page::Root)),
@@ -344,6 +426,155 @@ pub const TABLE: &[Route<Endpoint, Access>] = &[
         Roles(OPERATORS),
         SMALL,
         Endpoint::Page(Page::Reject),
+    ),
+    // The auditor's pages (`console/pages/audit.rs`).
+    row(
+        Method::GET,
+        "/records",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::Page(Page::Records),
+    ),
+    row(
+        Method::POST,
+        "/records/export",
+        Roles(AUDITORS),
+        SMALL,
+        Endpoint::Page(Page::RecordsExport),
+    ),
+    row(
+        Method::GET,
+        "/operation-log",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::Page(Page::OperationLog),
+    ),
+    row(
+        Method::GET,
+        "/keys",
+        Roles(AUDITORS),
+        Empty,
+        Endpoint::Page(Page::Keys),
+    ),
+    // The administrator's pages (`console/pages/admin.rs`).
+    row(
+        Method::GET,
+        "/orgs",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Page(Page::Admin(AdminPage::Orgs)),
+    ),
+    row(
+        Method::POST,
+        "/orgs",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::OrgAdd)),
+    ),
+    row(
+        Method::POST,
+        "/orgs/{org}/suspend",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::OrgSuspend)),
+    ),
+    row(
+        Method::POST,
+        "/orgs/{org}/activate",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::OrgActivate)),
+    ),
+    row(
+        Method::POST,
+        "/orgs/{org}/pin",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::OrgPin)),
+    ),
+    row(
+        Method::GET,
+        "/users",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Page(Page::Admin(AdminPage::Users)),
+    ),
+    row(
+        Method::POST,
+        "/users",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserAdd)),
+    ),
+    row(
+        Method::GET,
+        "/users/{user_id}",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Page(Page::Admin(AdminPage::User)),
+    ),
+    row(
+        Method::POST,
+        "/users/{user_id}/reset",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserReset)),
+    ),
+    row(
+        Method::POST,
+        "/users/{user_id}/disable",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserDisable)),
+    ),
+    row(
+        Method::POST,
+        "/users/{user_id}/enable",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserEnable)),
+    ),
+    row(
+        Method::POST,
+        "/users/{user_id}/grant",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserGrant)),
+    ),
+    row(
+        Method::POST,
+        "/users/{user_id}/revoke",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::UserRevoke)),
+    ),
+    row(
+        Method::GET,
+        "/flows",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Page(Page::Admin(AdminPage::Flows)),
+    ),
+    row(
+        Method::POST,
+        "/flows",
+        Roles(ADMINISTRATORS),
+        BodyLimit::Configured,
+        Endpoint::Page(Page::Admin(AdminPage::FlowPropose)),
+    ),
+    row(
+        Method::GET,
+        "/flows/{version}",
+        Roles(ADMINISTRATORS),
+        Empty,
+        Endpoint::Page(Page::Admin(AdminPage::Flow)),
+    ),
+    row(
+        Method::POST,
+        "/flows/{version}/approve",
+        Roles(ADMINISTRATORS),
+        SMALL,
+        Endpoint::Page(Page::Admin(AdminPage::FlowApprove)),
     ),
     row(
         Method::GET,
@@ -631,7 +862,7 @@ async fn run(
         Endpoint::Approve => approvals::approve(call).await,
         Endpoint::Reject => approvals::reject(call, req).await,
         Endpoint::OperationLog => audit::operation_log(call, req.uri().query()).await,
-        Endpoint::Users => audit::users(call).await,
+        Endpoint::Users => admin::users(call).await,
         Endpoint::Records => records::search(call, req.uri().query()).await,
         Endpoint::RecordsExport => records::export(call, req.uri().query()).await,
         Endpoint::RecordsDownload => records::download(call).await,
@@ -640,6 +871,7 @@ async fn run(
         Endpoint::FlowListPropose => flows::propose(call, req).await,
         Endpoint::FlowListApprove => flows::approve(call).await,
         Endpoint::Page(page) => Ok(pages::serve(page, call, req).await),
+        Endpoint::Admin(api) => admin::run(api, call, req).await,
     }
 }
 

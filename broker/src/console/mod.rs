@@ -9,12 +9,14 @@
 //! - [`audit`]: published keys, the operation log, users;
 //! - [`records`]: auditors' search and export of provision records (R16);
 //! - [`flows`]: flow-list versions proposed and approved by two administrators (R8);
+//! - [`admin`]: administrators' changes to users and orgs;
 //! - [`pages`]: the HTML pages people use in a browser (ja/en).
 //!
 //! Org certificates play no part here, and a session opens nothing on the
 //! exchange listener: the two never mix.
 
 pub mod access;
+pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod endpoints;
@@ -98,6 +100,7 @@ impl Service for Console {
         &self,
         peer: SocketAddr,
         _tls: &rustls::ServerConnection,
+        _closer: crate::edge::listener::Closer,
     ) -> Result<ConsoleConn, Reason> {
         Ok(ConsoleConn { peer })
     }

@@ -77,7 +77,7 @@ fn invalid(message: impl Into<String>) -> BrokerError {
 
 /// An instant: RFC 3339, or a date `YYYY-MM-DD` meaning that day's start in
 /// Japan (people think in JST; records stay UTC).
-fn instant(name: &str, text: &str) -> Result<OffsetDateTime, BrokerError> {
+pub(crate) fn instant(name: &str, text: &str) -> Result<OffsetDateTime, BrokerError> {
     if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
         return Ok(at);
     }
@@ -178,6 +178,19 @@ fn log_entry(
 
 /// `GET /api/records?from&until&flow&outcome&person&before&size`.
 pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
+    let page = search_page(call, query).await?;
+    Ok(edge::json(
+        StatusCode::OK,
+        &serde_json::json!({ "rows": page.rows, "next_before": page.next_before_seq }),
+    ))
+}
+
+/// One page of a search of the auditor's own org's records, written to
+/// the operation log (the JSON search and the record-search page).
+pub(crate) async fn search_page(
+    call: &Call<'_>,
+    query: Option<&str>,
+) -> Result<SearchPage, BrokerError> {
     let session = call.session()?;
     let (mut filter, params) = filter(call, query)?;
     // With another org named, the index walk follows it and the page keeps
@@ -207,14 +220,21 @@ pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Bod
     let own = session.org.as_str();
     page.rows
         .retain(|r| r.requester == own || r.provider.as_deref() == Some(own));
-    Ok(edge::json(
-        StatusCode::OK,
-        &serde_json::json!({ "rows": page.rows, "next_before": page.next_before_seq }),
-    ))
+    Ok(page)
 }
 
 /// `GET /api/records/export?format=csv|jsonl&from&until&flow&outcome&person`.
 pub async fn export(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
+    Ok(edge::json(StatusCode::OK, &make_export(call, query).await?))
+}
+
+/// Makes an export of the auditor's own org's records, written to the
+/// operation log, and keeps its files for this person to download (the
+/// JSON export and the export page).
+pub(crate) async fn make_export(
+    call: &Call<'_>,
+    query: Option<&str>,
+) -> Result<ExportMade, BrokerError> {
     let session = call.session()?;
     let (filter, params) = filter(call, query)?;
     if params.counterpart.is_some() {
@@ -270,16 +290,15 @@ pub async fn export(call: &Call<'_>, query: Option<&str>) -> Result<Response<Bod
                 url: format!("/api/records/export/{id}/{name}"),
             })
             .collect(),
-        verify_command: format!(
-            "kakehashi audit verify {} --trusted-key-id {}",
-            summary.data_file_name,
-            call.console.state.records.sealer_key_id()
+        verify_command: crate::console::audit::verify_command(
+            &summary.data_file_name,
+            &call.console.state.records.sealer_public_key_hex(),
         ),
     };
     call.console
         .downloads
         .keep(id, session.user_id.as_str(), files);
-    Ok(edge::json(StatusCode::OK, &made))
+    Ok(made)
 }
 
 /// `GET /api/records/export/{id}/{file}`: one file of an export this person made.

@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -33,10 +32,13 @@ pub trait Service: Send + Sync + 'static {
     type Conn: Send + Sync + 'static;
 
     /// Identifies a connection after its handshake, or refuses it.
+    /// `closer` ends the connection once the response in flight is sent
+    /// (a connection whose certificate or org is refused is not kept).
     fn connection(
         &self,
         peer: SocketAddr,
         tls: &rustls::ServerConnection,
+        closer: Closer,
     ) -> Result<Self::Conn, Reason>;
 
     /// Serves one request of an identified connection.
@@ -45,6 +47,18 @@ pub trait Service: Send + Sync + 'static {
         conn: Arc<Self::Conn>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Ends one connection gracefully: the responses in flight are sent, then
+/// HTTP/1.1 closes and HTTP/2 sends GOAWAY.
+#[derive(Debug, Clone)]
+pub struct Closer(Arc<watch::Sender<bool>>);
+
+impl Closer {
+    /// Asks the connection to close after what is in flight.
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// Where a listener's TLS configuration comes from, and how to tell that
@@ -85,7 +99,6 @@ pub async fn accept_loop<S: Service>(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(edge.limits.max_connections));
     let mut stamps = (tls.stamps)();
     let mut checked = Instant::now();
@@ -131,17 +144,19 @@ pub async fn accept_loop<S: Service>(
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
+        let stopped = stopped.clone();
         let edge = edge.clone();
         tokio::spawn(async move {
             let _slot = slot;
             edge.metrics.connection_delta(1);
-            serve_connection(tcp, peer, acceptor, service, &edge, watcher).await;
+            serve_connection(tcp, peer, acceptor, service, &edge, stopped).await;
             edge.metrics.connection_delta(-1);
         });
     }
     drop(listener);
-    if tokio::time::timeout(edge.limits.shutdown_grace(), graceful.shutdown())
+    // Every open connection holds a slot: all slots back means all closed.
+    let all = u32::try_from(edge.limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(edge.limits.shutdown_grace(), slots.acquire_many(all))
         .await
         .is_err()
     {
@@ -163,7 +178,7 @@ async fn serve_connection<S: Service>(
     acceptor: TlsAcceptor,
     service: Arc<S>,
     edge: &Edge,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let limits = &edge.limits;
     let stream = match tokio::time::timeout(limits.handshake_timeout(), acceptor.accept(tcp)).await
@@ -172,7 +187,8 @@ async fn serve_connection<S: Service>(
         Ok(Err(e)) => return refuse(edge, crate::tls::handshake_refusal_reason(&e), peer),
         Ok(Ok(stream)) => stream,
     };
-    let conn = match service.connection(peer, stream.get_ref().1) {
+    let (closer, mut closing) = watch::channel(false);
+    let conn = match service.connection(peer, stream.get_ref().1, Closer(Arc::new(closer))) {
         Ok(conn) => Arc::new(conn),
         Err(reason) => return refuse(edge, reason, peer),
     };
@@ -196,7 +212,28 @@ async fn serve_connection<S: Service>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let connection = builder.serve_connection(TokioIo::new(stream), handler);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    tokio::pin!(connection);
+    // Shutdown of the listener, or this connection's closer: finish what is
+    // in flight, then close.
+    let mut ending = *stopped.borrow() || *closing.borrow();
+    if ending {
+        connection.as_mut().graceful_shutdown();
+    }
+    let served = loop {
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            _ = stopped.changed(), if !ending => {
+                ending = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            // A service that keeps no closer never closes this way.
+            Ok(()) = closing.changed(), if !ending => {
+                ending = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = served {
         let text = e.to_string();
         if text.contains("timeout") || text.contains("timed out") {
             edge.metrics.refusal(Reason::HeaderTimeout.as_str());

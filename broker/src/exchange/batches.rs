@@ -72,7 +72,7 @@ pub async fn persons(
             Err(e) => {
                 report
                     .confirmation_list
-                    .push(issue(line, LineReason::InvalidInput, e.to_string()))
+                    .push(issue(line, LineReason::InvalidInput, e.reason))
             }
         }
     }
@@ -164,7 +164,7 @@ pub async fn copies(
         let deposit = match parsed {
             Ok(d) => d,
             Err(e) => {
-                rejected.push(issue(line, LineReason::InvalidInput, e.to_string()));
+                rejected.push(issue(line, LineReason::InvalidInput, e.reason));
                 continue;
             }
         };

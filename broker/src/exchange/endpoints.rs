@@ -19,7 +19,7 @@ use crate::edge::layers::{self, BodyCap, Refused, Stop};
 use crate::edge::route::{BodyLimit, Params, Route};
 use crate::error::BrokerError;
 use crate::exchange::admission::AdmitError;
-use crate::exchange::{batches, disclosure, flows, ops, queries, ConnInfo};
+use crate::exchange::{batches, disclosure, flows, ops, queries, record_keys, standing, ConnInfo};
 use crate::state::AppState;
 use crate::store::OrgRecord;
 
@@ -47,6 +47,10 @@ pub enum Endpoint {
     Flows,
     /// `GET /v1/permit-keys`
     PermitKeys,
+    /// `GET /v1/record-keys`
+    RecordKeys,
+    /// `GET /v1/record-chain`
+    RecordChain,
     /// `POST /v1/queries`
     Query,
     /// `GET /v1/queries/{id}`
@@ -69,6 +73,8 @@ impl Endpoint {
             Endpoint::WhoAmI => "whoami",
             Endpoint::Flows => "flows",
             Endpoint::PermitKeys => "permit_keys",
+            Endpoint::RecordKeys => "record_keys",
+            Endpoint::RecordChain => "record_chain",
             Endpoint::Query => "query",
             Endpoint::QueryStatus => "query_status",
             Endpoint::Persons => "persons",
@@ -112,6 +118,20 @@ pub const TABLE: &[Route<Endpoint, Caller>] = &[
         Org,
         Empty,
         Endpoint::PermitKeys,
+    ),
+    row(
+        Method::GET,
+        "/v1/record-keys",
+        Org,
+        Empty,
+        Endpoint::RecordKeys,
+    ),
+    row(
+        Method::GET,
+        "/v1/record-chain",
+        Org,
+        Empty,
+        Endpoint::RecordChain,
     ),
     row(
         Method::POST,
@@ -218,7 +238,17 @@ async fn stack(
     request_id: &str,
 ) -> Result<Response<Body>, Stop> {
     let (route, params) = found?;
-    let org = Some(admit(state, conn, route.caller).await?);
+    let org = match admit(state, conn, route.caller).await {
+        Ok(org) => Some(org),
+        Err(stop) => {
+            // A refused certificate or org is not served again on this
+            // connection; the union-only rule refuses one request only.
+            if matches!(stop, Stop::Refused(_)) {
+                conn.closer.close();
+            }
+            return Err(stop);
+        }
+    };
     layers::rate_limit(&state.limits, org.as_ref().map(|o| &o.id), conn.peer.ip())?;
     let body = layers::body_cap(
         req.headers(),
@@ -245,8 +275,16 @@ async fn stack(
     Ok(run(route.endpoint, &call, req).await?)
 }
 
-/// Org admission (R1), then the union-only rule.
+/// The certificate still valid (R1: revocation and expiry during an open
+/// connection), org admission, then the union-only rule.
 async fn admit(state: &AppState, conn: &ConnInfo, caller: Caller) -> Result<OrgRecord, Stop> {
+    if let Err(reason) = conn.certificate.recheck(&state.trust) {
+        return Err(Stop::Refused(Refused::new(
+            reason,
+            ErrorCode::Unauthenticated,
+            standing::refusal_message(reason),
+        )));
+    }
     let org = match state.directory.admit(&conn.identity).await {
         Ok(org) => org,
         Err(AdmitError::Refused(refusal)) => {
@@ -296,6 +334,11 @@ async fn run(
             &flows::flow_view(state, call.org()?),
         )),
         Endpoint::PermitKeys => Ok(edge::json(StatusCode::OK, &flows::permit_keys(state))),
+        Endpoint::RecordKeys => Ok(edge::json(StatusCode::OK, &record_keys::keys(state))),
+        Endpoint::RecordChain => Ok(edge::json(
+            StatusCode::OK,
+            &record_keys::chain(state, req.uri().query()).await?,
+        )),
         Endpoint::Query => queries::post(call, req).await,
         Endpoint::QueryStatus => queries::get(call, req.uri().query()).await,
         Endpoint::Persons => {

@@ -2,7 +2,8 @@
 //!
 //! - [`endpoints`]: the table of every endpoint and the stack a request
 //!   goes through; one file per endpoint or small group beside it
-//!   ([`ops`], [`flows`], [`queries`], [`batches`], [`disclosure`]);
+//!   ([`ops`], [`flows`], [`queries`], [`batches`], [`disclosure`],
+//!   [`record_keys`]);
 //! - [`admission`]: which certificate's org may use the exchange;
 //! - [`pipeline`]: one query, end to end (policy → lookups → permit → seal
 //!   → record), and the sweep of expired results.
@@ -15,6 +16,8 @@ pub mod flows;
 pub mod ops;
 pub mod pipeline;
 pub mod queries;
+pub mod record_keys;
+pub mod standing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::edge::http::Body;
-use crate::edge::listener::Service;
+use crate::edge::listener::{Closer, Service};
 use crate::edge::refusal::Reason;
 use crate::state::AppState;
 use crate::tls::{self, PeerIdentity};
@@ -32,12 +35,16 @@ use crate::tls::{self, PeerIdentity};
 pub use pipeline::{query, spawn_sweeper, stored_to_response, sweep_once};
 
 /// What the broker knows about an exchange connection once TLS is done.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// Client address.
     pub peer: SocketAddr,
     /// Identity from the verified client certificate.
     pub identity: PeerIdentity,
+    /// The certificate, checked again at every request.
+    pub certificate: standing::PeerCertificate,
+    /// Closes the connection once a request on it is refused.
+    pub closer: Closer,
 }
 
 /// The exchange as a [`Service`] of the shared listener.
@@ -53,14 +60,24 @@ impl Service for Exchange {
         &self,
         peer: SocketAddr,
         tls: &rustls::ServerConnection,
+        closer: Closer,
     ) -> Result<ConnInfo, Reason> {
         // Unreachable with a mandatory client verifier; refuse rather than assume.
-        let identity = tls
-            .peer_certificates()
-            .and_then(|certs| certs.first())
+        let chain = tls.peer_certificates().ok_or(Reason::NoClientCertificate)?;
+        let identity = chain
+            .first()
             .map(tls::peer_identity)
             .ok_or(Reason::NoClientCertificate)?;
-        Ok(ConnInfo { peer, identity })
+        // Generation 0 is never in force: the first request verifies the
+        // chain again under the trust the exchange holds, which may be newer
+        // than the one the listener's handshake used.
+        let certificate = standing::PeerCertificate::new(chain, 0);
+        Ok(ConnInfo {
+            peer,
+            identity,
+            certificate,
+            closer,
+        })
     }
 
     fn call(

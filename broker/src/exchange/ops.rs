@@ -12,8 +12,16 @@ pub fn healthz() -> Response<Body> {
     edge::text(StatusCode::OK, "ok\n", "text/plain")
 }
 
-/// Readiness: the store answers and the broker is not shutting down.
+/// Readiness: the store answers, the broker is not shutting down, and the
+/// records sealer does not refuse (docs/evidence.md).
 pub async fn readyz(state: &AppState, request_id: &str) -> Response<Body> {
+    if state.records.sealer_refusal().is_some() {
+        return edge::error_with(
+            ErrorCode::Unavailable,
+            "not ready: the provision records sealer refuses (see the broker's log)".into(),
+            request_id,
+        );
+    }
     match state.store.ping().await {
         Ok(()) if !state.is_shutting_down() => edge::text(StatusCode::OK, "ready\n", "text/plain"),
         _ => edge::error_with(ErrorCode::Unavailable, "not ready".into(), request_id),

@@ -27,7 +27,8 @@ use crate::store::OrgRecord;
 /// keeps changing under it.
 const ATTEMPTS: usize = 3;
 
-/// Runs a query for an admitted requester.
+/// Runs a query for an admitted requester under `query_id` (fresh, or
+/// the one an idempotency key claimed).
 ///
 /// The person lookup may answer from memory without asking the database
 /// whether anything changed ([`crate::lookups`]); the query's record then
@@ -37,9 +38,10 @@ pub async fn query(
     state: &AppState,
     requester: &OrgRecord,
     req: QueryRequest,
+    query_id: QueryId,
 ) -> Result<QueryResponse, BrokerError> {
     for attempt in 0..ATTEMPTS {
-        match answer(state, requester, &req, attempt > 0).await? {
+        match answer(state, requester, &req, &query_id, attempt > 0).await? {
             Answered::Done(done) => return *done,
             Answered::Stale => {
                 tracing::debug!("person data changed while a query was answered; answering again")
@@ -110,6 +112,7 @@ async fn answer(
     state: &AppState,
     requester: &OrgRecord,
     req: &QueryRequest,
+    query_id: &QueryId,
     fresh: bool,
 ) -> Result<Answered, BrokerError> {
     // Every way out of a query appends a record: the writer may hold a
@@ -119,7 +122,7 @@ async fn answer(
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
-    let query_id = QueryId::random();
+    let query_id = query_id.clone();
     let flows = state.flows();
     let item_names: Vec<&str> = req.items.iter().map(ItemCode::as_str).collect();
 
@@ -332,6 +335,7 @@ async fn answer(
         envelope,
         expires_at,
         reason: None,
+        checkpoint: None,
     }))))
 }
 
@@ -430,6 +434,7 @@ pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryRespons
         .replace_nanosecond(0)
         .map_err(|_| corrupt("expiry"))?,
         reason,
+        checkpoint: None,
     })
 }
 
@@ -459,6 +464,7 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, BrokerError> {
     let now = OffsetDateTime::now_utc();
     let tombstone_until = now + Duration::seconds(secs(state.config.exchange.result_ttl_secs));
     let expired = results::sweep(&state.store.pools(), now, tombstone_until).await?;
+    crate::idempotency::sweep(&state.store.pools(), now).await?;
     let count = expired.len();
     for (query_id, requester, provider) in expired {
         let (Ok(requester), Ok(provider)) = (requester.parse(), provider.parse()) else {

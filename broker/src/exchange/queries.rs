@@ -5,21 +5,124 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use kakehashi_interfaces::query::{QueryRequest, QueryStatus, MAX_WAIT_SECS};
-use kakehashi_interfaces::ErrorCode;
+use kakehashi_interfaces::query::{
+    IdempotencyKey, QueryRequest, QueryResponse, QueryStatus, IDEMPOTENCY_KEY_HEADER, MAX_WAIT_SECS,
+};
+use kakehashi_interfaces::{ErrorCode, QueryId};
 
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
 use crate::exchange::endpoints::Call;
 use crate::exchange::pipeline;
+use crate::idempotency::{self, Claim, Decision};
 use crate::results;
 
 /// `POST /v1/queries`.
 pub async fn post(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Body>, BrokerError> {
+    // While the records sealer refuses (the stored chain does not extend the
+    // head it signed last), no query is answered.
+    call.state.records.ensure_sealing()?;
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| {
+                    BrokerError::refused(
+                        ErrorCode::InvalidInput,
+                        "Idempotency-Key: must be visible ASCII characters",
+                    )
+                })
+                .and_then(|v| IdempotencyKey::new(v).map_err(BrokerError::from))
+        })
+        .transpose()?;
     let body = call.read_body(req).await?;
     let query: QueryRequest = edge::parse_json(&body)?;
-    let response = pipeline::query(call.state, call.org()?, query).await?;
+    let mut response = match key {
+        None => pipeline::query(call.state, call.org()?, query, QueryId::random()).await?,
+        Some(key) => idempotent(call, &key, &body, query).await?,
+    };
+    // Every answer carries the latest signed checkpoint: the org witnesses it.
+    response.checkpoint = call.state.records.latest_checkpoint();
     Ok(edge::json(StatusCode::OK, &response))
+}
+
+/// A query under an `Idempotency-Key`: run once, read back on a retry.
+async fn idempotent(
+    call: &Call<'_>,
+    key: &IdempotencyKey,
+    body: &[u8],
+    query: QueryRequest,
+) -> Result<QueryResponse, BrokerError> {
+    let state = call.state;
+    let org = call.org()?;
+    let pools = state.store.pools();
+    let exchange = &state.config.exchange;
+    let now = time::OffsetDateTime::now_utc();
+    // As long as the query's result could be asked for.
+    let lifetime =
+        exchange.pending_ttl_secs.max(exchange.result_ttl_secs) + exchange.result_ttl_secs;
+    let expires_at = now + time::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4));
+    let hash = idempotency::request_hash(body);
+    let query_id = match idempotency::claim(&pools, &org.id, key, &hash, now, expires_at).await? {
+        Claim::Run(query_id) => query_id,
+        Claim::Used(decision) => return replay(call, decision).await,
+    };
+    match pipeline::query(state, org, query, query_id.clone()).await {
+        Ok(response) => {
+            idempotency::finish(&pools, &org.id, key, &query_id, None).await?;
+            Ok(response)
+        }
+        // A recorded refusal: a retry repeats it. `unavailable` is
+        // passing, and a retry should run again.
+        Err(e @ BrokerError::Refused { .. }) if e.code() != ErrorCode::Unavailable => {
+            let refusal = (e.code().as_str(), e.public_message());
+            idempotency::finish(
+                &pools,
+                &org.id,
+                key,
+                &query_id,
+                Some((refusal.0, &refusal.1)),
+            )
+            .await?;
+            Err(e)
+        }
+        // Nothing recorded: free the key for a retry.
+        Err(e) => {
+            if let Err(release) = idempotency::release(&pools, &org.id, key, &query_id).await {
+                tracing::error!(error = %release, "idempotency key not released after a failed query");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What a request under a used key gets.
+async fn replay(call: &Call<'_>, decision: Decision) -> Result<QueryResponse, BrokerError> {
+    match decision {
+        Decision::Answered(query_id) => {
+            let pools = call.state.store.pools();
+            match results::get_for(&pools, &query_id, &call.org()?.id).await? {
+                Some(stored) => pipeline::stored_to_response(&stored),
+                None => Err(BrokerError::refused(
+                    ErrorCode::Expired,
+                    "the query made under this Idempotency-Key expired and was deleted",
+                )),
+            }
+        }
+        Decision::Refused { code, message } => Err(BrokerError::refused(
+            serde_json::from_value(serde_json::Value::String(code)).unwrap_or(ErrorCode::Internal),
+            message,
+        )),
+        Decision::Mismatch => Err(BrokerError::refused(
+            ErrorCode::Conflict,
+            "this Idempotency-Key was used for a different query; use a new key for a new query",
+        )),
+        Decision::InFlight | Decision::TakeOver => Err(BrokerError::refused(
+            ErrorCode::Conflict,
+            "a request with this Idempotency-Key is being answered; retry shortly",
+        )),
+    }
 }
 
 /// `GET /v1/queries/{id}?wait=N`.
@@ -39,7 +142,8 @@ pub async fn get(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>,
                 "no such query for this org (it may have expired and been deleted)",
             ));
         };
-        let response = pipeline::stored_to_response(&stored)?;
+        let mut response = pipeline::stored_to_response(&stored)?;
+        response.checkpoint = state.records.latest_checkpoint();
         if response.status != QueryStatus::Pending || tokio::time::Instant::now() >= deadline {
             return Ok(edge::json(StatusCode::OK, &response));
         }

@@ -139,6 +139,9 @@ actions! {
     OrgActivated = "org_activated",
     /// An org's certificate pin was set or cleared.
     OrgPinned = "org_pinned",
+    /// An administrator accepted the provision records' stored head after
+    /// the records sealer refused (`records accept-head`).
+    RecordsHeadAccepted = "records_head_accepted",
 }
 
 impl std::fmt::Display for OpAction {
@@ -459,7 +462,7 @@ mod tests {
 
     #[test]
     fn oplog_actions_round_trip_by_name() {
-        assert_eq!(OpAction::ALL.len(), 27);
+        assert_eq!(OpAction::ALL.len(), 28);
         let names: BTreeSet<&str> = OpAction::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names.len(), OpAction::ALL.len());
         for a in OpAction::ALL {

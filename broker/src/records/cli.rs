@@ -9,7 +9,11 @@ use clap::{Args, Subcommand};
 use kakehashi_interfaces::audit::{self, ExportFormat};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 
-use super::{ExportFilter, ExportRequest, Outcome, RecordDraft, RecordLog, RecordsConfig, Verdict};
+use super::sealer_state::{self, Acceptance, SealerState};
+use super::{
+    EvidenceVerdict, ExportFilter, ExportRequest, Outcome, RecordDraft, RecordLog, RecordsConfig,
+    Verdict,
+};
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::store;
@@ -17,24 +21,49 @@ use crate::store;
 /// `records` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RecordsCommand {
-    /// Verify every stored record against the hash chain and the signed
-    /// checkpoints; on failure, name the first bad sequence number (exit 1).
+    /// Verify every stored record against the hash chain, the signed
+    /// checkpoints, the sealer's state file and the checkpoint log; fail
+    /// (exit 1) naming the first bad sequence number and the kind of damage,
+    /// also when a record older than twice the checkpoint interval is not
+    /// covered by a checkpoint signed by a trusted key.
     Verify {
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
+        /// Hold the database against this checkpoint log (default: the
+        /// configured `[records] checkpoint_log`, if any).
+        #[arg(long, value_name = "FILE")]
+        checkpoint_log: Option<PathBuf>,
+    },
+    /// After investigating why the sealer refuses (its log and `records
+    /// verify` name the first bad sequence), accept the database's current
+    /// head as the one to extend: the sealer signs again and the broker
+    /// answers queries again. Logged in the operation log.
+    AcceptHead {
+        /// Why (kept in the sealer's state file and the operation log).
+        #[arg(long)]
+        reason: String,
     },
     /// Export records for auditors, without person codes, with a
     /// verification bundle FILE.bundle.jsonl. The export itself is recorded.
     Export(ExportArgs),
-    /// Verify an export offline (no database, no config needed).
+    /// Verify an export offline (no database needed). It is "verified
+    /// against trusted key K" (exit 0) only when every checkpoint is signed by
+    /// a trusted key: one given with --trusted-key or --key-id, or, with
+    /// --config, one of the key directory's sealer keys. A self-consistent
+    /// export signed by another key exits 6; an altered one exits 1.
     VerifyExport {
         /// The exported data file.
         file: PathBuf,
         /// The bundle (default FILE.bundle.jsonl).
         #[arg(long)]
         bundle: Option<PathBuf>,
-        /// Require checkpoints signed by this sealer key id (repeatable).
+        /// Trust this sealer public key (64 hex digits, from
+        /// `GET /v1/record-keys` or the console's keys page; repeatable).
+        #[arg(long = "trusted-key", value_name = "HEX")]
+        trusted_keys: Vec<String>,
+        /// Trust the sealer key with this id (repeatable; a full key is the
+        /// stronger pin).
         #[arg(long = "key-id")]
         key_ids: Vec<String>,
     },
@@ -87,7 +116,9 @@ pub struct PurgeArgs {
     /// default and latest allowed: now minus the retention period.
     #[arg(long)]
     pub before: Option<String>,
-    /// Retention period in years (default 7).
+    /// Retention period in years; default `[records] retention_years` of the
+    /// configuration (7). A period shorter than both the legal seven years
+    /// and the configured one is refused.
     #[arg(long)]
     pub retention_years: Option<u32>,
     /// Only provision records: skip the erasure of identity-confirmation
@@ -120,36 +151,49 @@ fn parse_when(s: &str) -> Result<(time::OffsetDateTime, bool), BrokerError> {
         .map_err(|_| invalid(format!("{s:?} is neither YYYY-MM-DD nor an RFC 3339 time")))
 }
 
+/// How a `records` subcommand that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// As asked.
+    Ok,
+    /// `verify-export`: the export is self-consistent but no checkpoint in
+    /// it is signed by a trusted key (exit status [`EXIT_NOT_TRUSTED`]).
+    NotTrusted,
+}
+
 /// Runs a `records` subcommand. `config` is needed by all but `verify-export`.
-pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), BrokerError> {
+pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<Done, BrokerError> {
     if let RecordsCommand::VerifyExport {
         file,
         bundle,
+        trusted_keys,
         key_ids,
     } = &command
     {
-        let report = audit::verify_export_files(file, bundle.as_deref(), key_ids)
-            .map_err(|e| invalid(format!("the export does NOT verify: {e}")))?;
-        println!(
-            "export verified: {} records in {} segments against {} signed checkpoints; filter: {}; made {}; sealer key ids: {}",
-            report.rows,
-            report.segments,
-            report.checkpoints,
-            report.filter,
-            report.created_at,
-            report.key_ids.join(", ")
-        );
-        return Ok(());
+        return verify_export(config, file, bundle.as_deref(), trusted_keys, key_ids);
     }
+    run_on_store(config, command).await.map(|()| Done::Ok)
+}
+
+async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<(), BrokerError> {
     let path = config.ok_or_else(|| BrokerError::Config("--config is required".into()))?;
     let config = Config::load(path)?;
     let store = store::open(&config.storage).await?;
     let pools = store.pools();
     match command {
         RecordsCommand::VerifyExport { .. } => Ok(()),
-        RecordsCommand::Verify { json } => {
+        RecordsCommand::Verify {
+            json,
+            checkpoint_log,
+        } => {
             let keys = super::trusted_keys(&config.keys.dir)?;
-            let verdict = super::verify_store(&pools, &keys).await?;
+            let interval = std::time::Duration::from_millis(config.records.checkpoint_interval_ms);
+            let options = super::EvidenceOptions {
+                checkpoint_log: checkpoint_log.or_else(|| config.records.checkpoint_log.clone()),
+                max_unsealed_age: interval * 2,
+                now: time::OffsetDateTime::now_utc(),
+            };
+            let verdict = super::verify_evidence(&pools, &keys, &config.keys.dir, &options).await?;
             if json {
                 println!(
                     "{}",
@@ -158,27 +202,43 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
                 );
             }
             match verdict {
-                Verdict::Intact(s) => {
+                EvidenceVerdict::Intact(e) => {
                     if !json {
+                        let s = &e.chain;
+                        let state = e
+                            .sealer_state_seq
+                            .map_or("no sealer state".to_string(), |seq| {
+                                format!("sealer state at {seq}")
+                            });
+                        let log = e
+                            .checkpoint_log_entries
+                            .map_or("no checkpoint log given".to_string(), |n| {
+                                format!("{n} checkpoint-log entries agree")
+                            });
                         println!(
-                            "provision records intact: {} records ({}..={}), {} checkpoints verified, sealed up to {}, {} unsealed; sealer key ids: {}",
+                            "provision records intact: {} records ({}..={}), {} checkpoints verified, sealed up to {}, {} unsealed (younger than {} ms); {state}; {log}; sealer key ids: {}",
                             s.records,
                             s.anchor_seq + 1,
                             s.last_seq,
                             s.checkpoints,
                             s.sealed_seq,
                             s.last_seq - s.sealed_seq,
+                            2 * config.records.checkpoint_interval_ms,
                             s.key_ids.join(", ")
                         );
                     }
                     Ok(())
                 }
-                Verdict::Broken(f) => Err(BrokerError::refused(
+                EvidenceVerdict::Broken(f) => Err(BrokerError::refused(
                     ErrorCode::Internal,
-                    format!("provision records fail verification at {f}"),
+                    format!(
+                        "provision records fail verification at {f} [{}]",
+                        f.damage.name()
+                    ),
                 )),
             }
         }
+        RecordsCommand::AcceptHead { reason } => accept_head(&config, &pools, reason).await,
         RecordsCommand::Export(args) => {
             let filter = ExportFilter {
                 from: args
@@ -198,7 +258,7 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
                 flow: args.flow,
                 person: args.person,
             };
-            let log = open_log(&config, pools, RecordsConfig::default()).await?;
+            let log = open_log(&config, pools, config.records.clone()).await?;
             let result = log
                 .export(&ExportRequest {
                     filter,
@@ -219,7 +279,7 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
             Ok(())
         }
         RecordsCommand::Stress { count, concurrency } => {
-            let log = open_log(&config, pools, RecordsConfig::default()).await?;
+            let log = open_log(&config, pools, config.records.clone()).await?;
             let result = stress(&log, count, concurrency).await;
             log.close().await;
             result
@@ -227,14 +287,137 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<(), B
     }
 }
 
+/// Exit status of `records verify-export` for an export that is
+/// self-consistent but not signed by a trusted key (the client's
+/// `kakehashi audit verify` uses the same).
+pub const EXIT_NOT_TRUSTED: i32 = 6;
+
+/// `records verify-export`: [`Done::NotTrusted`] when the export is
+/// self-consistent but its keys are not trusted.
+fn verify_export(
+    config: Option<&Path>,
+    file: &Path,
+    bundle: Option<&Path>,
+    trusted_keys: &[String],
+    key_ids: &[String],
+) -> Result<Done, BrokerError> {
+    let mut trusted = match config {
+        Some(path) => super::trusted_keys(&Config::load(path)?.keys.dir)?,
+        None => audit::TrustedKeys::new(),
+    };
+    for text in trusted_keys {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes)
+            .ok()
+            .and_then(|()| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok())
+            .map(|key| trusted.add(key))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "--trusted-key {text:?} is not an Ed25519 public key (64 hex digits)"
+                ))
+            })?;
+    }
+    let report = audit::verify_export_files(file, bundle, &[])
+        .map_err(|e| invalid(format!("the export does NOT verify: {e}")))?;
+    let summary = format!(
+        "{} records in {} segments against {} signed checkpoints; filter: {}; made {}",
+        report.rows, report.segments, report.checkpoints, report.filter, report.created_at
+    );
+    match report.trust(&trusted, key_ids) {
+        audit::ExportTrust::Trusted { key_ids } => {
+            println!(
+                "export verified against trusted key {}: {summary}",
+                key_ids.join(", ")
+            );
+            Ok(Done::Ok)
+        }
+        audit::ExportTrust::NotTrusted { untrusted } => {
+            println!("export self-consistent, key not trusted: {summary}");
+            eprintln!(
+                "error: the export is self-consistent, but {} — anyone can re-chain records and sign them; \
+                 pass the broker's published key with --trusted-key (GET /v1/record-keys) or --config",
+                if untrusted.is_empty() {
+                    "no checkpoint in it is signed".to_string()
+                } else {
+                    format!("key {} is not trusted", untrusted.join(", "))
+                }
+            );
+            Ok(Done::NotTrusted)
+        }
+    }
+}
+
+/// `records accept-head`: the stored head becomes the one the sealer must
+/// extend. The chain's own verdict is printed (accepting a head does not
+/// repair history: `records verify` keeps naming damage before it).
+async fn accept_head(
+    config: &Config,
+    pools: &store::Pools,
+    reason: String,
+) -> Result<(), BrokerError> {
+    use crate::oplog::cli::HostLog;
+    use crate::oplog::OpAction;
+    if reason.trim().is_empty() {
+        return Err(invalid("--reason must say why the head is accepted".into()));
+    }
+    let log = HostLog::open(pools.clone(), &config.keys.dir).await?;
+    let keys = super::trusted_keys(&config.keys.dir)?;
+    let previous = sealer_state::read(&config.keys.dir)?;
+    let head = super::db::read_head(pools).await?;
+    let verdict = super::verify_store(pools, &keys).await?;
+    let accepted = SealerState {
+        seq: head.seq,
+        head_hash: hex::encode(head.hash),
+        checkpoint: None,
+        accepted: Some(Acceptance {
+            at: store::now_rfc3339(),
+            actor: log.actor().to_string(),
+            reason: reason.clone(),
+            previous_seq: previous.as_ref().map(|s| s.seq),
+        }),
+    };
+    let result = sealer_state::accept(&config.keys.dir, &accepted);
+    let detail = format!(
+        "head={} previous={} chain={} reason={}",
+        head.seq,
+        previous
+            .as_ref()
+            .map_or("none".to_string(), |s| s.seq.to_string()),
+        match &verdict {
+            Verdict::Intact(_) => "intact".to_string(),
+            Verdict::Broken(f) => format!("broken at {}", f.seq),
+        },
+        reason
+    );
+    log.outcome(
+        OpAction::RecordsHeadAccepted,
+        None,
+        Some(format!("records head {}", head.seq)),
+        Some(detail),
+        result,
+    )
+    .await?;
+    println!(
+        "accepted the provision records' head at {} (the sealer had signed up to {}); the sealer signs from it again",
+        head.seq,
+        previous.map_or("nothing".to_string(), |s| s.seq.to_string())
+    );
+    match verdict {
+        Verdict::Intact(_) => println!("the stored chain verifies on its own"),
+        Verdict::Broken(f) => println!(
+            "the stored chain still fails at {f}: accepting the head does not repair it, and `records verify` keeps naming it"
+        ),
+    }
+    Ok(())
+}
+
 /// Runs `purge`.
 pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
     let config = Config::load(config)?;
     let store = store::open(&config.storage).await?;
-    let mut records = RecordsConfig::default();
-    if let Some(years) = args.retention_years {
-        records.retention_years = years;
-    }
+    let mut records = config.records.clone();
+    records.retention_years =
+        super::purge::retention_years(config.records.retention_years, args.retention_years)?;
     let log = open_log(&config, store.pools(), records).await?;
     let actor = args.actor.unwrap_or_else(os_user);
     let result = match args.before.as_deref().map(parse_when).transpose() {

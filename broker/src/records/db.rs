@@ -182,6 +182,23 @@ pub(crate) async fn latest_checkpoint(pools: &Pools) -> Result<Option<Checkpoint
     }))
 }
 
+/// The stored checkpoint at `seq`, if any.
+pub(crate) async fn checkpoint_at(
+    pools: &Pools,
+    seq: u64,
+) -> Result<Option<CheckpointRow>, BrokerError> {
+    let seq = to_i64(seq);
+    Ok(crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as::<_, CheckpointRow>(
+            "SELECT seq, head_hash, signed_at, key_id, public_key, signature
+             FROM record_checkpoints WHERE seq = $1 LIMIT 1",
+        )
+        .bind(seq)
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
 /// Stores a checkpoint (another node may have sealed the same sequence: keep the first).
 pub(crate) async fn insert_checkpoint(
     pools: &Pools,
@@ -268,6 +285,113 @@ impl Snapshot {
             }
         };
         row.map(|h| to_hash(&h, "record hash")).transpose()
+    }
+}
+
+/// `(seq, hash)` pairs of a list of sequence numbers (at most a few hundred).
+const SELECT_HASHES_IN: &str = "SELECT seq, hash FROM records WHERE seq IN";
+const SELECT_CHECKPOINT_HASHES_IN: &str =
+    "SELECT seq, head_hash FROM record_checkpoints WHERE seq IN";
+
+impl Snapshot {
+    async fn pairs(
+        &mut self,
+        select: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, BrokerError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers only: the list is built, not bound.
+        let list = seqs
+            .iter()
+            .map(|s| to_i64(*s).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("{select} ({list})");
+        Ok(match self {
+            Snapshot::Sqlite(tx) => sqlx::query_as(&sql).fetch_all(&mut **tx).await?,
+            Snapshot::Postgres(tx) => sqlx::query_as(&sql).fetch_all(&mut **tx).await?,
+        })
+    }
+
+    /// Stored chain hashes of these records (absent ones are left out).
+    pub async fn stored_hashes(
+        &mut self,
+        seqs: &[u64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, BrokerError> {
+        self.pairs(SELECT_HASHES_IN, seqs).await
+    }
+
+    /// Head hashes of the stored checkpoints at these sequences.
+    pub async fn checkpoint_hashes(
+        &mut self,
+        seqs: &[u64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, BrokerError> {
+        self.pairs(SELECT_CHECKPOINT_HASHES_IN, seqs).await
+    }
+
+    /// The first record in `(after, upto]` recorded before `at` (fixed-width
+    /// text compares as time): an unsealed record that should have been sealed.
+    pub async fn first_seq_before(
+        &mut self,
+        at: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<(u64, String)>, BrokerError> {
+        const SQL: &str = "SELECT seq, recorded_at FROM records \
+             WHERE seq > $2 AND seq <= $3 AND recorded_at < $1 ORDER BY seq LIMIT 1";
+        let (after, upto) = (to_i64(after), to_i64(upto));
+        let row: Option<(i64, String)> = match self {
+            Snapshot::Sqlite(tx) => {
+                sqlx::query_as(SQL)
+                    .bind(at)
+                    .bind(after)
+                    .bind(upto)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+            Snapshot::Postgres(tx) => {
+                sqlx::query_as(SQL)
+                    .bind(at)
+                    .bind(after)
+                    .bind(upto)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(row.map(|(seq, at)| (u64::try_from(seq).unwrap_or(0), at)))
+    }
+
+    /// The highest stored checkpoint before `seq` (0 when none).
+    pub async fn last_checkpoint_before(&mut self, seq: u64) -> Result<u64, BrokerError> {
+        const SQL: &str = "SELECT MAX(seq) FROM record_checkpoints WHERE seq < $1";
+        let seq = to_i64(seq);
+        let max: Option<i64> = match self {
+            Snapshot::Sqlite(tx) => {
+                sqlx::query_scalar(SQL)
+                    .bind(seq)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+            Snapshot::Postgres(tx) => {
+                sqlx::query_scalar(SQL)
+                    .bind(seq)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
+    }
+
+    /// Whether any checkpoint is stored.
+    pub async fn any_checkpoint(&mut self) -> Result<bool, BrokerError> {
+        const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM record_checkpoints LIMIT 1) AS c";
+        let n: i64 = match self {
+            Snapshot::Sqlite(tx) => sqlx::query_scalar(SQL).fetch_one(&mut **tx).await?,
+            Snapshot::Postgres(tx) => sqlx::query_scalar(SQL).fetch_one(&mut **tx).await?,
+        };
+        Ok(n > 0)
     }
 }
 

@@ -329,6 +329,9 @@ impl RecordLog {
     ) -> Result<u64, BrokerError> {
         // Everything exported must be covered by a checkpoint: seal the head.
         let sealed = self.seal().await?;
+        // The log's latest checkpoint travels with the export, for witnesses.
+        self.refresh_latest_checkpoint().await;
+        let latest = self.latest_checkpoint();
         let mut snap = Snapshot::begin(&self.pools).await?;
         let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
@@ -464,6 +467,13 @@ impl RecordLog {
 
         data.flush().map_err(io("write export"))?;
         let data_sha256 = hex::encode(data.hasher.finalize_reset());
+        if let Some(cp) = latest.filter(|cp| cp.seq >= hi) {
+            if let Some(key) = self.trusted_key(cp.key_id.as_str()) {
+                BundleLine::latest(&cp.to_checkpoint(), &key)
+                    .write(&mut bundle)
+                    .map_err(io("write bundle"))?;
+            }
+        }
         BundleLine::End {
             rows: progress.rows,
             data_sha256,

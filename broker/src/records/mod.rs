@@ -22,18 +22,21 @@
 //! Person codes are stored (R14 asks for them) but enter hashes only through
 //! salted commitments, are never logged and never exported.
 
+mod checkpoint_log;
 pub mod cli;
 mod db;
 mod export;
 mod person_index;
 mod purge;
+pub mod sealer_state;
 mod search;
 mod sqlite_direct;
 mod verify;
 pub(crate) mod wal;
+mod witness;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -50,13 +53,18 @@ use crate::store::Pools;
 
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
 pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
-pub use purge::PurgeReport;
+pub use purge::{retention_years, PurgeReport, LEGAL_RETENTION_YEARS};
+pub use sealer_state::{Finding, Refusal};
 pub use search::{
     Download, DownloadRequest, DownloadSummary, ExplainedStatement, ExportLimits, PageRequest,
     SearchFilter, SearchPage, DEFAULT_MAX_EXPORT_BYTES, DEFAULT_MAX_EXPORT_ROWS, MAX_PAGE_SIZE,
     OUTCOME_NAMES,
 };
-pub use verify::{trusted_keys, verify_store, Verdict, SEALER_KEY_FILE};
+pub use verify::{
+    trusted_keys, verify_evidence, verify_store, Damage, EvidenceFailure, EvidenceOptions,
+    EvidenceSummary, EvidenceVerdict, Verdict, SEALER_KEY_FILE,
+};
+pub(crate) use writer::Deletes;
 
 /// The org id that system records (exports, purges) name as requester.
 pub const SYSTEM_ORG: &str = "kakehashi-broker";
@@ -108,6 +116,11 @@ pub struct RecordsConfig {
     /// ~0.25 of two cores; benches/README.md, "Design decisions in force"); 0 on SQLite,
     /// which has `commit_delay_us`.
     pub commit_interval_us: Option<u64>,
+    /// A file every signed checkpoint is also appended to (JSON Lines,
+    /// fsynced), kept on other storage than the database and the key
+    /// directory (WORM, another host); `records verify --checkpoint-log`
+    /// holds the database against it. Unset: no log (a warning at start).
+    pub checkpoint_log: Option<PathBuf>,
 }
 
 impl Default for RecordsConfig {
@@ -123,6 +136,7 @@ impl Default for RecordsConfig {
             wal_checkpoint_interval_ms: 250,
             commit_delay_us: None,
             commit_interval_us: None,
+            checkpoint_log: None,
         }
     }
 }
@@ -254,6 +268,27 @@ pub struct RecordLog {
     person_index: Option<person_index::PersonIndex>,
     /// Queries under way that will append soon (see [`RecordLog::expect_append`]).
     coming: Arc<AtomicUsize>,
+    /// The cluster roles this node holds; unset, it holds them all.
+    roles: std::sync::OnceLock<Arc<crate::cluster::Roles>>,
+    /// The latest signed checkpoint, for answers (see [`RecordLog::latest_checkpoint`]).
+    latest: witness::Latest,
+    /// Where the sealer key and its state file live.
+    key_dir: PathBuf,
+    /// Set while the sealer refuses (the stored chain does not extend the
+    /// head it signed last): read on every query, so an atomic.
+    refusing: AtomicBool,
+    /// What the sealer found, and the acceptance in force when it did.
+    refusal: Mutex<Option<Latched>>,
+    /// Reports the refusal as a metric.
+    metrics: Option<crate::metrics::CommitMetrics>,
+}
+
+/// A refusal and the administrator acceptance in force when it was found:
+/// only a newer acceptance lifts it.
+#[derive(Debug, Clone)]
+struct Latched {
+    refusal: Refusal,
+    accepted: Option<sealer_state::Acceptance>,
 }
 
 /// A query under way that will append a record soon; the writer may hold a
@@ -275,6 +310,22 @@ impl std::fmt::Debug for RecordLog {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The error a sealer finding makes (the message names the sequence and
+/// the kind; it goes to the log and the command line, not to orgs).
+fn refusal_error(refusal: &Refusal) -> BrokerError {
+    let message = match refusal.finding {
+        Finding::CommittedRewritten => format!(
+            "the stored record at {} differs from what was committed; not sealing",
+            refusal.seq
+        ),
+        _ => format!(
+            "provision records fail verification at {refusal}; not sealing, and queries are \
+             refused until an administrator runs `kakehashi-broker records accept-head`"
+        ),
+    };
+    BrokerError::refused(ErrorCode::Internal, message)
 }
 
 fn unavailable() -> BrokerError {
@@ -332,7 +383,13 @@ impl RecordLog {
             )),
             coming: coming.clone(),
         };
-        let writer = writer::spawn(rx, pools.clone(), batching, commits, committed.clone());
+        let writer = writer::spawn(
+            rx,
+            pools.clone(),
+            batching,
+            commits.clone(),
+            committed.clone(),
+        );
         let person_index = person_index::PersonIndex::open(&pools).await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
@@ -349,7 +406,23 @@ impl RecordLog {
             committed,
             person_index,
             coming,
+            roles: std::sync::OnceLock::new(),
+            latest: witness::Latest::default(),
+            key_dir: key_dir.to_path_buf(),
+            refusing: AtomicBool::new(false),
+            refusal: Mutex::new(None),
+            metrics: commits,
         });
+        log.load_latest_checkpoint().await?;
+        if log.config.checkpoint_log.is_none() {
+            tracing::warn!(
+                "[records] checkpoint_log is not set: signed checkpoints are kept only in the \
+                 database and the sealer's state file (docs/evidence.md)"
+            );
+        }
+        // Before anything is signed: does the stored chain extend the head
+        // the sealer signed last?
+        log.check_at_open().await?;
         let mut tasks = vec![tokio::spawn(seal_task(
             Arc::downgrade(&log),
             log.stop.subscribe(),
@@ -385,6 +458,17 @@ impl RecordLog {
         }
         tracing::info!(key_id = %log.sealer_key_id, "provision records open");
         Ok(log)
+    }
+
+    /// From now on checkpoints are signed and expired records purged only
+    /// while this node holds the sealer and retention roles (`cluster`).
+    pub fn follow_roles(&self, roles: Arc<crate::cluster::Roles>) {
+        let _ = self.roles.set(roles);
+    }
+
+    /// Whether this node holds `role` (always, outside a cluster).
+    fn plays(&self, role: crate::cluster::Role) -> bool {
+        self.roles.get().is_none_or(|r| r.holds(role))
     }
 
     /// Tells the writer a query is under way and will append soon.
@@ -483,6 +567,9 @@ impl RecordLog {
         if let Some(index) = &self.person_index {
             index.close().await;
         }
+        if !self.plays(crate::cluster::Role::Sealer) {
+            return;
+        }
         match self.seal().await {
             Ok(seq) => tracing::info!(sealed = ?seq, "provision records closed"),
             Err(e) => tracing::error!(error = %e, "final records checkpoint failed"),
@@ -504,65 +591,176 @@ impl RecordLog {
         &self.config
     }
 
-    /// Signs a checkpoint of the chain if its head has none yet. The position
-    /// this process's writer committed last is signed as the writer computed
-    /// it (so a busy log is sealed without reading its rows back, even though
-    /// the head moves on meanwhile); any other tail is first re-checked from
-    /// the previous valid checkpoint (so a tampered tail is never blessed).
-    /// Returns the sequence now sealed.
+    /// Signs a checkpoint of the chain if its head has none yet — only when
+    /// the stored chain extends the head the sealer signed last (its state
+    /// file, [`sealer_state`]): the records from that head to the new one
+    /// are re-checked from the rows first. The position this process's
+    /// writer committed last is signed when the store still holds it there
+    /// (so a busy log is sealed up to what its writer knows, even though the
+    /// head moves on meanwhile); otherwise the stored head. Every checkpoint
+    /// signed also goes to the checkpoint log, if one is configured, and
+    /// then to the state file.
+    ///
+    /// On a finding nothing is signed, the log refuses queries
+    /// ([`RecordLog::ensure_sealing`]) and keeps refusing until an
+    /// administrator accepts a head (`records accept-head`). Returns the
+    /// sequence now sealed.
     pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
+        // The state file is written after its checkpoint, and the
+        // checkpoint after its records: read in this order, the stored head
+        // is at or past the signed one unless the store went back.
+        let state = sealer_state::read(&self.key_dir)?;
         // What this process's writer committed last, read before the stored
         // head: the writer publishes it only after its commit, so the stored
         // head is at or past it even when a commit lands in between (which,
         // under load, is most of the time).
         let ours = self.committed.lock().ok().and_then(|c| *c);
         let head = db::read_head(&self.pools).await?;
-        if head.seq == 0 {
-            return Ok(None);
-        }
         let latest = db::latest_checkpoint(&self.pools)
             .await?
             .map(|c| c.to_checkpoint());
-        if let Some(cp) = &latest {
-            if cp.seq >= head.seq {
-                return Ok(Some(cp.seq));
-            }
-        }
-        // The head this process's writer committed is known without reading
-        // the rows back: sign it when the store still holds it — the head row
-        // itself, or the record at that position when commits have moved the
-        // head on since. Anything else was changed behind the writer's back.
         let unsealed =
             |seq: u64| seq > head.cut_seq && latest.as_ref().is_none_or(|cp| cp.seq < seq);
-        if let Some((seq, hash)) = ours.filter(|(seq, _)| *seq <= head.seq && unsealed(*seq)) {
-            let stored = if seq == head.seq {
-                Some(head.hash)
-            } else {
-                db::Snapshot::begin(&self.pools)
-                    .await?
-                    .stored_hash(seq)
-                    .await?
-            };
-            if stored != Some(hash) {
-                return Err(BrokerError::refused(
-                    ErrorCode::Internal,
-                    format!(
-                        "the stored record at {seq} differs from what was committed; not sealing"
-                    ),
-                ));
+        let signed_seq = state.as_ref().map_or(0, |s| s.seq);
+        // The head this process's writer committed is known without reading
+        // the rows back: the store must still hold it — the head row itself,
+        // or the record at that position when commits have moved the head
+        // on since. Anything else was changed behind the writer's back.
+        let target = match ours
+            .filter(|(seq, _)| *seq <= head.seq && *seq >= signed_seq && unsealed(*seq))
+        {
+            Some((seq, hash)) => {
+                let stored = if seq == head.seq {
+                    Some(head.hash)
+                } else {
+                    db::Snapshot::begin(&self.pools)
+                        .await?
+                        .stored_hash(seq)
+                        .await?
+                };
+                if stored != Some(hash) {
+                    let refusal = Refusal {
+                        seq,
+                        finding: Finding::CommittedRewritten,
+                    };
+                    return Err(self.found(refusal, state.as_ref()));
+                }
+                Some((seq, Some(hash)))
             }
-            let cp = Checkpoint::sign(seq, hash, crate::store::now_rfc3339(), &self.sealer);
-            db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
-            return Ok(Some(seq));
+            None if head.seq > 0 && unsealed(head.seq) => Some((head.seq, None)),
+            None => None,
+        };
+        if let Some(refused) = self.still_refusing(state.as_ref()) {
+            return Err(refused);
         }
-        // Otherwise (a tail from before a restart, or written by another
-        // node) re-check it from the rows, so a tampered tail is never blessed.
-        let (start_seq, start_hash) = match latest {
-            Some(cp) if cp.seq > head.cut_seq && cp.verify(&self.trusted).is_ok() => {
-                (cp.seq, cp.head_hash)
+        let end = target.map_or(head.seq, |(seq, _)| seq);
+        let reached = match self
+            .extends(state.as_ref(), &head, latest.as_ref(), end)
+            .await?
+        {
+            Ok(hash) => hash,
+            Err(refusal) => return Err(self.found(refusal, state.as_ref())),
+        };
+        let Some((seq, known)) = target else {
+            return Ok(latest.map(|cp| cp.seq).filter(|_| head.seq > 0));
+        };
+        if known.is_some_and(|known| known != reached) {
+            let refusal = Refusal {
+                seq,
+                finding: Finding::CommittedRewritten,
+            };
+            return Err(self.found(refusal, state.as_ref()));
+        }
+        let cp = Checkpoint::sign(seq, reached, crate::store::now_rfc3339(), &self.sealer);
+        db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
+        self.remember_checkpoint(&cp);
+        if let Some(path) = &self.config.checkpoint_log {
+            checkpoint_log::append(path, &cp)?;
+        }
+        let accepted = state.and_then(|s| s.accepted);
+        sealer_state::advance(
+            &self.key_dir,
+            &sealer_state::SealerState::signed(&cp, accepted),
+        )?;
+        Ok(Some(seq))
+    }
+
+    /// Checks the stored chain against the sealer's state once at open, so
+    /// a broker started on a rewritten, rewound or restored database refuses
+    /// from its first query.
+    async fn check_at_open(&self) -> Result<(), BrokerError> {
+        let _one_at_a_time = self.seal_lock.lock().await;
+        let state = sealer_state::read(&self.key_dir)?;
+        let head = db::read_head(&self.pools).await?;
+        let latest = db::latest_checkpoint(&self.pools)
+            .await?
+            .map(|c| c.to_checkpoint());
+        if let Err(refusal) = self
+            .extends(state.as_ref(), &head, latest.as_ref(), head.seq)
+            .await?
+        {
+            let _ = self.found(refusal, state.as_ref());
+        }
+        Ok(())
+    }
+
+    /// Whether the stored chain leads from the head the sealer signed last
+    /// (`state`) to `end` (≤ the stored head); the chain hash at `end` when
+    /// it does, what is wrong when it does not.
+    async fn extends(
+        &self,
+        state: Option<&sealer_state::SealerState>,
+        head: &db::Head,
+        latest: Option<&Checkpoint>,
+        end: u64,
+    ) -> Result<Result<kakehashi_interfaces::audit::Hash, Refusal>, BrokerError> {
+        let refuse = |seq, finding| Ok(Err(Refusal { seq, finding }));
+        let (start_seq, start_hash, whole_store) = match state {
+            // The first start on this database: nothing was signed yet.
+            None if latest.is_none() => (head.cut_seq, head.cut_hash, false),
+            None => return refuse(head.cut_seq + 1, Finding::StateMissing),
+            Some(s) => {
+                let signed = s.hash()?;
+                if s.seq > head.seq {
+                    return refuse(
+                        head.seq + 1,
+                        Finding::Rewound {
+                            signed: s.seq,
+                            head: head.seq,
+                        },
+                    );
+                }
+                if s.seq < head.cut_seq {
+                    // Purged past the signed head (by another node): the
+                    // rest is checked from the cut, which a purge record in
+                    // the chain must confirm.
+                    (head.cut_seq, head.cut_hash, true)
+                } else if s.seq == head.cut_seq {
+                    if signed != head.cut_hash {
+                        return refuse(s.seq, Finding::Rechained { signed: s.seq });
+                    }
+                    (s.seq, signed, false)
+                } else {
+                    let stored = db::Snapshot::begin(&self.pools)
+                        .await?
+                        .stored_hash(s.seq)
+                        .await?;
+                    if stored != Some(signed) {
+                        return Ok(Err(self
+                            .locate(s.seq, Finding::Rechained { signed: s.seq })
+                            .await?));
+                    }
+                    // The checkpoint it signed must still be stored.
+                    if s.checkpoint.is_some() {
+                        let kept = db::checkpoint_at(&self.pools, s.seq).await?;
+                        if kept.is_none_or(|cp| cp.head_hash != signed.as_slice()) {
+                            return refuse(s.seq, Finding::CheckpointMissing { checkpoint: s.seq });
+                        }
+                    }
+                    (s.seq, signed, false)
+                }
             }
-            _ => (head.cut_seq, head.cut_hash),
         };
         let walk = verify::walk(
             &self.pools,
@@ -570,26 +768,117 @@ impl RecordLog {
             verify::WalkPlan {
                 start_seq,
                 start_hash,
-                end_seq: head.seq,
-                whole_store: false,
+                end_seq: end.max(start_seq),
+                whole_store,
                 capture: None,
             },
         )
         .await?;
-        if let Verdict::Broken(failure) = walk.verdict {
-            return Err(BrokerError::refused(
-                ErrorCode::Internal,
-                format!("provision records fail verification at {failure}; not sealing"),
-            ));
+        Ok(match walk.verdict {
+            Verdict::Intact(_) => Ok(walk.head),
+            Verdict::Broken(f) => Err(Refusal {
+                seq: f.seq,
+                finding: Finding::Chain(f.kind),
+            }),
+        })
+    }
+
+    /// Names the first bad sequence at or before `signed`, if a whole-store
+    /// verification finds one (a re-chain that kept the checkpoints, or an
+    /// edit without re-chaining); else `signed` itself.
+    async fn locate(&self, signed: u64, finding: Finding) -> Result<Refusal, BrokerError> {
+        if let Verdict::Broken(f) = verify::verify_store(&self.pools, &self.trusted).await? {
+            if f.seq <= signed {
+                return Ok(Refusal {
+                    seq: f.seq,
+                    finding,
+                });
+            }
         }
-        let cp = Checkpoint::sign(
-            head.seq,
-            walk.head,
-            crate::store::now_rfc3339(),
-            &self.sealer,
+        Ok(Refusal {
+            seq: signed,
+            finding,
+        })
+    }
+
+    /// Refuses from now on, says what was found (error log, metric) and
+    /// returns the error for the caller.
+    fn found(&self, refusal: Refusal, state: Option<&sealer_state::SealerState>) -> BrokerError {
+        tracing::error!(
+            seq = refusal.seq,
+            kind = refusal.finding.name(),
+            finding = %refusal.finding,
+            "provision records do not extend the head the sealer signed last: nothing is signed \
+             and queries are refused until an administrator investigates and runs \
+             `kakehashi-broker records accept-head`"
         );
-        db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
-        Ok(Some(head.seq))
+        if let Some(metrics) = &self.metrics {
+            metrics.sealer_refusal(Some((refusal.finding.name(), refusal.seq)));
+        }
+        let error = refusal_error(&refusal);
+        if let Ok(mut latched) = self.refusal.lock() {
+            *latched = Some(Latched {
+                refusal,
+                accepted: state.and_then(|s| s.accepted.clone()),
+            });
+        }
+        self.refusing.store(true, Ordering::Release);
+        error
+    }
+
+    /// The refusal in force, unless an administrator accepted a head since
+    /// it was found (then it is lifted and the checks run again).
+    fn still_refusing(&self, state: Option<&sealer_state::SealerState>) -> Option<BrokerError> {
+        if !self.refusing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut latched = self.refusal.lock().ok()?;
+        let current = latched.as_ref()?;
+        let accepted = state.and_then(|s| s.accepted.as_ref());
+        match accepted {
+            Some(a) if Some(a) != current.accepted.as_ref() => {
+                tracing::warn!(
+                    seq = current.refusal.seq,
+                    kind = current.refusal.finding.name(),
+                    accepted_by = %a.actor,
+                    accepted_at = %a.at,
+                    "an administrator accepted the provision records' head; sealing resumes"
+                );
+                *latched = None;
+                self.refusing.store(false, Ordering::Release);
+                if let Some(metrics) = &self.metrics {
+                    metrics.sealer_refusal(None);
+                }
+                None
+            }
+            _ => Some(refusal_error(&current.refusal)),
+        }
+    }
+
+    /// What the sealer found, while it refuses to sign (and the broker to
+    /// answer queries).
+    pub fn sealer_refusal(&self) -> Option<Refusal> {
+        if !self.refusing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.refusal
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|l| l.refusal.clone()))
+    }
+
+    /// Fails with `unavailable` while the sealer refuses: a query answered
+    /// now would be recorded in a chain nobody can vouch for. One atomic
+    /// load on the query path.
+    pub fn ensure_sealing(&self) -> Result<(), BrokerError> {
+        if !self.refusing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(BrokerError::refused(
+            ErrorCode::Unavailable,
+            "the broker's provision records failed their integrity check; queries are refused \
+             until its administrator has investigated",
+        ))
     }
 
     /// Brings the SQLite person index up to the head now rather than at its
@@ -700,6 +989,11 @@ async fn seal_task(log: Weak<RecordLog>, mut stop: watch::Receiver<bool>, every:
             _ = stop.changed() => return,
         }
         let Some(log) = log.upgrade() else { return };
+        // Every node keeps the latest checkpoint for its answers, whoever signed it.
+        log.refresh_latest_checkpoint().await;
+        if !log.plays(crate::cluster::Role::Sealer) {
+            continue;
+        }
         if let Err(e) = log.seal().await {
             tracing::error!(error = %e, "records checkpoint not signed");
         }
@@ -720,6 +1014,9 @@ async fn purge_task(
         }
         wait = every;
         let Some(log) = log.upgrade() else { return };
+        if !log.plays(crate::cluster::Role::Retention) {
+            continue;
+        }
         match log.purge_expired("retention-task").await {
             Ok(r) if r.count > 0 => tracing::info!(
                 first = r.first_seq,

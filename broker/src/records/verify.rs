@@ -1,12 +1,12 @@
 //! Verification of the stored chain against signed checkpoints, and the
 //! sealer's keys in the key directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use kakehashi_interfaces::audit::{
-    ChainFailure, ChainSummary, ChainVerifier, FailureKind, Hash, TrustedKeys,
+    ChainFailure, ChainSummary, ChainVerifier, Checkpoint, FailureKind, Hash, TrustedKeys,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -251,4 +251,368 @@ pub async fn verify_store(pools: &Pools, keys: &TrustedKeys) -> Result<Verdict, 
     )
     .await?;
     Ok(walk.verdict)
+}
+
+/// What `records verify` holds the database against besides its own chain.
+#[derive(Debug, Clone)]
+pub struct EvidenceOptions {
+    /// The checkpoint log to hold the database against, if any.
+    pub checkpoint_log: Option<PathBuf>,
+    /// Every record older than this must be covered by a checkpoint signed
+    /// by a trusted key (twice the checkpoint interval).
+    pub max_unsealed_age: std::time::Duration,
+    /// The time to measure ages from.
+    pub now: time::OffsetDateTime,
+}
+
+/// Where a signed head that the database no longer matches was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The sealer's state file in the key directory.
+    SealerState,
+    /// The checkpoint log (`[records] checkpoint_log`).
+    CheckpointLog,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::SealerState => "the sealer's state file",
+            Source::CheckpointLog => "the checkpoint log",
+        })
+    }
+}
+
+/// What kind of damage `records verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Damage {
+    /// The stored chain fails on its own (edited, deleted, inserted,
+    /// swapped, truncated, or a checkpoint forged or signed by an untrusted key).
+    #[error("{failure}")]
+    Chain {
+        /// What the chain walk found.
+        failure: FailureKind,
+    },
+    /// A record older than twice the checkpoint interval is not covered by
+    /// a checkpoint signed by a trusted key: checkpoints are missing.
+    #[error("record of {recorded_at} is not covered by a checkpoint signed by a trusted key (checkpoints missing or deleted)")]
+    Unsealed {
+        /// When it was recorded.
+        recorded_at: String,
+    },
+    /// The sealer's state file is gone while checkpoints are stored.
+    #[error("the sealer's state file is missing but the database holds checkpoints (state removed, or database restored from elsewhere)")]
+    StateMissing,
+    /// A head was signed beyond where the database ends.
+    #[error("{kept_in} has a head signed at {signed} but the database ends at {head} (tail truncated or an older backup restored)")]
+    Rewound {
+        /// Where the evidence was kept.
+        kept_in: Source,
+        /// The signed sequence.
+        signed: u64,
+        /// The stored head.
+        head: u64,
+    },
+    /// The chain reproduces itself but not the head that was signed: the
+    /// records from here were rewritten and re-chained.
+    #[error("records from here do not reproduce the head signed at {checkpoint} in {kept_in} (rewritten and re-chained)")]
+    Rechained {
+        /// Where the evidence was kept.
+        kept_in: Source,
+        /// The signed sequence.
+        checkpoint: u64,
+    },
+    /// A signed checkpoint is no longer in the database.
+    #[error("the checkpoint at {checkpoint} in {kept_in} is missing from the database (deleted)")]
+    CheckpointMissing {
+        /// Where the evidence was kept.
+        kept_in: Source,
+        /// Its sequence.
+        checkpoint: u64,
+    },
+    /// A line of the checkpoint log is unreadable, badly signed or signed
+    /// by an untrusted key.
+    #[error("line {line} of the checkpoint log is not a checkpoint signed by a trusted key (log tampered with)")]
+    LogForged {
+        /// Its line number (from 1).
+        line: u64,
+    },
+}
+
+impl Damage {
+    /// The stable snake_case name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Damage::Chain { .. } => "chain",
+            Damage::Unsealed { .. } => "unsealed",
+            Damage::StateMissing => "state_missing",
+            Damage::Rewound { .. } => "rewound",
+            Damage::Rechained { .. } => "rechained",
+            Damage::CheckpointMissing { .. } => "checkpoint_missing",
+            Damage::LogForged { .. } => "log_forged",
+        }
+    }
+}
+
+/// The first bad sequence number and the damage there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("sequence {seq}: {damage}")]
+pub struct EvidenceFailure {
+    /// First bad sequence number (as far as the evidence tells).
+    pub seq: u64,
+    /// What is wrong.
+    pub damage: Damage,
+}
+
+/// What a successful `records verify` covered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvidenceSummary {
+    /// The chain and its checkpoints.
+    pub chain: ChainSummary,
+    /// The head the sealer's state file names, if any.
+    pub sealer_state_seq: Option<u64>,
+    /// Checkpoint-log entries held against the database, if a log was given.
+    pub checkpoint_log_entries: Option<u64>,
+}
+
+/// The result of `records verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum EvidenceVerdict {
+    /// The chain verifies, every record older than twice the checkpoint
+    /// interval is sealed by a trusted key, and the database agrees with the
+    /// sealer's state and the checkpoint log.
+    Intact(EvidenceSummary),
+    /// The first bad sequence and what is wrong there.
+    Broken(EvidenceFailure),
+}
+
+fn broken(seq: u64, damage: Damage) -> Option<EvidenceFailure> {
+    Some(EvidenceFailure { seq, damage })
+}
+
+/// Log lines held against the database per query.
+const LOG_CHUNK: usize = 500;
+
+/// Verifies the store as [`verify_store`] does, and fails closed beyond it:
+/// a record older than `max_unsealed_age` not covered by a trusted
+/// checkpoint, a sealer state file (in `key_dir`) or checkpoint log whose
+/// signed heads the database no longer reproduces or whose checkpoints it
+/// no longer holds, and a missing state file while checkpoints are stored,
+/// are each named by the first bad sequence and the kind of damage.
+pub async fn verify_evidence(
+    pools: &Pools,
+    keys: &TrustedKeys,
+    key_dir: &Path,
+    options: &EvidenceOptions,
+) -> Result<EvidenceVerdict, BrokerError> {
+    // The outside evidence is read before the snapshot, so everything it
+    // names was committed before the snapshot began.
+    let state = super::sealer_state::read(key_dir)?;
+    let log = match &options.checkpoint_log {
+        Some(path) => Some((path, super::checkpoint_log::len(path)?)),
+        None => None,
+    };
+    let mut snap = Snapshot::begin(pools).await?;
+    let head = snap.head().await?;
+    let walk = walk_in(
+        &mut snap,
+        keys.clone(),
+        WalkPlan {
+            start_seq: head.cut_seq,
+            start_hash: head.cut_hash,
+            end_seq: head.seq,
+            whole_store: true,
+            capture: None,
+        },
+    )
+    .await?;
+    let chain = match walk.verdict {
+        Verdict::Broken(f) => {
+            return Ok(EvidenceVerdict::Broken(EvidenceFailure {
+                seq: f.seq,
+                damage: Damage::Chain { failure: f.kind },
+            }))
+        }
+        Verdict::Intact(summary) => summary,
+    };
+    let mut failures: Vec<EvidenceFailure> = Vec::new();
+
+    // The sealer's state file.
+    match &state {
+        None => {
+            if snap.any_checkpoint().await? {
+                failures.extend(broken(head.cut_seq + 1, Damage::StateMissing));
+            }
+        }
+        Some(s) => {
+            let signed = s.hash()?;
+            let source = Source::SealerState;
+            let found = if s.seq > head.seq {
+                broken(
+                    head.seq + 1,
+                    Damage::Rewound {
+                        kept_in: source,
+                        signed: s.seq,
+                        head: head.seq,
+                    },
+                )
+            } else if s.seq == head.cut_seq && s.seq > 0 {
+                (signed != head.cut_hash).then_some(EvidenceFailure {
+                    seq: s.seq,
+                    damage: Damage::Rechained {
+                        kept_in: source,
+                        checkpoint: s.seq,
+                    },
+                })
+            } else if s.seq > head.cut_seq {
+                let stored = snap.stored_hashes(&[s.seq]).await?;
+                if stored.first().map(|(_, h)| h.as_slice()) != Some(signed.as_slice()) {
+                    let good = snap.last_checkpoint_before(s.seq).await?.max(head.cut_seq);
+                    broken(
+                        good + 1,
+                        Damage::Rechained {
+                            kept_in: source,
+                            checkpoint: s.seq,
+                        },
+                    )
+                } else if s.checkpoint.is_some()
+                    && snap.checkpoint_hashes(&[s.seq]).await?.is_empty()
+                {
+                    broken(
+                        s.seq,
+                        Damage::CheckpointMissing {
+                            kept_in: source,
+                            checkpoint: s.seq,
+                        },
+                    )
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            failures.extend(found);
+        }
+    }
+
+    // The checkpoint log.
+    let mut log_entries = None;
+    if let Some((path, len)) = log {
+        let mut reader = match len {
+            Some(len) => Some(super::checkpoint_log::Reader::open(path, len)?),
+            None if chain.checkpoints > 0 => {
+                return Err(BrokerError::Config(format!(
+                    "the checkpoint log {} does not exist, but checkpoints are stored",
+                    path.display()
+                )))
+            }
+            None => None,
+        };
+        let mut entries = 0u64;
+        let mut good = head.cut_seq;
+        'log: while let Some(lines) = reader.as_mut() {
+            let mut chunk: Vec<(u64, Checkpoint)> = Vec::with_capacity(LOG_CHUNK);
+            let mut done = false;
+            while chunk.len() < LOG_CHUNK {
+                match lines.next_line()? {
+                    None => {
+                        done = true;
+                        break;
+                    }
+                    Some((line, parsed)) => {
+                        let Some(cp) = parsed.filter(|cp| cp.verify(keys).is_ok()) else {
+                            failures.extend(broken(good + 1, Damage::LogForged { line }));
+                            break 'log;
+                        };
+                        entries += 1;
+                        // Records (and checkpoints) at or before the purge
+                        // cut are gone by design.
+                        if cp.seq > head.cut_seq {
+                            chunk.push((line, cp));
+                        }
+                    }
+                }
+            }
+            let seqs: Vec<u64> = chunk.iter().map(|(_, cp)| cp.seq).collect();
+            let stored: std::collections::HashMap<i64, Vec<u8>> =
+                snap.stored_hashes(&seqs).await?.into_iter().collect();
+            let sealed: std::collections::HashSet<i64> = snap
+                .checkpoint_hashes(&seqs)
+                .await?
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect();
+            let source = Source::CheckpointLog;
+            for (_, cp) in &chunk {
+                let seq = to_i64(cp.seq);
+                if cp.seq > head.seq {
+                    failures.extend(broken(
+                        head.seq + 1,
+                        Damage::Rewound {
+                            kept_in: source,
+                            signed: cp.seq,
+                            head: head.seq,
+                        },
+                    ));
+                    break 'log;
+                }
+                if stored.get(&seq).map(Vec::as_slice) != Some(cp.head_hash.as_slice()) {
+                    let before = snap.last_checkpoint_before(cp.seq).await?;
+                    failures.extend(broken(
+                        good.max(before) + 1,
+                        Damage::Rechained {
+                            kept_in: source,
+                            checkpoint: cp.seq,
+                        },
+                    ));
+                    break 'log;
+                }
+                if !sealed.contains(&seq) {
+                    failures.extend(broken(
+                        cp.seq,
+                        Damage::CheckpointMissing {
+                            kept_in: source,
+                            checkpoint: cp.seq,
+                        },
+                    ));
+                    break 'log;
+                }
+                good = good.max(cp.seq);
+            }
+            if done {
+                break;
+            }
+        }
+        log_entries = Some(entries);
+    }
+
+    // Records that should have been sealed by now.
+    let due = options
+        .now
+        .checked_sub(
+            time::Duration::try_from(options.max_unsealed_age).unwrap_or(time::Duration::ZERO),
+        )
+        .unwrap_or(options.now);
+    if let Some((seq, recorded_at)) = snap
+        .first_seq_before(
+            &crate::store::timestamp(due),
+            chain.sealed_seq,
+            chain.last_seq,
+        )
+        .await?
+    {
+        failures.extend(broken(seq, Damage::Unsealed { recorded_at }));
+    }
+
+    Ok(match failures.into_iter().min_by_key(|f| f.seq) {
+        Some(first) => EvidenceVerdict::Broken(first),
+        None => EvidenceVerdict::Intact(EvidenceSummary {
+            chain,
+            sealer_state_seq: state.map(|s| s.seq),
+            checkpoint_log_entries: log_entries,
+        }),
+    })
 }

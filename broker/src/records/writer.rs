@@ -97,16 +97,34 @@ impl NewRow {
     }
 }
 
-/// What a purge changes inside the writer's transaction.
+/// A deletion and the record that states it, committed in one transaction
+/// by the writer: a crash leaves both or neither.
 pub(crate) struct PurgePlan {
-    /// The cut the head row must still have (else another purge ran).
-    pub expected_cut: u64,
-    /// New cut: records up to here are deleted.
-    pub cut_seq: u64,
-    /// Chain hash at the new cut (verified before).
-    pub cut_hash: Hash,
-    /// The purge record, appended in the same transaction.
+    /// What is deleted.
+    pub deletes: Deletes,
+    /// The `purge` or `erasure` record, appended in the same transaction.
     pub record: NewRow,
+}
+
+/// What a [`PurgePlan`] deletes.
+pub(crate) enum Deletes {
+    /// The oldest provision records (R15 purge).
+    Records {
+        /// The cut the head row must still have (else another purge ran).
+        expected_cut: u64,
+        /// New cut: records up to here are deleted.
+        cut_seq: u64,
+        /// Chain hash at the new cut (verified before).
+        cut_hash: Hash,
+    },
+    /// Personal data past their own periods (R15 erasure).
+    PersonalData {
+        /// The periods' cut-offs.
+        cutoffs: crate::retention::Cutoffs,
+        /// The counts the record states (identity confirmations, persons,
+        /// copies); other counts roll the transaction back.
+        counts: (u64, u64, u64),
+    },
 }
 
 pub(crate) enum Job {
@@ -424,56 +442,68 @@ macro_rules! commit_in_tx {
         // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
         let (head_seq, head_hash, cut_seq): (i64, Vec<u8>, i64) =
             sqlx::query_as(LOCK_HEAD).fetch_one(&mut *tx).await?;
-        if let Some(plan) = $purge {
-            if u64::try_from(cut_seq).ok() != Some(plan.expected_cut) {
-                return Err(BrokerError::refused(
-                    kakehashi_interfaces::ErrorCode::Unavailable,
-                    "another purge ran meanwhile; run the purge again",
-                ));
-            }
-            let cut = to_i64(plan.cut_seq);
-            if $pg {
-                let parts: Vec<(String,)> = sqlx::query_as(
-                    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                     WHERE i.inhparent = 'records'::regclass",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
-                let current = db::month_key(time::OffsetDateTime::now_utc());
-                for (name,) in parts {
-                    // Only our monthly partitions of past months, and only
-                    // when every row in them is at or before the cut.
-                    let Some(month) = db::partition_month(&name) else {
-                        continue;
-                    };
-                    if month >= current {
-                        continue;
-                    }
-                    let (max,): (Option<i64>,) =
-                        sqlx::query_as(&format!("SELECT MAX(seq) FROM {name}"))
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    if max.is_none_or(|m| m <= cut) {
-                        sqlx::query(&format!("DROP TABLE {name}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        tracing::info!(partition = %name, "records partition dropped by purge");
-                    }
+        match $purge.map(|plan| &plan.deletes) {
+            None => {}
+            Some(Deletes::PersonalData { cutoffs, counts }) => {
+                let erased = crate::retention::erase_in_tx!(&mut *tx, cutoffs);
+                if erased != *counts {
+                    return Err(BrokerError::refused(
+                        kakehashi_interfaces::ErrorCode::Unavailable,
+                        "the data due for erasure changed while it was counted; run the erasure again",
+                    ));
                 }
             }
-            sqlx::query("DELETE FROM records WHERE seq <= $1")
-                .bind(cut)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM record_checkpoints WHERE seq <= $1")
-                .bind(cut)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE records_head SET cut_seq = $1, cut_hash = $2 WHERE id = 1")
-                .bind(cut)
-                .bind(plan.cut_hash.to_vec())
-                .execute(&mut *tx)
-                .await?;
+            Some(Deletes::Records { expected_cut, cut_seq: plan_cut, cut_hash }) => {
+                if u64::try_from(cut_seq).ok() != Some(*expected_cut) {
+                    return Err(BrokerError::refused(
+                        kakehashi_interfaces::ErrorCode::Unavailable,
+                        "another purge ran meanwhile; run the purge again",
+                    ));
+                }
+                let cut = to_i64(*plan_cut);
+                if $pg {
+                    let parts: Vec<(String,)> = sqlx::query_as(
+                        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                         WHERE i.inhparent = 'records'::regclass",
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let current = db::month_key(time::OffsetDateTime::now_utc());
+                    for (name,) in parts {
+                        // Only our monthly partitions of past months, and only
+                        // when every row in them is at or before the cut.
+                        let Some(month) = db::partition_month(&name) else {
+                            continue;
+                        };
+                        if month >= current {
+                            continue;
+                        }
+                        let (max,): (Option<i64>,) =
+                            sqlx::query_as(&format!("SELECT MAX(seq) FROM {name}"))
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        if max.is_none_or(|m| m <= cut) {
+                            sqlx::query(&format!("DROP TABLE {name}"))
+                                .execute(&mut *tx)
+                                .await?;
+                            tracing::info!(partition = %name, "records partition dropped by purge");
+                        }
+                    }
+                }
+                sqlx::query("DELETE FROM records WHERE seq <= $1")
+                    .bind(cut)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM record_checkpoints WHERE seq <= $1")
+                    .bind(cut)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE records_head SET cut_seq = $1, cut_hash = $2 WHERE id = 1")
+                    .bind(cut)
+                    .bind(cut_hash.to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         let head = (
             u64::try_from(head_seq).unwrap_or(0),

@@ -83,7 +83,7 @@ pub struct JsonFlag {
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
-    /// Add (or replace) a profile; paths are stored canonicalized, keys are never copied.
+    /// Add a profile (`--replace` to replace one); paths are stored canonicalized, keys are never copied.
     #[command(
         after_help = "Example:\n  kakehashi profile add city-saitama --broker https://127.0.0.1:17443 \\\n      --ca /tmp/kk/pki/ca.crt --cert /tmp/kk/pki/city-saitama.crt --key /tmp/kk/pki/city-saitama.key"
     )]
@@ -108,6 +108,9 @@ pub enum ProfileCommand {
         /// Also make it the current profile.
         #[arg(long = "use")]
         make_current: bool,
+        /// Replace a profile of the same name (without it, an existing name is refused).
+        #[arg(long)]
+        replace: bool,
     },
     /// List profiles; the current one is marked with *.
     List(JsonFlag),
@@ -310,24 +313,76 @@ pub struct PersonRecordsArgs {
 pub enum AuditCommand {
     /// Verify the integrity of a file written by `kakehashi-broker records export`, offline.
     #[command(after_help = "\
-Example:
-  kakehashi audit verify records-2025-04.csv --trusted-key-id 3f2a9c0d1e4b5a67
+Examples:
+  kakehashi --profile union-saitama audit verify records-2025-04.csv
+  kakehashi audit verify records-2025-04.csv --trusted-key <64 hex digits from GET /v1/record-keys>
 
 Checks the hash chain and signed checkpoints in FILE.bundle.jsonl against the
-data file. Without --trusted-key-id the signing key ids are printed for you
-to compare with the broker's published sealer key id.
-Exit codes: 0 intact, 1 verification failed, 2 files unreadable.")]
+data file. The export is evidence only when its checkpoints are signed by a
+key you trust: one pinned in the profile (`kakehashi audit keys --pin`), or
+given with --trusted-key (or --trusted-key-id). Anyone can re-chain altered
+records and sign them with a key of their own, so a bundle's own key proves
+nothing.
+Exit codes: 0 verified against a trusted key, 1 verification failed (altered),
+2 files unreadable, 6 self-consistent but not signed by a trusted key.")]
     Verify {
         /// The exported data file (CSV or JSON Lines).
         file: PathBuf,
         /// The verification bundle. Default: FILE.bundle.jsonl
         #[arg(long, value_name = "FILE")]
         bundle: Option<PathBuf>,
-        /// A sealer key id to trust (repeatable); checkpoints by other keys fail.
+        /// A sealer public key to trust, 64 hex digits (repeatable), besides the profile's pinned keys.
+        #[arg(long = "trusted-key", value_name = "HEX")]
+        trusted_keys: Vec<String>,
+        /// A sealer key id to trust (repeatable; a full key is the stronger pin).
         #[arg(long = "trusted-key-id", value_name = "ID")]
         trusted_key_ids: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Show the broker's checkpoint keys and which the profile pins; pin them.
+    Keys(KeysArgs),
+    /// Hold the broker's current provision records against the checkpoints this profile kept.
+    #[command(after_help = "\
+Example:
+  kakehashi --profile city-saitama audit witness
+
+Every answer carries the broker's latest signed checkpoint; the profile keeps
+the latest and the first of each day ($KAKEHASHI_HOME/checkpoints/NAME.json).
+This asks the broker for the record hashes from the oldest kept checkpoint not
+yet witnessed up to its current checkpoint (hashes only, no record contents),
+and checks that they reproduce every kept head and the current signed head.
+A history rewritten before a checkpoint this profile has seen fails, even
+when the broker signed the rewritten log. Needs pinned keys (`audit keys --pin`).
+Exit codes: 0 consistent, 1 the log contradicts a kept checkpoint,
+2 no pinned keys or no kept checkpoint, 3/4 the broker could not be asked.")]
+    Witness(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  kakehashi --profile city-saitama audit keys
+  kakehashi --profile city-saitama audit keys --pin
+  kakehashi --profile city-saitama audit keys --pin-key <64 hex digits obtained out of band>
+
+Without options, lists the keys the broker publishes (GET /v1/record-keys)
+and marks those the profile pins. --pin pins the published keys (compare
+their ids with the broker operator's, e.g. the console's keys page, before
+you rely on them); --pin-key pins a key you obtained yourself, without
+asking the broker. A key is never pinned silently.")]
+pub struct KeysArgs {
+    /// Pin the keys the broker publishes (all, or those named with --key-id).
+    #[arg(long)]
+    pub pin: bool,
+    /// With --pin: only the published key with this id (repeatable).
+    #[arg(long = "key-id", value_name = "ID", requires = "pin")]
+    pub key_ids: Vec<String>,
+    /// Pin this public key (64 hex digits), without asking the broker (repeatable).
+    #[arg(long = "pin-key", value_name = "HEX", conflicts_with = "pin")]
+    pub pin_keys: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

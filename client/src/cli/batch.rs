@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kakehashi_client::{Client, ClientError, ErrorCode, PendingStore, Query, QueryOutcome};
+use kakehashi_client::{
+    Client, ClientError, ErrorCode, PendingStore, Query, QueryKeys, QueryOutcome,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -206,6 +208,31 @@ struct Keeper {
     store: PendingStore,
     /// The results file, as the kept keys name it.
     results: PathBuf,
+    /// Makes each line's query keys: a rerun sends the same request under
+    /// the same idempotency key, so a query whose answer was lost in an
+    /// interruption is read back, not asked (and recorded) again.
+    secret: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl Keeper {
+    fn query_keys(&self, line: u64, key: &Key) -> QueryKeys {
+        let mut context = self.results.as_os_str().as_encoded_bytes().to_vec();
+        for part in [
+            line.to_string().as_str(),
+            &key.person,
+            &key.flow,
+            &key.procedure,
+            &key.provider,
+        ] {
+            context.push(0);
+            context.extend_from_slice(part.as_bytes());
+        }
+        for item in &key.items {
+            context.push(0);
+            context.extend_from_slice(item.as_bytes());
+        }
+        QueryKeys::derived(self.secret.as_slice(), &context)
+    }
 }
 
 async fn run_job(client: &Client, keeper: &Keeper, job: &Job, wait: u64) -> Done {
@@ -246,7 +273,9 @@ async fn run_job(client: &Client, keeper: &Keeper, job: &Job, wait: u64) -> Done
             )
         }
     };
-    let mut outcome = client.query(&query).await;
+    let mut outcome = client
+        .query_keyed(&query, keeper.query_keys(job.line, k))
+        .await;
     let mut kept = None;
     let mut unkept = None;
     if let Ok(QueryOutcome::Pending(pending)) = &outcome {
@@ -396,6 +425,7 @@ pub async fn execute(
         todo,
     } = prepared;
     let keeper = Arc::new(Keeper {
+        secret: store.derived_secret("batch query keys"),
         store,
         results: out_canonical,
     });

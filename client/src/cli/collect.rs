@@ -168,7 +168,7 @@ pub async fn collect(chosen: Option<&str>, args: &CollectArgs) -> Result<Exit, C
     }
     let now = OffsetDateTime::now_utc();
     let client = match Client::connect(&profile).await {
-        Ok(c) => c,
+        Ok(c) => super::witnessing(c, &name, &profile)?,
         Err(e) => return Err(give_up(&store, now, e)),
     };
     let mut json_out = Vec::new();
@@ -344,7 +344,7 @@ pub async fn get(chosen: Option<&str>, args: &GetArgs) -> Result<Exit, CliError>
     let entry = kept.entry.clone();
     let now = OffsetDateTime::now_utc();
     let client = match Client::connect(&profile).await {
-        Ok(c) => c,
+        Ok(c) => super::witnessing(c, &name, &profile)?,
         Err(e) => return Err(give_up(&store, now, e)),
     };
     if args.wait > 0 {
@@ -418,7 +418,7 @@ async fn collect_batch(chosen: Option<&str>, file: &Path) -> Result<Exit, CliErr
     if let (Some(store), false) = (&store, kept.is_empty()) {
         let now = OffsetDateTime::now_utc();
         let client = match Client::connect(&profile).await {
-            Ok(c) => c,
+            Ok(c) => super::witnessing(c, &name, &profile)?,
             Err(e) => return Err(give_up(store, now, e)),
         };
         for k in kept {

@@ -17,6 +17,9 @@ pub enum Exit {
     Refused = 4,
     /// Unexpected answer, failed permit check, or a bug.
     Internal = 5,
+    /// `audit verify`: the export is self-consistent, but its checkpoints
+    /// are not signed by a trusted (pinned or given) key.
+    NotTrusted = 6,
 }
 
 impl Exit {
@@ -30,11 +33,14 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  done
   1  done, but some lines or queries were refused, are still pending, or failed;
-     or `audit verify` found the export altered
+     or `audit verify` found the export altered, or `audit witness` found the
+     broker's records contradict a checkpoint this profile kept
   2  usage, profile, config or input-file error (nothing was sent)
   3  cannot reach the broker, or TLS failed (certificate, CA)
   4  the broker refused the request (see the reason code)
-  5  unexpected answer, failed permit check, or internal error";
+  5  unexpected answer, failed permit check, or internal error
+  6  `audit verify`: the export is self-consistent, but not signed by a
+     trusted key (pin the broker's keys: `kakehashi audit keys --pin`)";
 
 /// A failure: exit code, what went wrong, what to do.
 #[derive(Debug)]

@@ -323,7 +323,7 @@ pub fn read_copies(file: &Path) -> Result<Parsed<CopyDeposit>, CliError> {
             Err(e) => issues.push(Issue {
                 line,
                 reason: LineReason::InvalidInput.as_str().to_string(),
-                message: e.to_string(),
+                message: e.reason,
             }),
         }
     }

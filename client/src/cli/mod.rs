@@ -9,6 +9,7 @@ mod profile_cmd;
 mod query_cmd;
 mod records_cmd;
 mod table;
+mod witness_cmd;
 
 use std::io::Write;
 
@@ -19,10 +20,33 @@ use kakehashi_client::{Client, PendingStore};
 use args::{AuditCommand, Cli, Command, CopiesCommand, PersonsCommand, QueryAction};
 use fail::{CliError, Exit};
 
-/// Connects with the chosen profile.
+/// Connects with the chosen profile; the checkpoints its answers carry are
+/// kept in the profile's checkpoint book.
 async fn connect(chosen: Option<&str>) -> Result<Client, CliError> {
-    let (_name, profile) = profile_cmd::resolve(chosen)?;
-    Ok(Client::connect(&profile).await?)
+    let (name, profile) = profile_cmd::resolve(chosen)?;
+    witnessing(Client::connect(&profile).await?, &name, &profile)
+}
+
+/// The profile's checkpoint book (`$KAKEHASHI_HOME/checkpoints/NAME.json`).
+fn checkpoint_book(
+    name: &str,
+    profile: &kakehashi_client::Profile,
+) -> Result<kakehashi_client::CheckpointBook, CliError> {
+    Ok(kakehashi_client::CheckpointBook::open(
+        &config_dir()?,
+        name,
+        profile.trusted_record_keys()?,
+    ))
+}
+
+/// `client`, keeping the checkpoints of its answers in the profile's book.
+fn witnessing(
+    client: Client,
+    name: &str,
+    profile: &kakehashi_client::Profile,
+) -> Result<Client, CliError> {
+    client.keep_checkpoints(std::sync::Arc::new(checkpoint_book(name, profile)?));
+    Ok(client)
 }
 
 /// The directory of the profiles file; the profiles' reply-key stores live under it.
@@ -134,8 +158,20 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Audit(AuditCommand::Verify {
             file,
             bundle,
+            trusted_keys,
             trusted_key_ids,
             json,
-        }) => records_cmd::verify(&file, bundle.as_deref(), &trusted_key_ids, json),
+        }) => records_cmd::verify(
+            chosen,
+            &file,
+            bundle.as_deref(),
+            &trusted_keys,
+            &trusted_key_ids,
+            json,
+        ),
+        Command::Audit(AuditCommand::Keys(args)) => witness_cmd::keys(chosen, args).await,
+        Command::Audit(AuditCommand::Witness(flags)) => {
+            witness_cmd::witness(chosen, flags.json).await
+        }
     }
 }

@@ -41,15 +41,32 @@ pub fn run(cmd: ProfileCommand, chosen: Option<&str>) -> Result<Exit, CliError> 
             key,
             server_name,
             make_current,
+            replace,
         } => {
             let mut config = ClientConfig::load_or_default(&path)?;
+            if let Some(old) = config.profiles.get(&name).filter(|_| !replace) {
+                return Err(CliError::usage(format!(
+                    "a profile named {name} already exists (broker {}, certificate {})",
+                    old.broker,
+                    old.cert.display()
+                ))
+                .hint("choose another name, or add --replace to replace it"));
+            }
             let mut profile = Profile::new(broker, ca, cert, key);
             profile.server_name = server_name;
             // Check the URL before touching files, so the message is about the URL.
             profile.broker_address()?;
-            let profile = profile
+            let mut profile = profile
                 .canonicalized()
                 .map_err(|e| CliError::from(e).hint("give the path of an existing file"))?;
+            // Re-adding a profile for the same broker keeps its pinned record keys.
+            if let Some(old) = config
+                .profiles
+                .get(&name)
+                .filter(|o| o.broker == profile.broker)
+            {
+                profile.record_keys = old.record_keys.clone();
+            }
             config.insert(&name, profile)?;
             if make_current {
                 config.set_current(&name)?;

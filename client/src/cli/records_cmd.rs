@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use kakehashi_client::interfaces::audit::{self, DisclosureEntry, ExportError};
+use ed25519_dalek::VerifyingKey;
+use kakehashi_client::interfaces::audit::{
+    self, DisclosureEntry, ExportError, ExportTrust, TrustedKeys,
+};
 
 use super::fail::{CliError, Exit};
 use super::table;
@@ -49,40 +52,100 @@ pub fn print_person_records(records: &[DisclosureEntry]) {
     );
 }
 
-/// `kakehashi audit verify`: checks an export offline.
+/// Parses `--trusted-key` / `--pin-key` values: Ed25519 public keys, hex.
+pub fn parse_keys(texts: &[String], flag: &str) -> Result<Vec<VerifyingKey>, CliError> {
+    texts
+        .iter()
+        .map(|text| {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut bytes)
+                .ok()
+                .and_then(|()| VerifyingKey::from_bytes(&bytes).ok())
+                .ok_or_else(|| {
+                    CliError::usage(format!("{flag} {text:?} is not an Ed25519 public key"))
+                        .hint("give the 64 hex digits of public_key from GET /v1/record-keys or the console's keys page")
+                })
+        })
+        .collect()
+}
+
+/// `kakehashi audit verify`: checks an export offline, and whether the keys
+/// that signed it are trusted (pinned in the profile, or given).
 pub fn verify(
+    chosen: Option<&str>,
     file: &Path,
     bundle: Option<&Path>,
-    trusted: &[String],
+    trusted_keys: &[String],
+    trusted_ids: &[String],
     json: bool,
 ) -> Result<Exit, CliError> {
-    match audit::verify_export_files(file, bundle, trusted) {
-        Ok(report) => {
-            if json {
-                super::print_json(&report)?;
-            } else {
+    // An auditor without a profile gives the key on the command line.
+    let profile = match super::profile_cmd::resolve(chosen) {
+        Ok(found) => Some(found),
+        Err(_) if chosen.is_none() => None,
+        Err(e) => return Err(e),
+    };
+    let mut trusted = match &profile {
+        Some((_, p)) => p.trusted_record_keys()?,
+        None => TrustedKeys::new(),
+    };
+    for key in parse_keys(trusted_keys, "--trusted-key")? {
+        trusted.add(key);
+    }
+    let report = match audit::verify_export_files(file, bundle, &[]) {
+        Ok(report) => report,
+        Err(ExportError::Io { context, source }) => return Err(CliError::usage(format!(
+            "cannot read the export: {context}: {source}"
+        ))
+        .hint("give the data file written by `kakehashi-broker records export`; its bundle FILE.bundle.jsonl must be beside it (or use --bundle)")),
+        Err(e) => return Err(CliError {
+            exit: Exit::Partial,
+            message: format!("検証に失敗しました / verification FAILED for {}: {e}", file.display()),
+            hint: Some(
+                "the export was altered, truncated or is not the one the bundle describes; export it again and report the difference to your auditor".into(),
+            ),
+        }),
+    };
+    let trust = report.trust(&trusted, trusted_ids);
+    if json {
+        super::print_json(&serde_json::json!({ "report": report, "trust": trust }))?;
+    } else {
+        println!(
+            "整合: {} 行、{} 区間、署名付きチェックポイント {} 件 / consistent: {} rows in {} segments, {} signed checkpoints",
+            report.rows, report.segments, report.checkpoints, report.rows, report.segments, report.checkpoints
+        );
+        println!("export filter: {}", report.filter);
+        println!("exported at:   {}", report.created_at);
+        println!("signed by key: {}", report.key_ids.join(", "));
+    }
+    match trust {
+        ExportTrust::Trusted { key_ids } => {
+            if !json {
                 println!(
-                    "intact: {} rows in {} segments, {} signed checkpoints",
-                    report.rows, report.segments, report.checkpoints
+                    "信頼する鍵 {0} で検証済み / verified against trusted key {0}",
+                    key_ids.join(", ")
                 );
-                println!("export filter: {}", report.filter);
-                println!("exported at:   {}", report.created_at);
-                println!("signed by key: {}", report.key_ids.join(", "));
-                if trusted.is_empty() {
-                    eprintln!("note: compare the key id(s) above with the broker's published sealer key id, or pass --trusted-key-id");
+            }
+            // The export's latest checkpoint is one more this org has seen.
+            if let (Some((name, p)), Some(latest)) = (&profile, &report.latest) {
+                if let Err(e) = super::checkpoint_book(name, p)?.observe(latest) {
+                    eprintln!("warning: {}", CliError::from(e));
                 }
             }
             Ok(Exit::Ok)
         }
-        Err(ExportError::Io { context, source }) => Err(CliError::usage(format!(
-            "cannot read the export: {context}: {source}"
-        ))
-        .hint("give the data file written by `kakehashi-broker records export`; its bundle FILE.bundle.jsonl must be beside it (or use --bundle)")),
-        Err(e) => Err(CliError {
-            exit: Exit::Partial,
-            message: format!("verification FAILED for {}: {e}", file.display()),
+        ExportTrust::NotTrusted { untrusted } => Err(CliError {
+            exit: Exit::NotTrusted,
+            message: format!(
+                "自己整合的ですが、鍵は信頼されていません / self-consistent, key not trusted: {}",
+                if untrusted.is_empty() {
+                    "no checkpoint in the export is signed".to_string()
+                } else {
+                    format!("key {} is neither pinned nor given", untrusted.join(", "))
+                }
+            ),
             hint: Some(
-                "the export was altered, truncated or is not the one the bundle describes; export it again and report the difference to your auditor".into(),
+                "anyone can re-chain records and sign them; pin the broker's keys (`kakehashi audit keys --pin`, comparing the ids with the broker's operator) or pass --trusted-key".into(),
             ),
         }),
     }

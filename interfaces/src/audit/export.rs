@@ -368,6 +368,23 @@ pub enum BundleLine {
         /// Signature, hex.
         signature: String,
     },
+    /// The latest signed checkpoint of the whole log when the export was
+    /// made (at or after every checkpoint above), so the auditor's org can
+    /// keep it as a witness; optional, once, before the end line.
+    Latest {
+        /// Covered sequence.
+        seq: u64,
+        /// Signed chain hash, hex.
+        head_hash: String,
+        /// Signing time.
+        at: String,
+        /// Key id.
+        key_id: String,
+        /// Ed25519 public key, hex.
+        public_key: String,
+        /// Signature, hex.
+        signature: String,
+    },
     /// Last line.
     End {
         /// Rows in the data file.
@@ -381,6 +398,18 @@ impl BundleLine {
     /// The bundle line for a checkpoint signed by `public_key`.
     pub fn checkpoint(cp: &Checkpoint, public_key: &VerifyingKey) -> BundleLine {
         BundleLine::Checkpoint {
+            seq: cp.seq,
+            head_hash: hex::encode(cp.head_hash),
+            at: cp.at.clone(),
+            key_id: cp.key_id.clone(),
+            public_key: hex::encode(public_key.as_bytes()),
+            signature: hex::encode(cp.signature),
+        }
+    }
+
+    /// The bundle line naming the log's latest checkpoint.
+    pub fn latest(cp: &Checkpoint, public_key: &VerifyingKey) -> BundleLine {
+        BundleLine::Latest {
             seq: cp.seq,
             head_hash: hex::encode(cp.head_hash),
             at: cp.at.clone(),

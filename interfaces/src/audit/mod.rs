@@ -172,6 +172,9 @@
 //! checkpoint  seq, head_hash, at, key_id, public_key, signature
 //!                                          a checkpoint at the last listed sequence;
 //!                                          public_key is 32 bytes, signature 64 (hex)
+//! latest      seq, head_hash, at, key_id, public_key, signature
+//!                                          optional, once, after the segments: the whole
+//!                                          log's latest checkpoint when the export was made
 //! end         rows, data_sha256            rows in the data file; SHA-256 of the whole
 //!                                          data file (byte order mark and header included)
 //! ```
@@ -179,13 +182,18 @@
 //! The first line is the header and the last the end line. Between them come
 //! segments: a `segment` line, then one `row` or `leaf` line for every
 //! sequence after `start_seq` in order, ending in a `checkpoint` line at the
-//! last of them (more checkpoints may come between). [`verify_export`]
+//! last of them (more checkpoints may come between), and then the `latest`
+//! line, whose sequence is at or after every checkpoint's. [`verify_export`]
 //! rebuilds each row's record with its commitments, chains each segment from
-//! its start hash, checks each checkpoint's signature with the key it
-//! carries and that its `key_id` is that key's id, and checks the row count
-//! and the data file's hash. An auditor compares the reported key ids with
-//! the broker's published sealer key id, or passes them as trusted ids so a
-//! checkpoint by any other key is refused.
+//! its start hash, checks each checkpoint's signature (and the `latest`
+//! one's) with the key it carries and that its `key_id` is that key's id,
+//! and checks the row count and the data file's hash. That proves the
+//! export is self-consistent only: anyone can re-chain altered records and
+//! sign with a key of their own. It is evidence when every key in
+//! [`ExportReport::public_keys`] is one the auditor obtained from the broker
+//! beforehand (`GET /v1/record-keys`, pinned in a client profile, or the
+//! console's `GET /api/keys`) — `kakehashi audit verify` reports "verified
+//! against trusted key K" only then.
 //!
 //! # Worked examples
 //!
@@ -298,4 +306,5 @@ pub use outcome::Outcome;
 pub use record::{person_commitment, Hash, Record, ENCODING_VERSION, SALT_LEN};
 pub use verify::{
     verify_export, verify_export_files, ChainSummary, ChainVerifier, ExportError, ExportReport,
+    ExportTrust,
 };

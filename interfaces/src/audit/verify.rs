@@ -294,10 +294,63 @@ pub struct ExportReport {
     pub checkpoints: u64,
     /// Sealer key ids that signed them (compare with the broker's published id).
     pub key_ids: Vec<String>,
+    /// The public key (hex) of every key id above and of the latest
+    /// checkpoint's key: a verifier trusts the export only when each is a
+    /// key it pinned, never because the bundle carries it.
+    pub public_keys: std::collections::BTreeMap<String, String>,
+    /// The log's latest checkpoint when the export was made, if the bundle
+    /// names it (its signature checks against its key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<crate::records::SignedCheckpoint>,
     /// The filter the export states.
     pub filter: String,
     /// When it was made.
     pub created_at: String,
+}
+
+/// Whether an export that verified is evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "trust", rename_all = "snake_case")]
+pub enum ExportTrust {
+    /// Every key that signed a checkpoint of the export is trusted.
+    Trusted {
+        /// Those keys' ids.
+        key_ids: Vec<String>,
+    },
+    /// The export is self-consistent, but not every checkpoint key is
+    /// trusted (or none signed it): anyone could have re-chained and signed it.
+    NotTrusted {
+        /// Ids of the keys that are not trusted.
+        untrusted: Vec<String>,
+    },
+}
+
+impl ExportReport {
+    /// Holds the keys that signed the export's checkpoints against the
+    /// verifier's: a key is trusted when `keys` holds that very public key
+    /// (pinned, or given in full), or when its id is among `ids` (a 64-bit
+    /// id; a full key is the stronger pin).
+    pub fn trust(&self, keys: &TrustedKeys, ids: &[String]) -> ExportTrust {
+        let trusted = |id: &str, public_key: &str| {
+            ids.iter().any(|i| i == id)
+                || keys
+                    .get(id)
+                    .is_some_and(|k| hex::encode(k.as_bytes()) == public_key)
+        };
+        let untrusted: Vec<String> = self
+            .public_keys
+            .iter()
+            .filter(|(id, pk)| !trusted(id, pk))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if untrusted.is_empty() && !self.public_keys.is_empty() {
+            ExportTrust::Trusted {
+                key_ids: self.public_keys.keys().cloned().collect(),
+            }
+        } else {
+            ExportTrust::NotTrusted { untrusted }
+        }
+    }
 }
 
 struct HashingReader<R> {
@@ -420,6 +473,9 @@ pub fn verify_export<D: Read, B: BufRead>(
     let mut segments = 0u64;
     let mut checkpoints = 0u64;
     let mut key_ids = BTreeSet::new();
+    let mut public_keys = std::collections::BTreeMap::new();
+    let mut latest: Option<crate::records::SignedCheckpoint> = None;
+    let mut highest_checkpoint = 0u64;
     loop {
         let (line, entry) = next_line("the end line")?;
         let no_segment = || ExportError::Bundle {
@@ -476,17 +532,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                 signature,
             } => {
                 let v = segment.as_mut().ok_or_else(no_segment)?;
-                let pk = VerifyingKey::from_bytes(&parse_hash(&public_key, line, "public_key")?)
-                    .map_err(|_| ExportError::Bundle {
-                        line,
-                        reason: "public_key is not an Ed25519 key".into(),
-                    })?;
-                if key_id(&pk) != kid {
-                    return Err(ExportError::Bundle {
-                        line,
-                        reason: "key_id does not match public_key".into(),
-                    });
-                }
+                let pk = bundle_key(&public_key, &kid, line)?;
                 if !trusted_key_ids.is_empty() && !trusted_key_ids.contains(&kid) {
                     return Err(ExportError::UntrustedKey {
                         checkpoint: seq,
@@ -499,6 +545,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                     reason: "signature is not 64 hex bytes".into(),
                 })?;
                 keys.add(pk);
+                public_keys.insert(kid.clone(), public_key.to_ascii_lowercase());
                 v.trust(pk);
                 v.push_checkpoint(&Checkpoint {
                     seq,
@@ -507,7 +554,59 @@ pub fn verify_export<D: Read, B: BufRead>(
                     key_id: kid.clone(),
                     signature: sig,
                 })?;
+                highest_checkpoint = highest_checkpoint.max(seq);
                 key_ids.insert(kid);
+            }
+            BundleLine::Latest {
+                seq,
+                head_hash,
+                at,
+                key_id: kid,
+                public_key,
+                signature,
+            } => {
+                if latest.is_some() {
+                    return Err(ExportError::Bundle {
+                        line,
+                        reason: "second latest line".into(),
+                    });
+                }
+                if let Some(done) = segment.take() {
+                    let s = done.finish_sealed()?;
+                    checkpoints += s.checkpoints;
+                }
+                if seq < highest_checkpoint {
+                    return Err(ExportError::Bundle {
+                        line,
+                        reason: format!(
+                            "the latest checkpoint {seq} precedes checkpoint {highest_checkpoint}"
+                        ),
+                    });
+                }
+                let pk = bundle_key(&public_key, &kid, line)?;
+                let cp = crate::records::SignedCheckpoint {
+                    seq,
+                    head_hash: crate::records::Hex(parse_hash(&head_hash, line, "head_hash")?),
+                    at,
+                    key_id: crate::records::RecordKeyId::new(&kid).map_err(|e| {
+                        ExportError::Bundle {
+                            line,
+                            reason: e.to_string(),
+                        }
+                    })?,
+                    signature: crate::records::Hex::<64>::parse(&signature).map_err(|_| {
+                        ExportError::Bundle {
+                            line,
+                            reason: "signature is not 64 hex bytes".into(),
+                        }
+                    })?,
+                };
+                let mut own = TrustedKeys::new();
+                own.add(pk);
+                cp.verify(&own)
+                    .map_err(|kind| ChainFailure::new(seq, kind))?;
+                public_keys.insert(kid, public_key.to_ascii_lowercase());
+                latest = Some(cp);
             }
             BundleLine::End {
                 rows: stated,
@@ -542,12 +641,32 @@ pub fn verify_export<D: Read, B: BufRead>(
                     segments,
                     checkpoints,
                     key_ids: key_ids.into_iter().collect(),
+                    public_keys,
+                    latest,
                     filter,
                     created_at,
                 });
             }
         }
     }
+}
+
+/// The key a bundle line carries, checked against the id it states.
+fn bundle_key(public_key: &str, kid: &str, line: usize) -> Result<VerifyingKey, ExportError> {
+    let pk =
+        VerifyingKey::from_bytes(&parse_hash(public_key, line, "public_key")?).map_err(|_| {
+            ExportError::Bundle {
+                line,
+                reason: "public_key is not an Ed25519 key".into(),
+            }
+        })?;
+    if key_id(&pk) != kid {
+        return Err(ExportError::Bundle {
+            line,
+            reason: "key_id does not match public_key".into(),
+        });
+    }
+    Ok(pk)
 }
 
 /// [`verify_export`] on files; the bundle defaults to [`bundle_path_for`].
@@ -773,6 +892,29 @@ mod tests {
                 (3, 1, 1)
             );
             let kid = key_id(&key.verifying_key());
+            // Trusted only against the very key, or its id given explicitly.
+            let mut pinned = TrustedKeys::new();
+            pinned.add(key.verifying_key());
+            assert_eq!(
+                report.trust(&pinned, &[]),
+                ExportTrust::Trusted {
+                    key_ids: vec![kid.clone()]
+                }
+            );
+            assert_eq!(
+                report.trust(&TrustedKeys::new(), std::slice::from_ref(&kid)),
+                ExportTrust::Trusted {
+                    key_ids: vec![kid.clone()]
+                }
+            );
+            let mut other = TrustedKeys::new();
+            other.add(SigningKey::from_bytes(&[9; 32]).verifying_key());
+            assert_eq!(
+                report.trust(&other, &[]),
+                ExportTrust::NotTrusted {
+                    untrusted: vec![kid.clone()]
+                }
+            );
             assert!(verify_export(&data[..], &bundle[..], &[kid]).is_ok());
             assert!(matches!(
                 verify_export(&data[..], &bundle[..], &["0000000000000000".into()]),

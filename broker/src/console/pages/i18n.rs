@@ -305,18 +305,21 @@ const MESSAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every page's labels: the shared ones and each group of pages' own.
+fn all_messages() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    MESSAGES.iter().chain(super::audit::MESSAGES)
+}
+
 /// The labels of `lang`, by key, for the templates (`t.key`).
 pub fn table(lang: Lang) -> BTreeMap<&'static str, &'static str> {
-    MESSAGES
-        .iter()
+    all_messages()
         .map(|(key, ja, en)| (*key, pick(lang, ja, en)))
         .collect()
 }
 
 /// One label; an unknown key is a bug the unit tests find, shown as the key.
 pub fn text(lang: Lang, key: &'static str) -> &'static str {
-    MESSAGES
-        .iter()
+    all_messages()
         .find(|(k, _, _)| *k == key)
         .map_or(key, |(_, ja, en)| pick(lang, ja, en))
 }
@@ -478,7 +481,7 @@ mod tests {
     #[test]
     fn every_label_has_both_languages_and_one_key() {
         let mut keys = std::collections::BTreeSet::new();
-        for (key, ja, en) in MESSAGES {
+        for (key, ja, en) in all_messages() {
             assert!(keys.insert(*key), "{key} twice");
             assert!(!ja.is_empty() && !en.is_empty(), "{key}");
             assert_ne!(ja, en, "{key} is not translated");

@@ -6,6 +6,9 @@
 //!   TOTP code, logout;
 //! - [`approvals`]: the operator's queue, a query's values, approve, reject
 //!   with a reason, the decision with its record number;
+//! - [`audit`]: the auditor's record search, export download, operation
+//!   log and checkpoint key;
+//! - [`admin`]: the administrator's orgs, users and flow-list versions;
 //! - [`i18n`]: the ja/en labels, JST, numbers.
 //!
 //! Every page is a row of the console's endpoint table
@@ -18,7 +21,9 @@
 //! (minijinja, HTML auto-escaping on), the stylesheet and the script are
 //! compiled into the binary: no CDN, no internet.
 
+pub mod admin;
 mod approvals;
+mod audit;
 pub mod i18n;
 mod login;
 
@@ -69,6 +74,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("approvals.html", include_str!("templates/approvals.html")),
     ("approval.html", include_str!("templates/approval.html")),
     ("home.html", include_str!("templates/home.html")),
+    ("records.html", include_str!("templates/records.html")),
+    ("export.html", include_str!("templates/export.html")),
+    ("oplog.html", include_str!("templates/oplog.html")),
+    ("keys.html", include_str!("templates/keys.html")),
     ("error.html", include_str!("templates/error.html")),
 ];
 
@@ -99,6 +108,16 @@ pub enum Page {
     Approve,
     /// `POST /approvals/{query_id}/reject`
     Reject,
+    /// `GET /records`: the auditor's record search.
+    Records,
+    /// `POST /records/export`: an export of the search's selection.
+    RecordsExport,
+    /// `GET /operation-log`: the operation log with filters.
+    OperationLog,
+    /// `GET /keys`: the checkpoint key and the offline verification command.
+    Keys,
+    /// The administrator's pages (orgs, users, flow-list versions).
+    Admin(admin::AdminPage),
     /// `GET /static/console.css`
     Css,
     /// `GET /static/console.js`
@@ -121,6 +140,11 @@ impl Page {
             Page::Detail => "console_page_approval",
             Page::Approve => "console_page_approve",
             Page::Reject => "console_page_reject",
+            Page::Records => "console_page_records",
+            Page::RecordsExport => "console_page_records_export",
+            Page::OperationLog => "console_page_operation_log",
+            Page::Keys => "console_page_keys",
+            Page::Admin(page) => page.name(),
             Page::Css => "console_static_css",
             Page::Js => "console_static_js",
         }
@@ -137,7 +161,8 @@ impl Page {
                 | Page::Logout
                 | Page::Approve
                 | Page::Reject
-        )
+                | Page::RecordsExport
+        ) || matches!(self, Page::Admin(page) if page.takes_form())
     }
 
     /// Whether anyone may open it (no session needed).
@@ -375,6 +400,11 @@ pub async fn serve(page: Page, call: &Call<'_>, req: Request<Incoming>) -> Respo
         Page::Detail => approvals::detail(&cx).await,
         Page::Approve => approvals::approve(&cx).await,
         Page::Reject => approvals::reject(&cx).await,
+        Page::Records => audit::records(&cx).await,
+        Page::RecordsExport => audit::export(&cx).await,
+        Page::OperationLog => audit::operation_log(&cx).await,
+        Page::Keys => audit::keys(&cx).await,
+        Page::Admin(page) => admin::serve(page, &cx).await,
     };
     match result {
         Ok(response) => response,
@@ -391,7 +421,7 @@ fn environment() -> Result<&'static Environment<'static>, BrokerError> {
         let mut env = Environment::new();
         // Printing a value the page did not provide is a bug, not an empty string.
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
-        for (name, source) in TEMPLATES {
+        for (name, source) in TEMPLATES.iter().chain(admin::TEMPLATES) {
             env.add_template(name, source).map_err(|e| e.to_string())?;
         }
         Ok(env)
@@ -443,6 +473,8 @@ struct Frame {
     user: Option<Who>,
     csrf: String,
     pending: Option<String>,
+    /// The pages of the person's roles, for the top bar.
+    nav: Vec<audit::NavLink>,
 }
 
 #[derive(Debug, Serialize)]
@@ -497,6 +529,7 @@ impl View<'_> {
             user: None,
             csrf: String::new(),
             pending: None,
+            nav: Vec::new(),
         };
         let Some(session) = session else {
             return frame;
@@ -518,6 +551,8 @@ impl View<'_> {
             roles: roles.join(if self.lang == Lang::Ja { "、" } else { ", " }),
         });
         frame.csrf = session.csrf.clone();
+        frame.nav.extend(audit::nav(self.lang, session, here));
+        frame.nav.extend(admin::nav(self.lang, session, here));
         if session.stage == Stage::Full && session.privileges.has(Role::Operator) {
             let count = match known_pending {
                 Some(n) => Some(n),
@@ -797,6 +832,7 @@ mod tests {
             }),
             csrf: "tok".into(),
             pending: user.then(|| "1".into()),
+            nav: Vec::new(),
         }
     }
 

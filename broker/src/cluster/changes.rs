@@ -1,0 +1,194 @@
+//! Changes announced to every node: `NOTIFY kakehashi_changes` with a short
+//! text payload, received by each node's `LISTEN`.
+//!
+//! - `flows`: a flow-list version was approved (console or host command);
+//!   every node re-reads the version in force.
+//! - `decided <node> <query id>`: a pending query was approved or rejected
+//!   on `<node>`; every other node wakes its requesters long-polling for it.
+//!
+//! Announcements are sent after the change is committed and are only a
+//! hurry-up: every node also re-reads on its own (the flow list every
+//! [`crate::flow_changes::RELOAD_INTERVAL`], a long-poll every 5 s), and
+//! re-reads the flow list at once after its listening connection was lost
+//! (announcements sent meanwhile are not delivered).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+use crate::store::Pools;
+
+/// The channel every announcement goes to.
+pub const CHANNEL: &str = "kakehashi_changes";
+
+/// The payload announcing an approved flow-list version.
+pub const FLOWS: &str = "flows";
+
+const DECIDED: &str = "decided ";
+
+/// Ids re-broadcast locally after another node announced them, so this
+/// node's forwarder does not announce them back (bounded: a lagging
+/// forwarder could leave some behind).
+type Echoes = Arc<Mutex<HashSet<String>>>;
+
+const MAX_ECHOES: usize = 10_000;
+
+/// Announces `payload` to every node (PostgreSQL; nothing on SQLite, which
+/// has one). Failure is logged, not returned: the change itself is
+/// committed, and the other nodes' periodic re-read finds it.
+pub async fn announce(pools: &Pools, payload: &str) {
+    let Pools::Postgres(pool) = pools else { return };
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(error = %e, "announcing a change to the other nodes failed; they re-read it on their own");
+    }
+}
+
+/// Starts the listener and the forwarder of local decisions.
+pub(super) fn start(
+    state: &Arc<AppState>,
+    pool: PgPool,
+    node: String,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let echoes: Echoes = Arc::new(Mutex::new(HashSet::new()));
+    vec![
+        tokio::spawn(listen(
+            Arc::downgrade(state),
+            pool.clone(),
+            node.clone(),
+            echoes.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(forward_decisions(state, pool, node, echoes, stop)),
+    ]
+}
+
+/// Announces every decision made on this node (sent on `state.decisions`
+/// by the approvals code), except those that came from another node.
+fn forward_decisions(
+    state: &Arc<AppState>,
+    pool: PgPool,
+    node: String,
+    echoes: Echoes,
+    mut stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut decided = state.decisions.subscribe();
+    let pools = Pools::Postgres(pool);
+    async move {
+        loop {
+            let id = tokio::select! {
+                r = decided.recv() => r,
+                _ = stop.changed() => return,
+            };
+            let id = match id {
+                Ok(id) => id,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let echo = echoes.lock().map(|mut e| e.remove(&id)).unwrap_or(false);
+            if !echo {
+                announce(&pools, &format!("{DECIDED}{node} {id}")).await;
+            }
+        }
+    }
+}
+
+async fn listen(
+    state: Weak<AppState>,
+    pool: PgPool,
+    node: String,
+    echoes: Echoes,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut listener = loop {
+        match connect(&pool).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for changes from other nodes failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        let received = tokio::select! {
+            r = listener.try_recv() => r,
+            _ = stop.changed() => return,
+        };
+        let Some(state) = state.upgrade() else { return };
+        match received {
+            Ok(Some(n)) => act(&state, &node, &echoes, n.payload()).await,
+            // The connection was lost: the next receive reconnects and
+            // listens again; what was announced meanwhile is re-read now.
+            Ok(None) => {
+                tracing::warn!(
+                    "the change listener lost its connection; re-reading and reconnecting"
+                );
+                catch_up(&state).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the change listener cannot reconnect yet; retrying");
+                drop(state);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+async fn act(state: &AppState, node: &str, echoes: &Echoes, payload: &str) {
+    if payload == FLOWS {
+        catch_up(state).await;
+    } else if let Some(rest) = payload.strip_prefix(DECIDED) {
+        let Some((from, id)) = rest.split_once(' ') else {
+            return;
+        };
+        if from == node {
+            return;
+        }
+        if let Ok(mut e) = echoes.lock() {
+            if e.len() >= MAX_ECHOES {
+                e.clear();
+            }
+            e.insert(id.to_string());
+        }
+        let _ = state.decisions.send(id.to_string());
+    }
+}
+
+/// Re-reads what this node keeps in memory from the database.
+async fn catch_up(state: &AppState) {
+    match crate::flow_changes::reload_if_changed(state).await {
+        Ok(Some(version)) => {
+            tracing::info!(
+                version,
+                "flow list version in force changed on another node; reloaded"
+            )
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "re-reading the flow list in force failed; the periodic check retries")
+        }
+    }
+}

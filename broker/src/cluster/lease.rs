@@ -1,0 +1,202 @@
+//! Roles held with PostgreSQL session advisory locks.
+//!
+//! Each node keeps one connection of its own (outside the pool, so no
+//! statement of the request path ever runs on it) and, every
+//! [`ATTEMPT_EVERY_MS`], checks that the connection is alive and tries to
+//! take each role it does not hold (`pg_try_advisory_lock`, never waiting).
+//! A session lock lives exactly as long as the session: when the holder
+//! crashes, PostgreSQL ends its session and frees the lock; when the
+//! holder's check fails or takes longer than [`CHECK_TIMEOUT`], the holder
+//! gives its roles up at once, before PostgreSQL could free them for
+//! anyone else (its keepalive takes longer), so two nodes never both
+//! believe they hold a role.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+
+/// How often a node checks its lock connection and tries to take the roles
+/// it does not hold (milliseconds).
+pub const ATTEMPT_EVERY_MS: u64 = 1_000;
+
+/// The longest the liveness check of the lock connection may take before
+/// the node gives its roles up.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// First key of every role's advisory lock ("kk"), so they stay apart from
+/// other users of advisory locks in the same database.
+const LOCK_CLASS: i32 = 0x6b6b;
+
+/// Background work that exactly one node does at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Signs the provision records' checkpoints.
+    Sealer,
+    /// Expires pending queries (one `expired` record each) and deletes
+    /// expired results.
+    Sweeper,
+    /// The daily purge of provision records past their retention and the
+    /// erasure of personal data past theirs.
+    Retention,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Sealer, Role::Sweeper, Role::Retention];
+
+    /// The role's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sealer => "sealer",
+            Role::Sweeper => "sweeper",
+            Role::Retention => "retention",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Role::Sealer => 0,
+            Role::Sweeper => 1,
+            Role::Retention => 2,
+        }
+    }
+}
+
+/// The roles this node holds now.
+#[derive(Debug)]
+pub struct Roles {
+    node: String,
+    held: [AtomicBool; 3],
+}
+
+impl Roles {
+    /// A node alone with its database (SQLite): every role, always.
+    pub fn single_node() -> Roles {
+        Roles {
+            node: "single".into(),
+            held: [
+                AtomicBool::new(true),
+                AtomicBool::new(true),
+                AtomicBool::new(true),
+            ],
+        }
+    }
+
+    /// A node of a cluster, holding nothing until [`hold`] takes roles.
+    pub fn contested(node: String) -> Roles {
+        Roles {
+            node,
+            held: [
+                AtomicBool::new(false),
+                AtomicBool::new(false),
+                AtomicBool::new(false),
+            ],
+        }
+    }
+
+    /// Whether this node holds `role` now.
+    pub fn holds(&self, role: Role) -> bool {
+        self.held[role.index()].load(Ordering::Acquire)
+    }
+
+    /// The roles held now, by name (for logs and `/metrics`).
+    pub fn held(&self) -> Vec<&'static str> {
+        Role::ALL
+            .iter()
+            .filter(|r| self.holds(**r))
+            .map(|r| r.as_str())
+            .collect()
+    }
+
+    fn set(&self, role: Role, held: bool) {
+        let was = self.held[role.index()].swap(held, Ordering::AcqRel);
+        if was != held {
+            if held {
+                tracing::info!(node = %self.node, role = role.as_str(), "this node took the role");
+            } else {
+                tracing::warn!(node = %self.node, role = role.as_str(), "this node gave the role up");
+            }
+        }
+    }
+
+    fn release_all(&self) {
+        for role in Role::ALL {
+            self.set(role, false);
+        }
+    }
+}
+
+/// Holds what roles it can on a connection of its own until `stop`
+/// changes; then gives them up and closes the connection, which frees the
+/// locks at once for the other nodes.
+pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(ATTEMPT_EVERY_MS);
+    let mut conn: Option<PgConnection> = None;
+    let mut failing = false;
+    loop {
+        if conn.is_none() {
+            match tokio::time::timeout(every, PgConnection::connect_with(&options)).await {
+                Ok(Ok(c)) => {
+                    conn = Some(c);
+                    failing = false;
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "the role lock connection could not be opened; retrying");
+                    }
+                    failing = true;
+                }
+                Err(_) => failing = true,
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            match tokio::time::timeout(CHECK_TIMEOUT, attempt(c, &roles)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the role lock connection failed; giving the roles up");
+                    roles.release_all();
+                    conn = None;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the role lock connection did not answer in time; giving the roles up"
+                    );
+                    roles.release_all();
+                    conn = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    roles.release_all();
+    if let Some(c) = conn {
+        // Ending the session frees every lock it holds.
+        let _ = c.close().await;
+    }
+}
+
+/// One round: the connection answers, then each free role is tried.
+async fn attempt(conn: &mut PgConnection, roles: &Roles) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    for role in Role::ALL {
+        if roles.holds(role) {
+            continue;
+        }
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(LOCK_CLASS)
+            .bind(role.index() as i32)
+            .fetch_one(&mut *conn)
+            .await?;
+        if taken {
+            roles.set(role, true);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Several broker nodes on one PostgreSQL database.
+//!
+//! Nodes share nothing but the database (and the same configuration and
+//! key directory), so a client may reach any of them. What one process
+//! could do alone needs two things across processes:
+//!
+//! - **Roles** ([`lease`]): background work that must happen exactly once
+//!   (the pending-query sweeper, the retention purge and erasure, signing
+//!   checkpoints) runs only on the node holding that role's PostgreSQL
+//!   advisory lock, taken on a connection of its own. When the holder dies
+//!   its session ends, the lock is free, and another node takes the role at
+//!   its next attempt ([`TAKEOVER`]).
+//! - **Changes** ([`changes`]): what one node changes and the others keep in
+//!   memory (the flow list in force, decided pending queries that wake
+//!   long-polls) is announced with `NOTIFY` and acted on by every node's
+//!   `LISTEN`; after a lost connection each node re-reads what it keeps.
+//!
+//! On SQLite there is one node: it holds every role and nothing is
+//! announced.
+//!
+//! The provision-record chain needs nothing of this module: every commit
+//! moves the head row only from the head it read (`records::writer`), so
+//! writers on several nodes never fork it.
+
+pub mod changes;
+pub mod lease;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+pub use lease::{Role, Roles};
+
+/// The longest a role stays unheld after its holder's database session
+/// ends (a crash, `kill -9`, a closed connection): the next attempt of
+/// another node takes it. A holder whose host vanishes without closing its
+/// connection is noticed by PostgreSQL's TCP keepalive first
+/// (`tcp_keepalives_idle`, `docs/cluster.md`).
+pub const TAKEOVER: Duration = Duration::from_millis(2 * lease::ATTEMPT_EVERY_MS);
+
+/// This node's part in the cluster: its roles and its change listener.
+pub struct Node {
+    roles: Arc<Roles>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Joins the cluster of `state`'s database: starts taking roles and
+    /// listening for changes (PostgreSQL), or holds every role (SQLite).
+    /// The record log's checkpoints and purge follow the roles from now on.
+    pub fn start(state: &Arc<AppState>) -> Node {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let roles = match state.store.pools() {
+            crate::store::Pools::Postgres(pool) => {
+                let name = node_name(state);
+                let roles = Arc::new(Roles::contested(name.clone()));
+                tasks.push(tokio::spawn(lease::hold(
+                    (*pool.connect_options()).clone(),
+                    roles.clone(),
+                    stopped.clone(),
+                )));
+                tasks.extend(changes::start(state, pool, name, stopped));
+                roles
+            }
+            crate::store::Pools::Sqlite { .. } => Arc::new(Roles::single_node()),
+        };
+        state.records.follow_roles(roles.clone());
+        Node { roles, stop, tasks }
+    }
+
+    /// The roles this node holds now.
+    pub fn roles(&self) -> &Arc<Roles> {
+        &self.roles
+    }
+
+    /// Leaves the cluster: releases the roles at once (another node takes
+    /// them at its next attempt) and stops listening. Called after the
+    /// record log closed, so the sealer's final checkpoint is signed first.
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// This node's name in logs and announcements: its exchange address,
+/// process id and a counter (several brokers may run in one process, as in
+/// tests, all configured with port 0).
+fn node_name(state: &AppState) -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}#{}.{n}", state.config.listen.address, std::process::id())
+}
+
+/// Runs `work` every `every` (after one period) while this node holds
+/// `role`, until `stop` changes or `state` is gone.
+pub fn spawn_role_task<F, Fut>(
+    state: &Arc<AppState>,
+    roles: Arc<Roles>,
+    role: Role,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    work: F,
+) where
+    F: Fn(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let Some(state) = weak.upgrade() else { return };
+            if state.is_shutting_down() {
+                return;
+            }
+            if roles.holds(role) {
+                work(state).await;
+            }
+        }
+    });
+}
