@@ -68,7 +68,31 @@ async fn idempotent(
         Claim::Run(query_id) => query_id,
         Claim::Used(decision) => return replay(call, decision).await,
     };
-    match pipeline::query(state, org, query, query_id.clone()).await {
+    // Run to the end even if the client goes away (a killed batch, a
+    // timeout): the outcome is noted under the key, so the retry reads it
+    // back instead of finding the key claimed by a query that never ended.
+    let task = tokio::spawn(run_claimed(
+        state.clone(),
+        org.clone(),
+        key.clone(),
+        query,
+        query_id,
+    ));
+    task.await
+        .map_err(|e| BrokerError::Internal(format!("idempotent query task: {e}")))?
+}
+
+/// Runs a query whose key is claimed and notes its outcome under the key.
+async fn run_claimed(
+    state: std::sync::Arc<crate::state::AppState>,
+    org: crate::store::OrgRecord,
+    key: IdempotencyKey,
+    query: QueryRequest,
+    query_id: QueryId,
+) -> Result<QueryResponse, BrokerError> {
+    let pools = state.store.pools();
+    let key = &key;
+    match pipeline::query(&state, &org, query, query_id.clone()).await {
         Ok(response) => {
             idempotency::finish(&pools, &org.id, key, &query_id, None).await?;
             Ok(response)
