@@ -14,7 +14,6 @@ use kakehashi_broker::records::{
     sealer_state, Finding, Outcome, RecordDraft, RecordLog, RecordsConfig, Verdict,
 };
 use kakehashi_broker::store::Pools;
-use kakehashi_interfaces::audit;
 use kakehashi_interfaces::OrgId;
 use kakehashi_tests::binaries::workspace_binary;
 use kakehashi_tests::{both_backends, Backend, BrokerOptions, TestBroker};
@@ -186,13 +185,6 @@ impl Case {
         kakehashi_tests::sql_count(&self.pools(), sql).await
     }
 
-    fn hash_literal(&self, hash: &audit::Hash) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("X'{}'", hex::encode(hash)),
-            Backend::Postgres => format!("decode('{}', 'hex')", hex::encode(hash)),
-        }
-    }
-
     /// `kakehashi-broker records --config … <args>` as a real subprocess.
     fn broker_cli(&self, config: &str, args: &[&str]) -> Result<std::process::Output> {
         let config = self.outside.path().join(config);
@@ -239,28 +231,8 @@ impl Case {
     /// construction (as anyone with the database can), and moves the head
     /// row to the last record.
     async fn rechain_from(&self, from: u64) -> Result<()> {
-        let records = read_records(&self.pools()).await?;
-        let mut prev = audit::GENESIS_HASH;
-        let mut script = String::new();
-        let mut last = 0;
-        for (record, stored) in records {
-            if record.seq < from {
-                prev = stored;
-                continue;
-            }
-            prev = audit::chain_hash(&prev, &record.leaf_hash());
-            last = record.seq;
-            script.push_str(&format!(
-                "UPDATE records SET hash = {} WHERE seq = {};\n",
-                self.hash_literal(&prev),
-                record.seq
-            ));
-        }
-        script.push_str(&format!(
-            "UPDATE records_head SET seq = {last}, hash = {} WHERE id = 1;\n",
-            self.hash_literal(&prev)
-        ));
-        self.exec(&script).await
+        kakehashi_tests::audit::rechain_from(&self.pools(), from).await?;
+        Ok(())
     }
 
     /// Deletes record `seq` and renumbers the ones after it (sequences must
@@ -323,74 +295,6 @@ impl Case {
         let mut client = self.broker.client("city-saitama").await?;
         Ok(client.get("/readyz").await?.status == StatusCode::OK)
     }
-}
-
-/// Every stored record, rebuilt from its row the way the public record
-/// format hashes it, with its stored chain hash.
-async fn read_records(pools: &Pools) -> Result<Vec<(audit::Record, audit::Hash)>> {
-    macro_rules! read {
-        ($pool:expr) => {{
-            use sqlx::Row;
-            let rows = sqlx::query(
-                "SELECT seq, recorded_at, query_id, permit_id, flow_id, flow_list_version, \
-                 procedure_code, requester, provider, items, requester_code, requester_salt, \
-                 provider_code, provider_salt, outcome, reason, approver, detail, hash \
-                 FROM records ORDER BY seq",
-            )
-            .fetch_all($pool)
-            .await?;
-            let mut out = Vec::new();
-            for row in rows {
-                let commit = |code: &str, salt: &str| -> Result<Option<audit::Hash>> {
-                    let code: Option<String> = row.try_get(code)?;
-                    let salt: Option<Vec<u8>> = row.try_get(salt)?;
-                    Ok(match (code, salt) {
-                        (Some(code), Some(salt)) => {
-                            let salt: [u8; audit::SALT_LEN] = salt.as_slice().try_into()?;
-                            Some(audit::person_commitment(&salt, &code))
-                        }
-                        _ => None,
-                    })
-                };
-                let detail: Option<String> = row.try_get("detail")?;
-                let detail = detail.map(|d| serde_json::from_str(&d)).transpose()?;
-                let outcome: String = row.try_get("outcome")?;
-                let items: String = row.try_get("items")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let seq: i64 = row.try_get("seq")?;
-                let version: Option<i64> = row.try_get("flow_list_version")?;
-                out.push((
-                    audit::Record {
-                        seq: u64::try_from(seq)?,
-                        at: row.try_get("recorded_at")?,
-                        query_id: row.try_get("query_id")?,
-                        permit_id: row.try_get("permit_id")?,
-                        flow_id: row.try_get("flow_id")?,
-                        flow_list_version: version.map(u64::try_from).transpose()?,
-                        procedure: row.try_get("procedure_code")?,
-                        requester: row.try_get("requester")?,
-                        provider: row.try_get("provider")?,
-                        items: items
-                            .split(' ')
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect(),
-                        requester_person: commit("requester_code", "requester_salt")?,
-                        provider_person: commit("provider_code", "provider_salt")?,
-                        outcome: Outcome::from_parts(&outcome, row.try_get("reason")?, detail)
-                            .map_err(anyhow::Error::msg)?,
-                        approver: row.try_get("approver")?,
-                    },
-                    hash.as_slice().try_into()?,
-                ));
-            }
-            out
-        }};
-    }
-    Ok(match pools {
-        Pools::Sqlite { read, .. } => read!(read),
-        Pools::Postgres(pool) => read!(pool),
-    })
 }
 
 // ------------------------------------------------------------ the baseline
