@@ -723,3 +723,52 @@ async fn through_the_documented_haproxy_clients_reach_the_nodes_left_after_kill_
     assert_chain_verifies(&cluster, 1)?;
     Ok(())
 }
+
+/// Issue "cluster" 6: an org flooding every node at once is held to its
+/// configured rate across the cluster (each node takes its share of the
+/// nodes alive), not to N times it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_limit_holds_across_the_nodes_not_n_times_over() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(ClusterOptions {
+        limits: "per_org_per_second = 30\nper_org_burst = 30\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    // Every node has counted the others (one lease round, 1 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let window = Duration::from_secs(3);
+    let mut floods = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        let mut client = cluster.client(i, "city-saitama").await?;
+        floods.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut admitted = 0u32;
+            while started.elapsed() < window {
+                if client.get("/v1/whoami").await?.status == StatusCode::OK {
+                    admitted += 1;
+                }
+            }
+            anyhow::Ok(admitted)
+        }));
+    }
+    let mut admitted = 0;
+    for flood in floods {
+        admitted += flood.await??;
+    }
+    // The configured limit over the window: 30/s for 3 s plus a burst of
+    // 30 (= 120), and the rounding up of each node's share (3 × (10 × 3 +
+    // 10) = 120 as well); three independent nodes would admit 360.
+    assert!(
+        admitted <= 130,
+        "{admitted} requests admitted in 3 s against a cluster limit of 30/s (burst 30)"
+    );
+    assert!(
+        admitted >= 60,
+        "only {admitted} admitted: the limit is too strict"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@
 //! anyone else (its keepalive takes longer), so two nodes never both
 //! believe they hold a role.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,10 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 /// First key of every role's advisory lock ("kk"), so they stay apart from
 /// other users of advisory locks in the same database.
 const LOCK_CLASS: i32 = 0x6b6b;
+
+/// The `application_name` of every node's lock connection: the nodes alive
+/// are the sessions with this name on the database.
+pub const NODE_APPLICATION_NAME: &str = "kakehashi-node";
 
 /// Background work that exactly one node does at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,7 @@ impl Role {
 pub struct Roles {
     node: String,
     held: [AtomicBool; 3],
+    nodes: AtomicU32,
 }
 
 impl Roles {
@@ -83,6 +88,7 @@ impl Roles {
                 AtomicBool::new(true),
                 AtomicBool::new(true),
             ],
+            nodes: AtomicU32::new(1),
         }
     }
 
@@ -95,7 +101,14 @@ impl Roles {
                 AtomicBool::new(false),
                 AtomicBool::new(false),
             ],
+            nodes: AtomicU32::new(1),
         }
+    }
+
+    /// The nodes alive on the database, this one included (at least 1),
+    /// as of the last round of [`hold`].
+    pub fn nodes(&self) -> u32 {
+        self.nodes.load(Ordering::Acquire).max(1)
     }
 
     /// Whether this node holds `role` now.
@@ -134,6 +147,7 @@ impl Roles {
 /// changes; then gives them up and closes the connection, which frees the
 /// locks at once for the other nodes.
 pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch::Receiver<bool>) {
+    let options = options.application_name(NODE_APPLICATION_NAME);
     let every = Duration::from_millis(ATTEMPT_EVERY_MS);
     let mut conn: Option<PgConnection> = None;
     let mut failing = false;
@@ -184,7 +198,17 @@ pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch:
 
 /// One round: the connection answers, then each free role is tried.
 async fn attempt(conn: &mut PgConnection, roles: &Roles) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    // Also the liveness check of this connection.
+    let nodes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(NODE_APPLICATION_NAME)
+    .fetch_one(&mut *conn)
+    .await?;
+    roles
+        .nodes
+        .store(u32::try_from(nodes).unwrap_or(1).max(1), Ordering::Release);
     for role in Role::ALL {
         if roles.holds(role) {
             continue;

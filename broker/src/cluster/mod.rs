@@ -70,6 +70,7 @@ impl Node {
             crate::store::Pools::Sqlite { .. } => Arc::new(Roles::single_node()),
         };
         state.records.follow_roles(roles.clone());
+        tasks.push(share_limits(state, roles.clone(), stop.subscribe()));
         Node { roles, stop, tasks }
     }
 
@@ -87,6 +88,27 @@ impl Node {
             let _ = task.await;
         }
     }
+}
+
+/// Keeps each org's rate limit this node's share of the nodes alive
+/// ([`crate::edge::limits::node_share`]), re-read every round of the role
+/// lease: the per-org limit holds across the cluster, not N times over.
+fn share_limits(
+    state: &Arc<AppState>,
+    roles: Arc<Roles>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let limits = state.limits.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_millis(lease::ATTEMPT_EVERY_MS);
+        loop {
+            limits.share_among(roles.nodes());
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
 }
 
 /// This node's name in logs and announcements: its exchange address,

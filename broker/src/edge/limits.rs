@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -23,9 +23,21 @@ pub struct Throttled {
 
 /// Keyed limiters for orgs and addresses.
 pub struct RateLimits {
-    per_org: DefaultKeyedRateLimiter<OrgId>,
+    per_org: RwLock<(u32, Arc<DefaultKeyedRateLimiter<OrgId>>)>,
+    per_org_quota: (u32, u32),
     per_address: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
+}
+
+/// An org's share of its limit on one of `nodes` nodes: the rate and the
+/// burst divided evenly (rounded up, at least 1 each), so the nodes
+/// together admit the configured rate.
+pub fn node_share(per_second: u32, burst: u32, nodes: u32) -> (u32, u32) {
+    let nodes = nodes.max(1);
+    (
+        per_second.div_ceil(nodes).max(1),
+        burst.div_ceil(nodes).max(1),
+    )
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -38,13 +50,47 @@ impl RateLimits {
     /// Limiters from `[limits]`.
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
-            per_org: RateLimiter::keyed(quota(limits.per_org_per_second, limits.per_org_burst)),
+            per_org: RwLock::new((
+                1,
+                Arc::new(RateLimiter::keyed(quota(
+                    limits.per_org_per_second,
+                    limits.per_org_burst,
+                ))),
+            )),
+            per_org_quota: (limits.per_org_per_second, limits.per_org_burst),
             per_address: RateLimiter::keyed(quota(
                 limits.per_address_per_second,
                 limits.per_address_burst,
             )),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Makes each org's limit this node's share of `nodes` (a cluster on one
+    /// database: the per-org limit holds across the nodes). A change starts
+    /// the org limiters afresh.
+    pub fn share_among(&self, nodes: u32) {
+        let Ok(mut per_org) = self.per_org.write() else {
+            return;
+        };
+        if per_org.0 == nodes.max(1) {
+            return;
+        }
+        let (rate, burst) = node_share(self.per_org_quota.0, self.per_org_quota.1, nodes);
+        *per_org = (
+            nodes.max(1),
+            Arc::new(RateLimiter::keyed(quota(rate, burst))),
+        );
+        tracing::info!(
+            nodes,
+            per_org_per_second = rate,
+            per_org_burst = burst,
+            "per-org rate limit shared among the nodes"
+        );
+    }
+
+    fn org_limiter(&self) -> Option<Arc<DefaultKeyedRateLimiter<OrgId>>> {
+        self.per_org.read().ok().map(|l| l.1.clone())
     }
 
     /// Admits or throttles one request. The address is checked first so one
@@ -60,7 +106,8 @@ impl RateLimits {
                 retry_after_secs: retry(n).max(1),
             });
         }
-        if let Some(Err(n)) = org.map(|org| self.per_org.check_key(org)) {
+        let limiter = org.and(self.org_limiter());
+        if let Some(Err(n)) = org.zip(limiter).map(|(org, l)| l.check_key(org)) {
             return Err(Throttled {
                 scope: "per_org",
                 retry_after_secs: retry(n).max(1),
@@ -72,7 +119,8 @@ impl RateLimits {
     /// Limiters for a listener without orgs (the console): per address only.
     pub fn per_address(per_second: u32, burst: u32) -> Self {
         Self {
-            per_org: RateLimiter::keyed(quota(1, 1)),
+            per_org: RwLock::new((1, Arc::new(RateLimiter::keyed(quota(1, 1))))),
+            per_org_quota: (1, 1),
             per_address: RateLimiter::keyed(quota(per_second, burst)),
             clock: DefaultClock::default(),
         }
@@ -80,8 +128,10 @@ impl RateLimits {
 
     /// Drops keys whose state is back to full.
     pub fn prune(&self) {
-        self.per_org.retain_recent();
-        self.per_org.shrink_to_fit();
+        if let Some(per_org) = self.org_limiter() {
+            per_org.retain_recent();
+            per_org.shrink_to_fit();
+        }
         self.per_address.retain_recent();
         self.per_address.shrink_to_fit();
     }
@@ -105,6 +155,26 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nodes_share_an_org_limit_without_exceeding_it() {
+        assert_eq!(node_share(100, 200, 1), (100, 200));
+        assert_eq!(node_share(100, 200, 3), (34, 67));
+        assert_eq!(node_share(2, 5, 4), (1, 2));
+        assert_eq!(node_share(100, 200, 0), (100, 200));
+        let limits = RateLimits::new(&LimitsConfig {
+            per_org_per_second: 1,
+            per_org_burst: 6,
+            ..LimitsConfig::default()
+        });
+        limits.share_among(3);
+        let a = OrgId::new("city-a").unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted = (0..6)
+            .filter(|_| limits.check(Some(&a), ip).is_ok())
+            .count();
+        assert_eq!(admitted, 2, "a third of the burst on each of three nodes");
+    }
 
     #[test]
     fn one_org_flooding_does_not_throttle_another() {
