@@ -48,14 +48,34 @@ pub async fn post(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// A query under an `Idempotency-Key`: run once, read back on a retry.
+/// The claim and the query run in a task of their own, to the end even if
+/// the client goes away (a killed batch, a timeout): the outcome is noted
+/// under the key, so the retry reads it back instead of finding the key
+/// claimed by a query that never ended.
 async fn idempotent(
     call: &Call<'_>,
     key: &IdempotencyKey,
     body: &[u8],
     query: QueryRequest,
 ) -> Result<QueryResponse, BrokerError> {
-    let state = call.state;
-    let org = call.org()?;
+    let task = tokio::spawn(claim_and_run(
+        call.state.clone(),
+        call.org()?.clone(),
+        key.clone(),
+        idempotency::request_hash(body),
+        query,
+    ));
+    task.await
+        .map_err(|e| BrokerError::Internal(format!("idempotent query task: {e}")))?
+}
+
+async fn claim_and_run(
+    state: std::sync::Arc<crate::state::AppState>,
+    org: crate::store::OrgRecord,
+    key: IdempotencyKey,
+    hash: String,
+    query: QueryRequest,
+) -> Result<QueryResponse, BrokerError> {
     let pools = state.store.pools();
     let exchange = &state.config.exchange;
     let now = time::OffsetDateTime::now_utc();
@@ -63,36 +83,22 @@ async fn idempotent(
     let lifetime =
         exchange.pending_ttl_secs.max(exchange.result_ttl_secs) + exchange.result_ttl_secs;
     let expires_at = now + time::Duration::seconds(i64::try_from(lifetime).unwrap_or(i64::MAX / 4));
-    let hash = idempotency::request_hash(body);
-    let query_id = match idempotency::claim(&pools, &org.id, key, &hash, now, expires_at).await? {
-        Claim::Run(query_id) => query_id,
-        Claim::Used(decision) => return replay(call, decision).await,
-    };
-    // Run to the end even if the client goes away (a killed batch, a
-    // timeout): the outcome is noted under the key, so the retry reads it
-    // back instead of finding the key claimed by a query that never ended.
-    let task = tokio::spawn(run_claimed(
-        state.clone(),
-        org.clone(),
-        key.clone(),
-        query,
-        query_id,
-    ));
-    task.await
-        .map_err(|e| BrokerError::Internal(format!("idempotent query task: {e}")))?
+    match idempotency::claim(&pools, &org.id, &key, &hash, now, expires_at).await? {
+        Claim::Run(query_id) => run_claimed(&state, &org, &key, query, query_id).await,
+        Claim::Used(decision) => replay(&state, &org.id, decision).await,
+    }
 }
 
 /// Runs a query whose key is claimed and notes its outcome under the key.
 async fn run_claimed(
-    state: std::sync::Arc<crate::state::AppState>,
-    org: crate::store::OrgRecord,
-    key: IdempotencyKey,
+    state: &crate::state::AppState,
+    org: &crate::store::OrgRecord,
+    key: &IdempotencyKey,
     query: QueryRequest,
     query_id: QueryId,
 ) -> Result<QueryResponse, BrokerError> {
     let pools = state.store.pools();
-    let key = &key;
-    match pipeline::query(&state, &org, query, query_id.clone()).await {
+    match pipeline::query(state, org, query, query_id.clone()).await {
         Ok(response) => {
             idempotency::finish(&pools, &org.id, key, &query_id, None).await?;
             Ok(response)
@@ -122,11 +128,15 @@ async fn run_claimed(
 }
 
 /// What a request under a used key gets.
-async fn replay(call: &Call<'_>, decision: Decision) -> Result<QueryResponse, BrokerError> {
+async fn replay(
+    state: &crate::state::AppState,
+    requester: &kakehashi_interfaces::OrgId,
+    decision: Decision,
+) -> Result<QueryResponse, BrokerError> {
     match decision {
         Decision::Answered(query_id) => {
-            let pools = call.state.store.pools();
-            match results::get_for(&pools, &query_id, &call.org()?.id).await? {
+            let pools = state.store.pools();
+            match results::get_for(&pools, &query_id, requester).await? {
                 Some(stored) => pipeline::stored_to_response(&stored),
                 None => Err(BrokerError::refused(
                     ErrorCode::Expired,
