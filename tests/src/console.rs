@@ -55,7 +55,7 @@ impl ConsoleClient {
         })
     }
 
-    /// Carries this session (cookie and CSRF token) over to the console
+    /// Carries the person's login (cookie and CSRF token) over to the console
     /// listener at `addr`, as a browser sent to another node does.
     pub async fn move_to(&mut self, addr: std::net::SocketAddr, ca_pem: &str) -> Result<()> {
         self.client = TestClient::connect(addr, ca_pem, None, Protocol::Http1).await?;

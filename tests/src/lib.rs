@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod binaries;
+pub mod cli;
 pub mod cluster;
 pub mod console;
 pub mod exchange;

@@ -3,104 +3,13 @@
 //! to do, and exits non-zero.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use kakehashi_tests::cli::{CliUser as User, Run};
 use kakehashi_tests::exchange::{exchange_broker, individual_number, scenario};
 use kakehashi_tests::{Backend, TestBroker};
-use tempfile::TempDir;
-
-/// The `kakehashi` binary of this build (built on first use).
-fn cli_binary() -> PathBuf {
-    kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")
-        .expect("build the kakehashi binary")
-}
-
-/// What one CLI run did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Result<Run> {
-        if self.code != 0 {
-            bail!("exit {}: {}{}", self.code, self.stdout, self.stderr);
-        }
-        Ok(self)
-    }
-}
-
-/// A user's environment: a config home and a directory of certificate files.
-struct User {
-    home: TempDir,
-    files: TempDir,
-}
-
-impl User {
-    fn new() -> Result<User> {
-        Ok(User {
-            home: tempfile::tempdir()?,
-            files: tempfile::tempdir()?,
-        })
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(cli_binary());
-        cmd.args(args)
-            .env("KAKEHASHI_HOME", self.home.path())
-            .env_remove("KAKEHASHI_PROFILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs the CLI (async, so that the broker in this process keeps serving).
-    async fn run(&self, args: &[&str]) -> Result<Run> {
-        let out = tokio::time::timeout(Duration::from_secs(300), self.command(args).output())
-            .await
-            .context("the CLI did not finish in 300 s")??;
-        Ok(Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.files.path().join(name).display().to_string()
-    }
-
-    /// Writes a certificate for `org` and adds a profile named `org` for it.
-    async fn add_profile(&self, broker: &TestBroker, org: &str) -> Result<()> {
-        let cert = broker.pki.org_cert(org)?;
-        kakehashi_certs::write_issued(self.files.path(), org, &cert, true)?;
-        let url = format!("https://127.0.0.1:{}", broker.addr().port());
-        let ca = broker.pki.path("ca.crt").display().to_string();
-        self.run(&[
-            "profile",
-            "add",
-            org,
-            "--broker",
-            &url,
-            "--ca",
-            &ca,
-            "--cert",
-            &self.path(&format!("{org}.crt")),
-            "--key",
-            &self.path(&format!("{org}.key")),
-        ])
-        .await?
-        .ok()?;
-        Ok(())
-    }
-}
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -164,7 +73,7 @@ async fn profiles_and_whoami() -> Result<()> {
         me.stdout
     );
     let out = user
-        .command(&["whoami"])
+        .command(&["whoami"])?
         .env("KAKEHASHI_PROFILE", "city-saitama")
         .output()
         .await?;
@@ -615,7 +524,7 @@ async fn interrupted_batch_resumes_without_repeating() -> Result<()> {
     args.extend(BATCH_FLAGS);
 
     // Kill the process (SIGKILL, no chance to clean up) once some results are in.
-    let mut child = user.command(&args).spawn()?;
+    let mut child = user.command(&args)?.spawn()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let done = std::fs::read_to_string(&out)
@@ -1336,7 +1245,7 @@ async fn batch_stops_when_the_broker_goes_away() -> Result<()> {
         "2",
     ];
     args.extend(BATCH_FLAGS);
-    let child = user.command(&args).spawn()?;
+    let child = user.command(&args)?.spawn()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(&out)
         .map(|t| t.lines().count())

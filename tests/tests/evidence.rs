@@ -220,8 +220,8 @@ impl Case {
         })
     }
 
-    /// What the stored chain says on its own (the check that existed before
-    /// the sealer's state and the checkpoint log).
+    /// What the stored chain says on its own, without the sealer's state
+    /// and the checkpoint log.
     async fn chain_alone(&self) -> Result<Verdict> {
         let keys = kakehashi_broker::records::trusted_keys(&self.broker.config.keys.dir)?;
         Ok(kakehashi_broker::records::verify_store(&self.pools(), &keys).await?)

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use http::{Method, StatusCode};
 use kakehashi_interfaces::QueryResponse;
+use kakehashi_tests::cli::CliUser;
 use kakehashi_tests::exchange::{exchange_broker, query_body, scenario};
 use kakehashi_tests::{sql_count, Backend, TestBroker};
 
@@ -166,55 +167,23 @@ async fn a_bad_json_lines_line_is_named_by_its_line_field_and_rule() -> Result<(
 /// The client's batch sends each line under a key derived from the line:
 /// answers lost in an interruption are read back on the rerun, not asked
 /// (and recorded) again.
-// Multi-threaded: the CLI runs as a blocking subprocess while this
-// process's broker serves it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_rerun_batch_reads_back_answers_it_lost() -> Result<()> {
     let broker = exchange_broker(Backend::Sqlite).await?.expect("sqlite");
     let s = scenario(&broker, 5).await?;
-    let home = tempfile::tempdir()?;
-    let cert = broker.pki.org_cert("union-saitama")?;
-    kakehashi_certs::write_issued(home.path(), "union-saitama", &cert, true)?;
-    let kakehashi = kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")?;
-    let run = |args: &[&str]| -> Result<std::process::Output> {
-        Ok(std::process::Command::new(&kakehashi)
-            .args(args)
-            .env("KAKEHASHI_HOME", home.path())
-            .env_remove("KAKEHASHI_PROFILE")
-            .env_remove("KAKEHASHI_USER")
-            .current_dir(home.path())
-            .output()?)
-    };
-    let url = format!("https://127.0.0.1:{}", broker.addr().port());
-    let ca = broker.pki.path("ca.crt").display().to_string();
-    let added = run(&[
-        "profile",
-        "add",
-        "union",
-        "--broker",
-        &url,
-        "--ca",
-        &ca,
-        "--cert",
-        "union-saitama.crt",
-        "--key",
-        "union-saitama.key",
-    ])?;
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
     let persons = format!("person\n{}\n", s.union_codes.join("\n"));
-    std::fs::write(home.path().join("persons.csv"), persons)?;
+    std::fs::write(user.path("persons.csv"), persons)?;
+    let (input, out) = (user.path("persons.csv"), user.path("results.jsonl"));
     let batch = [
         "--profile",
-        "union",
+        "union-saitama",
         "query",
         "--batch",
-        "persons.csv",
+        &input,
         "--out",
-        "results.jsonl",
+        &out,
         "--flow",
         "F-0120",
         "--procedure",
@@ -224,13 +193,8 @@ async fn a_rerun_batch_reads_back_answers_it_lost() -> Result<()> {
         "--item",
         "local_tax.income",
     ];
-    let first = run(&batch)?;
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let results = home.path().join("results.jsonl");
+    user.run(&batch).await?.ok()?;
+    let results = std::path::PathBuf::from(&out);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)?
         .lines()
         .map(serde_json::from_str)
@@ -241,12 +205,7 @@ async fn a_rerun_batch_reads_back_answers_it_lost() -> Result<()> {
     // Three answers lost: the results file keeps two lines.
     let kept: Vec<String> = lines[..2].iter().map(|l| l.to_string()).collect();
     std::fs::write(&results, format!("{}\n", kept.join("\n")))?;
-    let again = run(&batch)?;
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    user.run(&batch).await?.ok()?;
     let reread: Vec<serde_json::Value> = std::fs::read_to_string(&results)?
         .lines()
         .map(serde_json::from_str)

@@ -7,86 +7,29 @@
 //! CLI subprocesses, SQLite and PostgreSQL.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use http::StatusCode;
+use kakehashi_tests::cli::CliUser;
 use kakehashi_tests::exchange::{exchange_broker, scenario};
 use kakehashi_tests::{both_backends, Backend, Protocol, TestBroker, TestClient};
-use tempfile::TempDir;
 
-/// What one CLI run did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+/// One org's `kakehashi` home with a profile for it.
+struct Org(CliUser);
 
-impl Run {
-    fn ok(self) -> Result<Run> {
-        if self.code != 0 {
-            bail!("exit {}: {}{}", self.code, self.stdout, self.stderr);
-        }
-        Ok(self)
+impl std::ops::Deref for Org {
+    type Target = CliUser;
+    fn deref(&self) -> &CliUser {
+        &self.0
     }
-}
-
-/// One org's `kakehashi` home with a profile for the union.
-struct Org {
-    home: TempDir,
-    files: TempDir,
 }
 
 impl Org {
     async fn new(broker: &TestBroker, org: &str) -> Result<Org> {
-        let me = Org {
-            home: tempfile::tempdir()?,
-            files: tempfile::tempdir()?,
-        };
-        let cert = broker.pki.org_cert(org)?;
-        kakehashi_certs::write_issued(me.files.path(), org, &cert, true)?;
-        let path = |ext: &str| me.files.path().join(format!("{org}.{ext}"));
-        me.run(&[
-            "profile",
-            "add",
-            org,
-            "--broker",
-            &format!("https://127.0.0.1:{}", broker.addr().port()),
-            "--ca",
-            &broker.pki.path("ca.crt").display().to_string(),
-            "--cert",
-            &path("crt").display().to_string(),
-            "--key",
-            &path("key").display().to_string(),
-        ])
-        .await?
-        .ok()?;
-        Ok(me)
-    }
-
-    async fn run(&self, args: &[&str]) -> Result<Run> {
-        let binary = kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")?;
-        let out = tokio::time::timeout(
-            Duration::from_secs(300),
-            tokio::process::Command::new(binary)
-                .args(args)
-                .env("KAKEHASHI_HOME", self.home.path())
-                .env_remove("KAKEHASHI_PROFILE")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .context("the CLI did not finish in 300 s")??;
-        Ok(Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        let user = CliUser::new()?;
+        user.add_profile(broker, org).await?;
+        Ok(Org(user))
     }
 
     fn book(&self) -> PathBuf {

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -30,7 +30,11 @@ pub struct Trust {
     config: TlsConfig,
     generation: AtomicU64,
     verifier: RwLock<Arc<dyn ClientCertVerifier>>,
-    files: Mutex<(Instant, Vec<Option<SystemTime>>)>,
+    files: Mutex<Vec<Option<SystemTime>>>,
+    opened: Instant,
+    /// When the files are next looked at, in ms since `opened`: a request
+    /// before then reads one atomic and takes no lock.
+    next_look_ms: AtomicU64,
 }
 
 impl Trust {
@@ -38,7 +42,9 @@ impl Trust {
     pub fn open(config: &TlsConfig) -> Result<Trust, BrokerError> {
         Ok(Trust {
             verifier: RwLock::new(tls::client_verifier(config)?),
-            files: Mutex::new((Instant::now(), tls::file_stamps(config))),
+            files: Mutex::new(tls::file_stamps(config)),
+            opened: Instant::now(),
+            next_look_ms: AtomicU64::new(0),
             generation: AtomicU64::new(1),
             config: config.clone(),
         })
@@ -53,24 +59,26 @@ impl Trust {
     }
 
     fn reload_if_changed(&self) {
-        let every = Duration::from_secs(self.config.reload_interval_secs);
+        let now_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms < self.next_look_ms.load(Ordering::Relaxed) {
+            return;
+        }
         // One request re-reads; the others go on with what is in force.
         let Ok(mut files) = self.files.try_lock() else {
             return;
         };
-        if files.0.elapsed() < every {
-            return;
-        }
-        files.0 = Instant::now();
+        let every_ms = self.config.reload_interval_secs.saturating_mul(1000);
+        self.next_look_ms
+            .store(now_ms.saturating_add(every_ms), Ordering::Relaxed);
         let stamps = tls::file_stamps(&self.config);
-        if stamps == files.1 {
+        if stamps == *files {
             return;
         }
         match tls::client_verifier(&self.config) {
             Ok(verifier) => {
                 if let Ok(mut slot) = self.verifier.write() {
                     *slot = verifier;
-                    files.1 = stamps;
+                    *files = stamps;
                     self.generation.fetch_add(1, Ordering::AcqRel);
                     tracing::info!(
                         "trust anchors and CRLs re-read; open connections are checked again"
