@@ -24,7 +24,7 @@ use crate::rss;
 use crate::setup;
 
 /// The sample orgs `kakehashi-broker dev` issues certificates for.
-const ORGS: &[(&str, &str, &str)] = &[
+pub(crate) const ORGS: &[(&str, &str, &str)] = &[
     ("union-saitama", "union", "埼玉県後期高齢者医療広域連合"),
     ("city-saitama", "municipality", "さいたま市"),
     ("city-kawagoe", "municipality", "川越市"),
@@ -101,14 +101,14 @@ pub struct CompareReport {
 }
 
 /// A child process we started, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
+pub(crate) struct Server {
     name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Server {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Server> {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Server> {
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
@@ -131,7 +131,7 @@ impl Server {
     }
 
     /// Waits until `addr` accepts TCP connections.
-    async fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
+    pub(crate) async fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -152,7 +152,7 @@ impl Server {
         )
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.terminate();
     }
 
@@ -182,7 +182,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     // The OS picks a free port; it is released at once for the server to bind.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -220,7 +220,7 @@ pub fn url_with_database(base: &str, db: &str) -> String {
     url
 }
 
-fn broker_config(listen: SocketAddr, storage: &str, keys: &str) -> String {
+pub(crate) fn broker_config(listen: SocketAddr, storage: &str, keys: &str) -> String {
     format!(
         "[listen]\naddress = \"{listen}\"\n\n[tls]\ncert = \"dev/pki/server.crt\"\nkey = \"dev/pki/server.key\"\n\
 client_ca = [\"dev/pki/ca.crt\"]\ncrls = [\"dev/pki/ca.crl\"]\n\n[storage]\n{storage}\n\n[keys]\ndir = \"{keys}\"\n\n\

@@ -5,6 +5,7 @@
 
 pub mod background;
 pub mod client;
+pub mod cluster;
 pub mod compare;
 pub mod floor;
 pub mod idle;

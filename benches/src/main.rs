@@ -21,6 +21,7 @@ use kakehashi_benches::setup::{self, Codes};
 mod approvals;
 mod console;
 mod login_flood;
+mod national;
 mod pages;
 mod search_scale;
 
@@ -38,6 +39,8 @@ kakehashi-bench approvals --url https://127.0.0.1:7443 --pki kakehashi-dev/pki -
 kakehashi-bench login-flood --url https://127.0.0.1:7443 --pki kakehashi-dev/pki --codes codes.json\n  \
 kakehashi-bench pages --console-url https://127.0.0.1:7444 --pki kakehashi-dev/pki --broker-config kakehashi-dev/broker.toml --people-state people.json\n  \
 kakehashi-bench search-scale --records 1000000 --postgres-url \"$(scripts/postgres-up)\"\n  \
+kakehashi-bench national --postgres-url \"$(scripts/postgres-up)\"\n  \
+kakehashi-bench cluster --postgres-url \"$(scripts/postgres-up)\"\n  \
 kakehashi-bench compare --postgres-url \"$(scripts/postgres-up)\" --json compare.json"
 )]
 struct Cli {
@@ -76,6 +79,12 @@ enum Command {
     /// Fill a record store (10 million by default) through the record log
     /// and time the auditor's searches' first page, with their plans.
     SearchScale(search_scale::SearchScaleArgs),
+    /// A seven-year store of 10 million records on PostgreSQL: disclosure of
+    /// one person, a month's export, the purge of the oldest month, verify.
+    National(national::NationalArgs),
+    /// One broker node against two on the same PostgreSQL database (query
+    /// scenario: one, two, one node); the ratio and `records verify`.
+    Cluster(ClusterArgs),
 }
 
 /// Where to connect and as whom.
@@ -277,6 +286,34 @@ struct CompareArgs {
     wait_quiet: u64,
 }
 
+#[derive(Args)]
+struct ClusterArgs {
+    /// PostgreSQL base URL (scripts/postgres-up prints one); a fresh database is created and dropped.
+    #[arg(long)]
+    postgres_url: String,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    /// Unmeasured warm-up seconds before each run.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Connections in total, split between the nodes.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// Persons registered for the queries.
+    #[arg(long, default_value_t = 10_000)]
+    persons: u64,
+    /// `kakehashi-broker` binary (default: next to this one).
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// Keep configs and logs here.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("write {}", path.display()))
@@ -407,6 +444,28 @@ async fn main_async(cli: Cli) -> Result<()> {
         Command::LoginFlood(args) => login_flood::run(args).await,
         Command::Pages(args) => pages::run(args).await,
         Command::SearchScale(args) => search_scale::run(args).await,
+        Command::National(args) => national::run(args).await,
+        Command::Cluster(args) => {
+            let broker_bin = match args.broker_bin {
+                Some(b) => b,
+                None => compare::default_broker_bin()?,
+            };
+            let opts = kakehashi_benches::cluster::ClusterOptions {
+                broker_bin,
+                postgres_url: args.postgres_url,
+                connections: args.connections.max(2),
+                secs: args.secs.max(1),
+                warmup: args.warmup,
+                persons: args.persons.max(1),
+                workdir: args.workdir,
+            };
+            let report = kakehashi_benches::cluster::run(&opts).await?;
+            print!("{}", report.text());
+            if let Some(path) = &args.json {
+                write_json(path, &report)?;
+            }
+            Ok(())
+        }
         Command::Setup(args) => {
             if args.persons.codes.is_none() {
                 bail!("setup needs --codes FILE to write the codes to");

@@ -1,9 +1,16 @@
 //! `kakehashi-bench pages`: staff of each role (operator, auditor,
-//! administrator) logged in once each, then `-c` concurrent workers, each
-//! from its own loopback address as a person at their own browser, fetch
-//! every console page their role may see for `--secs` seconds. Per page:
-//! the largest body, requests, p50/p99/max, against issue 24's bounds
-//! (HTML ≤ 100 KB, p99 ≤ 20 ms with 20 concurrent staff).
+//! administrator) logged in once each, then `-c` concurrent staff, each
+//! from its own loopback address as a person at their own browser, open
+//! the console's pages for `--secs` seconds. Per page: the largest body,
+//! requests, p50/p99/max, against issue 24's bounds (HTML ≤ 100 KB, p99 ≤
+//! 20 ms with 20 concurrent staff).
+//!
+//! A person is a closed loop: open a page, read it for a think time, open
+//! the next. Think times are drawn from an exponential distribution with
+//! mean `--think-ms` and the staff start at random moments, so requests
+//! arrive as from people working independently (a Poisson-like stream),
+//! not in lockstep. `--rate R` instead sends R requests/s per worker on
+//! one shared clock, a stress test far beyond what staff do.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -89,10 +96,14 @@ pub struct PagesArgs {
     /// Seconds of measurement.
     #[arg(long, default_value_t = 30)]
     secs: u64,
-    /// Requests per second per worker; 0 sends each when the previous one
-    /// is answered. The default stays under the console's per-address
-    /// limit (50/s), far above a person's clicks.
-    #[arg(long, default_value_t = 40.0)]
+    /// Mean think time of a person between one page's answer and the next
+    /// request, ms (exponentially distributed); 0 sends each request when
+    /// the previous one is answered.
+    #[arg(long, default_value_t = 1000.0)]
+    think_ms: f64,
+    /// Instead of think times: requests per second per worker, all workers
+    /// on the same clock (stress; the console admits 50/s per address).
+    #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Another page, `ROLE:PATH` (role: public, operator, auditor, administrator).
     #[arg(long = "page", value_name = "ROLE:PATH")]
@@ -156,12 +167,20 @@ pub struct PagesReport {
     pub concurrency: usize,
     /// Seconds measured.
     pub secs: u64,
-    /// Requests per second per worker (0: closed loop).
+    /// Mean think time, ms (closed loop; with `rate` 0).
+    pub think_ms: f64,
+    /// Requests per second per worker (0: closed loop with think times).
     pub rate: f64,
     /// Requests per second, all workers.
     pub throughput: f64,
     /// Each page.
     pub pages: Vec<PageResult>,
+    /// Every page's requests together: median, ms.
+    pub all_p50_ms: f64,
+    /// Every page's requests together: 99th percentile, ms.
+    pub all_p99_ms: f64,
+    /// Load average (1 min) of the machine at the end.
+    pub loadavg: Option<f64>,
     /// Pages left out.
     pub skipped: Vec<Skipped>,
 }
@@ -319,13 +338,29 @@ fn source(target: &Target, w: usize) -> Option<IpAddr> {
     }
 }
 
+/// How a worker paces its requests.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// A person: a think time (exponential, this mean) after each answer.
+    Think(Duration),
+    /// Stress: one request per interval on a clock shared by all workers.
+    Rate(Duration),
+}
+
+/// An exponentially distributed think time of mean `mean`.
+fn think(mean: Duration) -> Duration {
+    let u: f64 = rand::random();
+    // 1 - u lies in (0, 1]: its logarithm is finite.
+    mean.mul_f64(-(1.0 - u).ln()).min(mean * 20)
+}
+
 async fn worker(
     w: usize,
     target: Target,
     tls: TlsConnector,
     pages: Vec<(String, String, Option<Session>)>,
     until: Instant,
-    interval: Option<Duration>,
+    pace: Pace,
 ) -> Result<Vec<Tally>> {
     let mut tallies = Vec::new();
     for _ in &pages {
@@ -336,10 +371,20 @@ async fn worker(
     let mut sessions: Vec<Option<Session>> = pages.iter().map(|p| p.2.clone()).collect();
     let mut next = Instant::now();
     let mut k = w % pages.len().max(1);
+    if let Pace::Think(mean) = pace {
+        // People start at different moments.
+        tokio::time::sleep(mean.mul_f64(rand::random::<f64>())).await;
+    }
     while Instant::now() < until {
-        if let Some(iv) = interval {
-            tokio::time::sleep_until(next.into()).await;
-            next += iv;
+        match pace {
+            Pace::Rate(iv) => {
+                tokio::time::sleep_until(next.into()).await;
+                next += iv;
+            }
+            Pace::Think(_) => {}
+        }
+        if Instant::now() >= until {
+            break;
         }
         if conn.as_ref().is_none_or(|c| !c.is_open()) {
             conn = Some(ConsoleConn::connect(&target, &tls, src).await?);
@@ -361,7 +406,17 @@ async fn worker(
                 conn = None;
             }
         }
-        k = (k + 1) % pages.len();
+        // The next page: any other, as people move between pages.
+        k = if pages.len() > 1 {
+            (k + 1 + rand::random::<usize>() % (pages.len() - 1)) % pages.len()
+        } else {
+            0
+        };
+        if let Pace::Think(mean) = pace {
+            if !mean.is_zero() {
+                tokio::time::sleep(think(mean)).await;
+            }
+        }
     }
     Ok(tallies)
 }
@@ -371,9 +426,12 @@ pub async fn run(args: PagesArgs) -> Result<()> {
     if args.concurrency == 0 || args.secs == 0 {
         bail!("-c and --secs must be at least 1");
     }
-    let interval = match args.rate {
-        0.0 => None,
-        r if r > 0.0 && r.is_finite() => Some(Duration::from_secs_f64(1.0 / r)),
+    let pace = match args.rate {
+        0.0 if args.think_ms >= 0.0 && args.think_ms.is_finite() => {
+            Pace::Think(Duration::from_secs_f64(args.think_ms / 1000.0))
+        }
+        0.0 => bail!("--think-ms must be 0 or a positive number"),
+        r if r > 0.0 && r.is_finite() => Pace::Rate(Duration::from_secs_f64(1.0 / r)),
         _ => bail!("--rate must be 0 or a positive number"),
     };
     let machine = Machine::detect();
@@ -450,14 +508,13 @@ pub async fn run(args: PagesArgs) -> Result<()> {
     }
 
     eprintln!(
-        "{} pages, {} workers, {} s, {} requests/s per worker",
+        "{} pages, {} staff, {} s, {}",
         pages.len(),
         args.concurrency,
         args.secs,
-        if args.rate > 0.0 {
-            format!("{}", args.rate)
-        } else {
-            "closed-loop".into()
+        match pace {
+            Pace::Rate(_) => format!("{} requests/s per worker", args.rate),
+            Pace::Think(_) => format!("think time {} ms on average", args.think_ms),
         }
     );
     let started = Instant::now();
@@ -470,7 +527,7 @@ pub async fn run(args: PagesArgs) -> Result<()> {
             tls.clone(),
             pages.clone(),
             until,
-            interval,
+            pace,
         ));
     }
     let mut merged: Vec<Tally> = Vec::new();
@@ -489,8 +546,10 @@ pub async fn run(args: PagesArgs) -> Result<()> {
     let ms = |v: u64| v as f64 / 1000.0;
     let mut results = Vec::new();
     let mut total = 0;
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for ((role, path, _), t) in pages.iter().zip(&merged) {
         total += t.hist.len();
+        all.add(&t.hist)?;
         let p99 = ms(t.hist.value_at_quantile(0.99));
         results.push(PageResult {
             role: role.clone(),
@@ -509,9 +568,15 @@ pub async fn run(args: PagesArgs) -> Result<()> {
         command: crate::approvals::command_line(),
         concurrency: args.concurrency,
         secs: args.secs,
+        think_ms: args.think_ms,
         rate: args.rate,
         throughput: total as f64 / elapsed,
         pages: results,
+        all_p50_ms: ms(all.value_at_quantile(0.5)),
+        all_p99_ms: ms(all.value_at_quantile(0.99)),
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse().ok()),
         skipped,
     };
     print(&report);
@@ -529,9 +594,17 @@ pub async fn run(args: PagesArgs) -> Result<()> {
 }
 
 fn print(r: &PagesReport) {
+    let pace = if r.rate > 0.0 {
+        format!("{} requests/s per worker", r.rate)
+    } else {
+        format!("think time {} ms on average", r.think_ms)
+    };
     println!(
-        "{} workers, {} s, {:.0} requests/s in all",
-        r.concurrency, r.secs, r.throughput
+        "{} staff, {pace}, {} s, {:.1} requests/s in all, load average {}",
+        r.concurrency,
+        r.secs,
+        r.throughput,
+        r.loadavg.map_or("?".into(), |l| format!("{l:.2}"))
     );
     println!(
         "{:<14} {:<28} {:>9} {:>8} {:>6} {:>8} {:>8} {:>8}  result",
@@ -551,6 +624,16 @@ fn print(r: &PagesReport) {
             if p.pass { "PASS" } else { "FAIL" }
         );
     }
+    println!(
+        "{:<14} {:<28} {:>9} {:>8} {:>6} {:>8.2} {:>8.2}",
+        "all",
+        "",
+        "",
+        r.pages.iter().map(|p| p.requests).sum::<u64>(),
+        r.pages.iter().map(|p| p.errors).sum::<u64>(),
+        r.all_p50_ms,
+        r.all_p99_ms
+    );
     for s in &r.skipped {
         println!("skipped: {} {} ({})", s.role, s.path, s.note);
     }

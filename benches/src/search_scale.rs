@@ -69,6 +69,11 @@ pub struct SearchScaleArgs {
     /// PostgreSQL base URL (`scripts/postgres-up` prints one); a fresh database is created.
     #[arg(long)]
     postgres_url: Option<String>,
+    /// An existing database on that server to search (filled by an earlier
+    /// run, which printed its name) instead of a fresh one; drop it with
+    /// `dropdb` when done.
+    #[arg(long, value_name = "NAME")]
+    postgres_db: Option<String>,
     /// Work directory (SQLite database, record keys); default: a temporary one, removed at the end.
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -170,13 +175,13 @@ fn draft(i: u64) -> Result<RecordDraft> {
     Ok(d)
 }
 
-fn person_code(org: &str, person: u64) -> String {
+pub(crate) fn person_code(org: &str, person: u64) -> String {
     let tag: String = org.chars().take(2).collect::<String>().to_uppercase();
     format!("{tag}{person:014}")
 }
 
 /// Appends `n` records spread over `days` days ending now; progress every tenth.
-async fn fill(log: &Arc<RecordLog>, n: u64, days: u64, appenders: usize) -> Result<f64> {
+pub(crate) async fn fill(log: &Arc<RecordLog>, n: u64, days: u64, appenders: usize) -> Result<f64> {
     let end = time::OffsetDateTime::now_utc();
     let span = Duration::from_secs(days.max(1) * 86_400);
     let start_at = end - span;
@@ -356,7 +361,7 @@ fn config() -> RecordsConfig {
     }
 }
 
-async fn count(pools: &Pools) -> Result<u64> {
+pub(crate) async fn count(pools: &Pools) -> Result<u64> {
     let n: i64 = match pools {
         Pools::Sqlite { read, .. } => {
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
@@ -374,7 +379,7 @@ async fn count(pools: &Pools) -> Result<u64> {
 
 /// PostgreSQL: the month partitions of the whole span, as the writer
 /// creates them month by month in service (same names and storage).
-async fn pg_partitions(pools: &Pools, days: u64) -> Result<()> {
+pub(crate) async fn pg_partitions(pools: &Pools, days: u64) -> Result<()> {
     let Pools::Postgres(pool) = pools else {
         return Ok(());
     };
@@ -402,7 +407,8 @@ async fn pg_partitions(pools: &Pools, days: u64) -> Result<()> {
     Ok(())
 }
 
-async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
+/// A fresh database on the server of `base`, and its name.
+pub(crate) async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
     let admin = PgStore::open(base, 2).await?;
     let name = format!("kk_search_{}", rand::random::<u32>());
     if let Pools::Postgres(pool) = admin.pools() {
@@ -410,6 +416,11 @@ async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
             .execute(&pool)
             .await?;
     }
+    Ok((open_pg(base, &name).await?, name))
+}
+
+/// Opens database `name` on the server of `base`.
+pub(crate) async fn open_pg(base: &str, name: &str) -> Result<PgStore> {
     let url = match base.split_once('?') {
         Some((head, query)) => format!(
             "{}/{name}?{query}",
@@ -417,7 +428,7 @@ async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
         ),
         None => format!("{}/{name}", base.rsplit_once('/').map_or(base, |h| h.0)),
     };
-    Ok((PgStore::open(&url, 16).await?, name))
+    Ok(PgStore::open(&url, 16).await?)
 }
 
 async fn one(
@@ -503,7 +514,15 @@ pub async fn run(args: SearchScaleArgs) -> Result<()> {
             .postgres_url
             .as_deref()
             .context("PostgreSQL needs --postgres-url (scripts/postgres-up prints one)")?;
-        let (store, name) = fresh_pg(base).await?;
+        let (store, name) = match &args.postgres_db {
+            Some(name) => {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    bail!("--postgres-db {name:?}: letters, digits and _ only");
+                }
+                (open_pg(base, name).await?, name.clone())
+            }
+            None => fresh_pg(base).await?,
+        };
         eprintln!("postgres: database {name}");
         backends.push(one("postgres", store.pools(), &dir.join("keys-pg"), &args).await?);
     }

@@ -147,10 +147,27 @@ pub struct StorageConfig {
     /// Maximum pooled connections.
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// PostgreSQL: the longest one statement may run (server-side
+    /// `statement_timeout`; also the wait for a pooled connection and for
+    /// `/readyz`'s probe). An exchange request whose database work takes
+    /// longer than twice this answers `unavailable` (docs/cluster.md).
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout_ms: u64,
 }
 
 fn default_pool() -> u32 {
     16
+}
+
+fn default_statement_timeout() -> u64 {
+    5_000
+}
+
+impl StorageConfig {
+    /// [`StorageConfig::statement_timeout_ms`] as a duration (at least 100 ms).
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms.max(100))
+    }
 }
 
 /// Which backend a [`StorageConfig`] selects.
@@ -240,14 +257,26 @@ impl LimitsConfig {
 /// `[keys]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct KeysConfig {
     /// Directory holding the broker's own keys; created with mode 0700.
     pub dir: PathBuf,
+    /// A new data key is made when the newest is this many days old
+    /// (0: only by `kakehashi-broker keys new-data-key`). Old data keys
+    /// stay, so existing ciphertexts still decrypt (docs/keys.md).
+    pub data_key_days: u32,
+    /// How often a running broker re-reads the key directory and the key
+    /// records in the database, picking up rotated keys (docs/keys.md).
+    pub reload_interval_secs: u64,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self { dir: "keys".into() }
+        Self {
+            dir: "keys".into(),
+            data_key_days: 30,
+            reload_interval_secs: 10,
+        }
     }
 }
 

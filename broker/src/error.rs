@@ -72,10 +72,13 @@ impl BrokerError {
         BrokerError::Internal(format!("encoding {what}: {e}"))
     }
 
-    /// The code sent to the client. Internal failures never reveal their detail.
+    /// The code sent to the client. Internal failures never reveal their
+    /// detail; a database that cannot be reached is `unavailable` (503), a
+    /// passing state a retry may get past.
     pub fn code(&self) -> ErrorCode {
         match self {
             BrokerError::Refused { code, .. } => *code,
+            BrokerError::Storage(e) if database_unreachable(e) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }
@@ -84,8 +87,36 @@ impl BrokerError {
     pub fn public_message(&self) -> String {
         match self {
             BrokerError::Refused { message, .. } => message.clone(),
+            BrokerError::Storage(e) if database_unreachable(e) => {
+                "the database is unavailable; nothing was answered; try again".into()
+            }
             _ => "internal error; nothing was changed; the request id is in the broker log".into(),
         }
+    }
+}
+
+/// Whether `e` says the database could not be reached or gave up on the
+/// statement (restarting, connection lost, pool exhausted, statement or
+/// lock timeout), rather than that the statement itself was wrong.
+pub fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: admin or crash shutdown,
+            // cannot connect now; 57014: statement timeout (query canceled);
+            // 55P03: lock not available; 53300: too many connections;
+            // 25P03: idle-in-transaction timeout.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "53300" | "25P03"
+                )
+        }),
+        _ => false,
     }
 }
 

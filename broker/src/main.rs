@@ -102,6 +102,14 @@ enum Command {
         #[command(subcommand)]
         action: kakehashi_broker::records::cli::RecordsCommand,
     },
+    /// The broker's keys: status, and rotation without downtime (docs/keys.md).
+    Keys {
+        /// Path to broker.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: kakehashi_broker::keys::cli::KeysCommand,
+    },
     /// Delete provision records older than their retention period (leaving a
     /// signed purge record), then personal data past their own periods:
     /// identity-confirmation data after a year, persons and copies five years
@@ -259,6 +267,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     u8::try_from(kakehashi_broker::records::cli::EXIT_NOT_TRUSTED).unwrap_or(1),
                 ));
             }
+        }
+        Command::Keys { config, action } => {
+            kakehashi_broker::keys::cli::run(&config, action).await?;
         }
         Command::Purge { config, args } => {
             kakehashi_broker::records::cli::purge(&config, args).await?;

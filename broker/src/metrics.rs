@@ -46,6 +46,12 @@ pub struct CommitMetrics {
     rows: Histogram,
     seconds: Histogram,
     sealer: Family<FindingLabels, Gauge>,
+    timestamps: Family<TimestampLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimestampLabels {
+    result: &'static str,
 }
 
 impl CommitMetrics {
@@ -53,6 +59,15 @@ impl CommitMetrics {
     pub fn observe(&self, rows: usize, elapsed: Duration) {
         self.rows.observe(rows as f64);
         self.seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A checkpoint was time-stamped by the TSA, or signed without a token
+    /// because the TSA failed.
+    pub fn checkpoint_timestamp(&self, stamped: bool) {
+        let result = if stamped { "stamped" } else { "failed" };
+        self.timestamps
+            .get_or_create(&TimestampLabels { result })
+            .inc();
     }
 
     /// The sealer refuses: the kind of finding and the first bad sequence
@@ -89,6 +104,27 @@ impl LookupMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+/// Which cluster roles this node holds (`kakehashi_cluster_role{role=…}`,
+/// 1 held, 0 not), kept by [`crate::cluster::Roles`].
+#[derive(Clone, Default, Debug)]
+pub struct RoleMetrics {
+    roles: Family<RoleLabels, Gauge>,
+}
+
+impl RoleMetrics {
+    /// This node now holds `role` (or no longer does).
+    pub fn set(&self, role: &'static str, held: bool) {
+        self.roles
+            .get_or_create(&RoleLabels { role })
+            .set(i64::from(held));
+    }
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -98,6 +134,7 @@ pub struct Metrics {
     connections: Gauge,
     commits: CommitMetrics,
     lookups: LookupMetrics,
+    roles: RoleMetrics,
 }
 
 impl Default for Metrics {
@@ -138,7 +175,14 @@ impl Metrics {
             rows: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             seconds: latency_histogram(),
             sealer: Family::default(),
+            timestamps: Family::default(),
         };
+        registry.register(
+            "records_checkpoint_timestamps",
+            "Checkpoints time-stamped by the TSA (result=stamped) and signed without a token \
+             because the TSA failed (result=failed)",
+            commits.timestamps.clone(),
+        );
         registry.register(
             "records_sealer_refusal",
             "While the records sealer refuses to sign (the stored chain does not extend the \
@@ -171,6 +215,12 @@ impl Metrics {
             "Times the lookup cache was emptied because person codes or copies changed",
             lookups.resets.clone(),
         );
+        let roles = RoleMetrics::default();
+        registry.register(
+            "cluster_role",
+            "Whether this node holds the cluster role (sealer, sweeper, retention): 1 held, 0 not",
+            roles.roles.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -179,6 +229,7 @@ impl Metrics {
             connections,
             commits,
             lookups,
+            roles,
         }
     }
 
@@ -215,6 +266,11 @@ impl Metrics {
     /// The lookup task's handle for cache observations.
     pub fn lookups(&self) -> LookupMetrics {
         self.lookups.clone()
+    }
+
+    /// The cluster's handle for which roles this node holds.
+    pub fn roles(&self) -> RoleMetrics {
+        self.roles.clone()
     }
 
     /// Prometheus text exposition.

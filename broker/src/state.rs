@@ -44,7 +44,7 @@ impl AppState {
     /// Opens keys and the flow list for `config` over `store`.
     pub async fn open(config: Config, store: Arc<dyn Store>) -> Result<Self, BrokerError> {
         let pools = store.pools();
-        let keys = Keyring::open(&config.keys.dir, pools.clone()).await?;
+        let keys = Keyring::open_with(&config.keys, pools.clone()).await?;
         // The configured file is stored as proposed and approved by
         // `host:config` when it changed: broker.toml is the reviewed
         // artefact (flow_changes). People's versions go through

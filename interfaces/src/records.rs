@@ -224,6 +224,10 @@ pub struct SignedCheckpoint {
     /// Ed25519 signature over the checkpoint's signing bytes (specified
     /// with the record format).
     pub signature: Hex<64>,
+    /// The RFC 3161 time-stamp token over SHA-256 of the signing bytes, DER
+    /// in standard base64, when the broker's TSA answered (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 impl SignedCheckpoint {
@@ -235,6 +239,7 @@ impl SignedCheckpoint {
             at: cp.at.clone(),
             key_id: RecordKeyId::new(&cp.key_id)?,
             signature: Hex(cp.signature),
+            timestamp: cp.timestamp.as_deref().map(audit::encode_token),
         })
     }
 
@@ -246,6 +251,7 @@ impl SignedCheckpoint {
             at: self.at.clone(),
             key_id: self.key_id.as_str().to_string(),
             signature: self.signature.0,
+            timestamp: self.timestamp.as_deref().map(audit::decode_token),
         }
     }
 

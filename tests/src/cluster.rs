@@ -25,6 +25,14 @@ pub struct ClusterOptions {
     pub records: String,
     /// Extra lines of `[limits]`.
     pub limits: String,
+    /// Extra lines of `[storage]` (e.g. `statement_timeout_ms = 1000`).
+    pub storage: String,
+    /// A database to use (e.g. of a private server) instead of a fresh one
+    /// on the shared test server; the test's own store connects here.
+    pub database: Option<String>,
+    /// The URL the nodes use for the same database, when it differs (e.g.
+    /// through a proxy); `database` otherwise.
+    pub node_database: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +43,9 @@ impl Default for ClusterOptions {
             // Checkpoints soon after each change, so a test sees them.
             records: "checkpoint_interval_ms = 200\n".into(),
             limits: String::new(),
+            storage: String::new(),
+            database: None,
+            node_database: None,
         }
     }
 }
@@ -94,13 +105,19 @@ impl Cluster {
     /// takes every role), the others once it answers.
     pub async fn start(opts: ClusterOptions) -> Result<Option<Cluster>> {
         crate::init_logging();
-        let Some(base) = pg_base_url() else {
-            return Ok(None);
+        let url = match &opts.database {
+            Some(url) => url.clone(),
+            None => {
+                let Some(base) = pg_base_url() else {
+                    return Ok(None);
+                };
+                fresh_pg_database(&base).await?
+            }
         };
+        let node_url = opts.node_database.clone().unwrap_or_else(|| url.clone());
         // Built before the clock starts (a no-op when up to date).
         crate::binaries::workspace_binary("kakehashi-broker", "kakehashi-broker")?;
         let started = Instant::now();
-        let url = fresh_pg_database(&base).await?;
         let pki = TestPki::new()?;
         let dir = tempfile::tempdir()?;
         let flows = dir.path().join("flows.toml");
@@ -109,6 +126,7 @@ impl Cluster {
             sqlite: None,
             postgres_url: Some(url.clone()),
             max_connections: 4,
+            statement_timeout_ms: 5_000,
         };
         let store = store::open(&storage).await?;
         for (id, kind) in BrokerOptions::default().orgs {
@@ -129,13 +147,14 @@ impl Cluster {
             let text = format!(
                 "[listen]\naddress = \"{addr}\"\n\n[console]\nlisten = \"{console}\"\n\n\
                  [tls]\ncert = {}\nkey = {}\nclient_ca = [{}]\ncrls = [{}]\nreload_interval_secs = 0\n\n\
-                 [storage]\npostgres_url = {:?}\nmax_connections = 8\n\n\
+                 [storage]\npostgres_url = {:?}\nmax_connections = 8\n{}\n\n\
                  [keys]\ndir = {}\n\n[exchange]\nflow_list = {}\n{}\n\n[records]\n{}\n\n[limits]\n{}\n",
                 quoted(&pki.path("server.crt")),
                 quoted(&pki.path("server.key")),
                 quoted(&pki.path("ca.crt")),
                 quoted(&pki.path("ca.crl")),
-                url,
+                node_url,
+                opts.storage,
                 quoted(&dir.path().join("keys")),
                 quoted(&flows),
                 opts.exchange,
@@ -247,6 +266,40 @@ impl Cluster {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
+    /// Whether node `i`'s process runs (it was not killed).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Node `i`'s `/metrics` text.
+    pub async fn metrics(&self, i: usize) -> Result<String> {
+        let mut c = self.client(i, "city-saitama").await?;
+        let r = c.get("/metrics").await?;
+        if r.status != 200 {
+            bail!("node {} answered /metrics with {}", i + 1, r.status);
+        }
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The running nodes whose `/metrics` say they hold `role`
+    /// (`kakehashi_cluster_role{role="…"} 1`); nodes that do not answer
+    /// within a second count as not holding it.
+    pub async fn role_holders(&self, role: &str) -> Vec<usize> {
+        let mut holders = Vec::new();
+        for i in 0..self.nodes.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let text = tokio::time::timeout(Duration::from_secs(1), self.metrics(i)).await;
+            if let Ok(Ok(text)) = text {
+                if role_gauge(&text, role) == Some(1) {
+                    holders.push(i);
+                }
+            }
+        }
+        holders
+    }
+
     /// Which nodes' logs say they took `role` (e.g. `"sealer"`).
     pub fn holders_of(&self, role: &str) -> Vec<usize> {
         let wanted = format!("role=\"{role}\"");
@@ -278,4 +331,12 @@ impl Cluster {
             .env("KAKEHASHI_LOG", "error")
             .output()?)
     }
+}
+
+/// The value of `kakehashi_cluster_role{role="<role>"}` in Prometheus text.
+pub fn role_gauge(text: &str, role: &str) -> Option<i64> {
+    let sample = format!("kakehashi_cluster_role{{role=\"{role}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -13,6 +13,9 @@ pub mod cli;
 pub mod cluster;
 pub mod console;
 pub mod exchange;
+pub mod pause_proxy;
+pub mod pg_instance;
+pub mod tsa;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,6 +180,7 @@ pub async fn storage_config(backend: Backend, dir: &Path) -> Result<Option<Stora
             sqlite: Some(dir.join("kakehashi.db")),
             postgres_url: None,
             max_connections: 8,
+            statement_timeout_ms: 5_000,
         }),
         Backend::Postgres => match pg_base_url() {
             None => None,
@@ -184,6 +188,7 @@ pub async fn storage_config(backend: Backend, dir: &Path) -> Result<Option<Stora
                 sqlite: None,
                 postgres_url: Some(fresh_pg_database(&base).await?),
                 max_connections: 8,
+                statement_timeout_ms: 5_000,
             }),
         },
     })
@@ -275,6 +280,7 @@ impl TestBroker {
             limits: opts.limits,
             keys: KeysConfig {
                 dir: data.path().join("keys"),
+                ..KeysConfig::default()
             },
             exchange: opts.exchange,
             records: opts.records,

@@ -263,6 +263,54 @@ impl Browser {
         }
     }
 
+    /// The top bar at the window's width: the logout button is on the line
+    /// of who is logged in (their vertical centres within a few pixels) and
+    /// the bar is no taller than that line and the page links' line.
+    async fn top_bar_fits(&self, width: u32) -> Result<()> {
+        let found = self
+            .client
+            .execute(
+                "const box = (id) => { const r = document.getElementById(id)?.getBoundingClientRect(); \
+                   return r ? [r.top, r.bottom] : null; }; \
+                 const bar = document.querySelector('header.topbar').getBoundingClientRect(); \
+                 const nav = document.querySelector('header.topbar nav.pages'); \
+                 return { width: window.innerWidth, logout: box('logout'), org: box('who-org'), \
+                   bar: bar.height, nav: nav ? nav.getBoundingClientRect().height : 0, \
+                   line: document.getElementById('logout').closest('form').getBoundingClientRect().height };",
+                vec![],
+            )
+            .await?;
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let pair = |key: &str| -> Result<(f64, f64)> {
+            let v = found[key]
+                .as_array()
+                .with_context(|| format!("no #{key} on the page"))?;
+            Ok((num(&v[0]), num(&v[1])))
+        };
+        let (logout, org) = (pair("logout")?, pair("org")?);
+        ensure!(
+            num(&found["width"]) <= f64::from(width),
+            "the window is {} wide, not {width}",
+            found["width"]
+        );
+        let centre = |(top, bottom): (f64, f64)| (top + bottom) / 2.0;
+        ensure!(
+            (centre(logout) - centre(org)).abs() < 4.0,
+            "at {width} px the logout button (top {}) is not on the line of the org (top {}) on {}",
+            logout.0,
+            org.0,
+            self.path().await?
+        );
+        // Padding 16 px and the row gap 8 px, plus the two lines.
+        let most = num(&found["line"]) + num(&found["nav"]) + 16.0 + 8.0 + 2.0;
+        ensure!(
+            num(&found["bar"]) <= most,
+            "at {width} px the top bar is {} px high, more than its two lines ({most} px)",
+            found["bar"]
+        );
+        Ok(())
+    }
+
     async fn lang(&self) -> Result<String> {
         Ok(self
             .client
@@ -1380,11 +1428,28 @@ async fn auditor_flow(
     ensure!(b.text("#nav-oplog").await? == "操作ログ");
     ensure!(b.text("#nav-keys").await? == "検証用の鍵");
     b.check("auditor-home", "ja").await?;
+    b.top_bar_fits(1280).await?;
 
     // The search: the union's three provided records, newest first.
     b.click("#nav-records").await?;
     ensure!(b.path().await? == "/records", "{}", b.path().await?);
     ensure!(b.text("h1").await? == "提供記録の検索");
+    b.top_bar_fits(1280).await?;
+    // Chromium draws a date field in its own locale's order (mm/dd/yyyy
+    // here): each says the form it expects, tied to the field.
+    for id in ["from", "until"] {
+        let field = b.client.find(Locator::Css(&format!("#{id}"))).await?;
+        ensure!(
+            field.attr("aria-describedby").await?.as_deref() == Some(&format!("{id}-hint")[..]),
+            "the {id} date field names no hint"
+        );
+        ensure!(field.attr("lang").await?.as_deref() == Some("ja"));
+        ensure!(
+            b.text(&format!("#{id}-hint")).await? == "例: 2026-12-01（年-月-日）",
+            "the {id} date field shows no Japanese format hint: {:?}",
+            b.text(&format!("#{id}-hint")).await?
+        );
+    }
     ensure!(
         b.text("label[for=person]").await? == "個人の符号（自団体）",
         "the person field has no Japanese label"
@@ -1556,6 +1621,14 @@ async fn auditor_flow(
     // The operation log: the wrong code at login, and the searches.
     b.click("#nav-oplog").await?;
     ensure!(b.path().await? == "/operation-log");
+    b.switch("en").await?;
+    ensure!(
+        b.text("#from-hint").await? == "e.g. 2026-12-01 (year-month-day)",
+        "the date field shows no English format hint"
+    );
+    b.top_bar_fits(1280).await?;
+    b.switch("ja").await?;
+    ensure!(b.text("#until-hint").await? == "例: 2026-12-01（年-月-日）");
     let select = b.client.find(Locator::Css("#action")).await?;
     select.select_by_value("totp_failed").await?;
     b.fill("#actor", "aoki.audit").await?;
@@ -1955,8 +2028,15 @@ async fn administrator_flow(
         b.goto(page).await?;
         let name = format!("admin{}-1920", page.replace('/', "-"));
         b.check(&name, "ja").await?;
+        b.top_bar_fits(1920).await?;
     }
     b.client.set_window_size(1280, 800).await?;
+    // The administrator's bar holds the most page links.
+    for page in ["/orgs", "/users"] {
+        b.goto(page).await?;
+        b.loaded().await?;
+        b.top_bar_fits(1280).await?;
+    }
 
     // A second administrator approves: version 2 is in force.
     b.click("#logout").await?;

@@ -185,6 +185,7 @@ async fn edited_field_is_named(backend: Backend) -> Result<()> {
         RecordsCommand::Verify {
             json: false,
             checkpoint_log: None,
+            tsa_cert: None,
         },
     )
     .await;
@@ -526,6 +527,7 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
             bundle: None,
             trusted_keys: Vec::new(),
             key_ids: report.key_ids.clone(),
+            tsa_cert: None,
         },
     )
     .await?;

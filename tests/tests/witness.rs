@@ -223,3 +223,132 @@ async fn record_endpoints_refuse_unregistered_orgs() -> Result<()> {
     assert_eq!(r.error_code().as_deref(), Some("invalid_input"));
     Ok(())
 }
+
+/// An org that saw checkpoint S, and a database brought back to K < S:
+/// either the tail cut (records, checkpoints and head after K) with the
+/// broker restarted on it, or an older backup restored with the sealer's
+/// state and every checkpoint removed, after which the broker goes on
+/// recording and signs a new, longer history with its own key. Either way
+/// `kakehashi audit witness` names the checkpoint the org kept.
+async fn a_database_brought_back_is_caught_by_an_org_that_saw_more(
+    backend: Backend,
+    restore_backup: bool,
+) -> Result<()> {
+    let Some(broker) = exchange_broker(backend).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 3).await?;
+    let org = Org::new(&broker, "union-saitama").await?;
+    let union = ["--profile", "union-saitama"];
+    let query = |person: String| {
+        let org = &org;
+        async move {
+            org.run(&[
+                "--profile",
+                "union-saitama",
+                "query",
+                "--flow",
+                "F-0120",
+                "--procedure",
+                "premium-calculation",
+                "--provider",
+                "city-saitama",
+                "--person",
+                &person,
+                "--item",
+                "local_tax.income",
+            ])
+            .await
+        }
+    };
+    query(s.union_codes[0].clone()).await?.ok()?;
+    let backup = sealed(&broker).await?;
+    query(s.union_codes[1].clone()).await?.ok()?;
+    query(s.union_codes[2].clone()).await?.ok()?;
+    let seen = sealed(&broker).await?;
+    assert!(seen > backup);
+    // The answer carries checkpoint `seen`; the profile keeps it and
+    // witnesses it against the untouched log.
+    query(s.union_codes[0].clone()).await?.ok()?;
+    assert!(org.kept()?.contains(&seen), "{:?}", org.kept()?);
+    org.run(&[&union[..], &["audit", "keys", "--pin"]].concat())
+        .await?
+        .ok()?;
+    org.run(&[&union[..], &["audit", "witness"]].concat())
+        .await?
+        .ok()?;
+
+    let pools = broker.store.pools();
+    kakehashi_tests::sql_exec(
+        &pools,
+        &format!(
+            "DELETE FROM records WHERE seq > {backup};
+             DELETE FROM record_checkpoints WHERE seq > {backup};
+             UPDATE records_head SET seq = {backup},
+                 hash = (SELECT hash FROM records WHERE seq = {backup});"
+        ),
+    )
+    .await?;
+    if restore_backup {
+        // Whoever restored it also removed what the sealer remembered and
+        // the checkpoints, so the broker starts as on a fresh database.
+        kakehashi_tests::sql_exec(&pools, "DELETE FROM record_checkpoints").await?;
+        std::fs::remove_file(
+            broker
+                .config
+                .keys
+                .dir
+                .join(kakehashi_broker::records::sealer_state::STATE_FILE),
+        )?;
+    }
+    // The flow list the broker was started with is gone; restart with a copy.
+    let mut broker = broker;
+    let flows = tempfile::tempdir()?;
+    let flow_list = flows.path().join("flows.toml");
+    std::fs::write(&flow_list, kakehashi_broker::policy::SAMPLE_FLOW_LIST)?;
+    broker.config.exchange.flow_list = Some(flow_list);
+    // The org's profile names the broker's port.
+    broker.config.listen.address = broker.addr();
+    let broker = broker.restart().await?;
+    if restore_backup {
+        // The broker records new queries past `seen` and signs them with
+        // its own key: a different history under the same key.
+        let records = broker.broker.state().records.clone();
+        let union_code = s.union_codes[1].clone();
+        let mut client = broker.client("union-saitama").await?;
+        for _ in 0..(seen - backup + 2) {
+            kakehashi_tests::exchange::income_of(&mut client, &union_code)
+                .await?
+                .map_err(|code| anyhow::anyhow!("query refused: {code}"))?;
+        }
+        let resealed = sealed(&broker).await?;
+        assert!(resealed > seen, "{resealed} > {seen}");
+        assert!(records.sealer_refusal().is_none());
+    }
+    let run = org
+        .run(&[&union[..], &["audit", "witness"]].concat())
+        .await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("MISMATCH"), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("kept checkpoint {seen}")),
+        "names the checkpoint the log contradicts: {run:?}"
+    );
+    Ok(())
+}
+
+async fn a_cut_tail_is_caught_by_a_witness(backend: Backend) -> Result<()> {
+    a_database_brought_back_is_caught_by_an_org_that_saw_more(backend, false).await
+}
+both_backends!(
+    a_cut_tail_is_caught_by_a_witness: truncated_sqlite,
+    truncated_postgres
+);
+
+async fn an_older_backup_is_caught_by_a_witness(backend: Backend) -> Result<()> {
+    a_database_brought_back_is_caught_by_an_org_that_saw_more(backend, true).await
+}
+both_backends!(
+    an_older_backup_is_caught_by_a_witness: backup_sqlite,
+    backup_postgres
+);

@@ -9,8 +9,9 @@
 //! Announcements are sent after the change is committed and are only a
 //! hurry-up: every node also re-reads on its own (the flow list every
 //! [`crate::flow_changes::RELOAD_INTERVAL`], a long-poll every 5 s), and
-//! re-reads the flow list at once after its listening connection was lost
-//! (announcements sent meanwhile are not delivered).
+//! re-reads the flow list at once after its listening connection came
+//! back (a database restart, a network fault: announcements sent meanwhile
+//! are not delivered).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -111,48 +112,62 @@ async fn listen(
     echoes: Echoes,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut listener = loop {
-        match connect(&pool).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!(error = %e, "listening for changes from other nodes failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
+    let mut first = true;
+    loop {
+        // Listening again comes first, then the re-read: an announcement
+        // made in between is both heard and read.
+        let mut listener = loop {
+            match connect(&pool).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for changes from other nodes failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        };
+        if !first {
+            let Some(state) = state.upgrade() else { return };
+            tracing::info!("the change listener is listening again; re-reading what was missed");
+            catch_up(&state).await;
+        }
+        first = false;
+        loop {
+            let received = tokio::select! {
+                r = listener.try_recv() => r,
+                _ = stop.changed() => return,
+            };
+            let Some(state) = state.upgrade() else { return };
+            match received {
+                Ok(Some(n)) => act(&state, &node, &echoes, n.payload()).await,
+                Ok(None) => {
+                    tracing::warn!("the change listener lost its connection; listening again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change listener failed; listening again");
+                    break;
                 }
             }
         }
-    };
-    loop {
-        let received = tokio::select! {
-            r = listener.try_recv() => r,
+        drop(listener);
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
             _ = stop.changed() => return,
-        };
-        let Some(state) = state.upgrade() else { return };
-        match received {
-            Ok(Some(n)) => act(&state, &node, &echoes, n.payload()).await,
-            // The connection was lost: the next receive reconnects and
-            // listens again; what was announced meanwhile is re-read now.
-            Ok(None) => {
-                tracing::warn!(
-                    "the change listener lost its connection; re-reading and reconnecting"
-                );
-                catch_up(&state).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the change listener cannot reconnect yet; retrying");
-                drop(state);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
         }
     }
 }
 
+/// How long the listener waits before connecting again.
+const RETRY: Duration = Duration::from_millis(500);
+
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection comes back to `listen`, which re-reads after
+    // listening again; sqlx's own reconnect would skip the re-read.
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }

@@ -12,12 +12,14 @@
 //! believe they hold a role.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
+
+use crate::metrics::RoleMetrics;
 
 /// How often a node checks its lock connection and tries to take the roles
 /// it does not hold (milliseconds).
@@ -76,6 +78,7 @@ pub struct Roles {
     node: String,
     held: [AtomicBool; 3],
     nodes: AtomicU32,
+    metric: OnceLock<RoleMetrics>,
 }
 
 impl Roles {
@@ -89,6 +92,7 @@ impl Roles {
                 AtomicBool::new(true),
             ],
             nodes: AtomicU32::new(1),
+            metric: OnceLock::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl Roles {
                 AtomicBool::new(false),
             ],
             nodes: AtomicU32::new(1),
+            metric: OnceLock::new(),
         }
     }
 
@@ -125,8 +130,26 @@ impl Roles {
             .collect()
     }
 
+    /// Shows the roles held on `/metrics` from now on
+    /// (`kakehashi_cluster_role`); the first call counts.
+    pub fn report_to(&self, metric: RoleMetrics) {
+        for role in Role::ALL {
+            metric.set(role.as_str(), self.holds(role));
+        }
+        let _ = self.metric.set(metric);
+        // A role taken between the loop and `set` is shown now.
+        if let Some(metric) = self.metric.get() {
+            for role in Role::ALL {
+                metric.set(role.as_str(), self.holds(role));
+            }
+        }
+    }
+
     fn set(&self, role: Role, held: bool) {
         let was = self.held[role.index()].swap(held, Ordering::AcqRel);
+        if let Some(metric) = self.metric.get() {
+            metric.set(role.as_str(), held);
+        }
         if was != held {
             if held {
                 tracing::info!(node = %self.node, role = role.as_str(), "this node took the role");

@@ -69,6 +69,7 @@ impl Node {
             }
             crate::store::Pools::Sqlite { .. } => Arc::new(Roles::single_node()),
         };
+        roles.report_to(state.metrics.roles());
         state.records.follow_roles(roles.clone());
         tasks.push(share_limits(state, roles.clone(), stop.subscribe()));
         Node { roles, stop, tasks }

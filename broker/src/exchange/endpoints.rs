@@ -221,13 +221,50 @@ pub async fn handle(
             .as_ref()
             .map_or("-", |o| o.as_str())
             .to_string();
-        match stack(&state, &conn, found, req, request_id).await {
+        let unbounded = found.as_ref().is_ok_and(|(r, _)| {
+            matches!(
+                r.endpoint,
+                Endpoint::QueryStatus | Endpoint::Persons | Endpoint::Copies
+            )
+        });
+        match bounded(
+            &state,
+            unbounded,
+            stack(&state, &conn, found, req, request_id),
+        )
+        .await
+        {
             Ok(response) => response,
             Err(Stop::Refused(refused)) => refused.respond(&state.metrics, request_id, &who),
             Err(Stop::Failed(e)) => endpoint_error(&state, &e, request_id, &who),
         }
     })
     .await
+}
+
+/// On PostgreSQL, a request answers `unavailable` once its work has taken
+/// twice the statement timeout (`[storage] statement_timeout_ms`): a
+/// database behind a network pause answers nothing at all, and the
+/// server's own timeout is not heard until the network is back. Dropping
+/// the request is what a client going away does (a query runs on in its own
+/// task and commits, or not, as a whole). Long-polls and bulk uploads are
+/// left to their own bounds.
+async fn bounded(
+    state: &AppState,
+    unbounded: bool,
+    work: impl std::future::Future<Output = Result<Response<Body>, Stop>>,
+) -> Result<Response<Body>, Stop> {
+    if unbounded || state.store.backend() != "postgres" {
+        return work.await;
+    }
+    let limit = state.config.storage.statement_timeout() * 2;
+    match tokio::time::timeout(limit, work).await {
+        Ok(done) => done,
+        Err(_) => Err(Stop::Failed(BrokerError::refused(
+            ErrorCode::Unavailable,
+            "the database did not answer in time; nothing was answered; try again",
+        ))),
+    }
 }
 
 async fn stack(

@@ -241,7 +241,7 @@ async fn answer(
         issued_at: now,
         expires_at: now + Duration::seconds(secs(exchange.permit_ttl_secs)),
     };
-    let permit = permit::sign(signing_key, claims);
+    let permit = permit::sign(&signing_key, claims);
     let permit_json =
         serde_json::to_string(&permit).map_err(|e| BrokerError::encoding("permit", e))?;
 

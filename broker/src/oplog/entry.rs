@@ -142,6 +142,8 @@ actions! {
     /// An administrator accepted the provision records' stored head after
     /// the records sealer refused (`records accept-head`).
     RecordsHeadAccepted = "records_head_accepted",
+    /// A broker key was rotated or retired (`kakehashi-broker keys`).
+    KeysChanged = "keys_changed",
 }
 
 impl std::fmt::Display for OpAction {
@@ -462,7 +464,7 @@ mod tests {
 
     #[test]
     fn oplog_actions_round_trip_by_name() {
-        assert_eq!(OpAction::ALL.len(), 28);
+        assert_eq!(OpAction::ALL.len(), 29);
         let names: BTreeSet<&str> = OpAction::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names.len(), OpAction::ALL.len());
         for a in OpAction::ALL {

@@ -25,6 +25,10 @@ pub struct LogLine {
     pub key_id: String,
     /// Ed25519 signature, hex.
     pub signature: String,
+    /// RFC 3161 time-stamp token, standard base64 of the DER, when the TSA
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 impl LogLine {
@@ -35,6 +39,10 @@ impl LogLine {
             at: cp.at.clone(),
             key_id: cp.key_id.clone(),
             signature: hex::encode(cp.signature),
+            timestamp: cp
+                .timestamp
+                .as_deref()
+                .map(kakehashi_interfaces::audit::encode_token),
         }
     }
 
@@ -50,6 +58,10 @@ impl LogLine {
             at: self.at.clone(),
             key_id: self.key_id.clone(),
             signature,
+            timestamp: self
+                .timestamp
+                .as_deref()
+                .map(kakehashi_interfaces::audit::decode_token),
         })
     }
 }

@@ -34,6 +34,12 @@ pub enum RecordsCommand {
         /// configured `[records] checkpoint_log`, if any).
         #[arg(long, value_name = "FILE")]
         checkpoint_log: Option<PathBuf>,
+        /// Verify the checkpoints' RFC 3161 time-stamp tokens against this
+        /// TSA certificate (PEM; default the configured `[records]
+        /// tsa_cert`, if any). Checkpoints without a token are reported,
+        /// not failed.
+        #[arg(long, value_name = "FILE")]
+        tsa_cert: Option<PathBuf>,
     },
     /// After investigating why the sealer refuses (its log and `records
     /// verify` name the first bad sequence), accept the database's current
@@ -66,6 +72,10 @@ pub enum RecordsCommand {
         /// stronger pin).
         #[arg(long = "key-id")]
         key_ids: Vec<String>,
+        /// Verify the checkpoints' RFC 3161 time-stamp tokens against this
+        /// TSA certificate (PEM); a token that fails is a failure (exit 1).
+        #[arg(long, value_name = "FILE")]
+        tsa_cert: Option<PathBuf>,
     },
     /// Append synthetic records concurrently, printing each sequence number
     /// as soon as it is committed (crash tests).
@@ -168,11 +178,84 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<Done,
         bundle,
         trusted_keys,
         key_ids,
+        tsa_cert,
     } = &command
     {
-        return verify_export(config, file, bundle.as_deref(), trusted_keys, key_ids);
+        return verify_export(
+            config,
+            file,
+            bundle.as_deref(),
+            trusted_keys,
+            key_ids,
+            tsa_cert.as_deref(),
+        );
     }
     run_on_store(config, command).await.map(|()| Done::Ok)
+}
+
+/// The progress of a long walk on standard error: a bar on a terminal, a
+/// line every [`PROGRESS_LINE_EVERY`] otherwise (logs of a scheduled run).
+struct ShownProgress {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How often a progress line is written when standard error is not a terminal.
+const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn show_progress(progress: Arc<super::WalkProgress>) -> ShownProgress {
+    use std::io::IsTerminal;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "検証中 / verifying {wide_bar} {human_pos}/{human_len} 件 ({per_sec}, 残り {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let tick = if terminal {
+            std::time::Duration::from_millis(200)
+        } else {
+            PROGRESS_LINE_EVERY
+        };
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = &mut stopped => break,
+            }
+            let (done, total) = (
+                progress.done.load(Ordering::Relaxed),
+                progress.total.load(Ordering::Relaxed),
+            );
+            match &bar {
+                Some(bar) => {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+                None => eprintln!(
+                    "検証中 / verifying: {done} / {total} 件 ({:.0} 秒)",
+                    started.elapsed().as_secs_f64()
+                ),
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+    });
+    ShownProgress { stop, task }
+}
+
+impl ShownProgress {
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<(), BrokerError> {
@@ -185,15 +268,27 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
         RecordsCommand::Verify {
             json,
             checkpoint_log,
+            tsa_cert,
         } => {
+            let tsa_cert = tsa_cert
+                .or_else(|| config.records.tsa_cert.clone())
+                .map(|path| super::load_tsa_cert(&path))
+                .transpose()?;
             let keys = super::trusted_keys(&config.keys.dir)?;
             let interval = std::time::Duration::from_millis(config.records.checkpoint_interval_ms);
             let options = super::EvidenceOptions {
                 checkpoint_log: checkpoint_log.or_else(|| config.records.checkpoint_log.clone()),
                 max_unsealed_age: interval * 2,
                 now: time::OffsetDateTime::now_utc(),
+                tsa_cert,
+                progress: Some(Arc::new(super::WalkProgress::default())),
             };
-            let verdict = super::verify_evidence(&pools, &keys, &config.keys.dir, &options).await?;
+            let shown = options.progress.clone().map(show_progress);
+            let verdict = super::verify_evidence(&pools, &keys, &config.keys.dir, &options).await;
+            if let Some(shown) = shown {
+                shown.finish().await;
+            }
+            let verdict = verdict?;
             if json {
                 println!(
                     "{}",
@@ -226,6 +321,7 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
                             2 * config.records.checkpoint_interval_ms,
                             s.key_ids.join(", ")
                         );
+                        print_timestamps(&e.timestamps);
                     }
                     Ok(())
                 }
@@ -287,6 +383,35 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
     }
 }
 
+/// The time-stamp part of `records verify`'s report.
+fn print_timestamps(t: &super::TimestampSummary) {
+    if t.stamped > 0 {
+        println!(
+            "time-stamp tokens: {} checkpoints {} (TSA time {} .. {})",
+            t.stamped,
+            if t.verified_against_tsa {
+                "verified against the TSA certificate"
+            } else {
+                "with matching imprints, TSA signatures not checked (give --tsa-cert)"
+            },
+            t.first_gen_time.as_deref().unwrap_or("-"),
+            t.last_gen_time.as_deref().unwrap_or("-"),
+        );
+    }
+    if t.missing > 0 && (t.verified_against_tsa || t.stamped > 0) {
+        println!(
+            "warning: no timestamp on {} checkpoints (first: {}): signed while the TSA failed, \
+             before one was configured, or their tokens were removed",
+            t.missing,
+            t.missing_seqs
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
 /// Exit status of `records verify-export` for an export that is
 /// self-consistent but not signed by a trusted key (the client's
 /// `kakehashi audit verify` uses the same).
@@ -300,11 +425,18 @@ fn verify_export(
     bundle: Option<&Path>,
     trusted_keys: &[String],
     key_ids: &[String],
+    tsa_cert: Option<&Path>,
 ) -> Result<Done, BrokerError> {
-    let mut trusted = match config {
-        Some(path) => super::trusted_keys(&Config::load(path)?.keys.dir)?,
+    let config = config.map(Config::load).transpose()?;
+    let mut trusted = match &config {
+        Some(config) => super::trusted_keys(&config.keys.dir)?,
         None => audit::TrustedKeys::new(),
     };
+    let tsa_cert = tsa_cert
+        .map(Path::to_path_buf)
+        .or_else(|| config.as_ref().and_then(|c| c.records.tsa_cert.clone()))
+        .map(|path| super::load_tsa_cert(&path))
+        .transpose()?;
     for text in trusted_keys {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut bytes)
@@ -323,6 +455,40 @@ fn verify_export(
         "{} records in {} segments against {} signed checkpoints; filter: {}; made {}",
         report.rows, report.segments, report.checkpoints, report.filter, report.created_at
     );
+    match &tsa_cert {
+        Some(cert) => {
+            let stamped = report.verify_timestamps(cert).map_err(|f| {
+                invalid(format!(
+                    "the export does NOT verify: time-stamp token of {f} (TSA {})",
+                    cert.subject()
+                ))
+            })?;
+            for t in &stamped {
+                println!(
+                    "checkpoint {} time-stamped by TSA {} at {}",
+                    t.seq,
+                    cert.subject(),
+                    t.gen_time
+                );
+            }
+            if !report.untimestamped.is_empty() {
+                println!(
+                    "warning: no timestamp on checkpoint {} (signed while the TSA failed, or its token was removed)",
+                    report
+                        .untimestamped
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        None if !report.timestamps.is_empty() => println!(
+            "{} checkpoints carry time-stamp tokens whose imprints match; give --tsa-cert to verify the TSA's signatures",
+            report.timestamps.len()
+        ),
+        None => {}
+    }
     match report.trust(&trusted, key_ids) {
         audit::ExportTrust::Trusted { key_ids } => {
             println!(

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::db::{self, to_hash, to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
+use super::reader::RecordSource;
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
 
@@ -382,7 +383,8 @@ impl RecordLog {
                         )
                     })?
                 };
-                let mut records = Cursor::<RecordRow>::new(to_i64(lo), to_i64(hi));
+                let mut records =
+                    RecordSource::open(&self.pools, to_i64(lo), to_i64(hi), head.cut_seq);
                 let mut checkpoints = Cursor::<CheckpointRow>::new(to_i64(lo), to_i64(hi));
                 let mut pending = checkpoints.next(&mut snap).await?;
                 let mut in_segment = false;

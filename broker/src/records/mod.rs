@@ -28,9 +28,11 @@ mod db;
 mod export;
 mod person_index;
 mod purge;
+mod reader;
 pub mod sealer_state;
 mod search;
 mod sqlite_direct;
+mod tsa;
 mod verify;
 pub(crate) mod wal;
 mod witness;
@@ -60,9 +62,10 @@ pub use search::{
     SearchFilter, SearchPage, DEFAULT_MAX_EXPORT_BYTES, DEFAULT_MAX_EXPORT_ROWS, MAX_PAGE_SIZE,
     OUTCOME_NAMES,
 };
+pub use tsa::load_tsa_cert;
 pub use verify::{
     trusted_keys, verify_evidence, verify_store, Damage, EvidenceFailure, EvidenceOptions,
-    EvidenceSummary, EvidenceVerdict, Verdict, SEALER_KEY_FILE,
+    EvidenceSummary, EvidenceVerdict, TimestampSummary, Verdict, WalkProgress, SEALER_KEY_FILE,
 };
 pub(crate) use writer::Deletes;
 
@@ -121,6 +124,18 @@ pub struct RecordsConfig {
     /// directory (WORM, another host); `records verify --checkpoint-log`
     /// holds the database against it. Unset: no log (a warning at start).
     pub checkpoint_log: Option<PathBuf>,
+    /// An RFC 3161 Time-Stamp Authority (`http://host[:port]/path`) that
+    /// time-stamps every checkpoint signed (the token is stored with it, in
+    /// exports, answers and the checkpoint log). A TSA that fails costs
+    /// that checkpoint its token only (a warning and a metric); the next
+    /// checkpoint asks again. Unset: checkpoints carry no token.
+    pub tsa_url: Option<String>,
+    /// The TSA's certificate (PEM) trusted for verification: the sealer
+    /// checks each token against it before storing it, and `records verify`
+    /// checks the stored tokens against it.
+    pub tsa_cert: Option<PathBuf>,
+    /// How long the sealer waits for the TSA per checkpoint.
+    pub tsa_timeout_ms: u64,
 }
 
 impl Default for RecordsConfig {
@@ -137,6 +152,9 @@ impl Default for RecordsConfig {
             commit_delay_us: None,
             commit_interval_us: None,
             checkpoint_log: None,
+            tsa_url: None,
+            tsa_cert: None,
+            tsa_timeout_ms: 5_000,
         }
     }
 }
@@ -281,6 +299,8 @@ pub struct RecordLog {
     refusal: Mutex<Option<Latched>>,
     /// Reports the refusal as a metric.
     metrics: Option<crate::metrics::CommitMetrics>,
+    /// The Time-Stamp Authority for checkpoints, if configured.
+    tsa: Option<tsa::Tsa>,
 }
 
 /// A refusal and the administrator acceptance in force when it was found:
@@ -360,6 +380,7 @@ impl RecordLog {
         config: RecordsConfig,
         commits: Option<crate::metrics::CommitMetrics>,
     ) -> Result<Arc<RecordLog>, BrokerError> {
+        let tsa = tsa::Tsa::from_config(&config)?;
         let sealer = verify::load_or_create_sealer(key_dir)?;
         let mut trusted = verify::trusted_keys(key_dir)?;
         let sealer_key_id = trusted.add(sealer.verifying_key());
@@ -412,6 +433,7 @@ impl RecordLog {
             refusing: AtomicBool::new(false),
             refusal: Mutex::new(None),
             metrics: commits,
+            tsa,
         });
         log.load_latest_checkpoint().await?;
         if log.config.checkpoint_log.is_none() {
@@ -672,7 +694,8 @@ impl RecordLog {
             };
             return Err(self.found(refusal, state.as_ref()));
         }
-        let cp = Checkpoint::sign(seq, reached, crate::store::now_rfc3339(), &self.sealer);
+        let mut cp = Checkpoint::sign(seq, reached, crate::store::now_rfc3339(), &self.sealer);
+        cp.timestamp = self.timestamp(&cp).await;
         db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
         self.remember_checkpoint(&cp);
         if let Some(path) = &self.config.checkpoint_log {
@@ -684,6 +707,28 @@ impl RecordLog {
             &sealer_state::SealerState::signed(&cp, accepted),
         )?;
         Ok(Some(seq))
+    }
+
+    /// The TSA's token for `cp`, if a TSA is configured and answers; a
+    /// failure is a warning and a metric, never a reason not to seal.
+    async fn timestamp(&self, cp: &Checkpoint) -> Option<Vec<u8>> {
+        let tsa = self.tsa.as_ref()?;
+        let result = tsa.stamp(cp).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.checkpoint_timestamp(result.is_ok());
+        }
+        match result {
+            Ok(token) => Some(token),
+            Err(why) => {
+                tracing::warn!(
+                    seq = cp.seq,
+                    error = %why,
+                    "the TSA gave no time-stamp token: this checkpoint is signed without one; \
+                     the next checkpoint asks again"
+                );
+                None
+            }
+        }
     }
 
     /// Checks the stored chain against the sealer's state once at open, so
@@ -771,6 +816,7 @@ impl RecordLog {
                 end_seq: end.max(start_seq),
                 whole_store,
                 capture: None,
+                progress: None,
             },
         )
         .await?;

@@ -154,6 +154,7 @@ impl RecordLog {
                 end_seq: covered,
                 whole_store: false,
                 capture: Some(cut),
+                progress: None,
             },
         )
         .await?;

@@ -61,8 +61,13 @@ pub const DEFAULT_MAX_EXPORT_ROWS: u64 = 1_000_000;
 pub const DEFAULT_MAX_EXPORT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The most index entries SQLite counts for one candidate index when it
-/// chooses which to walk.
-pub const PROBE_CAP: i64 = 10_000;
+/// chooses which to walk (index entries only, no rows: about 5 ms each).
+pub const PROBE_CAP: i64 = 50_000;
+
+/// A walk over more index entries than this (SQLite) first gathers the
+/// next candidate's entries, when all of them were counted, and reads
+/// only the rows found in both: below it, reading each row is cheaper.
+const SEMI_JOIN_FROM: i64 = 2_000;
 
 /// Outcome names a search accepts (the table in `kakehashi_interfaces::audit`).
 pub const OUTCOME_NAMES: [&str; 9] = [
@@ -531,7 +536,7 @@ impl<'a> Searcher<'a> {
             Some(b) => to_i64(b).saturating_sub(1),
             None => i64::MAX,
         };
-        if self.sqlite() && p.has_period() {
+        if p.has_period() {
             match self.day_bounds(p).await? {
                 Some((l, u)) => {
                     lo = l;
@@ -543,29 +548,63 @@ impl<'a> Searcher<'a> {
         Ok((lo <= hi && hi > 0).then_some((lo, hi)))
     }
 
-    /// SQLite: the lowest and highest sequence numbers recorded on the days
-    /// of the period: one probe of `(day, seq)` per day that has records,
-    /// found by skipping from day to day through the same index.
+    /// The lowest and highest sequence numbers recorded on the days of the
+    /// period: one probe of `(day, seq)` per day that has records, found by
+    /// skipping from day to day through the same index (migration 0106 on
+    /// SQLite, 0113 on PostgreSQL, where each probe reads only the day's
+    /// month partition).
     async fn day_bounds(&mut self, p: &Prepared) -> Result<Option<(i64, i64)>, BrokerError> {
         const DAY: &str = "substr(recorded_at, 1, 10)";
-        const IX: &str = "records INDEXED BY records_search_day";
+        let sqlite = self.sqlite();
+        let ix = if sqlite {
+            "records INDEXED BY records_search_day"
+        } else {
+            "records"
+        };
+        let first_day = p.first_day.as_deref().unwrap_or("0000-01-01");
+        let last_day = p.last_day.as_deref().unwrap_or("9999-12-31");
         let mut st = Stmt::default();
+        // PostgreSQL: the period's months for the skips, and each day's own
+        // month for its two probes (pruned as the day is known).
+        let months = |st: &mut Stmt| {
+            if !sqlite {
+                if let Some(m) = p.first_month {
+                    st.push(" AND part_month >= ");
+                    st.int(i64::from(m));
+                }
+                if let Some(m) = p.last_month {
+                    st.push(" AND part_month <= ");
+                    st.int(i64::from(m));
+                }
+            }
+        };
+        let day_month = if sqlite {
+            String::new()
+        } else {
+            " AND part_month = CAST(substr(d.day, 1, 4) || substr(d.day, 6, 2) AS INTEGER)".into()
+        };
         st.push(&format!(
-            "WITH RECURSIVE d(day) AS (SELECT MIN({DAY}) FROM {IX} WHERE {DAY} >= "
+            "WITH RECURSIVE d(day) AS (SELECT MIN({DAY}) FROM {ix} WHERE {DAY} >= "
         ));
-        st.text(p.first_day.as_deref().unwrap_or("0000-01-01"));
+        st.text(first_day);
         st.push(&format!(" AND {DAY} <= "));
-        st.text(p.last_day.as_deref().unwrap_or("9999-12-31"));
+        st.text(last_day);
+        months(&mut st);
         st.push(&format!(
-            " UNION ALL SELECT (SELECT MIN({DAY}) FROM {IX} WHERE {DAY} > d.day AND {DAY} <= "
+            " UNION ALL SELECT (SELECT MIN({DAY}) FROM {ix} WHERE {DAY} > d.day AND {DAY} <= "
         ));
-        st.text(p.last_day.as_deref().unwrap_or("9999-12-31"));
+        st.text(last_day);
+        months(&mut st);
         st.push(&format!(
             ") FROM d WHERE d.day IS NOT NULL) \
-             SELECT MIN((SELECT MIN(seq) FROM {IX} WHERE {DAY} = d.day)), \
-                    MAX((SELECT MAX(seq) FROM {IX} WHERE {DAY} = d.day)) \
-             FROM d WHERE d.day IS NOT NULL"
+             SELECT MIN((SELECT MIN(seq) FROM {ix} WHERE {DAY} = d.day{day_month}"
         ));
+        months(&mut st);
+        st.push(&format!(
+            ")), MAX((SELECT MAX(seq) FROM {ix} WHERE {DAY} = d.day{day_month}"
+        ));
+        months(&mut st);
+        st.push(")) FROM d WHERE d.day IS NOT NULL");
         let rows: Vec<(Option<i64>, Option<i64>)> = self.run(&st).await?;
         Ok(match rows.first() {
             Some((Some(lo), Some(hi))) => Some((*lo, *hi)),
@@ -586,31 +625,46 @@ impl<'a> Searcher<'a> {
         if p.person.is_some() {
             return self.person_matching(p, lo, hi, limit).await;
         }
-        let driver = self.choose(p, lo, hi).await?;
-        let sqlite = self.sqlite();
+        let (driver, semi) = self.choose(p, lo, hi).await?;
+        let walk = Walk {
+            sqlite: self.sqlite(),
+            columns: T::COLUMNS,
+            lo,
+            hi,
+            limit,
+            semi,
+        };
+        if let (false, Some(semi)) = (walk.sqlite, semi) {
+            return self.intersected(walk, p, [driver, semi]).await;
+        }
         let mut st = Stmt::default();
-        match driver {
-            Driver::Org => union(
-                &mut st,
-                sqlite,
-                T::COLUMNS,
-                p,
-                [Lead::Requester, Lead::Provider],
-                lo,
-                hi,
-                limit,
-            ),
-            Driver::Flow => branch(&mut st, sqlite, T::COLUMNS, p, Lead::Flow, lo, hi, limit),
-            Driver::Outcome => branch(&mut st, sqlite, T::COLUMNS, p, Lead::Outcome, lo, hi, limit),
-            Driver::Seq => branch(&mut st, sqlite, T::COLUMNS, p, Lead::Seq, lo, hi, limit),
+        match (driver, semi) {
+            (Driver::Org, _) => walk.union(&mut st, p, [Lead::Requester, Lead::Provider]),
+            (Driver::Flow, _) => walk.branch(&mut st, p, Lead::Flow),
+            (Driver::Outcome, _) => walk.branch(&mut st, p, Lead::Outcome),
+            (Driver::Seq, _) => walk.branch(&mut st, p, Lead::Seq),
         }
         Ok(newest_first(self.run(&st).await?, limit))
     }
 
-    /// Which index to walk. PostgreSQL gets the org's two walks when there
-    /// is an org, otherwise one statement whose index its planner picks;
-    /// SQLite walks the candidate with the fewest entries in range.
-    async fn choose(&mut self, p: &Prepared, lo: i64, hi: i64) -> Result<Driver, BrokerError> {
+    /// Which index to walk, and which second index to check its entries
+    /// against before rows are read. The candidates' entries in range are
+    /// counted (up to [`PROBE_CAP`] each, from the indexes alone); when the
+    /// fewest are still many and the next candidate's were all counted,
+    /// both are read from their indexes first, so a combination that
+    /// matches little reads few rows instead of every row of the walk:
+    /// SQLite walks the smaller index testing each entry against the other's
+    /// sequence numbers, PostgreSQL intersects the two (it would test each
+    /// entry only after reading its row). Otherwise SQLite walks the
+    /// candidate with the fewest entries, and PostgreSQL gets the org's two
+    /// walks when there is an org, or one statement whose indexes its
+    /// planner picks.
+    async fn choose(
+        &mut self,
+        p: &Prepared,
+        lo: i64,
+        hi: i64,
+    ) -> Result<(Driver, Option<Driver>), BrokerError> {
         let mut candidates = Vec::new();
         if p.org.is_some() {
             candidates.push(Driver::Org);
@@ -621,24 +675,32 @@ impl<'a> Searcher<'a> {
         if p.outcome.is_some() {
             candidates.push(Driver::Outcome);
         }
-        if candidates.len() < 2 || !self.sqlite() {
-            return Ok(candidates.first().copied().unwrap_or(Driver::Seq));
+        let first = candidates.first().copied().unwrap_or(Driver::Seq);
+        if candidates.len() < 2 {
+            return Ok((first, None));
         }
-        let mut best = (i64::MAX, Driver::Seq);
+        let sqlite = self.sqlite();
+        let mut counted = Vec::new();
         for driver in candidates {
             let mut st = Stmt::default();
             let probe = |st: &mut Stmt, ix: &str, column: &str, value: &str| {
+                let hint = if sqlite {
+                    format!(" INDEXED BY {ix}")
+                } else {
+                    String::new()
+                };
                 st.push(&format!(
-                    "(SELECT COUNT(*) FROM (SELECT 1 FROM records INDEXED BY {ix} WHERE {column} = "
+                    "(SELECT COUNT(*) FROM (SELECT 1 FROM records{hint} WHERE {column} = "
                 ));
                 st.text(value);
                 st.push(" AND seq >= ");
                 st.int(lo);
                 st.push(" AND seq <= ");
                 st.int(hi);
-                st.push(" LIMIT ");
+                // In index order, so that no planner counts by a scan.
+                st.push(" ORDER BY seq DESC LIMIT ");
                 st.int(PROBE_CAP);
-                st.push("))");
+                st.push(") AS c)");
             };
             st.push("SELECT ");
             match (driver, &p.org, &p.flow, &p.outcome) {
@@ -657,11 +719,76 @@ impl<'a> Searcher<'a> {
             }
             let count: Vec<(i64,)> = self.run(&st).await?;
             let count = count.first().map_or(0, |c| c.0);
-            if count < best.0 {
-                best = (count, driver);
-            }
+            // Below the cap every entry was counted (the org's two counts
+            // add up, so both were under it too).
+            counted.push((count, count < PROBE_CAP, driver));
         }
-        Ok(best.1)
+        // Stable: equal counts keep the order org, flow, outcome.
+        counted.sort_by_key(|c| c.0);
+        let Some(&(lead_count, _, lead)) = counted.first() else {
+            return Ok((Driver::Seq, None));
+        };
+        let semi = counted
+            .get(1)
+            .filter(|(_, complete, _)| *complete && lead_count > SEMI_JOIN_FROM)
+            .map(|c| c.2);
+        Ok(match semi {
+            None if !sqlite => (first, None),
+            _ => (lead, semi),
+        })
+    }
+
+    /// PostgreSQL: the sequence numbers in range of both candidates, each
+    /// set read from its index alone (both were counted below the cap),
+    /// intersected here; then the rows of the newest of them, a chunk at a
+    /// time, with the whole filter checked on each. Its planner, given the
+    /// intersection in SQL, still walks one index reading every row.
+    async fn intersected<T: Found>(
+        &mut self,
+        walk: Walk<'static>,
+        p: &Prepared,
+        [first, second]: [Driver; 2],
+    ) -> Result<Vec<T>, BrokerError> {
+        let mut sets = Vec::new();
+        for driver in [first, second] {
+            let mut st = Stmt::default();
+            walk.seqs(&mut st, p, driver);
+            let found: Vec<FoundSeq> = self.run(&st).await?;
+            sets.push(found.into_iter().map(|f| f.seq).collect::<Vec<_>>());
+        }
+        let other: std::collections::HashSet<i64> =
+            sets.pop().unwrap_or_default().into_iter().collect();
+        let mut both: Vec<i64> = sets
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| other.contains(s))
+            .collect();
+        both.sort_unstable_by(|a, b| b.cmp(a));
+        both.dedup();
+        let want = usize::try_from(walk.limit).unwrap_or(usize::MAX);
+        let mut rows: Vec<T> = Vec::new();
+        for chunk in both.chunks(IN_CHUNK) {
+            if rows.len() >= want {
+                break;
+            }
+            let mut st = Stmt::default();
+            // Sequence numbers read from our own indexes as integers.
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            st.push(&format!(
+                "SELECT {} FROM records WHERE seq IN ({list})",
+                T::COLUMNS
+            ));
+            residual(&mut st, walk.sqlite, p, Lead::Seq);
+            st.push(" ORDER BY seq DESC");
+            let found: Vec<T> = self.run(&st).await?;
+            rows.extend(found);
+        }
+        Ok(newest_first(rows, walk.limit))
     }
 
     /// A person code: the records where the viewer org took part under it.
@@ -689,16 +816,15 @@ impl<'a> Searcher<'a> {
         let tail_lo = lo.max(mark.saturating_add(1));
         if tail_lo <= hi {
             let mut st = Stmt::default();
-            union(
-                &mut st,
+            let walk = Walk {
                 sqlite,
-                T::COLUMNS,
-                p,
-                [Lead::PersonRequester, Lead::PersonProvider],
-                tail_lo,
+                columns: T::COLUMNS,
+                lo: tail_lo,
                 hi,
                 limit,
-            );
+                semi: None,
+            };
+            walk.union(&mut st, p, [Lead::PersonRequester, Lead::PersonProvider]);
             rows = newest_first(self.run(&st).await?, limit);
         }
         // Indexed records, newest first; each is checked against the whole
@@ -763,82 +889,156 @@ fn newest_first<T: Found>(mut rows: Vec<T>, limit: i64) -> Vec<T> {
     rows
 }
 
-/// One walk: `SELECT … FROM records [index] WHERE lead AND lo <= seq <= hi
-/// AND the rest ORDER BY seq DESC LIMIT limit`.
-#[allow(clippy::too_many_arguments)]
-fn branch(
-    st: &mut Stmt,
+/// How one statement walks the records: the bounds, the row limit and the
+/// second index its entries are checked against, if any.
+struct Walk<'c> {
     sqlite: bool,
-    columns: &str,
-    p: &Prepared,
-    lead: Lead,
+    columns: &'c str,
     lo: i64,
     hi: i64,
     limit: i64,
-) {
-    let hint = if sqlite { lead.sqlite_hint() } else { "" };
-    st.push(&format!("SELECT {columns} FROM records{hint} WHERE "));
-    let none = String::new();
-    match lead {
-        Lead::Seq => {}
-        Lead::Requester | Lead::Provider => {
-            st.push(if lead == Lead::Requester {
-                "requester = "
-            } else {
-                "provider = "
-            });
-            st.text(p.org.as_ref().unwrap_or(&none));
-            st.push(" AND ");
-        }
-        Lead::Flow => {
-            st.push("flow_id = ");
-            st.text(p.flow.as_ref().unwrap_or(&none));
-            st.push(" AND ");
-        }
-        Lead::Outcome => {
-            st.push("outcome = ");
-            st.text(p.outcome.as_ref().unwrap_or(&none));
-            st.push(" AND ");
-        }
-        Lead::PersonRequester | Lead::PersonProvider => {
-            let side = if lead == Lead::PersonRequester {
-                "requester"
-            } else {
-                "provider"
-            };
-            st.push(&format!("{side} = "));
-            st.text(&p.viewer);
-            st.push(&format!(" AND {side}_code = "));
-            st.text(p.person.as_ref().unwrap_or(&none));
-            st.push(" AND ");
-        }
-    }
-    st.push("seq >= ");
-    st.int(lo);
-    st.push(" AND seq <= ");
-    st.int(hi);
-    residual(st, sqlite, p, lead);
-    st.push(" ORDER BY seq DESC LIMIT ");
-    st.int(limit);
+    /// SQLite: the candidate whose sequence numbers in range are gathered
+    /// from its own index first; an entry of the walk not among them is
+    /// passed over without its row being read.
+    semi: Option<Driver>,
 }
 
-/// Two walks whose rows are merged afterwards ([`newest_first`]).
-#[allow(clippy::too_many_arguments)]
-fn union(
-    st: &mut Stmt,
-    sqlite: bool,
-    columns: &str,
-    p: &Prepared,
-    [first, second]: [Lead; 2],
-    lo: i64,
-    hi: i64,
-    limit: i64,
-) {
-    st.push("SELECT * FROM (");
-    branch(st, sqlite, columns, p, first, lo, hi, limit);
-    st.push(") AS a UNION ALL SELECT * FROM (");
-    branch(st, sqlite, columns, p, second, lo, hi, limit);
-    st.push(") AS b");
+impl Walk<'_> {
+    /// One walk: `SELECT … FROM records [index] WHERE lead AND lo <= seq <=
+    /// hi [AND +seq IN (second index)] AND the rest ORDER BY seq DESC LIMIT
+    /// limit`.
+    fn branch(&self, st: &mut Stmt, p: &Prepared, lead: Lead) {
+        let hint = if self.sqlite { lead.sqlite_hint() } else { "" };
+        st.push(&format!(
+            "SELECT {} FROM records{hint} WHERE ",
+            self.columns
+        ));
+        let none = String::new();
+        match lead {
+            Lead::Seq => {}
+            Lead::Requester | Lead::Provider => {
+                st.push(if lead == Lead::Requester {
+                    "requester = "
+                } else {
+                    "provider = "
+                });
+                st.text(p.org.as_ref().unwrap_or(&none));
+                st.push(" AND ");
+            }
+            Lead::Flow => {
+                st.push("flow_id = ");
+                st.text(p.flow.as_ref().unwrap_or(&none));
+                st.push(" AND ");
+            }
+            Lead::Outcome => {
+                st.push("outcome = ");
+                st.text(p.outcome.as_ref().unwrap_or(&none));
+                st.push(" AND ");
+            }
+            Lead::PersonRequester | Lead::PersonProvider => {
+                let side = if lead == Lead::PersonRequester {
+                    "requester"
+                } else {
+                    "provider"
+                };
+                st.push(&format!("{side} = "));
+                st.text(&p.viewer);
+                st.push(&format!(" AND {side}_code = "));
+                st.text(p.person.as_ref().unwrap_or(&none));
+                st.push(" AND ");
+            }
+        }
+        st.push("seq >= ");
+        st.int(self.lo);
+        st.push(" AND seq <= ");
+        st.int(self.hi);
+        if self.sqlite {
+            if let Some(semi) = self.semi {
+                self.semi_join(st, p, semi);
+            }
+        }
+        residual(st, self.sqlite, p, lead);
+        st.push(" ORDER BY seq DESC LIMIT ");
+        st.int(self.limit);
+    }
+
+    /// ` AND +seq IN (…)`: the sequence numbers in range of the second
+    /// candidate, read from its index alone. The `+` keeps SQLite walking
+    /// the lead index in order and testing each entry's sequence number
+    /// (which the index holds) before it reads the row.
+    fn semi_join(&self, st: &mut Stmt, p: &Prepared, semi: Driver) {
+        let one = |st: &mut Stmt, ix: &str, column: &str, value: &str| {
+            st.push(&format!(
+                "SELECT seq FROM records INDEXED BY {ix} WHERE {column} = "
+            ));
+            st.text(value);
+            st.push(" AND seq >= ");
+            st.int(self.lo);
+            st.push(" AND seq <= ");
+            st.int(self.hi);
+        };
+        match (semi, &p.org, &p.flow, &p.outcome) {
+            (Driver::Org, Some(org), _, _) => {
+                st.push(" AND +seq IN (");
+                one(st, "records_search_requester", "requester", org);
+                st.push(" UNION ALL ");
+                one(st, "records_search_provider", "provider", org);
+                st.push(")");
+            }
+            (Driver::Flow, _, Some(flow), _) => {
+                st.push(" AND +seq IN (");
+                one(st, "records_search_flow", "flow_id", flow);
+                st.push(")");
+            }
+            (Driver::Outcome, _, _, Some(outcome)) => {
+                st.push(" AND +seq IN (");
+                one(st, "records_search_outcome", "outcome", outcome);
+                st.push(")");
+            }
+            _ => {}
+        }
+    }
+
+    /// `SELECT seq …` of one candidate in range, from its index alone.
+    fn seqs(&self, st: &mut Stmt, p: &Prepared, driver: Driver) {
+        let one = |st: &mut Stmt, column: &str, value: &str| {
+            st.push(&format!("(SELECT seq FROM records WHERE {column} = "));
+            st.text(value);
+            st.push(" AND seq >= ");
+            st.int(self.lo);
+            st.push(" AND seq <= ");
+            st.int(self.hi);
+            // In index order, so that no planner reads them by a scan.
+            st.push(" ORDER BY seq DESC)");
+        };
+        match (driver, &p.org, &p.flow, &p.outcome) {
+            (Driver::Org, Some(org), _, _) => {
+                st.push("(");
+                one(st, "requester", org);
+                st.push(" UNION ");
+                one(st, "provider", org);
+                st.push(")");
+            }
+            (Driver::Flow, _, Some(flow), _) => one(st, "flow_id", flow),
+            (Driver::Outcome, _, _, Some(outcome)) => one(st, "outcome", outcome),
+            // Not a candidate of this search: nothing narrows.
+            _ => {
+                st.push("SELECT seq FROM records WHERE seq >= ");
+                st.int(self.lo);
+                st.push(" AND seq <= ");
+                st.int(self.hi);
+            }
+        }
+    }
+
+    /// Two walks whose rows are merged afterwards ([`newest_first`]).
+    fn union(&self, st: &mut Stmt, p: &Prepared, [first, second]: [Lead; 2]) {
+        st.push("SELECT * FROM (");
+        self.branch(st, p, first);
+        st.push(") AS a UNION ALL SELECT * FROM (");
+        self.branch(st, p, second);
+        st.push(") AS b");
+    }
 }
 
 /// The conditions the walk's own index does not answer, checked per row.

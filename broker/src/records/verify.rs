@@ -2,6 +2,8 @@
 //! sealer's keys in the key directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -11,7 +13,8 @@ use kakehashi_interfaces::audit::{
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::db::{to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
+use super::db::{to_i64, CheckpointRow, Cursor, Snapshot};
+use super::reader::RecordSource;
 use crate::error::BrokerError;
 use crate::store::Pools;
 
@@ -134,6 +137,18 @@ pub(crate) struct WalkPlan {
     pub whole_store: bool,
     /// Remember the chain hash at this sequence.
     pub capture: Option<u64>,
+    /// Where to show how far the walk has come.
+    pub progress: Option<Arc<WalkProgress>>,
+}
+
+/// How far a walk has come, for a progress display: records walked of the
+/// records it will walk.
+#[derive(Debug, Default)]
+pub struct WalkProgress {
+    /// Records walked.
+    pub done: AtomicU64,
+    /// Records to walk.
+    pub total: AtomicU64,
 }
 
 /// Rows verified between two yields to the scheduler.
@@ -147,10 +162,11 @@ pub(crate) async fn walk(
     plan: WalkPlan,
 ) -> Result<Walk, BrokerError> {
     let mut snap = Snapshot::begin(pools).await?;
-    walk_in(&mut snap, keys, plan).await
+    walk_in(pools, &mut snap, keys, plan).await
 }
 
 async fn walk_in(
+    pools: &Pools,
     snap: &mut Snapshot,
     keys: TrustedKeys,
     plan: WalkPlan,
@@ -165,7 +181,14 @@ async fn walk_in(
     } else {
         to_i64(plan.start_seq + 1)
     };
-    let mut records = Cursor::<RecordRow>::new(lo, to_i64(plan.end_seq));
+    let cut_seq = snap.head().await?.cut_seq;
+    if let Some(p) = &plan.progress {
+        p.total.store(
+            plan.end_seq.saturating_sub(plan.start_seq),
+            Ordering::Relaxed,
+        );
+    }
+    let mut records = RecordSource::open(pools, lo, to_i64(plan.end_seq), cut_seq);
     let mut checkpoints = Cursor::<CheckpointRow>::new(to_i64(plan.start_seq + 1), i64::MAX);
     let mut pending = checkpoints.next(snap).await?;
     let mut captured = None;
@@ -180,6 +203,10 @@ async fn walk_in(
         // of them in one poll would hold a request worker for milliseconds
         // (the checkpoint sealer walks the new tail every few seconds).
         if seq % YIELD_EVERY_ROWS == 0 {
+            if let Some(p) = &plan.progress {
+                p.done
+                    .store(seq.saturating_sub(plan.start_seq), Ordering::Relaxed);
+            }
             tokio::task::yield_now().await;
         }
         let (record, stored) = match row.to_record() {
@@ -239,6 +266,7 @@ pub async fn verify_store(pools: &Pools, keys: &TrustedKeys) -> Result<Verdict, 
     let mut snap = Snapshot::begin(pools).await?;
     let head = snap.head().await?;
     let walk = walk_in(
+        pools,
         &mut snap,
         keys.clone(),
         WalkPlan {
@@ -247,6 +275,7 @@ pub async fn verify_store(pools: &Pools, keys: &TrustedKeys) -> Result<Verdict, 
             end_seq: head.seq,
             whole_store: true,
             capture: None,
+            progress: None,
         },
     )
     .await?;
@@ -263,6 +292,12 @@ pub struct EvidenceOptions {
     pub max_unsealed_age: std::time::Duration,
     /// The time to measure ages from.
     pub now: time::OffsetDateTime,
+    /// The TSA certificate the checkpoints' time-stamp tokens must verify
+    /// against. Without it each token's message imprint is still checked
+    /// (a token moved from another checkpoint fails either way).
+    pub tsa_cert: Option<kakehashi_interfaces::audit::TsaCertificate>,
+    /// Where to show how far the walk over the chain has come.
+    pub progress: Option<Arc<WalkProgress>>,
 }
 
 /// Where a signed head that the database no longer matches was kept.
@@ -332,6 +367,15 @@ pub enum Damage {
         /// Its sequence.
         checkpoint: u64,
     },
+    /// A checkpoint's time-stamp token is malformed, belongs to another
+    /// checkpoint, or (with a TSA certificate) is not signed by that TSA.
+    #[error("the time-stamp token of checkpoint {checkpoint} fails: {reason}")]
+    Timestamp {
+        /// The checkpoint's sequence.
+        checkpoint: u64,
+        /// What is wrong with the token.
+        reason: String,
+    },
     /// A line of the checkpoint log is unreadable, badly signed or signed
     /// by an untrusted key.
     #[error("line {line} of the checkpoint log is not a checkpoint signed by a trusted key (log tampered with)")]
@@ -352,6 +396,7 @@ impl Damage {
             Damage::Rechained { .. } => "rechained",
             Damage::CheckpointMissing { .. } => "checkpoint_missing",
             Damage::LogForged { .. } => "log_forged",
+            Damage::Timestamp { .. } => "timestamp",
         }
     }
 }
@@ -375,6 +420,79 @@ pub struct EvidenceSummary {
     pub sealer_state_seq: Option<u64>,
     /// Checkpoint-log entries held against the database, if a log was given.
     pub checkpoint_log_entries: Option<u64>,
+    /// The checkpoints' time-stamp tokens.
+    pub timestamps: TimestampSummary,
+}
+
+/// What `records verify` found of the checkpoints' time-stamp tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TimestampSummary {
+    /// Checkpoints whose token's imprint matched (and, with a TSA
+    /// certificate, whose TSA signature verified).
+    pub stamped: u64,
+    /// Whether the tokens were verified against a TSA certificate.
+    pub verified_against_tsa: bool,
+    /// The TSA's time of the earliest and the latest checkpoint stamped.
+    pub first_gen_time: Option<String>,
+    /// See `first_gen_time`.
+    pub last_gen_time: Option<String>,
+    /// Checkpoints without a token (signed while the TSA failed, or before
+    /// one was configured): not a failure, reported.
+    pub missing: u64,
+    /// The first few of them.
+    pub missing_seqs: Vec<u64>,
+}
+
+/// Sequences of checkpoints without a token listed by name.
+const MISSING_LISTED: usize = 20;
+
+/// Checks the time-stamp token of every stored checkpoint after `cut_seq`:
+/// the first that fails, or what they show.
+async fn check_timestamps(
+    snap: &mut Snapshot,
+    cut_seq: u64,
+    tsa: Option<&kakehashi_interfaces::audit::TsaCertificate>,
+) -> Result<Result<TimestampSummary, EvidenceFailure>, BrokerError> {
+    use kakehashi_interfaces::audit as a;
+    let mut summary = TimestampSummary {
+        verified_against_tsa: tsa.is_some(),
+        ..TimestampSummary::default()
+    };
+    let mut rows = Cursor::<CheckpointRow>::new(to_i64(cut_seq + 1), i64::MAX);
+    while let Some(row) = rows.next(snap).await? {
+        let cp = row.to_checkpoint();
+        let Some(token) = &cp.timestamp else {
+            summary.missing += 1;
+            if summary.missing_seqs.len() < MISSING_LISTED {
+                summary.missing_seqs.push(cp.seq);
+            }
+            continue;
+        };
+        let digest = a::checkpoint_digest(&cp);
+        let checked = match tsa {
+            Some(cert) => a::verify_token(token, &digest, cert),
+            None => a::check_imprint(token, &digest),
+        };
+        match checked {
+            Ok(info) => {
+                summary.stamped += 1;
+                if summary.first_gen_time.is_none() {
+                    summary.first_gen_time = Some(info.gen_time.clone());
+                }
+                summary.last_gen_time = Some(info.gen_time);
+            }
+            Err(e) => {
+                return Ok(Err(EvidenceFailure {
+                    seq: cp.seq,
+                    damage: Damage::Timestamp {
+                        checkpoint: cp.seq,
+                        reason: e.to_string(),
+                    },
+                }))
+            }
+        }
+    }
+    Ok(Ok(summary))
 }
 
 /// The result of `records verify`.
@@ -418,6 +536,7 @@ pub async fn verify_evidence(
     let mut snap = Snapshot::begin(pools).await?;
     let head = snap.head().await?;
     let walk = walk_in(
+        pools,
         &mut snap,
         keys.clone(),
         WalkPlan {
@@ -426,6 +545,7 @@ pub async fn verify_evidence(
             end_seq: head.seq,
             whole_store: true,
             capture: None,
+            progress: options.progress.clone(),
         },
     )
     .await?;
@@ -607,12 +727,23 @@ pub async fn verify_evidence(
         failures.extend(broken(seq, Damage::Unsealed { recorded_at }));
     }
 
+    // The checkpoints' time-stamp tokens.
+    let timestamps =
+        match check_timestamps(&mut snap, head.cut_seq, options.tsa_cert.as_ref()).await? {
+            Ok(summary) => summary,
+            Err(failure) => {
+                failures.push(failure);
+                TimestampSummary::default()
+            }
+        };
+
     Ok(match failures.into_iter().min_by_key(|f| f.seq) {
         Some(first) => EvidenceVerdict::Broken(first),
         None => EvidenceVerdict::Intact(EvidenceSummary {
             chain,
             sealer_state_seq: state.map(|s| s.seq),
             checkpoint_log_entries: log_entries,
+            timestamps,
         }),
     })
 }

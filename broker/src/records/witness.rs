@@ -13,7 +13,8 @@ use kakehashi_interfaces::records::{
 };
 use kakehashi_interfaces::ErrorCode;
 
-use super::db::{self, to_i64, Cursor, RecordRow, Snapshot};
+use super::db::{self, to_i64, Snapshot};
+use super::reader::RecordSource;
 use super::RecordLog;
 use crate::error::BrokerError;
 
@@ -132,7 +133,8 @@ impl RecordLog {
         };
         let mut links = Vec::new();
         if end > from {
-            let mut rows = Cursor::<RecordRow>::new(to_i64(from + 1), to_i64(end));
+            let mut rows =
+                RecordSource::open(&self.pools, to_i64(from + 1), to_i64(end), head.cut_seq);
             while let Some(row) = rows.next(&mut snap).await? {
                 let seq = row.seq_u64();
                 if seq % YIELD_EVERY_ROWS == 0 {

@@ -91,10 +91,14 @@ impl Pools {
                     .test_before_acquire(false)
                     .connect_lazy_with((*read.connect_options()).clone()),
             },
+            // The same acquire timeout too: sqlx's default (30 s) would
+            // keep a task waiting, and backing off its reconnects by up to
+            // 6 s, long after a restarted database is back.
             Pools::Postgres(pool) => Pools::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(connections)
                     .test_before_acquire(false)
+                    .acquire_timeout(pool.options().get_acquire_timeout())
                     .connect_lazy_with((*pool.connect_options()).clone()),
             ),
         }
@@ -140,9 +144,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, BrokerError> {
     Ok(match config.target()? {
         StorageTarget::Sqlite(path) => Arc::new(SqliteStore::open(&path).await?),
-        StorageTarget::Postgres(url) => {
-            Arc::new(PgStore::open(&url, config.max_connections).await?)
-        }
+        StorageTarget::Postgres(url) => Arc::new(
+            PgStore::open_with(&url, config.max_connections, config.statement_timeout()).await?,
+        ),
     })
 }
 

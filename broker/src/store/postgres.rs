@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kakehashi_interfaces::{ErrorCode, OrgId, OrgStatus};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use super::{not_found, parse_org_row, NewOrg, OrgRecord, Store};
 use crate::error::BrokerError;
@@ -14,14 +14,50 @@ use crate::error::BrokerError;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    statement_timeout: Duration,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The statement timeout of [`PgStore::open`].
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PgStore {
     /// Connects and migrates (migrations take an advisory lock, so several
-    /// nodes starting together are safe).
+    /// nodes starting together are safe), with the default statement timeout.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, BrokerError> {
+        Self::open_with(url, max_connections, DEFAULT_STATEMENT_TIMEOUT).await
+    }
+
+    /// [`PgStore::open`] with a statement timeout: every pooled connection
+    /// runs with PostgreSQL's `statement_timeout` set to it and
+    /// `idle_in_transaction_session_timeout` to twice it (a node cut off
+    /// in the middle of a transaction loses it, and its row locks, rather
+    /// than holding up every other node); waiting for a pooled connection
+    /// gives up after it too. Each surfaces as `unavailable`.
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: Duration,
+    ) -> Result<Self, BrokerError> {
+        let base: PgConnectOptions = url.parse()?;
+        // Migrations run on a connection without the timeouts: the advisory
+        // lock they take waits for another node's migrations.
+        let mut migrating = PgConnection::connect_with(&base).await?;
+        MIGRATOR.run(&mut migrating).await?;
+        let _ = migrating.close().await;
+        let ms = statement_timeout.as_millis().max(1);
+        // JIT off: the planner's costs over the records' month partitions
+        // pass the JIT thresholds, and compiling a whole-chain read over 88
+        // partitions took 5–6 s before its first row (measured with
+        // `kakehashi-bench national`: the first FETCH of `records verify`
+        // 6.2 s with JIT, 8 ms without); nothing here runs long enough to
+        // gain from it.
+        let options = base.options([
+            ("statement_timeout", ms.to_string()),
+            ("idle_in_transaction_session_timeout", (2 * ms).to_string()),
+            ("jit", "off".to_string()),
+        ]);
         // No ping before each acquire: it is a network round trip per
         // statement. A connection broken by a server restart fails its next
         // statement (answered as `unavailable`, nothing half-done) and is
@@ -29,11 +65,13 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .acquire_timeout(statement_timeout)
+            .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            statement_timeout,
+        })
     }
 
     /// The pool (for modules that add tables).
@@ -70,8 +108,23 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // Bounded: a database cut off by a network pause does not answer
+        // at all, and a readiness probe must.
+        match tokio::time::timeout(
+            self.statement_timeout,
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await
+        {
+            Ok(done) => {
+                done?;
+                Ok(())
+            }
+            Err(_) => Err(BrokerError::refused(
+                ErrorCode::Unavailable,
+                "the database did not answer in time",
+            )),
+        }
     }
 
     async fn add_org(&self, org: &NewOrg) -> Result<OrgRecord, BrokerError> {

@@ -323,6 +323,8 @@ key you trust: one pinned in the profile (`kakehashi audit keys --pin`), or
 given with --trusted-key (or --trusted-key-id). Anyone can re-chain altered
 records and sign them with a key of their own, so a bundle's own key proves
 nothing.
+With --tsa-cert the checkpoints' RFC 3161 time-stamp tokens are verified
+against that TSA's certificate and their TSA times shown.
 Exit codes: 0 verified against a trusted key, 1 verification failed (altered),
 2 files unreadable, 6 self-consistent but not signed by a trusted key.")]
     Verify {
@@ -337,6 +339,11 @@ Exit codes: 0 verified against a trusted key, 1 verification failed (altered),
         /// A sealer key id to trust (repeatable; a full key is the stronger pin).
         #[arg(long = "trusted-key-id", value_name = "ID")]
         trusted_key_ids: Vec<String>,
+        /// Verify the checkpoints' RFC 3161 time-stamp tokens against this TSA
+        /// certificate (PEM); a token that fails is a verification failure (exit 1),
+        /// a checkpoint without one is reported as "no timestamp".
+        #[arg(long, value_name = "FILE")]
+        tsa_cert: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

@@ -160,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             bundle,
             trusted_keys,
             trusted_key_ids,
+            tsa_cert,
             json,
         }) => records_cmd::verify(
             chosen,
@@ -167,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             bundle.as_deref(),
             &trusted_keys,
             &trusted_key_ids,
+            tsa_cert.as_deref(),
             json,
         ),
         Command::Audit(AuditCommand::Keys(args)) => witness_cmd::keys(chosen, args).await,

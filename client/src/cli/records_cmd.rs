@@ -77,8 +77,10 @@ pub fn verify(
     bundle: Option<&Path>,
     trusted_keys: &[String],
     trusted_ids: &[String],
+    tsa_cert: Option<&Path>,
     json: bool,
 ) -> Result<Exit, CliError> {
+    let tsa = tsa_cert.map(read_tsa_cert).transpose()?;
     // An auditor without a profile gives the key on the command line.
     let profile = match super::profile_cmd::resolve(chosen) {
         Ok(found) => Some(found),
@@ -106,9 +108,25 @@ pub fn verify(
             ),
         }),
     };
+    let stamped = match &tsa {
+        Some(cert) => Some(report.verify_timestamps(cert).map_err(|f| CliError {
+            exit: Exit::Partial,
+            message: format!(
+                "タイムスタンプの検証に失敗しました / time-stamp verification FAILED for {}: {f} (TSA {})",
+                file.display(),
+                cert.subject()
+            ),
+            hint: Some(
+                "the token does not belong to this checkpoint or was not issued by this TSA; check that --tsa-cert is your broker's TSA and report the difference to your auditor".into(),
+            ),
+        })?),
+        None => None,
+    };
     let trust = report.trust(&trusted, trusted_ids);
     if json {
-        super::print_json(&serde_json::json!({ "report": report, "trust": trust }))?;
+        super::print_json(
+            &serde_json::json!({ "report": report, "trust": trust, "timestamps_verified": stamped }),
+        )?;
     } else {
         println!(
             "整合: {} 行、{} 区間、署名付きチェックポイント {} 件 / consistent: {} rows in {} segments, {} signed checkpoints",
@@ -117,6 +135,7 @@ pub fn verify(
         println!("export filter: {}", report.filter);
         println!("exported at:   {}", report.created_at);
         println!("signed by key: {}", report.key_ids.join(", "));
+        print_timestamps(&report, stamped.as_deref(), tsa.as_ref());
     }
     match trust {
         ExportTrust::Trusted { key_ids } => {
@@ -148,5 +167,55 @@ pub fn verify(
                 "anyone can re-chain records and sign them; pin the broker's keys (`kakehashi audit keys --pin`, comparing the ids with the broker's operator) or pass --trusted-key".into(),
             ),
         }),
+    }
+}
+
+/// Reads `--tsa-cert`.
+fn read_tsa_cert(path: &Path) -> Result<audit::TsaCertificate, CliError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read the TSA certificate {}: {e}",
+            path.display()
+        ))
+    })?;
+    audit::TsaCertificate::from_pem(&pem).map_err(|e| {
+        CliError::usage(format!("{}: {e}", path.display()))
+            .hint("give the PEM certificate of the Time-Stamp Authority your broker uses ([records] tsa_cert)")
+    })
+}
+
+/// The time-stamp lines of `audit verify`'s report.
+fn print_timestamps(
+    report: &audit::ExportReport,
+    stamped: Option<&[audit::VerifiedTimestamp]>,
+    tsa: Option<&audit::TsaCertificate>,
+) {
+    match (stamped, tsa) {
+        (Some(stamped), Some(cert)) => {
+            for t in stamped {
+                println!(
+                    "時刻認証済み / time-stamped: checkpoint {} at {} by TSA {}",
+                    t.seq,
+                    t.gen_time,
+                    cert.subject()
+                );
+            }
+            if !report.untimestamped.is_empty() {
+                println!(
+                    "タイムスタンプなし / no timestamp: checkpoint {} (signed while the TSA failed, or its token was removed)",
+                    report
+                        .untimestamped
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        _ if !report.timestamps.is_empty() => println!(
+            "{} checkpoints carry time-stamp tokens whose imprints match; give --tsa-cert to verify the TSA's signatures",
+            report.timestamps.len()
+        ),
+        _ => {}
     }
 }

@@ -29,6 +29,10 @@ pub struct Checkpoint {
     pub key_id: String,
     /// Ed25519 signature over [`Checkpoint::signing_bytes`].
     pub signature: [u8; 64],
+    /// The RFC 3161 time-stamp token (DER) over the checkpoint's digest
+    /// ([`super::checkpoint_digest`]), when a TSA answered; not covered by
+    /// the signature, it proves itself ([`super::verify_token`]).
+    pub timestamp: Option<Vec<u8>>,
 }
 
 impl Checkpoint {
@@ -55,6 +59,7 @@ impl Checkpoint {
             at,
             key_id,
             signature,
+            timestamp: None,
         }
     }
 

@@ -367,6 +367,10 @@ pub enum BundleLine {
         public_key: String,
         /// Signature, hex.
         signature: String,
+        /// RFC 3161 time-stamp token, standard base64 of the DER; absent
+        /// when the checkpoint has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp: Option<String>,
     },
     /// The latest signed checkpoint of the whole log when the export was
     /// made (at or after every checkpoint above), so the auditor's org can
@@ -384,6 +388,10 @@ pub enum BundleLine {
         public_key: String,
         /// Signature, hex.
         signature: String,
+        /// RFC 3161 time-stamp token, standard base64 of the DER; absent
+        /// when the checkpoint has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp: Option<String>,
     },
     /// Last line.
     End {
@@ -404,6 +412,7 @@ impl BundleLine {
             key_id: cp.key_id.clone(),
             public_key: hex::encode(public_key.as_bytes()),
             signature: hex::encode(cp.signature),
+            timestamp: cp.timestamp.as_deref().map(super::encode_token),
         }
     }
 
@@ -416,6 +425,7 @@ impl BundleLine {
             key_id: cp.key_id.clone(),
             public_key: hex::encode(public_key.as_bytes()),
             signature: hex::encode(cp.signature),
+            timestamp: cp.timestamp.as_deref().map(super::encode_token),
         }
     }
 

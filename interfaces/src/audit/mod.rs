@@ -36,6 +36,10 @@
 //!   [`TrustedKeys`].
 //! - `export.rs`: the auditor export's data file (CSV, JSON Lines) and
 //!   bundle ([`ExportRow`], [`BundleLine`]).
+//! - `timestamp.rs`: RFC 3161 time-stamp tokens of checkpoints: the request
+//!   a sealer sends ([`timestamp_request`]), the token it keeps
+//!   ([`token_from_response`]) and the offline check against a TSA
+//!   certificate ([`verify_token`], [`TsaCertificate`]).
 //! - `verify.rs`: [`ChainVerifier`] and [`verify_export`].
 //! - `disclosure.rs`: [`DisclosureEntry`], a line of a person's disclosure
 //!   (R18); it is a view of records and is not hashed.
@@ -101,7 +105,14 @@
 //! checkpoint       = Ed25519 over "kakehashi/records/v1/checkpoint\0"
 //!                    ‖ u64 seq ‖ hash_seq[32] ‖ str at ‖ str key_id
 //! key_id           = first 16 lowercase hex digits of SHA-256(public key)
+//! tsa imprint      = SHA-256(the checkpoint's signing bytes above)
 //! ```
+//!
+//! A checkpoint may carry an RFC 3161 time-stamp token (DER
+//! `TimeStampToken`; standard base64 in JSON) whose message imprint is the
+//! SHA-256 `tsa imprint` above. The token is not covered by the Ed25519
+//! signature: it proves itself against the TSA's certificate
+//! ([`verify_token`]; ECDSA P-256 and RSA PKCS#1 v1.5, with SHA-256).
 //!
 //! The public key is the 32-byte Ed25519 key. Signatures are checked
 //! strictly (RFC 8032, and small-order keys and points are refused).
@@ -169,10 +180,11 @@
 //!                                          requester's and provider's person
 //!                                          commitments (hex), omitted when absent
 //! leaf        seq, leaf                    a record that is not exported: its leaf hash
-//! checkpoint  seq, head_hash, at, key_id, public_key, signature
+//! checkpoint  seq, head_hash, at, key_id, public_key, signature, timestamp?
 //!                                          a checkpoint at the last listed sequence;
-//!                                          public_key is 32 bytes, signature 64 (hex)
-//! latest      seq, head_hash, at, key_id, public_key, signature
+//!                                          public_key is 32 bytes, signature 64 (hex);
+//!                                          timestamp its RFC 3161 token (base64), if any
+//! latest      seq, head_hash, at, key_id, public_key, signature, timestamp?
 //!                                          optional, once, after the segments: the whole
 //!                                          log's latest checkpoint when the export was made
 //! end         rows, data_sha256            rows in the data file; SHA-256 of the whole
@@ -187,7 +199,10 @@
 //! rebuilds each row's record with its commitments, chains each segment from
 //! its start hash, checks each checkpoint's signature (and the `latest`
 //! one's) with the key it carries and that its `key_id` is that key's id,
-//! and checks the row count and the data file's hash. That proves the
+//! checks every time-stamp token's imprint against its checkpoint (a token
+//! moved from another checkpoint fails; [`ExportReport::verify_timestamps`]
+//! checks the TSA's signatures given its certificate), and checks the row
+//! count and the data file's hash. That proves the
 //! export is self-consistent only: anyone can re-chain altered records and
 //! sign with a key of their own. It is evidence when every key in
 //! [`ExportReport::public_keys`] is one the auditor obtained from the broker
@@ -288,6 +303,7 @@ mod encoding;
 mod export;
 mod outcome;
 mod record;
+mod timestamp;
 mod verify;
 
 #[cfg(test)]
@@ -304,7 +320,12 @@ pub use export::{
 };
 pub use outcome::Outcome;
 pub use record::{person_commitment, Hash, Record, ENCODING_VERSION, SALT_LEN};
+pub use timestamp::{
+    check_imprint, checkpoint_digest, decode_token, encode_token, request as timestamp_request,
+    token_from_response, verify_token, TimestampError, TokenInfo, TsaCertificate,
+    REQUEST_CONTENT_TYPE, RESPONSE_CONTENT_TYPE,
+};
 pub use verify::{
-    verify_export, verify_export_files, ChainSummary, ChainVerifier, ExportError, ExportReport,
-    ExportTrust,
+    verify_export, verify_export_files, ChainSummary, ChainVerifier, CheckpointTimestamp,
+    ExportError, ExportReport, ExportTrust, TimestampFailure, VerifiedTimestamp,
 };

@@ -281,6 +281,15 @@ pub enum ExportError {
     /// The data file's hash differs from the bundle's.
     #[error("data file was changed: its SHA-256 differs from the bundle's")]
     DataHash,
+    /// A checkpoint's time-stamp token is malformed or belongs to another
+    /// checkpoint.
+    #[error("checkpoint {checkpoint}: {error}")]
+    Timestamp {
+        /// The checkpoint's sequence.
+        checkpoint: u64,
+        /// What is wrong with its token.
+        error: super::TimestampError,
+    },
 }
 
 /// What a successful export verification covered.
@@ -306,6 +315,67 @@ pub struct ExportReport {
     pub filter: String,
     /// When it was made.
     pub created_at: String,
+    /// Checkpoints (and the latest one) that carry a time-stamp token, each
+    /// token's imprint checked against its checkpoint; its TSA signature is
+    /// checked by [`ExportReport::verify_timestamps`].
+    pub timestamps: Vec<CheckpointTimestamp>,
+    /// Sequences of checkpoints without a time-stamp token.
+    pub untimestamped: Vec<u64>,
+}
+
+/// A checkpoint's time-stamp token in an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointTimestamp {
+    /// The checkpoint's sequence.
+    pub seq: u64,
+    /// The `genTime` the token states (not yet checked against a TSA).
+    pub gen_time: String,
+    #[serde(skip)]
+    digest: Hash,
+    #[serde(skip)]
+    token: Vec<u8>,
+}
+
+/// A checkpoint whose time-stamp token verified against the trusted TSA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedTimestamp {
+    /// The checkpoint's sequence.
+    pub seq: u64,
+    /// The TSA's time for it.
+    pub gen_time: String,
+}
+
+/// A checkpoint whose time-stamp token fails against the trusted TSA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("checkpoint {seq}: {error}")]
+pub struct TimestampFailure {
+    /// The checkpoint's sequence.
+    pub seq: u64,
+    /// What is wrong.
+    #[serde(serialize_with = "display")]
+    pub error: super::TimestampError,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A checkpoint's token: its imprint checked, its genTime read.
+fn timestamp_of(cp: &Checkpoint) -> Result<Option<CheckpointTimestamp>, ExportError> {
+    let Some(token) = &cp.timestamp else {
+        return Ok(None);
+    };
+    let digest = super::checkpoint_digest(cp);
+    let info = super::check_imprint(token, &digest).map_err(|error| ExportError::Timestamp {
+        checkpoint: cp.seq,
+        error,
+    })?;
+    Ok(Some(CheckpointTimestamp {
+        seq: cp.seq,
+        gen_time: info.gen_time,
+        digest,
+        token: token.clone(),
+    }))
 }
 
 /// Whether an export that verified is evidence.
@@ -326,6 +396,26 @@ pub enum ExportTrust {
 }
 
 impl ExportReport {
+    /// Verifies every checkpoint's time-stamp token against the trusted TSA
+    /// certificate; the TSA's time of each, or the first that fails.
+    /// Checkpoints without a token are in [`ExportReport::untimestamped`].
+    pub fn verify_timestamps(
+        &self,
+        tsa: &super::TsaCertificate,
+    ) -> Result<Vec<VerifiedTimestamp>, TimestampFailure> {
+        self.timestamps
+            .iter()
+            .map(|t| {
+                super::verify_token(&t.token, &t.digest, tsa)
+                    .map(|info| VerifiedTimestamp {
+                        seq: t.seq,
+                        gen_time: info.gen_time,
+                    })
+                    .map_err(|error| TimestampFailure { seq: t.seq, error })
+            })
+            .collect()
+    }
+
     /// Holds the keys that signed the export's checkpoints against the
     /// verifier's: a key is trusted when `keys` holds that very public key
     /// (pinned, or given in full), or when its id is among `ids` (a 64-bit
@@ -476,6 +566,18 @@ pub fn verify_export<D: Read, B: BufRead>(
     let mut public_keys = std::collections::BTreeMap::new();
     let mut latest: Option<crate::records::SignedCheckpoint> = None;
     let mut highest_checkpoint = 0u64;
+    let mut timestamps: Vec<CheckpointTimestamp> = Vec::new();
+    let mut untimestamped: Vec<u64> = Vec::new();
+    let mut note_timestamp = |cp: &Checkpoint| -> Result<(), ExportError> {
+        if timestamps.iter().any(|t| t.seq == cp.seq) || untimestamped.contains(&cp.seq) {
+            return Ok(());
+        }
+        match timestamp_of(cp)? {
+            Some(t) => timestamps.push(t),
+            None => untimestamped.push(cp.seq),
+        }
+        Ok(())
+    };
     loop {
         let (line, entry) = next_line("the end line")?;
         let no_segment = || ExportError::Bundle {
@@ -530,6 +632,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                 key_id: kid,
                 public_key,
                 signature,
+                timestamp,
             } => {
                 let v = segment.as_mut().ok_or_else(no_segment)?;
                 let pk = bundle_key(&public_key, &kid, line)?;
@@ -547,13 +650,16 @@ pub fn verify_export<D: Read, B: BufRead>(
                 keys.add(pk);
                 public_keys.insert(kid.clone(), public_key.to_ascii_lowercase());
                 v.trust(pk);
-                v.push_checkpoint(&Checkpoint {
+                let cp = Checkpoint {
                     seq,
                     head_hash: parse_hash(&head_hash, line, "head_hash")?,
                     at,
                     key_id: kid.clone(),
                     signature: sig,
-                })?;
+                    timestamp: timestamp.as_deref().map(super::decode_token),
+                };
+                v.push_checkpoint(&cp)?;
+                note_timestamp(&cp)?;
                 highest_checkpoint = highest_checkpoint.max(seq);
                 key_ids.insert(kid);
             }
@@ -564,6 +670,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                 key_id: kid,
                 public_key,
                 signature,
+                timestamp,
             } => {
                 if latest.is_some() {
                     return Err(ExportError::Bundle {
@@ -600,11 +707,13 @@ pub fn verify_export<D: Read, B: BufRead>(
                             reason: "signature is not 64 hex bytes".into(),
                         }
                     })?,
+                    timestamp,
                 };
                 let mut own = TrustedKeys::new();
                 own.add(pk);
                 cp.verify(&own)
                     .map_err(|kind| ChainFailure::new(seq, kind))?;
+                note_timestamp(&cp.to_checkpoint())?;
                 public_keys.insert(kid, public_key.to_ascii_lowercase());
                 latest = Some(cp);
             }
@@ -645,6 +754,8 @@ pub fn verify_export<D: Read, B: BufRead>(
                     latest,
                     filter,
                     created_at,
+                    timestamps,
+                    untimestamped,
                 });
             }
         }

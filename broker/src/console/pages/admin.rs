@@ -327,18 +327,42 @@ const MESSAGES: &[(&str, &str, &str)] = &[
     ("done_flow_approved", "版 {x} を承認しました。適用中です。", "Approved version {x}; it is in force."),
 ];
 
-fn labels(lang: Lang) -> std::collections::BTreeMap<&'static str, &'static str> {
-    MESSAGES
-        .iter()
-        .map(|(k, ja, en)| (*k, if lang == Lang::Ja { *ja } else { *en }))
-        .collect()
+/// These pages' labels as a template value (`a.key`), built once per
+/// language.
+fn labels(lang: Lang) -> Value {
+    static TABLES: std::sync::OnceLock<[Value; 2]> = std::sync::OnceLock::new();
+    let table = |lang: Lang| -> std::collections::BTreeMap<&'static str, &'static str> {
+        MESSAGES
+            .iter()
+            .map(|(k, ja, en)| (*k, if lang == Lang::Ja { *ja } else { *en }))
+            .collect()
+    };
+    let [ja, en] = TABLES.get_or_init(|| {
+        [
+            Value::from(minijinja::value::Serde(table(Lang::Ja))),
+            Value::from(minijinja::value::Serde(table(Lang::En))),
+        ]
+    });
+    if lang == Lang::Ja {
+        ja.clone()
+    } else {
+        en.clone()
+    }
 }
 
 fn label(lang: Lang, key: &str) -> &'static str {
-    MESSAGES
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map_or("", |(_, ja, en)| if lang == Lang::Ja { ja } else { en })
+    type ByKey = std::collections::HashMap<&'static str, (&'static str, &'static str)>;
+    static BY_KEY: std::sync::OnceLock<ByKey> = std::sync::OnceLock::new();
+    BY_KEY
+        .get_or_init(|| {
+            let mut map = ByKey::new();
+            for (k, ja, en) in MESSAGES {
+                map.entry(*k).or_insert((*ja, *en));
+            }
+            map
+        })
+        .get(key)
+        .map_or("", |(ja, en)| if lang == Lang::Ja { ja } else { en })
 }
 
 // ---------------------------------------------------------------------------
@@ -1167,7 +1191,7 @@ mod tests {
             let page = |template: &str, own: Value| {
                 let ctx = context! {
                     f => Value::from(Serde(&frame)),
-                    t => Value::from(Serde(i18n::table(lang))),
+                    t => i18n::table_value(lang),
                     a => labels(lang),
                     ..own
                 };

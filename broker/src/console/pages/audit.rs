@@ -41,6 +41,13 @@ pub(super) const MESSAGES: &[(&str, &str, &str)] = &[
     ("filters", "検索条件（日付は日本時間）", "Filters (dates in JST)"),
     ("from_date", "開始日", "From"),
     ("until_date", "終了日（当日を含む）", "To (inclusive)"),
+    // Browsers draw a date field in their own locale's order
+    // (mm/dd/yyyy in an English Chromium): the expected form is stated.
+    (
+        "date_hint",
+        "例: 2026-12-01（年-月-日）",
+        "e.g. 2026-12-01 (year-month-day)",
+    ),
     ("counterpart", "相手団体ID", "Other org id"),
     ("counterpart_hint", "例: city-saitama", "e.g. city-saitama"),
     ("flow_id", "フローID", "Flow id"),
@@ -214,6 +221,7 @@ pub(super) const MESSAGES: &[(&str, &str, &str)] = &[
         "提供記録の末尾の承認",
         "records head accepted",
     ),
+    ("act_keys_changed", "鍵の更新", "keys changed"),
 ];
 
 /// One link of the top bar's page navigation.
@@ -605,6 +613,7 @@ fn action_key(action: OpAction) -> &'static str {
         OpAction::OrgActivated => "act_org_activated",
         OpAction::OrgPinned => "act_org_pinned",
         OpAction::RecordsHeadAccepted => "act_records_head_accepted",
+        OpAction::KeysChanged => "act_keys_changed",
     }
 }
 
@@ -817,7 +826,7 @@ mod tests {
         };
         let ctx = context! {
             f => Value::from(Serde(&frame)),
-            t => Value::from(Serde(i18n::table(lang))),
+            t => i18n::table_value(lang),
             ..own
         };
         super::super::render(template, ctx).unwrap()

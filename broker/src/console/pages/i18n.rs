@@ -2,7 +2,8 @@
 //! label of the pages in both, and how people see instants (JST), ages and
 //! numbers. Records stay UTC; only what a page shows is converted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use http::{header, HeaderMap};
 use time::format_description::well_known::Rfc3339;
@@ -317,11 +318,37 @@ pub fn table(lang: Lang) -> BTreeMap<&'static str, &'static str> {
         .collect()
 }
 
+/// [`table`] as a template value, built once per language: every page
+/// passes it, and building it anew each time was a good part of a page's
+/// rendering time.
+pub fn table_value(lang: Lang) -> minijinja::Value {
+    static TABLES: OnceLock<[minijinja::Value; 2]> = OnceLock::new();
+    let [ja, en] = TABLES.get_or_init(|| {
+        [
+            minijinja::Value::from(minijinja::value::Serde(table(Lang::Ja))),
+            minijinja::Value::from(minijinja::value::Serde(table(Lang::En))),
+        ]
+    });
+    match lang {
+        Lang::Ja => ja.clone(),
+        Lang::En => en.clone(),
+    }
+}
+
 /// One label; an unknown key is a bug the unit tests find, shown as the key.
 pub fn text(lang: Lang, key: &'static str) -> &'static str {
-    all_messages()
-        .find(|(k, _, _)| *k == key)
-        .map_or(key, |(_, ja, en)| pick(lang, ja, en))
+    static BY_KEY: OnceLock<HashMap<&'static str, (&'static str, &'static str)>> = OnceLock::new();
+    BY_KEY
+        .get_or_init(|| {
+            let mut map = HashMap::new();
+            // The first of a repeated key wins, as a search from the top would.
+            for (k, ja, en) in all_messages() {
+                map.entry(*k).or_insert((*ja, *en));
+            }
+            map
+        })
+        .get(key)
+        .map_or(key, |(ja, en)| pick(lang, ja, en))
 }
 
 fn pick(lang: Lang, ja: &'static str, en: &'static str) -> &'static str {

@@ -576,7 +576,7 @@ impl View<'_> {
     ) -> Response<Body> {
         let ctx = context! {
             f => Value::from(Serde(frame)),
-            t => Value::from(Serde(i18n::table(self.lang))),
+            t => i18n::table_value(self.lang),
             ..own
         };
         match render(template, ctx) {
@@ -839,7 +839,7 @@ mod tests {
     fn draw(lang: Lang, template: &str, user: bool, own: Value) -> String {
         let ctx = context! {
             f => Value::from(Serde(frame(lang, user))),
-            t => Value::from(Serde(i18n::table(lang))),
+            t => i18n::table_value(lang),
             ..own
         };
         render(template, ctx).unwrap()

@@ -1,0 +1,213 @@
+//! The files of the key directory: reading, creating and naming them.
+//! Secrets are read into zeroizing buffers and never printed; files are
+//! created with mode 0600 (written in full, then renamed into place).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::BrokerError;
+
+/// The lookup key (HMAC of Individual Numbers): one per database, never rotated.
+pub const LOOKUP_FILE: &str = "lookup.key";
+/// The permit signing key made at the first start.
+pub const FIRST_PERMIT_FILE: &str = "permit-signing.pem";
+/// The active checkpoint (sealer) key of the records and the operation log.
+pub const SEALER_FILE: &str = "records-sealer.pem";
+
+/// A 32-byte secret that is wiped on drop and never printed.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl Secret {
+    pub(crate) fn random() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+        Secret(bytes)
+    }
+
+    /// The id of a symmetric key: a hash of the key, which reveals nothing of it.
+    pub(crate) fn id(&self) -> String {
+        key_id_of(self.0.as_ref())
+    }
+}
+
+/// First 16 hex digits of SHA-256 of `bytes`.
+pub(crate) fn key_id_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// The id of a signing key (of its public half).
+pub(crate) fn public_id(key: &VerifyingKey) -> String {
+    key_id_of(key.as_bytes())
+}
+
+pub(crate) fn key_err(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Config(format!("key directory: {what}: {e}"))
+}
+
+/// Creates the key directory with mode 0700 when missing.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), BrokerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| BrokerError::io(format!("create key directory {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Writes a new file (mode 0600); refuses to overwrite one.
+pub(crate) fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), BrokerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| BrokerError::io(format!("create {}", path.display()), e))?;
+    file.write_all(contents)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| BrokerError::io(format!("write {}", path.display()), e))
+}
+
+pub(crate) fn read_hex_secret(path: &Path) -> Result<Secret, BrokerError> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))?,
+    );
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), bytes.as_mut())
+        .map_err(|_| key_err(&file_name(path), "not 32 hex-encoded bytes"))?;
+    Ok(Secret(bytes))
+}
+
+pub(crate) fn load_or_create_hex(path: &Path) -> Result<Secret, BrokerError> {
+    if !path.exists() {
+        let secret = Secret::random();
+        write_secret_file(path, hex::encode(secret.0.as_ref()).as_bytes())?;
+    }
+    read_hex_secret(path)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// A new Ed25519 key as PKCS#8 PEM.
+pub(crate) fn new_signing_pem() -> Result<(SigningKey, Zeroizing<String>), BrokerError> {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| key_err("new signing key", e))?;
+    Ok((key, pem))
+}
+
+/// Reads an Ed25519 PKCS#8 PEM file.
+pub(crate) fn read_signing_key(path: &Path) -> Result<SigningKey, BrokerError> {
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))?,
+    );
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| key_err(&file_name(path), e))
+}
+
+/// Loads the Ed25519 key at `path`, creating it (and the directory) first
+/// when missing.
+pub(crate) fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, BrokerError> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    if !path.exists() {
+        let (_, pem) = new_signing_pem()?;
+        write_secret_file(path, pem.as_bytes())?;
+    }
+    read_signing_key(path)
+}
+
+fn names(dir: &Path) -> Result<Vec<String>, BrokerError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| BrokerError::io(format!("read {}", dir.display()), e))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Every `kek-*.key` file, in name order (the stamp in the name orders
+/// them by creation): (file name, id, key).
+pub(crate) fn keks(dir: &Path) -> Result<Vec<(String, String, Secret)>, BrokerError> {
+    let mut out = Vec::new();
+    for name in names(dir)? {
+        if name.starts_with("kek-") && name.ends_with(".key") {
+            let secret = read_hex_secret(&dir.join(&name))?;
+            out.push((name, secret.id(), secret));
+        }
+    }
+    Ok(out)
+}
+
+/// A file name for a new key-encryption key, after every existing one.
+pub(crate) fn new_kek_name(dir: &Path) -> Result<String, BrokerError> {
+    let existing = keks(dir)?;
+    let mut stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    loop {
+        let name = format!("kek-{stamp}.key");
+        if existing.iter().all(|(n, _, _)| n.as_str() < name.as_str()) {
+            return Ok(name);
+        }
+        stamp += 1;
+    }
+}
+
+/// One permit signing key file.
+pub(crate) struct PermitFile {
+    pub(crate) path: PathBuf,
+    pub(crate) key: SigningKey,
+}
+
+/// Every permit signing key file (`permit-signing.pem`, `permit-<id>.pem`), by id.
+pub(crate) fn permit_keys(dir: &Path) -> Result<BTreeMap<String, PermitFile>, BrokerError> {
+    let mut out = BTreeMap::new();
+    for name in names(dir)? {
+        if name.starts_with("permit-") && name.ends_with(".pem") {
+            let path = dir.join(&name);
+            let key = read_signing_key(&path)?;
+            out.insert(public_id(&key.verifying_key()), PermitFile { path, key });
+        }
+    }
+    Ok(out)
+}
+
+/// The file name of a rotated-in permit key.
+pub(crate) fn permit_file_name(id: &str) -> String {
+    format!("permit-{id}.pem")
+}
+
+/// The file an older checkpoint key's public half is kept in.
+pub(crate) fn retired_sealer_file_name(id: &str) -> String {
+    format!("records-sealer-{id}.pub")
+}
+
+/// Loads the checkpoint key, creating the directory (0700) and the key
+/// (0600) on first use.
+pub fn load_or_create_sealer(dir: &Path) -> Result<SigningKey, BrokerError> {
+    load_or_create_signing_key(&dir.join(SEALER_FILE))
+}
