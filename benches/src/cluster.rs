@@ -8,6 +8,7 @@
 //! `kakehashi-broker records verify` must accept the one chain both nodes
 //! wrote.
 
+use crate::workdir::WorkDir;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -219,19 +220,8 @@ async fn measure(opts: &ClusterOptions, work: &Path, url: &str) -> Result<Cluste
 
 /// Runs the cluster scenario on a fresh database, dropped afterwards.
 pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
-    let tmp;
-    let work = match &opts.workdir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            std::fs::canonicalize(d)?
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("kakehashi-cluster-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(opts.workdir.as_deref(), "kakehashi-cluster-")?;
+    let work = work.path();
     run_tool(
         Command::new(&opts.broker_bin)
             .args(["dev", "--no-serve", "--listen", "127.0.0.1:7443", "--dir"])
@@ -246,7 +236,7 @@ pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
         "psql CREATE DATABASE",
     )?;
     let url = url_with_database(&opts.postgres_url, &db);
-    let result = measure(opts, &work, &url).await;
+    let result = measure(opts, work, &url).await;
     let _ = run_tool(
         Command::new("psql")
             .args([opts.postgres_url.as_str(), "-qc"])

@@ -4,6 +4,7 @@
 //! same generator at the same concurrency; one table with ratios to nginx
 //! and to the crypto floor, and the targets checked.
 
+use crate::workdir::WorkDir;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -465,19 +466,8 @@ fn find_run<'a>(runs: &'a [RunReport], target: &str, scenario: Scenario) -> Opti
 pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
     let machine = Machine::detect();
     eprintln!("machine: {}", machine.text());
-    let tmp;
-    let work = match &opts.workdir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            std::fs::canonicalize(d)?
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("kakehashi-bench-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(opts.workdir.as_deref(), "kakehashi-bench-")?;
+    let work = work.path();
     let mut notes = Vec::new();
 
     eprintln!("== crypto floor");

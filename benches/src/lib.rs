@@ -13,3 +13,4 @@ pub mod load;
 pub mod report;
 pub mod rss;
 pub mod setup;
+pub mod workdir;

@@ -13,6 +13,7 @@
 //! - the bytes stored per record (table, indexes and TOAST of every
 //!   partition).
 
+use kakehashi_benches::workdir::WorkDir;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -261,17 +262,8 @@ fn median(v: &mut [f64]) -> f64 {
 pub async fn run(args: NationalArgs) -> Result<()> {
     let machine = Machine::detect();
     eprintln!("machine: {}", machine.text());
-    let temp;
-    let dir = match &args.workdir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let dir = WorkDir::new(args.workdir.as_deref(), "kakehashi-national-")?;
+    let dir = dir.path();
     let (store, name) = match &args.database {
         Some(name) => (
             search_scale::open_pg(&args.postgres_url, name).await?,
@@ -344,8 +336,8 @@ pub async fn run(args: NationalArgs) -> Result<()> {
 
     // Exports: a month a year ago, and six months from there.
     let year_ago = months_after(time::OffsetDateTime::now_utc(), -12)?;
-    let mut exports = vec![export(&log, &dir, year_ago, 1).await?];
-    exports.push(export(&log, &dir, year_ago, 6).await?);
+    let mut exports = vec![export(&log, dir, year_ago, 1).await?];
+    exports.push(export(&log, dir, year_ago, 6).await?);
 
     // Purge of the oldest month still stored (a rerun purges the next one,
     // while it lies outside the retention period).

@@ -7,6 +7,7 @@
 //! page is timed and its statements' plans are printed and checked for a
 //! full scan of the records table.
 
+use kakehashi_benches::workdir::WorkDir;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -493,17 +494,8 @@ pub async fn run(args: SearchScaleArgs) -> Result<()> {
     }
     let machine = Machine::detect();
     eprintln!("machine: {}", machine.text());
-    let temp;
-    let dir = match &args.workdir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let dir = WorkDir::new(args.workdir.as_deref(), "kakehashi-search-")?;
+    let dir = dir.path();
     let mut backends = Vec::new();
     if args.backend != Backend::Postgres {
         let store = SqliteStore::open(&dir.join("records.db")).await?;

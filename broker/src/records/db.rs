@@ -236,6 +236,18 @@ const SELECT_CHECKPOINTS: &str =
     "SELECT seq, head_hash, signed_at, key_id, public_key, signature, tsa_token \
      FROM record_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
+/// Runs `$body` with `$tx` bound to the snapshot's transaction, whichever
+/// the backend: the statements read alike on both (as `on_pool!` does for
+/// pools).
+macro_rules! on_snapshot {
+    ($snap:expr, |$tx:ident| $body:expr) => {
+        match $snap {
+            Snapshot::Sqlite($tx) => $body,
+            Snapshot::Postgres($tx) => $body,
+        }
+    };
+}
+
 /// One consistent read view (a read-only transaction; REPEATABLE READ on
 /// PostgreSQL), so a long verification or export sees one state even while
 /// brokers append and purge.
@@ -260,10 +272,8 @@ impl Snapshot {
 
     pub async fn head(&mut self) -> Result<Head, BrokerError> {
         const SQL: &str = "SELECT seq, hash, cut_seq, cut_hash FROM records_head WHERE id = 1";
-        let (seq, hash, cut_seq, cut_hash): (i64, Vec<u8>, i64, Vec<u8>) = match self {
-            Snapshot::Sqlite(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
-            Snapshot::Postgres(tx) => sqlx::query_as(SQL).fetch_one(&mut **tx).await?,
-        };
+        let (seq, hash, cut_seq, cut_hash): (i64, Vec<u8>, i64, Vec<u8>) =
+            on_snapshot!(self, |tx| sqlx::query_as(SQL).fetch_one(&mut **tx).await?);
         Ok(Head {
             seq: u64::try_from(seq).unwrap_or(0),
             hash: to_hash(&hash, "head hash")?,
@@ -275,20 +285,12 @@ impl Snapshot {
     pub async fn stored_hash(&mut self, seq: u64) -> Result<Option<Hash>, BrokerError> {
         const SQL: &str = "SELECT hash FROM records WHERE seq = $1";
         let seq = to_i64(seq);
-        let row: Option<Vec<u8>> = match self {
-            Snapshot::Sqlite(tx) => {
-                sqlx::query_scalar(SQL)
-                    .bind(seq)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-            Snapshot::Postgres(tx) => {
-                sqlx::query_scalar(SQL)
-                    .bind(seq)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-        };
+        let row: Option<Vec<u8>> = on_snapshot!(self, |tx| {
+            sqlx::query_scalar(SQL)
+                .bind(seq)
+                .fetch_optional(&mut **tx)
+                .await?
+        });
         row.map(|h| to_hash(&h, "record hash")).transpose()
     }
 }
@@ -314,10 +316,9 @@ impl Snapshot {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!("{select} ({list})");
-        Ok(match self {
-            Snapshot::Sqlite(tx) => sqlx::query_as(&sql).fetch_all(&mut **tx).await?,
-            Snapshot::Postgres(tx) => sqlx::query_as(&sql).fetch_all(&mut **tx).await?,
-        })
+        Ok(on_snapshot!(self, |tx| sqlx::query_as(&sql)
+            .fetch_all(&mut **tx)
+            .await?))
     }
 
     /// Stored chain hashes of these records (absent ones are left out).
@@ -347,24 +348,14 @@ impl Snapshot {
         const SQL: &str = "SELECT seq, recorded_at FROM records \
              WHERE seq > $2 AND seq <= $3 AND recorded_at < $1 ORDER BY seq LIMIT 1";
         let (after, upto) = (to_i64(after), to_i64(upto));
-        let row: Option<(i64, String)> = match self {
-            Snapshot::Sqlite(tx) => {
-                sqlx::query_as(SQL)
-                    .bind(at)
-                    .bind(after)
-                    .bind(upto)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-            Snapshot::Postgres(tx) => {
-                sqlx::query_as(SQL)
-                    .bind(at)
-                    .bind(after)
-                    .bind(upto)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-        };
+        let row: Option<(i64, String)> = on_snapshot!(self, |tx| {
+            sqlx::query_as(SQL)
+                .bind(at)
+                .bind(after)
+                .bind(upto)
+                .fetch_optional(&mut **tx)
+                .await?
+        });
         Ok(row.map(|(seq, at)| (u64::try_from(seq).unwrap_or(0), at)))
     }
 
@@ -372,30 +363,21 @@ impl Snapshot {
     pub async fn last_checkpoint_before(&mut self, seq: u64) -> Result<u64, BrokerError> {
         const SQL: &str = "SELECT MAX(seq) FROM record_checkpoints WHERE seq < $1";
         let seq = to_i64(seq);
-        let max: Option<i64> = match self {
-            Snapshot::Sqlite(tx) => {
-                sqlx::query_scalar(SQL)
-                    .bind(seq)
-                    .fetch_one(&mut **tx)
-                    .await?
-            }
-            Snapshot::Postgres(tx) => {
-                sqlx::query_scalar(SQL)
-                    .bind(seq)
-                    .fetch_one(&mut **tx)
-                    .await?
-            }
-        };
+        let max: Option<i64> = on_snapshot!(self, |tx| {
+            sqlx::query_scalar(SQL)
+                .bind(seq)
+                .fetch_one(&mut **tx)
+                .await?
+        });
         Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
     }
 
     /// Whether any checkpoint is stored.
     pub async fn any_checkpoint(&mut self) -> Result<bool, BrokerError> {
         const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM record_checkpoints LIMIT 1) AS c";
-        let n: i64 = match self {
-            Snapshot::Sqlite(tx) => sqlx::query_scalar(SQL).fetch_one(&mut **tx).await?,
-            Snapshot::Postgres(tx) => sqlx::query_scalar(SQL).fetch_one(&mut **tx).await?,
-        };
+        let n: i64 = on_snapshot!(self, |tx| sqlx::query_scalar(SQL)
+            .fetch_one(&mut **tx)
+            .await?);
         Ok(n > 0)
     }
 }
@@ -419,24 +401,14 @@ pub(crate) trait Keyed:
         hi: i64,
         limit: i64,
     ) -> Result<Vec<Self>, BrokerError> {
-        Ok(match snap {
-            Snapshot::Sqlite(tx) => {
-                sqlx::query_as(Self::SELECT)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(limit)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-            Snapshot::Postgres(tx) => {
-                sqlx::query_as(Self::SELECT)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(limit)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-        })
+        Ok(on_snapshot!(snap, |tx| {
+            sqlx::query_as(Self::SELECT)
+                .bind(lo)
+                .bind(hi)
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?
+        }))
     }
 }
 
