@@ -246,6 +246,12 @@ async fn pending_keys_survive_the_process_and_go_when_expired(backend: Backend) 
     args.extend(SENSITIVE);
     assert_eq!(user.run(&args).await?.code, 1);
     assert_eq!(kept_files(&dir)?.len(), 4, "one kept key per pending query");
+    let pending_b: Vec<String> = result_lines(&out_b)?
+        .iter()
+        .filter(|l| l["status"] == "pending")
+        .map(|l| l["query_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(pending_b.len(), 1);
 
     // 3. New processes find the keys; nothing is decided yet.
     let collect = user
@@ -351,7 +357,9 @@ async fn pending_keys_survive_the_process_and_go_when_expired(backend: Backend) 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for id in &pending_ids {
+    // Every pending query, the second batch's too: a collect before the
+    // broker expired one of them would find it still pending.
+    for id in pending_ids.iter().chain(&pending_b) {
         while union.get(&format!("/v1/queries/{id}")).await?.status == http::StatusCode::OK {
             if tokio::time::Instant::now() > deadline {
                 bail!("the broker did not delete the batch's pending queries");
