@@ -150,6 +150,8 @@ async fn pg_bytes(pools: &Pools, rows: u64) -> Result<(f64, f64)> {
 const VISIBLE: &str = "seq, recorded_at, query_id, permit_id, flow_id, flow_list_version, \
      procedure_code, requester, provider, items, outcome, reason, approver, detail";
 
+// Each store has a key directory of its own: the sealer's state file beside
+// its key remembers the head it signed in that store, and refuses another.
 async fn run() -> Result<()> {
     let appends_n = env_u64("RECORDS_BENCH_APPENDS", 20_000);
     let export_n = env_u64("RECORDS_BENCH_EXPORT_ROWS", 200_000);
@@ -159,19 +161,36 @@ async fn run() -> Result<()> {
     // Appends, SQLite then PostgreSQL.
     let db = dir.path().join("appends.db");
     let store = SqliteStore::open(&db).await?;
-    appends("sqlite", store.pools(), &dir.path().join("keys"), appends_n).await?;
+    appends(
+        "sqlite",
+        store.pools(),
+        &dir.path().join("keys-sqlite"),
+        appends_n,
+    )
+    .await?;
     let pg_base = std::env::var("KAKEHASHI_TEST_PG_URL")
         .ok()
         .filter(|u| !u.is_empty());
     if let Some(base) = &pg_base {
         let pg = fresh_pg(base).await?;
-        appends("postgres", pg.pools(), &dir.path().join("keys"), appends_n).await?;
+        appends(
+            "postgres",
+            pg.pools(),
+            &dir.path().join("keys-pg"),
+            appends_n,
+        )
+        .await?;
     }
 
     // Export rate and size, SQLite.
     let db = dir.path().join("export.db");
     let store = SqliteStore::open(&db).await?;
-    let log = RecordLog::open(store.pools(), &dir.path().join("keys"), config(1024)).await?;
+    let log = RecordLog::open(
+        store.pools(),
+        &dir.path().join("keys-sqlite-export"),
+        config(1024),
+    )
+    .await?;
     append_rate(&log, export_n, 64).await?;
     // Index now, so the background indexer does not run during the export.
     log.catch_up_person_index().await?;
@@ -207,7 +226,8 @@ async fn run() -> Result<()> {
 
     if let Some(base) = &pg_base {
         let pg = fresh_pg(base).await?;
-        let log = RecordLog::open(pg.pools(), &dir.path().join("keys"), config(1024)).await?;
+        let log =
+            RecordLog::open(pg.pools(), &dir.path().join("keys-pg-export"), config(1024)).await?;
         append_rate(&log, export_n, 64).await?;
         let out = dir.path().join("export-pg.csv");
         let start = Instant::now();

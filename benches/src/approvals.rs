@@ -628,6 +628,26 @@ async fn make_pending(
     Ok(all.into_iter().map(|(_, p)| p).collect())
 }
 
+/// One pending sensitive query for a page that shows one: one person
+/// registered by `union-saitama` of the dev `pki`, linked and deposited by
+/// `city-saitama`, then asked for under the sensitive flow. Returns its id.
+pub async fn one_pending(url: &str, pki: &std::path::Path) -> Result<String> {
+    let target = Target::parse(url).await?;
+    let requester = crate::identity(Some(pki), "union-saitama", &None, &None, &None)?;
+    let provider = crate::identity(Some(pki), "city-saitama", &None, &None, &None)?;
+    let tls = tls_connector(&requester, Protocol::Http1, true)?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (_, provider_id, codes) = register(&target, &tls, &provider, 1, seed).await?;
+    let pending = make_pending(&target, &tls, &codes, &provider_id, 1).await?;
+    pending
+        .first()
+        .map(|p| p.id.clone())
+        .context("no pending query was made")
+}
+
 /// Starts one waiting task per pending query; returns them and the
 /// number of connections they use.
 async fn start_waiting(

@@ -35,8 +35,9 @@ const MAX_P99_MS: f64 = 20.0;
 /// The console's GET pages by role, from `broker/src/console/endpoints.rs`
 /// (`TABLE`, rows of `Endpoint::Page`). `{user_id}` is the administrator's
 /// own id, `{version}` the flow-list version of `--flow-version`,
-/// `{query_id}` the query of `--query-id` (skipped without one). A path
-/// that answers 404 is skipped with a note; `--page ROLE:PATH` adds more.
+/// `{query_id}` the query of `--query-id` or one made through `--url`
+/// (skipped without either). A path that answers 404 is skipped with a
+/// note; `--page ROLE:PATH` adds more.
 const PAGES: &[(&str, &str)] = &[
     ("public", "/login"),
     ("public", "/static/console.css"),
@@ -114,9 +115,15 @@ pub struct PagesArgs {
     /// Flow-list version for `/flows/{version}`.
     #[arg(long, default_value = "1")]
     flow_version: String,
-    /// Query id for `/approvals/{query_id}` (skipped without one).
+    /// Query id for `/approvals/{query_id}`; without one, and without
+    /// `--url`, that page is skipped.
     #[arg(long)]
     query_id: Option<String>,
+    /// The exchange listener of a dev broker (with `--pki`): without
+    /// `--query-id`, one pending sensitive query is made there (the union
+    /// asks `city-saitama`, whose operator sees it) for `/approvals/{query_id}`.
+    #[arg(long)]
+    url: Option<String>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -460,6 +467,16 @@ pub async fn run(args: PagesArgs) -> Result<()> {
         .filter(|r| wanted.iter().any(|(w, _)| w == r))
         .collect();
     let (sessions, ids) = log_in_all(&args, &target, &tls, &roles).await?;
+    let query_id = match (&args.query_id, &args.url, &args.pki) {
+        (Some(q), _, _) => Some(q.clone()),
+        (None, Some(url), Some(pki)) => {
+            let id = crate::approvals::one_pending(url, pki).await?;
+            eprintln!("a pending query made for /approvals/{{query_id}}: {id}");
+            Some(id)
+        }
+        (None, Some(_), None) => bail!("--url needs --pki (the dev broker's certificates)"),
+        (None, None, _) => None,
+    };
 
     // Placeholders, then one probe per page: what does not answer 200 is
     // left out with a note (a page not built yet answers 404).
@@ -469,13 +486,13 @@ pub async fn run(args: PagesArgs) -> Result<()> {
     for (role, path) in wanted {
         let mut p = path.clone();
         if p.contains("{query_id}") {
-            match &args.query_id {
+            match &query_id {
                 Some(q) => p = p.replace("{query_id}", q),
                 None => {
                     skipped.push(Skipped {
                         role,
                         path,
-                        note: "no --query-id".into(),
+                        note: "no --query-id or --url".into(),
                     });
                     continue;
                 }

@@ -66,6 +66,12 @@ impl RecordRow {
 
     /// The hashed form of this row and its stored chain hash.
     pub fn to_record(&self) -> Result<(audit::Record, Hash), String> {
+        self.clone().into_record()
+    }
+
+    /// [`RecordRow::to_record`], moving the row's texts instead of copying
+    /// them (an export or verification reads millions).
+    pub fn into_record(self) -> Result<(audit::Record, Hash), String> {
         let seq = u64::try_from(self.seq).map_err(|_| "negative sequence".to_string())?;
         let flow_list_version = self
             .flow_list_version
@@ -78,28 +84,30 @@ impl RecordRow {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| format!("detail: {e}"))?;
-        let outcome = Outcome::from_parts(&self.outcome, self.reason.clone(), detail)?;
+        let outcome = Outcome::from_parts(&self.outcome, self.reason, detail)?;
         let hash: Hash = self
             .hash
             .as_slice()
             .try_into()
             .map_err(|_| "stored hash has the wrong length".to_string())?;
+        let requester_person = commitment(&self.requester_code, &self.requester_salt)?;
+        let provider_person = commitment(&self.provider_code, &self.provider_salt)?;
         Ok((
             audit::Record {
                 seq,
-                at: self.recorded_at.clone(),
-                query_id: self.query_id.clone(),
-                permit_id: self.permit_id.clone(),
-                flow_id: self.flow_id.clone(),
+                at: self.recorded_at,
+                query_id: self.query_id,
+                permit_id: self.permit_id,
+                flow_id: self.flow_id,
                 flow_list_version,
-                procedure: self.procedure_code.clone(),
-                requester: self.requester.clone(),
-                provider: self.provider.clone(),
+                procedure: self.procedure_code,
+                requester: self.requester,
+                provider: self.provider,
                 items: split_items(&self.items),
-                requester_person: commitment(&self.requester_code, &self.requester_salt)?,
-                provider_person: commitment(&self.provider_code, &self.provider_salt)?,
+                requester_person,
+                provider_person,
                 outcome,
-                approver: self.approver.clone(),
+                approver: self.approver,
             },
             hash,
         ))

@@ -14,6 +14,7 @@ use kakehashi_interfaces::audit::{self, BundleLine, ExportFormat, ExportRow, Out
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::db::{self, to_hash, to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
 use super::reader::RecordSource;
@@ -383,81 +384,105 @@ impl RecordLog {
                         )
                     })?
                 };
-                let mut records =
-                    RecordSource::open(&self.pools, to_i64(lo), to_i64(hi), head.cut_seq);
-                let mut checkpoints = Cursor::<CheckpointRow>::new(to_i64(lo), to_i64(hi));
-                let mut pending = checkpoints.next(&mut snap).await?;
+                let records = RecordSource::open(&self.pools, to_i64(lo), to_i64(hi), head.cut_seq);
+                let checkpoints = Cursor::<CheckpointRow>::new(to_i64(lo), to_i64(hi));
+                // The reading (the database's cursor) and the writing below
+                // overlap: while this task formats one chunk, the next is
+                // on its way.
+                let (tx, rx) = mpsc::channel(ITEMS_AHEAD);
                 let mut in_segment = false;
-                while let Some(row) = records.next(&mut snap).await? {
-                    let seq = row.seq_u64();
-                    let matches = seq <= last_match && matcher.matches(&row);
-                    if matches && !in_segment {
-                        BundleLine::Segment {
-                            start_seq: seq - 1,
-                            start_hash: hex::encode(prev),
-                        }
-                        .write(&mut bundle)
-                        .map_err(io("write bundle"))?;
-                        in_segment = true;
-                        progress.segments += 1;
-                    }
-                    if in_segment {
-                        let (record, _) = row.to_record().map_err(|e| {
-                            BrokerError::refused(
-                                ErrorCode::Internal,
-                                format!("record {seq} is malformed ({e}); run records verify"),
-                            )
-                        })?;
-                        if matches {
-                            let out = ExportRow::from_record(&record);
-                            match format {
-                                ExportFormat::Csv => out.write_csv(&mut data),
-                                ExportFormat::Jsonl => out.write_jsonl(&mut data),
+                let reading = read_items(&mut snap, records, checkpoints, tx);
+                let writing = async {
+                    // Owned here, so the reading half stops once writing ends.
+                    let mut rx = rx;
+                    let mut last_seq: Option<u64> = None;
+                    while let Some(chunk) = rx.recv().await {
+                        for item in chunk? {
+                            let row = match item {
+                                Item::Checkpoint(cp_row) => {
+                                    let cp = cp_row.to_checkpoint();
+                                    // Only checkpoints by trusted keys close a segment.
+                                    if in_segment
+                                        && Some(cp.seq) == last_seq
+                                        && cp.verify(&self.trusted).is_ok()
+                                    {
+                                        let key = ed25519_dalek::VerifyingKey::from_bytes(
+                                            &to_hash(&cp_row.public_key, "checkpoint key")?,
+                                        )
+                                        .map_err(|e| {
+                                            BrokerError::Config(format!("checkpoint key: {e}"))
+                                        })?;
+                                        BundleLine::checkpoint(&cp, &key)
+                                            .write(&mut bundle)
+                                            .map_err(io("write bundle"))?;
+                                        in_segment = false;
+                                    }
+                                    continue;
+                                }
+                                Item::Record(row) => row,
+                            };
+                            if !in_segment && last_seq.is_some_and(|s| s >= last_match) {
+                                return Ok(());
                             }
-                            .map_err(io("write export"))?;
-                            BundleLine::Row {
-                                seq,
-                                rc: record.requester_person.map(hex::encode),
-                                pc: record.provider_person.map(hex::encode),
+                            let seq = row.seq_u64();
+                            last_seq = Some(seq);
+                            let matches = seq <= last_match && matcher.matches(&row);
+                            if matches && !in_segment {
+                                BundleLine::Segment {
+                                    start_seq: seq - 1,
+                                    start_hash: hex::encode(prev),
+                                }
+                                .write(&mut bundle)
+                                .map_err(io("write bundle"))?;
+                                in_segment = true;
+                                progress.segments += 1;
                             }
-                            .write(&mut bundle)
-                            .map_err(io("write bundle"))?;
-                            progress.rows += 1;
-                        } else {
-                            BundleLine::Leaf {
-                                seq,
-                                leaf: hex::encode(record.leaf_hash()),
-                            }
-                            .write(&mut bundle)
-                            .map_err(io("write bundle"))?;
-                        }
-                        if let Some(caps) = over(progress.rows, &data, &bundle) {
-                            return Err(caps.exceeded());
-                        }
-                    }
-                    prev = to_hash(&row.hash, "record hash")?;
-                    while pending.as_ref().is_some_and(|cp| cp.seq <= row.seq) {
-                        if let Some(cp_row) = pending.take() {
-                            let cp = cp_row.to_checkpoint();
-                            // Only checkpoints by trusted keys close a segment.
-                            if in_segment && cp.seq == seq && cp.verify(&self.trusted).is_ok() {
-                                let key = ed25519_dalek::VerifyingKey::from_bytes(&to_hash(
-                                    &cp_row.public_key,
-                                    "checkpoint key",
-                                )?)
-                                .map_err(|e| BrokerError::Config(format!("checkpoint key: {e}")))?;
-                                BundleLine::checkpoint(&cp, &key)
+                            let hash = to_hash(&row.hash, "record hash")?;
+                            if in_segment {
+                                let (record, _) = row.into_record().map_err(|e| {
+                                    BrokerError::refused(
+                                        ErrorCode::Internal,
+                                        format!(
+                                            "record {seq} is malformed ({e}); run records verify"
+                                        ),
+                                    )
+                                })?;
+                                if matches {
+                                    let (rc, pc) =
+                                        (record.requester_person, record.provider_person);
+                                    let out = ExportRow::from_owned(record);
+                                    match format {
+                                        ExportFormat::Csv => out.write_csv(&mut data),
+                                        ExportFormat::Jsonl => out.write_jsonl(&mut data),
+                                    }
+                                    .map_err(io("write export"))?;
+                                    BundleLine::Row {
+                                        seq,
+                                        rc: rc.map(hex::encode),
+                                        pc: pc.map(hex::encode),
+                                    }
                                     .write(&mut bundle)
                                     .map_err(io("write bundle"))?;
-                                in_segment = false;
+                                    progress.rows += 1;
+                                } else {
+                                    BundleLine::Leaf {
+                                        seq,
+                                        leaf: hex::encode(record.leaf_hash()),
+                                    }
+                                    .write(&mut bundle)
+                                    .map_err(io("write bundle"))?;
+                                }
+                                if let Some(caps) = over(progress.rows, &data, &bundle) {
+                                    return Err(caps.exceeded());
+                                }
                             }
+                            prev = hash;
                         }
-                        pending = checkpoints.next(&mut snap).await?;
                     }
-                    if !in_segment && seq >= last_match {
-                        break;
-                    }
-                }
+                    Ok::<(), BrokerError>(())
+                };
+                let ((), written) = tokio::join!(reading, writing);
+                written?;
                 if in_segment {
                     return Err(BrokerError::refused(
                         ErrorCode::Internal,
@@ -487,6 +512,55 @@ impl RecordLog {
             return Err(caps.exceeded());
         }
         Ok(hi)
+    }
+}
+
+/// What the reading half of an export hands the writing half: the records
+/// in sequence order, each followed by the checkpoints at or before it.
+// Nearly every item is a record: boxing it would allocate once per row.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Record(RecordRow),
+    Checkpoint(CheckpointRow),
+}
+
+/// Items handed over at a time.
+const ITEMS: usize = 1024;
+/// Chunks of items read ahead of the writing (about two PostgreSQL `FETCH`es).
+const ITEMS_AHEAD: usize = 8;
+
+/// Reads `records` and the `checkpoints` among them in order into `tx`,
+/// until the end, an error (sent on) or the writing half stops listening.
+async fn read_items(
+    snap: &mut Snapshot,
+    mut records: RecordSource,
+    mut checkpoints: Cursor<CheckpointRow>,
+    tx: mpsc::Sender<Result<Vec<Item>, BrokerError>>,
+) {
+    let read = async {
+        let mut pending = checkpoints.next(snap).await?;
+        let mut chunk = Vec::with_capacity(ITEMS);
+        while let Some(row) = records.next(snap).await? {
+            let seq = row.seq;
+            chunk.push(Item::Record(row));
+            while let Some(cp) = pending.take_if(|cp| cp.seq <= seq) {
+                chunk.push(Item::Checkpoint(cp));
+                pending = checkpoints.next(snap).await?;
+            }
+            if chunk.len() >= ITEMS {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(ITEMS));
+                if tx.send(Ok(full)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(chunk)).await;
+        }
+        Ok::<(), BrokerError>(())
+    };
+    if let Err(e) = read.await {
+        let _ = tx.send(Err(e)).await;
     }
 }
 
