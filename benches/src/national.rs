@@ -295,17 +295,7 @@ pub async fn run(args: NationalArgs) -> Result<()> {
         0.0
     };
     if let (Pools::Postgres(pool), true) = (&pools, fill_secs > 0.0) {
-        // The pool's statement timeout is for requests, not maintenance.
-        let mut conn = pool.acquire().await?;
-        sqlx::query("SET statement_timeout = 0")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("VACUUM ANALYZE records")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("RESET statement_timeout")
-            .execute(&mut *conn)
-            .await?;
+        search_scale::vacuum_analyze(pool).await?;
     }
     let records = search_scale::count(&pools).await?;
     let bytes_per_record = bytes_per_record(&pools, records).await?;

@@ -1114,7 +1114,13 @@ where
             q.fetch_all(read).await?
         }
         Pools::Postgres(pool) => {
-            let mut q = sqlx::query_as::<_, T>(&st.sql);
+            // Not prepared for reuse: the best plan depends on the values (a
+            // flow with 0.01 % of the records wants its own index, a common
+            // one a walk of the sequence). After five runs PostgreSQL plans a
+            // prepared statement once for any values, by average
+            // selectivity, and a rare flow's search then took 290 ms instead
+            // of 5 at 10 M records (`kakehashi-bench search-scale`).
+            let mut q = sqlx::query_as::<_, T>(&st.sql).persistent(false);
             for a in &st.args {
                 q = match a {
                     Arg::Int(v) => q.bind(*v),
