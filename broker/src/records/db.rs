@@ -64,13 +64,8 @@ impl RecordRow {
         u64::try_from(self.seq).unwrap_or(0)
     }
 
-    /// The hashed form of this row and its stored chain hash.
-    pub fn to_record(&self) -> Result<(audit::Record, Hash), String> {
-        self.clone().into_record()
-    }
-
-    /// [`RecordRow::to_record`], moving the row's texts instead of copying
-    /// them (an export or verification reads millions).
+    /// The hashed form of this row and its stored chain hash, moving the
+    /// row's texts (an export or verification reads millions).
     pub fn into_record(self) -> Result<(audit::Record, Hash), String> {
         let seq = u64::try_from(self.seq).map_err(|_| "negative sequence".to_string())?;
         let flow_list_version = self

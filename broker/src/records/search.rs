@@ -766,28 +766,7 @@ impl<'a> Searcher<'a> {
             .collect();
         both.sort_unstable_by(|a, b| b.cmp(a));
         both.dedup();
-        let want = usize::try_from(walk.limit).unwrap_or(usize::MAX);
-        let mut rows: Vec<T> = Vec::new();
-        for chunk in both.chunks(IN_CHUNK) {
-            if rows.len() >= want {
-                break;
-            }
-            let mut st = Stmt::default();
-            // Sequence numbers read from our own indexes as integers.
-            let list = chunk
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            st.push(&format!(
-                "SELECT {} FROM records WHERE seq IN ({list})",
-                T::COLUMNS
-            ));
-            residual(&mut st, walk.sqlite, p, Lead::Seq);
-            st.push(" ORDER BY seq DESC");
-            let found: Vec<T> = self.run(&st).await?;
-            rows.extend(found);
-        }
+        let rows = self.rows_by_seq(&both, walk.limit, walk.sqlite, p).await?;
         Ok(newest_first(rows, walk.limit))
     }
 
@@ -835,12 +814,32 @@ impl<'a> Searcher<'a> {
             .collect::<Vec<_>>();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         candidates.dedup();
-        for chunk in candidates.chunks(IN_CHUNK) {
-            if rows.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        // The walks above may have found the page already.
+        let want = limit
+            .saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+            .max(0);
+        rows.extend(self.rows_by_seq(&candidates, want, sqlite, p).await?);
+        Ok(newest_first(rows, limit))
+    }
+
+    /// The rows of `seqs` (newest first, found in an index) that match the
+    /// whole filter, read `IN_CHUNK` at a time until `limit` are found (the
+    /// indexes are derived data: each row is checked again).
+    async fn rows_by_seq<T: Found>(
+        &mut self,
+        seqs: &[i64],
+        limit: i64,
+        sqlite: bool,
+        p: &Prepared,
+    ) -> Result<Vec<T>, BrokerError> {
+        let want = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut rows: Vec<T> = Vec::new();
+        for chunk in seqs.chunks(IN_CHUNK) {
+            if rows.len() >= want {
                 break;
             }
             let mut st = Stmt::default();
-            // Sequence numbers come from our own index as integers.
+            // Sequence numbers read from our own indexes as integers.
             let list = chunk
                 .iter()
                 .map(i64::to_string)
@@ -852,10 +851,9 @@ impl<'a> Searcher<'a> {
             ));
             residual(&mut st, sqlite, p, Lead::Seq);
             st.push(" ORDER BY seq DESC");
-            let found: Vec<T> = self.run(&st).await?;
-            rows.extend(found);
+            rows.extend(self.run::<T>(&st).await?);
         }
-        Ok(newest_first(rows, limit))
+        Ok(rows)
     }
 
     /// How many records match, counting no further than `cap + 1`.

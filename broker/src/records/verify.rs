@@ -199,6 +199,7 @@ async fn walk_in(
     };
     while let Some(row) = records.next(snap).await? {
         let seq = row.seq_u64();
+        let row_seq = row.seq;
         // Rows come from a buffered page without yielding; hashing thousands
         // of them in one poll would hold a request worker for milliseconds
         // (the checkpoint sealer walks the new tail every few seconds).
@@ -209,7 +210,7 @@ async fn walk_in(
             }
             tokio::task::yield_now().await;
         }
-        let (record, stored) = match row.to_record() {
+        let (record, stored) = match row.into_record() {
             Ok(r) => r,
             Err(e) => {
                 return Ok(broken(
@@ -225,7 +226,7 @@ async fn walk_in(
         if plan.capture == Some(seq) {
             captured = Some(verifier.head_hash());
         }
-        while pending.as_ref().is_some_and(|cp| cp.seq <= row.seq) {
+        while pending.as_ref().is_some_and(|cp| cp.seq <= row_seq) {
             if let Some(cp) = pending.take() {
                 if let Err(f) = verifier.push_checkpoint(&cp.to_checkpoint()) {
                     return Ok(broken(&verifier, f, captured));

@@ -140,7 +140,7 @@ impl RecordLog {
                 if seq % YIELD_EVERY_ROWS == 0 {
                     tokio::task::yield_now().await;
                 }
-                let (record, _) = row.to_record().map_err(|e| {
+                let (record, _) = row.into_record().map_err(|e| {
                     BrokerError::refused(
                         ErrorCode::Internal,
                         format!("record {seq} cannot be decoded ({e}); run records verify"),

@@ -93,23 +93,7 @@ pub struct ExportRow {
 impl ExportRow {
     /// The exported form of a record.
     pub fn from_record(r: &Record) -> ExportRow {
-        let (outcome, reason, detail) = r.outcome.to_parts();
-        ExportRow {
-            seq: r.seq,
-            at: r.at.clone(),
-            query_id: r.query_id.clone(),
-            permit_id: r.permit_id.clone(),
-            flow_id: r.flow_id.clone(),
-            flow_list_version: r.flow_list_version,
-            procedure: r.procedure.clone(),
-            requester: r.requester.clone(),
-            provider: r.provider.clone(),
-            items: r.items.clone(),
-            outcome: outcome.to_string(),
-            reason,
-            approver: r.approver.clone(),
-            detail,
-        }
+        ExportRow::from_owned(r.clone())
     }
 
     /// The exported form of a record, moving its fields (an export's hot
