@@ -127,7 +127,7 @@ fn sqlite_bytes(db: &Path, rows: u64) -> Result<(f64, f64)> {
     };
     let sum = |names: &str| sum_in(db, names);
     let table = sum("'records'")?;
-    // The person-code index lives in a side file (records/person_index.rs).
+    // The person-code index lives in a side file (store/sqlite/person_index.rs).
     let mut side = db.as_os_str().to_owned();
     side.push(".person-index");
     let all = sum("'records','records_recorded_at'")? + sum_in(Path::new(&side), "'entries'")?;

@@ -35,7 +35,9 @@
 //! - [`records`]: the provision records (R14–R18): group commit, chain,
 //!   checkpoints, export, purge. The record format is specified in
 //!   `kakehashi_interfaces::audit`.
-//! - [`store`]: the storage backends (SQLite, PostgreSQL) and migrations.
+//! - [`store`]: the storage boundary — every difference between SQLite and
+//!   PostgreSQL behind its traits (`Store`, `Backend`, `Committer`),
+//!   implemented in `store/sqlite/` and `store/postgres/`; migrations.
 //! - [`keys`], [`tls`], [`metrics`], [`retention`], [`config`], [`error`].
 //! - [`cluster`]: several nodes on one PostgreSQL — roles for background
 //!   work done once, changes announced to every node.

@@ -127,8 +127,5 @@ impl AppState {
 /// on one (or by the host command) must hold on every node within a
 /// second; one node alone re-reads less often.
 fn org_cache_ttl(pools: &crate::store::Pools) -> std::time::Duration {
-    match pools {
-        crate::store::Pools::Postgres(_) => std::time::Duration::from_millis(500),
-        crate::store::Pools::Sqlite { .. } => std::time::Duration::from_secs(2),
-    }
+    pools.backend().org_cache_ttl()
 }

@@ -20,13 +20,13 @@
 //! committed before their query came, whoever made it.
 
 pub mod cache;
-mod sqlite_generation;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::BrokerError;
+use crate::store::backend::GenerationReader;
 use crate::store::Pools;
 
 /// Lookups answered by one statement at most (4 binds each).
@@ -90,27 +90,19 @@ fn locked(cache: &Shared) -> MutexGuard<'_, cache::Cache> {
 impl Lookups {
     /// Starts the batching task on the current runtime.
     pub fn start(pools: Pools, metrics: crate::metrics::LookupMetrics) -> Lookups {
-        // The task runs one batch at a time, so one connection of its own
-        // serves it: always the same SQLite thread or PostgreSQL backend
-        // (prepared statements and plans stay warm), no pool hand-out per batch.
-        let how = match pools.sqlite_file() {
-            None => Generation::Pool,
-            Some(path) => match sqlite_generation::DirectGeneration::open(&path) {
-                Ok(direct) => Generation::InPlace(direct),
-                Err(e) => {
-                    // Reads still go through the pool, only dearer.
-                    tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
-                    Generation::Pool
-                }
-            },
-        };
-        Lookups::spawn(pools, how, metrics)
+        Lookups::spawn(pools, metrics)
     }
 
-    fn spawn(pools: Pools, how: Generation, metrics: crate::metrics::LookupMetrics) -> Lookups {
+    fn spawn(pools: Pools, metrics: crate::metrics::LookupMetrics) -> Lookups {
         let (tx, rx) = mpsc::channel(4096);
         let cache: Shared = Arc::new(Mutex::new(cache::Cache::new(cache::MAX_BYTES)));
-        tokio::spawn(run(rx, pools.own(1), how, cache.clone(), metrics.clone()));
+        // The task runs one batch at a time, so one connection of its own
+        // serves it: always the same SQLite thread or PostgreSQL backend
+        // (prepared statements and plans stay warm), no pool hand-out per
+        // batch; the generation is read as the backend reads it fastest.
+        let own = pools.own(1);
+        let how = own.clone().generation_reader();
+        tokio::spawn(run(rx, own, how, cache.clone(), metrics.clone()));
         Lookups { tx, cache, metrics }
     }
 
@@ -149,18 +141,10 @@ impl Lookups {
     }
 }
 
-/// How a batch learns the lookup generation it is read under.
-enum Generation {
-    /// Read in place on SQLite, on the task's own connection.
-    InPlace(sqlite_generation::DirectGeneration),
-    /// Read through the pool (PostgreSQL, or SQLite without that connection).
-    Pool,
-}
-
 async fn run(
     mut rx: mpsc::Receiver<Asked>,
     pools: Pools,
-    mut how: Generation,
+    mut how: Box<dyn GenerationReader>,
     cache: Shared,
     metrics: crate::metrics::LookupMetrics,
 ) {
@@ -197,12 +181,12 @@ async fn run(
 /// older than a change it missed. The cache is never held across an await.
 async fn answer(
     pools: &Pools,
-    how: &mut Generation,
+    how: &mut Box<dyn GenerationReader>,
     cache: &Shared,
     metrics: &crate::metrics::LookupMetrics,
     lookups: &[Lookup],
 ) -> Result<Vec<Found>, BrokerError> {
-    let now = generation(pools, how).await?;
+    let now = how.read().await?;
     let split = {
         let mut held = locked(cache);
         let had = !held.is_empty();
@@ -235,7 +219,7 @@ async fn answer(
     Ok(cache::fill(lookups, split, &read))
 }
 
-/// The lookup generation: bumped by triggers in the same transaction as
+/// The lookup generation, read through the pool. It is bumped by triggers in the same transaction as
 /// every change to person codes or copies and every person added or erased
 /// (migrations `0005_lookup_generation.sql`, `0107_persons_per_insurer.sql`;
 /// on PostgreSQL at commit, once).
@@ -244,27 +228,8 @@ async fn answer(
 /// before it, so the answers read after this number see every change the
 /// number counts, as on SQLite.
 ///
-/// On SQLite it is read in place when the task's own connection is there
-/// and SQLite answers at once ([`sqlite_generation`]), else through the pool.
-/// A busy file is a moment's refusal; any other failure gives the
-/// connection up, so a broken one does not cost every batch two reads.
-async fn generation(pools: &Pools, how: &mut Generation) -> Result<i64, BrokerError> {
-    if let Generation::InPlace(conn) = how {
-        match conn.read() {
-            Ok(n) => return Ok(n),
-            Err(e) if sqlite_generation::is_busy(&e) => {
-                tracing::debug!(error = %e, "lookup generation read in place refused; asking the pool")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the lookups' own SQLite connection failed; reading through the pool from now on");
-                *how = Generation::Pool;
-            }
-        }
-    }
-    generation_now(pools).await
-}
-
-/// The lookup generation, read through the pool.
+/// On SQLite it is read in place when it can be
+/// (the backend's [`GenerationReader`]).
 pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
     Ok(crate::on_pool!(pools, read, |pool| {
         sqlx::query_scalar(GENERATION_SQL).fetch_one(pool).await?
@@ -273,12 +238,14 @@ pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
 
 /// Sets the lookup generation, as the triggers do on a change (tests).
 #[cfg(test)]
-pub(crate) async fn set_generation(write: &sqlx::SqlitePool, n: i64) {
-    sqlx::query("UPDATE lookup_generation SET n = $1 WHERE id = 1")
-        .bind(n)
-        .execute(write)
-        .await
-        .expect("set the lookup generation");
+pub(crate) async fn set_generation(pools: &Pools, n: i64) {
+    crate::on_pool!(pools, write, |pool| {
+        sqlx::query("UPDATE lookup_generation SET n = $1 WHERE id = 1")
+            .bind(n)
+            .execute(pool)
+            .await
+            .expect("set the lookup generation");
+    })
 }
 
 /// The one row the lookup generation is.
@@ -359,11 +326,11 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        let write = store.writer();
-        set_generation(write, 3).await;
+        let pools = store.pools();
+        set_generation(&pools, 3).await;
         // The record commit checks the number (records::writer's and
-        // sqlite_direct's tests).
-        let lookups = Lookups::spawn(store.pools(), Generation::Pool, Default::default());
+        // store::sqlite::direct's tests).
+        let lookups = Lookups::spawn(store.pools(), Default::default());
         let ask = || Lookup {
             requester: "city-a".into(),
             requester_code: "c0de".into(),
@@ -381,7 +348,7 @@ mod tests {
             (found.clone(), Some(3))
         );
 
-        set_generation(write, 4).await;
+        set_generation(&pools, 4).await;
         // Memory does not know yet: its answer says which number it needs.
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),

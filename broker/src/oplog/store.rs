@@ -11,7 +11,7 @@ use super::chain::{chain_hash, EntrySeal, OpCheckpoint};
 use super::entry::{OpEntry, OpRecord, OpResult};
 use super::{OpFilter, OpResultFilter};
 use crate::error::BrokerError;
-use crate::store::Pools;
+use crate::store::{Pools, Snapshot};
 
 /// Takes the head row's lock: the first statement of every writing
 /// transaction is this write, so on SQLite the transaction holds the write
@@ -300,54 +300,29 @@ pub(crate) async fn search(
     Ok(rows)
 }
 
-/// One consistent read view (a read transaction; REPEATABLE READ on
-/// PostgreSQL), so verification sees one state while brokers append.
-pub(crate) enum Snapshot {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
 /// Rows read per round trip while walking the log.
 pub(crate) const CHUNK: i64 = 1000;
 
-macro_rules! on_snapshot {
-    ($snap:expr, |$tx:ident| $body:expr) => {
-        match $snap {
-            Snapshot::Sqlite($tx) => $body,
-            Snapshot::Postgres($tx) => $body,
-        }
-    };
-}
-
 impl Snapshot {
-    pub async fn begin(pools: &Pools) -> Result<Snapshot, BrokerError> {
-        Ok(match pools {
-            Pools::Sqlite { read, .. } => Snapshot::Sqlite(read.begin().await?),
-            Pools::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-                Snapshot::Postgres(tx)
-            }
-        })
-    }
-
     /// The head row's sequence and hash.
-    pub async fn head(&mut self) -> Result<(u64, Hash), BrokerError> {
+    pub async fn oplog_head(&mut self) -> Result<(u64, Hash), BrokerError> {
         const SQL: &str = "SELECT seq, hash FROM operation_log_head WHERE id = 1";
-        let (seq, hash): (i64, Vec<u8>) = on_snapshot!(self, |tx| {
+        let (seq, hash): (i64, Vec<u8>) = crate::on_snapshot!(self, |tx| {
             sqlx::query_as(SQL).fetch_one(&mut **tx).await?
         });
         Ok((to_u64(seq), to_hash(&hash, "head hash")?))
     }
 
     /// Up to [`CHUNK`] entries with `after < seq <= upto`, in order.
-    pub async fn entries(&mut self, after: i64, upto: i64) -> Result<Vec<EntryRow>, BrokerError> {
+    pub async fn oplog_entries(
+        &mut self,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<EntryRow>, BrokerError> {
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM operation_log WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
         );
-        Ok(on_snapshot!(self, |tx| {
+        Ok(crate::on_snapshot!(self, |tx| {
             sqlx::query_as(&sql)
                 .bind(after)
                 .bind(upto)
@@ -358,11 +333,14 @@ impl Snapshot {
     }
 
     /// Up to [`CHUNK`] checkpoints with `seq > after`, in order.
-    pub async fn checkpoints(&mut self, after: i64) -> Result<Vec<CheckpointRow>, BrokerError> {
+    pub async fn oplog_checkpoints(
+        &mut self,
+        after: i64,
+    ) -> Result<Vec<CheckpointRow>, BrokerError> {
         let sql = format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM operation_log_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2"
         );
-        Ok(on_snapshot!(self, |tx| {
+        Ok(crate::on_snapshot!(self, |tx| {
             sqlx::query_as(&sql)
                 .bind(after)
                 .bind(CHUNK)

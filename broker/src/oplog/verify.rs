@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::chain::{ChainCheck, OpFailure, OpSummary, SignedHead};
 use super::sealer;
-use super::store::{CheckpointRow, EntryRow, Snapshot};
+use super::store::{CheckpointRow, EntryRow};
 use crate::error::BrokerError;
 use crate::store::Pools;
 
@@ -83,8 +83,8 @@ pub(crate) async fn walk(
     keys: TrustedKeys,
     plan: WalkPlan,
 ) -> Result<Walk, BrokerError> {
-    let mut snap = Snapshot::begin(pools).await?;
-    let (head_seq, _) = snap.head().await?;
+    let mut snap = pools.backend().snapshot().await?;
+    let (head_seq, _) = snap.oplog_head().await?;
     let mut check = ChainCheck::new(keys, plan.start_seq, plan.start_hash, plan.start_checkpoint);
     if let Some(expect) = plan.expect {
         check.expect_signed(expect);
@@ -119,7 +119,7 @@ pub(crate) async fn walk(
     loop {
         // Keep one entry of lookahead (to tell an insertion from an edit).
         if entries.len() < 2 && !entries_done {
-            let chunk = snap.entries(after, upto).await?;
+            let chunk = snap.oplog_entries(after, upto).await?;
             entries_done = (chunk.len() as i64) < super::store::CHUNK;
             if let Some(last) = chunk.last() {
                 after = last.seq;
@@ -143,7 +143,7 @@ pub(crate) async fn walk(
         }
         loop {
             if cps.is_empty() && !cps_done {
-                let chunk = snap.checkpoints(cp_after).await?;
+                let chunk = snap.oplog_checkpoints(cp_after).await?;
                 cps_done = (chunk.len() as i64) < super::store::CHUNK;
                 if let Some(last) = chunk.last() {
                     cp_after = last.seq;
@@ -164,7 +164,7 @@ pub(crate) async fn walk(
     // Checkpoints beyond the last entry: the entries they cover are gone.
     loop {
         if cps.is_empty() && !cps_done {
-            let chunk = snap.checkpoints(cp_after).await?;
+            let chunk = snap.oplog_checkpoints(cp_after).await?;
             cps_done = (chunk.len() as i64) < super::store::CHUNK;
             if let Some(last) = chunk.last() {
                 cp_after = last.seq;

@@ -4,7 +4,7 @@ use kakehashi_interfaces::audit::{self, Checkpoint, Hash, Outcome, SALT_LEN};
 use sqlx::FromRow;
 
 use crate::error::BrokerError;
-use crate::store::Pools;
+use crate::store::{Pools, Snapshot};
 
 /// Columns of [`RecordRow`], in order.
 pub(crate) const RECORD_COLUMNS: &str = "seq, recorded_at, query_id, permit_id, flow_id, \
@@ -239,44 +239,11 @@ const SELECT_CHECKPOINTS: &str =
     "SELECT seq, head_hash, signed_at, key_id, public_key, signature, tsa_token \
      FROM record_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
-/// Runs `$body` with `$tx` bound to the snapshot's transaction, whichever
-/// the backend: the statements read alike on both (as `on_pool!` does for
-/// pools).
-macro_rules! on_snapshot {
-    ($snap:expr, |$tx:ident| $body:expr) => {
-        match $snap {
-            Snapshot::Sqlite($tx) => $body,
-            Snapshot::Postgres($tx) => $body,
-        }
-    };
-}
-
-/// One consistent read view (a read-only transaction; REPEATABLE READ on
-/// PostgreSQL), so a long verification or export sees one state even while
-/// brokers append and purge.
-pub(crate) enum Snapshot {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
 impl Snapshot {
-    pub async fn begin(pools: &Pools) -> Result<Snapshot, BrokerError> {
-        Ok(match pools {
-            Pools::Sqlite { read, .. } => Snapshot::Sqlite(read.begin().await?),
-            Pools::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-                Snapshot::Postgres(tx)
-            }
-        })
-    }
-
     pub async fn head(&mut self) -> Result<Head, BrokerError> {
         const SQL: &str = "SELECT seq, hash, cut_seq, cut_hash FROM records_head WHERE id = 1";
         let (seq, hash, cut_seq, cut_hash): (i64, Vec<u8>, i64, Vec<u8>) =
-            on_snapshot!(self, |tx| sqlx::query_as(SQL).fetch_one(&mut **tx).await?);
+            crate::on_snapshot!(self, |tx| sqlx::query_as(SQL).fetch_one(&mut **tx).await?);
         Ok(Head {
             seq: u64::try_from(seq).unwrap_or(0),
             hash: to_hash(&hash, "head hash")?,
@@ -288,7 +255,7 @@ impl Snapshot {
     pub async fn stored_hash(&mut self, seq: u64) -> Result<Option<Hash>, BrokerError> {
         const SQL: &str = "SELECT hash FROM records WHERE seq = $1";
         let seq = to_i64(seq);
-        let row: Option<Vec<u8>> = on_snapshot!(self, |tx| {
+        let row: Option<Vec<u8>> = crate::on_snapshot!(self, |tx| {
             sqlx::query_scalar(SQL)
                 .bind(seq)
                 .fetch_optional(&mut **tx)
@@ -319,7 +286,7 @@ impl Snapshot {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!("{select} ({list})");
-        Ok(on_snapshot!(self, |tx| sqlx::query_as(&sql)
+        Ok(crate::on_snapshot!(self, |tx| sqlx::query_as(&sql)
             .fetch_all(&mut **tx)
             .await?))
     }
@@ -351,7 +318,7 @@ impl Snapshot {
         const SQL: &str = "SELECT seq, recorded_at FROM records \
              WHERE seq > $2 AND seq <= $3 AND recorded_at < $1 ORDER BY seq LIMIT 1";
         let (after, upto) = (to_i64(after), to_i64(upto));
-        let row: Option<(i64, String)> = on_snapshot!(self, |tx| {
+        let row: Option<(i64, String)> = crate::on_snapshot!(self, |tx| {
             sqlx::query_as(SQL)
                 .bind(at)
                 .bind(after)
@@ -366,7 +333,7 @@ impl Snapshot {
     pub async fn last_checkpoint_before(&mut self, seq: u64) -> Result<u64, BrokerError> {
         const SQL: &str = "SELECT MAX(seq) FROM record_checkpoints WHERE seq < $1";
         let seq = to_i64(seq);
-        let max: Option<i64> = on_snapshot!(self, |tx| {
+        let max: Option<i64> = crate::on_snapshot!(self, |tx| {
             sqlx::query_scalar(SQL)
                 .bind(seq)
                 .fetch_one(&mut **tx)
@@ -378,7 +345,7 @@ impl Snapshot {
     /// Whether any checkpoint is stored.
     pub async fn any_checkpoint(&mut self) -> Result<bool, BrokerError> {
         const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM record_checkpoints LIMIT 1) AS c";
-        let n: i64 = on_snapshot!(self, |tx| sqlx::query_scalar(SQL)
+        let n: i64 = crate::on_snapshot!(self, |tx| sqlx::query_scalar(SQL)
             .fetch_one(&mut **tx)
             .await?);
         Ok(n > 0)
@@ -386,13 +353,7 @@ impl Snapshot {
 }
 
 /// Rows fetched in sequence order by a [`Cursor`].
-pub(crate) trait Keyed:
-    Sized
-    + Send
-    + Unpin
-    + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
-    + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-{
+pub(crate) trait Keyed: Sized + Send + Unpin + crate::store::FromBackendRow {
     /// `SELECT … WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3`.
     const SELECT: &'static str;
 
@@ -404,7 +365,7 @@ pub(crate) trait Keyed:
         hi: i64,
         limit: i64,
     ) -> Result<Vec<Self>, BrokerError> {
-        Ok(on_snapshot!(snap, |tx| {
+        Ok(crate::on_snapshot!(snap, |tx| {
             sqlx::query_as(Self::SELECT)
                 .bind(lo)
                 .bind(hi)
@@ -479,89 +440,6 @@ impl<T: Keyed> Cursor<T> {
     }
 }
 
-/// The month partition key of a fixed-width UTC timestamp (`2026-12-01T…`
-/// is 202612), for pruning PostgreSQL's month partitions; `None` if the
-/// text is not one.
-fn text_month_key(at: &str) -> Option<i32> {
-    let year: i32 = at.get(0..4)?.parse().ok()?;
-    let month: i32 = at.get(5..7)?.parse().ok()?;
-    Some(year * 100 + month)
-}
-
-/// `MIN(seq)` of records at or after `at` (fixed-width text compares as time) in `(after, upto]`.
-/// On PostgreSQL the month of `at` bounds the partitions read: without it
-/// the plan walks every older month's primary key to its end (1.9 s over 10
-/// million records, `kakehashi-bench national`).
-pub(crate) async fn first_seq_at_or_after(
-    pools: &Pools,
-    at: &str,
-    after: u64,
-    upto: u64,
-) -> Result<Option<u64>, BrokerError> {
-    let (after, upto) = (to_i64(after), to_i64(upto));
-    let row: Option<i64> =
-        match pools {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(
-                "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3",
-            )
-            .bind(at)
-            .bind(after)
-            .bind(upto)
-            .fetch_one(read)
-            .await?,
-            Pools::Postgres(pool) => sqlx::query_scalar(
-                "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3
-                 AND part_month >= $4",
-            )
-            .bind(at)
-            .bind(after)
-            .bind(upto)
-            .bind(text_month_key(at).unwrap_or(i32::MIN))
-            .fetch_one(pool)
-            .await?,
-        };
-    Ok(row.and_then(|s| u64::try_from(s).ok()))
-}
-
-/// The first record in `(after, upto]`, in sequence order, recorded at or
-/// after `at`: the end of the run of old records a purge may delete. Walks
-/// the primary key from `after` (it reads about as many rows as are due),
-/// rather than the time index (which would read every younger record).
-pub(crate) async fn first_young_seq(
-    pools: &Pools,
-    at: &str,
-    after: u64,
-    upto: u64,
-) -> Result<Option<u64>, BrokerError> {
-    let (after, upto) = (to_i64(after), to_i64(upto));
-    let row: Option<i64> = match pools {
-        // `+recorded_at` keeps SQLite off the time index.
-        Pools::Sqlite { read, .. } => {
-            sqlx::query_scalar(
-                "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND +recorded_at >= $1
-             ORDER BY seq LIMIT 1",
-            )
-            .bind(at)
-            .bind(after)
-            .bind(upto)
-            .fetch_optional(read)
-            .await?
-        }
-        Pools::Postgres(pool) => {
-            sqlx::query_scalar(
-                "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND recorded_at >= $1
-             ORDER BY seq LIMIT 1",
-            )
-            .bind(at)
-            .bind(after)
-            .bind(upto)
-            .fetch_optional(pool)
-            .await?
-        }
-    };
-    Ok(row.and_then(|s| u64::try_from(s).ok()))
-}
-
 /// The first checkpoint at or after `seq`.
 pub(crate) async fn first_checkpoint_from(
     pools: &Pools,
@@ -577,134 +455,14 @@ pub(crate) async fn first_checkpoint_from(
     Ok(row.0.and_then(|s| u64::try_from(s).ok()))
 }
 
-/// `MAX(seq)` of records before `at` in `(after, upto]`; on PostgreSQL
-/// only the months up to that of `at` are read.
-pub(crate) async fn last_seq_before(
-    pools: &Pools,
-    at: &str,
-    after: u64,
-    upto: u64,
-) -> Result<Option<u64>, BrokerError> {
-    let (after, upto) = (to_i64(after), to_i64(upto));
-    let row: Option<i64> =
-        match pools {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(
-                "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3",
-            )
-            .bind(at)
-            .bind(after)
-            .bind(upto)
-            .fetch_one(read)
-            .await?,
-            Pools::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3
-                 AND part_month <= $4",
-                )
-                .bind(at)
-                .bind(after)
-                .bind(upto)
-                .bind(text_month_key(at).unwrap_or(i32::MAX))
-                .fetch_one(pool)
-                .await?
-            }
-        };
-    Ok(row.and_then(|s| u64::try_from(s).ok()))
-}
-
 /// Sequence numbers never exceed i64::MAX (they are counted from 1).
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// `yyyymm` of a UTC instant: the PostgreSQL partition key.
+/// `yyyymm` of a UTC instant: the month a record belongs to (PostgreSQL's
+/// partition key).
 pub(crate) fn month_key(at: time::OffsetDateTime) -> i32 {
     let at = at.to_offset(time::UtcOffset::UTC);
     at.year() * 100 + i32::from(u8::from(at.month()))
-}
-
-fn next_month(key: i32) -> i32 {
-    if key % 100 >= 12 {
-        (key / 100 + 1) * 100 + 1
-    } else {
-        key + 1
-    }
-}
-
-/// Partition name for a month key (`records_y2026m11`).
-fn partition_name(key: i32) -> String {
-    format!("records_y{:04}m{:02}", key / 100, key % 100)
-}
-
-/// Month key of a partition name, if it is one of ours.
-pub(crate) fn partition_month(name: &str) -> Option<i32> {
-    let rest = name.strip_prefix("records_y")?;
-    let (year, month) = rest.split_once('m')?;
-    if year.len() != 4 || month.len() != 2 {
-        return None;
-    }
-    let (year, month): (i32, i32) = (year.parse().ok()?, month.parse().ok()?);
-    (1..=12).contains(&month).then_some(year * 100 + month)
-}
-
-/// Storage parameters of every month partition: autovacuum's passes over
-/// these append-only rows rest 10 ms per 200 cost units instead of 2 ms, so
-/// their page writes do not crowd the record commits' WAL flushes (the
-/// reason, with its measurements, is in migration 0101_vacuum_pacing.sql).
-const PARTITION_STORAGE: &str = "autovacuum_vacuum_cost_delay = 10";
-
-/// Creates the partitions for `month` and the month after, if missing.
-/// Several nodes may race: an advisory lock serialises them. A month whose
-/// rows already fell into the default partition cannot get its own
-/// partition; that is logged and the rows stay in the default.
-pub(crate) async fn ensure_partitions(pool: &sqlx::PgPool, month: i32) -> Result<(), BrokerError> {
-    for key in [month, next_month(month)] {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kakehashi.records.partitions'))")
-            .execute(&mut *tx)
-            .await?;
-        // Identifiers cannot be bound; the name is built from two integers.
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF records FOR VALUES FROM ({key}) TO ({}) \
-             WITH ({PARTITION_STORAGE})",
-            partition_name(key),
-            next_month(key)
-        );
-        match sqlx::query(&sql).execute(&mut *tx).await {
-            Ok(_) => tx.commit().await?,
-            Err(e) => {
-                tracing::warn!(month = key, error = %e, "records partition not created; rows use the default partition");
-                tx.rollback().await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn month_keys_and_partition_names() {
-        assert_eq!(next_month(202612), 202701);
-        assert_eq!(next_month(202601), 202602);
-        assert_eq!(partition_name(202603), "records_y2026m03");
-        assert_eq!(partition_month("records_y2026m03"), Some(202603));
-        assert_eq!(partition_month("records_default"), None);
-        assert_eq!(partition_month("records_y2026m13"), None);
-        assert_eq!(
-            month_key(time::macros::datetime!(2026-11-30 23:59:59 UTC)),
-            202611
-        );
-    }
-
-    #[test]
-    fn a_stored_timestamp_names_its_partition() {
-        let at = crate::store::timestamp(time::macros::datetime!(2026-11-30 23:59:59 UTC));
-        assert_eq!(text_month_key(&at), Some(202611));
-        assert_eq!(text_month_key("2019-01-01"), Some(201901));
-        assert_eq!(text_month_key("yesterday"), None);
-        assert_eq!(text_month_key(""), None);
-    }
 }

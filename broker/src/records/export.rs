@@ -16,10 +16,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::db::{self, to_hash, to_i64, CheckpointRow, Cursor, RecordRow, Snapshot};
-use super::reader::RecordSource;
+use super::db::{to_hash, to_i64, CheckpointRow, Cursor, RecordRow};
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
+use crate::store::record_source::RecordSource;
+use crate::store::Snapshot;
 
 /// Which records to export. All given conditions must hold.
 #[derive(Debug, Clone, Default)]
@@ -334,7 +335,7 @@ impl RecordLog {
         // The log's latest checkpoint travels with the export, for witnesses.
         self.refresh_latest_checkpoint().await;
         let latest = self.latest_checkpoint();
-        let mut snap = Snapshot::begin(&self.pools).await?;
+        let mut snap = self.pools.backend().snapshot().await?;
         let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
 
@@ -365,11 +366,21 @@ impl RecordLog {
         // Narrow the scan with the time index; order (and so the range) is by
         // sequence, and the first/last matching sequences bound it exactly.
         let lo = match &matcher.from {
-            Some(from) => db::first_seq_at_or_after(&self.pools, from, head.cut_seq, hi).await?,
+            Some(from) => {
+                self.pools
+                    .backend()
+                    .first_seq_at_or_after(from, head.cut_seq, hi)
+                    .await?
+            }
             None => Some(head.cut_seq + 1),
         };
         let last_match = match &matcher.to {
-            Some(to) => db::last_seq_before(&self.pools, to, head.cut_seq, hi).await?,
+            Some(to) => {
+                self.pools
+                    .backend()
+                    .last_seq_before(to, head.cut_seq, hi)
+                    .await?
+            }
             None => Some(hi),
         };
         if let (Some(lo), Some(last_match)) = (lo, last_match) {

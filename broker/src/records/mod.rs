@@ -13,7 +13,7 @@
 //!   re-checking the records since the previous checkpoint.
 //! - **Person index** (SQLite): which records concern a person, for
 //!   disclosure, kept in a side file by a background task rather than as
-//!   indexes written with every commit (`person_index.rs`).
+//!   indexes written with every commit (`store/sqlite/person_index.rs`).
 //! - **Verification, export, purge, disclosure**: library functions for the
 //!   CLI and the auditor console. The pure parts (canonical encoding, chain
 //!   hashing, checkpoint bytes, verifiers) live in
@@ -24,19 +24,15 @@
 
 mod checkpoint_log;
 pub mod cli;
-mod db;
+pub(crate) mod db;
 mod export;
-mod person_index;
 mod purge;
-mod reader;
 pub mod sealer_state;
 mod search;
-mod sqlite_direct;
 mod tsa;
 mod verify;
-pub(crate) mod wal;
 mod witness;
-mod writer;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,14 +67,6 @@ pub(crate) use writer::Deletes;
 
 /// The org id that system records (exports, purges) name as requester.
 pub const SYSTEM_ORG: &str = "kakehashi-broker";
-
-/// The group commit's wait on SQLite unless configured (see
-/// [`RecordsConfig::commit_delay_us`]).
-pub const SQLITE_COMMIT_DELAY_US: u64 = 1_000;
-
-/// The least time between two commits' starts on PostgreSQL unless
-/// configured (see [`RecordsConfig::commit_interval_us`]).
-pub const POSTGRES_COMMIT_INTERVAL_US: u64 = 1_000;
 
 /// `[records]` settings. Defaults suit production.
 #[derive(Debug, Clone, Deserialize)]
@@ -283,7 +271,7 @@ pub struct RecordLog {
     /// What this process's writer last committed (see [`RecordLog::seal`]).
     committed: writer::CommittedHead,
     /// Records by person code, beside a SQLite database (R18).
-    person_index: Option<person_index::PersonIndex>,
+    person_index: Option<crate::store::person_index::PersonIndex>,
     /// Queries under way that will append soon (see [`RecordLog::expect_append`]).
     coming: Arc<AtomicUsize>,
     /// The cluster roles this node holds; unset, it holds them all.
@@ -384,24 +372,19 @@ impl RecordLog {
         let sealer = verify::load_or_create_sealer(key_dir)?;
         let mut trusted = verify::trusted_keys(key_dir)?;
         let sealer_key_id = trusted.add(sealer.verifying_key());
-        if let Pools::Postgres(pool) = &pools {
-            db::ensure_partitions(pool, db::month_key(time::OffsetDateTime::now_utc())).await?;
-        }
+        let backend = pools.backend();
+        backend.open_records().await?;
+        let timing = backend.commit_timing();
+        drop(backend);
         let (jobs, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committed = writer::CommittedHead::default();
         let coming = Arc::new(AtomicUsize::new(0));
         let batching = writer::Batching {
             max_batch: config.max_batch.max(1),
-            commit_delay: Duration::from_micros(config.commit_delay_us.unwrap_or(match pools {
-                Pools::Sqlite { .. } => SQLITE_COMMIT_DELAY_US,
-                Pools::Postgres(_) => 0,
-            })),
-            commit_interval: Duration::from_micros(config.commit_interval_us.unwrap_or(
-                match pools {
-                    Pools::Sqlite { .. } => 0,
-                    Pools::Postgres(_) => POSTGRES_COMMIT_INTERVAL_US,
-                },
-            )),
+            commit_delay: Duration::from_micros(config.commit_delay_us.unwrap_or(timing.delay_us)),
+            commit_interval: Duration::from_micros(
+                config.commit_interval_us.unwrap_or(timing.interval_us),
+            ),
             coming: coming.clone(),
         };
         let writer = writer::spawn(
@@ -411,7 +394,7 @@ impl RecordLog {
             commits.clone(),
             committed.clone(),
         );
-        let person_index = person_index::PersonIndex::open(&pools).await?;
+        let person_index = crate::store::person_index::PersonIndex::open(&pools).await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,
@@ -458,17 +441,14 @@ impl RecordLog {
                 Duration::from_secs(log.config.purge_interval_secs),
             )));
         }
-        if let (Pools::Sqlite { write, .. }, 1..) =
-            (&log.pools, log.config.wal_checkpoint_interval_ms)
-        {
-            tasks.push(tokio::spawn(wal::checkpoint_task(
-                (*write.connect_options()).clone(),
+        if log.config.wal_checkpoint_interval_ms > 0 {
+            tasks.extend(log.pools.backend().spawn_upkeep(
                 log.stop.subscribe(),
                 Duration::from_millis(log.config.wal_checkpoint_interval_ms),
-            )));
+            ));
         }
         if let (Some(index), 1..) = (&log.person_index, log.config.person_index_interval_ms) {
-            tasks.push(tokio::spawn(person_index::index_task(
+            tasks.push(tokio::spawn(crate::store::person_index::index_task(
                 index.clone(),
                 log.pools.clone(),
                 log.stop.subscribe(),
@@ -656,7 +636,9 @@ impl RecordLog {
                 let stored = if seq == head.seq {
                     Some(head.hash)
                 } else {
-                    db::Snapshot::begin(&self.pools)
+                    self.pools
+                        .backend()
+                        .snapshot()
                         .await?
                         .stored_hash(seq)
                         .await?
@@ -787,7 +769,10 @@ impl RecordLog {
                     }
                     (s.seq, signed, false)
                 } else {
-                    let stored = db::Snapshot::begin(&self.pools)
+                    let stored = self
+                        .pools
+                        .backend()
+                        .snapshot()
                         .await?
                         .stored_hash(s.seq)
                         .await?;
@@ -954,7 +939,7 @@ impl RecordLog {
         // past the mark.
         let indexed = match &self.person_index {
             Some(index) => index.lookup(org.as_str(), person_code).await?,
-            None => person_index::Indexed {
+            None => crate::store::person_index::Indexed {
                 mark: 0,
                 seqs: Vec::new(),
             },

@@ -133,7 +133,11 @@ impl RecordLog {
             return Ok(nothing(0));
         };
         let head = db::read_head(&self.pools).await?;
-        let cut = match db::first_young_seq(&self.pools, &before_text, head.cut_seq, sealed).await?
+        let cut = match self
+            .pools
+            .backend()
+            .first_young_seq(&before_text, head.cut_seq, sealed)
+            .await?
         {
             Some(first_young) => first_young - 1,
             None => sealed,

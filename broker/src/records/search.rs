@@ -20,7 +20,7 @@
 //!   SQLite walks the index with the fewest entries in range (counted up to
 //!   [`PROBE_CAP`] each, with `INDEXED BY` so the choice is ours); PostgreSQL
 //!   chooses from its statistics.
-//! - A person code: SQLite's side index (`person_index.rs`) and the records
+//! - A person code: SQLite's side index (`store/sqlite/person_index.rs`) and the records
 //!   past its mark; on PostgreSQL the code indexes of migration 0100.
 //! - A period: on PostgreSQL the month partitions it touches (records are
 //!   partitioned by the month of the same timestamp, so pruning is exact);
@@ -40,15 +40,14 @@ use std::io::Write;
 use kakehashi_interfaces::audit::{ExportFormat, ExportRow};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 use sqlx::FromRow;
 
 use super::db::{self, to_i64};
 use super::export::{format_name, Caps, Matcher, Progress};
 use super::RecordLog;
 use crate::error::BrokerError;
-use crate::store::Pools;
+use crate::store::backend::{SearchDialect, Stmt};
+use crate::store::FromBackendRow;
 
 /// The most rows one page holds.
 pub const MAX_PAGE_SIZE: usize = 200;
@@ -358,39 +357,8 @@ impl Prepared {
     }
 }
 
-/// A value bound to a placeholder.
-#[derive(Debug, Clone)]
-enum Arg {
-    Int(i64),
-    Text(String),
-}
-
-/// SQL under construction. Each placeholder is numbered as it is written,
-/// so numbers follow their order in the text (as SQLite counts them).
-#[derive(Debug, Default)]
-struct Stmt {
-    sql: String,
-    args: Vec<Arg>,
-}
-
-impl Stmt {
-    fn push(&mut self, s: &str) {
-        self.sql.push_str(s);
-    }
-
-    fn int(&mut self, v: i64) {
-        self.args.push(Arg::Int(v));
-        self.sql.push_str(&format!("${}", self.args.len()));
-    }
-
-    fn text(&mut self, v: &str) {
-        self.args.push(Arg::Text(v.to_string()));
-        self.sql.push_str(&format!("${}", self.args.len()));
-    }
-}
-
 /// Rows a search reads: never a person code or its salt.
-trait Found: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> {
+trait Found: Send + Unpin + FromBackendRow {
     const COLUMNS: &'static str;
     fn seq(&self) -> i64;
 }
@@ -475,14 +443,14 @@ enum Lead {
 }
 
 impl Lead {
-    /// SQLite's index for the walk (migration 0106).
-    fn sqlite_hint(self) -> &'static str {
+    /// The index the walk follows (migration 0106); `None`: the primary key.
+    fn index(self) -> Option<&'static str> {
         match self {
-            Lead::Seq => " NOT INDEXED",
-            Lead::Requester | Lead::PersonRequester => " INDEXED BY records_search_requester",
-            Lead::Provider | Lead::PersonProvider => " INDEXED BY records_search_provider",
-            Lead::Flow => " INDEXED BY records_search_flow",
-            Lead::Outcome => " INDEXED BY records_search_outcome",
+            Lead::Seq => None,
+            Lead::Requester | Lead::PersonRequester => Some("records_search_requester"),
+            Lead::Provider | Lead::PersonProvider => Some("records_search_provider"),
+            Lead::Flow => Some("records_search_flow"),
+            Lead::Outcome => Some("records_search_outcome"),
         }
     }
 }
@@ -499,6 +467,7 @@ enum Driver {
 /// Runs a search's statements, keeping their plans when asked to.
 struct Searcher<'a> {
     log: &'a RecordLog,
+    dialect: SearchDialect,
     explained: Option<Vec<ExplainedStatement>>,
 }
 
@@ -506,22 +475,22 @@ impl<'a> Searcher<'a> {
     fn new(log: &'a RecordLog) -> Self {
         Self {
             log,
+            dialect: log.pools.backend().search_dialect(),
             explained: None,
         }
     }
 
-    fn sqlite(&self) -> bool {
-        matches!(self.log.pools, Pools::Sqlite { .. })
-    }
-
     async fn run<T>(&mut self, st: &Stmt) -> Result<Vec<T>, BrokerError>
     where
-        T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
+        T: Send + Unpin + FromBackendRow,
     {
         if let Some(out) = self.explained.as_mut() {
-            out.push(explain(&self.log.pools, st).await?);
+            out.push(ExplainedStatement {
+                sql: st.sql.clone(),
+                plan: self.log.pools.backend().explain(st).await?,
+            });
         }
-        fetch(&self.log.pools, st).await
+        crate::store::fetch_all(&self.log.pools, st).await
     }
 
     /// The sequence range a selection can lie in, below `before`; `None`
@@ -555,19 +524,15 @@ impl<'a> Searcher<'a> {
     /// month partition).
     async fn day_bounds(&mut self, p: &Prepared) -> Result<Option<(i64, i64)>, BrokerError> {
         const DAY: &str = "substr(recorded_at, 1, 10)";
-        let sqlite = self.sqlite();
-        let ix = if sqlite {
-            "records INDEXED BY records_search_day"
-        } else {
-            "records"
-        };
+        let months_split = self.dialect.month_partitions;
+        let ix = format!("records{}", self.dialect.hint(Some("records_search_day")));
         let first_day = p.first_day.as_deref().unwrap_or("0000-01-01");
         let last_day = p.last_day.as_deref().unwrap_or("9999-12-31");
         let mut st = Stmt::default();
         // PostgreSQL: the period's months for the skips, and each day's own
         // month for its two probes (pruned as the day is known).
         let months = |st: &mut Stmt| {
-            if !sqlite {
+            if months_split {
                 if let Some(m) = p.first_month {
                     st.push(" AND part_month >= ");
                     st.int(i64::from(m));
@@ -578,10 +543,10 @@ impl<'a> Searcher<'a> {
                 }
             }
         };
-        let day_month = if sqlite {
-            String::new()
-        } else {
+        let day_month = if months_split {
             " AND part_month = CAST(substr(d.day, 1, 4) || substr(d.day, 6, 2) AS INTEGER)".into()
+        } else {
+            String::new()
         };
         st.push(&format!(
             "WITH RECURSIVE d(day) AS (SELECT MIN({DAY}) FROM {ix} WHERE {DAY} >= "
@@ -627,14 +592,14 @@ impl<'a> Searcher<'a> {
         }
         let (driver, semi) = self.choose(p, lo, hi).await?;
         let walk = Walk {
-            sqlite: self.sqlite(),
+            dialect: self.dialect,
             columns: T::COLUMNS,
             lo,
             hi,
             limit,
             semi,
         };
-        if let (false, Some(semi)) = (walk.sqlite, semi) {
+        if let (false, Some(semi)) = (walk.dialect.names_indexes, semi) {
             return self.intersected(walk, p, [driver, semi]).await;
         }
         let mut st = Stmt::default();
@@ -679,16 +644,13 @@ impl<'a> Searcher<'a> {
         if candidates.len() < 2 {
             return Ok((first, None));
         }
-        let sqlite = self.sqlite();
+        let names_indexes = self.dialect.names_indexes;
+        let dialect = self.dialect;
         let mut counted = Vec::new();
         for driver in candidates {
             let mut st = Stmt::default();
             let probe = |st: &mut Stmt, ix: &str, column: &str, value: &str| {
-                let hint = if sqlite {
-                    format!(" INDEXED BY {ix}")
-                } else {
-                    String::new()
-                };
+                let hint = dialect.hint(Some(ix));
                 st.push(&format!(
                     "(SELECT COUNT(*) FROM (SELECT 1 FROM records{hint} WHERE {column} = "
                 ));
@@ -733,7 +695,7 @@ impl<'a> Searcher<'a> {
             .filter(|(_, complete, _)| *complete && lead_count > SEMI_JOIN_FROM)
             .map(|c| c.2);
         Ok(match semi {
-            None if !sqlite => (first, None),
+            None if !names_indexes => (first, None),
             _ => (lead, semi),
         })
     }
@@ -766,7 +728,7 @@ impl<'a> Searcher<'a> {
             .collect();
         both.sort_unstable_by(|a, b| b.cmp(a));
         both.dedup();
-        let rows = self.rows_by_seq(&both, walk.limit, walk.sqlite, p).await?;
+        let rows = self.rows_by_seq(&both, walk.limit, walk.dialect, p).await?;
         Ok(newest_first(rows, walk.limit))
     }
 
@@ -783,20 +745,20 @@ impl<'a> Searcher<'a> {
         limit: i64,
     ) -> Result<Vec<T>, BrokerError> {
         let code = p.person.as_deref().unwrap_or_default();
-        let (mark, indexed) = match (&self.log.pools, &self.log.person_index) {
-            (Pools::Sqlite { .. }, Some(index)) => {
+        let (mark, indexed) = match &self.log.person_index {
+            Some(index) => {
                 let found = index.lookup(&p.viewer, code).await?;
                 (to_i64(found.mark), found.seqs)
             }
             _ => (0, Vec::new()),
         };
-        let sqlite = self.sqlite();
+        let dialect = self.dialect;
         let mut rows: Vec<T> = Vec::new();
         let tail_lo = lo.max(mark.saturating_add(1));
         if tail_lo <= hi {
             let mut st = Stmt::default();
             let walk = Walk {
-                sqlite,
+                dialect,
                 columns: T::COLUMNS,
                 lo: tail_lo,
                 hi,
@@ -818,7 +780,7 @@ impl<'a> Searcher<'a> {
         let want = limit
             .saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX))
             .max(0);
-        rows.extend(self.rows_by_seq(&candidates, want, sqlite, p).await?);
+        rows.extend(self.rows_by_seq(&candidates, want, dialect, p).await?);
         Ok(newest_first(rows, limit))
     }
 
@@ -829,7 +791,7 @@ impl<'a> Searcher<'a> {
         &mut self,
         seqs: &[i64],
         limit: i64,
-        sqlite: bool,
+        dialect: SearchDialect,
         p: &Prepared,
     ) -> Result<Vec<T>, BrokerError> {
         let want = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -849,7 +811,7 @@ impl<'a> Searcher<'a> {
                 "SELECT {} FROM records WHERE seq IN ({list})",
                 T::COLUMNS
             ));
-            residual(&mut st, sqlite, p, Lead::Seq);
+            residual(&mut st, dialect, p, Lead::Seq);
             st.push(" ORDER BY seq DESC");
             rows.extend(self.run::<T>(&st).await?);
         }
@@ -890,12 +852,13 @@ fn newest_first<T: Found>(mut rows: Vec<T>, limit: i64) -> Vec<T> {
 /// How one statement walks the records: the bounds, the row limit and the
 /// second index its entries are checked against, if any.
 struct Walk<'c> {
-    sqlite: bool,
+    dialect: SearchDialect,
     columns: &'c str,
     lo: i64,
     hi: i64,
     limit: i64,
-    /// SQLite: the candidate whose sequence numbers in range are gathered
+    /// Where the planner walks named indexes: the candidate whose sequence
+    /// numbers in range are gathered
     /// from its own index first; an entry of the walk not among them is
     /// passed over without its row being read.
     semi: Option<Driver>,
@@ -906,7 +869,7 @@ impl Walk<'_> {
     /// hi [AND +seq IN (second index)] AND the rest ORDER BY seq DESC LIMIT
     /// limit`.
     fn branch(&self, st: &mut Stmt, p: &Prepared, lead: Lead) {
-        let hint = if self.sqlite { lead.sqlite_hint() } else { "" };
+        let hint = self.dialect.hint(lead.index());
         st.push(&format!(
             "SELECT {} FROM records{hint} WHERE ",
             self.columns
@@ -950,12 +913,12 @@ impl Walk<'_> {
         st.int(self.lo);
         st.push(" AND seq <= ");
         st.int(self.hi);
-        if self.sqlite {
+        if self.dialect.names_indexes {
             if let Some(semi) = self.semi {
                 self.semi_join(st, p, semi);
             }
         }
-        residual(st, self.sqlite, p, lead);
+        residual(st, self.dialect, p, lead);
         st.push(" ORDER BY seq DESC LIMIT ");
         st.int(self.limit);
     }
@@ -967,7 +930,8 @@ impl Walk<'_> {
     fn semi_join(&self, st: &mut Stmt, p: &Prepared, semi: Driver) {
         let one = |st: &mut Stmt, ix: &str, column: &str, value: &str| {
             st.push(&format!(
-                "SELECT seq FROM records INDEXED BY {ix} WHERE {column} = "
+                "SELECT seq FROM records{} WHERE {column} = ",
+                self.dialect.hint(Some(ix))
             ));
             st.text(value);
             st.push(" AND seq >= ");
@@ -1040,7 +1004,7 @@ impl Walk<'_> {
 }
 
 /// The conditions the walk's own index does not answer, checked per row.
-fn residual(st: &mut Stmt, sqlite: bool, p: &Prepared, lead: Lead) {
+fn residual(st: &mut Stmt, dialect: SearchDialect, p: &Prepared, lead: Lead) {
     if let Some(from) = &p.from {
         st.push(" AND recorded_at >= ");
         st.text(from);
@@ -1049,7 +1013,7 @@ fn residual(st: &mut Stmt, sqlite: bool, p: &Prepared, lead: Lead) {
         st.push(" AND recorded_at < ");
         st.text(until);
     }
-    if !sqlite {
+    if dialect.month_partitions {
         // Prunes the month partitions outside the period.
         if let Some(m) = p.first_month {
             st.push(" AND part_month >= ");
@@ -1094,85 +1058,6 @@ fn residual(st: &mut Stmt, sqlite: bool, p: &Prepared, lead: Lead) {
             st.push("))");
         }
     }
-}
-
-async fn fetch<T>(pools: &Pools, st: &Stmt) -> Result<Vec<T>, BrokerError>
-where
-    T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
-{
-    Ok(match pools {
-        Pools::Sqlite { read, .. } => {
-            let mut q = sqlx::query_as::<_, T>(&st.sql);
-            for a in &st.args {
-                q = match a {
-                    Arg::Int(v) => q.bind(*v),
-                    Arg::Text(s) => q.bind(s.as_str()),
-                };
-            }
-            q.fetch_all(read).await?
-        }
-        Pools::Postgres(pool) => {
-            // Not prepared for reuse: the best plan depends on the values (a
-            // flow with 0.01 % of the records wants its own index, a common
-            // one a walk of the sequence). After five runs PostgreSQL plans a
-            // prepared statement once for any values, by average
-            // selectivity, and a rare flow's search then took 290 ms instead
-            // of 5 at 10 M records (`kakehashi-bench search-scale`).
-            let mut q = sqlx::query_as::<_, T>(&st.sql).persistent(false);
-            for a in &st.args {
-                q = match a {
-                    Arg::Int(v) => q.bind(*v),
-                    Arg::Text(s) => q.bind(s.as_str()),
-                };
-            }
-            q.fetch_all(pool).await?
-        }
-    })
-}
-
-/// The plan of a statement with its values bound.
-async fn explain(pools: &Pools, st: &Stmt) -> Result<ExplainedStatement, BrokerError> {
-    let plan = match pools {
-        Pools::Sqlite { .. } => {
-            let sql = format!("EXPLAIN QUERY PLAN {}", st.sql);
-            let rows: Vec<(i64, i64, i64, String)> = fetch(
-                pools,
-                &Stmt {
-                    sql,
-                    args: st.args.clone(),
-                },
-            )
-            .await?;
-            // Indent each node under its parent, as the sqlite3 shell does.
-            let mut depth: Vec<(i64, usize)> = Vec::new();
-            rows.into_iter()
-                .map(|(id, parent, _, detail)| {
-                    let level = depth
-                        .iter()
-                        .find(|(i, _)| *i == parent)
-                        .map_or(0, |(_, l)| l + 1);
-                    depth.push((id, level));
-                    format!("{}{detail}", "  ".repeat(level))
-                })
-                .collect()
-        }
-        Pools::Postgres(_) => {
-            let sql = format!("EXPLAIN {}", st.sql);
-            let rows: Vec<(String,)> = fetch(
-                pools,
-                &Stmt {
-                    sql,
-                    args: st.args.clone(),
-                },
-            )
-            .await?;
-            rows.into_iter().map(|(line,)| line).collect()
-        }
-    };
-    Ok(ExplainedStatement {
-        sql: st.sql.clone(),
-        plan,
-    })
 }
 
 fn check_page(page: PageRequest) -> Result<(), BrokerError> {

@@ -13,10 +13,11 @@ use kakehashi_interfaces::audit::{
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::db::{to_i64, CheckpointRow, Cursor, Snapshot};
-use super::reader::RecordSource;
+use super::db::{to_i64, CheckpointRow, Cursor};
 use crate::error::BrokerError;
+use crate::store::record_source::RecordSource;
 use crate::store::Pools;
+use crate::store::Snapshot;
 
 /// File name of the active sealer key (Ed25519, PKCS#8 PEM, mode 0600).
 pub const SEALER_KEY_FILE: &str = "records-sealer.pem";
@@ -161,7 +162,7 @@ pub(crate) async fn walk(
     keys: TrustedKeys,
     plan: WalkPlan,
 ) -> Result<Walk, BrokerError> {
-    let mut snap = Snapshot::begin(pools).await?;
+    let mut snap = pools.backend().snapshot().await?;
     walk_in(pools, &mut snap, keys, plan).await
 }
 
@@ -264,7 +265,7 @@ async fn walk_in(
 /// edited, deleted, inserted or reordered record, or of a truncated tail.
 /// Reads one snapshot, so it is safe to run while brokers append and purge.
 pub async fn verify_store(pools: &Pools, keys: &TrustedKeys) -> Result<Verdict, BrokerError> {
-    let mut snap = Snapshot::begin(pools).await?;
+    let mut snap = pools.backend().snapshot().await?;
     let head = snap.head().await?;
     let walk = walk_in(
         pools,
@@ -534,7 +535,7 @@ pub async fn verify_evidence(
         Some(path) => Some((path, super::checkpoint_log::len(path)?)),
         None => None,
     };
-    let mut snap = Snapshot::begin(pools).await?;
+    let mut snap = pools.backend().snapshot().await?;
     let head = snap.head().await?;
     let walk = walk_in(
         pools,

@@ -13,10 +13,10 @@ use kakehashi_interfaces::records::{
 };
 use kakehashi_interfaces::ErrorCode;
 
-use super::db::{self, to_i64, Snapshot};
-use super::reader::RecordSource;
+use super::db::{self, to_i64};
 use super::RecordLog;
 use crate::error::BrokerError;
+use crate::store::record_source::RecordSource;
 
 /// The latest checkpoint signed by a trusted key that this process knows.
 #[derive(Debug, Default)]
@@ -109,7 +109,7 @@ impl RecordLog {
         }
         let to = to.unwrap_or(checkpoint.seq).min(checkpoint.seq);
         let end = to.min(from.saturating_add(MAX_CHAIN_LINKS)).max(from);
-        let mut snap = Snapshot::begin(&self.pools).await?;
+        let mut snap = self.pools.backend().snapshot().await?;
         let head = snap.head().await?;
         let from_hash = if from == head.cut_seq {
             head.cut_hash

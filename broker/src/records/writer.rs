@@ -8,24 +8,22 @@
 //!
 //! - usually the writer knows the head it committed last, and commits the
 //!   batch with a head update that only succeeds if the stored head is still
-//!   that one: on SQLite through its own connection on its own thread
-//!   ([`super::sqlite_direct`]), on PostgreSQL as one statement (one round
-//!   trip to the database);
+//!   that one, in one step of the backend's
+//!   ([`crate::store::records::Committer::commit_at`]);
 //! - otherwise — first commit, a purge, a batch larger than one statement,
 //!   that guard refusing because someone else moved the head, or SQLite
 //!   without the writer's own connection — it locks the head row inside a
 //!   transaction, reads it, and appends after it.
 
 use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
-use std::collections::BTreeSet;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{self, to_hash, to_i64};
-use super::sqlite_direct::{DirectError, DirectWriter};
+use super::db;
 use super::RecordDraft;
 use crate::error::BrokerError;
 use crate::metrics::CommitMetrics;
+use crate::store::records::{AtFailure, Committer, ROWS_PER_STATEMENT};
 use crate::store::Pools;
 
 /// The last head this process's writer committed: sequence and chain hash,
@@ -209,29 +207,16 @@ pub(crate) fn spawn(
                 commit_interval: std::time::Duration::ZERO,
                 ..batching
             };
-            return tokio::spawn(run(rx, pools, None, batching, metrics, head));
+            let committer = pools.backend().committer(false);
+            return tokio::spawn(run(rx, pools, committer, batching, metrics, head));
         }
     };
     let thread = std::thread::Builder::new()
         .name("records-writer".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let (pools, direct) = match pools {
-                    Pools::Postgres(_) => (pools.own(2), None),
-                    Pools::Sqlite { .. } => {
-                        let path = pools.sqlite_file().unwrap_or_default();
-                        let direct = match DirectWriter::open(&path) {
-                            Ok(direct) => Some(direct),
-                            Err(e) => {
-                                // Commits still go through sqlx, only slower.
-                                tracing::warn!(error = %e, "records writer's own SQLite connection could not open");
-                                None
-                            }
-                        };
-                        (pools, direct)
-                    }
-                };
-                run(rx, pools, direct, batching, metrics, head).await;
+                let committer = pools.backend().committer(true);
+                run(rx, pools, committer, batching, metrics, head).await;
             });
             let _ = finished.send(());
         });
@@ -247,14 +232,10 @@ pub(crate) fn spawn(
 
 /// The writer's state between commits.
 struct Writer {
+    /// For the lookup generation on the locked path.
     pools: Pools,
-    /// On SQLite, the writer's own connection for the common commit
-    /// ([`super::sqlite_direct`]); `None` on PostgreSQL, or after it failed.
-    /// In a mutex only so the writer's future may move between threads (a
-    /// connection is not `Sync`); only the writer ever locks it.
-    direct: Option<std::sync::Mutex<DirectWriter>>,
-    /// PostgreSQL months whose partitions exist (created on first use).
-    ensured_months: BTreeSet<i32>,
+    /// How this backend commits.
+    committer: Box<dyn Committer>,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
 }
@@ -263,7 +244,7 @@ struct Writer {
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     pools: Pools,
-    direct: Option<DirectWriter>,
+    committer: Box<dyn Committer>,
     batching: Batching,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
@@ -271,8 +252,7 @@ pub(crate) async fn run(
     let max_batch = batching.max_batch;
     let mut writer = Writer {
         pools,
-        direct: direct.map(std::sync::Mutex::new),
-        ensured_months: BTreeSet::new(),
+        committer,
         metrics,
         head,
     };
@@ -331,201 +311,6 @@ pub(crate) async fn run(
     }
 }
 
-const LOCK_HEAD: &str =
-    "UPDATE records_head SET seq = seq WHERE id = 1 RETURNING seq, hash, cut_seq";
-
-/// Rows per multi-row INSERT: 20 columns × 400 rows stays well under
-/// SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
-const ROWS_PER_STATEMENT: usize = 400;
-
-pub(super) const INSERT_HEAD_SQLITE: &str =
-    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) ";
-
-const INSERT_HEAD_PG: &str =
-    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
-     part_month) ";
-
-// One statement (SQLite, on the locked path: one multi-statement string,
-// since sqlx binds `?` across statements in order; PostgreSQL: data-modifying
-// CTEs) that inserts a chunk of records and their results and moves the head
-// from `$old` to the chunk's last record. The head moves only if it still is `$old`: otherwise
-// `seq` becomes NULL and the NOT NULL constraint fails the whole statement,
-// so a stale head can never fork the chain.
-macro_rules! chunk_statement {
-    ($db:ty, $insert_head:expr, $pg:expr, $chunk:expr, $old:expr, $generation:expr) => {{
-        let (old_seq, old_hash): (u64, &Hash) = $old;
-        let (last_seq, last_hash) = match $chunk.last() {
-            Some((_, seq, hash, ..)) => (*seq, hash),
-            None => (old_seq, old_hash),
-        };
-        let mut batch = sqlx::QueryBuilder::<$db>::new(if $pg { "WITH r AS (" } else { "" });
-        batch.push($insert_head);
-        batch.push_values(
-            $chunk,
-            |mut b, (row, seq, hash, outcome, reason, detail)| {
-                let d = &row.draft;
-                // Borrowed binds: the rows outlive the statement, so the
-                // hot path copies no strings into the arguments.
-                b.push_bind(to_i64(*seq))
-                    .push_bind(row.at.as_str())
-                    .push_bind(d.query_id.as_str())
-                    .push_bind(d.permit_id.as_deref())
-                    .push_bind(d.flow_id.as_deref())
-                    .push_bind(d.flow_list_version.map(to_i64))
-                    .push_bind(d.procedure.as_deref())
-                    .push_bind(d.requester.as_str())
-                    .push_bind(d.provider.as_ref().map(|p| p.as_str()))
-                    .push_bind(d.items.join(" "))
-                    .push_bind(d.requester_person_code.as_deref())
-                    .push_bind(row.requester_salt.as_ref().map(|s| &s[..]))
-                    .push_bind(d.provider_person_code.as_deref())
-                    .push_bind(row.provider_salt.as_ref().map(|s| &s[..]))
-                    .push_bind(*outcome)
-                    .push_bind(reason.as_deref())
-                    .push_bind(d.approver.as_deref())
-                    .push_bind(detail.as_deref())
-                    .push_bind(&hash[..]);
-                if $pg {
-                    b.push_bind(row.part_month);
-                }
-            },
-        );
-        let results: Vec<&crate::results::OwnedResult> = $chunk
-            .iter()
-            .filter_map(|(row, ..)| row.result.as_ref())
-            .collect();
-        if !results.is_empty() {
-            batch.push(if $pg { "), q AS (" } else { "; " });
-            batch.push(crate::results::INSERT_HEAD);
-            batch.push_values(results, |mut b, r| {
-                b.push_bind(r.id.as_str())
-                    .push_bind(r.requester.as_str())
-                    .push_bind(r.provider.as_str())
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.permit.as_str())
-                    .push_bind(r.envelope.as_deref())
-                    .push_bind(r.pending_cipher.as_deref())
-                    .push_bind(r.created_at.as_str())
-                    .push_bind(r.expires_at.as_str());
-            });
-        }
-        batch.push(if $pg { ") " } else { "; " });
-        batch.push("UPDATE records_head SET seq = CASE WHEN seq = ");
-        batch.push_bind(to_i64(old_seq));
-        batch.push(" AND hash = ");
-        batch.push_bind(&old_hash[..]);
-        if let Some(generation) = $generation {
-            // Answers read from memory hold only while the lookup
-            // generation does: checked by the statement that commits them.
-            batch.push(" AND (SELECT n FROM lookup_generation WHERE id = 1) = ");
-            batch.push_bind(generation);
-        }
-        batch.push(" THEN ");
-        batch.push_bind(to_i64(last_seq));
-        batch.push(" END, hash = ");
-        batch.push_bind(&last_hash[..]);
-        batch.push(" WHERE id = 1");
-        batch
-    }};
-}
-
-// The locked path, expanded once per backend so each gets its own pool and
-// transaction types; `$pg` adds the partition column and partition drops.
-macro_rules! commit_in_tx {
-    ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr) => {{
-        let mut tx = $pool.begin().await?;
-        // The head lock: taken first so the transaction is a writer from the
-        // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
-        let (head_seq, head_hash, cut_seq): (i64, Vec<u8>, i64) =
-            sqlx::query_as(LOCK_HEAD).fetch_one(&mut *tx).await?;
-        match $purge.map(|plan| &plan.deletes) {
-            None => {}
-            Some(Deletes::PersonalData { cutoffs, counts }) => {
-                let erased = crate::retention::erase_in_tx!(&mut *tx, cutoffs);
-                if erased != *counts {
-                    return Err(BrokerError::refused(
-                        kakehashi_interfaces::ErrorCode::Unavailable,
-                        "the data due for erasure changed while it was counted; run the erasure again",
-                    ));
-                }
-            }
-            Some(Deletes::Records { expected_cut, cut_seq: plan_cut, cut_hash }) => {
-                if u64::try_from(cut_seq).ok() != Some(*expected_cut) {
-                    return Err(BrokerError::refused(
-                        kakehashi_interfaces::ErrorCode::Unavailable,
-                        "another purge ran meanwhile; run the purge again",
-                    ));
-                }
-                let cut = to_i64(*plan_cut);
-                if $pg {
-                    let parts: Vec<(String,)> = sqlx::query_as(
-                        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                         WHERE i.inhparent = 'records'::regclass",
-                    )
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let current = db::month_key(time::OffsetDateTime::now_utc());
-                    for (name,) in parts {
-                        // Only our monthly partitions of past months, and only
-                        // when every row in them is at or before the cut.
-                        let Some(month) = db::partition_month(&name) else {
-                            continue;
-                        };
-                        if month >= current {
-                            continue;
-                        }
-                        let (max,): (Option<i64>,) =
-                            sqlx::query_as(&format!("SELECT MAX(seq) FROM {name}"))
-                                .fetch_one(&mut *tx)
-                                .await?;
-                        if max.is_none_or(|m| m <= cut) {
-                            sqlx::query(&format!("DROP TABLE {name}"))
-                                .execute(&mut *tx)
-                                .await?;
-                            tracing::info!(partition = %name, "records partition dropped by purge");
-                        }
-                    }
-                }
-                sqlx::query("DELETE FROM records WHERE seq <= $1")
-                    .bind(cut)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM record_checkpoints WHERE seq <= $1")
-                    .bind(cut)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE records_head SET cut_seq = $1, cut_hash = $2 WHERE id = 1")
-                    .bind(cut)
-                    .bind(cut_hash.to_vec())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let head = (
-            u64::try_from(head_seq).unwrap_or(0),
-            to_hash(&head_hash, "head hash")?,
-        );
-        let prepared = prepare($rows, head);
-        // One round trip per chunk, since each is a hand-off to the database.
-        let mut old = head;
-        for chunk in prepared.rows.chunks(ROWS_PER_STATEMENT) {
-            chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<i64>)
-                .build()
-                .execute(&mut *tx)
-                .await?;
-            if let Some((_, seq, hash, ..)) = chunk.last() {
-                old = (*seq, *hash);
-            }
-        }
-        tx.commit().await?;
-        Ok(prepared)
-    }};
-}
-
 /// The lookup generations a batch's rows depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Guard {
@@ -549,25 +334,8 @@ fn one_generation(rows: &[&NewRow]) -> Guard {
     guard
 }
 
-/// Why the common commit did not happen.
-enum AtFailure {
-    /// Refused as a whole, nothing written: retry under the head lock.
-    Refused(String),
-    /// The database could not be reached.
-    Failed(BrokerError),
-}
-
-impl From<sqlx::Error> for AtFailure {
-    fn from(e: sqlx::Error) -> AtFailure {
-        match e {
-            sqlx::Error::Database(e) => AtFailure::Refused(e.to_string()),
-            e => AtFailure::Failed(e.into()),
-        }
-    }
-}
-
 /// Rows with their sequence numbers, chain hashes and outcome columns.
-pub(super) struct Prepared<'a> {
+pub(crate) struct Prepared<'a> {
     pub rows: Vec<PreparedRow<'a>>,
     /// The head after the last row.
     pub head: (u64, Hash),
@@ -575,7 +343,7 @@ pub(super) struct Prepared<'a> {
 
 /// A row with its sequence number, chain hash, and outcome, reason and
 /// detail columns.
-pub(super) type PreparedRow<'a> = (
+pub(crate) type PreparedRow<'a> = (
     &'a NewRow,
     u64,
     Hash,
@@ -585,7 +353,7 @@ pub(super) type PreparedRow<'a> = (
 );
 
 /// Numbers and hash-links `rows` after `head`.
-pub(super) fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
+pub(crate) fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
     let (mut seq, mut prev) = head;
     let mut prepared = Vec::with_capacity(rows.len());
     for row in rows {
@@ -647,13 +415,7 @@ impl Writer {
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
     ) -> Result<Vec<Option<u64>>, BrokerError> {
-        if let Pools::Postgres(pool) = &self.pools {
-            for row in rows {
-                if self.ensured_months.insert(row.part_month) {
-                    db::ensure_partitions(pool, row.part_month).await?;
-                }
-            }
-        }
+        self.committer.make_room(rows).await?;
         let known = self.head.lock().ok().and_then(|cell| *cell);
         let guard = one_generation(rows);
         // Both fast commits check one generation inside their transaction.
@@ -663,7 +425,7 @@ impl Writer {
                 if fast
                     && purge.is_none()
                     && rows.len() <= ROWS_PER_STATEMENT
-                    && self.has_fast_path() =>
+                    && self.committer.has_fast_path() =>
             {
                 let generation = match guard {
                     Guard::One(g) => Some(g),
@@ -713,7 +475,7 @@ impl Writer {
     /// generation changed: read once, after every one of those answers was
     /// given, so the rows kept hold as of a moment after their queries came.
     async fn commit_checked(
-        &self,
+        &mut self,
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
     ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
@@ -734,7 +496,7 @@ impl Writer {
         if kept.is_empty() && purge.is_none() {
             return Ok((vec![None; rows.len()], None));
         }
-        let prepared = self.commit_locked(&kept, purge).await?;
+        let prepared = self.committer.commit_locked(&kept, purge).await?;
         let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
         let all = keep
             .iter()
@@ -743,21 +505,9 @@ impl Writer {
         Ok((all, Some(prepared.head)))
     }
 
-    /// Whether [`Writer::commit_at`] can run: always on PostgreSQL; on
-    /// SQLite only with the writer's own connection (without it — it could
-    /// not open, or the writer runs on the shared runtime — every commit
-    /// takes the locked path).
-    fn has_fast_path(&self) -> bool {
-        match self.pools {
-            Pools::Postgres(_) => true,
-            Pools::Sqlite { .. } => self.direct.is_some(),
-        }
-    }
-
     /// The common case: the head this writer committed last is still the
-    /// stored one, so the records go in guarded by it — on SQLite through
-    /// the writer's own connection, on PostgreSQL in one statement (one
-    /// round trip instead of four: begin, lock, insert, commit).
+    /// stored one, so the records go in guarded by it, in one step of the
+    /// backend's ([`Committer::commit_at`]).
     async fn commit_at<'a>(
         &mut self,
         rows: &[&'a NewRow],
@@ -765,66 +515,10 @@ impl Writer {
         generation: Option<i64>,
     ) -> Result<Prepared<'a>, AtFailure> {
         let prepared = prepare(rows, head);
-        let old = (head.0, &head.1);
-        match &self.pools {
-            Pools::Sqlite { write, .. } => {
-                let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) else {
-                    return Err(AtFailure::Refused(
-                        "no SQLite connection of the writer's own".into(),
-                    ));
-                };
-                // sqlx's writer stays held (unused) until this commit is
-                // done: one writer at a time within the broker.
-                let _one_writer = write.acquire().await?;
-                match direct.commit_at(&prepared.rows, old, generation) {
-                    Ok(()) => {}
-                    Err(DirectError::HeadMoved) => {
-                        return Err(AtFailure::Refused("the records head moved".into()))
-                    }
-                    Err(DirectError::LookupChanged) => {
-                        return Err(AtFailure::Refused("the lookup generation changed".into()))
-                    }
-                    Err(e) => {
-                        // Rolled back as a whole; sqlx's locked path then
-                        // commits, or reports an error that persists.
-                        tracing::warn!(error = %e, "records commit on the writer's own SQLite connection failed; retrying through sqlx");
-                        return Err(AtFailure::Refused(e.to_string()));
-                    }
-                }
-            }
-            Pools::Postgres(pool) => {
-                // A single statement is its own transaction.
-                chunk_statement!(
-                    sqlx::Postgres,
-                    INSERT_HEAD_PG,
-                    true,
-                    &prepared.rows,
-                    old,
-                    generation
-                )
-                .build()
-                .execute(pool)
-                .await?;
-            }
-        }
+        self.committer
+            .commit_at(&prepared.rows, (head.0, &head.1), generation)
+            .await?;
         Ok(prepared)
-    }
-
-    /// Reads and locks the head inside a transaction, then appends: the
-    /// first commit, purges, very large batches, and after the head moved.
-    async fn commit_locked<'a>(
-        &self,
-        rows: &[&'a NewRow],
-        purge: Option<&PurgePlan>,
-    ) -> Result<Prepared<'a>, BrokerError> {
-        match &self.pools {
-            Pools::Sqlite { write, .. } => {
-                commit_in_tx!(write, sqlx::Sqlite, INSERT_HEAD_SQLITE, false, rows, purge)
-            }
-            Pools::Postgres(pool) => {
-                commit_in_tx!(pool, sqlx::Postgres, INSERT_HEAD_PG, true, rows, purge)
-            }
-        }
     }
 }
 
@@ -891,7 +585,7 @@ mod tests {
         let writer = tokio::spawn(run(
             rx,
             store.pools(),
-            None,
+            store.pools().backend().committer(false),
             batching(0, 0),
             None,
             Default::default(),
@@ -940,7 +634,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        crate::lookups::set_generation(store.writer(), 7).await;
+        crate::lookups::set_generation(&store.pools(), 7).await;
         let (tx, writer) = writer_without_own_connection(&store);
         let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
         let row = |i: usize, generation: Option<i64>| {

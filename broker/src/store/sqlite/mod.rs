@@ -5,6 +5,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub(crate) mod backend;
+pub(crate) mod direct;
+pub(crate) mod lookup_generation;
+pub(crate) mod person_index;
+pub(crate) mod records;
+pub(crate) mod wal;
+
 use async_trait::async_trait;
 use kakehashi_interfaces::{ErrorCode, OrgId, OrgStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -40,10 +47,11 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(options.clone().pragma(
-                "wal_autocheckpoint",
-                crate::records::wal::WRITER_AUTOCHECKPOINT.to_string(),
-            ))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", wal::WRITER_AUTOCHECKPOINT.to_string()),
+            )
             .await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new()

@@ -14,9 +14,57 @@
 use std::path::Path;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
-use super::GENERATION_SQL;
+use crate::error::BrokerError;
+use crate::lookups::GENERATION_SQL;
+use crate::store::backend::GenerationReader;
+use crate::store::Pools;
+
+/// The lookup generation on SQLite: read in place on the task's own
+/// connection while SQLite answers at once, else through the pool. A busy
+/// file is a moment's refusal; any other failure gives the connection up,
+/// so a broken one does not cost every batch two reads.
+pub(crate) struct SqliteGeneration {
+    /// `None` when it could not open, or after it failed.
+    direct: Option<DirectGeneration>,
+    pools: Pools,
+}
+
+impl SqliteGeneration {
+    /// Opens the task's own connection on the file of `pools`.
+    pub(crate) fn open(pools: Pools) -> SqliteGeneration {
+        let direct = pools.sqlite_file().and_then(|path| {
+            DirectGeneration::open(&path)
+                .map_err(|e| {
+                    // Reads still go through the pool, only dearer.
+                    tracing::warn!(error = %e, "the lookups' own SQLite connection could not open");
+                })
+                .ok()
+        });
+        SqliteGeneration { direct, pools }
+    }
+}
+
+#[async_trait]
+impl GenerationReader for SqliteGeneration {
+    async fn read(&mut self) -> Result<i64, BrokerError> {
+        if let Some(conn) = self.direct.as_mut() {
+            match conn.read() {
+                Ok(n) => return Ok(n),
+                Err(e) if is_busy(&e) => {
+                    tracing::debug!(error = %e, "lookup generation read in place refused; asking the pool")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the lookups' own SQLite connection failed; reading through the pool from now on");
+                    self.direct = None;
+                }
+            }
+        }
+        crate::lookups::generation_now(&self.pools).await
+    }
+}
 
 /// A read-only connection of the batching task's own.
 pub(crate) struct DirectGeneration {
@@ -73,10 +121,7 @@ mod tests {
         let mut direct = DirectGeneration::open(&path).expect("open");
         let before = direct.read().expect("read");
 
-        let crate::store::Pools::Sqlite { write, .. } = store.pools() else {
-            panic!("a SQLite store has SQLite pools");
-        };
-        crate::lookups::set_generation(&write, before + 5).await;
+        crate::lookups::set_generation(&store.pools(), before + 5).await;
         assert_eq!(direct.read().expect("read"), before + 5);
 
         // A second read with nothing committed in between agrees: the
@@ -91,10 +136,7 @@ mod tests {
             .await
             .expect("store");
         let pools = store.pools();
-        let crate::store::Pools::Sqlite { write, .. } = &pools else {
-            panic!("a SQLite store has SQLite pools");
-        };
-        crate::lookups::set_generation(write, 41).await;
+        crate::lookups::set_generation(&pools, 41).await;
 
         // A connection whose reads now fail: its file lost the table.
         let other = dir.path().join("other.db");
@@ -107,20 +149,16 @@ mod tests {
         let refused = direct.read().expect_err("the table is gone");
         assert!(!is_busy(&refused), "{refused}");
 
-        let mut how = crate::lookups::Generation::InPlace(direct);
-        let n = crate::lookups::generation(&pools, &mut how)
-            .await
-            .expect("the pool answers");
+        let mut how = SqliteGeneration {
+            direct: Some(direct),
+            pools: pools.clone(),
+        };
+        let n = how.read().await.expect("the pool answers");
         assert_eq!(n, 41);
         // Not a busy moment: the connection is given up, and the next read
         // goes straight to the pool.
-        assert!(
-            matches!(how, crate::lookups::Generation::Pool),
-            "a failing connection was kept"
-        );
-        let n = crate::lookups::generation(&pools, &mut how)
-            .await
-            .expect("the pool answers");
+        assert!(how.direct.is_none(), "a failing connection was kept");
+        let n = how.read().await.expect("the pool answers");
         assert_eq!(n, 41);
     }
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 use kakehashi_interfaces::audit::Hash;
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::db::to_i64;
-use super::writer::PreparedRow;
+use crate::records::db::to_i64;
+use crate::records::writer::PreparedRow;
 
 /// Why a commit through this connection did not happen. Either way nothing
 /// was written: the transaction is rolled back as a whole.
@@ -62,7 +62,7 @@ fn with_values(head: &str) -> String {
 /// A connection to the broker's SQLite file, owned by the records writer.
 pub(crate) struct DirectWriter {
     conn: Connection,
-    /// One row of the writer's own column list ([`super::writer`]), so the
+    /// One row of the writer's own column list ([`crate::records::writer`]), so the
     /// two paths cannot disagree on column order.
     insert_record: String,
     insert_result: String,
@@ -91,7 +91,7 @@ impl DirectWriter {
         )?;
         Ok(DirectWriter {
             conn,
-            insert_record: with_values(super::writer::INSERT_HEAD_SQLITE),
+            insert_record: with_values(crate::store::records::INSERT_HEAD_SQLITE),
             insert_result: with_values(crate::results::INSERT_HEAD),
         })
     }
@@ -194,7 +194,7 @@ mod tests {
             with_values("INSERT INTO t (a, b, c) "),
             "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?3)"
         );
-        assert!(with_values(super::super::writer::INSERT_HEAD_SQLITE).ends_with("?18, ?19)"));
+        assert!(with_values(crate::store::records::INSERT_HEAD_SQLITE).ends_with("?18, ?19)"));
         assert!(with_values(crate::results::INSERT_HEAD).ends_with("?8, ?9)"));
     }
 

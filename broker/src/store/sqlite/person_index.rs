@@ -28,8 +28,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
-use super::db;
 use crate::error::BrokerError;
+use crate::records::db;
 use crate::store::Pools;
 
 /// Entries are grouped by `seq >> BUCKET_BITS` first: a batch then lands in

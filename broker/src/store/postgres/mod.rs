@@ -1,5 +1,9 @@
 //! PostgreSQL backend: the production store, shared by several broker nodes.
 
+pub(crate) mod backend;
+pub(crate) mod partitions;
+pub(crate) mod records;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
-use super::db::{Cursor, RecordRow, Snapshot};
 use crate::error::BrokerError;
+use crate::records::db::{Cursor, RecordRow};
 use crate::store::Pools;
+use crate::store::Snapshot;
 
 /// Rows handed over at a time.
 const CHUNK: usize = 4096;
@@ -96,7 +97,7 @@ fn read(
     }
     let select = format!(
         "SELECT {} FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
-        super::db::RECORD_COLUMNS
+        crate::records::db::RECORD_COLUMNS
     );
     let mut stmt = txn.prepare(&select).map_err(sqlite_error)?;
     let mut rows = stmt.query([lo, hi]).map_err(sqlite_error)?;
@@ -176,7 +177,7 @@ impl PgRecords {
                     "DECLARE {} NO SCROLL CURSOR FOR SELECT {} FROM records \
                      WHERE seq >= {} AND seq <= {} ORDER BY seq",
                     self.name,
-                    super::db::RECORD_COLUMNS,
+                    crate::records::db::RECORD_COLUMNS,
                     self.lo,
                     self.hi
                 );
@@ -232,7 +233,7 @@ impl DirectRecords {
     /// Starts reading `lo..=hi` from the database file at `path`.
     fn open(path: PathBuf, lo: i64, hi: i64, cut_seq: u64) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-        let cut_seq = super::db::to_i64(cut_seq);
+        let cut_seq = crate::records::db::to_i64(cut_seq);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = read(&path, lo, hi, cut_seq, &tx) {
                 let _ = tx.blocking_send(Err(e));

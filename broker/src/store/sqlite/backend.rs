@@ -1,0 +1,169 @@
+//! SQLite's side of [`Backend`]: one file, one writer, no partitions; its
+//! planner walks the index a statement names.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::SqlitePool;
+
+use super::records::SqliteCommitter;
+use crate::error::BrokerError;
+use crate::store::backend::{Backend, CommitTiming, SearchDialect, Stmt};
+use crate::store::records::Committer;
+use crate::store::Snapshot;
+
+/// The group commit's wait on SQLite unless configured: an fsync of the
+/// WAL is shared by the queries that arrive within it.
+pub const COMMIT_DELAY_US: u64 = 1_000;
+
+/// The SQLite backend over its two pools.
+pub(crate) struct SqliteBackend<'a> {
+    /// The single writer.
+    pub write: &'a SqlitePool,
+    /// Read-only connections.
+    pub read: &'a SqlitePool,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|s| u64::try_from(s).ok())
+}
+
+/// The search indexes of migration 0106; `NOT INDEXED` walks the primary key.
+fn index_hint(index: Option<&str>) -> String {
+    match index {
+        Some(index) => format!(" INDEXED BY {index}"),
+        None => " NOT INDEXED".into(),
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend<'_> {
+    /// Only this process and the command line write the file.
+    fn org_cache_ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    fn commit_timing(&self) -> CommitTiming {
+        CommitTiming {
+            delay_us: COMMIT_DELAY_US,
+            interval_us: 0,
+        }
+    }
+
+    fn committer(&self, own_thread: bool) -> Box<dyn Committer> {
+        Box::new(SqliteCommitter::new(self.write.clone(), own_thread))
+    }
+
+    fn spawn_upkeep(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+        every: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(super::wal::checkpoint_task(
+            (*self.write.connect_options()).clone(),
+            stop,
+            every,
+        )))
+    }
+
+    async fn open_records(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, BrokerError> {
+        Ok(Snapshot::Sqlite(self.read.begin().await?))
+    }
+
+    async fn first_seq_at_or_after(
+        &self,
+        at: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3",
+        )
+        .bind(at)
+        .bind(to_i64(after))
+        .bind(to_i64(upto))
+        .fetch_one(self.read)
+        .await?;
+        Ok(to_u64(row))
+    }
+
+    async fn first_young_seq(
+        &self,
+        at: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        // `+recorded_at` keeps SQLite off the time index.
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND +recorded_at >= $1
+             ORDER BY seq LIMIT 1",
+        )
+        .bind(at)
+        .bind(to_i64(after))
+        .bind(to_i64(upto))
+        .fetch_optional(self.read)
+        .await?;
+        Ok(to_u64(row))
+    }
+
+    async fn last_seq_before(
+        &self,
+        at: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let row: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3",
+        )
+        .bind(at)
+        .bind(to_i64(after))
+        .bind(to_i64(upto))
+        .fetch_one(self.read)
+        .await?;
+        Ok(to_u64(row))
+    }
+
+    fn search_dialect(&self) -> SearchDialect {
+        SearchDialect {
+            names_indexes: true,
+            month_partitions: false,
+            index_hint,
+        }
+    }
+
+    async fn explain(&self, st: &Stmt) -> Result<Vec<String>, BrokerError> {
+        let sql = format!("EXPLAIN QUERY PLAN {}", st.sql);
+        let rows: Vec<(i64, i64, i64, String)> = crate::store::fetch_all(
+            &crate::store::Pools::Sqlite {
+                write: self.write.clone(),
+                read: self.read.clone(),
+            },
+            &Stmt {
+                sql,
+                args: st.args.clone(),
+            },
+        )
+        .await?;
+        // Indent each node under its parent, as the sqlite3 shell does.
+        let mut depth: Vec<(i64, usize)> = Vec::new();
+        Ok(rows
+            .into_iter()
+            .map(|(id, parent, _, detail)| {
+                let level = depth
+                    .iter()
+                    .find(|(i, _)| *i == parent)
+                    .map_or(0, |(_, l)| l + 1);
+                depth.push((id, level));
+                format!("{}{detail}", "  ".repeat(level))
+            })
+            .collect())
+    }
+}
