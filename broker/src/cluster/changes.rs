@@ -17,12 +17,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::state::AppState;
+use crate::store::backend::SharedDatabase;
 use crate::store::Pools;
 
 /// The channel every announcement goes to.
@@ -44,13 +43,13 @@ const MAX_ECHOES: usize = 10_000;
 /// has one). Failure is logged, not returned: the change itself is
 /// committed, and the other nodes' periodic re-read finds it.
 pub async fn announce(pools: &Pools, payload: &str) {
-    let Pools::Postgres(pool) = pools else { return };
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(pool)
-        .await
-    {
+    if let Some(shared) = pools.backend().shared() {
+        announce_on(shared.as_ref(), payload).await;
+    }
+}
+
+async fn announce_on(shared: &dyn SharedDatabase, payload: &str) {
+    if let Err(e) = shared.announce(CHANNEL, payload).await {
         tracing::warn!(error = %e, "announcing a change to the other nodes failed; they re-read it on their own");
     }
 }
@@ -58,7 +57,7 @@ pub async fn announce(pools: &Pools, payload: &str) {
 /// Starts the listener and the forwarder of local decisions.
 pub(super) fn start(
     state: &Arc<AppState>,
-    pool: PgPool,
+    shared: Arc<dyn SharedDatabase>,
     node: String,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -66,12 +65,12 @@ pub(super) fn start(
     vec![
         tokio::spawn(listen(
             Arc::downgrade(state),
-            pool.clone(),
+            shared.clone(),
             node.clone(),
             echoes.clone(),
             stop.clone(),
         )),
-        tokio::spawn(forward_decisions(state, pool, node, echoes, stop)),
+        tokio::spawn(forward_decisions(state, shared, node, echoes, stop)),
     ]
 }
 
@@ -79,13 +78,12 @@ pub(super) fn start(
 /// by the approvals code), except those that came from another node.
 fn forward_decisions(
     state: &Arc<AppState>,
-    pool: PgPool,
+    shared: Arc<dyn SharedDatabase>,
     node: String,
     echoes: Echoes,
     mut stop: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut decided = state.decisions.subscribe();
-    let pools = Pools::Postgres(pool);
     async move {
         loop {
             let id = tokio::select! {
@@ -99,7 +97,7 @@ fn forward_decisions(
             };
             let echo = echoes.lock().map(|mut e| e.remove(&id)).unwrap_or(false);
             if !echo {
-                announce(&pools, &format!("{DECIDED}{node} {id}")).await;
+                announce_on(shared.as_ref(), &format!("{DECIDED}{node} {id}")).await;
             }
         }
     }
@@ -107,7 +105,7 @@ fn forward_decisions(
 
 async fn listen(
     state: Weak<AppState>,
-    pool: PgPool,
+    shared: Arc<dyn SharedDatabase>,
     node: String,
     echoes: Echoes,
     mut stop: watch::Receiver<bool>,
@@ -117,7 +115,7 @@ async fn listen(
         // Listening again comes first, then the re-read: an announcement
         // made in between is both heard and read.
         let mut listener = loop {
-            match connect(&pool).await {
+            match shared.listen(CHANNEL).await {
                 Ok(l) => break l,
                 Err(e) => {
                     tracing::warn!(error = %e, "listening for changes from other nodes failed; retrying");
@@ -136,12 +134,12 @@ async fn listen(
         first = false;
         loop {
             let received = tokio::select! {
-                r = listener.try_recv() => r,
+                r = listener.next() => r,
                 _ = stop.changed() => return,
             };
             let Some(state) = state.upgrade() else { return };
             match received {
-                Ok(Some(n)) => act(&state, &node, &echoes, n.payload()).await,
+                Ok(Some(payload)) => act(&state, &node, &echoes, &payload).await,
                 Ok(None) => {
                     tracing::warn!("the change listener lost its connection; listening again");
                     break;
@@ -162,15 +160,6 @@ async fn listen(
 
 /// How long the listener waits before connecting again.
 const RETRY: Duration = Duration::from_millis(500);
-
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // A lost connection comes back to `listen`, which re-reads after
-    // listening again; sqlx's own reconnect would skip the re-read.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
 
 async fn act(state: &AppState, node: &str, echoes: &Echoes, payload: &str) {
     if payload == FLOWS {

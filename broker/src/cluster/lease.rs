@@ -1,7 +1,7 @@
-//! Roles held with PostgreSQL session advisory locks.
+//! Roles held with session locks of the shared database (PostgreSQL's
+//! advisory locks, [`crate::store::backend::LockSession`]).
 //!
-//! Each node keeps one connection of its own (outside the pool, so no
-//! statement of the request path ever runs on it) and, every
+//! Each node keeps one lock session of its own and, every
 //! [`ATTEMPT_EVERY_MS`], checks that the connection is alive and tries to
 //! take each role it does not hold (`pg_try_advisory_lock`, never waiting).
 //! A session lock lives exactly as long as the session: when the holder
@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 
+use crate::error::BrokerError;
 use crate::metrics::RoleMetrics;
+use crate::store::backend::{LockSession, SharedDatabase};
 
 /// How often a node checks its lock connection and tries to take the roles
 /// it does not hold (milliseconds).
@@ -32,10 +32,6 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 /// First key of every role's advisory lock ("kk"), so they stay apart from
 /// other users of advisory locks in the same database.
 const LOCK_CLASS: i32 = 0x6b6b;
-
-/// The `application_name` of every node's lock connection: the nodes alive
-/// are the sessions with this name on the database.
-pub const NODE_APPLICATION_NAME: &str = "kakehashi-node";
 
 /// Background work that exactly one node does at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,14 +165,17 @@ impl Roles {
 /// Holds what roles it can on a connection of its own until `stop`
 /// changes; then gives them up and closes the connection, which frees the
 /// locks at once for the other nodes.
-pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch::Receiver<bool>) {
-    let options = options.application_name(NODE_APPLICATION_NAME);
+pub(crate) async fn hold(
+    shared: Arc<dyn SharedDatabase>,
+    roles: Arc<Roles>,
+    mut stop: watch::Receiver<bool>,
+) {
     let every = Duration::from_millis(ATTEMPT_EVERY_MS);
-    let mut conn: Option<PgConnection> = None;
+    let mut conn: Option<Box<dyn LockSession>> = None;
     let mut failing = false;
     loop {
         if conn.is_none() {
-            match tokio::time::timeout(every, PgConnection::connect_with(&options)).await {
+            match tokio::time::timeout(every, shared.lock_session()).await {
                 Ok(Ok(c)) => {
                     conn = Some(c);
                     failing = false;
@@ -191,7 +190,7 @@ pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch:
             }
         }
         if let Some(c) = conn.as_mut() {
-            match tokio::time::timeout(CHECK_TIMEOUT, attempt(c, &roles)).await {
+            match tokio::time::timeout(CHECK_TIMEOUT, attempt(c.as_mut(), &roles)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the role lock connection failed; giving the roles up");
@@ -215,33 +214,20 @@ pub async fn hold(options: PgConnectOptions, roles: Arc<Roles>, mut stop: watch:
     roles.release_all();
     if let Some(c) = conn {
         // Ending the session frees every lock it holds.
-        let _ = c.close().await;
+        c.close().await;
     }
 }
 
 /// One round: the connection answers, then each free role is tried.
-async fn attempt(conn: &mut PgConnection, roles: &Roles) -> Result<(), sqlx::Error> {
-    // Also the liveness check of this connection.
-    let nodes: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE application_name = $1 AND datname = current_database()",
-    )
-    .bind(NODE_APPLICATION_NAME)
-    .fetch_one(&mut *conn)
-    .await?;
-    roles
-        .nodes
-        .store(u32::try_from(nodes).unwrap_or(1).max(1), Ordering::Release);
+async fn attempt(conn: &mut dyn LockSession, roles: &Roles) -> Result<(), BrokerError> {
+    // Also the liveness check of this session.
+    let nodes = conn.nodes().await?;
+    roles.nodes.store(nodes, Ordering::Release);
     for role in Role::ALL {
         if roles.holds(role) {
             continue;
         }
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(LOCK_CLASS)
-            .bind(role.index() as i32)
-            .fetch_one(&mut *conn)
-            .await?;
-        if taken {
+        if conn.try_lock(LOCK_CLASS, role.index() as i32).await? {
             roles.set(role, true);
         }
     }

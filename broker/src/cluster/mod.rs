@@ -55,19 +55,20 @@ impl Node {
     pub fn start(state: &Arc<AppState>) -> Node {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let roles = match state.store.pools() {
-            crate::store::Pools::Postgres(pool) => {
+        let shared = state.store.pools().backend().shared();
+        let roles = match shared {
+            Some(shared) => {
                 let name = node_name(state);
                 let roles = Arc::new(Roles::contested(name.clone()));
                 tasks.push(tokio::spawn(lease::hold(
-                    (*pool.connect_options()).clone(),
+                    shared.clone(),
                     roles.clone(),
                     stopped.clone(),
                 )));
-                tasks.extend(changes::start(state, pool, name, stopped));
+                tasks.extend(changes::start(state, shared, name, stopped));
                 roles
             }
-            crate::store::Pools::Sqlite { .. } => Arc::new(Roles::single_node()),
+            None => Arc::new(Roles::single_node()),
         };
         roles.report_to(state.metrics.roles());
         state.records.follow_roles(roles.clone());

@@ -368,7 +368,7 @@ async fn deny_read(
     coming: ExpectedAppend<'_>,
     mut draft: RecordDraft,
     err: BrokerError,
-    generation: Option<i64>,
+    generation: Option<crate::lookups::LookupStamp>,
 ) -> Result<Answered, BrokerError> {
     draft.outcome = Outcome::Denied {
         reason: err.code().as_str().to_string(),

@@ -60,10 +60,29 @@ pub enum Found {
     },
 }
 
-/// What the database holds for a lookup, and the lookup generation it
-/// holds under if it was read from memory without asking (`None`: read
-/// under a generation read after the lookup was asked).
-pub type Answer = (Found, Option<i64>);
+/// What the database holds for a lookup, and the stamp it holds under if it
+/// was read from memory without asking (`None`: read under a generation read
+/// after the lookup was asked).
+pub type Answer = (Found, Option<LookupStamp>);
+
+/// The stamp of an answer read from memory: the lookup generation it holds
+/// under. The query's record, committed with it, commits only while the
+/// database's generation is still this one; otherwise the commit answers
+/// [`crate::records::Commit::Stale`] and the query is answered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupStamp(i64);
+
+impl LookupStamp {
+    /// The stamp of answers held under `generation`.
+    pub(crate) fn new(generation: i64) -> LookupStamp {
+        LookupStamp(generation)
+    }
+
+    /// The lookup generation, as the database stores it.
+    pub fn generation(self) -> i64 {
+        self.0
+    }
+}
 
 type Reply = oneshot::Sender<Result<Found, String>>;
 
@@ -137,7 +156,7 @@ impl Lookups {
     fn in_memory(&self, lookup: &Lookup) -> Option<Answer> {
         let (found, held) = locked(&self.cache).get(lookup)?;
         self.metrics.observe(1, 0, false);
-        Some((found, Some(held)))
+        Some((found, Some(LookupStamp::new(held))))
     }
 }
 
@@ -345,14 +364,14 @@ mod tests {
         // From memory, under the number it was read under.
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),
-            (found.clone(), Some(3))
+            (found.clone(), Some(LookupStamp::new(3)))
         );
 
         set_generation(&pools, 4).await;
         // Memory does not know yet: its answer says which number it needs.
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),
-            (found.clone(), Some(3))
+            (found.clone(), Some(LookupStamp::new(3)))
         );
         // Fresh: the number is read, the cache starts over.
         assert_eq!(
@@ -361,7 +380,7 @@ mod tests {
         );
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),
-            (found, Some(4))
+            (found, Some(LookupStamp::new(4)))
         );
     }
 }

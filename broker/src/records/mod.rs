@@ -504,31 +504,31 @@ impl RecordLog {
 
     /// Appends a query's record and stores its result (if any) in the same
     /// transaction: both are durable before this returns, or neither is.
-    /// With `lookup_generation` (the answer was read from memory under it,
-    /// [`crate::lookups`]) it holds only while the database's generation
-    /// does: when it changed, nothing is committed and the answer is
-    /// [`Commit::Stale`].
+    /// With a `stamp` (the answer was read from memory under it,
+    /// [`crate::lookups::LookupStamp`]) it holds only while the database's
+    /// lookup generation is the stamp's: when it changed, nothing is
+    /// committed and the answer is [`Commit::Stale`].
     pub async fn append_answer(
         &self,
         draft: RecordDraft,
         result: Option<crate::results::OwnedResult>,
-        lookup_generation: Option<i64>,
+        stamp: Option<crate::lookups::LookupStamp>,
     ) -> Result<Commit, BrokerError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
         let mut row = writer::NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
         row.result = result;
-        row.lookup_generation = lookup_generation;
+        row.lookup_stamp = stamp;
         self.submit(row).await
     }
 
     async fn enqueue(&self, row: writer::NewRow) -> Result<u64, BrokerError> {
         match self.submit(row).await? {
             Commit::Committed(seq) => Ok(seq),
-            // Only appends with a lookup generation can be stale.
+            // Only appends with a lookup stamp can be stale.
             Commit::Stale => Err(BrokerError::Internal(
-                "a record without a lookup generation was reported stale".into(),
+                "a record without a lookup stamp was reported stale".into(),
             )),
         }
     }

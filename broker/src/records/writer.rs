@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::db;
 use super::RecordDraft;
 use crate::error::BrokerError;
+use crate::lookups::LookupStamp;
 use crate::metrics::CommitMetrics;
 use crate::store::records::{AtFailure, Committer, ROWS_PER_STATEMENT};
 use crate::store::Pools;
@@ -40,11 +41,11 @@ pub(crate) struct NewRow {
     /// A query result committed in the same transaction as its record, so an
     /// answer and its record are durable together with one shared fsync.
     pub result: Option<crate::results::OwnedResult>,
-    /// The lookup generation the query's answer was read under from memory
-    /// without asking the database ([`crate::lookups`]): the row commits only
-    /// if the database's is still this one (checked inside the commit's
-    /// transaction), else its query is answered again.
-    pub lookup_generation: Option<i64>,
+    /// The stamp of the query's answer, read from memory without asking the
+    /// database ([`crate::lookups::LookupStamp`]): the row commits only if
+    /// the database's lookup generation is still the stamp's (checked inside
+    /// the commit's transaction), else its query is answered again.
+    pub lookup_stamp: Option<LookupStamp>,
 }
 
 /// Why an append was not committed.
@@ -66,7 +67,7 @@ impl NewRow {
             provider_salt: salt(&draft.provider_person_code),
             draft,
             result: None,
-            lookup_generation: None,
+            lookup_stamp: None,
         }
     }
 
@@ -317,14 +318,14 @@ enum Guard {
     /// None: every answer was read from the database.
     Nothing,
     /// One, shared by every row that has one.
-    One(i64),
+    One(LookupStamp),
     /// More than one: some answers were read before a change, some after.
     Several,
 }
 
 fn one_generation(rows: &[&NewRow]) -> Guard {
     let mut guard = Guard::Nothing;
-    for g in rows.iter().filter_map(|r| r.lookup_generation) {
+    for g in rows.iter().filter_map(|r| r.lookup_stamp) {
         guard = match guard {
             Guard::Nothing => Guard::One(g),
             Guard::One(held) if held == g => Guard::One(g),
@@ -479,10 +480,10 @@ impl Writer {
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
     ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
-        let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_generation.is_some()) {
+        let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_stamp.is_some()) {
             let now = crate::lookups::generation_now(&self.pools).await?;
             rows.iter()
-                .map(|r| r.lookup_generation.is_none_or(|g| g == now))
+                .map(|r| r.lookup_stamp.is_none_or(|s| s.generation() == now))
                 .collect()
         } else {
             vec![true; rows.len()]
@@ -512,7 +513,7 @@ impl Writer {
         &mut self,
         rows: &[&'a NewRow],
         head: (u64, Hash),
-        generation: Option<i64>,
+        generation: Option<LookupStamp>,
     ) -> Result<Prepared<'a>, AtFailure> {
         let prepared = prepare(rows, head);
         self.committer
@@ -525,6 +526,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted};
+    use crate::lookups::LookupStamp;
     use crate::records::{Outcome, RecordDraft};
     use crate::store::{SqliteStore, Store as _};
     use std::time::Duration;
@@ -640,7 +642,7 @@ mod tests {
         let row = |i: usize, generation: Option<i64>| {
             let draft = RecordDraft::new(format!("q-{i}"), requester.clone(), Outcome::Provided);
             let mut row = NewRow::new(draft, time::OffsetDateTime::now_utc());
-            row.lookup_generation = generation;
+            row.lookup_stamp = generation.map(LookupStamp::new);
             Box::new(row)
         };
         let mut answers = Vec::new();
@@ -685,12 +687,15 @@ mod tests {
             let requester = kakehashi_interfaces::OrgId::new("city-g").expect("org id");
             let draft = RecordDraft::new("q", requester, Outcome::Provided);
             let mut row = NewRow::new(draft, time::OffsetDateTime::now_utc());
-            row.lookup_generation = generation;
+            row.lookup_stamp = generation.map(LookupStamp::new);
             row
         };
         let (none, seven, six) = (row(None), row(Some(7)), row(Some(6)));
         assert_eq!(one_generation(&[&none]), Guard::Nothing);
-        assert_eq!(one_generation(&[&none, &seven, &seven]), Guard::One(7));
+        assert_eq!(
+            one_generation(&[&none, &seven, &seven]),
+            Guard::One(LookupStamp::new(7))
+        );
         assert_eq!(one_generation(&[&seven, &none, &six]), Guard::Several);
     }
 

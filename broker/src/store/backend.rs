@@ -106,12 +106,55 @@ impl GenerationReader for PoolGeneration {
     }
 }
 
+/// What a database shared by several broker nodes offers them
+/// ([`crate::cluster`]): locks held by a session of the node's own, and
+/// announcements heard by every node. PostgreSQL has both; a SQLite broker
+/// is one node and has neither.
+#[async_trait]
+pub(crate) trait SharedDatabase: Send + Sync {
+    /// Opens a lock session; its end frees every lock it holds.
+    async fn lock_session(&self) -> Result<Box<dyn LockSession>, BrokerError>;
+
+    /// Listens for announcements on `channel`.
+    async fn listen(&self, channel: &str) -> Result<Box<dyn Announcements>, BrokerError>;
+
+    /// Announces `payload` on `channel` to every node listening.
+    async fn announce(&self, channel: &str, payload: &str) -> Result<(), BrokerError>;
+}
+
+/// A node's session for role locks.
+#[async_trait]
+pub(crate) trait LockSession: Send {
+    /// How many nodes hold a lock session on the database now; also the
+    /// session's liveness check.
+    async fn nodes(&mut self) -> Result<u32, BrokerError>;
+
+    /// Takes lock `(class, key)` if it is free, never waiting; whether this
+    /// session holds it now.
+    async fn try_lock(&mut self, class: i32, key: i32) -> Result<bool, BrokerError>;
+
+    /// Ends the session, freeing its locks at once.
+    async fn close(self: Box<Self>);
+}
+
+/// Announcements heard on one listening connection.
+#[async_trait]
+pub(crate) trait Announcements: Send {
+    /// The next announcement's payload; `None` when the connection was
+    /// lost (listen again, and re-read what may have been missed).
+    async fn next(&mut self) -> Result<Option<String>, BrokerError>;
+}
+
 /// What differs between backends, for the modules above the store.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync {
     /// How long a cached org stays trusted before it is read again: on a
     /// shared database other nodes change orgs too.
     fn org_cache_ttl(&self) -> Duration;
+
+    /// What the database offers several nodes sharing it; `None` where a
+    /// broker is one node.
+    fn shared(&self) -> Option<std::sync::Arc<dyn SharedDatabase>>;
 
     /// The group commit's default timing ([`CommitTiming`]).
     fn commit_timing(&self) -> CommitTiming;

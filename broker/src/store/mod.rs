@@ -5,15 +5,17 @@
 //! - [`Backend`] (`backend.rs`): every statement and setting whose SQLite
 //!   and PostgreSQL forms differ, asked through [`Pools::backend`].
 //! - [`records::Committer`]: how the records writer commits a batch.
+//! - [`backend::SharedDatabase`]: what a database shared by several nodes
+//!   offers them (PostgreSQL's advisory locks and LISTEN/NOTIFY), for
+//!   [`crate::cluster`]; a SQLite broker is one node.
 //! - [`Snapshot`]: one consistent read view for long reads.
 //! - [`on_pool!`](crate::on_pool) and [`on_snapshot!`](crate::on_snapshot):
 //!   one statement text, expanded once per backend, for the many statements
 //!   both backends read alike.
 //!
 //! `sqlite/` and `postgres/` implement the traits and hold every
-//! backend-only statement. No module outside `store/` (and `cluster/`,
-//! which exists only on PostgreSQL) names a backend; the `boundary` test
-//! below checks it. A third backend is a third folder implementing
+//! backend-only statement. No module outside `store/` names a backend; the
+//! `boundary` test below checks it. A third backend is a third folder implementing
 //! [`Store`], [`Backend`] and [`records::Committer`], and an arm in
 //! [`Pools`].
 
@@ -319,7 +321,7 @@ mod boundary {
 
     /// Names that belong to one backend: its pool, connection and row
     /// types, its second driver, its folder in the store.
-    const BACKEND_NAMES: [&str; 14] = [
+    const BACKEND_NAMES: [&str; 15] = [
         "Pools::Sqlite",
         "Pools::Postgres",
         "sqlx::Sqlite",
@@ -334,12 +336,11 @@ mod boundary {
         "PgRow",
         "rusqlite",
         "store::sqlite",
+        "store::postgres",
     ];
 
-    /// Folders allowed to name a backend: the store itself, and the
-    /// cluster layer, which exists only on PostgreSQL (advisory-lock
-    /// leases, LISTEN/NOTIFY; a SQLite broker is one node).
-    const ALLOWED: [&str; 2] = ["store", "cluster"];
+    /// The one folder allowed to name a backend.
+    const ALLOWED: [&str; 1] = ["store"];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read src").flatten() {

@@ -38,7 +38,7 @@ pub(crate) trait Committer: Send {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<i64>,
+        generation: Option<crate::lookups::LookupStamp>,
     ) -> Result<(), AtFailure>;
 
     /// Locks and reads the head inside a transaction, applies `purge`, then
@@ -154,7 +154,8 @@ macro_rules! chunk_statement {
         batch.push_bind($crate::records::db::to_i64(old_seq));
         batch.push(" AND hash = ");
         batch.push_bind(&old_hash[..]);
-        if let Some(generation) = $generation {
+        if let Some(stamp) = $generation {
+            let generation: i64 = $crate::lookups::LookupStamp::generation(stamp);
             // Answers read from memory hold only while the lookup
             // generation does: checked by the statement that commits them.
             batch.push(" AND (SELECT n FROM lookup_generation WHERE id = 1) = ");
@@ -223,7 +224,7 @@ macro_rules! commit_in_tx {
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks($crate::store::records::ROWS_PER_STATEMENT) {
-            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<i64>)
+            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<$crate::lookups::LookupStamp>)
                 .build()
                 .execute(&mut *tx)
                 .await?;

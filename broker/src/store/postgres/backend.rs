@@ -44,6 +44,10 @@ impl Backend for PgBackend<'_> {
         Duration::from_millis(500)
     }
 
+    fn shared(&self) -> Option<std::sync::Arc<dyn crate::store::backend::SharedDatabase>> {
+        Some(std::sync::Arc::new(super::shared::PgShared(self.0.clone())))
+    }
+
     fn commit_timing(&self) -> CommitTiming {
         CommitTiming {
             delay_us: 0,

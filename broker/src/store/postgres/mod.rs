@@ -3,6 +3,7 @@
 pub(crate) mod backend;
 pub(crate) mod partitions;
 pub(crate) mod records;
+pub(crate) mod shared;
 
 use std::time::Duration;
 

@@ -48,7 +48,7 @@ impl Committer for PgCommitter {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<i64>,
+        generation: Option<crate::lookups::LookupStamp>,
     ) -> Result<(), AtFailure> {
         // A single statement is its own transaction.
         chunk_statement!(sqlx::Postgres, INSERT_HEAD_PG, true, rows, old, generation)

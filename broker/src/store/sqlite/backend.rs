@@ -47,6 +47,11 @@ impl Backend for SqliteBackend<'_> {
         Duration::from_secs(2)
     }
 
+    /// One file, one broker.
+    fn shared(&self) -> Option<std::sync::Arc<dyn crate::store::backend::SharedDatabase>> {
+        None
+    }
+
     fn commit_timing(&self) -> CommitTiming {
         CommitTiming {
             delay_us: COMMIT_DELAY_US,

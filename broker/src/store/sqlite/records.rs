@@ -65,7 +65,7 @@ impl Committer for SqliteCommitter {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<i64>,
+        generation: Option<crate::lookups::LookupStamp>,
     ) -> Result<(), AtFailure> {
         let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) else {
             return Err(AtFailure::Refused(
@@ -75,7 +75,7 @@ impl Committer for SqliteCommitter {
         // sqlx's writer stays held (unused) until this commit is done: one
         // writer at a time within the broker.
         let _one_writer = self.write.acquire().await?;
-        match direct.commit_at(rows, old, generation) {
+        match direct.commit_at(rows, old, generation.map(|s| s.generation())) {
             Ok(()) => Ok(()),
             Err(DirectError::HeadMoved) => Err(AtFailure::Refused("the records head moved".into())),
             Err(DirectError::LookupChanged) => {
