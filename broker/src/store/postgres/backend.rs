@@ -24,8 +24,25 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.and_then(|s| u64::try_from(s).ok())
+impl PgBackend<'_> {
+    /// A statement of `($1 at, $2 after, $3 upto[, $4 month])` that answers
+    /// one sequence number, or none (no row, or a NULL aggregate).
+    async fn seq_between(
+        &self,
+        sql: &str,
+        (at, after, upto): (&str, u64, u64),
+        month: Option<i32>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let mut query = sqlx::query_scalar(sql)
+            .bind(at)
+            .bind(to_i64(after))
+            .bind(to_i64(upto));
+        if let Some(month) = month {
+            query = query.bind(month);
+        }
+        let row: Option<Option<i64>> = query.fetch_optional(self.0).await?;
+        Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
+    }
 }
 
 /// The month partition key of a fixed-width UTC timestamp (`2026-12-01T…`
@@ -96,17 +113,13 @@ impl Backend for PgBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3
              AND part_month >= $4",
+            (at, after, upto),
+            Some(text_month_key(at).unwrap_or(i32::MIN)),
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .bind(text_month_key(at).unwrap_or(i32::MIN))
-        .fetch_one(self.0)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     async fn first_young_seq(
@@ -115,16 +128,13 @@ impl Backend for PgBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND recorded_at >= $1
              ORDER BY seq LIMIT 1",
+            (at, after, upto),
+            None,
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .fetch_optional(self.0)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     /// Only the months up to that of `at` are read.
@@ -134,17 +144,13 @@ impl Backend for PgBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3
              AND part_month <= $4",
+            (at, after, upto),
+            Some(text_month_key(at).unwrap_or(i32::MAX)),
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .bind(text_month_key(at).unwrap_or(i32::MAX))
-        .fetch_one(self.0)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     fn search_dialect(&self) -> SearchDialect {

@@ -28,8 +28,22 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.and_then(|s| u64::try_from(s).ok())
+impl SqliteBackend<'_> {
+    /// A statement of `($1 at, $2 after, $3 upto)` that answers one
+    /// sequence number, or none (no row, or a NULL aggregate).
+    async fn seq_between(
+        &self,
+        sql: &str,
+        (at, after, upto): (&str, u64, u64),
+    ) -> Result<Option<u64>, BrokerError> {
+        let row: Option<Option<i64>> = sqlx::query_scalar(sql)
+            .bind(at)
+            .bind(to_i64(after))
+            .bind(to_i64(upto))
+            .fetch_optional(self.read)
+            .await?;
+        Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
+    }
 }
 
 /// The search indexes of migration 0106; `NOT INDEXED` walks the primary key.
@@ -89,15 +103,11 @@ impl Backend for SqliteBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3",
+            (at, after, upto),
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .fetch_one(self.read)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     async fn first_young_seq(
@@ -107,16 +117,12 @@ impl Backend for SqliteBackend<'_> {
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
         // `+recorded_at` keeps SQLite off the time index.
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND +recorded_at >= $1
              ORDER BY seq LIMIT 1",
+            (at, after, upto),
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .fetch_optional(self.read)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     async fn last_seq_before(
@@ -125,15 +131,11 @@ impl Backend for SqliteBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<i64> = sqlx::query_scalar(
+        self.seq_between(
             "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3",
+            (at, after, upto),
         )
-        .bind(at)
-        .bind(to_i64(after))
-        .bind(to_i64(upto))
-        .fetch_one(self.read)
-        .await?;
-        Ok(to_u64(row))
+        .await
     }
 
     fn search_dialect(&self) -> SearchDialect {
