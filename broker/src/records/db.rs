@@ -11,8 +11,9 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, recorded_at, query_id, permit_id, 
      flow_list_version, procedure_code, requester, provider, items, requester_code, \
      requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash";
 
-/// One stored record.
-#[derive(Debug, Clone, FromRow)]
+/// One stored record, decoded by position in [`RECORD_COLUMNS`]' order
+/// (`store/record_source.rs`).
+#[derive(Debug, Clone)]
 pub(crate) struct RecordRow {
     pub seq: i64,
     pub recorded_at: String,
