@@ -556,6 +556,105 @@ fn open_raw(key: &Secret, body: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>,
 mod tests {
     use super::*;
 
+    async fn data_keys(pools: &Pools) -> Vec<String> {
+        crate::on_pool!(pools, read, |pool| {
+            sqlx::query_scalar("SELECT id FROM data_keys ORDER BY created_at, id")
+                .fetch_all(pool)
+                .await
+                .expect("data keys")
+        })
+    }
+
+    /// Sets when data keys were made: `id` or, with `None`, every one.
+    async fn made_days_ago(pools: &Pools, id: Option<&str>, days: i64) {
+        let at = timestamp(time::OffsetDateTime::now_utc() - time::Duration::days(days));
+        crate::on_pool!(pools, write, |pool| {
+            sqlx::query("UPDATE data_keys SET created_at = $1 WHERE $2 IS NULL OR id = $2")
+                .bind(&at)
+                .bind(id)
+                .execute(pool)
+                .await
+                .expect("backdate");
+        })
+    }
+
+    /// `[keys] data_key_days`: once the newest data key is older than that,
+    /// a reload makes a new one; new data is encrypted under it once every
+    /// node has had time to load it, and what the old key encrypted still
+    /// opens. With 0 the schedule is off.
+    #[tokio::test]
+    async fn a_new_data_key_is_made_on_schedule_and_old_ciphertexts_still_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        let pools = crate::store::Store::pools(&store);
+        let settings = KeysConfig {
+            dir: dir.path().join("keys"),
+            data_key_days: 30,
+            // No reload of its own while the test runs.
+            reload_interval_secs: 3_600,
+        };
+        let ring = Keyring::open_with(&settings, pools.clone())
+            .await
+            .expect("open");
+        let first = ring.data_key_id();
+        let old = ring
+            .encrypt(b"income 3,200,000", b"copy|city-a|P1")
+            .expect("seal");
+
+        // Young: nothing new.
+        ring.reload().await.expect("reload");
+        assert_eq!(data_keys(&pools).await, vec![first.clone()]);
+
+        // The newest is 31 days old (a node started then): a reload makes
+        // a second one, which does not encrypt yet (other nodes may not
+        // hold it).
+        made_days_ago(&pools, None, 31).await;
+        let ring = Keyring::open_with(&settings, pools.clone())
+            .await
+            .expect("open");
+        ring.reload().await.expect("reload");
+        let keys = data_keys(&pools).await;
+        assert_eq!(keys.len(), 2, "no scheduled data key: {keys:?}");
+        assert_eq!(keys[0], first);
+        let second = keys[1].clone();
+        assert_eq!(ring.data_key_id(), first);
+        // The new one is young: no third.
+        ring.reload().await.expect("reload");
+        assert_eq!(data_keys(&pools).await.len(), 2);
+
+        // Past the activation delay the new key encrypts; both open.
+        made_days_ago(&pools, Some(&second), 1).await;
+        let ring = Keyring::open_with(&settings, pools.clone())
+            .await
+            .expect("open");
+        ring.reload().await.expect("reload");
+        assert_eq!(data_keys(&pools).await.len(), 2);
+        assert_eq!(ring.data_key_id(), second);
+        let new = ring
+            .encrypt(b"income 3,300,000", b"copy|city-a|P1")
+            .expect("seal");
+        assert_eq!(
+            &ring.decrypt(&old, b"copy|city-a|P1").expect("old opens")[..],
+            b"income 3,200,000"
+        );
+        assert_eq!(
+            &ring.decrypt(&new, b"copy|city-a|P1").expect("new opens")[..],
+            b"income 3,300,000"
+        );
+
+        // With the schedule off, an old newest key stays the newest.
+        made_days_ago(&pools, None, 400).await;
+        let off = KeysConfig {
+            data_key_days: 0,
+            ..settings
+        };
+        let ring = Keyring::open_with(&off, pools.clone()).await.expect("open");
+        ring.reload().await.expect("reload");
+        assert_eq!(data_keys(&pools).await.len(), 2);
+    }
+
     #[tokio::test]
     async fn at_rest_round_trip_and_context_binding() {
         let dir = tempfile::tempdir().unwrap();
