@@ -9,6 +9,7 @@ pub(crate) mod backend;
 pub(crate) mod direct;
 pub(crate) mod lookup_generation;
 pub(crate) mod person_index;
+pub(crate) mod record_source;
 pub(crate) mod records;
 pub(crate) mod wal;
 
