@@ -60,7 +60,7 @@ pub async fn deposit_batch(
 /// The query path's one read: maps the requester's code to the provider's
 /// code and fetches the provider's copy, batched with concurrent queries'
 /// reads into one statement ([`crate::lookups`]), then opens the copy.
-/// Also returns the stamp the answer holds under when it came from memory
+/// Returns the stamp the answer holds under, too, when it came from memory
 /// unconfirmed (its record must be committed under it);
 /// `fresh` asks for an answer confirmed first. `None`: a copy from memory
 /// did not open, so it may be one the database no longer holds — answer

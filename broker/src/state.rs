@@ -36,6 +36,9 @@ pub struct AppState {
     /// Ids of pending queries just approved or rejected: wakes the
     /// requesters waiting on `GET /v1/queries/{id}?wait=` at once.
     pub decisions: tokio::sync::broadcast::Sender<String>,
+    /// How long an exchange request's work may take before it answers
+    /// `unavailable` (the backend's [`crate::store::Backend::request_bound`]).
+    pub request_bound: Option<std::time::Duration>,
     flows: RwLock<Arc<FlowIndex>>,
     shutting_down: AtomicBool,
 }
@@ -65,15 +68,22 @@ impl AppState {
         )
         .await?;
         let limits = Arc::new(RateLimits::new(&config.limits));
+        let backend = pools.backend();
+        let (org_cache_ttl, request_bound) = (
+            backend.org_cache_ttl(),
+            backend.request_bound(config.storage.statement_timeout()),
+        );
+        drop(backend);
         Ok(Self {
             trust: crate::exchange::standing::Trust::open(&config.tls)?,
-            directory: OrgDirectory::new(store.clone(), org_cache_ttl(&pools)),
+            directory: OrgDirectory::new(store.clone(), org_cache_ttl),
             lookups: crate::lookups::Lookups::start(pools.clone(), metrics.lookups()),
             metrics,
             limits,
             keys,
             records,
             decisions: tokio::sync::broadcast::channel(1024).0,
+            request_bound,
             flows: RwLock::new(Arc::new(flows)),
             store,
             config,
@@ -120,12 +130,4 @@ impl AppState {
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
-}
-
-/// How long a node trusts an org's cached record (status, pin). Several
-/// nodes share a PostgreSQL database, and a suspension or pin change made
-/// on one (or by the host command) must hold on every node within a
-/// second; one node alone re-reads less often.
-fn org_cache_ttl(pools: &crate::store::Pools) -> std::time::Duration {
-    pools.backend().org_cache_ttl()
 }

@@ -220,7 +220,7 @@ pub(crate) async fn hold(
 
 /// One round: the connection answers, then each free role is tried.
 async fn attempt(conn: &mut dyn LockSession, roles: &Roles) -> Result<(), BrokerError> {
-    // Also the liveness check of this session.
+    // This count is the session's liveness check.
     let nodes = conn.nodes().await?;
     roles.nodes.store(nodes, Ordering::Release);
     for role in Role::ALL {

@@ -242,10 +242,9 @@ pub async fn handle(
     .await
 }
 
-/// On PostgreSQL, a request answers `unavailable` once its work has taken
-/// twice the statement timeout (`[storage] statement_timeout_ms`): a
-/// database behind a network pause answers nothing at all, and the
-/// server's own timeout is not heard until the network is back. Dropping
+/// A request answers `unavailable` once its work has taken the backend's
+/// request bound ([`AppState::request_bound`]; on PostgreSQL twice
+/// `[storage] statement_timeout_ms`). Dropping
 /// the request is what a client going away does (a query runs on in its own
 /// task and commits, or not, as a whole). Long-polls and bulk uploads are
 /// left to their own bounds.
@@ -254,10 +253,9 @@ async fn bounded(
     unbounded: bool,
     work: impl std::future::Future<Output = Result<Response<Body>, Stop>>,
 ) -> Result<Response<Body>, Stop> {
-    if unbounded || state.store.backend() != "postgres" {
+    let Some(limit) = state.request_bound.filter(|_| !unbounded) else {
         return work.await;
-    }
-    let limit = state.config.storage.statement_timeout() * 2;
+    };
     match tokio::time::timeout(limit, work).await {
         Ok(done) => done,
         Err(_) => Err(Stop::Failed(BrokerError::refused(

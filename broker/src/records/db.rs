@@ -6,10 +6,20 @@ use sqlx::FromRow;
 use crate::error::BrokerError;
 use crate::store::{Pools, Snapshot};
 
+/// The columns of a stored record, in [`RecordRow`]'s order, as one literal:
+/// every statement that reads or inserts a whole record names them through
+/// it, since rows are decoded and bound by position.
+macro_rules! record_columns {
+    () => {
+        "seq, recorded_at, query_id, permit_id, flow_id, flow_list_version, \
+         procedure_code, requester, provider, items, requester_code, requester_salt, \
+         provider_code, provider_salt, outcome, reason, approver, detail, hash"
+    };
+}
+pub(crate) use record_columns;
+
 /// Columns of [`RecordRow`], in order.
-pub(crate) const RECORD_COLUMNS: &str = "seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash";
+pub(crate) const RECORD_COLUMNS: &str = record_columns!();
 
 /// One stored record, decoded by position in [`RECORD_COLUMNS`]' order
 /// (`store/record_source.rs`).
@@ -231,10 +241,11 @@ pub(crate) async fn insert_checkpoint(
     Ok(())
 }
 
-const SELECT_RANGE: &str = "SELECT seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash \
-     FROM records WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
+const SELECT_RANGE: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+);
 
 const SELECT_CHECKPOINTS: &str =
     "SELECT seq, head_hash, signed_at, key_id, public_key, signature, tsa_token \

@@ -539,7 +539,7 @@ impl RecordLog {
 }
 
 /// A 32-byte hash in lowercase hex. `hex::encode` collects its digits one
-/// `char` at a time, which was about 7 % of a PostgreSQL export's time
+/// `char` at a time, about 7 % of a PostgreSQL export's time
 /// (`kakehashi-bench national`, two to three per row).
 fn hex32(hash: &[u8; 32]) -> String {
     let mut digits = [0u8; 64];

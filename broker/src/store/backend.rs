@@ -156,6 +156,10 @@ pub(crate) trait Backend: Send + Sync {
     /// broker is one node.
     fn shared(&self) -> Option<std::sync::Arc<dyn SharedDatabase>>;
 
+    /// How long a request's work may take before it answers `unavailable`,
+    /// given the statement timeout; `None`: no bound of its own.
+    fn request_bound(&self, statement_timeout: Duration) -> Option<Duration>;
+
     /// The group commit's default timing ([`CommitTiming`]).
     fn commit_timing(&self) -> CommitTiming;
 

@@ -8,8 +8,9 @@
 //! - [`Committer`]: how the records writer commits a batch (SQLite through
 //!   the writer's own connection; PostgreSQL as one statement, with month
 //!   partitions created ahead and dropped by a purge);
-//! - [`RecordDialect`]: the statements whose text differs (a time found in
-//!   the sequence, a search's index hints and partition bounds, a plan).
+//! - [`crate::store::Backend`]: the statements whose text differs (a time
+//!   found in the sequence, a search's index hints and partition bounds, a
+//!   plan).
 //!
 //! A third backend implements both and adds its arm to
 //! [`crate::store::Pools`]. The statement text both backends share is the
@@ -74,16 +75,18 @@ pub(crate) const LOCK_HEAD: &str =
 /// SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
 pub(crate) const ROWS_PER_STATEMENT: usize = 400;
 
-pub(crate) const INSERT_HEAD_SQLITE: &str =
-    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash) ";
+pub(crate) const INSERT_HEAD_SQLITE: &str = concat!(
+    "INSERT INTO records (",
+    crate::records::db::record_columns!(),
+    ") "
+);
 
-pub(crate) const INSERT_HEAD_PG: &str =
-    "INSERT INTO records (seq, recorded_at, query_id, permit_id, flow_id, \
-     flow_list_version, procedure_code, requester, provider, items, requester_code, \
-     requester_salt, provider_code, provider_salt, outcome, reason, approver, detail, hash, \
-     part_month) ";
+/// PostgreSQL adds the month partition's key.
+pub(crate) const INSERT_HEAD_PG: &str = concat!(
+    "INSERT INTO records (",
+    crate::records::db::record_columns!(),
+    ", part_month) "
+);
 
 // One statement (SQLite, on the locked path: one multi-statement string,
 // since sqlx binds `?` across statements in order; PostgreSQL: data-modifying

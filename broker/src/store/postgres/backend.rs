@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::records::PgCommitter;
 use crate::error::BrokerError;
+use crate::records::db::to_i64;
 use crate::store::backend::{Backend, CommitTiming, SearchDialect, Stmt};
 use crate::store::records::Committer;
 use crate::store::{Pools, Snapshot};
@@ -19,10 +20,6 @@ pub const COMMIT_INTERVAL_US: u64 = 1_000;
 
 /// The PostgreSQL backend over its pool.
 pub(crate) struct PgBackend<'a>(pub &'a PgPool);
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 impl PgBackend<'_> {
     /// A statement of `($1 at, $2 after, $3 upto[, $4 month])` that answers
@@ -65,6 +62,13 @@ impl Backend for PgBackend<'_> {
         Some(std::sync::Arc::new(super::shared::PgShared(self.0.clone())))
     }
 
+    /// Twice the statement timeout: a database behind a network pause
+    /// answers nothing at all, and the server's own timeout is not heard
+    /// until the network is back.
+    fn request_bound(&self, statement_timeout: Duration) -> Option<Duration> {
+        Some(statement_timeout * 2)
+    }
+
     fn commit_timing(&self) -> CommitTiming {
         CommitTiming {
             delay_us: 0,
@@ -75,8 +79,9 @@ impl Backend for PgBackend<'_> {
     /// On its own thread the writer gets a small pool of its own: a
     /// connection's socket belongs to the runtime that opened it.
     fn committer(&self, own_thread: bool) -> Box<dyn Committer> {
-        let pool = match (own_thread, Pools::Postgres(self.0.clone()).own(2)) {
-            (true, Pools::Postgres(own)) => own,
+        let shared = Pools::Postgres(self.0.clone());
+        let pool = match own_thread.then(|| shared.own(2)) {
+            Some(Pools::Postgres(own)) => own,
             _ => self.0.clone(),
         };
         Box::new(PgCommitter::new(pool))

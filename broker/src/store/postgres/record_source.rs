@@ -14,8 +14,8 @@ static CURSORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// Records read through a server-side cursor: PostgreSQL plans the query
 /// over every month partition once, at `DECLARE`, and each `FETCH` is one
 /// short statement (within the statement timeout). A keyset query per
-/// chunk was planned anew each time, which over 88 partitions cost 50–150
-/// ms a chunk and held an export of 10 million records to ~17 000 rows/s
+/// chunk is planned anew each time: over 88 partitions that costs 50–150
+/// ms a chunk and holds an export of 10 million records to ~17 000 rows/s
 /// (`kakehashi-bench national`).
 pub(crate) struct PgRecords {
     name: String,

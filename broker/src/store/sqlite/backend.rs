@@ -8,6 +8,7 @@ use sqlx::SqlitePool;
 
 use super::records::SqliteCommitter;
 use crate::error::BrokerError;
+use crate::records::db::to_i64;
 use crate::store::backend::{Backend, CommitTiming, SearchDialect, Stmt};
 use crate::store::records::Committer;
 use crate::store::Snapshot;
@@ -22,10 +23,6 @@ pub(crate) struct SqliteBackend<'a> {
     pub write: &'a SqlitePool,
     /// Read-only connections.
     pub read: &'a SqlitePool,
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl SqliteBackend<'_> {
@@ -63,6 +60,12 @@ impl Backend for SqliteBackend<'_> {
 
     /// One file, one broker.
     fn shared(&self) -> Option<std::sync::Arc<dyn crate::store::backend::SharedDatabase>> {
+        None
+    }
+
+    /// A local file does not go silent the way a network does: SQLite's
+    /// busy timeout bounds a wait for the lock.
+    fn request_bound(&self, _: Duration) -> Option<Duration> {
         None
     }
 

@@ -1,8 +1,8 @@
 //! Long reads of a SQLite file's records ([`DirectRecords`]): on a
 //! connection and thread of their own. Through sqlx every row is decoded on
 //! its worker thread into sqlx's own values and handed over, then decoded
-//! again into a [`RecordRow`]: an export of CSV plus bundle ran at about
-//! 0.07 × `sqlite3 -csv` of the same columns. Here rusqlite steps the
+//! again into a [`RecordRow`]: an export of CSV plus bundle runs at about
+//! 0.07 × `sqlite3 -csv` of the same columns that way. Here rusqlite steps the
 //! statement on a blocking thread and hands [`RecordRow`]s over in chunks
 //! through a bounded channel, so the reading and the writing of an export
 //! run on both cores and memory stays constant (at most [`CHUNKS_AHEAD`]
