@@ -1379,6 +1379,14 @@ async fn download(b: &Browser, css: &str, dir: &Path) -> Result<PathBuf> {
 
 /// The rows of the record-search table: their record numbers, as shown.
 async fn shown_records(b: &Browser) -> Result<Vec<u64>> {
+    // A results page always ends in one of the two; wait for it before
+    // reading the rows, so a page still being drawn is not read as empty.
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#rows-shown, #no-records"))
+        .await
+        .with_context(|| "no search results on the page")?;
     let mut seqs = Vec::new();
     for cell in b.client.find_all(Locator::Css("#records td.seq")).await? {
         let text = cell.text().await?;
@@ -1512,14 +1520,25 @@ async fn auditor_flow(
 
     // Paging by record number: two, then the third, then the end.
     b.goto("/records?outcome=provided&size=2").await?;
-    ensure!(shown_records(b).await? == all[..2], "the first page");
+    let first = shown_records(b).await?;
+    ensure!(
+        first == all[..2],
+        "the first page of two: {first:?}, expected {:?} on {}",
+        &all[..2],
+        b.path().await?
+    );
     b.click("#next-page").await?;
     ensure!(
         b.path().await? == format!("/records?outcome=provided&size=2&before={}", all[1]),
         "{}",
         b.path().await?
     );
-    ensure!(shown_records(b).await? == all[2..], "the second page");
+    let second = shown_records(b).await?;
+    ensure!(
+        second == all[2..],
+        "the second page: {second:?}, expected {:?}",
+        &all[2..]
+    );
     ensure!(b.text("#last-page").await? == "これが最後のページです。");
     b.click("#first-page").await?;
     ensure!(
