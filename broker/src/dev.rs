@@ -143,7 +143,7 @@ pub async fn prepare_on(
     let store = store::open(&config.storage).await?;
     let flows = std::fs::read_to_string(&flows_path)
         .map_err(|e| BrokerError::io(format!("read {}", flows_path.display()), e))?;
-    crate::policy::store_version(&store.pools(), &flows).await?;
+    crate::flow_changes::store_configured(&store.pools(), &flows).await?;
     for (id, kind, name) in SAMPLE_ORGS {
         let id = OrgId::new(*id)?;
         if store.get_org(&id).await?.is_none() {

@@ -38,7 +38,7 @@
 //! - [`store`]: the storage boundary — every difference between SQLite and
 //!   PostgreSQL behind its traits (`Store`, `Backend`, `Committer`),
 //!   implemented in `store/sqlite/` and `store/postgres/`; migrations.
-//! - [`keys`], [`tls`], [`metrics`], [`retention`], [`config`], [`error`].
+//! - [`keys`], [`metrics`], [`retention`], [`config`], [`error`].
 //! - [`cluster`]: several nodes on one PostgreSQL — roles for background
 //!   work done once, changes announced to every node.
 //! - [`server`]: [`RunningBroker`] assembles the listeners and background
@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod console;
@@ -69,7 +70,6 @@ pub mod retention;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod tls;
 
 pub use config::Config;
 pub use error::BrokerError;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use kakehashi_broker::oplog::{cli::HostLog, OpAction};
+use kakehashi_broker::oplog::{HostLog, OpAction};
 use kakehashi_broker::store::{self, NewOrg};
 use kakehashi_broker::{dev, Config, RunningBroker};
 use kakehashi_interfaces::{OrgId, OrgKind, OrgStatus};
@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         #[command(subcommand)]
-        action: kakehashi_broker::flow_changes::FlowsCommand,
+        action: kakehashi_broker::cli::flows::FlowsCommand,
     },
     /// Manage registered organisations.
     Orgs {
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         #[command(subcommand)]
-        action: kakehashi_broker::people::cli::UsersCommand,
+        action: kakehashi_broker::cli::people::UsersCommand,
     },
     /// Operation log (操作ログ, R17): verify its chain and checkpoints, show entries.
     Oplog {
@@ -92,7 +92,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         #[command(subcommand)]
-        action: kakehashi_broker::oplog::cli::OplogCommand,
+        action: kakehashi_broker::cli::oplog::OplogCommand,
     },
     /// Provision records: verify the chain, export for auditors, verify an export.
     Records {
@@ -100,7 +100,7 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
-        action: kakehashi_broker::records::cli::RecordsCommand,
+        action: kakehashi_broker::cli::records::RecordsCommand,
     },
     /// The broker's keys: status, and rotation without downtime (docs/keys.md).
     Keys {
@@ -108,7 +108,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         #[command(subcommand)]
-        action: kakehashi_broker::keys::cli::KeysCommand,
+        action: kakehashi_broker::cli::keys::KeysCommand,
     },
     /// Delete provision records older than their retention period (leaving a
     /// signed purge record), then personal data past their own periods:
@@ -119,7 +119,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         #[command(flatten)]
-        args: kakehashi_broker::records::cli::PurgeArgs,
+        args: kakehashi_broker::cli::records::PurgeArgs,
     },
 }
 
@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("migrations applied");
         }
         Command::Flows { config, action } => {
-            kakehashi_broker::flow_changes::run(&config, action).await?;
+            kakehashi_broker::cli::flows::run(&config, action).await?;
         }
         Command::Orgs { config, action } => {
             let config = Config::load(&config)?;
@@ -255,24 +255,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             orgs(&*store, &config.keys.dir, action).await?;
         }
         Command::Users { config, action } => {
-            kakehashi_broker::people::cli::run(&config, action).await?;
+            kakehashi_broker::cli::people::run(&config, action).await?;
         }
         Command::Oplog { config, action } => {
-            kakehashi_broker::oplog::cli::run(&config, action).await?;
+            kakehashi_broker::cli::oplog::run(&config, action).await?;
         }
         Command::Records { config, action } => {
-            let done = kakehashi_broker::records::cli::run(config.as_deref(), action).await?;
-            if done == kakehashi_broker::records::cli::Done::NotTrusted {
+            let done = kakehashi_broker::cli::records::run(config.as_deref(), action).await?;
+            if done == kakehashi_broker::cli::records::Done::NotTrusted {
                 return Ok(ExitCode::from(
-                    u8::try_from(kakehashi_broker::records::cli::EXIT_NOT_TRUSTED).unwrap_or(1),
+                    u8::try_from(kakehashi_broker::cli::records::EXIT_NOT_TRUSTED).unwrap_or(1),
                 ));
             }
         }
         Command::Keys { config, action } => {
-            kakehashi_broker::keys::cli::run(&config, action).await?;
+            kakehashi_broker::cli::keys::run(&config, action).await?;
         }
         Command::Purge { config, args } => {
-            kakehashi_broker::records::cli::purge(&config, args).await?;
+            kakehashi_broker::cli::records::purge(&config, args).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -328,17 +328,6 @@ pub fn check<'a>(
     })
 }
 
-/// Stores a flow list from the configuration file (or the dev
-/// environment's sample) as a version proposed and approved by
-/// `host:config` — the configuration is the reviewed artefact — unless it
-/// is already in force or unchanged since it was last stored
-/// ([`crate::flow_changes::store_configured`]). Returns the version in
-/// force afterwards. People propose and approve through
-/// [`crate::flow_changes`].
-pub async fn store_version(pools: &Pools, text: &str) -> Result<u64, BrokerError> {
-    crate::flow_changes::store_configured(pools, text).await
-}
-
 /// Loads the flow list in force: the highest approved version (an empty
 /// index if none was ever approved).
 pub async fn load_current(pools: &Pools) -> Result<FlowIndex, BrokerError> {

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
+use crate::edge::admission::OrgDirectory;
 use crate::edge::limits::RateLimits;
 use crate::error::BrokerError;
-use crate::exchange::admission::OrgDirectory;
 use crate::keys::Keyring;
 use crate::metrics::Metrics;
 use crate::policy::{self, FlowIndex};
@@ -22,7 +22,7 @@ pub struct AppState {
     /// Org admission with a short cache.
     pub directory: OrgDirectory,
     /// The client-certificate trust in force, for open connections.
-    pub trust: crate::exchange::standing::Trust,
+    pub trust: crate::edge::standing::Trust,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Rate limiters.
@@ -55,7 +55,7 @@ impl AppState {
         if let Some(path) = &config.exchange.flow_list {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BrokerError::io(format!("flow list {}", path.display()), e))?;
-            policy::store_version(&pools, &text).await?;
+            crate::flow_changes::store_configured(&pools, &text).await?;
         }
         let flows = policy::load_current(&pools).await?;
         tracing::info!(version = flows.version, "flow list in force");
@@ -75,7 +75,7 @@ impl AppState {
         );
         drop(backend);
         Ok(Self {
-            trust: crate::exchange::standing::Trust::open(&config.tls)?,
+            trust: crate::edge::standing::Trust::open(&config.tls)?,
             directory: OrgDirectory::new(store.clone(), org_cache_ttl),
             lookups: crate::lookups::Lookups::start(pools.clone(), metrics.lookups()),
             metrics,
@@ -97,6 +97,17 @@ impl AppState {
             .read()
             .map(|f| f.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Re-reads the version in force and reloads the flow index when it
+    /// changed; the new version, or `None` when it is unchanged.
+    pub async fn reload_flows_if_changed(&self) -> Result<Option<u64>, BrokerError> {
+        let in_force = crate::flow_changes::in_force_version(&self.store.pools()).await?;
+        // The version in force only moves forward (see `flow_changes::approve`).
+        if in_force <= self.flows().version {
+            return Ok(None);
+        }
+        self.reload_flows().await.map(Some)
     }
 
     /// Re-reads the flow list in force (the highest approved version) from

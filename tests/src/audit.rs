@@ -206,7 +206,7 @@ pub async fn sign_with_sealer_key(
     head: Hash,
 ) -> Result<()> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let pem = std::fs::read_to_string(key_dir.join(kakehashi_broker::records::SEALER_KEY_FILE))?;
+    let pem = std::fs::read_to_string(key_dir.join(kakehashi_broker::keys::SEALER_FILE))?;
     let key = SigningKey::from_pkcs8_pem(&pem).context("the sealer key")?;
     let at =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;

@@ -205,7 +205,10 @@ impl Cluster {
             .arg("serve")
             .arg("--config")
             .arg(&node.config)
-            .env("KAKEHASHI_LOG", "warn,kakehashi_broker::cluster=info")
+            .env(
+                "KAKEHASHI_LOG",
+                "warn,kakehashi_broker::cluster=info,kakehashi_broker::server=info",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()?;

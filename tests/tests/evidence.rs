@@ -223,7 +223,7 @@ impl Case {
     /// What the stored chain says on its own, without the sealer's state
     /// and the checkpoint log.
     async fn chain_alone(&self) -> Result<Verdict> {
-        let keys = kakehashi_broker::records::trusted_keys(&self.broker.config.keys.dir)?;
+        let keys = kakehashi_broker::keys::trusted_keys(&self.broker.config.keys.dir)?;
         Ok(kakehashi_broker::records::verify_store(&self.pools(), &keys).await?)
     }
 

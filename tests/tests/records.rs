@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use kakehashi_broker::records::cli::{ExportArgs, RecordsCommand};
+use kakehashi_broker::cli::records::{ExportArgs, RecordsCommand};
 use kakehashi_broker::records::{
     self, ExportFormat, Outcome, RecordDraft, RecordLog, RecordsConfig, Verdict,
 };
@@ -65,7 +65,7 @@ impl Env {
     }
 
     async fn verify(&self) -> Result<Verdict> {
-        let keys = records::trusted_keys(&self.keys())?;
+        let keys = kakehashi_broker::keys::trusted_keys(&self.keys())?;
         Ok(records::verify_store(&self.pools(), &keys).await?)
     }
 
@@ -180,7 +180,7 @@ async fn edited_field_is_named(backend: Backend) -> Result<()> {
         .await?;
     assert_eq!(expect_broken(&env, 7).await?, FailureKind::HashMismatch);
     // The CLI says so too, and fails.
-    let cli = records::cli::run(
+    let cli = kakehashi_broker::cli::records::run(
         Some(&env.config_path),
         RecordsCommand::Verify {
             json: false,
@@ -477,7 +477,7 @@ async fn export(
     org: Option<&str>,
     person: Option<&str>,
 ) -> Result<()> {
-    records::cli::run(
+    kakehashi_broker::cli::records::run(
         Some(&env.config_path),
         RecordsCommand::Export(ExportArgs {
             from: None,
@@ -520,7 +520,7 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
     let report = audit::verify_export_files(&csv, None, &[])?;
     assert_eq!(report.rows, 30);
     // The CLI agrees (no config needed).
-    let done = records::cli::run(
+    let done = kakehashi_broker::cli::records::run(
         None,
         RecordsCommand::VerifyExport {
             file: csv.clone(),
@@ -531,7 +531,7 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(done, records::cli::Done::Ok);
+    assert_eq!(done, kakehashi_broker::cli::records::Done::Ok);
 
     // One changed byte in one line fails verification.
     let line_start = text
@@ -1266,7 +1266,7 @@ async fn stress_child_process() -> Result<()> {
     let Ok(config) = std::env::var(STRESS_CONFIG) else {
         return Ok(());
     };
-    records::cli::run(
+    kakehashi_broker::cli::records::run(
         Some(Path::new(&config)),
         RecordsCommand::Stress {
             count: 10_000_000,

@@ -147,7 +147,7 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
         1
     );
     broker.broker.state().records.seal().await?;
-    let keys = records::trusted_keys(&broker.config.keys.dir)?;
+    let keys = kakehashi_broker::keys::trusted_keys(&broker.config.keys.dir)?;
     match records::verify_store(&pools, &keys).await? {
         Verdict::Intact(_) => {}
         Verdict::Broken(f) => bail!("erasure broke the records: {f}"),

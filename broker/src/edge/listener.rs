@@ -184,7 +184,7 @@ async fn serve_connection<S: Service>(
     let stream = match tokio::time::timeout(limits.handshake_timeout(), acceptor.accept(tcp)).await
     {
         Err(_) => return refuse(edge, Reason::HandshakeTimeout, peer),
-        Ok(Err(e)) => return refuse(edge, crate::tls::handshake_refusal_reason(&e), peer),
+        Ok(Err(e)) => return refuse(edge, crate::edge::tls::handshake_refusal_reason(&e), peer),
         Ok(Ok(stream)) => stream,
     };
     let (closer, mut closing) = watch::channel(false);

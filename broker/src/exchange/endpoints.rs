@@ -14,12 +14,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use kakehashi_interfaces::{ErrorCode, OrgKind, WhoAmI};
 
+use crate::edge::admission::AdmitError;
 use crate::edge::http::{self as edge, Body};
 use crate::edge::layers::{self, BodyCap, Refused, Stop};
 use crate::edge::route::{BodyLimit, Params, Route};
+use crate::edge::standing;
 use crate::error::BrokerError;
-use crate::exchange::admission::AdmitError;
-use crate::exchange::{batches, disclosure, flows, ops, queries, record_keys, standing, ConnInfo};
+use crate::exchange::{batches, disclosure, flows, ops, queries, record_keys, ConnInfo};
 use crate::state::AppState;
 use crate::store::OrgRecord;
 

@@ -4,11 +4,11 @@
 //!   goes through; one file per endpoint or small group beside it
 //!   ([`ops`], [`flows`], [`queries`], [`batches`], [`disclosure`],
 //!   [`record_keys`]);
-//! - [`admission`]: which certificate's org may use the exchange;
+//! - org admission and certificate standing are edge layers
+//!   ([`crate::edge::admission`], [`crate::edge::standing`]);
 //! - [`pipeline`]: one query, end to end (policy → lookups → permit → seal
 //!   → record), and the sweep of expired results.
 
-pub mod admission;
 pub mod batches;
 pub mod disclosure;
 pub mod endpoints;
@@ -17,7 +17,6 @@ pub mod ops;
 pub mod pipeline;
 pub mod queries;
 pub mod record_keys;
-pub mod standing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +28,9 @@ use hyper::body::Incoming;
 use crate::edge::http::Body;
 use crate::edge::listener::{Closer, Service};
 use crate::edge::refusal::Reason;
+use crate::edge::standing;
+use crate::edge::tls::{self, PeerIdentity};
 use crate::state::AppState;
-use crate::tls::{self, PeerIdentity};
 
 pub use pipeline::{query, spawn_sweeper, stored_to_response, sweep_once};
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use kakehashi_interfaces::audit::TrustedKeys;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -206,8 +207,66 @@ pub(crate) fn retired_sealer_file_name(id: &str) -> String {
     format!("records-sealer-{id}.pub")
 }
 
-/// Loads the checkpoint key, creating the directory (0700) and the key
-/// (0600) on first use.
+/// Loads the sealer key (the provision records' checkpoints and the
+/// operation log's entries), creating the directory (0700) and the key
+/// (0600) on first use. The broker and a host command may both create it at
+/// once: the second uses the first's, and a key read while the other is
+/// still writing it (one write, then fsync) is read again.
 pub fn load_or_create_sealer(dir: &Path) -> Result<SigningKey, BrokerError> {
-    load_or_create_signing_key(&dir.join(SEALER_FILE))
+    let path = dir.join(SEALER_FILE);
+    create_private_dir(dir)?;
+    if !path.exists() {
+        let (_, pem) = new_signing_pem()?;
+        match write_secret_file(&path, pem.as_bytes()) {
+            Ok(()) => {}
+            Err(_) if path.exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut last = None;
+    for _ in 0..5 {
+        match read_signing_key(&path) {
+            Ok(key) => return Ok(key),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(last.unwrap_or_else(|| key_err(SEALER_FILE, "unreadable")))
+}
+
+/// The sealer public keys a verifier trusts: every `records-sealer*.pem`
+/// (private, PKCS#8) and `records-sealer*.pub` (hex public key) in the key
+/// directory. Keys stored in the database are never trusted: whoever can
+/// edit the records could add their own.
+pub fn trusted_keys(key_dir: &Path) -> Result<TrustedKeys, BrokerError> {
+    let mut keys = TrustedKeys::new();
+    let entries = match std::fs::read_dir(key_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(e) => return Err(BrokerError::io(format!("read {}", key_dir.display()), e)),
+    };
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !name.starts_with("records-sealer") {
+            continue;
+        }
+        let path = entry.path();
+        let read = || {
+            std::fs::read_to_string(&path)
+                .map(Zeroizing::new)
+                .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))
+        };
+        if name.ends_with(".pem") {
+            let key = SigningKey::from_pkcs8_pem(&read()?).map_err(|e| key_err(&name, e))?;
+            keys.add(key.verifying_key());
+        } else if name.ends_with(".pub") {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(read()?.trim(), &mut bytes)
+                .map_err(|_| key_err(&name, "not 32 hex-encoded bytes"))?;
+            keys.add(VerifyingKey::from_bytes(&bytes).map_err(|e| key_err(&name, e))?);
+        }
+    }
+    Ok(keys)
 }

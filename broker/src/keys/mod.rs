@@ -15,8 +15,7 @@
 //! keys, key-encryption keys and data keys reach it without a restart.
 //! Files are created with mode 0600 in a 0700 directory and never logged.
 
-pub mod cli;
-mod files;
+pub(crate) mod files;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -38,7 +37,7 @@ use crate::error::BrokerError;
 use crate::store::{now_rfc3339, timestamp, Pools};
 
 use files::{key_err, Secret};
-pub use files::{load_or_create_sealer, FIRST_PERMIT_FILE, LOOKUP_FILE, SEALER_FILE};
+pub use files::{load_or_create_sealer, trusted_keys, FIRST_PERMIT_FILE, LOOKUP_FILE, SEALER_FILE};
 pub use registry::Role;
 
 const CIPHER_MAGIC: &[u8; 2] = b"K1";
@@ -104,7 +103,7 @@ impl std::fmt::Debug for Keyring {
 pub fn dir_ids(dir: &Path) -> Result<registry::DirIds, BrokerError> {
     let keks = files::keks(dir)?;
     let sealer = files::read_signing_key(&dir.join(SEALER_FILE))?;
-    let trusted = crate::records::trusted_keys(dir)?;
+    let trusted = trusted_keys(dir)?;
     Ok(registry::DirIds {
         lookup: files::read_hex_secret(&dir.join(LOOKUP_FILE))?.id(),
         permits: files::permit_keys(dir)?.into_keys().collect(),
@@ -490,7 +489,7 @@ impl Inner {
 }
 
 /// Makes a data key, stores it wrapped under `kek`, and returns it.
-async fn insert_data_key(
+pub(crate) async fn insert_data_key(
     pools: &Pools,
     kek_id: &str,
     kek: &Secret,
@@ -513,7 +512,11 @@ async fn insert_data_key(
     Ok((id, secret))
 }
 
-fn unwrap_data_key(kek: &Secret, wrapped: &[u8], id: &str) -> Result<Secret, BrokerError> {
+pub(crate) fn unwrap_data_key(
+    kek: &Secret,
+    wrapped: &[u8],
+    id: &str,
+) -> Result<Secret, BrokerError> {
     let plain = open_raw(kek, wrapped, id.as_bytes())?;
     let bytes: [u8; 32] = plain
         .as_slice()
@@ -522,7 +525,7 @@ fn unwrap_data_key(kek: &Secret, wrapped: &[u8], id: &str) -> Result<Secret, Bro
     Ok(Secret(Zeroizing::new(bytes)))
 }
 
-fn seal_raw(key: &Secret, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, BrokerError> {
+pub(crate) fn seal_raw(key: &Secret, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, BrokerError> {
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.0.as_ref()));
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);

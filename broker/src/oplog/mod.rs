@@ -25,8 +25,8 @@
 //! Canonical encoding: [`entry`]; hashes and signatures: [`chain`].
 
 pub mod chain;
-pub mod cli;
 pub mod entry;
+mod host;
 mod sealer;
 mod store;
 mod verify;
@@ -50,6 +50,7 @@ pub use entry::{
     host_actor, validate_actor, OpAction, OpEntry, OpRecord, OpResult, HOST_ACTOR_PREFIX,
     MAX_TEXT_CHARS,
 };
+pub use host::HostLog;
 pub use sealer::STATE_FILE;
 pub use verify::{verify_store, OpVerdict};
 
@@ -145,7 +146,7 @@ impl OperationLog {
         options: OplogOptions,
     ) -> Result<Arc<OperationLog>, BrokerError> {
         let dir = keys_dir.to_path_buf();
-        let sealer = tokio::task::spawn_blocking(move || sealer::load_or_create(&dir))
+        let sealer = tokio::task::spawn_blocking(move || crate::keys::load_or_create_sealer(&dir))
             .await
             .map_err(|e| BrokerError::Config(format!("loading the sealer key: {e}")))??;
         let trusted = sealer::trusted(keys_dir, Some(&sealer))?;

@@ -1,4 +1,4 @@
-//! The sealer's key (the provision records' own, [`SEALER_KEY_FILE`]) and
+//! The sealer's key (the provision records' own, [`crate::keys::SEALER_FILE`]) and
 //! its memory outside the database: the state file holding the last head
 //! it signed, so a checkpoint deleted from the database together with the
 //! entries after it is still noticed.
@@ -6,81 +6,25 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use kakehashi_interfaces::audit::TrustedKeys;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use super::chain::SignedHead;
 use crate::error::BrokerError;
-use crate::records::SEALER_KEY_FILE;
 
 /// File in the key directory holding the last operation-log head this
 /// host's sealer signed (JSON, mode 0600, replaced atomically).
 pub const STATE_FILE: &str = "oplog-sealer.state";
 
-fn key_error(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Config(format!("sealer key {SEALER_KEY_FILE}: {e}"))
-}
-
-/// Loads the sealer key, creating the key directory (0700) and the key
-/// (0600) when neither the broker nor a host command has yet.
-pub(crate) fn load_or_create(key_dir: &Path) -> Result<SigningKey, BrokerError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if !key_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(key_dir)
-            .map_err(|e| BrokerError::io(format!("create {}", key_dir.display()), e))?;
-    }
-    let path = key_dir.join(SEALER_KEY_FILE);
-    if !path.exists() {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let pem = key
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map_err(key_error)?;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut file) => file
-                .write_all(pem.as_bytes())
-                .and_then(|_| file.sync_all())
-                .map_err(|e| BrokerError::io(format!("write {}", path.display()), e))?,
-            // The provision records created it meanwhile: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(BrokerError::io(format!("create {}", path.display()), e)),
-        }
-    }
-    // A key another process is writing this instant reads short; it is
-    // complete after its single write and fsync.
-    let mut last = None;
-    for _ in 0..5 {
-        let pem = Zeroizing::new(
-            std::fs::read_to_string(&path)
-                .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))?,
-        );
-        match SigningKey::from_pkcs8_pem(&pem) {
-            Ok(key) => return Ok(key),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Err(key_error(last.map(|e| e.to_string()).unwrap_or_default()))
-}
-
 /// The keys a verifier trusts: every sealer key in the key directory
-/// ([`crate::records::trusted_keys`]) and `own`. Keys in the database are
+/// ([`crate::keys::trusted_keys`]) and `own`. Keys in the database are
 /// never trusted.
 pub(crate) fn trusted(
     key_dir: &Path,
     own: Option<&SigningKey>,
 ) -> Result<TrustedKeys, BrokerError> {
-    let mut keys = crate::records::trusted_keys(key_dir)?;
+    let mut keys = crate::keys::trusted_keys(key_dir)?;
     if let Some(key) = own {
         keys.add(key.verifying_key());
     }

@@ -18,7 +18,6 @@
 //! Secrets never leave in errors or logs: error messages name the rule
 //! broken, never the value.
 
-pub mod cli;
 pub mod lockout;
 pub mod password;
 pub mod roles;

@@ -627,7 +627,7 @@ async fn administration(env: Env) {
     let json = serde_json::to_string(&list).unwrap();
     assert!(!json.contains("$argon2"));
     assert!(!json.contains("hash") && !json.contains("totp_cipher"));
-    let table = cli::table(&list);
+    let table = crate::cli::people::table(&list);
     assert!(table.contains("admin.one") && table.contains("temporary"));
     assert!(!table.contains("$argon2"));
 }

@@ -23,10 +23,9 @@
 //! salted commitments, are never logged and never exported.
 
 mod checkpoint_log;
-pub mod cli;
 pub(crate) mod db;
 mod export;
-mod purge;
+pub(crate) mod purge;
 pub mod sealer_state;
 mod search;
 mod tsa;
@@ -60,8 +59,8 @@ pub use search::{
 };
 pub use tsa::load_tsa_cert;
 pub use verify::{
-    trusted_keys, verify_evidence, verify_store, Damage, EvidenceFailure, EvidenceOptions,
-    EvidenceSummary, EvidenceVerdict, TimestampSummary, Verdict, WalkProgress, SEALER_KEY_FILE,
+    verify_evidence, verify_store, Damage, EvidenceFailure, EvidenceOptions, EvidenceSummary,
+    EvidenceVerdict, TimestampSummary, Verdict, WalkProgress,
 };
 pub(crate) use writer::Deletes;
 
@@ -369,8 +368,8 @@ impl RecordLog {
         commits: Option<crate::metrics::CommitMetrics>,
     ) -> Result<Arc<RecordLog>, BrokerError> {
         let tsa = tsa::Tsa::from_config(&config)?;
-        let sealer = verify::load_or_create_sealer(key_dir)?;
-        let mut trusted = verify::trusted_keys(key_dir)?;
+        let sealer = crate::keys::load_or_create_sealer(key_dir)?;
+        let mut trusted = crate::keys::trusted_keys(key_dir)?;
         let sealer_key_id = trusted.add(sealer.verifying_key());
         let backend = pools.backend();
         backend.open_records().await?;

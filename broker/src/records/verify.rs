@@ -5,22 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
 use kakehashi_interfaces::audit::{
     ChainFailure, ChainSummary, ChainVerifier, Checkpoint, FailureKind, Hash, TrustedKeys,
 };
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use super::db::{to_i64, CheckpointRow, Cursor};
 use crate::error::BrokerError;
 use crate::store::record_source::RecordSource;
 use crate::store::Pools;
 use crate::store::Snapshot;
-
-/// File name of the active sealer key (Ed25519, PKCS#8 PEM, mode 0600).
-pub const SEALER_KEY_FILE: &str = "records-sealer.pem";
 
 /// The result of checking the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,82 +32,6 @@ impl Verdict {
     pub fn is_intact(&self) -> bool {
         matches!(self, Verdict::Intact(_))
     }
-}
-
-fn key_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Config(format!("records sealer key {what}: {e}"))
-}
-
-/// The sealer public keys a verifier trusts: every `records-sealer*.pem`
-/// (private, PKCS#8) and `records-sealer*.pub` (hex public key) in the key
-/// directory. Keys stored in the database are never trusted: whoever can
-/// edit the records could add their own.
-pub fn trusted_keys(key_dir: &Path) -> Result<TrustedKeys, BrokerError> {
-    let mut keys = TrustedKeys::new();
-    let entries = match std::fs::read_dir(key_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
-        Err(e) => return Err(BrokerError::io(format!("read {}", key_dir.display()), e)),
-    };
-    for entry in entries.flatten() {
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if !name.starts_with("records-sealer") {
-            continue;
-        }
-        let path = entry.path();
-        let read = || {
-            std::fs::read_to_string(&path)
-                .map(Zeroizing::new)
-                .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))
-        };
-        if name.ends_with(".pem") {
-            let key = SigningKey::from_pkcs8_pem(&read()?).map_err(|e| key_error(&name, e))?;
-            keys.add(key.verifying_key());
-        } else if name.ends_with(".pub") {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(read()?.trim(), &mut bytes)
-                .map_err(|_| key_error(&name, "not 32 hex-encoded bytes"))?;
-            keys.add(VerifyingKey::from_bytes(&bytes).map_err(|e| key_error(&name, e))?);
-        }
-    }
-    Ok(keys)
-}
-
-/// Loads the sealer key, creating the key directory (0700) and the key
-/// (0600) on first use.
-pub(crate) fn load_or_create_sealer(key_dir: &Path) -> Result<SigningKey, BrokerError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if !key_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(key_dir)
-            .map_err(|e| BrokerError::io(format!("create {}", key_dir.display()), e))?;
-    }
-    let path = key_dir.join(SEALER_KEY_FILE);
-    if !path.exists() {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let pem = key
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map_err(|e| key_error("encode", e))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| BrokerError::io(format!("create {}", path.display()), e))?;
-        file.write_all(pem.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(|e| BrokerError::io(format!("write {}", path.display()), e))?;
-    }
-    let pem = Zeroizing::new(
-        std::fs::read_to_string(&path)
-            .map_err(|e| BrokerError::io(format!("read {}", path.display()), e))?,
-    );
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| key_error(SEALER_KEY_FILE, e))
 }
 
 /// How a walk over stored records went.

@@ -22,8 +22,8 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::config::TlsConfig;
 use crate::edge::refusal::Reason;
+use crate::edge::tls;
 use crate::error::BrokerError;
-use crate::tls;
 
 /// The client-certificate verifier in force and its generation.
 pub struct Trust {

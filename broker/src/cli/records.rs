@@ -9,13 +9,13 @@ use clap::{Args, Subcommand};
 use kakehashi_interfaces::audit::{self, ExportFormat};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 
-use super::sealer_state::{self, Acceptance, SealerState};
-use super::{
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::records::sealer_state::{self, Acceptance, SealerState};
+use crate::records::{
     EvidenceVerdict, ExportFilter, ExportRequest, Outcome, RecordDraft, RecordLog, RecordsConfig,
     Verdict,
 };
-use crate::config::Config;
-use crate::error::BrokerError;
 use crate::store;
 
 /// `records` subcommands.
@@ -203,7 +203,7 @@ struct ShownProgress {
 /// How often a progress line is written when standard error is not a terminal.
 const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn show_progress(progress: Arc<super::WalkProgress>) -> ShownProgress {
+fn show_progress(progress: Arc<crate::records::WalkProgress>) -> ShownProgress {
     use std::io::IsTerminal;
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -272,19 +272,20 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
         } => {
             let tsa_cert = tsa_cert
                 .or_else(|| config.records.tsa_cert.clone())
-                .map(|path| super::load_tsa_cert(&path))
+                .map(|path| crate::records::load_tsa_cert(&path))
                 .transpose()?;
-            let keys = super::trusted_keys(&config.keys.dir)?;
+            let keys = crate::keys::trusted_keys(&config.keys.dir)?;
             let interval = std::time::Duration::from_millis(config.records.checkpoint_interval_ms);
-            let options = super::EvidenceOptions {
+            let options = crate::records::EvidenceOptions {
                 checkpoint_log: checkpoint_log.or_else(|| config.records.checkpoint_log.clone()),
                 max_unsealed_age: interval * 2,
                 now: time::OffsetDateTime::now_utc(),
                 tsa_cert,
-                progress: Some(Arc::new(super::WalkProgress::default())),
+                progress: Some(Arc::new(crate::records::WalkProgress::default())),
             };
             let shown = options.progress.clone().map(show_progress);
-            let verdict = super::verify_evidence(&pools, &keys, &config.keys.dir, &options).await;
+            let verdict =
+                crate::records::verify_evidence(&pools, &keys, &config.keys.dir, &options).await;
             if let Some(shown) = shown {
                 shown.finish().await;
             }
@@ -384,7 +385,7 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
 }
 
 /// The time-stamp part of `records verify`'s report.
-fn print_timestamps(t: &super::TimestampSummary) {
+fn print_timestamps(t: &crate::records::TimestampSummary) {
     if t.stamped > 0 {
         println!(
             "time-stamp tokens: {} checkpoints {} (TSA time {} .. {})",
@@ -429,13 +430,13 @@ fn verify_export(
 ) -> Result<Done, BrokerError> {
     let config = config.map(Config::load).transpose()?;
     let mut trusted = match &config {
-        Some(config) => super::trusted_keys(&config.keys.dir)?,
+        Some(config) => crate::keys::trusted_keys(&config.keys.dir)?,
         None => audit::TrustedKeys::new(),
     };
     let tsa_cert = tsa_cert
         .map(Path::to_path_buf)
         .or_else(|| config.as_ref().and_then(|c| c.records.tsa_cert.clone()))
-        .map(|path| super::load_tsa_cert(&path))
+        .map(|path| crate::records::load_tsa_cert(&path))
         .transpose()?;
     for text in trusted_keys {
         let mut bytes = [0u8; 32];
@@ -521,16 +522,16 @@ async fn accept_head(
     pools: &store::Pools,
     reason: String,
 ) -> Result<(), BrokerError> {
-    use crate::oplog::cli::HostLog;
+    use crate::oplog::HostLog;
     use crate::oplog::OpAction;
     if reason.trim().is_empty() {
         return Err(invalid("--reason must say why the head is accepted".into()));
     }
     let log = HostLog::open(pools.clone(), &config.keys.dir).await?;
-    let keys = super::trusted_keys(&config.keys.dir)?;
+    let keys = crate::keys::trusted_keys(&config.keys.dir)?;
     let previous = sealer_state::read(&config.keys.dir)?;
-    let head = super::db::read_head(pools).await?;
-    let verdict = super::verify_store(pools, &keys).await?;
+    let head = crate::records::db::read_head(pools).await?;
+    let verdict = crate::records::verify_store(pools, &keys).await?;
     let accepted = SealerState {
         seq: head.seq,
         head_hash: hex::encode(head.hash),
@@ -582,8 +583,10 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
     let config = Config::load(config)?;
     let store = store::open(&config.storage).await?;
     let mut records = config.records.clone();
-    records.retention_years =
-        super::purge::retention_years(config.records.retention_years, args.retention_years)?;
+    records.retention_years = crate::records::purge::retention_years(
+        config.records.retention_years,
+        args.retention_years,
+    )?;
     let log = open_log(&config, store.pools(), records).await?;
     let actor = args.actor.unwrap_or_else(os_user);
     let result = match args.before.as_deref().map(parse_when).transpose() {

@@ -1,6 +1,13 @@
 //! A running broker: the exchange listener, the console listener (when
 //! `[console] listen` is set) and the background tasks, assembled in one
 //! place and stopped together.
+//!
+//! - [`node`]: this node's part in a cluster (its roles, its share of the
+//!   rate limits, the work its roles run);
+//! - [`changes`]: changes made on other nodes or by host commands, acted on.
+
+pub mod changes;
+pub mod node;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,15 +17,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Node, Role, Roles};
+use crate::cluster::{Role, Roles};
 use crate::config::Config;
 use crate::console::Console;
 use crate::edge::listener::{self, Edge, TlsSource};
+use crate::edge::tls;
 use crate::error::BrokerError;
 use crate::exchange::Exchange;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::tls;
+use node::Node;
 
 /// A broker serving on its sockets.
 pub struct RunningBroker {
@@ -64,7 +72,7 @@ impl RunningBroker {
         // records' checkpoints and purge inside the record log.
         let node = Node::start(&state);
         let (stop, stopped) = watch::channel(false);
-        crate::cluster::spawn_role_task(
+        node::spawn_role_task(
             &state,
             node.roles().clone(),
             Role::Sweeper,
@@ -76,7 +84,7 @@ impl RunningBroker {
                 }
             },
         );
-        crate::flow_changes::spawn_flow_reloader(&state);
+        changes::spawn_flow_reloader(&state);
         crate::retention::spawn_task(
             state.store.pools(),
             Arc::downgrade(&state.records),

@@ -13,11 +13,11 @@ use kakehashi_interfaces::datetime::format_canonical;
 use kakehashi_interfaces::people::{UserId, UserList, UserView};
 use kakehashi_interfaces::OrgId;
 
-use super::{Grant, NewUser, People, Role, TemporaryPassword};
 use crate::config::Config;
 use crate::error::BrokerError;
-use crate::oplog::cli::HostLog;
+use crate::oplog::HostLog;
 use crate::oplog::OpAction;
+use crate::people::{Grant, NewUser, People, Role, TemporaryPassword};
 use crate::store;
 
 /// `users` subcommands.

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::files::{self, Secret};
-use super::registry::{self, Role};
-use super::{activation_delay, dir_ids, seal_raw, unwrap_data_key, SEALER_FILE};
 use crate::config::Config;
 use crate::error::BrokerError;
-use crate::oplog::cli::HostLog;
+use crate::keys::files::{self, Secret};
+use crate::keys::registry::{self, Role};
+use crate::keys::{activation_delay, dir_ids, seal_raw, unwrap_data_key, SEALER_FILE};
+use crate::oplog::HostLog;
 use crate::oplog::OpAction;
 use crate::store::{self, timestamp, Pools};
 
@@ -373,7 +373,7 @@ async fn new_data_key(config: &Config, pools: &Pools, log: &HostLog) -> Result<(
         .find(|(_, id, _)| *id == kek_id)
         .map(|(_, _, secret)| secret)
         .ok_or_else(|| files::key_err("kek", format!("no kek-*.key file holds {kek_id}")))?;
-    let result = super::insert_data_key(pools, &kek_id, kek).await;
+    let result = crate::keys::insert_data_key(pools, &kek_id, kek).await;
     let id = result.as_ref().map_or(String::new(), |(id, _)| id.clone());
     log.outcome(
         OpAction::KeysChanged,

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use kakehashi_interfaces::{ErrorCode, OrgId, OrgStatus};
 
 use crate::edge::refusal::Reason;
+use crate::edge::tls::PeerIdentity;
 use crate::error::BrokerError;
 use crate::store::{OrgRecord, Store};
-use crate::tls::PeerIdentity;
 
 /// Why an authenticated TLS peer was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
