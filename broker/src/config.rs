@@ -1,5 +1,9 @@
 //! `broker.toml`: where the broker listens, its TLS material, storage and limits.
 //!
+//! Every section is defined here, below everything that reads it; a module
+//! whose section it is re-exports it (`records::RecordsConfig`) and keeps
+//! what it makes of the values (`people::PeopleConfig::lock_policy`).
+//!
 //! Relative paths are resolved against the directory of the config file, so a
 //! dev directory can be moved as a whole.
 
@@ -31,16 +35,158 @@ pub struct Config {
     pub exchange: ExchangeConfig,
     /// Provision records: checkpoints, retention.
     #[serde(default)]
-    pub records: crate::records::RecordsConfig,
+    pub records: RecordsConfig,
     /// Own retention periods of identity-confirmation data and copies (R15).
     #[serde(default)]
-    pub retention: crate::retention::RetentionConfig,
+    pub retention: RetentionConfig,
     /// The console listener for people (operators, auditors, administrators).
     #[serde(default)]
     pub console: ConsoleConfig,
     /// Accounts: password hashing, session timeouts, lockout (R19).
     #[serde(default)]
-    pub people: crate::people::PeopleConfig,
+    pub people: PeopleConfig,
+}
+
+/// The legal retention period of provision records, in years (R15, seed
+/// 004: 情報提供等記録は7年間保存).
+pub const LEGAL_RETENTION_YEARS: u32 = 7;
+
+/// `[records]` settings. Defaults suit production.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// How often the sealer signs a checkpoint when there are new records.
+    pub checkpoint_interval_ms: u64,
+    /// Records are kept this many years, then purged (R15: seven).
+    pub retention_years: u32,
+    /// How often the retention purge runs; 0 disables the task.
+    pub purge_interval_secs: u64,
+    /// Delay before the first retention purge after start.
+    pub purge_first_delay_secs: u64,
+    /// Most records committed in one transaction.
+    pub max_batch: usize,
+    /// Appends queued beyond this wait (back-pressure).
+    pub queue_capacity: usize,
+    /// How often the SQLite person index (for disclosure) catches up; 0
+    /// disables the task (disclosures then scan more records).
+    pub person_index_interval_ms: u64,
+    /// How often a background connection checkpoints the SQLite WAL into the
+    /// database file, so no commit has to; 0 leaves it to the writer.
+    pub wal_checkpoint_interval_ms: u64,
+    /// How long a group commit waits for queries under way to join it
+    /// (microseconds; only while some are; 0 never waits). Under load it
+    /// makes commits several times larger, so each query pays a fraction of
+    /// a commit; an answer waits at most this much longer. Unset: 1,000 on
+    /// SQLite, where a commit costs the broker's own CPU; 0 on PostgreSQL,
+    /// whose commits cost the database's round trip and fsync (its own
+    /// `commit_delay` is there for that).
+    pub commit_delay_us: Option<u64>,
+    /// The least time between the starts of two group commits while queries
+    /// are under way (microseconds; 0 never waits): a commit that comes
+    /// sooner waits for the rest, so that when the load falls commits do
+    /// not become smaller and more frequent and each cost more queries' CPU.
+    /// At full rate commits take longer than this and never wait. Unset:
+    /// 1,000 on PostgreSQL (at half rate it halves the commits and frees
+    /// ~0.25 of two cores; benches/README.md, "Design decisions in force"); 0 on SQLite,
+    /// which has `commit_delay_us`.
+    pub commit_interval_us: Option<u64>,
+    /// A file every signed checkpoint is also appended to (JSON Lines,
+    /// fsynced), kept on other storage than the database and the key
+    /// directory (WORM, another host); `records verify --checkpoint-log`
+    /// holds the database against it. Unset: no log (a warning at start).
+    pub checkpoint_log: Option<PathBuf>,
+    /// An RFC 3161 Time-Stamp Authority (`http://host[:port]/path`) that
+    /// time-stamps every checkpoint signed (the token is stored with it, in
+    /// exports, answers and the checkpoint log). A TSA that fails costs
+    /// that checkpoint its token only (a warning and a metric); the next
+    /// checkpoint asks again. Unset: checkpoints carry no token.
+    pub tsa_url: Option<String>,
+    /// The TSA's certificate (PEM) trusted for verification: the sealer
+    /// checks each token against it before storing it, and `records verify`
+    /// checks the stored tokens against it.
+    pub tsa_cert: Option<PathBuf>,
+    /// How long the sealer waits for the TSA per checkpoint.
+    pub tsa_timeout_ms: u64,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_ms: 2_000,
+            retention_years: 7,
+            purge_interval_secs: 24 * 3600,
+            purge_first_delay_secs: 300,
+            max_batch: 1024,
+            queue_capacity: 65_536,
+            person_index_interval_ms: 1_000,
+            wal_checkpoint_interval_ms: 250,
+            commit_delay_us: None,
+            commit_interval_us: None,
+            checkpoint_log: None,
+            tsa_url: None,
+            tsa_cert: None,
+            tsa_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[retention]` settings. Defaults are the periods of R15.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Identity-confirmation data are erased this many days after their last
+    /// confirmation (R15: at most one year).
+    pub identity_confirmation_days: u32,
+    /// Persons and their copies are erased this many years after the day
+    /// they lost eligibility (R15: up to five).
+    pub copies_after_loss_years: u32,
+    /// How often the erasure runs; 0 disables the task.
+    pub interval_secs: u64,
+    /// Delay before the first run after start.
+    pub first_delay_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            identity_confirmation_days: 365,
+            copies_after_loss_years: 5,
+            interval_secs: 24 * 3600,
+            first_delay_secs: 300,
+        }
+    }
+}
+
+/// Settings of the people service (`[people]`); every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleConfig {
+    /// Password hashes computed at once (default: half the cores, at least 1).
+    pub hash_workers: usize,
+    /// Password hashes waiting for a worker; more are refused at once (`busy`).
+    pub hash_queue: usize,
+    /// A session ends this many seconds after its last use (default 900).
+    pub idle_timeout_secs: u64,
+    /// A session ends this many seconds after login (default 28 800).
+    pub session_lifetime_secs: u64,
+    /// Consecutive failures that lock an account (default 5).
+    pub lockout_failures: u32,
+    /// How long a lock lasts, in seconds (default 900).
+    pub lockout_secs: u64,
+}
+
+impl Default for PeopleConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PeopleConfig {
+            hash_workers: (cores / 2).max(1),
+            hash_queue: 32,
+            idle_timeout_secs: 15 * 60,
+            session_lifetime_secs: 8 * 60 * 60,
+            lockout_failures: 5,
+            lockout_secs: 15 * 60,
+        }
+    }
 }
 
 /// `[console]`: the listener people use (server-authenticated TLS with the
@@ -315,7 +461,7 @@ impl Config {
         if config.records.retention_years == 0 {
             return Err(BrokerError::Config(format!(
                 "[records] retention_years must be at least 1 (the legal period is {} years)",
-                crate::records::LEGAL_RETENTION_YEARS
+                LEGAL_RETENTION_YEARS
             )));
         }
         Ok(config)

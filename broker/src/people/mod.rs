@@ -36,11 +36,11 @@ use kakehashi_interfaces::people::{
     UserView,
 };
 use kakehashi_interfaces::{ErrorCode, InvalidInput, OrgId};
-use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+pub use crate::config::PeopleConfig;
 use crate::error::BrokerError;
 use crate::keys::Keyring;
 use crate::store::{timestamp, Pools};
@@ -56,38 +56,6 @@ use store::UserRow;
 /// How often a compare-and-set update of one user is retried when
 /// concurrent logins of the same user keep changing the row.
 const CAS_ATTEMPTS: usize = 8;
-
-/// Settings of the people service (`[people]`); every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PeopleConfig {
-    /// Password hashes computed at once (default: half the cores, at least 1).
-    pub hash_workers: usize,
-    /// Password hashes waiting for a worker; more are refused at once (`busy`).
-    pub hash_queue: usize,
-    /// A session ends this many seconds after its last use (default 900).
-    pub idle_timeout_secs: u64,
-    /// A session ends this many seconds after login (default 28 800).
-    pub session_lifetime_secs: u64,
-    /// Consecutive failures that lock an account (default 5).
-    pub lockout_failures: u32,
-    /// How long a lock lasts, in seconds (default 900).
-    pub lockout_secs: u64,
-}
-
-impl Default for PeopleConfig {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        PeopleConfig {
-            hash_workers: (cores / 2).max(1),
-            hash_queue: 32,
-            idle_timeout_secs: 15 * 60,
-            session_lifetime_secs: 8 * 60 * 60,
-            lockout_failures: 5,
-            lockout_secs: 15 * 60,
-        }
-    }
-}
 
 impl PeopleConfig {
     /// Refuses settings that would disable a protection.

@@ -41,16 +41,16 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use kakehashi_interfaces::audit::{Checkpoint, TrustedKeys};
 use kakehashi_interfaces::{ErrorCode, OrgId};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
 use crate::store::Pools;
 
+pub use crate::config::{RecordsConfig, LEGAL_RETENTION_YEARS};
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
 pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
-pub use purge::{retention_years, PurgeReport, LEGAL_RETENTION_YEARS};
+pub use purge::{retention_years, PurgeReport};
 pub use sealer_state::{Finding, Refusal};
 pub use search::{
     Download, DownloadRequest, DownloadSummary, ExplainedStatement, ExportLimits, PageRequest,
@@ -66,85 +66,6 @@ pub(crate) use writer::Deletes;
 
 /// The org id that system records (exports, purges) name as requester.
 pub const SYSTEM_ORG: &str = "kakehashi-broker";
-
-/// `[records]` settings. Defaults suit production.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecordsConfig {
-    /// How often the sealer signs a checkpoint when there are new records.
-    pub checkpoint_interval_ms: u64,
-    /// Records are kept this many years, then purged (R15: seven).
-    pub retention_years: u32,
-    /// How often the retention purge runs; 0 disables the task.
-    pub purge_interval_secs: u64,
-    /// Delay before the first retention purge after start.
-    pub purge_first_delay_secs: u64,
-    /// Most records committed in one transaction.
-    pub max_batch: usize,
-    /// Appends queued beyond this wait (back-pressure).
-    pub queue_capacity: usize,
-    /// How often the SQLite person index (for disclosure) catches up; 0
-    /// disables the task (disclosures then scan more records).
-    pub person_index_interval_ms: u64,
-    /// How often a background connection checkpoints the SQLite WAL into the
-    /// database file, so no commit has to; 0 leaves it to the writer.
-    pub wal_checkpoint_interval_ms: u64,
-    /// How long a group commit waits for queries under way to join it
-    /// (microseconds; only while some are; 0 never waits). Under load it
-    /// makes commits several times larger, so each query pays a fraction of
-    /// a commit; an answer waits at most this much longer. Unset: 1,000 on
-    /// SQLite, where a commit costs the broker's own CPU; 0 on PostgreSQL,
-    /// whose commits cost the database's round trip and fsync (its own
-    /// `commit_delay` is there for that).
-    pub commit_delay_us: Option<u64>,
-    /// The least time between the starts of two group commits while queries
-    /// are under way (microseconds; 0 never waits): a commit that comes
-    /// sooner waits for the rest, so that when the load falls commits do
-    /// not become smaller and more frequent and each cost more queries' CPU.
-    /// At full rate commits take longer than this and never wait. Unset:
-    /// 1,000 on PostgreSQL (at half rate it halves the commits and frees
-    /// ~0.25 of two cores; benches/README.md, "Design decisions in force"); 0 on SQLite,
-    /// which has `commit_delay_us`.
-    pub commit_interval_us: Option<u64>,
-    /// A file every signed checkpoint is also appended to (JSON Lines,
-    /// fsynced), kept on other storage than the database and the key
-    /// directory (WORM, another host); `records verify --checkpoint-log`
-    /// holds the database against it. Unset: no log (a warning at start).
-    pub checkpoint_log: Option<PathBuf>,
-    /// An RFC 3161 Time-Stamp Authority (`http://host[:port]/path`) that
-    /// time-stamps every checkpoint signed (the token is stored with it, in
-    /// exports, answers and the checkpoint log). A TSA that fails costs
-    /// that checkpoint its token only (a warning and a metric); the next
-    /// checkpoint asks again. Unset: checkpoints carry no token.
-    pub tsa_url: Option<String>,
-    /// The TSA's certificate (PEM) trusted for verification: the sealer
-    /// checks each token against it before storing it, and `records verify`
-    /// checks the stored tokens against it.
-    pub tsa_cert: Option<PathBuf>,
-    /// How long the sealer waits for the TSA per checkpoint.
-    pub tsa_timeout_ms: u64,
-}
-
-impl Default for RecordsConfig {
-    fn default() -> Self {
-        Self {
-            checkpoint_interval_ms: 2_000,
-            retention_years: 7,
-            purge_interval_secs: 24 * 3600,
-            purge_first_delay_secs: 300,
-            max_batch: 1024,
-            queue_capacity: 65_536,
-            person_index_interval_ms: 1_000,
-            wal_checkpoint_interval_ms: 250,
-            commit_delay_us: None,
-            commit_interval_us: None,
-            checkpoint_log: None,
-            tsa_url: None,
-            tsa_cert: None,
-            tsa_timeout_ms: 5_000,
-        }
-    }
-}
 
 /// What the query pipeline records. Codes are validated upstream; item
 /// values and Individual Numbers never come here.

@@ -9,11 +9,8 @@ use tokio::sync::oneshot;
 use super::verify::{self, Verdict, WalkPlan};
 use super::writer::{Deletes, Job, NewRow, PurgePlan};
 use super::{db, system_org, RecordDraft, RecordLog};
+use crate::config::LEGAL_RETENTION_YEARS;
 use crate::error::BrokerError;
-
-/// The legal retention period of provision records, in years (R15, seed
-/// 004: 情報提供等記録は7年間保存).
-pub const LEGAL_RETENTION_YEARS: u32 = 7;
 
 /// The retention period a purge uses: `requested` on the command line, else
 /// the configured one. Shorter than the legal period is refused unless the
@@ -85,7 +82,7 @@ impl RecordLog {
     /// The latest `before` a purge may use now: now minus the retention period.
     pub fn retention_cutoff(&self, now: time::OffsetDateTime) -> time::OffsetDateTime {
         let now = now.to_offset(time::UtcOffset::UTC);
-        match crate::retention::years_before(now.date(), self.config.retention_years) {
+        match crate::store::erasure::years_before(now.date(), self.config.retention_years) {
             Some(day) => now.replace_date(day),
             None => time::OffsetDateTime::UNIX_EPOCH,
         }

@@ -119,7 +119,7 @@ pub(crate) enum Deletes {
     /// Personal data past their own periods (R15 erasure).
     PersonalData {
         /// The periods' cut-offs.
-        cutoffs: crate::retention::Cutoffs,
+        cutoffs: crate::store::erasure::Cutoffs,
         /// The counts the record states (identity confirmations, persons,
         /// copies); other counts roll the transaction back.
         counts: (u64, u64, u64),

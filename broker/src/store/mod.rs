@@ -20,6 +20,7 @@
 //! [`Pools`].
 
 pub(crate) mod backend;
+pub mod erasure;
 pub(crate) mod postgres;
 pub(crate) mod record_source;
 pub(crate) mod records;

@@ -187,7 +187,7 @@ macro_rules! commit_in_tx {
         match $purge.map(|plan| &plan.deletes) {
             None => {}
             Some($crate::records::writer::Deletes::PersonalData { cutoffs, counts }) => {
-                let erased = $crate::retention::erase_in_tx!(&mut *tx, cutoffs);
+                let erased = $crate::store::erasure::erase_in_tx!(&mut *tx, cutoffs);
                 if erased != *counts {
                     return Err($crate::error::BrokerError::refused(
                         kakehashi_interfaces::ErrorCode::Unavailable,
