@@ -59,6 +59,8 @@ pub mod flow_changes;
 pub mod idempotency;
 pub mod identity;
 pub mod keys;
+#[cfg(test)]
+mod layers;
 pub mod lookups;
 pub mod metrics;
 pub mod oplog;

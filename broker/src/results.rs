@@ -5,6 +5,7 @@
 use kakehashi_interfaces::OrgId;
 
 use crate::error::BrokerError;
+pub use crate::store::records::rows::OwnedResult;
 use crate::store::{now_rfc3339, timestamp, Pools};
 
 /// A stored query result.
@@ -27,60 +28,6 @@ pub struct StoredResult {
     /// The operator's rejection reason, when rejected.
     pub reason: Option<String>,
 }
-
-/// A result to store, committed with its provision record
-/// ([`crate::records::RecordLog::append_answer`]).
-#[derive(Debug, Clone)]
-pub struct OwnedResult {
-    /// Query id.
-    pub id: String,
-    /// Requesting org.
-    pub requester: String,
-    /// Providing org.
-    pub provider: String,
-    /// `provided` or `pending`.
-    pub status: String,
-    /// Permit JSON.
-    pub permit: String,
-    /// Envelope JSON (provided).
-    pub envelope: Option<String>,
-    /// Selected values encrypted at rest (pending).
-    pub pending_cipher: Option<Vec<u8>>,
-    /// Creation time, fixed-width RFC 3339.
-    pub created_at: String,
-    /// Expiry, fixed-width RFC 3339.
-    pub expires_at: String,
-}
-
-impl OwnedResult {
-    /// A result expiring at `expires_at`.
-    pub fn new(
-        id: &str,
-        requester: &OrgId,
-        provider: &OrgId,
-        status: &str,
-        permit: String,
-        expires_at: time::OffsetDateTime,
-    ) -> Self {
-        Self {
-            id: id.to_string(),
-            requester: requester.to_string(),
-            provider: provider.to_string(),
-            status: status.to_string(),
-            permit,
-            envelope: None,
-            pending_cipher: None,
-            created_at: crate::store::now_rfc3339(),
-            expires_at: timestamp(expires_at),
-        }
-    }
-}
-
-/// The head of the multi-row insert the record writer runs; values are
-/// id, requester, provider, status, permit, envelope, pending_cipher,
-/// created_at, expires_at in that order.
-pub const INSERT_HEAD: &str =
-    "INSERT INTO queries (id, requester, provider, status, permit, envelope, pending_cipher, created_at, expires_at) ";
 
 /// A result of `requester`'s (another org's query is "not found"), whether
 /// or not it expired: the caller decides what an expired one answers

@@ -530,7 +530,7 @@ async fn accept_head(
     let log = HostLog::open(pools.clone(), &config.keys.dir).await?;
     let keys = crate::keys::trusted_keys(&config.keys.dir)?;
     let previous = sealer_state::read(&config.keys.dir)?;
-    let head = crate::records::db::read_head(pools).await?;
+    let head = crate::store::records::table::read_head(pools).await?;
     let verdict = crate::records::verify_store(pools, &keys).await?;
     let accepted = SealerState {
         seq: head.seq,

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::BrokerError;
 use crate::store::backend::GenerationReader;
+pub use crate::store::lookup_generation::LookupStamp;
 use crate::store::Pools;
 
 /// Lookups answered by one statement at most (4 binds each).
@@ -64,25 +65,6 @@ pub enum Found {
 /// was read from memory without asking (`None`: read under a generation read
 /// after the lookup was asked).
 pub type Answer = (Found, Option<LookupStamp>);
-
-/// The stamp of an answer read from memory: the lookup generation it holds
-/// under. The query's record, committed with it, commits only while the
-/// database's generation is still this one; otherwise the commit answers
-/// [`crate::records::Commit::Stale`] and the query is answered again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LookupStamp(i64);
-
-impl LookupStamp {
-    /// The stamp of answers held under `generation`.
-    pub(crate) fn new(generation: i64) -> LookupStamp {
-        LookupStamp(generation)
-    }
-
-    /// The lookup generation, as the database stores it.
-    pub fn generation(self) -> i64 {
-        self.0
-    }
-}
 
 type Reply = oneshot::Sender<Result<Found, String>>;
 
@@ -238,38 +220,6 @@ async fn answer(
     Ok(cache::fill(lookups, split, &read))
 }
 
-/// The lookup generation, read through the pool. It is bumped by triggers in the same transaction as
-/// every change to person codes or copies and every person added or erased
-/// (migrations `0005_lookup_generation.sql`, `0107_persons_per_insurer.sql`;
-/// on PostgreSQL at commit, once).
-///
-/// On PostgreSQL each statement reads a snapshot taken after the one
-/// before it, so the answers read after this number see every change the
-/// number counts, as on SQLite.
-///
-/// On SQLite it is read in place when it can be
-/// (the backend's [`GenerationReader`]).
-pub(crate) async fn generation_now(pools: &Pools) -> Result<i64, BrokerError> {
-    Ok(crate::on_pool!(pools, read, |pool| {
-        sqlx::query_scalar(GENERATION_SQL).fetch_one(pool).await?
-    }))
-}
-
-/// Sets the lookup generation, as the triggers do on a change (tests).
-#[cfg(test)]
-pub(crate) async fn set_generation(pools: &Pools, n: i64) {
-    crate::on_pool!(pools, write, |pool| {
-        sqlx::query("UPDATE lookup_generation SET n = $1 WHERE id = 1")
-            .bind(n)
-            .execute(pool)
-            .await
-            .expect("set the lookup generation");
-    })
-}
-
-/// The one row the lookup generation is.
-pub(crate) const GENERATION_SQL: &str = "SELECT n FROM lookup_generation WHERE id = 1";
-
 /// The rows of one batch: `(index, provider code, copy)` per lookup whose
 /// requester code exists; absent indexes are unknown to their requester.
 type Row = (i64, Option<String>, Option<Vec<u8>>);
@@ -346,7 +296,7 @@ mod tests {
             .await
             .expect("store");
         let pools = store.pools();
-        set_generation(&pools, 3).await;
+        crate::store::lookup_generation::set_generation(&pools, 3).await;
         // The record commit checks the number (records::writer's and
         // store::sqlite::direct's tests).
         let lookups = Lookups::spawn(store.pools(), Default::default());
@@ -367,7 +317,7 @@ mod tests {
             (found.clone(), Some(LookupStamp::new(3)))
         );
 
-        set_generation(&pools, 4).await;
+        crate::store::lookup_generation::set_generation(&pools, 4).await;
         // Memory does not know yet: its answer says which number it needs.
         assert_eq!(
             lookups.find(ask(), false).await.expect("found"),

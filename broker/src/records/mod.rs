@@ -23,7 +23,7 @@
 //! salted commitments, are never logged and never exported.
 
 mod checkpoint_log;
-pub(crate) mod db;
+use crate::store::records::table as db;
 mod export;
 pub(crate) mod purge;
 pub mod sealer_state;
@@ -48,6 +48,8 @@ use crate::error::BrokerError;
 use crate::store::Pools;
 
 pub use crate::config::{RecordsConfig, LEGAL_RETENTION_YEARS};
+pub use crate::store::records::rows::RecordDraft;
+pub(crate) use crate::store::records::rows::{Deletes, NewRow};
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
 pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
 pub use purge::{retention_years, PurgeReport};
@@ -62,60 +64,11 @@ pub use verify::{
     verify_evidence, verify_store, Damage, EvidenceFailure, EvidenceOptions, EvidenceSummary,
     EvidenceVerdict, TimestampSummary, Verdict, WalkProgress,
 };
-pub(crate) use writer::Deletes;
 
 /// The org id that system records (exports, purges) name as requester.
 pub const SYSTEM_ORG: &str = "kakehashi-broker";
 
-/// What the query pipeline records. Codes are validated upstream; item
-/// values and Individual Numbers never come here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordDraft {
-    /// Query id.
-    pub query_id: String,
-    /// Provision permit id, if one was issued.
-    pub permit_id: Option<String>,
-    /// Flow id of the flow list.
-    pub flow_id: Option<String>,
-    /// Version of the flow list in force.
-    pub flow_list_version: Option<u64>,
-    /// Procedure code.
-    pub procedure: Option<String>,
-    /// Requesting org.
-    pub requester: OrgId,
-    /// Providing org.
-    pub provider: Option<OrgId>,
-    /// Item codes (never values).
-    pub items: Vec<String>,
-    /// The requester's person code (its own per-org code).
-    pub requester_person_code: Option<String>,
-    /// The provider's person code.
-    pub provider_person_code: Option<String>,
-    /// What happened.
-    pub outcome: Outcome,
-    /// Who approved or rejected, if anyone.
-    pub approver: Option<String>,
-}
-
 impl RecordDraft {
-    /// A draft for `query_id` by `requester` with everything else empty.
-    pub fn new(query_id: impl Into<String>, requester: OrgId, outcome: Outcome) -> Self {
-        Self {
-            query_id: query_id.into(),
-            permit_id: None,
-            flow_id: None,
-            flow_list_version: None,
-            procedure: None,
-            requester,
-            provider: None,
-            items: Vec::new(),
-            requester_person_code: None,
-            provider_person_code: None,
-            outcome,
-            approver: None,
-        }
-    }
-
     /// Checks bounds the encoding relies on and folds empty optionals into
     /// absent ones (an export cannot tell them apart).
     fn normalize(mut self) -> Result<Self, BrokerError> {
@@ -418,8 +371,7 @@ impl RecordLog {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        self.enqueue(writer::NewRow::new(draft.normalize()?, at))
-            .await
+        self.enqueue(NewRow::new(draft.normalize()?, at)).await
     }
 
     /// Appends a query's record and stores its result (if any) in the same
@@ -437,13 +389,13 @@ impl RecordLog {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        let mut row = writer::NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
+        let mut row = NewRow::new(draft.normalize()?, time::OffsetDateTime::now_utc());
         row.result = result;
         row.lookup_stamp = stamp;
         self.submit(row).await
     }
 
-    async fn enqueue(&self, row: writer::NewRow) -> Result<u64, BrokerError> {
+    async fn enqueue(&self, row: NewRow) -> Result<u64, BrokerError> {
         match self.submit(row).await? {
             Commit::Committed(seq) => Ok(seq),
             // Only appends with a lookup stamp can be stale.
@@ -453,7 +405,7 @@ impl RecordLog {
         }
     }
 
-    async fn submit(&self, row: writer::NewRow) -> Result<Commit, BrokerError> {
+    async fn submit(&self, row: NewRow) -> Result<Commit, BrokerError> {
         let row = Box::new(row);
         let (done, wait) = oneshot::channel();
         self.jobs

@@ -7,10 +7,11 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::verify::{self, Verdict, WalkPlan};
-use super::writer::{Deletes, Job, NewRow, PurgePlan};
+use super::writer::Job;
 use super::{db, system_org, RecordDraft, RecordLog};
 use crate::config::LEGAL_RETENTION_YEARS;
 use crate::error::BrokerError;
+use crate::store::records::rows::{Deletes, NewRow, PurgePlan};
 
 /// The retention period a purge uses: `requested` on the command line, else
 /// the configured one. Shorter than the legal period is refused unless the

@@ -19,34 +19,16 @@ use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db;
-use super::RecordDraft;
 use crate::error::BrokerError;
 use crate::lookups::LookupStamp;
 use crate::metrics::CommitMetrics;
+use crate::store::records::rows::{NewRow, Prepared, PurgePlan};
 use crate::store::records::{AtFailure, Committer, ROWS_PER_STATEMENT};
 use crate::store::Pools;
 
 /// The last head this process's writer committed: sequence and chain hash,
 /// known from the rows it hashed itself rather than read back.
 pub(crate) type CommittedHead = std::sync::Arc<std::sync::Mutex<Option<(u64, Hash)>>>;
-
-/// A draft with what the writer needs besides a sequence number.
-pub(crate) struct NewRow {
-    pub at: String,
-    pub part_month: i32,
-    pub draft: RecordDraft,
-    pub requester_salt: Option<[u8; SALT_LEN]>,
-    pub provider_salt: Option<[u8; SALT_LEN]>,
-    /// A query result committed in the same transaction as its record, so an
-    /// answer and its record are durable together with one shared fsync.
-    pub result: Option<crate::results::OwnedResult>,
-    /// The stamp of the query's answer, read from memory without asking the
-    /// database ([`crate::lookups::LookupStamp`]): the row commits only if
-    /// the database's lookup generation is still the stamp's (checked inside
-    /// the commit's transaction), else its query is answered again.
-    pub lookup_stamp: Option<LookupStamp>,
-}
 
 /// Why an append was not committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,19 +40,6 @@ pub(crate) enum NotCommitted {
 }
 
 impl NewRow {
-    pub fn new(draft: RecordDraft, at: time::OffsetDateTime) -> NewRow {
-        let salt = |code: &Option<String>| code.as_ref().map(|_| rand::random::<[u8; SALT_LEN]>());
-        NewRow {
-            at: crate::store::timestamp(at),
-            part_month: db::month_key(at),
-            requester_salt: salt(&draft.requester_person_code),
-            provider_salt: salt(&draft.provider_person_code),
-            draft,
-            result: None,
-            lookup_stamp: None,
-        }
-    }
-
     fn record(&self, seq: u64) -> audit::Record {
         let d = &self.draft;
         let commit = |salt: &Option<[u8; SALT_LEN]>, code: &Option<String>| match (salt, code) {
@@ -94,36 +63,6 @@ impl NewRow {
             approver: d.approver.clone(),
         }
     }
-}
-
-/// A deletion and the record that states it, committed in one transaction
-/// by the writer: a crash leaves both or neither.
-pub(crate) struct PurgePlan {
-    /// What is deleted.
-    pub deletes: Deletes,
-    /// The `purge` or `erasure` record, appended in the same transaction.
-    pub record: NewRow,
-}
-
-/// What a [`PurgePlan`] deletes.
-pub(crate) enum Deletes {
-    /// The oldest provision records (R15 purge).
-    Records {
-        /// The cut the head row must still have (else another purge ran).
-        expected_cut: u64,
-        /// New cut: records up to here are deleted.
-        cut_seq: u64,
-        /// Chain hash at the new cut (verified before).
-        cut_hash: Hash,
-    },
-    /// Personal data past their own periods (R15 erasure).
-    PersonalData {
-        /// The periods' cut-offs.
-        cutoffs: crate::store::erasure::Cutoffs,
-        /// The counts the record states (identity confirmations, persons,
-        /// copies); other counts roll the transaction back.
-        counts: (u64, u64, u64),
-    },
 }
 
 pub(crate) enum Job {
@@ -335,24 +274,6 @@ fn one_generation(rows: &[&NewRow]) -> Guard {
     guard
 }
 
-/// Rows with their sequence numbers, chain hashes and outcome columns.
-pub(crate) struct Prepared<'a> {
-    pub rows: Vec<PreparedRow<'a>>,
-    /// The head after the last row.
-    pub head: (u64, Hash),
-}
-
-/// A row with its sequence number, chain hash, and outcome, reason and
-/// detail columns.
-pub(crate) type PreparedRow<'a> = (
-    &'a NewRow,
-    u64,
-    Hash,
-    &'static str,
-    Option<String>,
-    Option<String>,
-);
-
 /// Numbers and hash-links `rows` after `head`.
 pub(crate) fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a> {
     let (mut seq, mut prev) = head;
@@ -481,7 +402,7 @@ impl Writer {
         purge: Option<&PurgePlan>,
     ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
         let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_stamp.is_some()) {
-            let now = crate::lookups::generation_now(&self.pools).await?;
+            let now = crate::store::lookup_generation::generation_now(&self.pools).await?;
             rows.iter()
                 .map(|r| r.lookup_stamp.is_none_or(|s| s.generation() == now))
                 .collect()
@@ -497,7 +418,7 @@ impl Writer {
         if kept.is_empty() && purge.is_none() {
             return Ok((vec![None; rows.len()], None));
         }
-        let prepared = self.committer.commit_locked(&kept, purge).await?;
+        let prepared = self.committer.commit_locked(&kept, purge, prepare).await?;
         let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
         let all = keep
             .iter()
@@ -636,7 +557,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
-        crate::lookups::set_generation(&store.pools(), 7).await;
+        crate::store::lookup_generation::set_generation(&store.pools(), 7).await;
         let (tx, writer) = writer_without_own_connection(&store);
         let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
         let row = |i: usize, generation: Option<i64>| {

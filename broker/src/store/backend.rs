@@ -102,7 +102,7 @@ pub(crate) struct PoolGeneration(pub super::Pools);
 #[async_trait]
 impl GenerationReader for PoolGeneration {
     async fn read(&mut self) -> Result<i64, BrokerError> {
-        crate::lookups::generation_now(&self.0).await
+        crate::store::lookup_generation::generation_now(&self.0).await
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub(crate) mod backend;
 pub mod erasure;
+pub mod lookup_generation;
 pub(crate) mod postgres;
 pub(crate) mod record_source;
 pub(crate) mod records;

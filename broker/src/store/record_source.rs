@@ -9,7 +9,7 @@
 use super::postgres::record_source::PgRecords;
 use super::sqlite::record_source::DirectRecords;
 use crate::error::BrokerError;
-use crate::records::db::{Cursor, RecordRow};
+use crate::store::records::table::{Cursor, RecordRow};
 use crate::store::Pools;
 use crate::store::Snapshot;
 

@@ -8,8 +8,8 @@ use sqlx::PgPool;
 
 use super::records::PgCommitter;
 use crate::error::BrokerError;
-use crate::records::db::to_i64;
 use crate::store::backend::{Backend, CommitTiming, SearchDialect, Stmt};
+use crate::store::records::table::to_i64;
 use crate::store::records::Committer;
 use crate::store::{Pools, Snapshot};
 
@@ -97,7 +97,7 @@ impl Backend for PgBackend<'_> {
     }
 
     async fn open_records(&self) -> Result<(), BrokerError> {
-        let month = crate::records::db::month_key(time::OffsetDateTime::now_utc());
+        let month = crate::store::records::table::month_key(time::OffsetDateTime::now_utc());
         super::partitions::ensure(self.0, month).await
     }
 

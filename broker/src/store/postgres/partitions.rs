@@ -74,7 +74,7 @@ pub(crate) async fn drop_purged(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let current = crate::records::db::month_key(time::OffsetDateTime::now_utc());
+    let current = crate::store::records::table::month_key(time::OffsetDateTime::now_utc());
     for (name,) in parts {
         let Some(month) = partition_month(&name) else {
             continue;
@@ -108,7 +108,9 @@ mod tests {
         assert_eq!(partition_month("records_default"), None);
         assert_eq!(partition_month("records_y2026m13"), None);
         assert_eq!(
-            crate::records::db::month_key(time::macros::datetime!(2026-11-30 23:59:59 UTC)),
+            crate::store::records::table::month_key(
+                time::macros::datetime!(2026-11-30 23:59:59 UTC)
+            ),
             202611
         );
     }

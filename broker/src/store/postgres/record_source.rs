@@ -2,7 +2,7 @@
 //! cursor in the caller's snapshot.
 
 use crate::error::BrokerError;
-use crate::records::db::RecordRow;
+use crate::store::records::table::RecordRow;
 use crate::store::Snapshot;
 
 /// Rows fetched at a time.
@@ -61,7 +61,7 @@ impl PgRecords {
                     "DECLARE {} NO SCROLL CURSOR FOR SELECT {} FROM records \
                      WHERE seq >= {} AND seq <= {} ORDER BY seq",
                     self.name,
-                    crate::records::db::RECORD_COLUMNS,
+                    crate::store::records::table::RECORD_COLUMNS,
                     self.lo,
                     self.hi
                 );

@@ -9,8 +9,10 @@ use kakehashi_interfaces::audit::Hash;
 use sqlx::PgPool;
 
 use crate::error::BrokerError;
-use crate::records::writer::{NewRow, Prepared, PreparedRow, PurgePlan};
-use crate::store::records::{chunk_statement, commit_in_tx, AtFailure, Committer, INSERT_HEAD_PG};
+use crate::store::records::rows::{NewRow, Prepared, PreparedRow, PurgePlan};
+use crate::store::records::{
+    chunk_statement, commit_in_tx, AtFailure, Chain, Committer, INSERT_HEAD_PG,
+};
 
 /// The records writer's committer on PostgreSQL.
 pub(crate) struct PgCommitter {
@@ -48,7 +50,7 @@ impl Committer for PgCommitter {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<crate::lookups::LookupStamp>,
+        generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure> {
         // A single statement is its own transaction.
         chunk_statement!(sqlx::Postgres, INSERT_HEAD_PG, true, rows, old, generation)
@@ -62,6 +64,7 @@ impl Committer for PgCommitter {
         &mut self,
         rows: &[&'a NewRow],
         purge: Option<&PurgePlan>,
+        chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError> {
         commit_in_tx!(
             &self.pool,
@@ -70,6 +73,7 @@ impl Committer for PgCommitter {
             true,
             rows,
             purge,
+            chain,
             super::partitions::drop_purged
         )
     }

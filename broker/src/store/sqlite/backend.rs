@@ -8,8 +8,8 @@ use sqlx::SqlitePool;
 
 use super::records::SqliteCommitter;
 use crate::error::BrokerError;
-use crate::records::db::to_i64;
 use crate::store::backend::{Backend, CommitTiming, SearchDialect, Stmt};
+use crate::store::records::table::to_i64;
 use crate::store::records::Committer;
 use crate::store::Snapshot;
 

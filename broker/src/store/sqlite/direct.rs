@@ -21,8 +21,8 @@ use std::time::Duration;
 use kakehashi_interfaces::audit::Hash;
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use crate::records::db::to_i64;
-use crate::records::writer::PreparedRow;
+use crate::store::records::rows::PreparedRow;
+use crate::store::records::table::to_i64;
 
 /// Why a commit through this connection did not happen. Either way nothing
 /// was written: the transaction is rolled back as a whole.
@@ -92,7 +92,7 @@ impl DirectWriter {
         Ok(DirectWriter {
             conn,
             insert_record: with_values(crate::store::records::INSERT_HEAD_SQLITE),
-            insert_result: with_values(crate::results::INSERT_HEAD),
+            insert_result: with_values(crate::store::records::rows::QUERY_INSERT_HEAD),
         })
     }
 
@@ -118,7 +118,7 @@ impl DirectWriter {
         // the commit: the rows commit only with the answers they describe.
         if let Some(expected) = generation {
             let now: i64 = tx
-                .prepare_cached(crate::lookups::GENERATION_SQL)?
+                .prepare_cached(crate::store::lookup_generation::GENERATION_SQL)?
                 .query_row([], |r| r.get(0))?;
             if now != expected {
                 return Err(DirectError::LookupChanged);
@@ -184,8 +184,9 @@ impl DirectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::writer::{prepare, NewRow};
+    use crate::records::writer::prepare;
     use crate::records::{Outcome, RecordDraft};
+    use crate::store::records::rows::NewRow;
     use kakehashi_interfaces::OrgId;
 
     #[test]
@@ -195,7 +196,7 @@ mod tests {
             "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?3)"
         );
         assert!(with_values(crate::store::records::INSERT_HEAD_SQLITE).ends_with("?18, ?19)"));
-        assert!(with_values(crate::results::INSERT_HEAD).ends_with("?8, ?9)"));
+        assert!(with_values(crate::store::records::rows::QUERY_INSERT_HEAD).ends_with("?8, ?9)"));
     }
 
     fn rows(n: usize) -> Vec<NewRow> {

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::BrokerError;
-use crate::lookups::GENERATION_SQL;
 use crate::store::backend::GenerationReader;
+use crate::store::lookup_generation::GENERATION_SQL;
 use crate::store::Pools;
 
 /// The lookup generation on SQLite: read in place on the task's own
@@ -62,7 +62,7 @@ impl GenerationReader for SqliteGeneration {
                 }
             }
         }
-        crate::lookups::generation_now(&self.pools).await
+        crate::store::lookup_generation::generation_now(&self.pools).await
     }
 }
 
@@ -121,7 +121,7 @@ mod tests {
         let mut direct = DirectGeneration::open(&path).expect("open");
         let before = direct.read().expect("read");
 
-        crate::lookups::set_generation(&store.pools(), before + 5).await;
+        crate::store::lookup_generation::set_generation(&store.pools(), before + 5).await;
         assert_eq!(direct.read().expect("read"), before + 5);
 
         // A second read with nothing committed in between agrees: the
@@ -136,7 +136,7 @@ mod tests {
             .await
             .expect("store");
         let pools = store.pools();
-        crate::lookups::set_generation(&pools, 41).await;
+        crate::store::lookup_generation::set_generation(&pools, 41).await;
 
         // A connection whose reads now fail: its file lost the table.
         let other = dir.path().join("other.db");

@@ -29,7 +29,7 @@ use sqlx::SqlitePool;
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
-use crate::records::db;
+use crate::store::records::table;
 use crate::store::Pools;
 
 /// Entries are grouped by `seq >> BUCKET_BITS` first: a batch then lands in
@@ -193,7 +193,7 @@ impl PersonIndex {
     /// Indexes one batch of records past the mark (after noticing a replaced
     /// database or a purge); returns how many, 0 when caught up.
     async fn step(&self, pools: &Pools) -> Result<u64, BrokerError> {
-        let head = db::read_head(pools).await?;
+        let head = table::read_head(pools).await?;
         let (mut mark, mark_hash, purged): (i64, Option<Vec<u8>>, i64) =
             sqlx::query_as("SELECT seq, hash, purged_seq FROM mark WHERE id = 1")
                 .fetch_one(&self.pool)
@@ -209,9 +209,9 @@ impl PersonIndex {
             .execute(&self.pool)
             .await?;
             mark = 0;
-        } else if db::to_i64(head.cut_seq) > purged {
+        } else if table::to_i64(head.cut_seq) > purged {
             // A retention purge: drop the entries of deleted records.
-            let cut = db::to_i64(head.cut_seq);
+            let cut = table::to_i64(head.cut_seq);
             let mut tx = self.pool.begin().await?;
             sqlx::query("DELETE FROM entries WHERE bucket <= $1 AND seq <= $2")
                 .bind(cut >> BUCKET_BITS)
@@ -261,17 +261,17 @@ impl PersonIndex {
     async fn replaced(
         &self,
         pools: &Pools,
-        head: &db::Head,
+        head: &table::Head,
         mark: i64,
         mark_hash: Option<&[u8]>,
     ) -> Result<bool, BrokerError> {
         if mark == 0 {
             return Ok(false);
         }
-        if mark > db::to_i64(head.seq) {
+        if mark > table::to_i64(head.seq) {
             return Ok(true);
         }
-        if mark <= db::to_i64(head.cut_seq) {
+        if mark <= table::to_i64(head.cut_seq) {
             return Ok(false);
         }
         let stored: Option<(Vec<u8>,)> = crate::on_pool!(pools, read, |pool| {

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
 use crate::error::BrokerError;
-use crate::records::db::RecordRow;
+use crate::store::records::table::RecordRow;
 
 /// Rows handed over at a time.
 const CHUNK: usize = 4096;
@@ -91,7 +91,7 @@ fn read(
     }
     let select = format!(
         "SELECT {} FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
-        crate::records::db::RECORD_COLUMNS
+        crate::store::records::table::RECORD_COLUMNS
     );
     let mut stmt = txn.prepare(&select).map_err(sqlite_error)?;
     let mut rows = stmt.query([lo, hi]).map_err(sqlite_error)?;
@@ -122,7 +122,7 @@ impl DirectRecords {
     /// Starts reading `lo..=hi` from the database file at `path`.
     pub(crate) fn open(path: PathBuf, lo: i64, hi: i64, cut_seq: u64) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-        let cut_seq = crate::records::db::to_i64(cut_seq);
+        let cut_seq = crate::store::records::table::to_i64(cut_seq);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = read(&path, lo, hi, cut_seq, &tx) {
                 let _ = tx.blocking_send(Err(e));

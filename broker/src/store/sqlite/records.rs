@@ -8,8 +8,8 @@ use sqlx::SqlitePool;
 
 use super::direct::{DirectError, DirectWriter};
 use crate::error::BrokerError;
-use crate::records::writer::{NewRow, Prepared, PreparedRow, PurgePlan};
-use crate::store::records::{commit_in_tx, AtFailure, Committer, INSERT_HEAD_SQLITE};
+use crate::store::records::rows::{NewRow, Prepared, PreparedRow, PurgePlan};
+use crate::store::records::{commit_in_tx, AtFailure, Chain, Committer, INSERT_HEAD_SQLITE};
 
 /// The records writer's committer on SQLite.
 pub(crate) struct SqliteCommitter {
@@ -65,7 +65,7 @@ impl Committer for SqliteCommitter {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<crate::lookups::LookupStamp>,
+        generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure> {
         let Some(direct) = self.direct.as_mut().and_then(|m| m.get_mut().ok()) else {
             return Err(AtFailure::Refused(
@@ -94,6 +94,7 @@ impl Committer for SqliteCommitter {
         &mut self,
         rows: &[&'a NewRow],
         purge: Option<&PurgePlan>,
+        chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError> {
         commit_in_tx!(
             &self.write,
@@ -102,6 +103,7 @@ impl Committer for SqliteCommitter {
             false,
             rows,
             purge,
+            chain,
             no_partitions
         )
     }

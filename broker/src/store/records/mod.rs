@@ -16,11 +16,14 @@
 //! [`crate::store::Pools`]. The statement text both backends share is the
 //! two macros below, expanded by each backend with its own types.
 
+pub(crate) mod rows;
+pub(crate) mod table;
+
 use async_trait::async_trait;
 use kakehashi_interfaces::audit::Hash;
 
 use crate::error::BrokerError;
-use crate::records::writer::{NewRow, Prepared, PreparedRow, PurgePlan};
+use crate::store::records::rows::{NewRow, Prepared, PreparedRow, PurgePlan};
 
 /// How one backend commits provision records for the records writer
 /// ([`crate::records::writer`] decides which path a batch takes).
@@ -39,17 +42,23 @@ pub(crate) trait Committer: Send {
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
-        generation: Option<crate::lookups::LookupStamp>,
+        generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure>;
 
     /// Locks and reads the head inside a transaction, applies `purge`, then
-    /// numbers, hashes and appends `rows` after it.
+    /// numbers and hash-links `rows` after it with `chain` and appends them.
     async fn commit_locked<'a>(
         &mut self,
         rows: &[&'a NewRow],
         purge: Option<&PurgePlan>,
+        chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError>;
 }
+
+/// Numbers and hash-links rows after a head: the records' chain
+/// (`records::writer::prepare`), handed to the backend, which learns the
+/// head only inside its transaction.
+pub(crate) type Chain = for<'b> fn(&[&'b NewRow], (u64, Hash)) -> Prepared<'b>;
 
 /// Why the common commit did not happen.
 pub(crate) enum AtFailure {
@@ -77,14 +86,14 @@ pub(crate) const ROWS_PER_STATEMENT: usize = 400;
 
 pub(crate) const INSERT_HEAD_SQLITE: &str = concat!(
     "INSERT INTO records (",
-    crate::records::db::record_columns!(),
+    crate::store::records::table::record_columns!(),
     ") "
 );
 
 /// PostgreSQL adds the month partition's key.
 pub(crate) const INSERT_HEAD_PG: &str = concat!(
     "INSERT INTO records (",
-    crate::records::db::record_columns!(),
+    crate::store::records::table::record_columns!(),
     ", part_month) "
 );
 
@@ -109,12 +118,15 @@ macro_rules! chunk_statement {
                 let d = &row.draft;
                 // Borrowed binds: the rows outlive the statement, so the
                 // hot path copies no strings into the arguments.
-                b.push_bind($crate::records::db::to_i64(*seq))
+                b.push_bind($crate::store::records::table::to_i64(*seq))
                     .push_bind(row.at.as_str())
                     .push_bind(d.query_id.as_str())
                     .push_bind(d.permit_id.as_deref())
                     .push_bind(d.flow_id.as_deref())
-                    .push_bind(d.flow_list_version.map($crate::records::db::to_i64))
+                    .push_bind(
+                        d.flow_list_version
+                            .map($crate::store::records::table::to_i64),
+                    )
                     .push_bind(d.procedure.as_deref())
                     .push_bind(d.requester.as_str())
                     .push_bind(d.provider.as_ref().map(|p| p.as_str()))
@@ -133,13 +145,13 @@ macro_rules! chunk_statement {
                 }
             },
         );
-        let results: Vec<&$crate::results::OwnedResult> = $chunk
+        let results: Vec<&$crate::store::records::rows::OwnedResult> = $chunk
             .iter()
             .filter_map(|(row, ..)| row.result.as_ref())
             .collect();
         if !results.is_empty() {
             batch.push(if $pg { "), q AS (" } else { "; " });
-            batch.push($crate::results::INSERT_HEAD);
+            batch.push($crate::store::records::rows::QUERY_INSERT_HEAD);
             batch.push_values(results, |mut b, r| {
                 b.push_bind(r.id.as_str())
                     .push_bind(r.requester.as_str())
@@ -154,18 +166,18 @@ macro_rules! chunk_statement {
         }
         batch.push(if $pg { ") " } else { "; " });
         batch.push("UPDATE records_head SET seq = CASE WHEN seq = ");
-        batch.push_bind($crate::records::db::to_i64(old_seq));
+        batch.push_bind($crate::store::records::table::to_i64(old_seq));
         batch.push(" AND hash = ");
         batch.push_bind(&old_hash[..]);
         if let Some(stamp) = $generation {
-            let generation: i64 = $crate::lookups::LookupStamp::generation(stamp);
+            let generation: i64 = $crate::store::lookup_generation::LookupStamp::generation(stamp);
             // Answers read from memory hold only while the lookup
             // generation does: checked by the statement that commits them.
             batch.push(" AND (SELECT n FROM lookup_generation WHERE id = 1) = ");
             batch.push_bind(generation);
         }
         batch.push(" THEN ");
-        batch.push_bind($crate::records::db::to_i64(last_seq));
+        batch.push_bind($crate::store::records::table::to_i64(last_seq));
         batch.push(" END, hash = ");
         batch.push_bind(&last_hash[..]);
         batch.push(" WHERE id = 1");
@@ -178,7 +190,7 @@ pub(crate) use chunk_statement;
 // transaction types; `$pg` adds the partition column, and `$drop_partitions`
 // drops the month partitions a purge empties (PostgreSQL) or nothing (SQLite).
 macro_rules! commit_in_tx {
-    ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $drop_partitions:path) => {{
+    ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $chain:expr, $drop_partitions:path) => {{
         let mut tx = $pool.begin().await?;
         // The head lock: taken first so the transaction is a writer from the
         // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
@@ -186,7 +198,7 @@ macro_rules! commit_in_tx {
             sqlx::query_as($crate::store::records::LOCK_HEAD).fetch_one(&mut *tx).await?;
         match $purge.map(|plan| &plan.deletes) {
             None => {}
-            Some($crate::records::writer::Deletes::PersonalData { cutoffs, counts }) => {
+            Some($crate::store::records::rows::Deletes::PersonalData { cutoffs, counts }) => {
                 let erased = $crate::store::erasure::erase_in_tx!(&mut *tx, cutoffs);
                 if erased != *counts {
                     return Err($crate::error::BrokerError::refused(
@@ -195,14 +207,14 @@ macro_rules! commit_in_tx {
                     ));
                 }
             }
-            Some($crate::records::writer::Deletes::Records { expected_cut, cut_seq: plan_cut, cut_hash }) => {
+            Some($crate::store::records::rows::Deletes::Records { expected_cut, cut_seq: plan_cut, cut_hash }) => {
                 if u64::try_from(cut_seq).ok() != Some(*expected_cut) {
                     return Err($crate::error::BrokerError::refused(
                         kakehashi_interfaces::ErrorCode::Unavailable,
                         "another purge ran meanwhile; run the purge again",
                     ));
                 }
-                let cut = $crate::records::db::to_i64(*plan_cut);
+                let cut = $crate::store::records::table::to_i64(*plan_cut);
                 $drop_partitions(&mut *tx, cut).await?;
                 sqlx::query("DELETE FROM records WHERE seq <= $1")
                     .bind(cut)
@@ -221,13 +233,13 @@ macro_rules! commit_in_tx {
         }
         let head = (
             u64::try_from(head_seq).unwrap_or(0),
-            $crate::records::db::to_hash(&head_hash, "head hash")?,
+            $crate::store::records::table::to_hash(&head_hash, "head hash")?,
         );
-        let prepared = $crate::records::writer::prepare($rows, head);
+        let prepared = ($chain)($rows, head);
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks($crate::store::records::ROWS_PER_STATEMENT) {
-            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<$crate::lookups::LookupStamp>)
+            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<$crate::store::lookup_generation::LookupStamp>)
                 .build()
                 .execute(&mut *tx)
                 .await?;
