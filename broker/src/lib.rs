@@ -20,29 +20,40 @@
 //!
 //! # Where things live
 //!
-//! - [`edge`]: what every listener shares — accept loop, TLS handshake,
+//! The modules form layers, listed top to bottom in `layers.rs`: each uses
+//! only the layers below its own (a unit test checks it), so there is no
+//! import cycle and the crate reads from the bottom up.
+//!
+//! - [`server`]: [`RunningBroker`] assembles the listeners and background
+//!   tasks, and this node's part in a cluster; [`cli`]: the host commands;
+//!   [`dev`]: the dev environment.
+//! - [`console`]: the listener for people — its endpoint table
+//!   (`console/endpoints.rs`), sessions, the role table, pages;
+//!   [`approvals`]: sensitive answers waiting for an operator.
+//! - [`exchange`]: the mutual-TLS listener for org systems — its endpoint
+//!   table (`exchange/endpoints.rs`), one file per endpoint group, and the
+//!   query pipeline.
+//! - [`copies`], [`identity`], [`idempotency`], [`lookups`], [`results`],
+//!   [`policy`]: the decisions and reads of one query.
+//! - [`state`]: what a running broker's endpoints share.
+//! - [`people`]: staff accounts, passwords, TOTP, sessions (R19, R20);
+//!   [`flow_changes`]: two-person flow-list changes (R8); [`retention`]:
+//!   erasure of personal data (R15).
+//! - [`records`]: the provision records (R14–R18), backend-free: group
+//!   commit, chain, checkpoints, export, purge. The record format is
+//!   specified in `kakehashi_interfaces::audit`.
+//! - [`oplog`]: the operation log of human actions (R17); [`keys`]: the key
+//!   directory.
+//! - [`cluster`]: what several nodes on one PostgreSQL share — the roles a
+//!   node holds for background work done once, announcements of changes.
+//! - [`edge`]: what every listener shares — accept loop, TLS, org admission,
 //!   timeouts, the endpoint-table type and path matching, rate limits, body
 //!   caps, the one JSON error shape, and the refusal reasons.
-//! - [`exchange`]: the mutual-TLS listener for org systems — its endpoint
-//!   table (`exchange/endpoints.rs`), one file per endpoint group, org
-//!   admission, and the query pipeline.
-//! - [`console`]: the listener for people — its endpoint table
-//!   (`console/endpoints.rs`), sessions, the role table, approvals.
-//! - [`people`]: staff accounts, passwords, TOTP, sessions (R19, R20).
-//! - [`oplog`]: the operation log of human actions (R17).
-//! - [`policy`], [`identity`], [`lookups`], [`copies`], [`results`]: the
-//!   decisions and reads of one query.
-//! - [`records`]: the provision records (R14–R18): group commit, chain,
-//!   checkpoints, export, purge. The record format is specified in
-//!   `kakehashi_interfaces::audit`.
 //! - [`store`]: the storage boundary — every difference between SQLite and
 //!   PostgreSQL behind its traits (`Store`, `Backend`, `Committer`),
-//!   implemented in `store/sqlite/` and `store/postgres/`; migrations.
-//! - [`keys`], [`metrics`], [`retention`], [`config`], [`error`].
-//! - [`cluster`]: several nodes on one PostgreSQL — roles for background
-//!   work done once, changes announced to every node.
-//! - [`server`]: [`RunningBroker`] assembles the listeners and background
-//!   tasks.
+//!   implemented in `store/sqlite/` and `store/postgres/`; the tables'
+//!   rows; migrations.
+//! - [`config`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
 pub mod approvals;
