@@ -37,13 +37,15 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "error"],
 ];
 
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
     use super::LAYERS;
 
-    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    /// Every `.rs` file below `dir` (the source tests read the crate's own
+    /// files: this one and `store::boundary`).
+    pub(crate) fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read src").flatten() {
             let path = entry.path();
             if path.is_dir() {

@@ -178,6 +178,36 @@ struct Writer {
     committer: Box<dyn Committer>,
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
+    others: Others,
+}
+
+/// Whether other writers (other nodes on the same database) move the head
+/// between this writer's commits. Then the common commit, guarded by the
+/// head this writer committed last, would mostly be refused after the
+/// database did its inserts, and the locked path run after it: while others
+/// were seen lately, the locked path is taken at once.
+#[derive(Debug, Default)]
+struct Others {
+    seen_at: Option<std::time::Instant>,
+}
+
+impl Others {
+    /// How long after another writer was last seen the common commit is not
+    /// tried (then one is, and refused only if they still write).
+    const FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn lately(&self, now: std::time::Instant) -> bool {
+        self.seen_at
+            .is_some_and(|seen| now.saturating_duration_since(seen) < Self::FOR)
+    }
+
+    /// A locked commit found the head at `found`; this writer last left it
+    /// at `known` (when it knew it).
+    fn observe(&mut self, known: Option<u64>, found: u64, now: std::time::Instant) {
+        if known.is_some_and(|known| known != found) {
+            self.seen_at = Some(now);
+        }
+    }
 }
 
 /// Runs until closed or until every sender is gone.
@@ -195,6 +225,7 @@ pub(crate) async fn run(
         committer,
         metrics,
         head,
+        others: Others::default(),
     };
     let mut last_start = std::time::Instant::now();
     while let Some(first) = rx.recv().await {
@@ -341,7 +372,8 @@ impl Writer {
         let known = self.head.lock().ok().and_then(|cell| *cell);
         let guard = one_generation(rows);
         // Both fast commits check one generation inside their transaction.
-        let fast = !matches!(guard, Guard::Several);
+        let fast =
+            !matches!(guard, Guard::Several) && !self.others.lately(std::time::Instant::now());
         let committed = match known {
             Some(head)
                 if fast
@@ -418,7 +450,12 @@ impl Writer {
         if kept.is_empty() && purge.is_none() {
             return Ok((vec![None; rows.len()], None));
         }
+        let known = self.head.lock().ok().and_then(|cell| *cell).map(|h| h.0);
         let prepared = self.committer.commit_locked(&kept, purge, prepare).await?;
+        if let Some((_, first, ..)) = prepared.rows.first() {
+            self.others
+                .observe(known, first.saturating_sub(1), std::time::Instant::now());
+        }
         let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
         let all = keep
             .iter()
@@ -446,7 +483,7 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted};
+    use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted, Others};
     use crate::lookups::LookupStamp;
     use crate::records::{Outcome, RecordDraft};
     use crate::store::{SqliteStore, Store as _};
@@ -459,6 +496,24 @@ mod tests {
             commit_interval: Duration::from_micros(interval_us),
             coming: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_locked_path_is_taken_at_once_while_other_writers_move_the_head() {
+        let t0 = std::time::Instant::now();
+        let mut others = Others::default();
+        assert!(!others.lately(t0), "alone at the start");
+        others.observe(Some(10), 10, t0);
+        assert!(!others.lately(t0), "the head was where this writer left it");
+        others.observe(None, 10, t0);
+        assert!(!others.lately(t0), "a head never known tells nothing");
+        others.observe(Some(10), 12, t0);
+        assert!(others.lately(t0), "another writer committed in between");
+        assert!(others.lately(t0 + Others::FOR / 2));
+        assert!(
+            !others.lately(t0 + Others::FOR),
+            "the common commit is tried again once they were not seen for a while"
+        );
     }
 
     #[test]

@@ -309,7 +309,9 @@ pub(crate) fn parse_org_row(
 
 #[cfg(test)]
 mod boundary {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
+
+    use crate::layers::tests::sources;
 
     /// Names that belong to one backend: its pool, connection and row
     /// types, its second driver, its folder in the store; and a branch on
@@ -336,17 +338,6 @@ mod boundary {
 
     /// The one folder allowed to name a backend.
     const ALLOWED: [&str; 1] = ["store"];
-
-    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read src").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                sources(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
 
     /// Every SQLite/PostgreSQL difference lives under `store/`: no other
     /// module (tests aside) names a backend's types, driver or folder.
