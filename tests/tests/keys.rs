@@ -344,6 +344,67 @@ async fn rotate_sealer_keeps_old_checkpoints_trusted() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_running_broker_signs_with_a_rotated_sealer_key_without_a_restart() -> Result<()> {
+    let (broker, toml) = broker().await?;
+    let mut s = scenario(&broker, 2).await?;
+    provided(&mut s.union, &s.union_codes[0]).await?;
+    let old_id = record_keys(&mut s.union).await?.keys[0].key_id.to_string();
+    eventually(Duration::from_secs(5), "a checkpoint", || async {
+        Ok(checkpoint_keys(&broker).await? == 1)
+    })
+    .await?;
+
+    keys(&toml, "rotate-sealer").await?;
+    // No restart: the next checkpoint reads the key file again.
+    provided(&mut s.union, &s.union_codes[1]).await?;
+    eventually(
+        Duration::from_secs(5),
+        "a checkpoint by the new key, the broker still running",
+        || async { Ok(checkpoint_keys(&broker).await? == 2) },
+    )
+    .await?;
+    let published = record_keys(&mut s.union).await?;
+    let ids: Vec<String> = published
+        .keys
+        .iter()
+        .map(|k| k.key_id.to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], old_id, "the new key is listed first");
+    assert_eq!(ids[1], old_id, "the old key stays published");
+    assert_eq!(broker.broker.state().records.sealer_key_id(), ids[0]);
+    // Key ids are hex digits, safe in the statement's text.
+    let newest_by_new_key = sql_count(
+        &broker.store.pools(),
+        &format!(
+            "SELECT COUNT(*) FROM record_checkpoints WHERE key_id = '{}' \
+             AND seq = (SELECT MAX(seq) FROM record_checkpoints)",
+            ids[0]
+        ),
+    )
+    .await?;
+    assert_eq!(
+        newest_by_new_key, 1,
+        "the newest checkpoint is the new key's"
+    );
+
+    let toml = toml.display().to_string();
+    let verify = host(&["records", "verify", "--config", &toml]).await?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        stdout.contains(&old_id) && stdout.contains(&ids[0]),
+        "{stdout}"
+    );
+    broker.broker.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn rotate_kek_rewraps_every_data_key_and_old_copies_still_decrypt() -> Result<()> {
     let (broker, toml) = broker().await?;
     let mut s: Scenario = scenario(&broker, 2).await?;

@@ -17,6 +17,7 @@
 
 pub(crate) mod files;
 pub mod registry;
+pub mod sealer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use crate::store::{now_rfc3339, timestamp, Pools};
 use files::{key_err, Secret};
 pub use files::{load_or_create_sealer, trusted_keys, FIRST_PERMIT_FILE, LOOKUP_FILE, SEALER_FILE};
 pub use registry::Role;
+pub use sealer::{Sealer, SealerKeys};
 
 const CIPHER_MAGIC: &[u8; 2] = b"K1";
 const NONCE_LEN: usize = 12;

@@ -36,8 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use kakehashi_interfaces::audit::{key_id, TrustedKeys, GENESIS_HASH};
+use kakehashi_interfaces::audit::GENESIS_HASH;
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -110,9 +109,9 @@ pub struct OpFilter {
 pub struct OperationLog {
     pools: Pools,
     key_dir: PathBuf,
-    sealer: SigningKey,
-    sealer_key_id: String,
-    trusted: TrustedKeys,
+    /// The sealer key (the provision records') and the keys trusted with
+    /// it, read again when the key file changes (a rotation).
+    sealer: crate::keys::Sealer,
     seal_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     stop: watch::Sender<bool>,
@@ -122,7 +121,7 @@ pub struct OperationLog {
 impl std::fmt::Debug for OperationLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OperationLog")
-            .field("sealer_key_id", &self.sealer_key_id)
+            .field("sealer_key_id", &self.sealer.current().key_id)
             .finish_non_exhaustive()
     }
 }
@@ -146,17 +145,14 @@ impl OperationLog {
         options: OplogOptions,
     ) -> Result<Arc<OperationLog>, BrokerError> {
         let dir = keys_dir.to_path_buf();
-        let sealer = tokio::task::spawn_blocking(move || crate::keys::load_or_create_sealer(&dir))
+        let sealer = tokio::task::spawn_blocking(move || crate::keys::Sealer::open(&dir))
             .await
             .map_err(|e| BrokerError::Config(format!("loading the sealer key: {e}")))??;
-        let trusted = sealer::trusted(keys_dir, Some(&sealer))?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(OperationLog {
             pools,
             key_dir: keys_dir.to_path_buf(),
-            sealer_key_id: key_id(&sealer.verifying_key()),
             sealer,
-            trusted,
             seal_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             stop,
@@ -176,8 +172,8 @@ impl OperationLog {
     }
 
     /// Id of the key that signs entries and checkpoints.
-    pub fn sealer_key_id(&self) -> &str {
-        &self.sealer_key_id
+    pub fn sealer_key_id(&self) -> String {
+        self.sealer.current().key_id.clone()
     }
 
     /// Validates and appends one entry; returns its sequence number once
@@ -191,7 +187,7 @@ impl OperationLog {
             ));
         }
         let entry = entry.validate()?;
-        store::append(&self.pools, &entry, &self.sealer).await
+        store::append(&self.pools, &entry, &self.sealer.current().key).await
     }
 
     /// Entries matching `filter`, newest first: at most `limit` (capped at
@@ -213,6 +209,10 @@ impl OperationLog {
     /// never blessed.
     pub async fn checkpoint(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
+        // A rotated key (`keys rotate-sealer`) signs from the next checkpoint.
+        if let Some(key_id) = self.sealer.refresh() {
+            tracing::info!(%key_id, "the sealer key changed on disk; operation-log entries and checkpoints are signed with it from now on");
+        }
         let (head_seq, _) = store::read_head(&self.pools).await?;
         let latest = store::latest_checkpoint(&self.pools).await?;
         if head_seq == 0 {
@@ -234,7 +234,7 @@ impl OperationLog {
             }
         }
         let (start_seq, start_hash) = match &latest {
-            Some(cp) if !cp.verify(&self.trusted) => {
+            Some(cp) if !cp.verify(&self.sealer.current().trusted) => {
                 return Err(not_sealing(format!(
                     "operation-log checkpoint {} is not validly signed; not sealing",
                     cp.seq
@@ -245,7 +245,7 @@ impl OperationLog {
         };
         let walk = verify::walk(
             &self.pools,
-            self.trusted.clone(),
+            self.sealer.current().trusted.clone(),
             verify::WalkPlan {
                 start_seq,
                 start_hash,
@@ -265,7 +265,9 @@ impl OperationLog {
         if seq <= start_seq {
             return Ok(Some(start_seq));
         }
-        let Some(cp) = store::insert_checkpoint(&self.pools, seq, hash, &self.sealer).await? else {
+        let Some(cp) =
+            store::insert_checkpoint(&self.pools, seq, hash, &self.sealer.current().key).await?
+        else {
             // Another process sealed it (or past it) meanwhile.
             return Ok(store::latest_checkpoint(&self.pools).await?.map(|c| c.seq));
         };
@@ -283,7 +285,12 @@ impl OperationLog {
     /// Verifies the whole log (see [`verify_store`]), trusting this
     /// process's sealer key too.
     pub async fn verify(&self) -> Result<OpVerdict, BrokerError> {
-        verify::verify_with(&self.pools, self.trusted.clone(), &self.key_dir).await
+        verify::verify_with(
+            &self.pools,
+            self.sealer.current().trusted.clone(),
+            &self.key_dir,
+        )
+        .await
     }
 
     /// Stops the checkpoint task and signs a final checkpoint; later

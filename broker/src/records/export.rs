@@ -335,6 +335,7 @@ impl RecordLog {
         // The log's latest checkpoint travels with the export, for witnesses.
         self.refresh_latest_checkpoint().await;
         let latest = self.latest_checkpoint();
+        let trusted = self.trusted();
         let mut snap = self.pools.backend().snapshot().await?;
         let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
@@ -419,7 +420,7 @@ impl RecordLog {
                                     // Only checkpoints by trusted keys close a segment.
                                     if in_segment
                                         && Some(cp.seq) == last_seq
-                                        && cp.verify(&self.trusted).is_ok()
+                                        && cp.verify(&trusted).is_ok()
                                     {
                                         let key = ed25519_dalek::VerifyingKey::from_bytes(
                                             &to_hash(&cp_row.public_key, "checkpoint key")?,

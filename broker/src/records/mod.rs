@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use kakehashi_interfaces::audit::{Checkpoint, TrustedKeys};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -133,9 +132,9 @@ pub enum Commit {
 pub struct RecordLog {
     pools: Pools,
     config: RecordsConfig,
-    sealer: SigningKey,
-    sealer_key_id: String,
-    trusted: TrustedKeys,
+    /// The checkpoint key and the keys trusted with it, read again when
+    /// the key file changes (a rotation).
+    sealer: crate::keys::Sealer,
     jobs: mpsc::Sender<writer::Job>,
     closed: AtomicBool,
     stop: watch::Sender<bool>,
@@ -187,7 +186,7 @@ impl Drop for ExpectedAppend<'_> {
 impl std::fmt::Debug for RecordLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordLog")
-            .field("sealer_key_id", &self.sealer_key_id)
+            .field("sealer_key_id", &self.sealer.current().key_id)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -242,9 +241,7 @@ impl RecordLog {
         commits: Option<crate::metrics::CommitMetrics>,
     ) -> Result<Arc<RecordLog>, BrokerError> {
         let tsa = tsa::Tsa::from_config(&config)?;
-        let sealer = crate::keys::load_or_create_sealer(key_dir)?;
-        let mut trusted = crate::keys::trusted_keys(key_dir)?;
-        let sealer_key_id = trusted.add(sealer.verifying_key());
+        let sealer = crate::keys::Sealer::open(key_dir)?;
         let backend = pools.backend();
         backend.open_records().await?;
         let timing = backend.commit_timing();
@@ -273,8 +270,6 @@ impl RecordLog {
             pools,
             config,
             sealer,
-            sealer_key_id,
-            trusted,
             jobs,
             closed: AtomicBool::new(false),
             stop,
@@ -331,7 +326,7 @@ impl RecordLog {
         if let Ok(mut all) = log.tasks.lock() {
             all.extend(tasks);
         }
-        tracing::info!(key_id = %log.sealer_key_id, "provision records open");
+        tracing::info!(key_id = %log.sealer.current().key_id, "provision records open");
         Ok(log)
     }
 
@@ -451,13 +446,18 @@ impl RecordLog {
     }
 
     /// Id of the key that signs checkpoints (publish it for auditors).
-    pub fn sealer_key_id(&self) -> &str {
-        &self.sealer_key_id
+    pub fn sealer_key_id(&self) -> String {
+        self.sealer.current().key_id.clone()
     }
 
     /// The checkpoint key's public half, lowercase hex (Ed25519).
     pub fn sealer_public_key_hex(&self) -> String {
-        hex::encode(self.sealer.verifying_key().as_bytes())
+        hex::encode(self.sealer.current().key.verifying_key().as_bytes())
+    }
+
+    /// The keys whose checkpoints are valid, the current one included.
+    fn trusted(&self) -> TrustedKeys {
+        self.sealer.current().trusted.clone()
     }
 
     /// The settings in use.
@@ -481,6 +481,10 @@ impl RecordLog {
     /// sequence now sealed.
     pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
+        // A rotated key (`keys rotate-sealer`) signs from the next checkpoint.
+        if let Some(key_id) = self.sealer.refresh() {
+            tracing::info!(%key_id, "the checkpoint key changed on disk; checkpoints are signed with it from now on");
+        }
         // The state file is written after its checkpoint, and the
         // checkpoint after its records: read in this order, the stored head
         // is at or past the signed one unless the store went back.
@@ -548,9 +552,10 @@ impl RecordLog {
             };
             return Err(self.found(refusal, state.as_ref()));
         }
-        let mut cp = Checkpoint::sign(seq, reached, crate::store::now_rfc3339(), &self.sealer);
+        let keys = self.sealer.current();
+        let mut cp = Checkpoint::sign(seq, reached, crate::store::now_rfc3339(), &keys.key);
         cp.timestamp = self.timestamp(&cp).await;
-        db::insert_checkpoint(&self.pools, &cp, self.sealer.verifying_key().as_bytes()).await?;
+        db::insert_checkpoint(&self.pools, &cp, keys.key.verifying_key().as_bytes()).await?;
         self.remember_checkpoint(&cp);
         if let Some(path) = &self.config.checkpoint_log {
             checkpoint_log::append(path, &cp)?;
@@ -666,7 +671,7 @@ impl RecordLog {
         };
         let walk = verify::walk(
             &self.pools,
-            self.trusted.clone(),
+            self.trusted(),
             verify::WalkPlan {
                 start_seq,
                 start_hash,
@@ -690,7 +695,7 @@ impl RecordLog {
     /// verification finds one (a re-chain that kept the checkpoints, or an
     /// edit without re-chaining); else `signed` itself.
     async fn locate(&self, signed: u64, finding: Finding) -> Result<Refusal, BrokerError> {
-        if let Verdict::Broken(f) = verify::verify_store(&self.pools, &self.trusted).await? {
+        if let Verdict::Broken(f) = verify::verify_store(&self.pools, &self.trusted()).await? {
             if f.seq <= signed {
                 return Ok(Refusal {
                     seq: f.seq,
@@ -795,7 +800,7 @@ impl RecordLog {
 
     /// Verifies the whole store (see [`verify_store`]).
     pub async fn verify(&self) -> Result<Verdict, BrokerError> {
-        verify::verify_store(&self.pools, &self.trusted).await
+        verify::verify_store(&self.pools, &self.trusted()).await
     }
 
     /// Records concerning one person, found by `org`'s own person code: those

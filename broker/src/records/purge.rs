@@ -149,7 +149,7 @@ impl RecordLog {
             .unwrap_or(sealed);
         let walk = verify::walk(
             &self.pools,
-            self.trusted.clone(),
+            self.trusted(),
             WalkPlan {
                 start_seq: head.cut_seq,
                 start_hash: head.cut_hash,

@@ -29,13 +29,14 @@ impl RecordLog {
     /// The checkpoint keys to publish: the current sealer key first, then
     /// the older keys still trusted (their checkpoints remain valid), by id.
     pub fn record_keys(&self) -> RecordKeySet {
-        let current = self.sealer.verifying_key();
+        let sealer = self.sealer.current();
+        let current = sealer.key.verifying_key();
         let mut keys = vec![RecordKey::new(&current, true)];
-        for id in self.trusted.ids() {
-            if id == self.sealer_key_id {
+        for id in sealer.trusted.ids() {
+            if id == sealer.key_id {
                 continue;
             }
-            if let Some(key) = self.trusted.get(&id) {
+            if let Some(key) = sealer.trusted.get(&id) {
                 keys.push(RecordKey::new(key, false));
             }
         }
@@ -50,13 +51,13 @@ impl RecordLog {
 
     /// The public key of a trusted checkpoint key.
     pub(super) fn trusted_key(&self, key_id: &str) -> Option<VerifyingKey> {
-        self.trusted.get(key_id).copied()
+        self.sealer.current().trusted.get(key_id).copied()
     }
 
     /// Keeps `cp` as the latest checkpoint when it is newer and signed by a
     /// trusted key.
     pub(super) fn remember_checkpoint(&self, cp: &Checkpoint) {
-        if cp.verify(&self.trusted).is_err() {
+        if cp.verify(&self.sealer.current().trusted).is_err() {
             return;
         }
         let Ok(wire) = SignedCheckpoint::from_checkpoint(cp) else {
