@@ -284,6 +284,23 @@ async fn checkpoint_keys(broker: &TestBroker) -> Result<i64> {
     .await
 }
 
+/// `records verify` on the host passes and names both checkpoint keys.
+async fn verify_names_both_keys(toml: &Path, old_id: &str, new_id: &str) -> Result<()> {
+    let toml = toml.display().to_string();
+    let verify = host(&["records", "verify", "--config", &toml]).await?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        stdout.contains(old_id) && stdout.contains(new_id),
+        "{stdout}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn rotate_sealer_keeps_old_checkpoints_trusted() -> Result<()> {
     let (broker, toml) = broker().await?;
@@ -327,18 +344,7 @@ async fn rotate_sealer_keeps_old_checkpoints_trusted() -> Result<()> {
     assert!(ids.contains(&old_id));
     assert_ne!(ids[0], old_id, "the current key is listed first");
 
-    let toml = toml.display().to_string();
-    let verify = host(&["records", "verify", "--config", &toml]).await?;
-    let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(
-        stdout.contains(&old_id) && stdout.contains(&ids[0]),
-        "{stdout}"
-    );
+    verify_names_both_keys(&toml, &old_id, &ids[0]).await?;
     broker.broker.shutdown().await;
     Ok(())
 }
@@ -388,18 +394,7 @@ async fn a_running_broker_signs_with_a_rotated_sealer_key_without_a_restart() ->
         "the newest checkpoint is the new key's"
     );
 
-    let toml = toml.display().to_string();
-    let verify = host(&["records", "verify", "--config", &toml]).await?;
-    let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(
-        stdout.contains(&old_id) && stdout.contains(&ids[0]),
-        "{stdout}"
-    );
+    verify_names_both_keys(&toml, &old_id, &ids[0]).await?;
     broker.broker.shutdown().await;
     Ok(())
 }

@@ -1,13 +1,11 @@
-//! The sealer's key (the provision records' own, [`crate::keys::SEALER_FILE`]) and
-//! its memory outside the database: the state file holding the last head
-//! it signed, so a checkpoint deleted from the database together with the
+//! The operation-log sealer's memory outside the database (its key is the
+//! provision records', [`crate::keys::Sealer`]): the state file holding the
+//! last head it signed, so a checkpoint deleted from the database together with the
 //! entries after it is still noticed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::SigningKey;
-use kakehashi_interfaces::audit::TrustedKeys;
 use serde::{Deserialize, Serialize};
 
 use super::chain::SignedHead;
@@ -16,20 +14,6 @@ use crate::error::BrokerError;
 /// File in the key directory holding the last operation-log head this
 /// host's sealer signed (JSON, mode 0600, replaced atomically).
 pub const STATE_FILE: &str = "oplog-sealer.state";
-
-/// The keys a verifier trusts: every sealer key in the key directory
-/// ([`crate::keys::trusted_keys`]) and `own`. Keys in the database are
-/// never trusted.
-pub(crate) fn trusted(
-    key_dir: &Path,
-    own: Option<&SigningKey>,
-) -> Result<TrustedKeys, BrokerError> {
-    let mut keys = crate::keys::trusted_keys(key_dir)?;
-    if let Some(key) = own {
-        keys.add(key.verifying_key());
-    }
-    Ok(keys)
-}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

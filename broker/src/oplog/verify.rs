@@ -191,7 +191,7 @@ pub(crate) async fn walk(
 /// be covered by a checkpoint. Names the first bad sequence and what is
 /// wrong there; reads one snapshot, so it runs safely beside brokers.
 pub async fn verify_store(pools: &Pools, key_dir: &Path) -> Result<OpVerdict, BrokerError> {
-    let keys = sealer::trusted(key_dir, None)?;
+    let keys = crate::keys::trusted_keys(key_dir)?;
     verify_with(pools, keys, key_dir).await
 }
 

@@ -400,12 +400,12 @@ impl Writer {
                     // so take the locked path.
                     Err(AtFailure::Refused(why)) => {
                         tracing::debug!(error = %why, "records head moved or commit refused; committing under the head lock");
-                        self.commit_checked(rows, purge).await
+                        self.commit_checked(rows, purge, known).await
                     }
                     Err(AtFailure::Failed(e)) => Err(e),
                 }
             }
-            _ => self.commit_checked(rows, purge).await,
+            _ => self.commit_checked(rows, purge, known).await,
         };
         let (seqs, head) = match committed {
             Ok(done) => done,
@@ -428,10 +428,12 @@ impl Writer {
     /// The locked path, leaving out the rows whose answers' lookup
     /// generation changed: read once, after every one of those answers was
     /// given, so the rows kept hold as of a moment after their queries came.
+    /// `known`: the head this writer left last, if it knows it.
     async fn commit_checked(
         &mut self,
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
+        known: Option<(u64, Hash)>,
     ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
         let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_stamp.is_some()) {
             let now = crate::store::lookup_generation::generation_now(&self.pools).await?;
@@ -450,11 +452,13 @@ impl Writer {
         if kept.is_empty() && purge.is_none() {
             return Ok((vec![None; rows.len()], None));
         }
-        let known = self.head.lock().ok().and_then(|cell| *cell).map(|h| h.0);
         let prepared = self.committer.commit_locked(&kept, purge, prepare).await?;
         if let Some((_, first, ..)) = prepared.rows.first() {
-            self.others
-                .observe(known, first.saturating_sub(1), std::time::Instant::now());
+            self.others.observe(
+                known.map(|h| h.0),
+                first.saturating_sub(1),
+                std::time::Instant::now(),
+            );
         }
         let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
         let all = keep
