@@ -6,48 +6,105 @@
 //! ([`sqlite::record_source`](super::sqlite::record_source)); on a SQLite
 //! store without a file, through a [`Cursor`] on the snapshot.
 
+use sqlx::postgres::PgRow;
+use tokio::sync::mpsc;
+
 use super::postgres::record_source::PgRecords;
 use super::sqlite::record_source::DirectRecords;
 use crate::error::BrokerError;
-use crate::store::records::table::{Cursor, RecordRow};
+use crate::store::records::table::{CheckpointRow, Cursor, RecordRow, RecordView};
 use crate::store::Pools;
 use crate::store::Snapshot;
 
-// A record row is decoded by position, every statement selecting
-// `RECORD_COLUMNS`: looking each of its 19 columns up by name cost about a
-// sixth of the decoding in a PostgreSQL export (`kakehashi-bench national`).
+/// A record row's 19 fields, each read by position with `$row.$get(i)`, as
+/// a `$record` ([`RecordRow`] or [`RecordView`], which name them alike).
+// By position, every statement selecting `RECORD_COLUMNS`: looking each
+// column up by name cost about a sixth of the decoding in a PostgreSQL
+// export (`kakehashi-bench national`).
+macro_rules! by_position {
+    ($record:ident, $row:ident . $get:ident) => {
+        $record {
+            seq: $row.$get(0)?,
+            recorded_at: $row.$get(1)?,
+            query_id: $row.$get(2)?,
+            permit_id: $row.$get(3)?,
+            flow_id: $row.$get(4)?,
+            flow_list_version: $row.$get(5)?,
+            procedure_code: $row.$get(6)?,
+            requester: $row.$get(7)?,
+            provider: $row.$get(8)?,
+            items: $row.$get(9)?,
+            requester_code: $row.$get(10)?,
+            requester_salt: $row.$get(11)?,
+            provider_code: $row.$get(12)?,
+            provider_salt: $row.$get(13)?,
+            outcome: $row.$get(14)?,
+            reason: $row.$get(15)?,
+            approver: $row.$get(16)?,
+            detail: $row.$get(17)?,
+            hash: $row.$get(18)?,
+        }
+    };
+}
+
 macro_rules! record_row_by_position {
     ($row:ty) => {
         impl<'r> sqlx::FromRow<'r, $row> for RecordRow {
             fn from_row(r: &'r $row) -> Result<Self, sqlx::Error> {
                 use sqlx::Row;
-                Ok(RecordRow {
-                    seq: r.try_get(0)?,
-                    recorded_at: r.try_get(1)?,
-                    query_id: r.try_get(2)?,
-                    permit_id: r.try_get(3)?,
-                    flow_id: r.try_get(4)?,
-                    flow_list_version: r.try_get(5)?,
-                    procedure_code: r.try_get(6)?,
-                    requester: r.try_get(7)?,
-                    provider: r.try_get(8)?,
-                    items: r.try_get(9)?,
-                    requester_code: r.try_get(10)?,
-                    requester_salt: r.try_get(11)?,
-                    provider_code: r.try_get(12)?,
-                    provider_salt: r.try_get(13)?,
-                    outcome: r.try_get(14)?,
-                    reason: r.try_get(15)?,
-                    approver: r.try_get(16)?,
-                    detail: r.try_get(17)?,
-                    hash: r.try_get(18)?,
-                })
+                Ok(by_position!(RecordRow, r.try_get))
             }
         }
     };
 }
-record_row_by_position!(sqlx::postgres::PgRow);
+record_row_by_position!(PgRow);
 record_row_by_position!(sqlx::sqlite::SqliteRow);
+
+/// A stored record as a long read hands it on: decoded, or (PostgreSQL)
+/// still the row as it came off the wire, whose columns are read in place
+/// by [`StoredRecord::view`]. An export writes most rows from that view:
+/// decoding every column into a `String` of its own was a third of the
+/// broker's time in a PostgreSQL export (`perf` of `kakehashi-broker
+/// records export`).
+// On SQLite every row is decoded: boxing it would allocate once per row.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum StoredRecord {
+    /// Decoded.
+    Decoded(RecordRow),
+    /// A PostgreSQL row whose column types were checked: the first row of
+    /// its statement was decoded with checks, and every row of one result
+    /// has the same columns.
+    Wire(PgRow),
+}
+
+impl StoredRecord {
+    /// Its sequence number.
+    pub fn seq(&self) -> Result<i64, BrokerError> {
+        match self {
+            StoredRecord::Decoded(r) => Ok(r.seq),
+            StoredRecord::Wire(r) => Ok(sqlx::Row::try_get_unchecked(r, 0)?),
+        }
+    }
+
+    /// Its columns, borrowed.
+    pub fn view(&self) -> Result<RecordView<'_>, BrokerError> {
+        match self {
+            StoredRecord::Decoded(r) => Ok(r.view()),
+            StoredRecord::Wire(r) => {
+                use sqlx::Row;
+                Ok(by_position!(RecordView, r.try_get_unchecked))
+            }
+        }
+    }
+
+    /// The decoded row.
+    pub fn into_row(self) -> Result<RecordRow, BrokerError> {
+        match self {
+            StoredRecord::Decoded(r) => Ok(r),
+            StoredRecord::Wire(r) => Ok(sqlx::FromRow::from_row(&r)?),
+        }
+    }
+}
 /// Records `lo..=hi` in sequence order.
 pub(crate) enum RecordSource {
     /// Chunks read on the caller's snapshot.
@@ -72,10 +129,80 @@ impl RecordSource {
 
     /// The next record, or `None` after the last.
     pub async fn next(&mut self, snap: &mut Snapshot) -> Result<Option<RecordRow>, BrokerError> {
-        match self {
-            RecordSource::Cursor(c) => c.next(snap).await,
-            RecordSource::Direct(d) => d.next().await,
-            RecordSource::Postgres(p) => p.next(snap).await,
+        self.next_stored(snap)
+            .await?
+            .map(StoredRecord::into_row)
+            .transpose()
+    }
+
+    /// The next record as read, or `None` after the last.
+    pub async fn next_stored(
+        &mut self,
+        snap: &mut Snapshot,
+    ) -> Result<Option<StoredRecord>, BrokerError> {
+        Ok(match self {
+            RecordSource::Cursor(c) => c.next(snap).await?.map(StoredRecord::Decoded),
+            RecordSource::Direct(d) => d.next().await?.map(StoredRecord::Decoded),
+            RecordSource::Postgres(p) => p.next(snap).await?.map(StoredRecord::Wire),
+        })
+    }
+}
+
+/// What [`read_in_order`] hands on: the records in sequence order, each
+/// followed by the stored checkpoints at or before it.
+// Nearly every item is a record: boxing it would allocate once per row.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Sourced {
+    /// A record.
+    Record(StoredRecord),
+    /// A stored checkpoint.
+    Checkpoint(CheckpointRow),
+}
+
+/// Items handed on at a time.
+pub(crate) const SOURCED_CHUNK: usize = 1024;
+
+/// Reads records `lo..=hi` of the snapshot (whose purge point is
+/// `cut_seq`) and the checkpoints among them, in order, into `tx` in chunks
+/// of [`SOURCED_CHUNK`], until the end, an error (sent on) or the receiver
+/// is dropped. Made to run on a task of its own, beside the one that
+/// consumes the chunks.
+pub(crate) async fn read_in_order(
+    pools: &Pools,
+    snap: &mut Snapshot,
+    lo: i64,
+    hi: i64,
+    cut_seq: u64,
+    tx: mpsc::Sender<Result<Vec<Sourced>, BrokerError>>,
+) {
+    let read = async {
+        if let Snapshot::Postgres(pg) = snap {
+            return super::postgres::record_source::read_slices(pg, lo, hi, &tx).await;
         }
+        let mut records = RecordSource::open(pools, lo, hi, cut_seq);
+        let mut checkpoints = Cursor::<CheckpointRow>::new(lo, hi);
+        let mut pending = checkpoints.next(snap).await?;
+        let mut chunk = Vec::with_capacity(SOURCED_CHUNK);
+        while let Some(row) = records.next_stored(snap).await? {
+            let seq = row.seq()?;
+            chunk.push(Sourced::Record(row));
+            while let Some(cp) = pending.take_if(|cp| cp.seq <= seq) {
+                chunk.push(Sourced::Checkpoint(cp));
+                pending = checkpoints.next(snap).await?;
+            }
+            if chunk.len() >= SOURCED_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SOURCED_CHUNK));
+                if tx.send(Ok(full)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(chunk)).await;
+        }
+        Ok::<(), BrokerError>(())
+    };
+    if let Err(e) = read.await {
+        let _ = tx.send(Err(e)).await;
     }
 }

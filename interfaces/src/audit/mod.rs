@@ -315,8 +315,8 @@ pub use chain::{chain_hash, ChainFailure, FailureKind, GENESIS_HASH};
 pub use checkpoint::{key_id, Checkpoint, TrustedKeys};
 pub use disclosure::DisclosureEntry;
 pub use export::{
-    bundle_path_for, write_csv_header, BundleLine, ExportFormat, ExportRow, BUNDLE_FORMAT,
-    CSV_COLUMNS, UTF8_BOM,
+    bundle_path_for, write_csv_header, write_csv_record, BundleLine, ExportFormat, ExportRow,
+    BUNDLE_FORMAT, CSV_COLUMNS, UTF8_BOM,
 };
 pub use outcome::Outcome;
 pub use record::{person_commitment, Hash, Record, ENCODING_VERSION, SALT_LEN};

@@ -46,12 +46,53 @@ pub(crate) struct RecordRow {
     pub hash: Vec<u8>,
 }
 
-fn commitment(code: &Option<String>, salt: &Option<Vec<u8>>) -> Result<Option<Hash>, String> {
+/// One stored record's columns, borrowed from wherever the row is held
+/// (an export writes most rows straight from them, without an
+/// [`audit::Record`] in between). Fields as in [`RecordRow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordView<'a> {
+    pub seq: i64,
+    pub recorded_at: &'a str,
+    pub query_id: &'a str,
+    pub permit_id: Option<&'a str>,
+    pub flow_id: Option<&'a str>,
+    pub flow_list_version: Option<i64>,
+    pub procedure_code: Option<&'a str>,
+    pub requester: &'a str,
+    pub provider: Option<&'a str>,
+    pub items: &'a str,
+    pub requester_code: Option<&'a str>,
+    pub requester_salt: Option<&'a [u8]>,
+    pub provider_code: Option<&'a str>,
+    pub provider_salt: Option<&'a [u8]>,
+    pub outcome: &'a str,
+    pub reason: Option<&'a str>,
+    pub approver: Option<&'a str>,
+    pub detail: Option<&'a str>,
+    pub hash: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// The requester's and the provider's person-code commitments.
+    pub fn commitments(&self) -> Result<(Option<Hash>, Option<Hash>), String> {
+        Ok((
+            commitment(self.requester_code, self.requester_salt)?,
+            commitment(self.provider_code, self.provider_salt)?,
+        ))
+    }
+
+    /// Whether the stored item list is as [`split_items`] and a join with
+    /// single spaces would give it back.
+    pub fn items_are_canonical(&self) -> bool {
+        !self.items.starts_with(' ') && !self.items.ends_with(' ') && !self.items.contains("  ")
+    }
+}
+
+fn commitment(code: Option<&str>, salt: Option<&[u8]>) -> Result<Option<Hash>, String> {
     match (code, salt) {
         (None, None) => Ok(None),
         (Some(code), Some(salt)) => {
             let salt: [u8; SALT_LEN] = salt
-                .as_slice()
                 .try_into()
                 .map_err(|_| "person-code salt has the wrong length".to_string())?;
             Ok(Some(audit::person_commitment(&salt, code)))
@@ -75,10 +116,36 @@ impl RecordRow {
         u64::try_from(self.seq).unwrap_or(0)
     }
 
+    /// The row's columns, borrowed.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            seq: self.seq,
+            recorded_at: &self.recorded_at,
+            query_id: &self.query_id,
+            permit_id: self.permit_id.as_deref(),
+            flow_id: self.flow_id.as_deref(),
+            flow_list_version: self.flow_list_version,
+            procedure_code: self.procedure_code.as_deref(),
+            requester: &self.requester,
+            provider: self.provider.as_deref(),
+            items: &self.items,
+            requester_code: self.requester_code.as_deref(),
+            requester_salt: self.requester_salt.as_deref(),
+            provider_code: self.provider_code.as_deref(),
+            provider_salt: self.provider_salt.as_deref(),
+            outcome: &self.outcome,
+            reason: self.reason.as_deref(),
+            approver: self.approver.as_deref(),
+            detail: self.detail.as_deref(),
+            hash: &self.hash,
+        }
+    }
+
     /// The hashed form of this row and its stored chain hash, moving the
     /// row's texts (an export or verification reads millions).
     pub fn into_record(self) -> Result<(audit::Record, Hash), String> {
         let seq = u64::try_from(self.seq).map_err(|_| "negative sequence".to_string())?;
+        let (requester_person, provider_person) = self.view().commitments()?;
         let flow_list_version = self
             .flow_list_version
             .map(u64::try_from)
@@ -96,8 +163,7 @@ impl RecordRow {
             .as_slice()
             .try_into()
             .map_err(|_| "stored hash has the wrong length".to_string())?;
-        let requester_person = commitment(&self.requester_code, &self.requester_salt)?;
-        let provider_person = commitment(&self.provider_code, &self.provider_salt)?;
+
         Ok((
             audit::Record {
                 seq,
