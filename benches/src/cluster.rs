@@ -22,6 +22,7 @@ use crate::client::{tls_connector, Identity, Protocol, Target};
 use crate::compare::{broker_config, free_port, run_tool, url_with_database, Server, ORGS};
 use crate::load::{self, QueryPlan, RunConfig, Scenario, Workload};
 use crate::report::Machine;
+use crate::rss;
 use crate::setup::{self, Codes};
 
 /// Options of the cluster scenario.
@@ -54,6 +55,12 @@ pub struct ClusterRun {
     pub p99_ms: f64,
     /// Errors (wrong answers, transport errors).
     pub errors: u64,
+    /// Cores the whole machine kept busy (brokers, PostgreSQL, the load).
+    pub busy_cores: f64,
+    /// CPU time of the whole machine per answered query, µs.
+    pub machine_us_per_query: f64,
+    /// CPU time of the broker processes per answered query, µs.
+    pub brokers_us_per_query: f64,
 }
 
 /// The report.
@@ -75,8 +82,14 @@ impl ClusterReport {
         let mut out = format!("machine: {}\n", self.machine.text());
         for r in &self.runs {
             out.push_str(&format!(
-                "{} node(s): {:>8.0} queries/s   p99 {:>6.2} ms   errors {}\n",
-                r.nodes, r.queries_per_sec, r.p99_ms, r.errors
+                "{} node(s): {:>8.0} queries/s   p99 {:>6.2} ms   errors {}   busy cores {:.2}   CPU per query {:.0} µs (brokers {:.0})\n",
+                r.nodes,
+                r.queries_per_sec,
+                r.p99_ms,
+                r.errors,
+                r.busy_cores,
+                r.machine_us_per_query,
+                r.brokers_us_per_query
             ));
         }
         out.push_str(&format!(
@@ -87,14 +100,21 @@ impl ClusterReport {
     }
 }
 
-/// Drives the query scenario through `targets` at once, the connections
-/// split evenly; the rates are summed.
+/// Drives the query scenario through `targets` (served by the processes
+/// `nodes`) at once, the connections split evenly; the rates are summed,
+/// and the CPU time spent is counted over the whole run, warm-up included.
 async fn drive(
     targets: &[Target],
+    nodes: &[u32],
     pki: &Path,
     codes: &Codes,
     opts: &ClusterOptions,
 ) -> Result<ClusterRun> {
+    let (wall, busy, brokers) = (
+        std::time::Instant::now(),
+        rss::machine_busy_seconds(),
+        rss::cpu_seconds_sum(nodes),
+    );
     let identity = Identity::from_pki(pki, "union-saitama");
     let tls = tls_connector(&identity, Protocol::Http1, true)?;
     let per = (opts.connections / targets.len()).max(1);
@@ -122,10 +142,18 @@ async fn drive(
         queries_per_sec: 0.0,
         p99_ms: 0.0,
         errors: 0,
+        busy_cores: 0.0,
+        machine_us_per_query: 0.0,
+        brokers_us_per_query: 0.0,
     };
+    // Answered queries over the whole run, warm-up included, to set against
+    // the CPU time of the whole run.
+    let mut answered = 0.0;
     while let Some(done) = tasks.join_next().await {
         let m = done.context("load task")??;
-        run.queries_per_sec += m.ok as f64 / m.window.as_secs_f64().max(1e-9);
+        let rate = m.ok as f64 / m.window.as_secs_f64().max(1e-9);
+        run.queries_per_sec += rate;
+        answered += rate * (opts.secs + opts.warmup) as f64;
         run.p99_ms = run
             .p99_ms
             .max(m.hist.value_at_quantile(0.99) as f64 / 1000.0);
@@ -134,9 +162,19 @@ async fn drive(
             eprintln!("  error: {sample}");
         }
     }
+    let secs = wall.elapsed().as_secs_f64().max(1e-9);
+    run.busy_cores = (rss::machine_busy_seconds() - busy) / secs;
+    run.machine_us_per_query = run.busy_cores * secs / answered.max(1.0) * 1e6;
+    run.brokers_us_per_query = (rss::cpu_seconds_sum(nodes) - brokers) / answered.max(1.0) * 1e6;
     eprintln!(
-        "{} node(s): {:.0} queries/s, p99 {:.2} ms, {} errors",
-        run.nodes, run.queries_per_sec, run.p99_ms, run.errors
+        "{} node(s): {:.0} queries/s, p99 {:.2} ms, {} errors, busy cores {:.2}, CPU per query {:.0} µs (brokers {:.0})",
+        run.nodes,
+        run.queries_per_sec,
+        run.p99_ms,
+        run.errors,
+        run.busy_cores,
+        run.machine_us_per_query,
+        run.brokers_us_per_query
     );
     Ok(run)
 }
@@ -195,12 +233,14 @@ async fn measure(opts: &ClusterOptions, work: &Path, url: &str) -> Result<Cluste
         1,
     )
     .await?;
-    let mut runs = vec![drive(std::slice::from_ref(&target1), &pki, &codes, opts).await?];
+    let one = [node1.pid()];
+    let mut runs = vec![drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?];
     let node2 = start(opts, work, &config2, addr2, 2).await?;
     let target2 = Target::parse(&format!("https://{addr2}")).await?;
-    runs.push(drive(&[target1.clone(), target2], &pki, &codes, opts).await?);
+    let both = [node1.pid(), node2.pid()];
+    runs.push(drive(&[target1.clone(), target2], &both, &pki, &codes, opts).await?);
     node2.stop();
-    runs.push(drive(std::slice::from_ref(&target1), &pki, &codes, opts).await?);
+    runs.push(drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?);
     node1.stop();
 
     let verify = run_tool(

@@ -153,6 +153,11 @@ impl Server {
         )
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn stop(mut self) {
         self.terminate();
     }

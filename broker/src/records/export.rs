@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::db::{to_hash, to_i64, RecordView};
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
-use crate::store::record_source::{read_in_order, Sourced};
+use crate::store::record_source::{prepare_read, read_in_order, Sourced};
 
 /// Which records to export. All given conditions must hold.
 #[derive(Debug, Clone, Default)]
@@ -364,25 +364,29 @@ impl RecordLog {
         }
 
         // Narrow the scan with the time index; order (and so the range) is by
-        // sequence, and the first/last matching sequences bound it exactly.
-        let lo = match &matcher.from {
-            Some(from) => {
-                self.pools
-                    .backend()
-                    .first_seq_at_or_after(from, head.cut_seq, hi)
-                    .await?
-            }
-            None => Some(head.cut_seq + 1),
-        };
-        let last_match = match &matcher.to {
-            Some(to) => {
-                self.pools
-                    .backend()
-                    .last_seq_before(to, head.cut_seq, hi)
-                    .await?
-            }
-            None => Some(hi),
-        };
+        // sequence, and the first/last sequences recorded in the period bound
+        // it exactly. Both are asked on connections of their own while the
+        // snapshot's prepares its long read.
+        let backend = self.pools.backend();
+        let (lo, last_match, ()) = tokio::try_join!(
+            async {
+                match &matcher.from {
+                    Some(from) => backend.first_seq_at_or_after(from, head.cut_seq, hi).await,
+                    None => Ok(Some(head.cut_seq + 1)),
+                }
+            },
+            async {
+                match &matcher.to {
+                    Some(to) => {
+                        backend
+                            .last_seq_before(to, matcher.from.as_deref(), head.cut_seq, hi)
+                            .await
+                    }
+                    None => Ok(Some(hi)),
+                }
+            },
+            prepare_read(&mut snap),
+        )?;
         if let (Some(lo), Some(last_match)) = (lo, last_match) {
             if lo <= last_match && lo <= hi {
                 let mut prev = if lo - 1 == head.cut_seq {

@@ -202,10 +202,12 @@ pub(crate) trait Backend: Send + Sync {
         upto: u64,
     ) -> Result<Option<u64>, BrokerError>;
 
-    /// `MAX(seq)` of records before `at` in `(after, upto]`.
+    /// `MAX(seq)` of records before `at`, and at or after `since` when
+    /// given, in `(after, upto]`.
     async fn last_seq_before(
         &self,
         at: &str,
+        since: Option<&str>,
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError>;

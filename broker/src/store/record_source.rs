@@ -1,8 +1,9 @@
-//! Long reads of records in sequence order (export, verification, the
-//! witness endpoint): [`RecordSource`]. On PostgreSQL the rows come through
-//! a server-side cursor in the caller's snapshot
-//! ([`postgres::record_source`](super::postgres::record_source)); on a
-//! SQLite file they are read on a connection and thread of their own
+//! Long reads of records in sequence order: [`RecordSource`] row by row
+//! (verification, the witness endpoint), [`read_in_order`] with the
+//! checkpoints among them, on a task of its own (export). On PostgreSQL the
+//! rows come in slices of sequence numbers, one statement each, in the
+//! caller's snapshot ([`postgres::record_source`](super::postgres::record_source));
+//! on a SQLite file they are read on a connection and thread of their own
 //! ([`sqlite::record_source`](super::sqlite::record_source)); on a SQLite
 //! store without a file, through a [`Cursor`] on the snapshot.
 
@@ -111,7 +112,7 @@ pub(crate) enum RecordSource {
     Cursor(Cursor<RecordRow>),
     /// A SQLite file read ahead on a thread of its own.
     Direct(DirectRecords),
-    /// A PostgreSQL cursor in the caller's snapshot.
+    /// PostgreSQL slices in the caller's snapshot.
     Postgres(PgRecords),
 }
 
@@ -157,6 +158,15 @@ pub(crate) enum Sourced {
     Record(StoredRecord),
     /// A stored checkpoint.
     Checkpoint(CheckpointRow),
+}
+
+/// Prepares the snapshot for a long read (on PostgreSQL, its statement's
+/// plan), so that the work can overlap other preparations of the caller's.
+pub(crate) async fn prepare_read(snap: &mut Snapshot) -> Result<(), BrokerError> {
+    match snap {
+        Snapshot::Postgres(tx) => super::postgres::record_source::prepare(tx).await,
+        _ => Ok(()),
+    }
 }
 
 /// Items handed on at a time.

@@ -45,6 +45,20 @@ async fn use_generic_plan(tx: &mut PgConnection) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Plans the slice statement (its generic plan, cached with the
+/// connection's prepared statement) by running it on an empty range: 33 ms
+/// on a fresh connection over 89 months, which the caller may overlap with
+/// other work.
+pub(crate) async fn prepare(tx: &mut PgConnection) -> Result<(), BrokerError> {
+    use_generic_plan(tx).await?;
+    sqlx::query(SELECT_SLICE)
+        .bind(1_i64)
+        .bind(0_i64)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// The slices of `lo..=hi` in order, each as its first and last sequence.
 struct Slices {
     from: Option<i64>,

@@ -131,14 +131,27 @@ impl Backend for SqliteBackend<'_> {
     async fn last_seq_before(
         &self,
         at: &str,
+        since: Option<&str>,
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        self.seq_between(
-            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3",
-            (at, after, upto),
-        )
-        .await
+        const BEFORE: &str =
+            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3";
+        match since {
+            None => self.seq_between(BEFORE, (at, after, upto)).await,
+            Some(since) => {
+                const BETWEEN: &str = "SELECT MAX(seq) FROM records WHERE recorded_at < $1 \
+                     AND seq > $2 AND seq <= $3 AND recorded_at >= $4";
+                let row: Option<Option<i64>> = sqlx::query_scalar(BETWEEN)
+                    .bind(at)
+                    .bind(to_i64(after))
+                    .bind(to_i64(upto))
+                    .bind(since)
+                    .fetch_optional(self.read)
+                    .await?;
+                Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
+            }
+        }
     }
 
     fn search_dialect(&self) -> SearchDialect {
