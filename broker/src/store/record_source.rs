@@ -160,6 +160,41 @@ pub(crate) enum Sourced {
     Checkpoint(CheckpointRow),
 }
 
+/// Items gathered into chunks of [`SOURCED_CHUNK`], each handed on once full.
+pub(crate) struct Chunks<'a> {
+    out: &'a mpsc::Sender<Result<Vec<Sourced>, BrokerError>>,
+    chunk: Vec<Sourced>,
+}
+
+impl<'a> Chunks<'a> {
+    pub(crate) fn new(out: &'a mpsc::Sender<Result<Vec<Sourced>, BrokerError>>) -> Self {
+        Self {
+            out,
+            chunk: Vec::with_capacity(SOURCED_CHUNK),
+        }
+    }
+
+    pub(crate) fn push(&mut self, item: Sourced) {
+        self.chunk.push(item);
+    }
+
+    /// Hands the chunk on if it is full; `false` once nobody listens.
+    pub(crate) async fn hand_on_if_full(&mut self) -> bool {
+        if self.chunk.len() < SOURCED_CHUNK {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(SOURCED_CHUNK));
+        self.out.send(Ok(full)).await.is_ok()
+    }
+
+    /// Hands on what is left.
+    pub(crate) async fn finish(self) {
+        if !self.chunk.is_empty() {
+            let _ = self.out.send(Ok(self.chunk)).await;
+        }
+    }
+}
+
 /// Prepares the snapshot for a long read (on PostgreSQL, its statement's
 /// plan), so that the work can overlap other preparations of the caller's.
 pub(crate) async fn prepare_read(snap: &mut Snapshot) -> Result<(), BrokerError> {
@@ -192,24 +227,19 @@ pub(crate) async fn read_in_order(
         let mut records = RecordSource::open(pools, lo, hi, cut_seq);
         let mut checkpoints = Cursor::<CheckpointRow>::new(lo, hi);
         let mut pending = checkpoints.next(snap).await?;
-        let mut chunk = Vec::with_capacity(SOURCED_CHUNK);
+        let mut chunks = Chunks::new(&tx);
         while let Some(row) = records.next_stored(snap).await? {
             let seq = row.seq()?;
-            chunk.push(Sourced::Record(row));
+            chunks.push(Sourced::Record(row));
             while let Some(cp) = pending.take_if(|cp| cp.seq <= seq) {
-                chunk.push(Sourced::Checkpoint(cp));
+                chunks.push(Sourced::Checkpoint(cp));
                 pending = checkpoints.next(snap).await?;
             }
-            if chunk.len() >= SOURCED_CHUNK {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SOURCED_CHUNK));
-                if tx.send(Ok(full)).await.is_err() {
-                    return Ok(());
-                }
+            if !chunks.hand_on_if_full().await {
+                return Ok(());
             }
         }
-        if !chunk.is_empty() {
-            let _ = tx.send(Ok(chunk)).await;
-        }
+        chunks.finish().await;
         Ok::<(), BrokerError>(())
     };
     if let Err(e) = read.await {

@@ -20,7 +20,7 @@ use sqlx::{PgConnection, Row};
 use tokio::sync::mpsc;
 
 use crate::error::BrokerError;
-use crate::store::record_source::{Sourced, StoredRecord, SOURCED_CHUNK};
+use crate::store::record_source::{Chunks, Sourced, StoredRecord};
 use crate::store::records::table::{CheckpointRow, RecordRow};
 use crate::store::Snapshot;
 
@@ -149,7 +149,7 @@ pub(crate) async fn read_slices(
 ) -> Result<(), BrokerError> {
     use_generic_plan(tx).await?;
     let mut pending: VecDeque<CheckpointRow> = VecDeque::new();
-    let mut chunk = Vec::with_capacity(SOURCED_CHUNK);
+    let mut chunks = Chunks::new(out);
     for (from, to) in slices(lo, hi) {
         let checkpoints: Vec<CheckpointRow> = sqlx::query_as(SELECT_SLICE_CHECKPOINTS)
             .bind(from)
@@ -168,25 +168,20 @@ pub(crate) async fn read_slices(
                 checked = true;
             }
             let seq: i64 = row.try_get_unchecked(0)?;
-            chunk.push(Sourced::Record(StoredRecord::Wire(row)));
+            chunks.push(Sourced::Record(StoredRecord::Wire(row)));
             while let Some(cp) = pending.pop_front() {
                 if cp.seq > seq {
                     pending.push_front(cp);
                     break;
                 }
-                chunk.push(Sourced::Checkpoint(cp));
+                chunks.push(Sourced::Checkpoint(cp));
             }
-            if chunk.len() >= SOURCED_CHUNK {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SOURCED_CHUNK));
-                if out.send(Ok(full)).await.is_err() {
-                    return Ok(());
-                }
+            if !chunks.hand_on_if_full().await {
+                return Ok(());
             }
         }
     }
-    if !chunk.is_empty() {
-        let _ = out.send(Ok(chunk)).await;
-    }
+    chunks.finish().await;
     Ok(())
 }
 
