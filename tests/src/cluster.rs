@@ -88,12 +88,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn quoted(path: &std::path::Path) -> String {
     format!("{:?}", path.display().to_string())
 }
@@ -141,8 +135,8 @@ impl Cluster {
         }
         let mut nodes = Vec::new();
         for i in 0..opts.nodes.max(1) {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-            let console: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+            let console: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
             let config = dir.path().join(format!("node-{}.toml", i + 1));
             let text = format!(
                 "[listen]\naddress = \"{addr}\"\n\n[console]\nlisten = \"{console}\"\n\n\

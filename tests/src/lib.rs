@@ -112,6 +112,31 @@ pub enum Backend {
 /// on stderr where no test harness hides it, that they did not run.
 pub const SKIP_PG_ENV: &str = "KAKEHASHI_SKIP_PG";
 
+/// A loopback port for a process the test starts to listen on, taken
+/// below the kernel's ephemeral range (32768 and up on Linux): a port that
+/// `bind(":0")` hands out may be taken by an outgoing connection before the
+/// process binds it, and then that process fails with "Address already in
+/// use". A counter keeps the ports of one test run apart, starting where
+/// the process id says, and each is checked free before it is handed out.
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + n) % COUNT)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST + COUNT
+    )
+}
+
 /// The PostgreSQL base URL; `None` only when `KAKEHASHI_SKIP_PG=1` asks to
 /// run without it (said loudly). Unset otherwise: the test fails, so a
 /// green run means the PostgreSQL variants ran.

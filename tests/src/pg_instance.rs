@@ -46,9 +46,7 @@ impl PgInstance {
                 );
             }
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let mut pg = PgInstance {
             dir,
             bin,

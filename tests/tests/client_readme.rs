@@ -35,12 +35,6 @@ fn quick_start_blocks() -> Result<Vec<String>> {
     Ok(blocks)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -65,7 +59,7 @@ async fn the_client_quick_start_works_as_written() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let kk = dir.path().join("kk");
-    let (exchange, console) = (free_port()?, free_port()?);
+    let (exchange, console) = (kakehashi_tests::free_port()?, kakehashi_tests::free_port()?);
     let adapt = |block: &str| {
         block
             .replace("$PWD/target/release", &bin_dir.display().to_string())

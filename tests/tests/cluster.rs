@@ -579,12 +579,6 @@ async fn kill_9_of_a_node_under_load_loses_no_answered_record() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The HAProxy configuration of `docs/cluster.md`, pointed at `cluster`'s
 /// nodes and listening on `exchange` and `console` (loopback).
 fn haproxy_config(cluster: &Cluster, exchange: u16, console: u16) -> Result<String> {
@@ -669,7 +663,7 @@ async fn through_the_documented_haproxy_clients_reach_the_nodes_left_after_kill_
         return Ok(());
     };
     let s = scenario(&cluster, 4).await?;
-    let (exchange, console) = (free_port()?, free_port()?);
+    let (exchange, console) = (kakehashi_tests::free_port()?, kakehashi_tests::free_port()?);
     let config = cluster.dir.path().join("haproxy.cfg");
     std::fs::write(&config, haproxy_config(&cluster, exchange, console)?)?;
     let mut proxy = std::process::Command::new(haproxy)

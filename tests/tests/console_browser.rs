@@ -13,7 +13,6 @@
 //! `target/console-screenshots/`.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,7 +138,7 @@ impl Drop for Browser {
 
 impl Browser {
     async fn start(chromium: &Path, chromedriver: &Path, base: String) -> Result<Browser> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = kakehashi_tests::free_port()?;
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

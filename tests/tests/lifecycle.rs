@@ -29,20 +29,17 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn start_dev() -> Result<Broker> {
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = kakehashi_tests::free_port()?;
     let child = Command::new(broker_binary()?)
         .args(["dev", "--dir"])
         .arg(dir.path().join("dev"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--console-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .args([
+            "--console-listen",
+            &format!("127.0.0.1:{}", kakehashi_tests::free_port()?),
+        ])
         .env("KAKEHASHI_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -288,7 +285,7 @@ async fn serve(config: &std::path::Path, addr: std::net::SocketAddr) -> Result<C
 async fn kill_nine_loses_no_answered_query(backend: kakehashi_tests::Backend) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let dev = dir.path().join("dev");
-    let console = format!("127.0.0.1:{}", free_port()?);
+    let console = format!("127.0.0.1:{}", kakehashi_tests::free_port()?);
     let out = broker_cli(&[
         "dev",
         "--dir",
@@ -302,7 +299,7 @@ async fn kill_nine_loses_no_answered_query(backend: kakehashi_tests::Backend) ->
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port()?;
+    let port = kakehashi_tests::free_port()?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut text = std::fs::read_to_string(dev.join("broker.toml"))?
         .replace("127.0.0.1:7443", &addr.to_string());
