@@ -479,12 +479,12 @@ impl RecordLog {
                                         ExportFormat::Jsonl => out.write_jsonl(&mut data),
                                     }
                                     .map_err(io("write export"))?;
-                                    BundleLine::Row {
+                                    BundleLine::write_row(
+                                        &mut bundle,
                                         seq,
-                                        rc: rc.as_ref().map(hex32),
-                                        pc: pc.as_ref().map(hex32),
-                                    }
-                                    .write(&mut bundle)
+                                        rc.as_ref(),
+                                        pc.as_ref(),
+                                    )
                                     .map_err(io("write bundle"))?;
                                     progress.rows += 1;
                                 } else {
