@@ -276,6 +276,16 @@ async fn record_keys(client: &mut TestClient) -> Result<RecordKeySet> {
     )?)
 }
 
+/// The published checkpoint key ids, the current key first.
+async fn record_key_ids(client: &mut TestClient) -> Result<Vec<String>> {
+    Ok(record_keys(client)
+        .await?
+        .keys
+        .iter()
+        .map(|k| k.key_id.to_string())
+        .collect())
+}
+
 async fn checkpoint_keys(broker: &TestBroker) -> Result<i64> {
     sql_count(
         &broker.store.pools(),
@@ -334,12 +344,7 @@ async fn rotate_sealer_keeps_old_checkpoints_trusted() -> Result<()> {
     )
     .await?;
 
-    let published = record_keys(&mut union).await?;
-    let ids: Vec<String> = published
-        .keys
-        .iter()
-        .map(|k| k.key_id.to_string())
-        .collect();
+    let ids = record_key_ids(&mut union).await?;
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&old_id));
     assert_ne!(ids[0], old_id, "the current key is listed first");
@@ -369,12 +374,7 @@ async fn a_running_broker_signs_with_a_rotated_sealer_key_without_a_restart() ->
         || async { Ok(checkpoint_keys(&broker).await? == 2) },
     )
     .await?;
-    let published = record_keys(&mut s.union).await?;
-    let ids: Vec<String> = published
-        .keys
-        .iter()
-        .map(|k| k.key_id.to_string())
-        .collect();
+    let ids = record_key_ids(&mut s.union).await?;
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_ne!(ids[0], old_id, "the new key is listed first");
     assert_eq!(ids[1], old_id, "the old key stays published");

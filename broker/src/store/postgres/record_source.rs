@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
 use crate::error::BrokerError;
@@ -167,8 +167,9 @@ pub(crate) async fn read_slices(
                 check_columns(&row)?;
                 checked = true;
             }
-            let seq: i64 = row.try_get_unchecked(0)?;
-            chunks.push(Sourced::Record(StoredRecord::Wire(row)));
+            let record = StoredRecord::Wire(row);
+            let seq = record.seq()?;
+            chunks.push(Sourced::Record(record));
             while let Some(cp) = pending.pop_front() {
                 if cp.seq > seq {
                     pending.push_front(cp);
