@@ -62,6 +62,19 @@ pub struct NationalArgs {
     json: Option<PathBuf>,
 }
 
+/// The purge of the oldest month.
+#[derive(Serialize)]
+pub struct PurgeResult {
+    /// Records deleted.
+    pub count: u64,
+    /// Seconds the purge took (verification of the range, drop, purge record).
+    pub secs: f64,
+    /// Month partitions before the purge.
+    pub partitions_before: u64,
+    /// Month partitions after the purge.
+    pub partitions_after: u64,
+}
+
 /// One export.
 #[derive(Serialize)]
 pub struct ExportResult {
@@ -96,14 +109,9 @@ pub struct NationalReport {
     pub disclosure_rows: usize,
     /// Exports.
     pub exports: Vec<ExportResult>,
-    /// Purge of the oldest month: records deleted, seconds, partitions before and after.
-    pub purge_count: u64,
-    /// Seconds the purge took (verification of the range, drop, purge record).
-    pub purge_secs: f64,
-    /// Month partitions before the purge.
-    pub partitions_before: u64,
-    /// Month partitions after the purge.
-    pub partitions_after: u64,
+    /// Purge of the oldest month; none when no whole month of the store
+    /// lies outside the retention period (a reused store, purged before).
+    pub purge: Option<PurgeResult>,
     /// Whole-chain verification, seconds.
     pub verify_secs: f64,
     /// Records verified per second.
@@ -253,6 +261,17 @@ async fn export(
     Ok(result)
 }
 
+/// The latest instant a purge may name: `years` before now, on the same
+/// day (the broker refuses anything later).
+fn retention_cutoff(years: u32) -> Result<time::OffsetDateTime> {
+    let now = time::OffsetDateTime::now_utc();
+    let year = now.year() - i32::try_from(years)?;
+    // 29 February, years back, may not exist: the day before does.
+    let date = time::Date::from_calendar_date(year, now.month(), now.day())
+        .or_else(|_| time::Date::from_calendar_date(year, now.month(), now.day() - 1))?;
+    Ok(now.replace_date(date))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -330,18 +349,32 @@ pub async fn run(args: NationalArgs) -> Result<()> {
     exports.push(export(&log, dir, year_ago, 6).await?);
 
     // Purge of the oldest month still stored (a rerun purges the next one,
-    // while it lies outside the retention period).
+    // while it lies wholly outside the retention period).
     let oldest = oldest_recorded_at(&pools).await?;
     let before = months_after(oldest, 1)?;
-    let partitions_before = partitions(&pools).await?;
-    let t = Instant::now();
-    let report = log.purge(before, "national-bench").await?;
-    let purge_secs = t.elapsed().as_secs_f64();
-    let partitions_after = partitions(&pools).await?;
-    println!(
-        "purge before {}: {} records in {purge_secs:.2} s; partitions {partitions_before} → {partitions_after}",
-        report.before, report.count
-    );
+    let purge = if before > retention_cutoff(RecordsConfig::default().retention_years)? {
+        println!(
+            "purge: no whole month of this store lies outside the retention period any more \
+             (purged by earlier runs); purge NOT measured — fill a fresh store to measure it"
+        );
+        None
+    } else {
+        let partitions_before = partitions(&pools).await?;
+        let t = Instant::now();
+        let report = log.purge(before, "national-bench").await?;
+        let secs = t.elapsed().as_secs_f64();
+        let partitions_after = partitions(&pools).await?;
+        println!(
+            "purge before {}: {} records in {secs:.2} s; partitions {partitions_before} → {partitions_after}",
+            report.before, report.count
+        );
+        Some(PurgeResult {
+            count: report.count,
+            secs,
+            partitions_before,
+            partitions_after,
+        })
+    };
 
     let t = Instant::now();
     let verdict = log.verify().await?;
@@ -362,10 +395,7 @@ pub async fn run(args: NationalArgs) -> Result<()> {
         disclosure_max_ms,
         disclosure_rows,
         exports,
-        purge_count: report.count,
-        purge_secs,
-        partitions_before,
-        partitions_after,
+        purge,
         verify_secs,
         verify_rate,
         bytes_per_record,

@@ -17,7 +17,7 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `opt<str>`: `0x00`, or `0x01` and the string.
-pub(super) fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
+pub(super) fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.push(0),
         Some(s) => {
@@ -39,7 +39,7 @@ pub(super) fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
 }
 
 /// `opt<[32]>`: `0x00`, or `0x01` and the 32 bytes.
-pub(super) fn put_opt_hash(out: &mut Vec<u8>, h: &Option<Hash>) {
+pub(super) fn put_opt_hash(out: &mut Vec<u8>, h: Option<&Hash>) {
     match h {
         None => out.push(0),
         Some(h) => {

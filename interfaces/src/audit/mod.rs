@@ -319,7 +319,9 @@ pub use export::{
     BUNDLE_FORMAT, CSV_COLUMNS, UTF8_BOM,
 };
 pub use outcome::Outcome;
-pub use record::{person_commitment, Hash, Record, ENCODING_VERSION, SALT_LEN};
+pub use record::{
+    person_commitment, Hash, Items, Record, RecordFields, ENCODING_VERSION, SALT_LEN,
+};
 pub use timestamp::{
     check_imprint, checkpoint_digest, decode_token, encode_token, request as timestamp_request,
     token_from_response, verify_token, TimestampError, TokenInfo, TsaCertificate,

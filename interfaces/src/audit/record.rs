@@ -52,28 +52,104 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record's fields, borrowed.
+    pub fn fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            seq: self.seq,
+            at: &self.at,
+            query_id: &self.query_id,
+            permit_id: self.permit_id.as_deref(),
+            flow_id: self.flow_id.as_deref(),
+            flow_list_version: self.flow_list_version,
+            procedure: self.procedure.as_deref(),
+            requester: &self.requester,
+            provider: self.provider.as_deref(),
+            items: Items::List(&self.items),
+            requester_person: self.requester_person.as_ref(),
+            provider_person: self.provider_person.as_ref(),
+            outcome: &self.outcome,
+            approver: self.approver.as_deref(),
+        }
+    }
+
+    /// The canonical encoding (see the module documentation).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.fields().canonical_bytes()
+    }
+
+    /// `leaf = SHA-256(leaf tag ‖ canonical bytes)`.
+    pub fn leaf_hash(&self) -> Hash {
+        self.fields().leaf_hash()
+    }
+}
+
+/// A record's item codes: a list, or the list's stored form (the codes
+/// joined by single spaces, none empty).
+#[derive(Debug, Clone, Copy)]
+pub enum Items<'a> {
+    /// One string per code.
+    List(&'a [String]),
+    /// The codes joined by single spaces; empty pieces are skipped.
+    Spaced(&'a str),
+}
+
+impl<'a> Items<'a> {
+    fn each(self) -> impl Iterator<Item = &'a str> {
+        let (list, spaced) = match self {
+            Items::List(list) => (Some(list.iter().map(String::as_str)), None),
+            Items::Spaced(s) => (None, Some(s.split(' ').filter(|c| !c.is_empty()))),
+        };
+        list.into_iter()
+            .flatten()
+            .chain(spaced.into_iter().flatten())
+    }
+}
+
+/// A record's hashed fields, borrowed (see [`Record`] for each): what is
+/// encoded and hashed, for a caller holding the fields elsewhere — a stored
+/// row read in place — that should not build a [`Record`] to hash it.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct RecordFields<'a> {
+    pub seq: u64,
+    pub at: &'a str,
+    pub query_id: &'a str,
+    pub permit_id: Option<&'a str>,
+    pub flow_id: Option<&'a str>,
+    pub flow_list_version: Option<u64>,
+    pub procedure: Option<&'a str>,
+    pub requester: &'a str,
+    pub provider: Option<&'a str>,
+    pub items: Items<'a>,
+    pub requester_person: Option<&'a Hash>,
+    pub provider_person: Option<&'a Hash>,
+    pub outcome: &'a Outcome,
+    pub approver: Option<&'a str>,
+}
+
+impl RecordFields<'_> {
     /// The canonical encoding (see the module documentation).
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.push(ENCODING_VERSION);
         put_u64(&mut out, self.seq);
-        put_str(&mut out, &self.at);
-        put_str(&mut out, &self.query_id);
-        put_opt_str(&mut out, &self.permit_id);
-        put_opt_str(&mut out, &self.flow_id);
+        put_str(&mut out, self.at);
+        put_str(&mut out, self.query_id);
+        put_opt_str(&mut out, self.permit_id);
+        put_opt_str(&mut out, self.flow_id);
         put_opt_u64(&mut out, self.flow_list_version);
-        put_opt_str(&mut out, &self.procedure);
-        put_str(&mut out, &self.requester);
-        put_opt_str(&mut out, &self.provider);
-        let items = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
+        put_opt_str(&mut out, self.procedure);
+        put_str(&mut out, self.requester);
+        put_opt_str(&mut out, self.provider);
+        let items = u32::try_from(self.items.each().count()).unwrap_or(u32::MAX);
         out.extend_from_slice(&items.to_be_bytes());
-        for item in &self.items {
+        for item in self.items.each() {
             put_str(&mut out, item);
         }
-        put_opt_hash(&mut out, &self.requester_person);
-        put_opt_hash(&mut out, &self.provider_person);
+        put_opt_hash(&mut out, self.requester_person);
+        put_opt_hash(&mut out, self.provider_person);
         self.outcome.encode(&mut out);
-        put_opt_str(&mut out, &self.approver);
+        put_opt_str(&mut out, self.approver);
         out
     }
 
@@ -102,6 +178,30 @@ mod tests {
     use super::*;
     use crate::audit::fixtures::sample;
     use crate::audit::{chain_hash, GENESIS_HASH};
+
+    #[test]
+    fn the_stored_item_form_encodes_as_the_list() {
+        for items in [vec![], vec!["income.total".to_string()], sample().items] {
+            let r = Record {
+                items: items.clone(),
+                ..sample()
+            };
+            let joined = items.join(" ");
+            let spaced = RecordFields {
+                items: Items::Spaced(&joined),
+                ..r.fields()
+            };
+            assert_eq!(spaced.canonical_bytes(), r.canonical_bytes(), "{items:?}");
+            assert_eq!(spaced.leaf_hash(), r.leaf_hash());
+        }
+        // A different list is a different leaf.
+        let r = sample();
+        let fewer = RecordFields {
+            items: Items::Spaced("income.total"),
+            ..r.fields()
+        };
+        assert_ne!(fewer.leaf_hash(), r.leaf_hash());
+    }
 
     #[test]
     fn canonical_encoding_is_stable() {

@@ -1,6 +1,6 @@
 //! SQL for provision records: rows, streams, the head row, partitions.
 
-use kakehashi_interfaces::audit::{self, Checkpoint, Hash, Outcome, SALT_LEN};
+use kakehashi_interfaces::audit::{self, Checkpoint, Hash, Items, Outcome, RecordFields, SALT_LEN};
 use sqlx::FromRow;
 
 use crate::error::BrokerError;
@@ -72,7 +72,67 @@ pub(crate) struct RecordView<'a> {
     pub hash: &'a [u8],
 }
 
-impl RecordView<'_> {
+/// What a stored record without detail gives once its columns are checked
+/// as [`RecordRow::into_record`] checks them: the values its hashed fields
+/// need beside the borrowed columns.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub seq: u64,
+    pub outcome: Outcome,
+    pub flow_list_version: Option<u64>,
+    pub requester_person: Option<Hash>,
+    pub provider_person: Option<Hash>,
+}
+
+impl<'a> RecordView<'a> {
+    /// The columns checked as [`RecordRow::into_record`] checks them, for a
+    /// record without detail; `None` for one with detail (exports, purges,
+    /// erasures), which is decoded whole instead.
+    pub fn checked(&self) -> Result<Option<Checked>, String> {
+        if self.detail.is_some() {
+            return Ok(None);
+        }
+        let seq = u64::try_from(self.seq).map_err(|_| "negative sequence".to_string())?;
+        let outcome = Outcome::from_parts(self.outcome, self.reason.map(str::to_string), None)?;
+        let flow_list_version = self
+            .flow_list_version
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| "negative flow-list version".to_string())?;
+        let (requester_person, provider_person) = self.commitments()?;
+        Ok(Some(Checked {
+            seq,
+            outcome,
+            flow_list_version,
+            requester_person,
+            provider_person,
+        }))
+    }
+
+    /// The record's hashed fields: these columns with what [`Self::checked`]
+    /// gave for them.
+    pub fn fields<'b>(&'b self, checked: &'b Checked) -> RecordFields<'b>
+    where
+        'a: 'b,
+    {
+        RecordFields {
+            seq: checked.seq,
+            at: self.recorded_at,
+            query_id: self.query_id,
+            permit_id: self.permit_id,
+            flow_id: self.flow_id,
+            flow_list_version: checked.flow_list_version,
+            procedure: self.procedure_code,
+            requester: self.requester,
+            provider: self.provider,
+            items: Items::Spaced(self.items),
+            requester_person: checked.requester_person.as_ref(),
+            provider_person: checked.provider_person.as_ref(),
+            outcome: &checked.outcome,
+            approver: self.approver,
+        }
+    }
+
     /// The requester's and the provider's person-code commitments.
     pub fn commitments(&self) -> Result<(Option<Hash>, Option<Hash>), String> {
         Ok((
