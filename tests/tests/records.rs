@@ -700,6 +700,69 @@ async fn a_long_export_reads_in_slices_and_verifies(backend: Backend) -> Result<
 }
 both_backends!(a_long_export_reads_in_slices_and_verifies: long_export_sqlite, long_export_postgres);
 
+/// A period that ended before the latest checkpoint is proven by the
+/// checkpoints already signed: its export signs none. A period reaching
+/// past the latest checkpoint seals the head first. Both verify offline.
+async fn a_past_period_is_proven_by_the_checkpoints_already_signed(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    for i in 1..=30 {
+        log.append_with_clock(draft(i), at("2025-01-10T10:00:00Z"))
+            .await?;
+    }
+    log.seal().await?;
+    for i in 31..=35 {
+        log.append(draft(i)).await?;
+    }
+    let checkpoints = "SELECT COUNT(*) FROM record_checkpoints";
+    let signed = env.count(checkpoints).await?;
+    let export = |name: &str, to: time::OffsetDateTime| records::ExportRequest {
+        filter: records::ExportFilter {
+            from: Some(at("2025-01-01T00:00:00Z")),
+            to: Some(to),
+            ..records::ExportFilter::default()
+        },
+        format: ExportFormat::Csv,
+        out: env.dir.path().join(name),
+        actor: "auditor-sato".into(),
+    };
+
+    let january = export("january.csv", at("2025-02-01T00:00:00Z"));
+    let summary = log.export(&january).await?;
+    assert_eq!((summary.rows, summary.sealed_seq), (30, 30));
+    assert_eq!(
+        env.count(checkpoints).await?,
+        signed,
+        "a checkpoint was signed"
+    );
+    assert_eq!(
+        audit::verify_export_files(&january.out, None, &[])?.rows,
+        30
+    );
+
+    // To tomorrow: the five records after the checkpoint and the record of
+    // the first export are sealed before they are exported.
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let until_now = export("until-now.csv", tomorrow);
+    let summary = log.export(&until_now).await?;
+    assert_eq!(summary.rows, 36);
+    assert!(summary.sealed_seq >= 36, "sealed at {}", summary.sealed_seq);
+    assert_eq!(env.count(checkpoints).await?, signed + 1);
+    assert_eq!(
+        audit::verify_export_files(&until_now.out, None, &[])?.rows,
+        36
+    );
+    log.close().await;
+    assert!(env.verify().await?.is_intact());
+    Ok(())
+}
+both_backends!(
+    a_past_period_is_proven_by_the_checkpoints_already_signed: past_period_sqlite,
+    past_period_postgres
+);
+
 // -------------------------------------------------------------------- purge
 
 fn at(s: &str) -> time::OffsetDateTime {

@@ -736,8 +736,14 @@ impl RecordLog {
 
     /// The refusal in force, unless an administrator accepted a head since
     /// it was found (then it is lifted and the checks run again).
+    /// Whether sealing is refused (a rewritten or rewound store found) until
+    /// an administrator accepts the head.
+    fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+    }
+
     fn still_refusing(&self, state: Option<&sealer_state::SealerState>) -> Option<BrokerError> {
-        if !self.refusing.load(Ordering::Acquire) {
+        if !self.is_refusing() {
             return None;
         }
         let mut latched = self.refusal.lock().ok()?;

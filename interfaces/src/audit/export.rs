@@ -453,37 +453,64 @@ impl BundleLine {
     }
 
     /// Writes the line [`BundleLine::Row`] writes, without building it: one
-    /// per exported record, so the hot line of a long export. Its fields are
-    /// a number and hex digits, which JSON never escapes.
+    /// per exported record, so the hot line of a long export.
     pub fn write_row<W: Write>(
         w: &mut W,
         seq: u64,
         rc: Option<&Hash>,
         pc: Option<&Hash>,
     ) -> std::io::Result<()> {
-        // The longest line: its start, 20 digits, two named hashes, its end.
-        const LONGEST: usize = 20 + 20 + 2 * (7 + 64 + 1) + 2;
-        let mut line = [0u8; LONGEST];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            line[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(br#"{"type":"row","seq":"#);
-        put(itoa::Buffer::new().format(seq).as_bytes());
-        for (name, hash) in [(&br#","rc":""#[..], rc), (&br#","pc":""#[..], pc)] {
-            if let Some(hash) = hash {
-                let mut digits = [0u8; 64];
-                // Cannot fail: the buffer is exactly twice the hash.
-                let _ = hex::encode_to_slice(hash, &mut digits);
-                put(name);
-                put(&digits);
-                put(b"\"");
-            }
-        }
-        put(b"}\n");
-        w.write_all(&line[..at])
+        write_hashes_line(
+            w,
+            br#"{"type":"row","seq":"#,
+            seq,
+            [(&br#","rc":""#[..], rc), (&br#","pc":""#[..], pc)],
+        )
     }
+
+    /// Writes the line [`BundleLine::Leaf`] writes, without building it: one
+    /// per record that links a segment to its closing checkpoint.
+    pub fn write_leaf<W: Write>(w: &mut W, seq: u64, leaf: &Hash) -> std::io::Result<()> {
+        write_hashes_line(
+            w,
+            br#"{"type":"leaf","seq":"#,
+            seq,
+            [(&br#","leaf":""#[..], Some(leaf)), (&b""[..], None)],
+        )
+    }
+}
+
+/// A bundle line of a sequence number and up to two named hashes, as serde
+/// writes it: its fields are a number and hex digits, which JSON never
+/// escapes.
+fn write_hashes_line<W: Write>(
+    w: &mut W,
+    start: &[u8],
+    seq: u64,
+    hashes: [(&[u8], Option<&Hash>); 2],
+) -> std::io::Result<()> {
+    // The longest line: its start, 20 digits, two named hashes, its end.
+    const LONGEST: usize = 21 + 20 + 2 * (9 + 64 + 1) + 2;
+    let mut line = [0u8; LONGEST];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        line[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(start);
+    put(itoa::Buffer::new().format(seq).as_bytes());
+    for (name, hash) in hashes {
+        if let Some(hash) = hash {
+            let mut digits = [0u8; 64];
+            // Cannot fail: the buffer is exactly twice the hash.
+            let _ = hex::encode_to_slice(hash, &mut digits);
+            put(name);
+            put(&digits);
+            put(b"\"");
+        }
+    }
+    put(b"}\n");
+    w.write_all(&line[..at])
 }
 
 /// The bundle path for a data file: `FILE.bundle.jsonl`.
@@ -515,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn a_row_line_written_directly_is_the_row_line_serde_writes() {
+    fn row_and_leaf_lines_written_directly_are_the_lines_serde_writes() {
         let (a, b) = ([0x0f; 32], std::array::from_fn(|i| (i * 37 + 5) as u8));
         for seq in [0, 7, u64::MAX] {
             for (rc, pc) in [
@@ -539,6 +566,19 @@ mod tests {
                     String::from_utf8(serde).unwrap()
                 );
             }
+            let mut direct = Vec::new();
+            BundleLine::write_leaf(&mut direct, seq, &b).unwrap();
+            let mut serde = Vec::new();
+            BundleLine::Leaf {
+                seq,
+                leaf: hex::encode(b),
+            }
+            .write(&mut serde)
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
         }
     }
 }
