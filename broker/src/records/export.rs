@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::db::{to_hash, to_i64, RecordView};
+use super::writeback::WritebackFile;
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
 use crate::store::record_source::{prepare_read, read_in_order, Sourced};
@@ -246,8 +247,13 @@ impl RecordLog {
     /// part-way, with what was written.
     pub async fn export(&self, req: &ExportRequest) -> Result<ExportSummary, BrokerError> {
         let bundle = audit::bundle_path_for(&req.out);
-        let mut data_file = BufWriter::with_capacity(256 * 1024, create_private(&req.out)?);
-        let mut bundle_file = BufWriter::with_capacity(256 * 1024, create_private(&bundle)?);
+        let file = |path| -> Result<_, BrokerError> {
+            Ok(BufWriter::with_capacity(
+                256 * 1024,
+                WritebackFile::new(create_private(path)?),
+            ))
+        };
+        let (mut data_file, mut bundle_file) = (file(&req.out)?, file(&bundle)?);
         let filter = req.filter.describe();
         let mut progress = Progress::default();
         let result = match self
@@ -262,9 +268,7 @@ impl RecordLog {
             )
             .await
         {
-            Ok(sealed) => sync_both(&mut data_file, &mut bundle_file)
-                .await
-                .map(|()| sealed),
+            Ok(sealed) => sync_both(data_file, bundle_file).await.map(|()| sealed),
             Err(e) => Err(e),
         };
         let export_record_seq = self
@@ -659,24 +663,21 @@ fn leaf_direct(view: &RecordView<'_>, seq: u64) -> Result<Option<audit::Hash>, B
 /// the writing half formats one.
 const ITEMS_AHEAD: usize = 8;
 
-/// Flushes both files' buffers and syncs the two side by side: each sync
-/// waits for a journal commit, and the two in series were 24–30 ms of a
-/// month's export (`kakehashi-bench national`).
+/// Flushes both files' buffers and syncs the two side by side, each waiting
+/// for its journal commit.
 async fn sync_both(
-    data: &mut BufWriter<std::fs::File>,
-    bundle: &mut BufWriter<std::fs::File>,
+    data: BufWriter<WritebackFile>,
+    bundle: BufWriter<WritebackFile>,
 ) -> Result<(), BrokerError> {
-    data.flush().map_err(io("sync export"))?;
-    bundle.flush().map_err(io("sync bundle"))?;
-    let on_its_own = |file: &std::fs::File, what: &'static str| {
-        let file = file.try_clone().map_err(io(what))?;
+    let on_its_own = |file: BufWriter<WritebackFile>, what: &'static str| {
+        let file = file.into_inner().map_err(|e| io(what)(e.into_error()))?;
         Ok::<_, BrokerError>(tokio::task::spawn_blocking(move || {
-            file.sync_all().map_err(io(what))
+            file.finish().map_err(io(what))
         }))
     };
     let (a, b) = (
-        on_its_own(data.get_ref(), "sync export")?,
-        on_its_own(bundle.get_ref(), "sync bundle")?,
+        on_its_own(data, "sync export")?,
+        on_its_own(bundle, "sync bundle")?,
     );
     let (a, b) = tokio::join!(a, b);
     for synced in [a, b] {

@@ -31,6 +31,7 @@ mod search;
 mod tsa;
 mod verify;
 mod witness;
+mod writeback;
 pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
