@@ -676,7 +676,8 @@ async fn a_long_export_reads_in_slices_and_verifies(backend: Backend) -> Result<
     export(&env, ExportFormat::Csv, &all, None, None).await?;
     let report = audit::verify_export_files(&all, None, &[])?;
     assert_eq!(report.rows, total);
-    assert!(report.segments >= 5, "{} segments", report.segments);
+    // One run of exported records: one segment, past every checkpoint.
+    assert_eq!(report.segments, 1);
     let text = std::fs::read_to_string(&all)?;
     assert_eq!(text.lines().count() as u64, total + 1);
     assert!(
@@ -693,6 +694,7 @@ async fn a_long_export_reads_in_slices_and_verifies(backend: Backend) -> Result<
         report.rows,
         (1..=40_000u64).filter(|i| i % 3 == 2).count() as u64
     );
+    assert!(report.segments >= 5, "{} segments", report.segments);
     let bundle = std::fs::read_to_string(audit::bundle_path_for(&one))?;
     assert!(bundle.contains("\"type\":\"leaf\""));
     assert!(env.verify().await?.is_intact());
@@ -761,6 +763,60 @@ async fn a_past_period_is_proven_by_the_checkpoints_already_signed(backend: Back
 both_backends!(
     a_past_period_is_proven_by_the_checkpoints_already_signed: past_period_sqlite,
     past_period_postgres
+);
+
+/// A store that signs a checkpoint after every record (a quiet union's,
+/// where queries come seconds apart): a run of exported records is one
+/// segment, proven by the checkpoint where the run ends, and a run of other
+/// records ends a segment at the first checkpoint.
+async fn a_checkpoint_per_record_leaves_one_segment_per_run(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = env.log().await?;
+    for i in 1..=60 {
+        log.append(draft(i)).await?;
+        log.seal().await?;
+    }
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM record_checkpoints").await?,
+        60
+    );
+    let request = |name: &str, of: Option<&str>| records::ExportRequest {
+        filter: records::ExportFilter {
+            org: of.map(org),
+            ..records::ExportFilter::default()
+        },
+        format: ExportFormat::Csv,
+        out: env.dir.path().join(name),
+        actor: "auditor-sato".into(),
+    };
+    let all = request("all.csv", None);
+    let summary = log.export(&all).await?;
+    assert_eq!((summary.rows, summary.segments), (60, 1));
+    let report = audit::verify_export_files(&all.out, None, &[])?;
+    assert_eq!((report.rows, report.segments), (60, 1));
+    let bundle = std::fs::read_to_string(audit::bundle_path_for(&all.out))?;
+    assert_eq!(bundle.matches("\"type\":\"checkpoint\"").count(), 1);
+
+    // Kawaguchi asks every third query: each of its records is a run of
+    // its own, ended by the checkpoint right after it.
+    let one = request("kawaguchi.csv", Some("city-kawaguchi"));
+    let summary = log.export(&one).await?;
+    assert_eq!((summary.rows, summary.segments), (20, 20));
+    let report = audit::verify_export_files(&one.out, None, &[])?;
+    assert_eq!((report.rows, report.segments), (20, 20));
+    let bundle = std::fs::read_to_string(audit::bundle_path_for(&one.out))?;
+    assert!(
+        !bundle.contains("\"type\":\"leaf\""),
+        "a leaf where a checkpoint ends the run"
+    );
+    log.close().await;
+    Ok(())
+}
+both_backends!(
+    a_checkpoint_per_record_leaves_one_segment_per_run: dense_checkpoints_sqlite,
+    dense_checkpoints_postgres
 );
 
 // -------------------------------------------------------------------- purge

@@ -10,13 +10,15 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use kakehashi_interfaces::audit::{self, BundleLine, ExportFormat, ExportRow, Outcome};
+use kakehashi_interfaces::audit::{
+    self, BundleLine, ExportFormat, ExportRow, Outcome, TrustedKeys,
+};
 use kakehashi_interfaces::{ErrorCode, OrgId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::db::{to_hash, to_i64, RecordView};
+use super::db::{to_hash, to_i64, CheckpointRow, RecordView};
 use super::writeback::WritebackFile;
 use super::{system_org, RecordDraft, RecordLog};
 use crate::error::BrokerError;
@@ -446,38 +448,39 @@ impl RecordLog {
                     // Owned here, so the reading half stops once writing ends.
                     let mut rx = rx;
                     let mut last_seq: Option<u64> = None;
+                    let mut closing: Option<CheckpointRow> = None;
                     while let Some(chunk) = rx.recv().await {
                         for item in chunk? {
                             let stored = match item {
                                 Sourced::Checkpoint(cp_row) => {
-                                    let cp = cp_row.to_checkpoint();
-                                    // Only checkpoints by trusted keys close a segment.
-                                    if in_segment
-                                        && Some(cp.seq) == last_seq
-                                        && cp.verify(&trusted).is_ok()
-                                    {
-                                        let key = ed25519_dalek::VerifyingKey::from_bytes(
-                                            &to_hash(&cp_row.public_key, "checkpoint key")?,
-                                        )
-                                        .map_err(|e| {
-                                            BrokerError::Config(format!("checkpoint key: {e}"))
-                                        })?;
-                                        BundleLine::checkpoint(&cp, &key)
-                                            .write(&mut bundle)
-                                            .map_err(io("write bundle"))?;
-                                        in_segment = false;
+                                    // A checkpoint right after a record of the
+                                    // open segment may end it; the next record
+                                    // decides.
+                                    if in_segment && u64::try_from(cp_row.seq).ok() == last_seq {
+                                        closing = Some(cp_row);
                                     }
                                     continue;
                                 }
                                 Sourced::Record(stored) => stored,
                             };
+                            let view = stored.view()?;
+                            let seq = u64::try_from(view.seq).unwrap_or(0);
+                            let matches = seq <= last_match && matcher.matches(&view);
+                            // A segment ends at a checkpoint only where the
+                            // run of exported records does; in the middle of
+                            // a run the checkpoint is passed over unverified.
+                            // (A store that signs a checkpoint every few
+                            // records would otherwise cost a segment and a
+                            // signature check per record.)
+                            if let Some(cp_row) = closing.take() {
+                                if !matches && close_at(&cp_row, &trusted, &mut bundle)? {
+                                    in_segment = false;
+                                }
+                            }
                             if !in_segment && last_seq.is_some_and(|s| s >= last_match) {
                                 return Ok(());
                             }
-                            let view = stored.view()?;
-                            let seq = u64::try_from(view.seq).unwrap_or(0);
                             last_seq = Some(seq);
-                            let matches = seq <= last_match && matcher.matches(&view);
                             if matches && !in_segment {
                                 BundleLine::Segment {
                                     start_seq: seq - 1,
@@ -542,6 +545,13 @@ impl RecordLog {
                                 }
                             }
                             prev = hash;
+                        }
+                    }
+                    // The read ended on a checkpoint after the segment's last
+                    // record.
+                    if let Some(cp_row) = closing.take() {
+                        if close_at(&cp_row, &trusted, &mut bundle)? {
+                            in_segment = false;
                         }
                     }
                     Ok::<(), BrokerError>(())
@@ -643,6 +653,27 @@ fn write_csv_direct<D: Write, B: Write>(
     )
     .map_err(io("write export"))?;
     BundleLine::write_row(bundle, seq, rc.as_ref(), pc.as_ref()).map_err(io("write bundle"))?;
+    Ok(true)
+}
+
+/// Ends the open segment at `cp_row` when a trusted key signed it: writes
+/// its checkpoint line and returns true; false (the segment stays open) for
+/// a checkpoint by a key not trusted.
+fn close_at<B: Write>(
+    cp_row: &CheckpointRow,
+    trusted: &TrustedKeys,
+    bundle: &mut B,
+) -> Result<bool, BrokerError> {
+    let cp = cp_row.to_checkpoint();
+    if cp.verify(trusted).is_err() {
+        return Ok(false);
+    }
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&to_hash(&cp_row.public_key, "checkpoint key")?)
+            .map_err(|e| BrokerError::Config(format!("checkpoint key: {e}")))?;
+    BundleLine::checkpoint(&cp, &key)
+        .write(bundle)
+        .map_err(io("write bundle"))?;
     Ok(true)
 }
 
