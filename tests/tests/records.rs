@@ -767,8 +767,9 @@ both_backends!(
 
 /// A store that signs a checkpoint after every record (a quiet union's,
 /// where queries come seconds apart): a run of exported records is one
-/// segment, proven by the checkpoint where the run ends, and a run of other
-/// records ends a segment at the first checkpoint.
+/// segment, proven by the checkpoint where the run ends and carrying those
+/// inside it, and a run of other records ends a segment at the first
+/// checkpoint.
 async fn a_checkpoint_per_record_leaves_one_segment_per_run(backend: Backend) -> Result<()> {
     let Some(env) = Env::new(backend).await? else {
         return Ok(());
@@ -796,8 +797,10 @@ async fn a_checkpoint_per_record_leaves_one_segment_per_run(backend: Backend) ->
     assert_eq!((summary.rows, summary.segments), (60, 1));
     let report = audit::verify_export_files(&all.out, None, &[])?;
     assert_eq!((report.rows, report.segments), (60, 1));
+    // Every checkpoint goes along, for its time.
     let bundle = std::fs::read_to_string(audit::bundle_path_for(&all.out))?;
-    assert_eq!(bundle.matches("\"type\":\"checkpoint\"").count(), 1);
+    assert_eq!(bundle.matches("\"type\":\"checkpoint\"").count(), 60);
+    assert_eq!(report.checkpoints, 60);
 
     // Kawaguchi asks every third query: each of its records is a run of
     // its own, ended by the checkpoint right after it.

@@ -467,13 +467,16 @@ impl RecordLog {
                             let seq = u64::try_from(view.seq).unwrap_or(0);
                             let matches = seq <= last_match && matcher.matches(&view);
                             // A segment ends at a checkpoint only where the
-                            // run of exported records does; in the middle of
-                            // a run the checkpoint is passed over unverified.
-                            // (A store that signs a checkpoint every few
-                            // records would otherwise cost a segment and a
-                            // signature check per record.)
+                            // run of exported records does; inside a run the
+                            // checkpoint goes along (with its time-stamp
+                            // token), its signature left to the offline
+                            // verifier. (A store that signs a checkpoint
+                            // every few records would otherwise cost a
+                            // segment and a signature check per record.)
                             if let Some(cp_row) = closing.take() {
-                                if !matches && close_at(&cp_row, &trusted, &mut bundle)? {
+                                if matches {
+                                    carry(&cp_row, &trusted, &mut bundle)?;
+                                } else if close_at(&cp_row, &trusted, &mut bundle)? {
                                     in_segment = false;
                                 }
                             }
@@ -675,6 +678,25 @@ fn close_at<B: Write>(
         .write(bundle)
         .map_err(io("write bundle"))?;
     Ok(true)
+}
+
+/// Writes the line of a checkpoint inside a segment, when a trusted key's
+/// id and key are on it; its signature is checked by whoever verifies the
+/// export, as every checkpoint line's is.
+fn carry<B: Write>(
+    cp_row: &CheckpointRow,
+    trusted: &TrustedKeys,
+    bundle: &mut B,
+) -> Result<(), BrokerError> {
+    let Some(key) = trusted.get(&cp_row.key_id) else {
+        return Ok(());
+    };
+    if key.as_bytes().as_slice() != cp_row.public_key.as_slice() {
+        return Ok(());
+    }
+    BundleLine::checkpoint(&cp_row.to_checkpoint(), key)
+        .write(bundle)
+        .map_err(io("write bundle"))
 }
 
 /// The leaf hash of a record without detail, from its stored columns;
