@@ -8,7 +8,8 @@
 //! - the export of one month, ≥ 300 000 rows/s, in constant memory (the
 //!   process's resident memory is sampled during a one-month and a
 //!   six-month export);
-//! - the purge of the oldest month, one partition drop, ≤ 1 s;
+//! - the purge of the oldest month, one partition drop, ≤ 1 s (while a
+//!   whole month of the store lies outside the retention period);
 //! - verification of the whole chain, with its rate;
 //! - the bytes stored per record (table, indexes and TOAST of every
 //!   partition).
