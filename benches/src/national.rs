@@ -262,17 +262,6 @@ async fn export(
     Ok(result)
 }
 
-/// The latest instant a purge may name: `years` before now, on the same
-/// day (the broker refuses anything later).
-fn retention_cutoff(years: u32) -> Result<time::OffsetDateTime> {
-    let now = time::OffsetDateTime::now_utc();
-    let year = now.year() - i32::try_from(years)?;
-    // 29 February, years back, may not exist: the day before does.
-    let date = time::Date::from_calendar_date(year, now.month(), now.day())
-        .or_else(|_| time::Date::from_calendar_date(year, now.month(), now.day() - 1))?;
-    Ok(now.replace_date(date))
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -360,7 +349,7 @@ pub async fn run(args: NationalArgs) -> Result<()> {
     // while it lies wholly outside the retention period).
     let oldest = oldest_recorded_at(&pools).await?;
     let before = months_after(oldest, 1)?;
-    let purge = if before > retention_cutoff(RecordsConfig::default().retention_years)? {
+    let purge = if before > log.retention_cutoff(time::OffsetDateTime::now_utc()) {
         println!(
             "purge: no whole month of this store lies outside the retention period any more \
              (purged by earlier runs); purge NOT measured — fill a fresh store to measure it"

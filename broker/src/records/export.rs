@@ -224,6 +224,14 @@ impl Caps {
     }
 }
 
+/// A period the latest checkpoint already proves: the checkpoint's
+/// sequence, and the period's last record (asked to find that out).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Covered {
+    seq: u64,
+    last_match: Option<u64>,
+}
+
 /// What an export in progress has written so far.
 #[derive(Debug, Default)]
 pub(super) struct Progress {
@@ -320,11 +328,11 @@ impl RecordLog {
         .await
     }
 
-    /// The latest checkpoint's sequence when it covers every record
-    /// `matcher` can select: a period that ended before it, in a log that is
-    /// not refusing to seal. Then an export need not seal the head (a
-    /// commit and a file sync, 7–30 ms of a month's export).
-    async fn covering_checkpoint(&self, matcher: &Matcher) -> Result<Option<u64>, BrokerError> {
+    /// The latest checkpoint when it covers every record `matcher` can
+    /// select: a period that ended before it, in a log that is not refusing
+    /// to seal. Then an export need not seal the head (a commit and a file
+    /// sync, 7–30 ms of a month's export).
+    async fn covering_checkpoint(&self, matcher: &Matcher) -> Result<Option<Covered>, BrokerError> {
         let (Some(to), Some(cp)) = (&matcher.to, self.latest_checkpoint()) else {
             return Ok(None);
         };
@@ -336,12 +344,17 @@ impl RecordLog {
         if cp.seq < head.cut_seq || cp.seq > head.seq {
             return Ok(None);
         }
-        let last = self
+        let last_match = self
             .pools
             .backend()
             .last_seq_before(to, matcher.from.as_deref(), head.cut_seq, head.seq)
             .await?;
-        Ok(last.is_none_or(|last| last <= cp.seq).then_some(cp.seq))
+        Ok(last_match
+            .is_none_or(|last| last <= cp.seq)
+            .then_some(Covered {
+                seq: cp.seq,
+                last_match,
+            }))
     }
 
     /// Writes the records `matcher` selects to `data` and the bundle that
@@ -363,8 +376,9 @@ impl RecordLog {
         // unless the latest checkpoint already covers the period (the
         // log's latest checkpoint travels with the export, for witnesses).
         self.refresh_latest_checkpoint().await;
-        let sealed = match self.covering_checkpoint(matcher).await? {
-            Some(seq) => Some(seq),
+        let covered = self.covering_checkpoint(matcher).await?;
+        let sealed = match &covered {
+            Some(c) => Some(c.seq),
             None => self.seal().await?,
         };
         let latest = self.latest_checkpoint();
@@ -410,13 +424,14 @@ impl RecordLog {
                 }
             },
             async {
-                match &matcher.to {
-                    Some(to) => {
+                match (&covered, &matcher.to) {
+                    (Some(c), _) => Ok(c.last_match),
+                    (None, Some(to)) => {
                         backend
                             .last_seq_before(to, matcher.from.as_deref(), head.cut_seq, hi)
                             .await
                     }
-                    None => Ok(Some(hi)),
+                    (None, None) => Ok(Some(hi)),
                 }
             },
             prepare_read(&mut snap),
@@ -495,53 +510,17 @@ impl RecordLog {
                                 progress.segments += 1;
                             }
                             let hash = to_hash(view.hash, "record hash")?;
-                            if matches
-                                && format == ExportFormat::Csv
-                                && write_csv_direct(&view, seq, &mut data, &mut bundle, &mut line)?
-                            {
-                                progress.rows += 1;
-                                if let Some(caps) = over(progress.rows, &data, &bundle) {
-                                    return Err(caps.exceeded());
-                                }
-                            } else if in_segment {
-                                // A record that only links the chain (up to
-                                // the checkpoint closing the segment) is
-                                // hashed from its columns in place.
-                                if !matches {
-                                    if let Some(leaf) = leaf_direct(&view, seq)? {
-                                        BundleLine::write_leaf(&mut bundle, seq, &leaf)
-                                            .map_err(io("write bundle"))?;
-                                        if let Some(caps) = over(progress.rows, &data, &bundle) {
-                                            return Err(caps.exceeded());
-                                        }
-                                        prev = hash;
-                                        continue;
-                                    }
-                                }
-                                let (record, _) = stored
-                                    .into_row()?
-                                    .into_record()
-                                    .map_err(|e| malformed(seq, e))?;
-                                if matches {
-                                    let (rc, pc) =
-                                        (record.requester_person, record.provider_person);
-                                    let out = ExportRow::from_owned(record);
-                                    match format {
-                                        ExportFormat::Csv => out.write_csv(&mut data),
-                                        ExportFormat::Jsonl => out.write_jsonl(&mut data),
-                                    }
-                                    .map_err(io("write export"))?;
-                                    BundleLine::write_row(
-                                        &mut bundle,
-                                        seq,
-                                        rc.as_ref(),
-                                        pc.as_ref(),
-                                    )
-                                    .map_err(io("write bundle"))?;
+                            if in_segment {
+                                if write_in_segment(
+                                    &view,
+                                    seq,
+                                    matches,
+                                    format,
+                                    &mut data,
+                                    &mut bundle,
+                                    &mut line,
+                                )? {
                                     progress.rows += 1;
-                                } else {
-                                    BundleLine::write_leaf(&mut bundle, seq, &record.leaf_hash())
-                                        .map_err(io("write bundle"))?;
                                 }
                                 if let Some(caps) = over(progress.rows, &data, &bundle) {
                                     return Err(caps.exceeded());
@@ -699,17 +678,44 @@ fn carry<B: Write>(
         .map_err(io("write bundle"))
 }
 
-/// The leaf hash of a record without detail, from its stored columns;
-/// `None` for one with detail, which is decoded whole. Records that only
-/// link an exported segment to the checkpoint that closes it (on average
-/// half a checkpoint interval after a period's last record) cost a fifth
-/// of a month's export when each was decoded into a [`audit::Record`]
-/// first (`kakehashi-bench national`).
-fn leaf_direct(view: &RecordView<'_>, seq: u64) -> Result<Option<audit::Hash>, BrokerError> {
-    Ok(view
-        .checked()
-        .map_err(|e| malformed(seq, e))?
-        .map(|checked| view.fields(&checked).leaf_hash()))
+/// Writes one record of an open segment: its data line and `row` line when
+/// it is exported (returns true), else its `leaf` line. A record without
+/// detail goes from its stored columns; the rest (and JSON Lines) are
+/// decoded into an [`audit::Record`] first. Records that only link a
+/// segment to the checkpoint that closes it cost a fifth of a month's
+/// export when each was decoded (`kakehashi-bench national`).
+fn write_in_segment<D: Write, B: Write>(
+    view: &RecordView<'_>,
+    seq: u64,
+    exported: bool,
+    format: ExportFormat,
+    data: &mut D,
+    bundle: &mut B,
+    line: &mut String,
+) -> Result<bool, BrokerError> {
+    if exported {
+        if format == ExportFormat::Csv && write_csv_direct(view, seq, data, bundle, line)? {
+            return Ok(true);
+        }
+    } else if let Some(checked) = view.checked().map_err(|e| malformed(seq, e))? {
+        let leaf = view.fields(&checked).leaf_hash();
+        BundleLine::write_leaf(bundle, seq, &leaf).map_err(io("write bundle"))?;
+        return Ok(false);
+    }
+    let (record, _) = view.to_row().into_record().map_err(|e| malformed(seq, e))?;
+    if !exported {
+        BundleLine::write_leaf(bundle, seq, &record.leaf_hash()).map_err(io("write bundle"))?;
+        return Ok(false);
+    }
+    let (rc, pc) = (record.requester_person, record.provider_person);
+    let out = ExportRow::from_owned(record);
+    match format {
+        ExportFormat::Csv => out.write_csv(data),
+        ExportFormat::Jsonl => out.write_jsonl(data),
+    }
+    .map_err(io("write export"))?;
+    BundleLine::write_row(bundle, seq, rc.as_ref(), pc.as_ref()).map_err(io("write bundle"))?;
+    Ok(true)
 }
 
 /// Chunks read ahead of the writing: the reading half keeps going while

@@ -735,14 +735,14 @@ impl RecordLog {
         error
     }
 
-    /// The refusal in force, unless an administrator accepted a head since
-    /// it was found (then it is lifted and the checks run again).
     /// Whether sealing is refused (a rewritten or rewound store found) until
     /// an administrator accepts the head.
     fn is_refusing(&self) -> bool {
         self.refusing.load(Ordering::Acquire)
     }
 
+    /// The refusal in force, unless an administrator accepted a head since
+    /// it was found (then it is lifted and the checks run again).
     fn still_refusing(&self, state: Option<&sealer_state::SealerState>) -> Option<BrokerError> {
         if !self.is_refusing() {
             return None;

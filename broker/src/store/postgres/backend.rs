@@ -22,14 +22,15 @@ pub const COMMIT_INTERVAL_US: u64 = 1_000;
 pub(crate) struct PgBackend<'a>(pub &'a PgPool);
 
 impl PgBackend<'_> {
-    /// A statement of `($1 at, $2 after, $3 upto[, $4 month])` that answers
-    /// one sequence number, or none (no row, or a NULL aggregate).
+    /// A statement of `($1 at, $2 after, $3 upto`, then each of `months`,
+    /// then `text` when given`)` that answers one sequence number, or none
+    /// (no row, or a NULL aggregate).
     async fn seq_between(
         &self,
         sql: &str,
         (at, after, upto): (&str, u64, u64),
         months: &[i32],
-        since: Option<&str>,
+        text: Option<&str>,
     ) -> Result<Option<u64>, BrokerError> {
         let mut query = sqlx::query_scalar(sql)
             .bind(at)
@@ -38,8 +39,8 @@ impl PgBackend<'_> {
         for month in months {
             query = query.bind(*month);
         }
-        if let Some(since) = since {
-            query = query.bind(since);
+        if let Some(text) = text {
+            query = query.bind(text);
         }
         let row: Option<Option<i64>> = query.fetch_optional(self.0).await?;
         Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
@@ -175,30 +176,20 @@ impl Backend for PgBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        let last = last_month_before(at).unwrap_or(i32::MAX);
-        match since {
-            None => {
-                self.seq_between(
-                    "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2
-                     AND seq <= $3 AND part_month <= $4",
-                    (at, after, upto),
-                    &[last],
-                    None,
-                )
-                .await
-            }
-            Some(since) => {
-                self.seq_between(
-                    "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2
-                     AND seq <= $3 AND part_month <= $4 AND part_month >= $5
-                     AND recorded_at >= $6",
-                    (at, after, upto),
-                    &[last, text_month_key(since).unwrap_or(i32::MIN)],
-                    Some(since),
-                )
-                .await
-            }
-        }
+        // Without `since`, every month up to the last and every time: an
+        // empty text is before every stored one.
+        self.seq_between(
+            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2
+             AND seq <= $3 AND part_month <= $4 AND part_month >= $5
+             AND recorded_at >= $6",
+            (at, after, upto),
+            &[
+                last_month_before(at).unwrap_or(i32::MAX),
+                since.and_then(text_month_key).unwrap_or(i32::MIN),
+            ],
+            Some(since.unwrap_or("")),
+        )
+        .await
     }
 
     fn search_dialect(&self) -> SearchDialect {

@@ -133,6 +133,33 @@ impl<'a> RecordView<'a> {
         }
     }
 
+    /// An owned copy of the columns, for a record decoded whole (one with
+    /// detail, or a JSON Lines export's).
+    pub fn to_row(self) -> RecordRow {
+        let owned = |s: Option<&str>| s.map(str::to_string);
+        RecordRow {
+            seq: self.seq,
+            recorded_at: self.recorded_at.to_string(),
+            query_id: self.query_id.to_string(),
+            permit_id: owned(self.permit_id),
+            flow_id: owned(self.flow_id),
+            flow_list_version: self.flow_list_version,
+            procedure_code: owned(self.procedure_code),
+            requester: self.requester.to_string(),
+            provider: owned(self.provider),
+            items: self.items.to_string(),
+            requester_code: owned(self.requester_code),
+            requester_salt: self.requester_salt.map(<[u8]>::to_vec),
+            provider_code: owned(self.provider_code),
+            provider_salt: self.provider_salt.map(<[u8]>::to_vec),
+            outcome: self.outcome.to_string(),
+            reason: owned(self.reason),
+            approver: owned(self.approver),
+            detail: owned(self.detail),
+            hash: self.hash.to_vec(),
+        }
+    }
+
     /// The requester's and the provider's person-code commitments.
     pub fn commitments(&self) -> Result<(Option<Hash>, Option<Hash>), String> {
         Ok((

@@ -26,19 +26,23 @@ pub(crate) struct SqliteBackend<'a> {
 }
 
 impl SqliteBackend<'_> {
-    /// A statement of `($1 at, $2 after, $3 upto)` that answers one
-    /// sequence number, or none (no row, or a NULL aggregate).
+    /// A statement of `($1 at, $2 after, $3 upto`, then `text` when
+    /// given`)` that answers one sequence number, or none (no row, or a NULL
+    /// aggregate).
     async fn seq_between(
         &self,
         sql: &str,
         (at, after, upto): (&str, u64, u64),
+        text: Option<&str>,
     ) -> Result<Option<u64>, BrokerError> {
-        let row: Option<Option<i64>> = sqlx::query_scalar(sql)
+        let mut query = sqlx::query_scalar(sql)
             .bind(at)
             .bind(to_i64(after))
-            .bind(to_i64(upto))
-            .fetch_optional(self.read)
-            .await?;
+            .bind(to_i64(upto));
+        if let Some(text) = text {
+            query = query.bind(text);
+        }
+        let row: Option<Option<i64>> = query.fetch_optional(self.read).await?;
         Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
     }
 }
@@ -109,6 +113,7 @@ impl Backend for SqliteBackend<'_> {
         self.seq_between(
             "SELECT MIN(seq) FROM records WHERE recorded_at >= $1 AND seq > $2 AND seq <= $3",
             (at, after, upto),
+            None,
         )
         .await
     }
@@ -124,6 +129,7 @@ impl Backend for SqliteBackend<'_> {
             "SELECT seq FROM records WHERE seq > $2 AND seq <= $3 AND +recorded_at >= $1
              ORDER BY seq LIMIT 1",
             (at, after, upto),
+            None,
         )
         .await
     }
@@ -135,23 +141,14 @@ impl Backend for SqliteBackend<'_> {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError> {
-        const BEFORE: &str =
-            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3";
-        match since {
-            None => self.seq_between(BEFORE, (at, after, upto)).await,
-            Some(since) => {
-                const BETWEEN: &str = "SELECT MAX(seq) FROM records WHERE recorded_at < $1 \
-                     AND seq > $2 AND seq <= $3 AND recorded_at >= $4";
-                let row: Option<Option<i64>> = sqlx::query_scalar(BETWEEN)
-                    .bind(at)
-                    .bind(to_i64(after))
-                    .bind(to_i64(upto))
-                    .bind(since)
-                    .fetch_optional(self.read)
-                    .await?;
-                Ok(row.flatten().and_then(|s| u64::try_from(s).ok()))
-            }
-        }
+        // Without `since`, every time: an empty text is before every stored one.
+        self.seq_between(
+            "SELECT MAX(seq) FROM records WHERE recorded_at < $1 AND seq > $2 AND seq <= $3
+             AND recorded_at >= $4",
+            (at, after, upto),
+            Some(since.unwrap_or("")),
+        )
+        .await
     }
 
     fn search_dialect(&self) -> SearchDialect {
