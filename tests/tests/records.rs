@@ -1258,6 +1258,63 @@ async fn disclosure_lists_one_persons_records(backend: Backend) -> Result<()> {
 }
 both_backends!(disclosure_lists_one_persons_records: disclosure_sqlite, disclosure_postgres);
 
+/// On PostgreSQL the log plans the disclosure statement on a connection of
+/// its own as it opens (`store/postgres/person_reads.rs`): a statement over
+/// every month partition costs tens of milliseconds to plan on a new
+/// connection, and no disclosure should pay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disclosure_is_planned_before_it_is_asked_postgres() -> Result<()> {
+    let Some(env) = Env::new(Backend::Postgres).await? else {
+        return Ok(());
+    };
+    let backends = |last_query: &str| {
+        format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = '{}' AND query LIKE '{last_query}'",
+            kakehashi_broker::store::DISCLOSURE_APPLICATION_NAME
+        )
+    };
+    let disclosure = "SELECT seq, %(requester = $1 AND requester_code = $2)%";
+    assert_eq!(env.count(&backends("%")).await?, 0);
+    let log = env.log().await?;
+    // Every connection of the pool ran the statement as it opened.
+    let opened = env.count(&backends("%")).await?;
+    assert!(opened >= 1, "the log opened no disclosure connection");
+    assert_eq!(
+        env.count(&backends(disclosure)).await?,
+        opened,
+        "a disclosure connection opened without planning the statement"
+    );
+    for i in 1..=4 {
+        log.append(draft(i)).await?;
+    }
+    for _ in 0..5 {
+        let found = log
+            .disclosure(&org("city-saitama"), "RQSECRET00004")
+            .await?;
+        assert_eq!(found.len(), 1);
+    }
+    // No connection was opened for them (each would have planned anew).
+    assert_eq!(env.count(&backends("%")).await?, opened);
+    // Closed with the log (sqlx's close may miss a connection that is
+    // still on its way back to the pool; dropping the pool closes it).
+    log.close().await;
+    drop(log);
+    let mut left = env.count(&backends("%")).await?;
+    for _ in 0..40 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = env.count(&backends("%")).await?;
+    }
+    assert_eq!(
+        left, 0,
+        "disclosure connections left open after the log was closed and dropped"
+    );
+    Ok(())
+}
+
 /// Entries in the SQLite side index, by a query on its file.
 async fn side_index_count(env: &Env, sql: &str) -> Result<i64> {
     let file = env.dir.path().join("kakehashi.db.person-index");

@@ -145,6 +145,8 @@ pub struct RecordLog {
     committed: writer::CommittedHead,
     /// Records by person code, beside a SQLite database (R18).
     person_index: Option<crate::store::person_index::PersonIndex>,
+    /// Where disclosures read ([`Pools::person_reads`]).
+    person_reads: Pools,
     /// Queries under way that will append soon (see [`RecordLog::expect_append`]).
     coming: Arc<AtomicUsize>,
     /// The cluster roles this node holds; unset, it holds them all.
@@ -266,6 +268,7 @@ impl RecordLog {
             committed.clone(),
         );
         let person_index = crate::store::person_index::PersonIndex::open(&pools).await?;
+        let person_reads = pools.person_reads().await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,
@@ -278,6 +281,7 @@ impl RecordLog {
             seal_lock: tokio::sync::Mutex::new(()),
             committed,
             person_index,
+            person_reads,
             coming,
             roles: std::sync::OnceLock::new(),
             latest: witness::Latest::default(),
@@ -437,6 +441,7 @@ impl RecordLog {
         if let Some(index) = &self.person_index {
             index.close().await;
         }
+        self.person_reads.close_own().await;
         if !self.plays(crate::cluster::Role::Sealer) {
             return;
         }
@@ -828,13 +833,6 @@ impl RecordLog {
                 seqs: Vec::new(),
             },
         };
-        let tail_sql = format!(
-            "SELECT {} FROM records
-             WHERE seq > $3
-               AND ((requester = $1 AND requester_code = $2) OR (provider = $1 AND provider_code = $2))
-             ORDER BY seq",
-            db::RECORD_COLUMNS
-        );
         let mut rows: Vec<db::RecordRow> = Vec::new();
         for chunk in indexed.seqs.chunks(500) {
             let list = chunk
@@ -851,8 +849,8 @@ impl RecordLog {
             });
             rows.extend(found);
         }
-        let tail: Vec<db::RecordRow> = crate::on_pool!(&self.pools, read, |pool| {
-            sqlx::query_as(&tail_sql)
+        let tail: Vec<db::RecordRow> = crate::on_pool!(&self.person_reads, read, |pool| {
+            sqlx::query_as(db::PERSON_RECORDS)
                 .bind(org.as_str())
                 .bind(person_code)
                 .bind(db::to_i64(indexed.mark))

@@ -29,6 +29,7 @@ mod snapshot;
 pub(crate) mod sqlite;
 
 pub(crate) use backend::Backend;
+pub use postgres::person_reads::APPLICATION_NAME as DISCLOSURE_APPLICATION_NAME;
 pub use postgres::PgStore;
 pub(crate) use snapshot::Snapshot;
 /// The side index of person codes, kept where the database holds none
@@ -129,6 +130,17 @@ impl Pools {
                     .connect_lazy_with((*pool.connect_options()).clone()),
             ),
         }
+    }
+
+    /// Where disclosures read (R18), closed with [`Pools::close_own`]: two
+    /// readers of their own on SQLite (its side index does the work,
+    /// `sqlite/person_index.rs`); on PostgreSQL a pool of their own whose
+    /// connections have planned the statement (`postgres/person_reads.rs`).
+    pub(crate) async fn person_reads(&self) -> Result<Pools, BrokerError> {
+        Ok(match self {
+            Pools::Sqlite { .. } => self.own(2),
+            Pools::Postgres(pool) => Pools::Postgres(postgres::person_reads::open(pool).await?),
+        })
     }
 
     /// This backend's side of every difference ([`Backend`]).

@@ -21,6 +21,18 @@ pub(crate) use record_columns;
 /// Columns of [`RecordRow`], in order.
 pub(crate) const RECORD_COLUMNS: &str = record_columns!();
 
+/// The records past `$3` that concern a person: those where org `$1` is the
+/// requester with code `$2` or the provider with code `$2` (R18). One text,
+/// so PostgreSQL's disclosure pool plans the statement disclosures run
+/// (`store/postgres/person_reads.rs`).
+pub(crate) const PERSON_RECORDS: &str = concat!(
+    "SELECT ",
+    record_columns!(),
+    " FROM records WHERE seq > $3 \
+     AND ((requester = $1 AND requester_code = $2) OR (provider = $1 AND provider_code = $2)) \
+     ORDER BY seq"
+);
+
 /// One stored record, decoded by position in [`RECORD_COLUMNS`]' order
 /// (`store/record_source.rs`).
 #[derive(Debug, Clone)]
