@@ -1258,8 +1258,36 @@ async fn disclosure_lists_one_persons_records(backend: Backend) -> Result<()> {
 }
 both_backends!(disclosure_lists_one_persons_records: disclosure_sqlite, disclosure_postgres);
 
-/// On PostgreSQL the log plans the disclosure statement on a connection of
-/// its own as it opens (`store/postgres/person_reads.rs`): a statement over
+/// The last statement of each connection of the log's pool for `read`
+/// (PostgreSQL's `pg_stat_activity`).
+async fn planned_connections(env: &Env, read: store::PlannedRead) -> Result<Vec<String>> {
+    let Pools::Postgres(pool) = env.pools() else {
+        bail!("planned pools are PostgreSQL's");
+    };
+    Ok(sqlx::query_scalar(
+        "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = $1",
+    )
+    .bind(read.application_name())
+    .fetch_all(&pool)
+    .await?)
+}
+
+/// Waits until the connections for `read` are gone (after the log is
+/// closed and dropped: sqlx's close may miss a connection still on its way
+/// back to the pool, and dropping the pool closes it).
+async fn planned_connections_closed(env: &Env, read: store::PlannedRead) -> Result<()> {
+    for _ in 0..40 {
+        if planned_connections(env, read).await?.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bail!("{read:?} connections left open after the log was closed and dropped")
+}
+
+/// On PostgreSQL the log plans the disclosure statement on connections of
+/// their own as it opens (`store/postgres/planned.rs`): a statement over
 /// every month partition costs tens of milliseconds to plan on a new
 /// connection, and no disclosure should pay it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1267,23 +1295,19 @@ async fn disclosure_is_planned_before_it_is_asked_postgres() -> Result<()> {
     let Some(env) = Env::new(Backend::Postgres).await? else {
         return Ok(());
     };
-    let backends = |last_query: &str| {
-        format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name = '{}' AND query LIKE '{last_query}'",
-            kakehashi_broker::store::DISCLOSURE_APPLICATION_NAME
-        )
-    };
-    let disclosure = "SELECT seq, %(requester = $1 AND requester_code = $2)%";
-    assert_eq!(env.count(&backends("%")).await?, 0);
+    let read = store::PlannedRead::Disclosure;
+    assert!(planned_connections(&env, read).await?.is_empty());
     let log = env.log().await?;
     // Every connection of the pool ran the statement as it opened.
-    let opened = env.count(&backends("%")).await?;
-    assert!(opened >= 1, "the log opened no disclosure connection");
-    assert_eq!(
-        env.count(&backends(disclosure)).await?,
-        opened,
-        "a disclosure connection opened without planning the statement"
+    let opened = planned_connections(&env, read).await?;
+    assert!(
+        !opened.is_empty(),
+        "the log opened no disclosure connection"
+    );
+    let planned = |q: &String| q.contains("(requester = $1 AND requester_code = $2)");
+    assert!(
+        opened.iter().all(planned),
+        "a disclosure connection opened without planning the statement: {opened:?}"
     );
     for i in 1..=4 {
         log.append(draft(i)).await?;
@@ -1295,24 +1319,46 @@ async fn disclosure_is_planned_before_it_is_asked_postgres() -> Result<()> {
         assert_eq!(found.len(), 1);
     }
     // No connection was opened for them (each would have planned anew).
-    assert_eq!(env.count(&backends("%")).await?, opened);
-    // Closed with the log (sqlx's close may miss a connection that is
-    // still on its way back to the pool; dropping the pool closes it).
+    assert_eq!(planned_connections(&env, read).await?.len(), opened.len());
     log.close().await;
     drop(log);
-    let mut left = env.count(&backends("%")).await?;
-    for _ in 0..40 {
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        left = env.count(&backends("%")).await?;
-    }
-    assert_eq!(
-        left, 0,
-        "disclosure connections left open after the log was closed and dropped"
+    planned_connections_closed(&env, read).await
+}
+
+/// Exports read on a connection of their own that planned the slice
+/// statements over every month partition as the log opened, not on the
+/// request path's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_reads_on_a_planned_connection_postgres() -> Result<()> {
+    let Some(env) = Env::new(Backend::Postgres).await? else {
+        return Ok(());
+    };
+    let read = store::PlannedRead::Long;
+    let log = env.log().await?;
+    let planned = planned_connections(&env, read).await?;
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert!(
+        planned[0].contains("FROM record_checkpoints WHERE seq >= $1 AND seq <= $2"),
+        "the long reads' connection opened without planning: {planned:?}"
     );
-    Ok(())
+    for i in 1..=6 {
+        log.append(draft(i)).await?;
+    }
+    let summary = log
+        .export(&csv_request(&env, "all.csv", Default::default()))
+        .await?;
+    assert_eq!(summary.rows, 6);
+    // The export ran there: the one connection has moved on, and no other
+    // was opened.
+    let after = planned_connections(&env, read).await?;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after, planned,
+        "the export did not read on the planned connection"
+    );
+    log.close().await;
+    drop(log);
+    planned_connections_closed(&env, read).await
 }
 
 /// Entries in the SQLite side index, by a query on its file.

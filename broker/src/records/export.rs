@@ -383,7 +383,7 @@ impl RecordLog {
         };
         let latest = self.latest_checkpoint();
         let trusted = self.trusted();
-        let mut snap = self.pools.backend().snapshot().await?;
+        let mut snap = self.long_reads.backend().snapshot().await?;
         let head = snap.head().await?;
         let hi = sealed.unwrap_or(head.cut_seq);
 
@@ -455,7 +455,7 @@ impl RecordLog {
                 let (tx, rx) = mpsc::channel(ITEMS_AHEAD);
                 let mut in_segment = false;
                 let mut line = String::with_capacity(256);
-                let (pools, cut_seq) = (self.pools.clone(), head.cut_seq);
+                let (pools, cut_seq) = (self.long_reads.clone(), head.cut_seq);
                 let reading = tokio::spawn(async move {
                     read_in_order(&pools, &mut snap, to_i64(lo), to_i64(hi), cut_seq, tx).await;
                 });

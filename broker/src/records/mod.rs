@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
-use crate::store::Pools;
+use crate::store::{PlannedRead, Pools};
 
 pub use crate::config::{RecordsConfig, LEGAL_RETENTION_YEARS};
 pub use crate::store::records::rows::RecordDraft;
@@ -145,8 +145,10 @@ pub struct RecordLog {
     committed: writer::CommittedHead,
     /// Records by person code, beside a SQLite database (R18).
     person_index: Option<crate::store::person_index::PersonIndex>,
-    /// Where disclosures read ([`Pools::person_reads`]).
+    /// Where disclosures read ([`Pools::planned`]).
     person_reads: Pools,
+    /// Where exports and verification read ([`Pools::planned`]).
+    long_reads: Pools,
     /// Queries under way that will append soon (see [`RecordLog::expect_append`]).
     coming: Arc<AtomicUsize>,
     /// The cluster roles this node holds; unset, it holds them all.
@@ -268,7 +270,8 @@ impl RecordLog {
             committed.clone(),
         );
         let person_index = crate::store::person_index::PersonIndex::open(&pools).await?;
-        let person_reads = pools.person_reads().await?;
+        let person_reads = pools.planned(PlannedRead::Disclosure).await?;
+        let long_reads = pools.planned(PlannedRead::Long).await?;
         let (stop, _) = watch::channel(false);
         let log = Arc::new(RecordLog {
             pools,
@@ -282,6 +285,7 @@ impl RecordLog {
             committed,
             person_index,
             person_reads,
+            long_reads,
             coming,
             roles: std::sync::OnceLock::new(),
             latest: witness::Latest::default(),
@@ -442,6 +446,7 @@ impl RecordLog {
             index.close().await;
         }
         self.person_reads.close_own().await;
+        self.long_reads.close_own().await;
         if !self.plays(crate::cluster::Role::Sealer) {
             return;
         }
@@ -812,7 +817,7 @@ impl RecordLog {
 
     /// Verifies the whole store (see [`verify_store`]).
     pub async fn verify(&self) -> Result<Verdict, BrokerError> {
-        verify::verify_store(&self.pools, &self.trusted()).await
+        verify::verify_store(&self.long_reads, &self.trusted()).await
     }
 
     /// Records concerning one person, found by `org`'s own person code: those

@@ -29,7 +29,7 @@ mod snapshot;
 pub(crate) mod sqlite;
 
 pub(crate) use backend::Backend;
-pub use postgres::person_reads::APPLICATION_NAME as DISCLOSURE_APPLICATION_NAME;
+pub use postgres::planned::Read as PlannedRead;
 pub use postgres::PgStore;
 pub(crate) use snapshot::Snapshot;
 /// The side index of person codes, kept where the database holds none
@@ -132,14 +132,15 @@ impl Pools {
         }
     }
 
-    /// Where disclosures read (R18), closed with [`Pools::close_own`]: two
-    /// readers of their own on SQLite (its side index does the work,
-    /// `sqlite/person_index.rs`); on PostgreSQL a pool of their own whose
-    /// connections have planned the statement (`postgres/person_reads.rs`).
-    pub(crate) async fn person_reads(&self) -> Result<Pools, BrokerError> {
+    /// Where `read` runs, closed with [`Pools::close_own`]: readers of its
+    /// own on SQLite (four; a disclosure finds its records in the side
+    /// index, `sqlite/person_index.rs`); on PostgreSQL a pool of its own
+    /// whose connections have planned the read's statement
+    /// (`postgres/planned.rs`).
+    pub(crate) async fn planned(&self, read: PlannedRead) -> Result<Pools, BrokerError> {
         Ok(match self {
-            Pools::Sqlite { .. } => self.own(2),
-            Pools::Postgres(pool) => Pools::Postgres(postgres::person_reads::open(pool).await?),
+            Pools::Sqlite { .. } => self.own(4),
+            Pools::Postgres(pool) => Pools::Postgres(postgres::planned::open(pool, read).await?),
         })
     }
 

@@ -2,7 +2,7 @@
 
 pub(crate) mod backend;
 pub(crate) mod partitions;
-pub(crate) mod person_reads;
+pub(crate) mod planned;
 pub(crate) mod record_source;
 pub(crate) mod records;
 pub(crate) mod shared;

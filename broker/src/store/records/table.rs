@@ -24,7 +24,7 @@ pub(crate) const RECORD_COLUMNS: &str = record_columns!();
 /// The records past `$3` that concern a person: those where org `$1` is the
 /// requester with code `$2` or the provider with code `$2` (R18). One text,
 /// so PostgreSQL's disclosure pool plans the statement disclosures run
-/// (`store/postgres/person_reads.rs`).
+/// (`store/postgres/planned.rs`).
 pub(crate) const PERSON_RECORDS: &str = concat!(
     "SELECT ",
     record_columns!(),

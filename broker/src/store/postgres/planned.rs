@@ -1,0 +1,92 @@
+//! Pools of their own whose connections plan their statement as they open.
+//!
+//! Two reads cover every month partition of `records` (about 85 over seven
+//! years, each with its indexes): a disclosure (R18: a person's records,
+//! found by the code indexes of migration 0100) and the long reads in
+//! sequence order (export, verification: sequence numbers do not prune
+//! the months). A new PostgreSQL connection loads each partition's catalog
+//! entries and plans such a statement in 35–55 ms; a used one plans it in
+//! 8–13 ms; a disclosure then runs in 2 ms (`EXPLAIN (ANALYZE, SUMMARY)` in
+//! `psql` on the national bench's 10-million-record store). So each read
+//! has a pool whose connections plan its statement once, generically
+//! (`plan_cache_mode = force_generic_plan`), before they are handed out,
+//! and keep the plan. The pools also keep exports from taking the request
+//! path's connections. Re-measure with `kakehashi-bench national`.
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::BrokerError;
+use crate::store::records::table::PERSON_RECORDS;
+
+/// A read with a pool of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// One person's records (R18), asked for by people one at a time: two
+    /// connections, both planned from the start (with one, a disclosure
+    /// right after another found none idle, since sqlx returns a connection
+    /// on a task of its own, and planned anew).
+    Disclosure,
+    /// Exports and verification: one connection planned from the start, up
+    /// to four at once (a fifth waits for one, as long as the acquire
+    /// timeout, then is refused as `unavailable`).
+    Long,
+}
+
+impl Read {
+    /// The pool's connections' `application_name`, as PostgreSQL's
+    /// `pg_stat_activity` shows them.
+    pub const fn application_name(self) -> &'static str {
+        match self {
+            Read::Disclosure => "kakehashi-disclosure",
+            Read::Long => "kakehashi-long-reads",
+        }
+    }
+
+    /// Connections opened at the start and kept, and at most.
+    fn connections(self) -> (u32, u32) {
+        match self {
+            Read::Disclosure => (2, 2),
+            Read::Long => (1, 4),
+        }
+    }
+
+    /// Plans the read's statements by running them on arguments that match
+    /// nothing.
+    async fn plan(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match self {
+            Read::Disclosure => {
+                sqlx::query(PERSON_RECORDS)
+                    .bind("")
+                    .bind("")
+                    .bind(i64::MAX)
+                    .execute(conn)
+                    .await?;
+            }
+            Read::Long => super::record_source::plan(conn).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Opens `read`'s pool beside `shared` (same server and settings) with its
+/// first connections planned.
+pub(crate) async fn open(shared: &PgPool, read: Read) -> Result<PgPool, BrokerError> {
+    let options = (*shared.connect_options())
+        .clone()
+        .application_name(read.application_name())
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    let (min, max) = read.connections();
+    let pool = PgPoolOptions::new()
+        // The reaper opens a planned connection in place of each it retires.
+        .min_connections(min)
+        .max_connections(max)
+        .test_before_acquire(false)
+        .acquire_timeout(shared.options().get_acquire_timeout())
+        // Every new connection (at open, later ones, and those after a
+        // restart of the database) plans before it is handed out.
+        .after_connect(move |conn, _| Box::pin(async move { read.plan(conn).await }))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
