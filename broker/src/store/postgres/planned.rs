@@ -10,8 +10,10 @@
 //! `psql` on the national bench's 10-million-record store). So each read
 //! has a pool whose connections plan its statement once, generically
 //! (`plan_cache_mode = force_generic_plan`), before they are handed out,
-//! and keep the plan. The pools also keep exports from taking the request
-//! path's connections. Re-measure with `kakehashi-bench national`.
+//! and keep the plan. A month partition made or dropped (about once a
+//! month each) invalidates the plans, and the next read on each connection
+//! plans again. The pools also keep exports from taking the request path's
+//! connections. Re-measure with `kakehashi-bench national`.
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
