@@ -332,6 +332,13 @@ impl RecordLog {
                 Duration::from_millis(log.config.person_index_interval_ms),
             )));
         }
+        tasks.extend(Pools::spawn_keep_planned(
+            &[
+                (&log.person_reads, PlannedRead::Disclosure),
+                (&log.long_reads, PlannedRead::Long),
+            ],
+            log.stop.subscribe(),
+        ));
         if let Ok(mut all) = log.tasks.lock() {
             all.extend(tasks);
         }

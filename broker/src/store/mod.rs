@@ -144,6 +144,22 @@ impl Pools {
         })
     }
 
+    /// Keeps the plans of pools from [`Pools::planned`] made until `stop`
+    /// (`postgres/planned.rs`); nothing to keep on SQLite.
+    pub(crate) fn spawn_keep_planned(
+        planned: &[(&Pools, PlannedRead)],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let pg: Vec<_> = planned
+            .iter()
+            .filter_map(|(pools, read)| match pools {
+                Pools::Postgres(pool) => Some((pool.clone(), *read)),
+                Pools::Sqlite { .. } => None,
+            })
+            .collect();
+        (!pg.is_empty()).then(|| tokio::spawn(postgres::planned::keep_planned(pg, stop)))
+    }
+
     /// This backend's side of every difference ([`Backend`]).
     pub(crate) fn backend(&self) -> Box<dyn Backend + '_> {
         match self {

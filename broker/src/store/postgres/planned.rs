@@ -11,12 +11,16 @@
 //! has a pool whose connections plan its statement once, generically
 //! (`plan_cache_mode = force_generic_plan`), before they are handed out,
 //! and keep the plan. A month partition made or dropped (about once a
-//! month each) invalidates the plans, and the next read on each connection
-//! plans again. The pools also keep exports from taking the request path's
+//! month each, on any node) invalidates the plans; [`keep_planned`] makes
+//! them again on the idle connections within seconds, rather than the next
+//! read. The pools also keep exports from taking the request path's
 //! connections. Re-measure with `kakehashi-bench national`.
+
+use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 
 use crate::error::BrokerError;
 use crate::store::records::table::PERSON_RECORDS;
@@ -91,4 +95,39 @@ pub(crate) async fn open(shared: &PgPool, read: Read) -> Result<PgPool, BrokerEr
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// How often [`keep_planned`] runs the statements again.
+const REPLAN_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the pools' plans made until `stop`: every [`REPLAN_EVERY`], each
+/// idle connection a pool keeps open runs its read's statements again.
+/// PostgreSQL makes a plan that DDL invalidated (a partition made or
+/// dropped, ~40 ms on the national store) at its next execution: here,
+/// rather than in the next read. A valid plan runs in a few milliseconds.
+/// A connection busy with a read is left to it.
+pub(crate) async fn keep_planned(pools: Vec<(PgPool, Read)>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPLAN_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        for (pool, read) in &pools {
+            let (kept, _) = read.connections();
+            let mut idle = Vec::new();
+            while idle.len() < kept as usize {
+                match pool.try_acquire() {
+                    Some(conn) => idle.push(conn),
+                    None => break,
+                }
+            }
+            for conn in &mut idle {
+                if let Err(e) = read.plan(conn).await {
+                    // The database is away; the next read reports it.
+                    tracing::debug!(error = %e, read = ?read, "planned connection not re-planned");
+                    break;
+                }
+            }
+        }
+    }
 }
