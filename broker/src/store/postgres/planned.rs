@@ -105,7 +105,8 @@ const REPLAN_EVERY: Duration = Duration::from_secs(5);
 /// PostgreSQL makes a plan that DDL invalidated (a partition made or
 /// dropped, ~40 ms on the national store) at its next execution: here,
 /// rather than in the next read. A valid plan runs in a few milliseconds.
-/// A connection busy with a read is left to it.
+/// A connection busy with a read is left to it; one the database dropped is
+/// found here and replaced.
 pub(crate) async fn keep_planned(pools: Vec<(PgPool, Read)>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -123,9 +124,10 @@ pub(crate) async fn keep_planned(pools: Vec<(PgPool, Read)>, mut stop: watch::Re
             }
             for conn in &mut idle {
                 if let Err(e) = read.plan(conn).await {
-                    // The database is away; the next read reports it.
+                    // A connection the database dropped (a restart) fails
+                    // here rather than in a read; the pool then opens a
+                    // planned one in its place.
                     tracing::debug!(error = %e, read = ?read, "planned connection not re-planned");
-                    break;
                 }
             }
         }
