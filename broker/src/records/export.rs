@@ -640,42 +640,37 @@ fn write_csv_direct<D: Write, B: Write>(
 
 /// Ends the open segment at `cp_row` when a trusted key signed it: writes
 /// its checkpoint line and returns true; false (the segment stays open) for
-/// a checkpoint by a key not trusted.
+/// a checkpoint not signed by a trusted key.
 fn close_at<B: Write>(
     cp_row: &CheckpointRow,
     trusted: &TrustedKeys,
     bundle: &mut B,
 ) -> Result<bool, BrokerError> {
-    let cp = cp_row.to_checkpoint();
-    if cp.verify(trusted).is_err() {
+    if cp_row.to_checkpoint().verify(trusted).is_err() {
         return Ok(false);
     }
-    let key =
-        ed25519_dalek::VerifyingKey::from_bytes(&to_hash(&cp_row.public_key, "checkpoint key")?)
-            .map_err(|e| BrokerError::Config(format!("checkpoint key: {e}")))?;
-    BundleLine::checkpoint(&cp, &key)
-        .write(bundle)
-        .map_err(io("write bundle"))?;
-    Ok(true)
+    carry(cp_row, trusted, bundle)
 }
 
-/// Writes the line of a checkpoint inside a segment, when a trusted key's
-/// id and key are on it; its signature is checked by whoever verifies the
-/// export, as every checkpoint line's is.
+/// Writes the line of a checkpoint, when a trusted key's id and key are on
+/// it (returns whether it did). Inside a segment its signature is checked by
+/// whoever verifies the export, as every checkpoint line's is; where it
+/// ends a segment, [`close_at`] checks it first.
 fn carry<B: Write>(
     cp_row: &CheckpointRow,
     trusted: &TrustedKeys,
     bundle: &mut B,
-) -> Result<(), BrokerError> {
+) -> Result<bool, BrokerError> {
     let Some(key) = trusted.get(&cp_row.key_id) else {
-        return Ok(());
+        return Ok(false);
     };
     if key.as_bytes().as_slice() != cp_row.public_key.as_slice() {
-        return Ok(());
+        return Ok(false);
     }
     BundleLine::checkpoint(&cp_row.to_checkpoint(), key)
         .write(bundle)
-        .map_err(io("write bundle"))
+        .map_err(io("write bundle"))?;
+    Ok(true)
 }
 
 /// Writes one record of an open segment: its data line and `row` line when
