@@ -4,7 +4,11 @@
 //! throughput or correctness. The query scenario runs for `--secs` through
 //! one node, then through two (the connections split between them), then
 //! through one again, so drift of the machine shows; the ratio is two nodes'
-//! rate over the mean of the two one-node runs. Afterwards
+//! rate over the mean of the two one-node runs. Each run starts right after
+//! a `CHECKPOINT`: otherwise the checkpoint that the WAL of the first run
+//! sets off (about 20 MB/s against `max_wal_size` 1 GB) falls in the
+//! second, and its writes and the full-page images after it are charged
+//! to whichever run it falls in. Afterwards
 //! `kakehashi-broker records verify` must accept the one chain both nodes
 //! wrote.
 
@@ -234,12 +238,15 @@ async fn measure(opts: &ClusterOptions, work: &Path, url: &str) -> Result<Cluste
     )
     .await?;
     let one = [node1.pid()];
+    checkpoint(url)?;
     let mut runs = vec![drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?];
     let node2 = start(opts, work, &config2, addr2, 2).await?;
     let target2 = Target::parse(&format!("https://{addr2}")).await?;
     let both = [node1.pid(), node2.pid()];
+    checkpoint(url)?;
     runs.push(drive(&[target1.clone(), target2], &both, &pki, &codes, opts).await?);
     node2.stop();
+    checkpoint(url)?;
     runs.push(drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?);
     node1.stop();
 
@@ -256,6 +263,17 @@ async fn measure(opts: &ClusterOptions, work: &Path, url: &str) -> Result<Cluste
         runs,
         verify: verify.lines().last().unwrap_or_default().trim().to_string(),
     })
+}
+
+/// Writes every dirty page of the database server out now, so the run that
+/// follows starts where the others did (needs a superuser or
+/// `pg_checkpoint`, as `scripts/postgres-up`'s role is).
+fn checkpoint(url: &str) -> Result<()> {
+    run_tool(
+        Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qc", "CHECKPOINT"]),
+        "psql CHECKPOINT",
+    )
+    .map(drop)
 }
 
 /// Runs the cluster scenario on a fresh database, dropped afterwards.

@@ -78,31 +78,7 @@ async fn sqlite_env() -> Env {
 
 /// A fresh PostgreSQL database, when the suite is given a server.
 async fn pg_env() -> Option<Env> {
-    use sqlx::Connection;
-    let base = std::env::var("KAKEHASHI_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let name = format!("kk_test_people_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let _ = admin.close().await;
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base.as_str(), None),
-    };
-    let scheme_end = head.find("://").map_or(0, |i| i + 3);
-    let host = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    let url = match query {
-        Some(q) => format!("{host}/{name}?{q}"),
-        None => format!("{host}/{name}"),
-    };
-    let store = crate::store::PgStore::open(&url, 4).await.unwrap();
+    let store = crate::store::test_databases::fresh_postgres("people").await?;
     Some(env_on(Arc::new(store), tempfile::tempdir().unwrap()).await)
 }
 

@@ -148,7 +148,7 @@ pub(crate) fn spawn(
                 ..batching
             };
             let committer = pools.backend().committer(false);
-            return tokio::spawn(run(rx, pools, committer, batching, metrics, head));
+            return tokio::spawn(run(rx, committer, batching, metrics, head));
         }
     };
     let thread = std::thread::Builder::new()
@@ -156,7 +156,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 let committer = pools.backend().committer(true);
-                run(rx, pools, committer, batching, metrics, head).await;
+                run(rx, committer, batching, metrics, head).await;
             });
             let _ = finished.send(());
         });
@@ -172,8 +172,6 @@ pub(crate) fn spawn(
 
 /// The writer's state between commits.
 struct Writer {
-    /// For the lookup generation on the locked path.
-    pools: Pools,
     /// How this backend commits.
     committer: Box<dyn Committer>,
     metrics: Option<CommitMetrics>,
@@ -213,7 +211,6 @@ impl Others {
 /// Runs until closed or until every sender is gone.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
-    pools: Pools,
     committer: Box<dyn Committer>,
     batching: Batching,
     metrics: Option<CommitMetrics>,
@@ -221,7 +218,6 @@ pub(crate) async fn run(
 ) {
     let max_batch = batching.max_batch;
     let mut writer = Writer {
-        pools,
         committer,
         metrics,
         head,
@@ -303,6 +299,22 @@ fn one_generation(rows: &[&NewRow]) -> Guard {
         };
     }
     guard
+}
+
+/// Numbers and hash-links after `head` the `rows` whose answers hold under
+/// lookup generation `generation` (read from the database, or no answer
+/// read from memory); the others are left out.
+pub(crate) fn prepare_kept<'a>(
+    rows: &[&'a NewRow],
+    head: (u64, Hash),
+    generation: i64,
+) -> Prepared<'a> {
+    let kept: Vec<&NewRow> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.lookup_stamp.is_none_or(|s| s.generation() == generation))
+        .collect();
+    prepare(&kept, head)
 }
 
 /// Numbers and hash-links `rows` after `head`.
@@ -426,33 +438,20 @@ impl Writer {
     }
 
     /// The locked path, leaving out the rows whose answers' lookup
-    /// generation changed: read once, after every one of those answers was
-    /// given, so the rows kept hold as of a moment after their queries came.
-    /// `known`: the head this writer left last, if it knows it.
+    /// generation changed: read under the head lock, after every one of
+    /// those answers was given, so the rows kept hold as of a moment after
+    /// their queries came. `known`: the head this writer left last, if it
+    /// knows it.
     async fn commit_checked(
         &mut self,
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
         known: Option<(u64, Hash)>,
     ) -> Result<(Vec<Option<u64>>, Option<(u64, Hash)>), BrokerError> {
-        let keep: Vec<bool> = if rows.iter().any(|r| r.lookup_stamp.is_some()) {
-            let now = crate::store::lookup_generation::generation_now(&self.pools).await?;
-            rows.iter()
-                .map(|r| r.lookup_stamp.is_none_or(|s| s.generation() == now))
-                .collect()
-        } else {
-            vec![true; rows.len()]
-        };
-        let kept: Vec<&NewRow> = rows
-            .iter()
-            .zip(&keep)
-            .filter(|(_, keep)| **keep)
-            .map(|(row, _)| *row)
-            .collect();
-        if kept.is_empty() && purge.is_none() {
-            return Ok((vec![None; rows.len()], None));
-        }
-        let prepared = self.committer.commit_locked(&kept, purge, prepare).await?;
+        let prepared = self
+            .committer
+            .commit_locked(rows, purge, prepare_kept)
+            .await?;
         if let Some((_, first, ..)) = prepared.rows.first() {
             self.others.observe(
                 known.map(|h| h.0),
@@ -460,12 +459,16 @@ impl Writer {
                 std::time::Instant::now(),
             );
         }
-        let mut seqs = prepared.rows.iter().map(|(_, seq, ..)| *seq);
-        let all = keep
+        // The rows kept are in `rows`' order: match them by identity.
+        let mut kept = prepared.rows.iter().peekable();
+        let seqs = rows
             .iter()
-            .map(|keep| if *keep { seqs.next() } else { None })
+            .map(|row| {
+                let (_, seq, ..) = kept.next_if(|(k, ..)| std::ptr::eq(*k, *row))?;
+                Some(*seq)
+            })
             .collect();
-        Ok((all, Some(prepared.head)))
+        Ok((seqs, Some(prepared.head)))
     }
 
     /// The common case: the head this writer committed last is still the
@@ -490,7 +493,7 @@ mod tests {
     use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted, Others};
     use crate::lookups::LookupStamp;
     use crate::records::{Outcome, RecordDraft};
-    use crate::store::{SqliteStore, Store as _};
+    use crate::store::{SqliteStore, Store};
     use std::time::Duration;
 
     fn batching(delay_us: u64, interval_us: u64) -> Batching {
@@ -561,12 +564,11 @@ mod tests {
     /// A writer on the store's pools alone, committing at once: SQLite
     /// without the writer's own connection takes the locked path.
     fn writer_without_own_connection(
-        store: &SqliteStore,
+        store: &dyn Store,
     ) -> (tokio::sync::mpsc::Sender<Job>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let writer = tokio::spawn(run(
             rx,
-            store.pools(),
             store.pools().backend().committer(false),
             batching(0, 0),
             None,
@@ -593,7 +595,7 @@ mod tests {
     }
 
     /// The chain verifies and holds `records` records.
-    async fn assert_intact(store: &SqliteStore, records: u64) {
+    async fn assert_intact(store: &dyn Store, records: u64) {
         match crate::records::verify_store(
             &store.pools(),
             &kakehashi_interfaces::audit::TrustedKeys::new(),
@@ -606,18 +608,33 @@ mod tests {
         }
     }
 
-    /// Answers read from memory under a lookup generation commit only while
-    /// it holds: in one batch, the row under the current number and the row
-    /// needing none commit, the row under an older one is left out (its
-    /// query is asked again), and the chain stays whole.
     #[tokio::test]
-    async fn a_row_whose_lookup_generation_changed_is_left_out() {
+    async fn a_row_whose_lookup_generation_changed_is_left_out_sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("k.db"))
             .await
             .expect("store");
+        a_row_whose_lookup_generation_changed_is_left_out(&store).await;
+    }
+
+    /// On PostgreSQL the locked path reads the generation in the round trip
+    /// that takes the head lock.
+    #[tokio::test]
+    async fn a_row_whose_lookup_generation_changed_is_left_out_postgres() {
+        let Some(store) = crate::store::test_databases::fresh_postgres("writer_generation").await
+        else {
+            return;
+        };
+        a_row_whose_lookup_generation_changed_is_left_out(&store).await;
+    }
+
+    /// Answers read from memory under a lookup generation commit only while
+    /// it holds: in one batch, the row under the current number and the row
+    /// needing none commit, the row under an older one is left out (its
+    /// query is asked again), and the chain stays whole.
+    async fn a_row_whose_lookup_generation_changed_is_left_out(store: &dyn Store) {
         crate::store::lookup_generation::set_generation(&store.pools(), 7).await;
-        let (tx, writer) = writer_without_own_connection(&store);
+        let (tx, writer) = writer_without_own_connection(store);
         let requester = kakehashi_interfaces::OrgId::new("city-checked").expect("org id");
         let row = |i: usize, generation: Option<i64>| {
             let draft = RecordDraft::new(format!("q-{i}"), requester.clone(), Outcome::Provided);
@@ -652,13 +669,15 @@ mod tests {
             assert_eq!(answer.await.expect("answered"), expected);
         }
         close(tx, writer).await;
-        let ids: Vec<(String,)> = sqlx::query_as("SELECT query_id FROM records ORDER BY seq")
-            .fetch_all(store.writer())
-            .await
-            .expect("records");
+        let ids: Vec<(String,)> = crate::on_pool!(&store.pools(), read, |pool| {
+            sqlx::query_as("SELECT query_id FROM records ORDER BY seq")
+                .fetch_all(pool)
+                .await
+                .expect("records")
+        });
         let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
         assert_eq!(ids, ["q-0", "q-1", "q-5"]);
-        assert_intact(&store, 3).await;
+        assert_intact(store, 3).await;
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) mod record_source;
 pub(crate) mod records;
 mod snapshot;
 pub(crate) mod sqlite;
+#[cfg(test)]
+pub(crate) mod test_databases;
 
 pub(crate) use backend::Backend;
 pub use postgres::planned::Read as PlannedRead;

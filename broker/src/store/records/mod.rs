@@ -45,8 +45,10 @@ pub(crate) trait Committer: Send {
         generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure>;
 
-    /// Locks and reads the head inside a transaction, applies `purge`, then
-    /// numbers and hash-links `rows` after it with `chain` and appends them.
+    /// Locks and reads the head and the lookup generation inside a
+    /// transaction, applies `purge`, then numbers and hash-links after the
+    /// head, with `chain`, the `rows` whose answers still hold under that
+    /// generation, and appends them.
     async fn commit_locked<'a>(
         &mut self,
         rows: &[&'a NewRow],
@@ -55,10 +57,12 @@ pub(crate) trait Committer: Send {
     ) -> Result<Prepared<'a>, BrokerError>;
 }
 
-/// Numbers and hash-links rows after a head: the records' chain
-/// (`records::writer::prepare`), handed to the backend, which learns the
-/// head only inside its transaction.
-pub(crate) type Chain = for<'b> fn(&[&'b NewRow], (u64, Hash)) -> Prepared<'b>;
+/// Numbers and hash-links rows after a head, leaving out those whose
+/// answers were read under another lookup generation than the one given:
+/// the records' chain (`records::writer::prepare_kept`), handed to the
+/// backend, which learns the head and the generation only inside its
+/// transaction.
+pub(crate) type Chain = for<'b> fn(&[&'b NewRow], (u64, Hash), i64) -> Prepared<'b>;
 
 /// Why the common commit did not happen.
 pub(crate) enum AtFailure {
@@ -186,20 +190,20 @@ macro_rules! chunk_statement {
 }
 pub(crate) use chunk_statement;
 
-// The locked path, expanded once per backend so each gets its own pool and
-// transaction types; `$pg` adds the partition column, and `$drop_partitions`
-// drops the month partitions a purge empties (PostgreSQL) or nothing (SQLite).
-macro_rules! commit_in_tx {
-    ($pool:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $chain:expr, $drop_partitions:path) => {{
-        let mut tx = $pool.begin().await?;
-        // The head lock: taken first so the transaction is a writer from the
-        // start (no read-to-write upgrade on SQLite; a row lock on PostgreSQL).
-        let (head_seq, head_hash, cut_seq): (i64, Vec<u8>, i64) =
-            sqlx::query_as($crate::store::records::LOCK_HEAD).fetch_one(&mut *tx).await?;
+// The locked path after the head lock, expanded once per backend so each
+// gets its own connection types: `$conn` is inside a transaction that holds
+// the head row's lock, and `$locked` is what the lock read (head sequence
+// and hash, the purge cut, the lookup generation). Applies the purge, then
+// numbers and appends the rows. `$pg` adds the partition column, and
+// `$drop_partitions` drops the month partitions a purge empties (PostgreSQL)
+// or nothing (SQLite). The caller commits.
+macro_rules! append_locked {
+    ($conn:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $chain:expr, $drop_partitions:path, $locked:expr) => {{
+        let (head_seq, head_hash, cut_seq, generation): (i64, Vec<u8>, i64, i64) = $locked;
         match $purge.map(|plan| &plan.deletes) {
             None => {}
             Some($crate::store::records::rows::Deletes::PersonalData { cutoffs, counts }) => {
-                let erased = $crate::store::erasure::erase_in_tx!(&mut *tx, cutoffs);
+                let erased = $crate::store::erasure::erase_in_tx!($conn, cutoffs);
                 if erased != *counts {
                     return Err($crate::error::BrokerError::refused(
                         kakehashi_interfaces::ErrorCode::Unavailable,
@@ -215,19 +219,19 @@ macro_rules! commit_in_tx {
                     ));
                 }
                 let cut = $crate::store::records::table::to_i64(*plan_cut);
-                $drop_partitions(&mut *tx, cut).await?;
+                $drop_partitions($conn, cut).await?;
                 sqlx::query("DELETE FROM records WHERE seq <= $1")
                     .bind(cut)
-                    .execute(&mut *tx)
+                    .execute($conn)
                     .await?;
                 sqlx::query("DELETE FROM record_checkpoints WHERE seq <= $1")
                     .bind(cut)
-                    .execute(&mut *tx)
+                    .execute($conn)
                     .await?;
                 sqlx::query("UPDATE records_head SET cut_seq = $1, cut_hash = $2 WHERE id = 1")
                     .bind(cut)
                     .bind(cut_hash.to_vec())
-                    .execute(&mut *tx)
+                    .execute($conn)
                     .await?;
             }
         }
@@ -235,20 +239,19 @@ macro_rules! commit_in_tx {
             u64::try_from(head_seq).unwrap_or(0),
             $crate::store::records::table::to_hash(&head_hash, "head hash")?,
         );
-        let prepared = ($chain)($rows, head);
+        let prepared = ($chain)($rows, head, generation);
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks($crate::store::records::ROWS_PER_STATEMENT) {
             $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<$crate::store::lookup_generation::LookupStamp>)
                 .build()
-                .execute(&mut *tx)
+                .execute($conn)
                 .await?;
             if let Some((_, seq, hash, ..)) = chunk.last() {
                 old = (*seq, *hash);
             }
         }
-        tx.commit().await?;
-        Ok(prepared)
+        prepared
     }};
 }
-pub(crate) use commit_in_tx;
+pub(crate) use append_locked;

@@ -8,8 +8,11 @@ use sqlx::SqlitePool;
 
 use super::direct::{DirectError, DirectWriter};
 use crate::error::BrokerError;
+use crate::store::lookup_generation::GENERATION_SQL;
 use crate::store::records::rows::{NewRow, Prepared, PreparedRow, PurgePlan};
-use crate::store::records::{commit_in_tx, AtFailure, Chain, Committer, INSERT_HEAD_SQLITE};
+use crate::store::records::{
+    append_locked, AtFailure, Chain, Committer, INSERT_HEAD_SQLITE, LOCK_HEAD,
+};
 
 /// The records writer's committer on SQLite.
 pub(crate) struct SqliteCommitter {
@@ -96,15 +99,26 @@ impl Committer for SqliteCommitter {
         purge: Option<&PurgePlan>,
         chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError> {
-        commit_in_tx!(
-            &self.write,
+        let mut tx = self.write.begin().await?;
+        // The head lock first, so the transaction is a writer from the start
+        // (no read-to-write upgrade); the generation under it.
+        let (head_seq, head_hash, cut_seq): (i64, Vec<u8>, i64) =
+            sqlx::query_as(LOCK_HEAD).fetch_one(&mut *tx).await?;
+        let generation: i64 = sqlx::query_scalar(GENERATION_SQL)
+            .fetch_one(&mut *tx)
+            .await?;
+        let prepared = append_locked!(
+            &mut *tx,
             sqlx::Sqlite,
             INSERT_HEAD_SQLITE,
             false,
             rows,
             purge,
             chain,
-            no_partitions
-        )
+            no_partitions,
+            (head_seq, head_hash, cut_seq, generation)
+        );
+        tx.commit().await?;
+        Ok(prepared)
     }
 }
