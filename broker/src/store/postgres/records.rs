@@ -5,9 +5,9 @@
 //!   begin, lock, insert, commit);
 //! - the locked path is three round trips: `BEGIN` with the head lock and
 //!   the lookup generation read under it, the inserts, `COMMIT`. It is the
-//!   path of every commit while other nodes move the head, where each
-//!   statement is paid on both sides: before, it also took a fifth round
-//!   trip to read the generation on a pooled connection.
+//!   path of every commit while other nodes move the head, so each of its
+//!   round trips is paid on every commit there, by the database and by the
+//!   writer (benches/README, cluster runs 13–18).
 //!
 //! Both run on one connection the writer keeps: a pooled connection is
 //! pinged on its way back to the pool, which would be one more round trip
