@@ -114,13 +114,10 @@ pub(crate) async fn keep_planned(pools: Vec<(PgPool, Read)>, mut stop: watch::Re
             _ = stop.changed() => return,
         }
         for (pool, read) in &pools {
-            let (kept, _) = read.connections();
+            // Held until all are planned, so none is taken twice.
             let mut idle = Vec::new();
-            while idle.len() < kept as usize {
-                match pool.try_acquire() {
-                    Some(conn) => idle.push(conn),
-                    None => break,
-                }
+            while let Some(conn) = pool.try_acquire() {
+                idle.push(conn);
             }
             for conn in &mut idle {
                 if let Err(e) = read.plan(conn).await {

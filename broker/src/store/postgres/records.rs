@@ -63,14 +63,14 @@ impl PgCommitter {
     }
 }
 
-/// The locked path on `conn`, up to but not including `COMMIT`.
+/// The locked path on `conn`, committed.
 async fn locked<'a>(
     conn: &mut PgConnection,
     rows: &[&'a NewRow],
     purge: Option<&PurgePlan>,
     chain: Chain,
 ) -> Result<Prepared<'a>, BrokerError> {
-    let read = (&mut *conn).fetch_all(BEGIN_LOCKED).await?;
+    let read = conn.fetch_all(BEGIN_LOCKED).await?;
     let (head, generation) = match read.as_slice() {
         [head, generation] => (head, generation),
         _ => {
@@ -86,7 +86,7 @@ async fn locked<'a>(
         head.try_get(2)?,
         generation.try_get(0)?,
     );
-    Ok(append_locked!(
+    let prepared = append_locked!(
         &mut *conn,
         sqlx::Postgres,
         INSERT_HEAD_PG,
@@ -96,7 +96,9 @@ async fn locked<'a>(
         chain,
         super::partitions::drop_purged,
         locked
-    ))
+    );
+    conn.execute("COMMIT").await?;
+    Ok(prepared)
 }
 
 #[async_trait]
@@ -126,15 +128,14 @@ impl Committer for PgCommitter {
             .build()
             .execute(conn)
             .await;
-        match done {
-            Ok(_) => Ok(()),
-            // Refused by the database (the guard): the connection is fine.
-            Err(e @ sqlx::Error::Database(_)) => Err(AtFailure::from(e)),
-            Err(e) => {
-                self.conn = None;
-                Err(AtFailure::from(e))
-            }
+        // Refused by the database (the guard): the connection is fine.
+        if done
+            .as_ref()
+            .is_err_and(|e| !matches!(e, sqlx::Error::Database(_)))
+        {
+            self.conn = None;
         }
+        done.map(drop).map_err(AtFailure::from)
     }
 
     async fn commit_locked<'a>(
@@ -144,14 +145,7 @@ impl Committer for PgCommitter {
         chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError> {
         let conn = self.conn().await?;
-        let done = match locked(conn, rows, purge, chain).await {
-            Ok(prepared) => (&mut *conn)
-                .execute("COMMIT")
-                .await
-                .map(|_| prepared)
-                .map_err(BrokerError::from),
-            Err(e) => Err(e),
-        };
+        let done = locked(conn, rows, purge, chain).await;
         if done.is_err() {
             // Closing the connection rolls back what it left open.
             self.conn = None;
