@@ -1,16 +1,25 @@
 //! `kakehashi-bench cluster`: one broker node against two on the same
 //! PostgreSQL database, on the same machine (issue 25). On a 2-core machine
 //! two nodes cannot double the rate; the point is that they do not lose
-//! throughput or correctness. The query scenario runs for `--secs` through
-//! one node, then through two (the connections split between them), then
-//! through one again, so drift of the machine shows; the ratio is two nodes'
-//! rate over the mean of the two one-node runs. Each run starts right after
-//! a `CHECKPOINT`: otherwise the checkpoint that the WAL of the first run
-//! sets off (about 20 MB/s against `max_wal_size` 1 GB) falls in the
-//! second, and its writes and the full-page images after it are charged
-//! to whichever run it falls in. Afterwards
+//! throughput or correctness.
+//!
+//! The store first takes `--fill-secs` of unmeasured load through one node:
+//! a store minutes old answers faster than one that has grown (the records
+//! insert took 250–300 µs per batch statement in the first minute against
+//! 390–420 µs two minutes later, in `pg_stat_statements`), so without the
+//! fill the first run is the fastest whatever it measures. The query
+//! scenario then runs for `--secs` through one node, two (the connections
+//! split between them), one, two, one: the two kinds alternate and are
+//! centred on the same moment, so drift of the machine and of the store
+//! cancels in the ratio, two nodes' mean rate over one node's. Each run
+//! starts after `ANALYZE` and `CHECKPOINT` ([`settle`]). Afterwards
 //! `kakehashi-broker records verify` must accept the one chain both nodes
 //! wrote.
+//!
+//! `--separate-databases` gives the second node a database of its own, set
+//! up and filled the same way: the nodes then share the machine and the
+//! database server but not the records chain, which separates the cost of
+//! a second process from that of the shared chain.
 
 use crate::workdir::WorkDir;
 use std::net::SocketAddr;
@@ -42,6 +51,13 @@ pub struct ClusterOptions {
     pub secs: u64,
     /// Unmeasured seconds at the start of each run.
     pub warmup: u64,
+    /// Unmeasured seconds of load through one node before the first run.
+    pub fill_secs: u64,
+    /// Give the second node a database of its own (set up and filled the
+    /// same way): the nodes then share only the machine and the database
+    /// server, not the records chain, which bounds what the chain's
+    /// sharing costs.
+    pub separate_databases: bool,
     /// Persons registered for the queries.
     pub persons: u64,
     /// Keep configs and logs here.
@@ -72,9 +88,9 @@ pub struct ClusterRun {
 pub struct ClusterReport {
     /// Where it ran.
     pub machine: Machine,
-    /// one node, two nodes, one node.
+    /// One node, two nodes, one, two, one.
     pub runs: Vec<ClusterRun>,
-    /// Two nodes' rate over the mean one-node rate.
+    /// Two nodes' mean rate over one node's mean rate.
     pub ratio: f64,
     /// What `records verify` said at the end.
     pub verify: String,
@@ -97,7 +113,7 @@ impl ClusterReport {
             ));
         }
         out.push_str(&format!(
-            "two nodes / one node: {:.2}\nrecords verify: {}\n",
+            "two nodes / one node (means): {:.2}\nrecords verify: {}\n",
             self.ratio, self.verify
         ));
         out
@@ -108,11 +124,11 @@ impl ClusterReport {
 /// `nodes`) at once, the connections split evenly; the rates are summed,
 /// and the CPU time spent is counted over the whole run, warm-up included.
 async fn drive(
-    targets: &[Target],
+    targets: &[(Target, &Codes)],
     nodes: &[u32],
     pki: &Path,
-    codes: &Codes,
     opts: &ClusterOptions,
+    secs: u64,
 ) -> Result<ClusterRun> {
     let (wall, busy, brokers) = (
         std::time::Instant::now(),
@@ -123,7 +139,7 @@ async fn drive(
     let tls = tls_connector(&identity, Protocol::Http1, true)?;
     let per = (opts.connections / targets.len()).max(1);
     let mut tasks = tokio::task::JoinSet::new();
-    for target in targets {
+    for (target, codes) in targets {
         let workload = Arc::new(Workload::new(
             Scenario::Query,
             Some(QueryPlan::new(codes, 1024, 100)?),
@@ -134,7 +150,7 @@ async fn drive(
             protocol: Protocol::Http1,
             connections: per,
             streams: 1,
-            duration: Some(Duration::from_secs(opts.secs)),
+            duration: Some(Duration::from_secs(secs)),
             count: None,
             warmup: Duration::from_secs(opts.warmup),
             rate: None,
@@ -157,7 +173,7 @@ async fn drive(
         let m = done.context("load task")??;
         let rate = m.ok as f64 / m.window.as_secs_f64().max(1e-9);
         run.queries_per_sec += rate;
-        answered += rate * (opts.secs + opts.warmup) as f64;
+        answered += rate * (secs + opts.warmup) as f64;
         run.p99_ms = run
             .p99_ms
             .max(m.hist.value_at_quantile(0.99) as f64 / 1000.0);
@@ -166,9 +182,9 @@ async fn drive(
             eprintln!("  error: {sample}");
         }
     }
-    let secs = wall.elapsed().as_secs_f64().max(1e-9);
-    run.busy_cores = (rss::machine_busy_seconds() - busy) / secs;
-    run.machine_us_per_query = run.busy_cores * secs / answered.max(1.0) * 1e6;
+    let wall_secs = wall.elapsed().as_secs_f64().max(1e-9);
+    run.busy_cores = (rss::machine_busy_seconds() - busy) / wall_secs;
+    run.machine_us_per_query = run.busy_cores * wall_secs / answered.max(1.0) * 1e6;
     run.brokers_us_per_query = (rss::cpu_seconds_sum(nodes) - brokers) / answered.max(1.0) * 1e6;
     eprintln!(
         "{} node(s): {:.0} queries/s, p99 {:.2} ms, {} errors, busy cores {:.2}, CPU per query {:.0} µs (brokers {:.0})",
@@ -183,13 +199,18 @@ async fn drive(
     Ok(run)
 }
 
-/// A node: its config file (same database and keys, its own port) and process.
-fn node_config(work: &Path, n: usize, url: &str) -> Result<(PathBuf, SocketAddr)> {
+/// Nodes per measured run, in order: the kinds alternate and are centred on
+/// the same moment, so drift that is linear in time cancels in the ratio.
+const PHASES: [usize; 5] = [1, 2, 1, 2, 1];
+
+/// A node's config file (its own port; the key directory `keys`, which
+/// the nodes of one database share) and its listener.
+fn node_config(work: &Path, n: usize, url: &str, keys: &str) -> Result<(PathBuf, SocketAddr)> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let path = work.join(format!("node-{n}.toml"));
     std::fs::write(
         &path,
-        broker_config(addr, &format!("postgres_url = \"{url}\""), "pg-keys"),
+        broker_config(addr, &format!("postgres_url = \"{url}\""), keys),
     )?;
     Ok((path, addr))
 }
@@ -213,70 +234,183 @@ async fn start(
     Ok(server)
 }
 
-async fn measure(opts: &ClusterOptions, work: &Path, url: &str) -> Result<ClusterReport> {
-    let pki = work.join("dev").join("pki");
-    let (config1, addr1) = node_config(work, 1, url)?;
-    let (config2, addr2) = node_config(work, 2, url)?;
-    for (id, kind, name) in ORGS {
-        run_tool(
-            Command::new(&opts.broker_bin)
-                .arg("orgs")
-                .arg("--config")
-                .arg(&config1)
-                .args(["add", id, "--kind", kind, "--name", name]),
-            "kakehashi-broker orgs add",
-        )?;
+/// A node of the bench: its config and listener.
+struct Node {
+    config: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn new(work: &Path, n: usize, url: &str, keys: &str) -> Result<Node> {
+        let (config, addr) = node_config(work, n, url, keys)?;
+        Ok(Node { config, addr })
     }
-    let node1 = start(opts, work, &config1, addr1, 1).await?;
-    let target1 = Target::parse(&format!("https://{addr1}")).await?;
+
+    /// Adds the bench's orgs to the node's database.
+    fn add_orgs(&self, opts: &ClusterOptions) -> Result<()> {
+        for (id, kind, name) in ORGS {
+            run_tool(
+                Command::new(&opts.broker_bin)
+                    .arg("orgs")
+                    .arg("--config")
+                    .arg(&self.config)
+                    .args(["add", id, "--kind", kind, "--name", name]),
+                "kakehashi-broker orgs add",
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn target(&self) -> Result<Target> {
+        Target::parse(&format!("https://{}", self.addr)).await
+    }
+
+    /// `records verify` of the node's database, its last line.
+    fn verify(&self, opts: &ClusterOptions) -> Result<String> {
+        let out = run_tool(
+            Command::new(&opts.broker_bin)
+                .args(["records", "verify", "--config"])
+                .arg(&self.config),
+            "kakehashi-broker records verify",
+        )?;
+        Ok(out.lines().last().unwrap_or_default().trim().to_string())
+    }
+}
+
+/// Registers the bench's persons through `node` (started for it).
+async fn register(
+    opts: &ClusterOptions,
+    work: &Path,
+    node: &Node,
+    n: usize,
+) -> Result<(Server, Codes)> {
+    let pki = work.join("dev").join("pki");
+    let server = start(opts, work, &node.config, node.addr, n).await?;
     let codes = setup::run(
-        &target1,
+        &node.target().await?,
         &Identity::from_pki(&pki, "union-saitama"),
         &Identity::from_pki(&pki, "city-saitama"),
         opts.persons,
         1,
     )
     .await?;
-    let one = [node1.pid()];
-    checkpoint(url)?;
-    let mut runs = vec![drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?];
-    let node2 = start(opts, work, &config2, addr2, 2).await?;
-    let target2 = Target::parse(&format!("https://{addr2}")).await?;
-    let both = [node1.pid(), node2.pid()];
-    checkpoint(url)?;
-    runs.push(drive(&[target1.clone(), target2], &both, &pki, &codes, opts).await?);
-    node2.stop();
-    checkpoint(url)?;
-    runs.push(drive(std::slice::from_ref(&target1), &one, &pki, &codes, opts).await?);
-    node1.stop();
+    Ok((server, codes))
+}
 
-    let verify = run_tool(
-        Command::new(&opts.broker_bin)
-            .args(["records", "verify", "--config"])
-            .arg(&config1),
-        "kakehashi-broker records verify",
-    )?;
-    let one = (runs[0].queries_per_sec + runs[2].queries_per_sec) / 2.0;
+async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<ClusterReport> {
+    let pki = work.join("dev").join("pki");
+    let node1 = Node::new(work, 1, &urls[0], "pg-keys")?;
+    let node2 = match urls.get(1) {
+        Some(url) => Node::new(work, 2, url, "pg-keys-2")?,
+        None => Node::new(work, 2, &urls[0], "pg-keys")?,
+    };
+    node1.add_orgs(opts)?;
+    let (server1, codes1) = register(opts, work, &node1, 1).await?;
+    let target1 = node1.target().await?;
+    let one = [server1.pid()];
+    let codes2 = if opts.separate_databases {
+        // The second database gets the same persons and the same fill, so
+        // both stores are alike when the runs begin.
+        node2.add_orgs(opts)?;
+        let (server2, codes2) = register(opts, work, &node2, 2).await?;
+        if opts.fill_secs > 0 {
+            eprintln!(
+                "fill of node 2's database ({} s, not measured):",
+                opts.fill_secs
+            );
+            let target2 = node2.target().await?;
+            drive(
+                &[(target2, &codes2)],
+                &[server2.pid()],
+                &pki,
+                opts,
+                opts.fill_secs,
+            )
+            .await?;
+        }
+        server2.stop();
+        codes2
+    } else {
+        codes1.clone()
+    };
+    if opts.fill_secs > 0 {
+        eprintln!(
+            "fill ({} s through one node, not measured):",
+            opts.fill_secs
+        );
+        drive(
+            &[(target1.clone(), &codes1)],
+            &one,
+            &pki,
+            opts,
+            opts.fill_secs,
+        )
+        .await?;
+    }
+    let mut runs = Vec::new();
+    for nodes in PHASES {
+        if nodes == 1 {
+            urls.iter().try_for_each(|url| settle(url))?;
+            runs.push(drive(&[(target1.clone(), &codes1)], &one, &pki, opts, opts.secs).await?);
+            continue;
+        }
+        // The second node runs only for its runs, so a one-node run has
+        // nothing else of the broker's on the machine.
+        let server2 = start(opts, work, &node2.config, node2.addr, 2).await?;
+        let both = [server1.pid(), server2.pid()];
+        urls.iter().try_for_each(|url| settle(url))?;
+        let targets = [(target1.clone(), &codes1), (node2.target().await?, &codes2)];
+        runs.push(drive(&targets, &both, &pki, opts, opts.secs).await?);
+        server2.stop();
+    }
+    server1.stop();
+
+    let mut verify = node1.verify(opts)?;
+    if opts.separate_databases {
+        verify = format!("node 1: {verify}; node 2: {}", node2.verify(opts)?);
+    }
+    let mean = |n: usize| {
+        let rates: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.nodes == n)
+            .map(|r| r.queries_per_sec)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len().max(1) as f64
+    };
     Ok(ClusterReport {
         machine: Machine::detect(),
-        ratio: runs[1].queries_per_sec / one.max(1e-9),
+        ratio: mean(2) / mean(1).max(1e-9),
         runs,
-        verify: verify.lines().last().unwrap_or_default().trim().to_string(),
+        verify,
     })
 }
 
-/// Writes every dirty page of the database server out now, so the run that
-/// follows starts where the others did (needs a superuser or
-/// `pg_checkpoint`, as `scripts/postgres-up`'s role is).
-fn checkpoint(url: &str) -> Result<()> {
+/// Brings the database to where a store in service is before a run:
+/// statistics current (`ANALYZE`: a month partition planned while empty is
+/// scanned whole by the disclosure pool's re-plan every 5 s until
+/// autovacuum first analyzes it, about a minute into a fresh store), and
+/// every dirty page written out (`CHECKPOINT`: otherwise the checkpoint one
+/// run's WAL sets off, at about 20 MB/s against `max_wal_size` 1 GB, falls
+/// in the next run with the full-page images after it). Needs a superuser
+/// or `pg_checkpoint`, as `scripts/postgres-up`'s role is.
+fn settle(url: &str) -> Result<()> {
     run_tool(
-        Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qc", "CHECKPOINT"]),
-        "psql CHECKPOINT",
+        Command::new("psql").args([
+            url,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            "ANALYZE",
+            "-c",
+            "CHECKPOINT",
+        ]),
+        "psql ANALYZE; CHECKPOINT",
     )
     .map(drop)
 }
 
-/// Runs the cluster scenario on a fresh database, dropped afterwards.
+/// Runs the cluster scenario on a fresh database (two with
+/// `separate_databases`), dropped afterwards.
 pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
     let work = WorkDir::new(opts.workdir.as_deref(), "kakehashi-cluster-")?;
     let work = work.path();
@@ -286,21 +420,38 @@ pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
             .arg(work.join("dev")),
         "kakehashi-broker dev --no-serve",
     )?;
-    let db = format!("kk_cluster_{}", std::process::id());
-    run_tool(
-        Command::new("psql")
-            .args([opts.postgres_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
-            .arg(format!("CREATE DATABASE {db}")),
-        "psql CREATE DATABASE",
-    )?;
-    let url = url_with_database(&opts.postgres_url, &db);
-    let result = measure(opts, work, &url).await;
-    let _ = run_tool(
-        Command::new("psql")
-            .args([opts.postgres_url.as_str(), "-qc"])
-            .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
-        "psql DROP DATABASE",
-    );
+    let mut dbs = vec![format!("kk_cluster_{}", std::process::id())];
+    if opts.separate_databases {
+        dbs.push(format!("kk_cluster_{}_2", std::process::id()));
+    }
+    let mut result = Ok(());
+    for db in &dbs {
+        result = result.and_then(|()| {
+            run_tool(
+                Command::new("psql")
+                    .args([opts.postgres_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
+                    .arg(format!("CREATE DATABASE {db}")),
+                "psql CREATE DATABASE",
+            )
+            .map(drop)
+        });
+    }
+    let urls: Vec<String> = dbs
+        .iter()
+        .map(|db| url_with_database(&opts.postgres_url, db))
+        .collect();
+    let result = match result {
+        Ok(()) => measure(opts, work, &urls).await,
+        Err(e) => Err(e),
+    };
+    for db in &dbs {
+        let _ = run_tool(
+            Command::new("psql")
+                .args([opts.postgres_url.as_str(), "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
+            "psql DROP DATABASE",
+        );
+    }
     let report = result?;
     if report.runs.iter().any(|r| r.errors > 0) {
         bail!("errors during the runs:\n{}", report.text());

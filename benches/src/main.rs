@@ -83,7 +83,8 @@ enum Command {
     /// one person, a month's export, the purge of the oldest month, verify.
     National(national::NationalArgs),
     /// One broker node against two on the same PostgreSQL database (query
-    /// scenario: one, two, one node); the ratio and `records verify`.
+    /// scenario after an unmeasured fill: one, two, one, two, one node); the
+    /// ratio of the means and `records verify`.
     Cluster(ClusterArgs),
 }
 
@@ -297,6 +298,15 @@ struct ClusterArgs {
     /// Unmeasured warm-up seconds before each run.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Unmeasured seconds of load through one node before the first run, so
+    /// no run measures a store only minutes old.
+    #[arg(long, default_value_t = 20)]
+    fill_secs: u64,
+    /// Give the second node a database of its own, set up and filled the
+    /// same way: the nodes then share the machine and the database server
+    /// but not the records chain (what the chain's sharing costs).
+    #[arg(long)]
+    separate_databases: bool,
     /// Connections in total, split between the nodes.
     #[arg(long, short = 'c', default_value_t = 64)]
     connections: usize,
@@ -456,6 +466,8 @@ async fn main_async(cli: Cli) -> Result<()> {
                 connections: args.connections.max(2),
                 secs: args.secs.max(1),
                 warmup: args.warmup,
+                fill_secs: args.fill_secs,
+                separate_databases: args.separate_databases,
                 persons: args.persons.max(1),
                 workdir: args.workdir,
             };

@@ -493,6 +493,7 @@ mod tests {
     use super::{one_generation, run, Batching, Guard, Job, NewRow, NotCommitted, Others};
     use crate::lookups::LookupStamp;
     use crate::records::{Outcome, RecordDraft};
+    use crate::store::records::rows::OwnedResult;
     use crate::store::{SqliteStore, Store};
     use std::time::Duration;
 
@@ -678,6 +679,71 @@ mod tests {
         let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
         assert_eq!(ids, ["q-0", "q-1", "q-5"]);
         assert_intact(store, 3).await;
+    }
+
+    /// PostgreSQL's locked path stores every column as hashed and each kept
+    /// row's result, and leaves out a stale row's result with its record:
+    /// `records verify` recomputes every leaf from the stored columns.
+    #[tokio::test]
+    async fn the_locked_path_stores_what_verify_recomputes_postgres() {
+        let Some(store) =
+            crate::store::test_databases::fresh_postgres("writer_locked_columns").await
+        else {
+            return;
+        };
+        crate::store::lookup_generation::set_generation(&store.pools(), 3).await;
+        let (tx, writer) = writer_without_own_connection(&store);
+        let org = |id: &str| kakehashi_interfaces::OrgId::new(id).expect("org id");
+        let (requester, provider) = (org("city-a"), org("union-b"));
+        let now = time::OffsetDateTime::now_utc();
+        let row = |i: usize, generation: Option<i64>| {
+            let mut draft =
+                RecordDraft::new(format!("q-{i}"), requester.clone(), Outcome::Provided);
+            draft.permit_id = Some(format!("p-{i}"));
+            draft.flow_id = Some("F0001".into());
+            draft.flow_list_version = Some(2);
+            draft.procedure = Some("P001".into());
+            draft.provider = Some(provider.clone());
+            draft.items = vec!["income.total".into(), "tax.class".into()];
+            draft.requester_person_code = Some(format!("rc-{i}"));
+            draft.provider_person_code = i.is_multiple_of(2).then(|| format!("pc-{i}"));
+            draft.approver = (i == 1).then(|| "operator-1".into());
+            let mut row = NewRow::new(draft, now);
+            row.lookup_stamp = generation.map(LookupStamp::new);
+            let mut result = OwnedResult::new(
+                &format!("q-{i}"),
+                &requester,
+                &provider,
+                "provided",
+                "{}".into(),
+                now + time::Duration::hours(1),
+            );
+            result.envelope = Some("{\"sealed\":true}".into());
+            row.result = Some(result);
+            Box::new(row)
+        };
+        let mut answers = Vec::new();
+        for (i, generation) in [Some(3), None, Some(2), Some(3)].into_iter().enumerate() {
+            answers.push(queue(&tx, row(i, generation)).await);
+        }
+        let mut got = Vec::new();
+        for answer in answers {
+            got.push(answer.await.expect("answered"));
+        }
+        assert_eq!(
+            got,
+            vec![Ok(1), Ok(2), Err(NotCommitted::LookupChanged), Ok(3)]
+        );
+        close(tx, writer).await;
+        let ids: Vec<(String,)> = crate::on_pool!(&store.pools(), read, |pool| {
+            sqlx::query_as("SELECT id FROM queries ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .expect("queries")
+        });
+        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        assert_eq!(ids, ["q-0", "q-1", "q-3"]);
+        assert_intact(&store, 3).await;
     }
 
     #[test]
