@@ -94,7 +94,7 @@ struct TargetArgs {
     /// The endpoint, e.g. https://127.0.0.1:7443.
     #[arg(long)]
     url: String,
-    /// A `kakehashi-broker dev` pki directory: ca.crt and <org>.crt/.key.
+    /// A `kakehashi-broker dev` pki directory: ca.crt and ORG.crt/.key.
     #[arg(long)]
     pki: Option<PathBuf>,
     /// The org to act as (its files in --pki).

@@ -55,6 +55,9 @@
 //!   rows; migrations.
 //! - [`config`], [`metrics`], [`error`].
 #![forbid(unsafe_code)]
+// The crate's documentation is read with `--document-private-items`
+// (README, Layout): its module docs link the private items they describe.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod approvals;
 pub mod cli;

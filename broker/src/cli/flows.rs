@@ -16,12 +16,12 @@ use crate::store::{self, Pools};
 /// `kakehashi-broker flows …` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum FlowsCommand {
-    /// Propose a flow-list TOML file ([[flow]] tables) as a new version; it
+    /// Propose a flow-list TOML file (`[[flow]]` tables) as a new version; it
     /// is in force once a different administrator approves it.
     Propose {
         /// The TOML file.
         file: std::path::PathBuf,
-        /// The proposer: a user id or host:<name> (default host:$USER).
+        /// The proposer: a user id or host:NAME (default host:$USER).
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
     },
@@ -30,7 +30,7 @@ pub enum FlowsCommand {
     Approve {
         /// The version to approve (see `flows list`).
         version: u64,
-        /// The approver: a user id or host:<name> (default host:$USER).
+        /// The approver: a user id or host:NAME (default host:$USER).
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
     },

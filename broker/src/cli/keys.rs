@@ -37,7 +37,7 @@ pub enum KeysCommand {
     /// longer published and their files here are removed.
     RetirePermit,
     /// A new checkpoint key (records-sealer.pem); the old one's public half
-    /// is kept as records-sealer-<id>.pub so old checkpoints still verify.
+    /// is kept as records-sealer-ID.pub so old checkpoints still verify.
     /// Each node signs with the new key from its next restart.
     RotateSealer,
     /// A new key-encryption key; every data key is re-wrapped under it in

@@ -254,7 +254,7 @@ pub struct BatchFileArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub batch_size: u32,
     /// Where to write the lines that were not applied (CSV: line, reason, message).
-    /// Default: <input>.confirmation.csv, or <out>.confirmation.csv with --out
+    /// Default: INPUT.confirmation.csv, or OUT.confirmation.csv with --out
     #[arg(long, value_name = "FILE")]
     pub confirmation_list: Option<PathBuf>,
 }
