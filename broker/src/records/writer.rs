@@ -595,6 +595,31 @@ mod tests {
         answer
     }
 
+    /// Queues `rows` in one go (the writer takes them as one batch) and
+    /// waits for each answer.
+    async fn queue_all(
+        tx: &tokio::sync::mpsc::Sender<Job>,
+        rows: impl IntoIterator<Item = Box<NewRow>>,
+    ) -> Vec<Result<u64, NotCommitted>> {
+        let mut answers = Vec::new();
+        for row in rows {
+            answers.push(queue(tx, row).await);
+        }
+        let mut got = Vec::new();
+        for answer in answers {
+            got.push(answer.await.expect("answered"));
+        }
+        got
+    }
+
+    /// The first column of `sql`'s rows, as strings.
+    async fn strings(store: &dyn Store, sql: &'static str) -> Vec<String> {
+        let rows: Vec<(String,)> = crate::on_pool!(&store.pools(), read, |pool| {
+            sqlx::query_as(sql).fetch_all(pool).await.expect("read")
+        });
+        rows.into_iter().map(|(s,)| s).collect()
+    }
+
     /// The chain verifies and holds `records` records.
     async fn assert_intact(store: &dyn Store, records: u64) {
         match crate::records::verify_store(
@@ -643,14 +668,8 @@ mod tests {
             row.lookup_stamp = generation.map(LookupStamp::new);
             Box::new(row)
         };
-        let mut answers = Vec::new();
-        for (i, generation) in [None, Some(7), Some(6), Some(6)].into_iter().enumerate() {
-            answers.push(queue(&tx, row(i, generation)).await);
-        }
-        let mut got = Vec::new();
-        for answer in answers {
-            got.push(answer.await.expect("answered"));
-        }
+        let rows = [None, Some(7), Some(6), Some(6)];
+        let got = queue_all(&tx, rows.into_iter().enumerate().map(|(i, g)| row(i, g))).await;
         assert_eq!(
             got,
             vec![
@@ -670,13 +689,7 @@ mod tests {
             assert_eq!(answer.await.expect("answered"), expected);
         }
         close(tx, writer).await;
-        let ids: Vec<(String,)> = crate::on_pool!(&store.pools(), read, |pool| {
-            sqlx::query_as("SELECT query_id FROM records ORDER BY seq")
-                .fetch_all(pool)
-                .await
-                .expect("records")
-        });
-        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        let ids = strings(store, "SELECT query_id FROM records ORDER BY seq").await;
         assert_eq!(ids, ["q-0", "q-1", "q-5"]);
         assert_intact(store, 3).await;
     }
@@ -722,26 +735,14 @@ mod tests {
             row.result = Some(result);
             Box::new(row)
         };
-        let mut answers = Vec::new();
-        for (i, generation) in [Some(3), None, Some(2), Some(3)].into_iter().enumerate() {
-            answers.push(queue(&tx, row(i, generation)).await);
-        }
-        let mut got = Vec::new();
-        for answer in answers {
-            got.push(answer.await.expect("answered"));
-        }
+        let rows = [Some(3), None, Some(2), Some(3)];
+        let got = queue_all(&tx, rows.into_iter().enumerate().map(|(i, g)| row(i, g))).await;
         assert_eq!(
             got,
             vec![Ok(1), Ok(2), Err(NotCommitted::LookupChanged), Ok(3)]
         );
         close(tx, writer).await;
-        let ids: Vec<(String,)> = crate::on_pool!(&store.pools(), read, |pool| {
-            sqlx::query_as("SELECT id FROM queries ORDER BY id")
-                .fetch_all(pool)
-                .await
-                .expect("queries")
-        });
-        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        let ids = strings(&store, "SELECT id FROM queries ORDER BY id").await;
         assert_eq!(ids, ["q-0", "q-1", "q-3"]);
         assert_intact(&store, 3).await;
     }
