@@ -12,7 +12,7 @@
 //! split between them), one, two, one: the two kinds alternate and are
 //! centred on the same moment, so drift of the machine and of the store
 //! cancels in the ratio, two nodes' mean rate over one node's. Each run
-//! starts after `ANALYZE` and `CHECKPOINT` ([`settle`]). Afterwards
+//! starts after `VACUUM (ANALYZE)` and `CHECKPOINT` ([`settle`]). Afterwards
 //! `kakehashi-broker records verify` must accept the one chain both nodes
 //! wrote.
 //!
@@ -385,14 +385,16 @@ async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<
     })
 }
 
-/// Brings the database to where a store in service is before a run:
-/// statistics current (`ANALYZE`: a month partition planned while empty is
-/// scanned whole by the disclosure pool's re-plan every 5 s until
-/// autovacuum first analyzes it, about a minute into a fresh store), and
-/// every dirty page written out (`CHECKPOINT`: otherwise the checkpoint one
-/// run's WAL sets off, at about 20 MB/s against `max_wal_size` 1 GB, falls
-/// in the next run with the full-page images after it). Needs a superuser
-/// or `pg_checkpoint`, as `scripts/postgres-up`'s role is.
+/// Brings the database to the same state before every run: nothing left
+/// for autovacuum (`VACUUM`: otherwise its vacuum of the growing `queries`
+/// table and records partition runs in some runs and not others, and an
+/// `ANALYZE` cancels it half done), statistics current (`ANALYZE`: a month
+/// partition planned while empty is scanned whole by the disclosure pool's
+/// re-plan every 5 s until it is first analyzed), and every dirty page
+/// written out (`CHECKPOINT`: otherwise the checkpoint one run's WAL sets
+/// off, at about 20 MB/s against `max_wal_size` 1 GB, falls in the next
+/// run with the full-page images after it). Needs a superuser or
+/// `pg_checkpoint`, as `scripts/postgres-up`'s role is.
 fn settle(url: &str) -> Result<()> {
     run_tool(
         Command::new("psql").args([
@@ -400,11 +402,11 @@ fn settle(url: &str) -> Result<()> {
             "-v",
             "ON_ERROR_STOP=1",
             "-qc",
-            "ANALYZE",
+            "VACUUM (ANALYZE)",
             "-c",
             "CHECKPOINT",
         ]),
-        "psql ANALYZE; CHECKPOINT",
+        "psql VACUUM (ANALYZE); CHECKPOINT",
     )
     .map(drop)
 }
