@@ -32,7 +32,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::client::{tls_connector, Identity, Protocol, Target};
-use crate::compare::{broker_config, free_port, run_tool, url_with_database, Server, ORGS};
+use crate::compare::{
+    add_orgs, broker_config, create_database, drop_database, free_port, run_tool,
+    url_with_database, Server,
+};
 use crate::load::{self, QueryPlan, RunConfig, Scenario, Workload};
 use crate::report::Machine;
 use crate::rss;
@@ -246,21 +249,6 @@ impl Node {
         Ok(Node { config, addr })
     }
 
-    /// Adds the bench's orgs to the node's database.
-    fn add_orgs(&self, opts: &ClusterOptions) -> Result<()> {
-        for (id, kind, name) in ORGS {
-            run_tool(
-                Command::new(&opts.broker_bin)
-                    .arg("orgs")
-                    .arg("--config")
-                    .arg(&self.config)
-                    .args(["add", id, "--kind", kind, "--name", name]),
-                "kakehashi-broker orgs add",
-            )?;
-        }
-        Ok(())
-    }
-
     async fn target(&self) -> Result<Target> {
         Target::parse(&format!("https://{}", self.addr)).await
     }
@@ -297,6 +285,21 @@ async fn register(
     Ok((server, codes))
 }
 
+/// Unmeasured load through `node` alone, for `opts.fill_secs`.
+async fn fill(
+    opts: &ClusterOptions,
+    pki: &Path,
+    node: (Target, &Codes),
+    pid: u32,
+    what: &str,
+) -> Result<()> {
+    if opts.fill_secs > 0 {
+        eprintln!("fill of {what} ({} s, not measured):", opts.fill_secs);
+        drive(&[node], &[pid], pki, opts, opts.fill_secs).await?;
+    }
+    Ok(())
+}
+
 async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<ClusterReport> {
     let pki = work.join("dev").join("pki");
     let node1 = Node::new(work, 1, &urls[0], "pg-keys")?;
@@ -304,64 +307,55 @@ async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<
         Some(url) => Node::new(work, 2, url, "pg-keys-2")?,
         None => Node::new(work, 2, &urls[0], "pg-keys")?,
     };
-    node1.add_orgs(opts)?;
+    add_orgs(&opts.broker_bin, &node1.config)?;
     let (server1, codes1) = register(opts, work, &node1, 1).await?;
     let target1 = node1.target().await?;
-    let one = [server1.pid()];
     let codes2 = if opts.separate_databases {
         // The second database gets the same persons and the same fill, so
         // both stores are alike when the runs begin.
-        node2.add_orgs(opts)?;
+        add_orgs(&opts.broker_bin, &node2.config)?;
         let (server2, codes2) = register(opts, work, &node2, 2).await?;
-        if opts.fill_secs > 0 {
-            eprintln!(
-                "fill of node 2's database ({} s, not measured):",
-                opts.fill_secs
-            );
-            let target2 = node2.target().await?;
-            drive(
-                &[(target2, &codes2)],
-                &[server2.pid()],
-                &pki,
-                opts,
-                opts.fill_secs,
-            )
-            .await?;
-        }
+        let target2 = node2.target().await?;
+        fill(
+            opts,
+            &pki,
+            (target2, &codes2),
+            server2.pid(),
+            "node 2's database",
+        )
+        .await?;
         server2.stop();
         codes2
     } else {
         codes1.clone()
     };
-    if opts.fill_secs > 0 {
-        eprintln!(
-            "fill ({} s through one node, not measured):",
-            opts.fill_secs
-        );
-        drive(
-            &[(target1.clone(), &codes1)],
-            &one,
-            &pki,
-            opts,
-            opts.fill_secs,
-        )
-        .await?;
-    }
+    fill(
+        opts,
+        &pki,
+        (target1.clone(), &codes1),
+        server1.pid(),
+        "the database through node 1",
+    )
+    .await?;
     let mut runs = Vec::new();
     for nodes in PHASES {
-        if nodes == 1 {
-            urls.iter().try_for_each(|url| settle(url))?;
-            runs.push(drive(&[(target1.clone(), &codes1)], &one, &pki, opts, opts.secs).await?);
-            continue;
-        }
         // The second node runs only for its runs, so a one-node run has
         // nothing else of the broker's on the machine.
-        let server2 = start(opts, work, &node2.config, node2.addr, 2).await?;
-        let both = [server1.pid(), server2.pid()];
+        let server2 = match nodes {
+            2 => Some(start(opts, work, &node2.config, node2.addr, 2).await?),
+            _ => None,
+        };
+        let mut targets = vec![(target1.clone(), &codes1)];
+        let mut pids = vec![server1.pid()];
+        if let Some(server2) = &server2 {
+            targets.push((node2.target().await?, &codes2));
+            pids.push(server2.pid());
+        }
         urls.iter().try_for_each(|url| settle(url))?;
-        let targets = [(target1.clone(), &codes1), (node2.target().await?, &codes2)];
-        runs.push(drive(&targets, &both, &pki, opts, opts.secs).await?);
-        server2.stop();
+        runs.push(drive(&targets, &pids, &pki, opts, opts.secs).await?);
+        if let Some(server2) = server2 {
+            server2.stop();
+        }
     }
     server1.stop();
 
@@ -426,33 +420,19 @@ pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
     if opts.separate_databases {
         dbs.push(format!("kk_cluster_{}_2", std::process::id()));
     }
-    let mut result = Ok(());
-    for db in &dbs {
-        result = result.and_then(|()| {
-            run_tool(
-                Command::new("psql")
-                    .args([opts.postgres_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
-                    .arg(format!("CREATE DATABASE {db}")),
-                "psql CREATE DATABASE",
-            )
-            .map(drop)
-        });
-    }
     let urls: Vec<String> = dbs
         .iter()
         .map(|db| url_with_database(&opts.postgres_url, db))
         .collect();
-    let result = match result {
-        Ok(()) => measure(opts, work, &urls).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        for db in &dbs {
+            create_database(&opts.postgres_url, db)?;
+        }
+        measure(opts, work, &urls).await
+    }
+    .await;
     for db in &dbs {
-        let _ = run_tool(
-            Command::new("psql")
-                .args([opts.postgres_url.as_str(), "-qc"])
-                .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
-            "psql DROP DATABASE",
-        );
+        drop_database(&opts.postgres_url, db);
     }
     let report = result?;
     if report.runs.iter().any(|r| r.errors > 0) {

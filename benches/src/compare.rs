@@ -207,6 +207,44 @@ pub(crate) fn run_tool(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Adds the bench's orgs ([`ORGS`]) to the database `config` names, with
+/// `kakehashi-broker orgs add`.
+pub(crate) fn add_orgs(broker_bin: &Path, config: &Path) -> Result<()> {
+    for (id, kind, name) in ORGS {
+        run_tool(
+            Command::new(broker_bin)
+                .arg("orgs")
+                .arg("--config")
+                .arg(config)
+                .args(["add", id, "--kind", kind, "--name", name]),
+            "kakehashi-broker orgs add",
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates database `db` on the PostgreSQL server `base` names.
+pub(crate) fn create_database(base: &str, db: &str) -> Result<()> {
+    run_tool(
+        Command::new("psql")
+            .args([base, "-v", "ON_ERROR_STOP=1", "-qc"])
+            .arg(format!("CREATE DATABASE {db}")),
+        "psql CREATE DATABASE",
+    )
+    .map(drop)
+}
+
+/// Drops database `db`, closing its connections. A cleanup: a failure is
+/// left for the next `scripts/drop-test-databases`-style sweep.
+pub(crate) fn drop_database(base: &str, db: &str) {
+    let _ = run_tool(
+        Command::new("psql")
+            .args([base, "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
+        "psql DROP DATABASE",
+    );
+}
+
 /// `postgres://u@h/db?opts` with the database replaced.
 pub fn url_with_database(base: &str, db: &str) -> String {
     let (main, query) = match base.split_once('?') {
@@ -516,12 +554,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
                 std::process::id(),
                 time::OffsetDateTime::now_utc().unix_timestamp()
             );
-            run_tool(
-                Command::new("psql")
-                    .args([base.as_str(), "-v", "ON_ERROR_STOP=1", "-qc"])
-                    .arg(format!("CREATE DATABASE {db}")),
-                "psql CREATE DATABASE",
-            )?;
+            create_database(base, &db)?;
             let url = url_with_database(base, &db);
             ctx.pg_url = Some(url.clone());
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -530,16 +563,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
                 &config,
                 broker_config(addr, &format!("postgres_url = \"{url}\""), "pg-keys"),
             )?;
-            for (id, kind, name) in ORGS {
-                run_tool(
-                    Command::new(&opts.broker_bin)
-                        .arg("orgs")
-                        .arg("--config")
-                        .arg(&config)
-                        .args(["add", id, "--kind", kind, "--name", name]),
-                    "kakehashi-broker orgs add",
-                )?;
-            }
+            add_orgs(&opts.broker_bin, &config)?;
             let result = ctx
                 .kakehashi(
                     "kakehashi-postgres",
@@ -549,12 +573,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
                 )
                 .await;
             ctx.pg_url = None;
-            let _ = run_tool(
-                Command::new("psql")
-                    .args([base.as_str(), "-qc"])
-                    .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
-                "psql DROP DATABASE",
-            );
+            drop_database(base, &db);
             result?;
         }
         None => notes

@@ -562,8 +562,9 @@ mod tests {
         assert_eq!(batching(300, 1_000).pause(2, 2, us(200)), us(800));
     }
 
-    /// A writer on the store's pools alone, committing at once: SQLite
-    /// without the writer's own connection takes the locked path.
+    /// A writer on the store's pools alone, committing at once: on SQLite,
+    /// without the writer's own connection, every commit takes the locked
+    /// path; on PostgreSQL a batch of mixed lookup generations does.
     fn writer_without_own_connection(
         store: &dyn Store,
     ) -> (tokio::sync::mpsc::Sender<Job>, tokio::task::JoinHandle<()>) {
