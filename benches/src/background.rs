@@ -350,7 +350,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The commit histogram now; `None` if the broker did not answer.
-    async fn commit_buckets(&self) -> Option<CommitBuckets> {
+    pub async fn commit_buckets(&self) -> Option<CommitBuckets> {
         let mut conn =
             crate::client::Conn::connect(&self.target, &self.tls, crate::client::Protocol::Http1)
                 .await

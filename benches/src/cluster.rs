@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::background::{CommitBuckets, Commits, Metrics};
 use crate::client::{tls_connector, Identity, Protocol, Target};
 use crate::compare::{
     add_orgs, broker_config, create_database, drop_database, free_port, run_tool,
@@ -84,6 +85,10 @@ pub struct ClusterRun {
     pub machine_us_per_query: f64,
     /// CPU time of the broker processes per answered query, µs.
     pub brokers_us_per_query: f64,
+    /// Answered queries per record commit, all nodes together (`None` when
+    /// a node's `/metrics` did not answer): each commit is one lock of the
+    /// shared head, one transaction and one WAL flush.
+    pub rows_per_commit: Option<f64>,
 }
 
 /// The report.
@@ -105,14 +110,15 @@ impl ClusterReport {
         let mut out = format!("machine: {}\n", self.machine.text());
         for r in &self.runs {
             out.push_str(&format!(
-                "{} node(s): {:>8.0} queries/s   p99 {:>6.2} ms   errors {}   busy cores {:.2}   CPU per query {:.0} µs (brokers {:.0})\n",
+                "{} node(s): {:>8.0} queries/s   p99 {:>6.2} ms   errors {}   busy cores {:.2}   CPU per query {:.0} µs (brokers {:.0})   rows per commit {}\n",
                 r.nodes,
                 r.queries_per_sec,
                 r.p99_ms,
                 r.errors,
                 r.busy_cores,
                 r.machine_us_per_query,
-                r.brokers_us_per_query
+                r.brokers_us_per_query,
+                per_commit(r.rows_per_commit),
             ));
         }
         out.push_str(&format!(
@@ -133,13 +139,21 @@ async fn drive(
     opts: &ClusterOptions,
     secs: u64,
 ) -> Result<ClusterRun> {
+    let identity = Identity::from_pki(pki, "union-saitama");
+    let tls = tls_connector(&identity, Protocol::Http1, true)?;
+    let metrics: Vec<Metrics> = targets
+        .iter()
+        .map(|(target, _)| Metrics {
+            target: target.clone(),
+            tls: tls.clone(),
+        })
+        .collect();
+    let commits_before = commit_histograms(&metrics).await;
     let (wall, busy, brokers) = (
         std::time::Instant::now(),
         rss::machine_busy_seconds(),
         rss::cpu_seconds_sum(nodes),
     );
-    let identity = Identity::from_pki(pki, "union-saitama");
-    let tls = tls_connector(&identity, Protocol::Http1, true)?;
     let per = (opts.connections / targets.len()).max(1);
     let mut tasks = tokio::task::JoinSet::new();
     for (target, codes) in targets {
@@ -168,6 +182,7 @@ async fn drive(
         busy_cores: 0.0,
         machine_us_per_query: 0.0,
         brokers_us_per_query: 0.0,
+        rows_per_commit: None,
     };
     // Answered queries over the whole run, warm-up included, to set against
     // the CPU time of the whole run.
@@ -189,17 +204,43 @@ async fn drive(
     run.busy_cores = (rss::machine_busy_seconds() - busy) / wall_secs;
     run.machine_us_per_query = run.busy_cores * wall_secs / answered.max(1.0) * 1e6;
     run.brokers_us_per_query = (rss::cpu_seconds_sum(nodes) - brokers) / answered.max(1.0) * 1e6;
+    let commits_after = commit_histograms(&metrics).await;
+    run.rows_per_commit = commits_before
+        .zip(commits_after)
+        .and_then(|(before, after)| {
+            before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| Commits::between(b, a).map(|c| c.commits))
+                .sum::<Option<u64>>()
+        })
+        .filter(|&commits| commits > 0)
+        .map(|commits| answered / commits as f64);
     eprintln!(
-        "{} node(s): {:.0} queries/s, p99 {:.2} ms, {} errors, busy cores {:.2}, CPU per query {:.0} µs (brokers {:.0})",
+        "{} node(s): {:.0} queries/s, p99 {:.2} ms, {} errors, busy cores {:.2}, CPU per query {:.0} µs (brokers {:.0}), rows per commit {}",
         run.nodes,
         run.queries_per_sec,
         run.p99_ms,
         run.errors,
         run.busy_cores,
         run.machine_us_per_query,
-        run.brokers_us_per_query
+        run.brokers_us_per_query,
+        per_commit(run.rows_per_commit),
     );
     Ok(run)
+}
+
+/// Every node's record-commit histogram; `None` if one did not answer.
+async fn commit_histograms(nodes: &[Metrics]) -> Option<Vec<CommitBuckets>> {
+    let mut all = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        all.push(node.commit_buckets().await?);
+    }
+    Some(all)
+}
+
+fn per_commit(rows: Option<f64>) -> String {
+    rows.map_or_else(|| "unknown".to_string(), |r| format!("{r:.1}"))
 }
 
 /// Nodes per measured run, in order: the kinds alternate and are centred on

@@ -116,7 +116,8 @@ impl Committer for SqliteCommitter {
             purge,
             chain,
             no_partitions,
-            (head_seq, head_hash, cut_seq, generation)
+            (head_seq, head_hash, cut_seq, generation),
+            false
         );
         tx.commit().await?;
         Ok(prepared)
