@@ -90,13 +90,7 @@ async fn fresh_pg(base: &str) -> Result<PgStore> {
             .execute(&pool)
             .await?;
     }
-    let url = match base.split_once('?') {
-        Some((head, query)) => format!(
-            "{}/{name}?{query}",
-            head.rsplit_once('/').map_or(head, |h| h.0)
-        ),
-        None => format!("{}/{name}", base.rsplit_once('/').map_or(base, |h| h.0)),
-    };
+    let url = kakehashi_broker::store::url_with_database(base, &name);
     Ok(PgStore::open(&url, 16).await?)
 }
 

@@ -245,24 +245,7 @@ pub(crate) fn drop_database(base: &str, db: &str) {
     );
 }
 
-/// `postgres://u@h/db?opts` with the database replaced.
-pub fn url_with_database(base: &str, db: &str) -> String {
-    let (main, query) = match base.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = main[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(main.len());
-    let mut url = format!("{}/{db}", &main[..host_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
+pub use kakehashi_broker::store::url_with_database;
 
 pub(crate) fn broker_config(listen: SocketAddr, storage: &str, keys: &str) -> String {
     format!(

@@ -422,13 +422,7 @@ pub(crate) async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
 
 /// Opens database `name` on the server of `base`.
 pub(crate) async fn open_pg(base: &str, name: &str) -> Result<PgStore> {
-    let url = match base.split_once('?') {
-        Some((head, query)) => format!(
-            "{}/{name}?{query}",
-            head.rsplit_once('/').map_or(head, |h| h.0)
-        ),
-        None => format!("{}/{name}", base.rsplit_once('/').map_or(base, |h| h.0)),
-    };
+    let url = kakehashi_broker::store::url_with_database(base, name);
     Ok(PgStore::open(&url, 16).await?)
 }
 

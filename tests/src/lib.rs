@@ -168,29 +168,7 @@ pub async fn fresh_pg_database(base: &str) -> Result<String> {
         .execute(&mut admin)
         .await?;
     let _ = admin.close().await;
-    let mut url = url_with_database(base, &name);
-    if url == base {
-        url = format!("{base}/{name}");
-    }
-    Ok(url)
-}
-
-fn url_with_database(base: &str, db: &str) -> String {
-    // postgres://user@host/db?params → replace the path segment.
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = head[scheme_end..].find('/').map(|i| i + scheme_end);
-    let host_part = match path_start {
-        Some(i) => &head[..i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{db}?{q}"),
-        None => format!("{host_part}/{db}"),
-    }
+    Ok(kakehashi_broker::store::url_with_database(base, &name))
 }
 
 fn hex_id() -> String {
@@ -619,7 +597,7 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{metric_value, url_with_database};
+    use super::metric_value;
 
     #[test]
     fn a_metric_is_read_by_its_whole_name() {
@@ -627,20 +605,5 @@ mod tests {
         assert_eq!(metric_value(text, "kakehashi_a_total"), Some(3.0));
         assert_eq!(metric_value(text, "kakehashi_b"), Some(2.5));
         assert_eq!(metric_value(text, "kakehashi_a"), None);
-    }
-
-    #[test]
-    fn database_in_url_is_replaced() {
-        assert_eq!(
-            url_with_database(
-                "postgres://root@localhost/postgres?host=/run/postgresql",
-                "kk"
-            ),
-            "postgres://root@localhost/kk?host=/run/postgresql"
-        );
-        assert_eq!(
-            url_with_database("postgres://root@localhost", "kk"),
-            "postgres://root@localhost/kk"
-        );
     }
 }

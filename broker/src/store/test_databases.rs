@@ -33,19 +33,7 @@ pub(crate) async fn fresh_postgres(what: &str) -> Option<PgStore> {
         .await
         .expect("create a test database");
     let _ = admin.close().await;
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base.as_str(), None),
-    };
-    let scheme_end = head.find("://").map_or(0, |i| i + 3);
-    let host = match head[scheme_end..].find('/') {
-        Some(i) => &head[..scheme_end + i],
-        None => head,
-    };
-    let url = match query {
-        Some(q) => format!("{host}/{name}?{q}"),
-        None => format!("{host}/{name}"),
-    };
+    let url = super::url_with_database(&base, &name);
     Some(
         PgStore::open(&url, 4)
             .await

@@ -17,6 +17,25 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use super::{not_found, parse_org_row, NewOrg, OrgRecord, Store};
 use crate::error::BrokerError;
 
+/// `base` (`postgres://user@host/db?params`) naming database `db` instead:
+/// the server, user and parameters stay. The tools and tests that make a
+/// database of their own next to the one they were given use it.
+pub fn url_with_database(base: &str, db: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (base, None),
+    };
+    let authority = head.find("://").map_or(0, |i| i + 3);
+    let server = match head[authority..].find('/') {
+        Some(i) => &head[..authority + i],
+        None => head,
+    };
+    match query {
+        Some(query) => format!("{server}/{db}?{query}"),
+        None => format!("{server}/{db}"),
+    }
+}
+
 /// PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -204,5 +223,29 @@ impl Store for PgStore {
             .map(org_from_row)
             .transpose()?
             .ok_or_else(|| not_found("org"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn a_url_names_another_database_on_the_same_server() {
+        assert_eq!(
+            url_with_database(
+                "postgres://root@localhost/postgres?host=/run/postgresql",
+                "kk"
+            ),
+            "postgres://root@localhost/kk?host=/run/postgresql"
+        );
+        assert_eq!(
+            url_with_database("postgres://root@localhost", "kk"),
+            "postgres://root@localhost/kk"
+        );
+        assert_eq!(
+            url_with_database("postgres://u:p@db.example:5433/union", "kk_2"),
+            "postgres://u:p@db.example:5433/kk_2"
+        );
     }
 }
