@@ -13,13 +13,7 @@
 //! - otherwise — first commit, a purge, a batch larger than one statement,
 //!   that guard refusing because someone else moved the head, or SQLite
 //!   without the writer's own connection — it locks the head row inside a
-//!   transaction, reads it, and appends after it;
-//! - while other writers move the head (other nodes on one PostgreSQL), it
-//!   takes that lock before it gathers the batch: what is queued while it
-//!   waits for the other writers' commits then joins the batch, so two
-//!   nodes commit about as many records per lock as one node does per
-//!   commit (16–19 against 12–13 when the lock was taken after the batch
-//!   was gathered; `kakehashi-bench cluster` prints rows per commit).
+//!   transaction, reads it, and appends after it.
 
 use kakehashi_interfaces::audit::{self, Hash, SALT_LEN};
 
@@ -183,8 +177,6 @@ struct Writer {
     metrics: Option<CommitMetrics>,
     head: CommittedHead,
     others: Others,
-    /// The committer holds the head lock, taken ahead of the batch.
-    locked_ahead: bool,
 }
 
 /// Whether other writers (other nodes on the same database) move the head
@@ -230,11 +222,9 @@ pub(crate) async fn run(
         metrics,
         head,
         others: Others::default(),
-        locked_ahead: false,
     };
     let mut last_start = std::time::Instant::now();
     while let Some(first) = rx.recv().await {
-        let ahead = matches!(first, Job::Append { .. }) && writer.lock_ahead().await;
         let mut rows = Vec::new();
         let mut waiters = Vec::new();
         let mut close = None;
@@ -270,8 +260,7 @@ pub(crate) async fn run(
             }
             let coming = batching.coming.load(std::sync::atomic::Ordering::Acquire);
             let pause = batching.pause(rows.len(), coming, last_start.elapsed());
-            // Under a lock taken ahead, the wait for it was the wait for more.
-            if close.is_some() || waited || ahead || pause.is_zero() {
+            if close.is_some() || waited || pause.is_zero() {
                 break;
             }
             waited = true;
@@ -353,26 +342,6 @@ pub(crate) fn prepare<'a>(rows: &[&'a NewRow], head: (u64, Hash)) -> Prepared<'a
 }
 
 impl Writer {
-    /// While other writers move the head, takes its lock before the batch
-    /// is gathered ([`Committer::lock_ahead`]): the rows queued while this
-    /// writer waits for the lock then commit under it, rather than wait for
-    /// the next one, so each lock and commit carries more of them. Alone,
-    /// it does not (the common commit needs no lock). Whether it holds it.
-    async fn lock_ahead(&mut self) -> bool {
-        if !self.others.lately(std::time::Instant::now()) {
-            return false;
-        }
-        match self.committer.lock_ahead().await {
-            Ok(held) => self.locked_ahead = held,
-            Err(e) => {
-                // The batch then takes the locked path as it would have.
-                tracing::warn!(error = %e, "records head lock not taken ahead of the batch");
-                self.locked_ahead = false;
-            }
-        }
-        self.locked_ahead
-    }
-
     /// Commits queued appends and tells each waiter its sequence number (or
     /// that it failed: its query is then refused, never answered).
     async fn commit_appends(
@@ -411,15 +380,12 @@ impl Writer {
         rows: &[&NewRow],
         purge: Option<&PurgePlan>,
     ) -> Result<Vec<Option<u64>>, BrokerError> {
-        // A lock taken ahead is used (or let go) by this commit.
-        let ahead = std::mem::take(&mut self.locked_ahead);
         self.committer.make_room(rows).await?;
         let known = self.head.lock().ok().and_then(|cell| *cell);
         let guard = one_generation(rows);
         // Both fast commits check one generation inside their transaction.
-        let fast = !ahead
-            && !matches!(guard, Guard::Several)
-            && !self.others.lately(std::time::Instant::now());
+        let fast =
+            !matches!(guard, Guard::Several) && !self.others.lately(std::time::Instant::now());
         let committed = match known {
             Some(head)
                 if fast
@@ -780,110 +746,6 @@ mod tests {
         let ids = strings(&store, "SELECT id FROM queries ORDER BY id").await;
         assert_eq!(ids, ["q-0", "q-1", "q-3"]);
         assert_intact(&store, 3).await;
-    }
-
-    /// A draft row for the committer tests: query `id`, read under
-    /// `generation` (from memory) or from the database (`None`).
-    fn plain_row(id: &str, generation: Option<i64>) -> NewRow {
-        let requester = kakehashi_interfaces::OrgId::new("city-ahead").expect("org id");
-        let draft = RecordDraft::new(id, requester, Outcome::Provided);
-        let mut row = NewRow::new(draft, time::OffsetDateTime::now_utc());
-        row.lookup_stamp = generation.map(LookupStamp::new);
-        row
-    }
-
-    /// The query ids a locked commit kept, with their sequence numbers.
-    fn kept(prepared: &crate::store::records::rows::Prepared<'_>) -> Vec<(String, u64)> {
-        prepared
-            .rows
-            .iter()
-            .map(|(row, seq, ..)| (row.draft.query_id.clone(), *seq))
-            .collect()
-    }
-
-    /// A head lock taken ahead of the batch is a lock: another node's writer
-    /// waits for it, and appends after what was committed under it.
-    #[tokio::test]
-    async fn a_lock_taken_ahead_holds_off_other_writers_postgres() {
-        let Some(store) = crate::store::test_databases::fresh_postgres("writer_lock_ahead").await
-        else {
-            return;
-        };
-        let mut ours = store.pools().backend().committer(false);
-        assert!(
-            ours.lock_ahead().await.expect("lock taken"),
-            "PostgreSQL takes it"
-        );
-        let pools = store.pools();
-        let theirs = tokio::spawn(async move {
-            let row = plain_row("q-theirs", None);
-            let mut theirs = pools.backend().committer(false);
-            let prepared = theirs
-                .commit_locked(&[&row], None, super::prepare_kept)
-                .await
-                .expect("their commit");
-            kept(&prepared)
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!theirs.is_finished(), "the other writer waits for the lock");
-        let row = plain_row("q-ours", None);
-        let prepared = ours
-            .commit_locked(&[&row], None, super::prepare_kept)
-            .await
-            .expect("our commit");
-        assert_eq!(kept(&prepared), [("q-ours".to_string(), 1)]);
-        let theirs = tokio::time::timeout(Duration::from_secs(10), theirs)
-            .await
-            .expect("the other writer goes on once the lock is let go")
-            .expect("task");
-        assert_eq!(theirs, [("q-theirs".to_string(), 2)]);
-        assert_intact(&store, 2).await;
-    }
-
-    /// Rows queued after the lock was taken ahead were answered after it
-    /// read the lookup generation: a change committed in between (it needs
-    /// no head lock) still leaves out the answer read from memory before the
-    /// change reached it, and the rows under the new generation commit.
-    #[tokio::test]
-    async fn under_a_lock_taken_ahead_a_later_lookup_change_still_counts_postgres() {
-        let Some(store) =
-            crate::store::test_databases::fresh_postgres("writer_ahead_generation").await
-        else {
-            return;
-        };
-        crate::store::lookup_generation::set_generation(&store.pools(), 5).await;
-        let mut committer = store.pools().backend().committer(false);
-        assert!(committer.lock_ahead().await.expect("lock taken"));
-        crate::store::lookup_generation::set_generation(&store.pools(), 6).await;
-        let rows = [
-            plain_row("q-stale", Some(5)),
-            plain_row("q-new", Some(6)),
-            plain_row("q-db", None),
-        ];
-        let refs: Vec<&NewRow> = rows.iter().collect();
-        let prepared = committer
-            .commit_locked(&refs, None, super::prepare_kept)
-            .await
-            .expect("committed");
-        assert_eq!(
-            kept(&prepared),
-            [("q-new".to_string(), 1), ("q-db".to_string(), 2)]
-        );
-        let ids = strings(&store, "SELECT query_id FROM records ORDER BY seq").await;
-        assert_eq!(ids, ["q-new", "q-db"]);
-        assert_intact(&store, 2).await;
-    }
-
-    /// SQLite has one broker per file: no writer waits for another, and
-    /// none takes the lock ahead.
-    #[tokio::test]
-    async fn sqlite_takes_no_lock_ahead() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("k.db"))
-            .await
-            .expect("store");
-        let mut committer = store.pools().backend().committer(false);
-        assert!(!committer.lock_ahead().await.expect("asked"));
     }
 
     #[test]

@@ -7,11 +7,7 @@
 //!   the lookup generation read under it, the inserts, `COMMIT`. It is the
 //!   path of every commit while other nodes move the head, so each of its
 //!   round trips is paid on every commit there, by the database and by the
-//!   writer (benches/README, cluster runs 13–18). While other nodes write,
-//!   the first round trip goes out before the writer gathers its batch
-//!   ([`Committer::lock_ahead`]); the inserts then check the lookup
-//!   generation again, since rows queued after it was read were answered
-//!   after it.
+//!   writer (benches/README, cluster runs 13–18).
 //!
 //! Both run on one connection the writer keeps: a pooled connection is
 //! pinged on its way back to the pool, which would be one more round trip
@@ -36,10 +32,6 @@ const BEGIN_LOCKED: &str = "BEGIN; \
      UPDATE records_head SET seq = seq WHERE id = 1 RETURNING seq, hash, cut_seq; \
      SELECT n FROM lookup_generation WHERE id = 1";
 
-/// What the head lock read: the head's sequence and hash, the purge cut,
-/// the lookup generation.
-type Locked = (i64, Vec<u8>, i64, i64);
-
 /// The records writer's committer on PostgreSQL.
 pub(crate) struct PgCommitter {
     pool: PgPool,
@@ -47,9 +39,6 @@ pub(crate) struct PgCommitter {
     /// any error (which ends a transaction left open), and the next commit
     /// takes a new one.
     conn: Option<PgConnection>,
-    /// The head lock taken ahead of the batch, in a transaction open on
-    /// `conn` ([`Committer::lock_ahead`]).
-    ahead: Option<Locked>,
     /// Months whose partitions exist (created on first use).
     ensured_months: BTreeSet<i32>,
 }
@@ -60,7 +49,6 @@ impl PgCommitter {
         PgCommitter {
             pool,
             conn: None,
-            ahead: None,
             ensured_months: BTreeSet::new(),
         }
     }
@@ -75,8 +63,13 @@ impl PgCommitter {
     }
 }
 
-/// Opens a transaction on `conn` with the head lock, and reads under it.
-async fn begin_locked(conn: &mut PgConnection) -> Result<Locked, BrokerError> {
+/// The locked path on `conn`, committed.
+async fn locked<'a>(
+    conn: &mut PgConnection,
+    rows: &[&'a NewRow],
+    purge: Option<&PurgePlan>,
+    chain: Chain,
+) -> Result<Prepared<'a>, BrokerError> {
     let read = conn.fetch_all(BEGIN_LOCKED).await?;
     let (head, generation) = match read.as_slice() {
         [head, generation] => (head, generation),
@@ -87,24 +80,12 @@ async fn begin_locked(conn: &mut PgConnection) -> Result<Locked, BrokerError> {
             )))
         }
     };
-    Ok((
+    let locked: (i64, Vec<u8>, i64, i64) = (
         head.try_get(0)?,
         head.try_get(1)?,
         head.try_get(2)?,
         generation.try_get(0)?,
-    ))
-}
-
-/// Appends under the lock `locked` read, and commits. `guarded`: the lock
-/// was taken ahead of the batch, so the inserts check the generation again.
-async fn append_under<'a>(
-    conn: &mut PgConnection,
-    rows: &[&'a NewRow],
-    purge: Option<&PurgePlan>,
-    chain: Chain,
-    locked: Locked,
-    guarded: bool,
-) -> Result<Prepared<'a>, BrokerError> {
+    );
     let prepared = append_locked!(
         &mut *conn,
         sqlx::Postgres,
@@ -114,60 +95,24 @@ async fn append_under<'a>(
         purge,
         chain,
         super::partitions::drop_purged,
-        locked,
-        guarded
+        locked
     );
     conn.execute("COMMIT").await?;
     Ok(prepared)
-}
-
-/// The locked path on `conn`, committed; under `ahead`, the lock taken
-/// before the batch, when there is one. If the lookup generation changed
-/// after that lock was taken, its inserts are refused: the transaction is
-/// rolled back and the path runs again under a fresh lock, whose
-/// generation is read after every answer in the batch.
-async fn locked<'a>(
-    conn: &mut PgConnection,
-    rows: &[&'a NewRow],
-    purge: Option<&PurgePlan>,
-    chain: Chain,
-    ahead: Option<Locked>,
-) -> Result<Prepared<'a>, BrokerError> {
-    if let Some(held) = ahead {
-        match append_under(conn, rows, purge, chain, held, true).await {
-            Ok(prepared) => return Ok(prepared),
-            Err(e) => {
-                tracing::debug!(error = %e, "records commit under the lock taken ahead refused; committing under a fresh lock");
-                conn.execute("ROLLBACK").await?;
-            }
-        }
-    }
-    let held = begin_locked(conn).await?;
-    append_under(conn, rows, purge, chain, held, false).await
 }
 
 #[async_trait]
 impl Committer for PgCommitter {
     async fn make_room(&mut self, rows: &[&NewRow]) -> Result<(), BrokerError> {
         for row in rows {
-            if self.ensured_months.contains(&row.part_month) {
-                continue;
+            if !self.ensured_months.contains(&row.part_month) {
+                super::partitions::ensure(&self.pool, row.part_month).await?;
+                // Marked once made: after a failure (the database out of
+                // reach) the next commit tries again, rather than letting
+                // the month's rows fall into the default partition, which
+                // a purge empties row by row instead of dropping.
+                self.ensured_months.insert(row.part_month);
             }
-            if self.ahead.take().is_some() {
-                // A partition is never made under the head lock: making it
-                // waits for inserts into `records` that may be waiting for
-                // that lock, a cycle PostgreSQL cannot see (it passes
-                // through this process). The commit takes a fresh lock.
-                let released = match self.conn.as_mut() {
-                    Some(conn) => conn.execute("ROLLBACK").await.is_ok(),
-                    None => false,
-                };
-                if !released {
-                    self.conn = None;
-                }
-            }
-            super::partitions::ensure(&self.pool, row.part_month).await?;
-            self.ensured_months.insert(row.part_month);
         }
         Ok(())
     }
@@ -176,40 +121,13 @@ impl Committer for PgCommitter {
         true
     }
 
-    async fn lock_ahead(&mut self) -> Result<bool, BrokerError> {
-        if self.ahead.is_some() {
-            return Ok(true);
-        }
-        let conn = self.conn().await?;
-        match begin_locked(conn).await {
-            Ok(held) => {
-                self.ahead = Some(held);
-                Ok(true)
-            }
-            Err(e) => {
-                // Closing the connection rolls back what it left open.
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-
     async fn commit_at(
         &mut self,
         rows: &[PreparedRow<'_>],
         old: (u64, &Hash),
         generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure> {
-        let ahead = self.ahead.take();
         let conn = self.conn().await.map_err(AtFailure::from)?;
-        if ahead.is_some() {
-            // The writer commits under a lock it took through
-            // `commit_locked`; should it not, the lock is let go first.
-            if let Err(e) = conn.execute("ROLLBACK").await {
-                self.conn = None;
-                return Err(AtFailure::Failed(e.into()));
-            }
-        }
         // A single statement is its own transaction.
         let done = chunk_statement!(sqlx::Postgres, INSERT_HEAD_PG, true, rows, old, generation)
             .build()
@@ -231,13 +149,65 @@ impl Committer for PgCommitter {
         purge: Option<&PurgePlan>,
         chain: Chain,
     ) -> Result<Prepared<'a>, BrokerError> {
-        let ahead = self.ahead.take();
         let conn = self.conn().await?;
-        let done = locked(conn, rows, purge, chain, ahead).await;
+        let done = locked(conn, rows, purge, chain).await;
         if done.is_err() {
             // Closing the connection rolls back what it left open.
             self.conn = None;
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgCommitter;
+    use crate::records::{Outcome, RecordDraft};
+    use crate::store::records::rows::NewRow;
+    use crate::store::records::Committer;
+    use crate::store::{Pools, Store};
+    use sqlx::Executor;
+
+    /// A month whose partitions could not be made (here the database kept
+    /// the partition lock past the statement timeout) is tried again by the
+    /// next commit, so its rows do not fall into the default partition.
+    #[tokio::test]
+    async fn a_month_whose_partition_could_not_be_made_is_tried_again_postgres() {
+        let Some(store) = crate::store::test_databases::fresh_postgres("partition_retry").await
+        else {
+            return;
+        };
+        let Pools::Postgres(pool) = store.pools() else {
+            panic!("a PostgreSQL store has PostgreSQL pools");
+        };
+        let requester = kakehashi_interfaces::OrgId::new("city-months").expect("org id");
+        let at = time::macros::datetime!(2099-03-15 12:00 UTC);
+        let row = NewRow::new(RecordDraft::new("q-1", requester, Outcome::Provided), at);
+        let partition = super::super::partitions::partition_name(row.part_month);
+        let exists = || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = $1")
+                .bind(&partition)
+                .fetch_one(&pool)
+                .await
+                .expect("read the catalogue");
+            n == 1
+        };
+        let mut blocker = pool.acquire().await.expect("a connection");
+        blocker
+            .execute("SELECT pg_advisory_lock(hashtext('kakehashi.records.partitions'))")
+            .await
+            .expect("partition lock held");
+        let mut committer = PgCommitter::new(pool.clone());
+        assert!(
+            committer.make_room(&[&row]).await.is_err(),
+            "the partition lock is held past the statement timeout"
+        );
+        assert!(!exists().await);
+        blocker
+            .execute("SELECT pg_advisory_unlock(hashtext('kakehashi.records.partitions'))")
+            .await
+            .expect("partition lock let go");
+        committer.make_room(&[&row]).await.expect("made now");
+        assert!(exists().await, "the next commit made the month's partition");
     }
 }

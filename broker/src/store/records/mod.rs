@@ -45,22 +45,10 @@ pub(crate) trait Committer: Send {
         generation: Option<crate::store::lookup_generation::LookupStamp>,
     ) -> Result<(), AtFailure>;
 
-    /// Takes the head lock, in a transaction it leaves open, before the
-    /// writer gathers its batch: while other nodes' writers take the lock
-    /// in turn, the rows queued while this writer waits for it then join
-    /// the batch that commits under it, instead of waiting for the next
-    /// lock. [`Committer::commit_locked`] appends under it. Returns whether
-    /// it holds the lock; a backend whose writers never wait for one another
-    /// (SQLite: one broker per file) does not take it.
-    async fn lock_ahead(&mut self) -> Result<bool, BrokerError> {
-        Ok(false)
-    }
-
     /// Locks and reads the head and the lookup generation inside a
-    /// transaction (or uses the lock [`Committer::lock_ahead`] took),
-    /// applies `purge`, then numbers and hash-links after the head, with
-    /// `chain`, the `rows` whose answers still hold under that generation,
-    /// and appends them.
+    /// transaction, applies `purge`, then numbers and hash-links after the
+    /// head, with `chain`, the `rows` whose answers still hold under that
+    /// generation, and appends them.
     async fn commit_locked<'a>(
         &mut self,
         rows: &[&'a NewRow],
@@ -208,19 +196,10 @@ pub(crate) use chunk_statement;
 // and hash, the purge cut, the lookup generation). Applies the purge, then
 // numbers and appends the rows. `$pg` adds the partition column, and
 // `$drop_partitions` drops the month partitions a purge empties (PostgreSQL)
-// or nothing (SQLite). `$guarded`: the lock was taken before the rows were
-// queued ([`Committer::lock_ahead`]), so each insert checks the lookup
-// generation again. The caller commits.
+// or nothing (SQLite). The caller commits.
 macro_rules! append_locked {
-    ($conn:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $chain:expr, $drop_partitions:path, $locked:expr, $guarded:expr) => {{
+    ($conn:expr, $db:ty, $insert_head:expr, $pg:expr, $rows:expr, $purge:expr, $chain:expr, $drop_partitions:path, $locked:expr) => {{
         let (head_seq, head_hash, cut_seq, generation): (i64, Vec<u8>, i64, i64) = $locked;
-        // Rows queued after the generation was read: their inserts check it
-        // again, in snapshots taken after every one of their answers.
-        let guard = if $guarded {
-            Some($crate::store::lookup_generation::LookupStamp::new(generation))
-        } else {
-            None
-        };
         match $purge.map(|plan| &plan.deletes) {
             None => {}
             Some($crate::store::records::rows::Deletes::PersonalData { cutoffs, counts }) => {
@@ -264,7 +243,7 @@ macro_rules! append_locked {
         // One round trip per chunk, since each is a hand-off to the database.
         let mut old = head;
         for chunk in prepared.rows.chunks($crate::store::records::ROWS_PER_STATEMENT) {
-            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), guard)
+            $crate::store::records::chunk_statement!($db, $insert_head, $pg, chunk, (old.0, &old.1), None::<$crate::store::lookup_generation::LookupStamp>)
                 .build()
                 .execute($conn)
                 .await?;

@@ -116,8 +116,7 @@ impl Committer for SqliteCommitter {
             purge,
             chain,
             no_partitions,
-            (head_seq, head_hash, cut_seq, generation),
-            false
+            (head_seq, head_hash, cut_seq, generation)
         );
         tx.commit().await?;
         Ok(prepared)
