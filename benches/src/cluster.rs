@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub warmup: u64,
     /// Unmeasured seconds of load through one node before the first run.
     pub fill_secs: u64,
+    /// Two-node runs, each between two one-node runs ([`phases`]).
+    pub pairs: usize,
     /// Give the second node a database of its own (set up and filled the
     /// same way): the nodes then share only the machine and the database
     /// server, not the records chain, which bounds what the chain's
@@ -100,6 +102,9 @@ pub struct ClusterReport {
     pub runs: Vec<ClusterRun>,
     /// Two nodes' mean rate over one node's mean rate.
     pub ratio: f64,
+    /// Each two-node run's rate over the mean of the one-node runs either
+    /// side of it: their spread is the bench's own noise.
+    pub pair_ratios: Vec<f64>,
     /// What `records verify` said at the end.
     pub verify: String,
 }
@@ -122,9 +127,16 @@ impl ClusterReport {
             ));
         }
         out.push_str(&format!(
-            "two nodes / one node (means): {:.2}\nrecords verify: {}\n",
-            self.ratio, self.verify
+            "two nodes / one node (means): {:.2}\n",
+            self.ratio
         ));
+        if let Some((low, median, high)) = spread(&self.pair_ratios) {
+            out.push_str(&format!(
+                "each two-node run / the one-node runs beside it: {low:.2}–{high:.2}, median {median:.2} ({} runs)\n",
+                self.pair_ratios.len()
+            ));
+        }
+        out.push_str(&format!("records verify: {}\n", self.verify));
         out
     }
 }
@@ -243,9 +255,39 @@ fn per_commit(rows: Option<f64>) -> String {
     rows.map_or_else(|| "unknown".to_string(), |r| format!("{r:.1}"))
 }
 
-/// Nodes per measured run, in order: the kinds alternate and are centred on
-/// the same moment, so drift that is linear in time cancels in the ratio.
-const PHASES: [usize; 5] = [1, 2, 1, 2, 1];
+/// Nodes per measured run, in order: one node, then `pairs` times two nodes
+/// and one. The kinds alternate and are centred on the same moment, so
+/// drift that is linear in time cancels in the ratio.
+pub fn phases(pairs: usize) -> Vec<usize> {
+    std::iter::once(1)
+        .chain((0..pairs.max(1)).flat_map(|_| [2, 1]))
+        .collect()
+}
+
+/// Each two-node run's rate over the mean of the one-node runs just before
+/// and after it, in order.
+pub fn pair_ratios(runs: &[ClusterRun]) -> Vec<f64> {
+    runs.windows(3)
+        .filter(|w| w[0].nodes == 1 && w[1].nodes == 2 && w[2].nodes == 1)
+        .map(|w| {
+            w[1].queries_per_sec / ((w[0].queries_per_sec + w[2].queries_per_sec) / 2.0).max(1e-9)
+        })
+        .collect()
+}
+
+/// Lowest, median and highest of `values`; `None` when empty.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (first, last) = (*sorted.first()?, *sorted.last()?);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
+    Some((first, median, last))
+}
 
 /// A node's config file (its own port; the key directory `keys`, which
 /// the nodes of one database share) and its listener.
@@ -379,7 +421,7 @@ async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<
     )
     .await?;
     let mut runs = Vec::new();
-    for nodes in PHASES {
+    for nodes in phases(opts.pairs) {
         // The second node runs only for its runs, so a one-node run has
         // nothing else of the broker's on the machine.
         let server2 = match nodes {
@@ -415,6 +457,7 @@ async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<
     Ok(ClusterReport {
         machine: Machine::detect(),
         ratio: mean(2) / mean(1).max(1e-9),
+        pair_ratios: pair_ratios(&runs),
         runs,
         verify,
     })
@@ -480,4 +523,47 @@ pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
         bail!("errors during the runs:\n{}", report.text());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pair_ratios, phases, spread, ClusterRun};
+
+    fn run(nodes: usize, queries_per_sec: f64) -> ClusterRun {
+        ClusterRun {
+            nodes,
+            queries_per_sec,
+            p99_ms: 0.0,
+            errors: 0,
+            busy_cores: 0.0,
+            machine_us_per_query: 0.0,
+            brokers_us_per_query: 0.0,
+            rows_per_commit: None,
+        }
+    }
+
+    #[test]
+    fn runs_alternate_one_node_and_two_starting_and_ending_with_one() {
+        assert_eq!(phases(2), [1, 2, 1, 2, 1]);
+        assert_eq!(phases(4), [1, 2, 1, 2, 1, 2, 1, 2, 1]);
+        assert_eq!(phases(0), [1, 2, 1], "at least one two-node run");
+    }
+
+    #[test]
+    fn each_two_node_run_is_set_against_the_one_node_runs_beside_it() {
+        let runs = [
+            run(1, 100.0),
+            run(2, 90.0),
+            run(1, 80.0),
+            run(2, 60.0),
+            run(1, 40.0),
+        ];
+        let ratios = pair_ratios(&runs);
+        assert_eq!(ratios.len(), 2);
+        assert!((ratios[0] - 1.0).abs() < 1e-9, "90 against (100 + 80) / 2");
+        assert!((ratios[1] - 1.0).abs() < 1e-9, "60 against (80 + 40) / 2");
+        assert_eq!(spread(&[0.5, 0.25, 1.0, 0.75]), Some((0.25, 0.625, 1.0)));
+        assert_eq!(spread(&[0.9, 0.7, 1.0]), Some((0.7, 0.9, 1.0)));
+        assert_eq!(spread(&[]), None);
+    }
 }

@@ -307,6 +307,10 @@ struct ClusterArgs {
     /// but not the records chain (what the chain's sharing costs).
     #[arg(long)]
     separate_databases: bool,
+    /// Two-node runs, each between two one-node runs (2: one, two, one,
+    /// two, one). More of them, shorter, average out a noisy machine.
+    #[arg(long, default_value_t = 2)]
+    pairs: usize,
     /// Connections in total, split between the nodes.
     #[arg(long, short = 'c', default_value_t = 64)]
     connections: usize,
@@ -468,6 +472,7 @@ async fn main_async(cli: Cli) -> Result<()> {
                 warmup: args.warmup,
                 fill_secs: args.fill_secs,
                 separate_databases: args.separate_databases,
+                pairs: args.pairs,
                 persons: args.persons.max(1),
                 workdir: args.workdir,
             };
