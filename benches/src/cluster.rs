@@ -93,6 +93,22 @@ pub struct ClusterRun {
     pub rows_per_commit: Option<f64>,
 }
 
+impl ClusterRun {
+    /// A run through `nodes` nodes, nothing counted yet.
+    pub fn of(nodes: usize) -> ClusterRun {
+        ClusterRun {
+            nodes,
+            queries_per_sec: 0.0,
+            p99_ms: 0.0,
+            errors: 0,
+            busy_cores: 0.0,
+            machine_us_per_query: 0.0,
+            brokers_us_per_query: 0.0,
+            rows_per_commit: None,
+        }
+    }
+}
+
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterReport {
@@ -132,7 +148,7 @@ impl ClusterReport {
         ));
         if let Some((low, median, high)) = spread(&self.pair_ratios) {
             out.push_str(&format!(
-                "each two-node run / the one-node runs beside it: {low:.2}–{high:.2}, median {median:.2} ({} runs)\n",
+                "each two-node run / the one-node runs beside it: {low:.2}–{high:.2}, median {median:.2} (two-node runs: {})\n",
                 self.pair_ratios.len()
             ));
         }
@@ -186,16 +202,7 @@ async fn drive(
         };
         tasks.spawn(load::run(workload, config));
     }
-    let mut run = ClusterRun {
-        nodes: targets.len(),
-        queries_per_sec: 0.0,
-        p99_ms: 0.0,
-        errors: 0,
-        busy_cores: 0.0,
-        machine_us_per_query: 0.0,
-        brokers_us_per_query: 0.0,
-        rows_per_commit: None,
-    };
+    let mut run = ClusterRun::of(targets.len());
     // Answered queries over the whole run, warm-up included, to set against
     // the CPU time of the whole run.
     let mut answered = 0.0;
@@ -531,14 +538,8 @@ mod tests {
 
     fn run(nodes: usize, queries_per_sec: f64) -> ClusterRun {
         ClusterRun {
-            nodes,
             queries_per_sec,
-            p99_ms: 0.0,
-            errors: 0,
-            busy_cores: 0.0,
-            machine_us_per_query: 0.0,
-            brokers_us_per_query: 0.0,
-            rows_per_commit: None,
+            ..ClusterRun::of(nodes)
         }
     }
 
