@@ -34,13 +34,13 @@ use serde::Serialize;
 use crate::background::{CommitBuckets, Commits, Metrics};
 use crate::client::{tls_connector, Identity, Protocol, Target};
 use crate::compare::{
-    add_orgs, broker_config, create_database, drop_database, free_port, run_tool,
-    url_with_database, Server,
+    add_orgs, broker_config, create_database, drop_database, free_port, run_tool, Server,
 };
 use crate::load::{self, QueryPlan, RunConfig, Scenario, Workload};
 use crate::report::Machine;
 use crate::rss;
 use crate::setup::{self, Codes};
+use kakehashi_broker::store::url_with_database;
 
 /// Options of the cluster scenario.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ impl ClusterRun {
 pub struct ClusterReport {
     /// Where it ran.
     pub machine: Machine,
-    /// One node, two nodes, one, two, one.
+    /// The runs, in the order of [`phases`]: one node, then two and one.
     pub runs: Vec<ClusterRun>,
     /// Two nodes' mean rate over one node's mean rate.
     pub ratio: f64,
@@ -393,10 +393,12 @@ async fn fill(
 async fn measure(opts: &ClusterOptions, work: &Path, urls: &[String]) -> Result<ClusterReport> {
     let pki = work.join("dev").join("pki");
     let node1 = Node::new(work, 1, &urls[0], "pg-keys")?;
-    let node2 = match urls.get(1) {
-        Some(url) => Node::new(work, 2, url, "pg-keys-2")?,
-        None => Node::new(work, 2, &urls[0], "pg-keys")?,
+    // With a database of its own, the second node has its own keys too.
+    let (url2, keys2) = match urls.get(1) {
+        Some(url) => (url, "pg-keys-2"),
+        None => (&urls[0], "pg-keys"),
     };
+    let node2 = Node::new(work, 2, url2, keys2)?;
     add_orgs(&opts.broker_bin, &node1.config)?;
     let (server1, codes1) = register(opts, work, &node1, 1).await?;
     let target1 = node1.target().await?;

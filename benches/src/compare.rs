@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use kakehashi_broker::store::url_with_database;
 use serde::Serialize;
 
 use crate::background;
@@ -234,8 +235,9 @@ pub(crate) fn create_database(base: &str, db: &str) -> Result<()> {
     .map(drop)
 }
 
-/// Drops database `db`, closing its connections. A cleanup: a failure is
-/// left for the next `scripts/drop-test-databases`-style sweep.
+/// Drops database `db`, closing its connections. A cleanup: on failure the
+/// database stays (named after the bench and its process id) to be dropped
+/// by hand; `scripts/drop-test-databases` sweeps only the tests' `kk_test_*`.
 pub(crate) fn drop_database(base: &str, db: &str) {
     let _ = run_tool(
         Command::new("psql")
@@ -244,8 +246,6 @@ pub(crate) fn drop_database(base: &str, db: &str) {
         "psql DROP DATABASE",
     );
 }
-
-pub use kakehashi_broker::store::url_with_database;
 
 pub(crate) fn broker_config(listen: SocketAddr, storage: &str, keys: &str) -> String {
     format!(

@@ -83,8 +83,9 @@ enum Command {
     /// one person, a month's export, the purge of the oldest month, verify.
     National(national::NationalArgs),
     /// One broker node against two on the same PostgreSQL database (query
-    /// scenario after an unmeasured fill: one, two, one, two, one node); the
-    /// ratio of the means and `records verify`.
+    /// scenario after an unmeasured fill: one node, then `--pairs` times two
+    /// and one); the ratio of the means, each two-node run against its
+    /// neighbours, and `records verify`.
     Cluster(ClusterArgs),
 }
 
