@@ -111,6 +111,20 @@ impl PgInstance {
         Ok(())
     }
 
+    /// Kills the server the way a crash does (`pg_ctl stop -m immediate`:
+    /// no shutdown checkpoint, and WAL still in the server's memory is
+    /// lost; WAL already written stays, as the operating system survives).
+    pub async fn crash(&mut self) -> Result<()> {
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"],
+        )
+        .await?;
+        self.running = false;
+        Ok(())
+    }
+
     /// Starts the stopped server again on the same port and data.
     pub async fn start_again(&mut self) -> Result<()> {
         self.start_server().await
