@@ -83,14 +83,7 @@ async fn append_rate(log: &Arc<RecordLog>, n: u64, concurrency: usize) -> Result
 }
 
 async fn fresh_pg(base: &str) -> Result<PgStore> {
-    let admin = PgStore::open(base, 2).await?;
-    let name = format!("kk_bench_{}", rand::random::<u32>());
-    if let Pools::Postgres(pool) = admin.pools() {
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await?;
-    }
-    let url = kakehashi_broker::store::url_with_database(base, &name);
+    let (_, url) = kakehashi_broker::store::create_database(base, "kk_bench").await?;
     Ok(PgStore::open(&url, 16).await?)
 }
 

@@ -410,13 +410,7 @@ pub(crate) async fn pg_partitions(pools: &Pools, days: u64) -> Result<()> {
 
 /// A fresh database on the server of `base`, and its name.
 pub(crate) async fn fresh_pg(base: &str) -> Result<(PgStore, String)> {
-    let admin = PgStore::open(base, 2).await?;
-    let name = format!("kk_search_{}", rand::random::<u32>());
-    if let Pools::Postgres(pool) = admin.pools() {
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await?;
-    }
+    let (name, _) = kakehashi_broker::store::create_database(base, "kk_search").await?;
     Ok((open_pg(base, &name).await?, name))
 }
 

@@ -159,21 +159,10 @@ pub fn pg_base_url() -> Option<String> {
 
 /// Creates a fresh, uniquely named database and returns its URL.
 pub async fn fresh_pg_database(base: &str) -> Result<String> {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(base)
+    let (_, url) = kakehashi_broker::store::create_database(base, "kk_test")
         .await
-        .with_context(|| format!("{PG_ENV} is set but PostgreSQL is unreachable"))?;
-    let name = format!("kk_test_{}", hex_id());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let _ = admin.close().await;
-    Ok(kakehashi_broker::store::url_with_database(base, &name))
-}
-
-fn hex_id() -> String {
-    let bytes: [u8; 6] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        .with_context(|| format!("{PG_ENV} is set but no database could be made there"))?;
+    Ok(url)
 }
 
 /// Storage settings for a backend (SQLite under `dir`).

@@ -32,7 +32,7 @@ pub(crate) mod test_databases;
 
 pub(crate) use backend::Backend;
 pub use postgres::planned::Read as PlannedRead;
-pub use postgres::{url_with_database, PgStore};
+pub use postgres::{create_database, url_with_database, PgStore};
 pub(crate) use snapshot::Snapshot;
 /// The side index of person codes, kept where the database holds none
 /// (SQLite: a file beside the database; PostgreSQL indexes the codes).

@@ -9,7 +9,6 @@ use super::PgStore;
 /// unless `KAKEHASHI_SKIP_PG=1`: then it is `None`, and the test says on
 /// stderr, past the harness's capture, that it did not run.
 pub(crate) async fn fresh_postgres(what: &str) -> Option<PgStore> {
-    use sqlx::Connection;
     use std::io::Write as _;
     let base = match std::env::var("KAKEHASHI_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => url,
@@ -24,16 +23,9 @@ pub(crate) async fn fresh_postgres(what: &str) -> Option<PgStore> {
             "KAKEHASHI_TEST_PG_URL is not set: run scripts/test (it starts PostgreSQL), or set KAKEHASHI_SKIP_PG=1 to run without the PostgreSQL variants"
         ),
     };
-    let name = format!("kk_test_{what}_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut admin = sqlx::PgConnection::connect(&base)
+    let (_, url) = super::create_database(&base, &format!("kk_test_{what}"))
         .await
-        .expect("connect to KAKEHASHI_TEST_PG_URL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create a test database");
-    let _ = admin.close().await;
-    let url = super::url_with_database(&base, &name);
+        .expect("create a test database on KAKEHASHI_TEST_PG_URL");
     Some(
         PgStore::open(&url, 4)
             .await

@@ -36,6 +36,30 @@ pub fn url_with_database(base: &str, db: &str) -> String {
     }
 }
 
+/// Creates a fresh database named `prefix` and a random suffix on the
+/// server of `base`; its name and URL. The tests and benchmarks that need
+/// a database of their own use it (`prefix`: lowercase letters, digits and
+/// `_`, so the name needs no quoting).
+pub async fn create_database(base: &str, prefix: &str) -> Result<(String, String), BrokerError> {
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(BrokerError::Config(format!(
+            "database prefix {prefix:?}: only lowercase letters, digits and _"
+        )));
+    }
+    let name = format!("{prefix}_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut admin = PgConnection::connect(base).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let _ = admin.close().await;
+    let url = url_with_database(base, &name);
+    Ok((name, url))
+}
+
 /// PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -228,7 +252,20 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
-    use super::url_with_database;
+    use super::{create_database, url_with_database};
+    use crate::error::BrokerError;
+
+    /// A name that would need quoting is refused before any connection.
+    #[tokio::test]
+    async fn a_database_prefix_needing_quotes_is_refused() {
+        for prefix in ["", "Kk", "kk-test", "kk; DROP DATABASE postgres"] {
+            let made = create_database("postgres://nobody@127.0.0.1:1/none", prefix).await;
+            assert!(
+                matches!(made, Err(BrokerError::Config(_))),
+                "{prefix:?}: {made:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_url_names_another_database_on_the_same_server() {
