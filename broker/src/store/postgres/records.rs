@@ -197,10 +197,26 @@ mod tests {
             .execute("SELECT pg_advisory_lock(hashtext('kakehashi.records.partitions'))")
             .await
             .expect("partition lock held");
-        let mut committer = PgCommitter::new(pool.clone());
+        // The committer's statements time out after 300 ms, not the
+        // store's 5 s, so the test does not wait out the default.
+        let quick = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                (*pool.connect_options())
+                    .clone()
+                    .options([("statement_timeout", "300")]),
+            )
+            .await
+            .expect("a pool with a short statement timeout");
+        let mut committer = PgCommitter::new(quick);
+        let refused = std::time::Instant::now();
         assert!(
             committer.make_room(&[&row]).await.is_err(),
             "the partition lock is held past the statement timeout"
+        );
+        assert!(
+            refused.elapsed() < std::time::Duration::from_secs(3),
+            "the short statement timeout applied"
         );
         assert!(!exists().await);
         blocker
