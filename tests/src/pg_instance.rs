@@ -101,24 +101,22 @@ impl PgInstance {
     /// Stops the server the way an operator restarting it does (`pg_ctl stop
     /// -m fast`: open sessions are ended, everything committed stays).
     pub async fn stop(&mut self) -> Result<()> {
-        let data = self.data();
-        self.run(
-            "pg_ctl",
-            &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
-        )
-        .await?;
-        self.running = false;
-        Ok(())
+        self.stop_in("fast").await
     }
 
     /// Kills the server the way a crash does (`pg_ctl stop -m immediate`:
     /// no shutdown checkpoint, and WAL still in the server's memory is
     /// lost; WAL already written stays, as the operating system survives).
     pub async fn crash(&mut self) -> Result<()> {
+        self.stop_in("immediate").await
+    }
+
+    /// `pg_ctl stop` in shutdown mode `mode`.
+    async fn stop_in(&mut self, mode: &str) -> Result<()> {
         let data = self.data();
         self.run(
             "pg_ctl",
-            &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"],
+            &["-D", path_str(&data)?, "-m", mode, "-w", "stop"],
         )
         .await?;
         self.running = false;

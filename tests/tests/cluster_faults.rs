@@ -460,10 +460,14 @@ async fn announcement_reaches_every_node(cluster: &Cluster) -> Result<Duration> 
     Ok(started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_postgresql_restart_under_load_loses_nothing_and_every_node_comes_back() -> Result<()> {
-    let _one = SERIAL.lock().await;
-    let mut pg = PgInstance::start().await?;
+/// A private PostgreSQL, three nodes on it, the load running through them
+/// and the answers given so far (before the test's fault).
+type Loaded = (PgInstance, Cluster, Scenario, Arc<Load>, Workers, usize);
+
+/// Starts a private PostgreSQL and three nodes on it, and runs the load
+/// through them for 1.5 s.
+async fn under_load() -> Result<Loaded> {
+    let pg = PgInstance::start().await?;
     let Some(cluster) = Cluster::start(fault_options(pg.url(), None)).await? else {
         bail!("a cluster on a private PostgreSQL always starts");
     };
@@ -471,6 +475,13 @@ async fn a_postgresql_restart_under_load_loses_nothing_and_every_node_comes_back
     let (load, workers) = start_load(&cluster, Arc::new(s.union_codes.clone()), 6)?;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before = load.answered();
+    Ok((pg, cluster, s, load, workers, before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgresql_restart_under_load_loses_nothing_and_every_node_comes_back() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let (mut pg, cluster, s, load, workers, before) = under_load().await?;
 
     load.watch.store(true, Ordering::Relaxed);
     let down = Instant::now();
@@ -565,14 +576,7 @@ async fn a_postgresql_restart_under_load_loses_nothing_and_every_node_comes_back
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgresql_crash_under_load_loses_no_answered_record() -> Result<()> {
     let _one = SERIAL.lock().await;
-    let mut pg = PgInstance::start().await?;
-    let Some(cluster) = Cluster::start(fault_options(pg.url(), None)).await? else {
-        bail!("a cluster on a private PostgreSQL always starts");
-    };
-    let s = scenario(&cluster, 8).await?;
-    let (load, workers) = start_load(&cluster, Arc::new(s.union_codes.clone()), 6)?;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let before = load.answered();
+    let (mut pg, cluster, s, load, workers, before) = under_load().await?;
     pg.crash().await?;
     eprintln!("faults: PostgreSQL crashed after {before} answers");
     tokio::time::sleep(Duration::from_millis(500)).await;
