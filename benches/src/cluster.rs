@@ -33,14 +33,12 @@ use serde::Serialize;
 
 use crate::background::{CommitBuckets, Commits, Metrics};
 use crate::client::{tls_connector, Identity, Protocol, Target};
-use crate::compare::{
-    add_orgs, broker_config, create_database, drop_database, free_port, run_tool, Server,
-};
+use crate::compare::{add_orgs, broker_config, drop_database, free_port, run_tool, Server};
 use crate::load::{self, QueryPlan, RunConfig, Scenario, Workload};
 use crate::report::Machine;
 use crate::rss;
 use crate::setup::{self, Codes};
-use kakehashi_broker::store::url_with_database;
+use kakehashi_broker::store::create_database;
 
 /// Options of the cluster scenario.
 #[derive(Debug, Clone)]
@@ -509,17 +507,12 @@ pub async fn run(opts: &ClusterOptions) -> Result<ClusterReport> {
             .arg(work.join("dev")),
         "kakehashi-broker dev --no-serve",
     )?;
-    let mut dbs = vec![format!("kk_cluster_{}", std::process::id())];
-    if opts.separate_databases {
-        dbs.push(format!("kk_cluster_{}_2", std::process::id()));
-    }
-    let urls: Vec<String> = dbs
-        .iter()
-        .map(|db| url_with_database(&opts.postgres_url, db))
-        .collect();
+    let (mut dbs, mut urls) = (Vec::new(), Vec::new());
     let result = async {
-        for db in &dbs {
-            create_database(&opts.postgres_url, db)?;
+        for _ in 0..if opts.separate_databases { 2 } else { 1 } {
+            let (db, url) = create_database(&opts.postgres_url, "kk_cluster").await?;
+            dbs.push(db);
+            urls.push(url);
         }
         measure(opts, work, &urls).await
     }

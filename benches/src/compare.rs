@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use kakehashi_broker::store::url_with_database;
+use kakehashi_broker::store::create_database;
 use serde::Serialize;
 
 use crate::background;
@@ -224,20 +224,10 @@ pub(crate) fn add_orgs(broker_bin: &Path, config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates database `db` on the PostgreSQL server `base` names.
-pub(crate) fn create_database(base: &str, db: &str) -> Result<()> {
-    run_tool(
-        Command::new("psql")
-            .args([base, "-v", "ON_ERROR_STOP=1", "-qc"])
-            .arg(format!("CREATE DATABASE {db}")),
-        "psql CREATE DATABASE",
-    )
-    .map(drop)
-}
-
 /// Drops database `db`, closing its connections. A cleanup: on failure the
-/// database stays (named after the bench and its process id) to be dropped
-/// by hand; `scripts/drop-test-databases` sweeps only the tests' `kk_test_*`.
+/// database stays (named after the bench, `kk_bench_*` or `kk_cluster_*`)
+/// to be dropped by hand; `scripts/drop-test-databases` sweeps only the
+/// tests' `kk_test_*`.
 pub(crate) fn drop_database(base: &str, db: &str) {
     let _ = run_tool(
         Command::new("psql")
@@ -532,13 +522,7 @@ pub async fn run(opts: &CompareOptions) -> Result<CompareReport> {
     // Kakehashi on PostgreSQL: a fresh database, orgs registered with the CLI.
     match &opts.postgres_url {
         Some(base) => {
-            let db = format!(
-                "kk_bench_{}_{}",
-                std::process::id(),
-                time::OffsetDateTime::now_utc().unix_timestamp()
-            );
-            create_database(base, &db)?;
-            let url = url_with_database(base, &db);
+            let (db, url) = create_database(base, "kk_bench").await?;
             ctx.pg_url = Some(url.clone());
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let config = work.join("postgres.toml");

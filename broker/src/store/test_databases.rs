@@ -32,3 +32,13 @@ pub(crate) async fn fresh_postgres(what: &str) -> Option<PgStore> {
             .expect("open the test database"),
     )
 }
+
+/// The pool of a fresh PostgreSQL store named after `what`, for tests that
+/// speak to the database directly; `None` as [`fresh_postgres`].
+pub(crate) async fn fresh_postgres_pool(what: &str) -> Option<sqlx::PgPool> {
+    use super::Store as _;
+    match fresh_postgres(what).await?.pools() {
+        super::Pools::Postgres(pool) => Some(pool),
+        _ => panic!("a PostgreSQL store has PostgreSQL pools"),
+    }
+}

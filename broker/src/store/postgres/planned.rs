@@ -9,8 +9,9 @@
 //! 8–13 ms; a disclosure then runs in 2 ms (`EXPLAIN (ANALYZE, SUMMARY)` in
 //! `psql` on the national bench's 10-million-record store). So each read
 //! has a pool whose connections plan its statement once, generically
-//! (`plan_cache_mode = force_generic_plan`), before they are handed out,
-//! and keep the plan. A month partition made or dropped (about once a
+//! (`plan_cache_mode = force_generic_plan`; disclosures also without
+//! sequential scans, [`Read::settings`]), before they are handed out, and
+//! keep the plan. A month partition made or dropped (about once a
 //! month each, on any node) invalidates the plans; [`keep_planned`] makes
 //! them again on the idle connections within seconds, rather than the next
 //! read. The pools also keep exports from taking the request path's
@@ -156,19 +157,16 @@ pub(crate) async fn keep_planned(pools: Vec<(PgPool, Read)>, mut stop: watch::Re
 mod tests {
     use super::{open, Read};
     use crate::store::records::table::PERSON_RECORDS;
-    use crate::store::{Pools, Store};
 
     /// A disclosure's plan reads every month partition through the code
     /// indexes, a month made and never analyzed included: no sequential
     /// scan of records anywhere in it.
     #[tokio::test]
     async fn a_disclosure_reads_a_new_month_through_the_code_indexes_postgres() {
-        let Some(store) = crate::store::test_databases::fresh_postgres("disclosure_plan").await
+        let Some(shared) =
+            crate::store::test_databases::fresh_postgres_pool("disclosure_plan").await
         else {
             return;
-        };
-        let Pools::Postgres(shared) = store.pools() else {
-            panic!("a PostgreSQL store has PostgreSQL pools");
         };
         super::super::partitions::ensure(&shared, 209907)
             .await

@@ -165,7 +165,6 @@ mod tests {
     use crate::records::{Outcome, RecordDraft};
     use crate::store::records::rows::NewRow;
     use crate::store::records::Committer;
-    use crate::store::{Pools, Store};
     use sqlx::Executor;
 
     /// A month whose partitions could not be made (here the database kept
@@ -173,12 +172,9 @@ mod tests {
     /// next commit, so its rows do not fall into the default partition.
     #[tokio::test]
     async fn a_month_whose_partition_could_not_be_made_is_tried_again_postgres() {
-        let Some(store) = crate::store::test_databases::fresh_postgres("partition_retry").await
+        let Some(pool) = crate::store::test_databases::fresh_postgres_pool("partition_retry").await
         else {
             return;
-        };
-        let Pools::Postgres(pool) = store.pools() else {
-            panic!("a PostgreSQL store has PostgreSQL pools");
         };
         let requester = kakehashi_interfaces::OrgId::new("city-months").expect("org id");
         let at = time::macros::datetime!(2099-03-15 12:00 UTC);
