@@ -38,7 +38,8 @@ pub enum KeysCommand {
     RetirePermit,
     /// A new checkpoint key (records-sealer.pem); the old one's public half
     /// is kept as records-sealer-ID.pub so old checkpoints still verify.
-    /// Each node signs with the new key from its next restart.
+    /// Each node signs with the new key from its next checkpoint after the
+    /// file reaches it; no restart.
     RotateSealer,
     /// A new key-encryption key; every data key is re-wrapped under it in
     /// one transaction. Older kek files can be removed afterwards.
@@ -253,8 +254,8 @@ async fn rotate_sealer(config: &Config, pools: &Pools, log: &HostLog) -> Result<
         kept.display()
     );
     println!(
-        "  copy the key directory to every node, then restart the nodes one at a time, the \
-         node holding the sealer role last; each signs with the new key from its restart"
+        "  copy the key directory to every node; each signs with the new key from its next \
+         checkpoint after the copy arrives, without a restart"
     );
     Ok(())
 }
