@@ -50,30 +50,20 @@ pub async fn get_for(
     Ok(row)
 }
 
-/// Turns every query whose expiry has passed into a tombstone (status
-/// `expired`, no payload) that lives until `tombstone_until`, so its
-/// requester hears `expired` (410), and deletes the tombstones whose time is
-/// up; returns the pending queries that expired unanswered (they get an
-/// `expired` record).
+/// Turns every answered query whose expiry has passed (provided or
+/// rejected) into a tombstone (status `expired`, no payload) that lives
+/// until `tombstone_until`, so its requester hears `expired` (410), and
+/// deletes the tombstones whose time is up. Queries that expired unanswered
+/// are left to [`expired_unanswered`]: they become tombstones together with
+/// their `expired` records.
 pub async fn sweep(
     pools: &Pools,
     now: time::OffsetDateTime,
     tombstone_until: time::OffsetDateTime,
-) -> Result<Vec<(String, String, String)>, BrokerError> {
+) -> Result<(), BrokerError> {
     let cut = timestamp(now);
-    let expired = crate::on_pool!(pools, write, |pool| {
+    crate::on_pool!(pools, write, |pool| {
         let mut tx = pool.begin().await?;
-        // `deciding`: an approval that stopped between its claim and its
-        // answer (a crash); it expires like a pending query.
-        let pending: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT id, requester, provider FROM queries
-                 WHERE expires_at <= $1 AND status IN ('pending', 'deciding')",
-        )
-        .bind(&cut)
-        .fetch_all(&mut *tx)
-        .await?;
-        // Tombstones whose time is up go; every other expired query becomes
-        // one (no payload), so its requester hears `expired`, not "never was".
         sqlx::query("DELETE FROM queries WHERE expires_at <= $1 AND status = 'expired'")
             .bind(&cut)
             .execute(&mut *tx)
@@ -81,16 +71,38 @@ pub async fn sweep(
         sqlx::query(
             "UPDATE queries SET status = 'expired', envelope = NULL, pending_cipher = NULL,
                  reason = NULL, expires_at = $2
-                 WHERE expires_at <= $1",
+                 WHERE expires_at <= $1 AND status IN ('provided', 'rejected')",
         )
         .bind(&cut)
         .bind(timestamp(tombstone_until))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        pending
     });
-    Ok(expired)
+    Ok(())
+}
+
+/// Up to `limit` queries that expired unanswered before `now`: pending, or
+/// `deciding` — a decision that stopped between its claim and its answer (a
+/// crash), whose claim's grace ([`DECIDING_GRACE`]) has passed too. Id,
+/// requester, provider.
+pub async fn expired_unanswered(
+    pools: &Pools,
+    now: time::OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, BrokerError> {
+    let rows = crate::on_pool!(pools, write, |pool| {
+        sqlx::query_as(
+            "SELECT id, requester, provider FROM queries
+                 WHERE expires_at <= $1 AND status IN ('pending', 'deciding')
+                 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(timestamp(now))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows)
 }
 
 /// A pending query as its provider's operators see it.
@@ -157,17 +169,29 @@ pub async fn for_provider(
     Ok(row)
 }
 
+/// How long a claimed query stays out of the sweeper's reach at least: a
+/// decision claimed a moment before the query's expiry still records and
+/// stores its answer, instead of the query expiring under it (which would
+/// leave both an `approved` and an `expired` record). Only a decision that
+/// stopped (a crash) is this late.
+pub const DECIDING_GRACE: time::Duration = time::Duration::minutes(5);
+
 /// Claims a pending, unexpired query for a decision: true for exactly one
-/// caller, however many decide at once (on any node).
+/// caller, however many decide at once (on any node). The claim holds off
+/// the query's expiry for [`DECIDING_GRACE`].
 pub async fn claim(pools: &Pools, id: &str, provider: &OrgId) -> Result<bool, BrokerError> {
+    let now = time::OffsetDateTime::now_utc();
+    let held_until = timestamp(now + DECIDING_GRACE);
     let done = crate::on_pool!(pools, write, |pool| {
         sqlx::query(
-            "UPDATE queries SET status = 'deciding'
+            "UPDATE queries SET status = 'deciding',
+                 expires_at = CASE WHEN expires_at > $4 THEN expires_at ELSE $4 END
                  WHERE id = $1 AND provider = $2 AND status = 'pending' AND expires_at > $3",
         )
         .bind(id)
         .bind(provider.as_str())
-        .bind(now_rfc3339())
+        .bind(timestamp(now))
+        .bind(&held_until)
         .execute(pool)
         .await?
         .rows_affected()
@@ -200,7 +224,7 @@ pub async fn decide(
         StoredDecision::Approved { envelope } => ("provided", Some(*envelope), None),
         StoredDecision::Rejected { reason } => ("rejected", None, Some(*reason)),
     };
-    crate::on_pool!(pools, write, |pool| {
+    let stored = crate::on_pool!(pools, write, |pool| {
         sqlx::query(
             "UPDATE queries SET status = $2, envelope = $3, reason = $4, decided_by = $5,
                  pending_cipher = NULL, expires_at = $6
@@ -216,6 +240,13 @@ pub async fn decide(
         .await?
         .rows_affected()
     });
+    if stored != 1 {
+        // The claim was lost: the query expired after DECIDING_GRACE.
+        return Err(BrokerError::refused(
+            kakehashi_interfaces::ErrorCode::Expired,
+            "この照会は判断の記録中に期限切れになりました / the query expired while its decision was recorded",
+        ));
+    }
     Ok(())
 }
 

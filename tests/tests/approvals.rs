@@ -292,6 +292,131 @@ async fn a_pending_query_nobody_decides_answers_expired_410() -> Result<()> {
 }
 
 #[tokio::test]
+async fn two_sweeps_at_once_record_each_expired_query_once() -> Result<()> {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        // The sweeper role sweeps at start and then not for an hour: the
+        // test runs the sweeps itself, two at once, as two nodes whose
+        // roles overlapped for a moment would.
+        let Some(broker) = exchange_broker_with(backend, |opts| {
+            opts.exchange.pending_ttl_secs = 1;
+            opts.exchange.sweep_interval_secs = 3600;
+        })
+        .await?
+        else {
+            continue;
+        };
+        let mut s = scenario(&broker, 1).await?;
+        let mut ids = Vec::new();
+        for _ in 0..12 {
+            let (body, _) = sensitive_query(&s.union_codes[0]);
+            let pending: QueryResponse =
+                serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
+            assert_eq!(pending.status, QueryStatus::Pending);
+            ids.push(pending.query_id.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let state = broker.broker.state();
+        let (a, b) = tokio::join!(
+            kakehashi_broker::exchange::sweep_once(state),
+            kakehashi_broker::exchange::sweep_once(state)
+        );
+        let (a, b) = (a?, b?);
+        assert_eq!(
+            a + b,
+            ids.len(),
+            "{backend:?}: each expired query swept once ({a} + {b})"
+        );
+        let pools = state.store.pools();
+        for id in &ids {
+            let sql = format!(
+                "SELECT COUNT(*) FROM records WHERE query_id = '{id}' AND outcome = 'expired'"
+            );
+            assert_eq!(
+                sql_count(&pools, &sql).await?,
+                1,
+                "{backend:?}: one expired record for {id}"
+            );
+        }
+        assert_eq!(
+            sql_count(
+                &pools,
+                "SELECT COUNT(*) FROM queries WHERE status = 'expired'"
+            )
+            .await?,
+            i64::try_from(ids.len())?,
+            "{backend:?}: every expired query is a tombstone"
+        );
+        assert_eq!(kakehashi_broker::exchange::sweep_once(state).await?, 0);
+        for id in &ids {
+            let r = s.union.get(&format!("/v1/queries/{id}")).await?;
+            assert_eq!(r.status, StatusCode::GONE, "{backend:?}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_decision_claimed_at_the_last_moment_is_not_expired_under_it() -> Result<()> {
+    use kakehashi_broker::results::{self, StoredDecision};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(broker) = exchange_broker_with(backend, |opts| {
+            opts.exchange.pending_ttl_secs = 1;
+            opts.exchange.sweep_interval_secs = 3600;
+        })
+        .await?
+        else {
+            continue;
+        };
+        let mut s = scenario(&broker, 1).await?;
+        let (body, _) = sensitive_query(&s.union_codes[0]);
+        let pending: QueryResponse =
+            serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
+        let id = pending.query_id.to_string();
+        let state = broker.broker.state();
+        let pools = state.store.pools();
+        // An operator claims it just before it expires; its record is still
+        // being appended when the expiry passes and the sweeper runs.
+        assert!(results::claim(&pools, &id, &"city-saitama".parse()?).await?);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            kakehashi_broker::exchange::sweep_once(state).await?,
+            0,
+            "{backend:?}"
+        );
+        let expired =
+            format!("SELECT COUNT(*) FROM records WHERE query_id = '{id}' AND outcome = 'expired'");
+        assert_eq!(sql_count(&pools, &expired).await?, 0, "{backend:?}");
+        let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let rejected = StoredDecision::Rejected {
+            reason: "対象外"
+        };
+        results::decide(&pools, &id, &rejected, "kawada.op", later).await?;
+        let r = s.union.get(&format!("/v1/queries/{id}")).await?;
+        assert_eq!(r.status, StatusCode::OK, "{backend:?}");
+        assert_eq!(r.json()?["status"], "rejected", "{backend:?}");
+        // A decision whose claim was lost (the query expired) is refused,
+        // not reported as made.
+        let (body, _) = sensitive_query(&s.union_codes[0]);
+        let pending: QueryResponse =
+            serde_json::from_slice(&s.union.post("/v1/queries", body).await?.body)?;
+        let lost = pending.query_id.to_string();
+        assert!(results::claim(&pools, &lost, &"city-saitama".parse()?).await?);
+        kakehashi_tests::sql_exec(
+            &pools,
+            &format!("UPDATE queries SET status = 'expired' WHERE id = '{lost}'"),
+        )
+        .await?;
+        let refused = results::decide(&pools, &lost, &rejected, "kawada.op", later).await;
+        assert_eq!(
+            refused.map_err(|e| e.code()).err(),
+            Some(kakehashi_interfaces::ErrorCode::Expired),
+            "{backend:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_person_who_asked_cannot_approve_their_own_orgs_answer() -> Result<()> {
     // A flow where city-saitama asks itself for a sensitive item.
     let dir = tempfile::tempdir()?;

@@ -7,7 +7,8 @@
 //! - org admission and certificate standing are edge layers
 //!   ([`crate::edge::admission`], [`crate::edge::standing`]);
 //! - [`pipeline`]: one query, end to end (policy → lookups → permit → seal
-//!   → record), and the sweep of expired results.
+//!   → record);
+//! - [`sweep`]: the sweep of expired queries (the sweeper role's work).
 
 pub mod batches;
 pub mod disclosure;
@@ -17,6 +18,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod queries;
 pub mod record_keys;
+pub mod sweep;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +34,8 @@ use crate::edge::standing;
 use crate::edge::tls::{self, PeerIdentity};
 use crate::state::AppState;
 
-pub use pipeline::{query, spawn_sweeper, stored_to_response, sweep_once};
+pub use pipeline::{query, stored_to_response};
+pub use sweep::sweep_once;
 
 /// What the broker knows about an exchange connection once TLS is done.
 #[derive(Debug)]

@@ -62,13 +62,23 @@ impl RecordLog {
         deletes: Deletes,
         draft: RecordDraft,
     ) -> Result<u64, String> {
-        let plan = PurgePlan {
-            deletes,
-            record: NewRow::new(
-                draft.normalize().map_err(|e| e.to_string())?,
-                time::OffsetDateTime::now_utc(),
-            ),
-        };
+        self.delete_with_records(deletes, vec![draft]).await
+    }
+
+    /// [`Self::delete_with_record`] with any number of records; answers the
+    /// first one's sequence number (0 when none was appended).
+    pub(crate) async fn delete_with_records(
+        &self,
+        deletes: Deletes,
+        drafts: Vec<RecordDraft>,
+    ) -> Result<u64, String> {
+        let now = time::OffsetDateTime::now_utc();
+        let records = drafts
+            .into_iter()
+            .map(|draft| Ok(NewRow::new(draft.normalize()?, now)))
+            .collect::<Result<Vec<_>, BrokerError>>()
+            .map_err(|e| e.to_string())?;
+        let plan = PurgePlan { deletes, records };
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job::Purge {

@@ -242,8 +242,9 @@ pub(crate) async fn run(
                         writer
                             .commit_appends(std::mem::take(&mut rows), std::mem::take(&mut waiters))
                             .await;
+                        let records: Vec<&NewRow> = plan.records.iter().collect();
                         let result = writer
-                            .commit(&[&plan.record], Some(&plan))
+                            .commit(&records, Some(&plan))
                             .await
                             .map(|seqs| seqs.first().copied().flatten().unwrap_or(0))
                             .map_err(|e| e.to_string());

@@ -211,6 +211,28 @@ macro_rules! append_locked {
                     ));
                 }
             }
+            Some($crate::store::records::rows::Deletes::ExpiredQueries { ids, cut, tombstone_until }) => {
+                let mut update = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE queries SET status = 'expired', envelope = NULL, pending_cipher = NULL, \
+                     reason = NULL, expires_at = ",
+                );
+                update.push_bind(tombstone_until.as_str());
+                update.push(" WHERE expires_at <= ");
+                update.push_bind(cut.as_str());
+                update.push(" AND status IN ('pending', 'deciding') AND id IN (");
+                let mut list = update.separated(", ");
+                for id in ids {
+                    list.push_bind(id.as_str());
+                }
+                update.push(")");
+                let tombstoned = update.build().execute($conn).await?.rows_affected();
+                if usize::try_from(tombstoned).ok() != Some(ids.len()) {
+                    return Err($crate::error::BrokerError::refused(
+                        kakehashi_interfaces::ErrorCode::Unavailable,
+                        "the expired queries changed while they were swept (decided, or swept by another node); sweep again",
+                    ));
+                }
+            }
             Some($crate::store::records::rows::Deletes::Records { expected_cut, cut_seq: plan_cut, cut_hash }) => {
                 if u64::try_from(cut_seq).ok() != Some(*expected_cut) {
                     return Err($crate::error::BrokerError::refused(

@@ -94,13 +94,14 @@ impl NewRow {
     }
 }
 
-/// A deletion and the record that states it, committed in one transaction
+/// A deletion and the records that state it, committed in one transaction
 /// by the writer: a crash leaves both or neither.
 pub(crate) struct PurgePlan {
     /// What is deleted.
     pub deletes: Deletes,
-    /// The `purge` or `erasure` record, appended in the same transaction.
-    pub record: NewRow,
+    /// The `purge` or `erasure` record, or the `expired` records, appended
+    /// in the same transaction.
+    pub records: Vec<NewRow>,
 }
 
 /// What a [`PurgePlan`] deletes.
@@ -121,6 +122,18 @@ pub(crate) enum Deletes {
         /// The counts the record states (identity confirmations, persons,
         /// copies); other counts roll the transaction back.
         counts: (u64, u64, u64),
+    },
+    /// Queries that expired unanswered (R13), turned into tombstones: their
+    /// values at rest go, and each gets its `expired` record. Every one must
+    /// still be pending or deciding and expired, or nothing is committed (so
+    /// two sweeps never record one query twice).
+    ExpiredQueries {
+        /// The query ids.
+        ids: Vec<String>,
+        /// Expired before this instant (fixed-width RFC 3339).
+        cut: String,
+        /// When the tombstones go (fixed-width RFC 3339).
+        tombstone_until: String,
     },
 }
 
