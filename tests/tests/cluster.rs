@@ -309,32 +309,37 @@ async fn refused_with(mut client: TestClient, code: &str) -> Result<bool> {
     Ok(client.get("/v1/whoami").await?.error_code().as_deref() == Some(code))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn changes_made_on_one_node_hold_on_every_node_within_a_second() -> Result<()> {
-    let _one = SERIAL.lock().await;
-    let Some(cluster) = Cluster::start(ClusterOptions::default()).await? else {
-        return Ok(());
-    };
-    let s = scenario(&cluster, 1).await?;
+/// An operator logged in on node 1 (added as `user`), and the console
+/// client that carries their session.
+async fn operator_on_node_1(cluster: &Cluster, user: &str) -> Result<ConsoleClient> {
     let ca = cluster.pki.ca.cert_pem().to_string();
-
-    // An approval on node 1 wakes the requester long-polling on node 2.
     let people = People::new(cluster.store.pools(), PeopleConfig::default())?;
     let password = people
         .add_user(NewUser {
-            user_id: UserId::new("kawada.op")?,
+            user_id: UserId::new(user)?,
             org: OrgId::new("city-saitama")?,
             roles: [Role::Operator].into_iter().collect(),
             number_privilege: false,
         })
         .await?;
     let mut operator = Person {
-        user_id: "kawada.op".into(),
+        user_id: user.into(),
         password: password.expose().to_string(),
         totp_secret: None,
     };
     let mut console = ConsoleClient::connect_to(cluster.nodes[0].console, &ca).await?;
     console.log_in(&mut operator, 0).await?;
+    Ok(console)
+}
+
+/// A sensitive query asked on node 2 and long-polled there; `console`'s
+/// operator approves it on node 1. How long after the approval the
+/// long-poll answered; fails unless it opened to the approved values.
+async fn approval_wakes_node_2(
+    cluster: &Cluster,
+    s: &Scenario,
+    console: &mut ConsoleClient,
+) -> Result<Duration> {
     let (body, keys) = query_body(
         "F-0121",
         "benefit-reduction",
@@ -374,15 +379,30 @@ async fn changes_made_on_one_node_hold_on_every_node_within_a_second() -> Result
         .and_then(|w| *w)
         .context("not woken")?
         .saturating_duration_since(decided);
-    eprintln!(
-        "cluster: an approval asked of node 1 woke the long-poll on node 2 after {latency:?}"
-    );
-    assert!(latency < WITHIN, "woken after {latency:?}");
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
         opened_items(&answer.body, &keys)?["welfare.public_assistance"],
         false
     );
+    Ok(latency)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_on_one_node_hold_on_every_node_within_a_second() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(ClusterOptions::default()).await? else {
+        return Ok(());
+    };
+    let s = scenario(&cluster, 1).await?;
+    let ca = cluster.pki.ca.cert_pem().to_string();
+
+    // An approval on node 1 wakes the requester long-polling on node 2.
+    let mut console = operator_on_node_1(&cluster, "kawada.op").await?;
+    let latency = approval_wakes_node_2(&cluster, &s, &mut console).await?;
+    eprintln!(
+        "cluster: an approval asked of node 1 woke the long-poll on node 2 after {latency:?}"
+    );
+    assert!(latency < WITHIN, "woken after {latency:?}");
 
     // A user disabled by the host command: the session, carried to node 3,
     // ends there at once.
@@ -462,6 +482,93 @@ async fn changes_made_on_one_node_hold_on_every_node_within_a_second() -> Result
     eprintln!("cluster: a pin change held on every node after {took:?}");
     assert!(took < WITHIN, "pin reached every node after {took:?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listening_connection_gone_silent_is_replaced_and_approvals_still_wake() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(ClusterOptions::default()).await? else {
+        return Ok(());
+    };
+    let s = scenario(&cluster, 1).await?;
+    let mut console = operator_on_node_1(&cluster, "kawada.op").await?;
+    // Every node's listening connection stops answering without closing
+    // (its server process stopped): as after a failover that moved the
+    // address, or a host gone without a word.
+    let kakehashi_broker::store::Pools::Postgres(pool) = cluster.store.pools() else {
+        bail!("a cluster runs on PostgreSQL");
+    };
+    let pool = &pool;
+    let listeners: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE application_name = 'kakehashi-listener' AND datname = current_database()",
+    )
+    .fetch_all(pool)
+    .await?;
+    assert_eq!(listeners.len(), cluster.nodes.len(), "one listener a node");
+    let stopped = Stopped::new(&listeners)?;
+    // Each node notices within two heartbeats and listens again.
+    let replaced = Instant::now();
+    loop {
+        let fresh: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'kakehashi-listener' AND datname = current_database()
+               AND NOT (pid = ANY($1))",
+        )
+        .bind(&listeners)
+        .fetch_one(pool)
+        .await?;
+        if fresh == i64::try_from(cluster.nodes.len())? {
+            break;
+        }
+        if replaced.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "{fresh} of the nodes listen again after {:?}",
+                replaced.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "cluster: every node listened again {:?} after its listening connection went silent",
+        replaced.elapsed()
+    );
+    let latency = approval_wakes_node_2(&cluster, &s, &mut console).await?;
+    eprintln!(
+        "cluster: with the silent connections replaced, an approval woke node 2 after {latency:?}"
+    );
+    assert!(latency < WITHIN, "woken after {latency:?}");
+    drop(stopped);
+    Ok(())
+}
+
+/// Server processes stopped with SIGSTOP, continued on drop (also when a
+/// test fails), so the database can shut down.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn new(pids: &[i32]) -> Result<Stopped> {
+        let stopped = Stopped(pids.to_vec());
+        for pid in pids {
+            let status = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -STOP {pid} failed (the tests run as the database's owner or root)");
+            }
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

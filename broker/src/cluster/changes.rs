@@ -70,10 +70,22 @@ pub async fn announce(pools: &Pools, change: &Announcement) {
 
 /// [`announce`] on a shared database already at hand.
 pub(crate) async fn announce_on(shared: &dyn SharedDatabase, change: &Announcement) {
-    if let Err(e) = shared.announce(CHANNEL, &change.payload()).await {
-        tracing::warn!(error = %e, "announcing a change to the other nodes failed; they re-read it on their own");
+    // Bounded: an announcement only hurries the other nodes, which re-read
+    // on their own, so it must not hold up the caller (a console request
+    // whose change is already committed) on a connection gone silent.
+    match tokio::time::timeout(ANNOUNCE_WITHIN, shared.announce(CHANNEL, &change.payload())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "announcing a change to the other nodes failed; they re-read it on their own")
+        }
+        Err(_) => {
+            tracing::warn!("announcing a change to the other nodes took too long; they re-read it on their own")
+        }
     }
 }
+
+/// How long an announcement may take before it is given up.
+const ANNOUNCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -99,15 +99,36 @@ async fn listen(
                 }
             }
         };
-        if !first {
+        // Also the first time: a change made between this node's start-up
+        // reads and its first LISTEN is read here.
+        {
             let Some(state) = state.upgrade() else { return };
-            tracing::info!("the change listener is listening again; re-reading what was missed");
+            if !first {
+                tracing::info!(
+                    "the change listener is listening again; re-reading what was missed"
+                );
+            }
             catch_up(&state).await;
         }
         first = false;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         loop {
             let received = tokio::select! {
                 r = listener.next() => r,
+                _ = heartbeat.tick() => {
+                    match tokio::time::timeout(HEARTBEAT, listener.alive()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "the change listener's connection failed its heartbeat; listening again");
+                        }
+                        Err(_) => {
+                            tracing::warn!("the change listener's connection did not answer its heartbeat; listening again");
+                        }
+                    }
+                    break;
+                }
                 _ = stop.changed() => return,
             };
             let Some(state) = state.upgrade() else { return };
@@ -133,6 +154,11 @@ async fn listen(
 
 /// How long the listener waits before connecting again.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// How often the listening connection is asked to answer, and how long it
+/// has to: a connection gone silent is replaced (and what it missed
+/// re-read) within twice this.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 async fn act(state: &AppState, node: &str, echoes: &Echoes, payload: &str) {
     match Announcement::parse(payload) {

@@ -85,12 +85,19 @@ fn share_limits(
 }
 
 /// This node's name in logs and announcements: its exchange address,
-/// process id and a counter (several brokers may run in one process, as in
-/// tests, all configured with port 0).
+/// process id, a counter (several brokers may run in one process, as in
+/// tests, all configured with port 0) and a random tag: nodes in containers
+/// share the address (`0.0.0.0:7443`) and often the process id (1), and a
+/// node ignores announcements bearing its own name.
 fn node_name(state: &AppState) -> String {
     static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}#{}.{n}", state.config.listen.address, std::process::id())
+    format!(
+        "{}#{}.{n}.{:08x}",
+        state.config.listen.address,
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Runs `work` every `every` (after one period) while this node holds

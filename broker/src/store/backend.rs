@@ -143,6 +143,11 @@ pub(crate) trait Announcements: Send {
     /// The next announcement's payload; `None` when the connection was
     /// lost (listen again, and re-read what may have been missed).
     async fn next(&mut self) -> Result<Option<String>, BrokerError>;
+
+    /// A round trip on the listening connection: a connection that went
+    /// silent (a failover that moved the address, a host gone without
+    /// closing) fails or hangs here, where `next` would wait for ever.
+    async fn alive(&mut self) -> Result<(), BrokerError>;
 }
 
 /// What differs between backends, for the modules above the store.

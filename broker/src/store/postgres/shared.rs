@@ -14,6 +14,10 @@ use crate::store::backend::{Announcements, LockSession, SharedDatabase};
 /// are the sessions with this name on the database.
 pub const NODE_APPLICATION_NAME: &str = "kakehashi-node";
 
+/// The `application_name` of every node's listening connection (one per
+/// node), as `pg_stat_activity` shows it.
+pub const LISTENER_APPLICATION_NAME: &str = "kakehashi-listener";
+
 /// PostgreSQL shared by the nodes whose pool this is.
 pub(crate) struct PgShared(pub PgPool);
 
@@ -29,7 +33,15 @@ impl SharedDatabase for PgShared {
     }
 
     async fn listen(&self, channel: &str) -> Result<Box<dyn Announcements>, BrokerError> {
-        let mut listener = PgListener::connect_with(&self.0).await?;
+        // A pool of its own, of one connection, to name the connection.
+        let options = (*self.0.connect_options())
+            .clone()
+            .application_name(LISTENER_APPLICATION_NAME);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&pool).await?;
         // A lost connection comes back to the caller, which re-reads after
         // listening again; sqlx's own reconnect would skip the re-read.
         listener.eager_reconnect(false);
@@ -84,6 +96,14 @@ struct PgAnnouncements(PgListener);
 #[async_trait]
 impl Announcements for PgAnnouncements {
     async fn next(&mut self) -> Result<Option<String>, BrokerError> {
+        // Cancel-safe (sqlx reads a message whole or not at all), so the
+        // caller may race it against its heartbeat.
         Ok(self.0.try_recv().await?.map(|n| n.payload().to_string()))
+    }
+
+    async fn alive(&mut self) -> Result<(), BrokerError> {
+        // Announcements that arrive meanwhile are kept for `next`.
+        sqlx::query("SELECT 1").execute(&mut self.0).await?;
+        Ok(())
     }
 }
