@@ -157,7 +157,7 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// How often the listening connection is asked to answer, and how long it
 /// has to: a connection gone silent is replaced (and what it missed
-/// re-read) within twice this.
+/// re-read) within twice this and [`RETRY`].
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 async fn act(state: &AppState, node: &str, echoes: &Echoes, payload: &str) {
