@@ -445,8 +445,18 @@ impl Config {
 
     /// Parses config text without touching the file system.
     pub fn parse(text: &str) -> Result<Config, BrokerError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // The message and the line, never the line's text: it may be a
+            // `postgres_url` with a password in it.
+            let line = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1);
+            BrokerError::Config(match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            })
+        })?;
         for (name, value) in [
             ("commit_delay_us", config.records.commit_delay_us),
             ("commit_interval_us", config.records.commit_interval_us),
@@ -458,6 +468,7 @@ impl Config {
                 )));
             }
         }
+        config.check_periods()?;
         if config.records.retention_years == 0 {
             return Err(BrokerError::Config(format!(
                 "[records] retention_years must be at least 1 (the legal period is {} years)",
@@ -465,6 +476,101 @@ impl Config {
             )));
         }
         Ok(config)
+    }
+
+    /// Refuses a period longer than [`MAX_PERIOD_SECS`]: added to the
+    /// current time it would pass the last instant the broker can store
+    /// (the year 9999), and every query, login or timer using it would
+    /// fail. No setting needs more than ten years (retention is counted in
+    /// years apart, `[records] retention_years`).
+    fn check_periods(&self) -> Result<(), BrokerError> {
+        const DAY: u64 = 24 * 3600;
+        let periods: [(&str, &str, u64); 20] = [
+            ("exchange", "result_ttl_secs", self.exchange.result_ttl_secs),
+            (
+                "exchange",
+                "pending_ttl_secs",
+                self.exchange.pending_ttl_secs,
+            ),
+            ("exchange", "permit_ttl_secs", self.exchange.permit_ttl_secs),
+            (
+                "exchange",
+                "sweep_interval_secs",
+                self.exchange.sweep_interval_secs,
+            ),
+            ("people", "idle_timeout_secs", self.people.idle_timeout_secs),
+            (
+                "people",
+                "session_lifetime_secs",
+                self.people.session_lifetime_secs,
+            ),
+            ("people", "lockout_secs", self.people.lockout_secs),
+            (
+                "records",
+                "checkpoint_interval_ms",
+                self.records.checkpoint_interval_ms / 1000,
+            ),
+            (
+                "records",
+                "purge_interval_secs",
+                self.records.purge_interval_secs,
+            ),
+            (
+                "records",
+                "purge_first_delay_secs",
+                self.records.purge_first_delay_secs,
+            ),
+            (
+                "records",
+                "person_index_interval_ms",
+                self.records.person_index_interval_ms / 1000,
+            ),
+            (
+                "records",
+                "wal_checkpoint_interval_ms",
+                self.records.wal_checkpoint_interval_ms / 1000,
+            ),
+            (
+                "retention",
+                "identity_confirmation_days",
+                u64::from(self.retention.identity_confirmation_days).saturating_mul(DAY),
+            ),
+            (
+                "retention",
+                "copies_after_loss_years",
+                u64::from(self.retention.copies_after_loss_years).saturating_mul(365 * DAY),
+            ),
+            ("retention", "interval_secs", self.retention.interval_secs),
+            (
+                "retention",
+                "first_delay_secs",
+                self.retention.first_delay_secs,
+            ),
+            ("tls", "reload_interval_secs", self.tls.reload_interval_secs),
+            (
+                "keys",
+                "reload_interval_secs",
+                self.keys.reload_interval_secs,
+            ),
+            (
+                "keys",
+                "data_key_days",
+                u64::from(self.keys.data_key_days).saturating_mul(DAY),
+            ),
+            (
+                "storage",
+                "statement_timeout_ms",
+                self.storage.statement_timeout_ms / 1000,
+            ),
+        ];
+        for (section, name, secs) in periods {
+            if secs > MAX_PERIOD_SECS {
+                return Err(BrokerError::Config(format!(
+                    "[{section}] {name} must be at most ten years"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes every relative path absolute with respect to `base`.
@@ -487,6 +593,9 @@ impl Config {
         }
     }
 }
+
+/// The longest period any setting may give: ten years, in seconds.
+pub const MAX_PERIOD_SECS: u64 = 10 * 366 * 24 * 3600;
 
 #[cfg(test)]
 mod tests {
@@ -534,6 +643,42 @@ mod tests {
             );
             assert_eq!(field(&Config::parse(MINIMAL).unwrap()), None, "{key}");
         }
+    }
+
+    #[test]
+    fn a_period_past_ten_years_is_refused_by_name() {
+        for (section, key) in [
+            ("exchange", "result_ttl_secs"),
+            ("exchange", "pending_ttl_secs"),
+            ("exchange", "permit_ttl_secs"),
+            ("people", "lockout_secs"),
+            ("people", "session_lifetime_secs"),
+            ("retention", "identity_confirmation_days"),
+            ("keys", "data_key_days"),
+        ] {
+            let with = |v: u64| Config::parse(&format!("{MINIMAL}\n[{section}]\n{key} = {v}"));
+            let fine = if key.ends_with("_days") { 3650 } else { 3600 };
+            assert!(with(fine).is_ok(), "{key}");
+            let err = with(u64::from(u32::MAX)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("[{section}] {key} must be at most ten years")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_error_names_the_line_but_never_shows_it() {
+        let bad = MINIMAL.replace(
+            "sqlite = \"kakehashi.db\"",
+            "postgres_url = \"postgres://kk:s3cret-pw@db/kk\" oops",
+        );
+        let err = Config::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("line 9"), "{err}");
+        assert!(
+            !err.contains("s3cret-pw"),
+            "the error shows the line's text"
+        );
     }
 
     #[test]

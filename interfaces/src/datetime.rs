@@ -43,7 +43,7 @@ pub fn format_date(d: Date) -> String {
 /// Formats an instant in the canonical form used in signed bytes:
 /// UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`. Sub-second digits are dropped.
 pub fn format_canonical(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
+    let t = in_utc(t);
     format!(
         "{}T{:02}:{:02}:{:02}Z",
         format_date(t.date()),
@@ -56,8 +56,19 @@ pub fn format_canonical(t: OffsetDateTime) -> String {
 /// `t` in UTC with the sub-second part removed: the form every instant the
 /// broker signs or sends takes.
 pub fn canonical(t: OffsetDateTime) -> OffsetDateTime {
-    let t = t.to_offset(UtcOffset::UTC);
+    let t = in_utc(t);
     t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// `t` in UTC; an instant whose UTC year would pass ±9999 (only an offset
+/// at the very end of the range does that) is clamped to that end instead
+/// of panicking.
+fn in_utc(t: OffsetDateTime) -> OffsetDateTime {
+    match t.checked_to_offset(UtcOffset::UTC) {
+        Some(utc) => utc,
+        None if t.year() > 0 => time::PrimitiveDateTime::MAX.assume_utc(),
+        None => time::PrimitiveDateTime::MIN.assume_utc(),
+    }
 }
 
 /// `#[serde(with = "crate::datetime::date")]` for `time::Date` as `YYYY-MM-DD`.
@@ -120,5 +131,8 @@ mod tests {
         let t = datetime!(2025-04-01 09:30:15.75 +09:00);
         assert_eq!(format_canonical(t), "2025-04-01T00:30:15Z");
         assert_eq!(canonical(t), datetime!(2025-04-01 00:30:15 UTC));
+        // Past the last representable UTC instant: clamped, not a panic.
+        let end = datetime!(9999-12-31 23:30:00 -01:00);
+        assert_eq!(format_canonical(end), "9999-12-31T23:59:59Z");
     }
 }

@@ -113,6 +113,19 @@ impl ConsoleClient {
         self.csrf = None;
     }
 
+    /// `GET path` as a browser asks for a page (`Accept: text/html`), with
+    /// the session cookie if any.
+    pub async fn page(&mut self, path: &str) -> Result<TestResponse> {
+        let cookie = self.cookie.clone();
+        let mut headers = vec![("accept", "text/html")];
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie));
+        }
+        self.client
+            .request_with(Method::GET, path, String::new(), &headers)
+            .await
+    }
+
     /// Logs in with a password only; the answer says which step is next.
     pub async fn password(&mut self, user_id: &str, password: &str) -> Result<TestResponse> {
         self.call(

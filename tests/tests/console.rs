@@ -475,6 +475,42 @@ async fn an_auditor_searches_exports_and_the_download_verifies_offline() -> Resu
 }
 
 #[tokio::test]
+async fn instants_beyond_the_year_9999_are_refused_not_a_dropped_connection() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    // Before any login: a path that looks like an instant ends up, in the
+    // 404 page, shown in JST, where 9999-12-31T23:59:59Z is the year 10000.
+    let mut console = ConsoleClient::connect(&broker).await?;
+    let r = console.page("/9999-12-31T23:59:59Z").await?;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let page = String::from_utf8_lossy(&r.body);
+    assert!(page.contains("9999-12-31 23:59:59 UTC"), "{page}");
+
+    let mut auditor = add_person(&broker, "audit.union", "union-saitama", &[Role::Auditor]).await?;
+    console.log_in(&mut auditor, 0).await?;
+    for path in [
+        "/api/records?from=9999-12-31T23:30:00-01:00",
+        "/api/records?until=-9999-01-01",
+        "/api/records/export?format=csv&until=9999-12-31T23:30:00-01:00",
+        "/api/operation-log?from=9999-12-31T23:30:00-01:00",
+        "/api/operation-log?until=-9999-01-01",
+    ] {
+        let r = console.call(Method::GET, path, None).await?;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.error_code().as_deref(), Some("invalid_input"), "{path}");
+    }
+    for path in [
+        "/records?from=9999-12-31T23:30:00-01:00",
+        "/operation-log?until=-9999-01-01",
+    ] {
+        let r = console.page(path).await?;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    // The broker still answers.
+    expect_ok(&console.call(Method::GET, "/api/records", None).await?)?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_session_in_use_still_ends_at_its_absolute_lifetime() -> Result<()> {
     let broker = console_broker(|opts| {
         opts.people.session_lifetime_secs = 3;

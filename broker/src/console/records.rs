@@ -77,19 +77,30 @@ fn invalid(message: impl Into<String>) -> BrokerError {
 
 /// An instant: RFC 3339, or a date `YYYY-MM-DD` meaning that day's start in
 /// Japan (people think in JST; records stay UTC).
+/// The instant is returned in UTC, and only for the years 1970 to 9999
+/// in UTC: an offset can carry `9999-12-31T23:30:00-01:00` past what a
+/// stored (fixed-width, four-digit-year) time can say.
 pub(crate) fn instant(name: &str, text: &str) -> Result<OffsetDateTime, BrokerError> {
-    if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
-        return Ok(at);
+    let at = match OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        Ok(at) => at,
+        Err(_) => {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            let date = time::Date::parse(text, &format).map_err(|_| {
+                invalid(format!(
+                    "{name}: 日付は YYYY-MM-DD または RFC 3339 で指定してください / must be YYYY-MM-DD or RFC 3339"
+                ))
+            })?;
+            let jst = time::UtcOffset::from_hms(9, 0, 0)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            date.midnight().assume_offset(jst)
+        }
+    };
+    match at.checked_to_offset(time::UtcOffset::UTC) {
+        Some(utc) if (1970..=9999).contains(&utc.year()) => Ok(utc),
+        _ => Err(invalid(format!(
+            "{name}: 年は 1970〜9999 にしてください / the year must be 1970 to 9999"
+        ))),
     }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(text, &format).map_err(|_| {
-        invalid(format!(
-            "{name}: 日付は YYYY-MM-DD または RFC 3339 で指定してください / must be YYYY-MM-DD or RFC 3339"
-        ))
-    })?;
-    let jst =
-        time::UtcOffset::from_hms(9, 0, 0).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    Ok(date.midnight().assume_offset(jst))
 }
 
 /// The filter and paging of a search or export query string, scoped to

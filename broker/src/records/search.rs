@@ -286,11 +286,12 @@ fn checked_text(what: &str, value: &Option<String>) -> Result<Option<String>, Br
 fn checked_instant(what: &str, at: Option<time::OffsetDateTime>) -> Result<(), BrokerError> {
     // Stored times are fixed-width text with a four-digit year; outside
     // these years text order would not be time order.
-    match at.map(|t| t.to_offset(time::UtcOffset::UTC).year()) {
-        Some(year) if !(1970..=9999).contains(&year) => Err(invalid(format!(
+    let Some(at) = at else { return Ok(()) };
+    match at.checked_to_offset(time::UtcOffset::UTC) {
+        Some(utc) if (1970..=9999).contains(&utc.year()) => Ok(()),
+        _ => Err(invalid(format!(
             "{what} の年は 1970〜9999 にしてください / the year of {what} must be 1970 to 9999"
         ))),
-        _ => Ok(()),
     }
 }
 

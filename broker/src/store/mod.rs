@@ -236,8 +236,15 @@ pub fn now_rfc3339() -> String {
 
 /// A UTC instant as fixed-width RFC 3339 with microseconds
 /// (`2026-11-23T09:50:55.614263Z`), so text order is time order.
+///
+/// An instant whose UTC year is outside 0–9999 (reachable only through an
+/// unchecked offset) is clamped to the nearest end rather than panic.
 pub fn timestamp(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
+    let at = match at.checked_to_offset(time::UtcOffset::UTC) {
+        Some(utc) => utc,
+        None if at.year() > 0 => time::PrimitiveDateTime::MAX.assume_utc(),
+        None => time::PrimitiveDateTime::MIN.assume_utc(),
+    };
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );

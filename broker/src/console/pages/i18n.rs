@@ -445,11 +445,14 @@ pub fn jst(rfc3339: &str) -> String {
     }
 }
 
-/// An instant in JST.
+/// An instant in JST (in UTC when JST would pass the year 9999).
 pub fn jst_of(at: OffsetDateTime) -> String {
-    let at = at.to_offset(jst_offset());
+    let (at, zone) = match at.checked_to_offset(jst_offset()) {
+        Some(jst) => (jst, "JST"),
+        None => (at.checked_to_offset(UtcOffset::UTC).unwrap_or(at), "UTC"),
+    };
     format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} JST",
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {zone}",
         at.year(),
         u8::from(at.month()),
         at.day(),
