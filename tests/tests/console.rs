@@ -511,6 +511,56 @@ async fn instants_beyond_the_year_9999_are_refused_not_a_dropped_connection() ->
 }
 
 #[tokio::test]
+async fn an_individual_number_in_the_operation_log_is_hidden_from_auditors_without_the_privilege(
+) -> Result<()> {
+    use kakehashi_broker::people::{People, PeopleConfig};
+    use kakehashi_interfaces::people::{Grant, UserId};
+    let broker = console_broker(|_| {}).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    // What a person typed as a user id nobody has (a password in the
+    // wrong field, or an Individual Number) is not kept in the log.
+    for typed in ["correcthorse42", "987654321018"] {
+        let r = console.password(typed, "まちがったパスワードです").await?;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let pools = broker.broker.state().store.pools();
+    let kept = "SELECT COUNT(*) FROM operation_log WHERE actor LIKE '%correcthorse42%' OR actor LIKE '%987654321018%' OR COALESCE(target, '') LIKE '%987654321018%'";
+    assert_eq!(sql_count(&pools, kept).await?, 0);
+    let unknown = "SELECT COUNT(*) FROM operation_log WHERE actor = 'unknown-user-id' AND action = 'login_failed'";
+    assert_eq!(sql_count(&pools, unknown).await?, 2);
+
+    // A user whose id is a valid Individual Number fails a login: their id
+    // is in the log, as an auditor's JSON search shows it only to an
+    // auditor holding the privilege.
+    let number = "123456789018";
+    add_person(&broker, number, "union-saitama", &[Role::Operator]).await?;
+    let r = console.password(number, "まちがったパスワードです").await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let mut plain = add_person(&broker, "audit.plain", "union-saitama", &[Role::Auditor]).await?;
+    let mut holder = add_person(&broker, "audit.number", "union-saitama", &[Role::Auditor]).await?;
+    People::new(pools.clone(), PeopleConfig::default())?
+        .grant(&UserId::new("audit.number")?, Grant::NumberPrivilege)
+        .await?;
+    for (person, sees) in [(&mut plain, false), (&mut holder, true)] {
+        let mut console = ConsoleClient::connect(&broker).await?;
+        console.log_in(person, 0).await?;
+        let r = console
+            .call(Method::GET, "/api/operation-log?action=login_failed", None)
+            .await?;
+        expect_ok(&r)?;
+        let text = String::from_utf8_lossy(&r.body);
+        assert_eq!(text.contains(number), sees, "{}: {text}", person.user_id);
+        assert_eq!(
+            text.contains("表示する権限がありません"),
+            !sees,
+            "{}: {text}",
+            person.user_id
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_session_in_use_still_ends_at_its_absolute_lifetime() -> Result<()> {
     let broker = console_broker(|opts| {
         opts.people.session_lifetime_secs = 3;

@@ -7,9 +7,11 @@
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use kakehashi_interfaces::approvals::{PendingQueue, RejectRequest};
+use kakehashi_interfaces::copies::ItemValue;
 
 use crate::approvals::{self as decide, Decision};
 use crate::console::endpoints::Call;
+use crate::console::masking;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
 use crate::oplog::{OpAction, OpEntry, OpResult};
@@ -30,12 +32,20 @@ pub async fn queue(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
 /// `GET /api/approvals/{query_id}`: the values approval would release.
 pub async fn detail(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
-    let detail = decide::detail(
+    let mut detail = decide::detail(
         &call.console.state,
         &session.org,
         call.params.get("query_id"),
     )
     .await?;
+    if !session.privileges.number_privilege {
+        // As the approval page shows them (R5).
+        for value in detail.values.values_mut() {
+            if let ItemValue::Text(text) = value {
+                *text = masking::hide_numbers(text, false, masking::HIDDEN);
+            }
+        }
+    }
     Ok(edge::json(StatusCode::OK, &detail))
 }
 

@@ -6,6 +6,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::console::endpoints::Call;
+use crate::console::masking;
 use crate::console::records;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
@@ -70,7 +71,18 @@ pub async fn operation_log(
     call: &Call<'_>,
     query: Option<&str>,
 ) -> Result<Response<Body>, BrokerError> {
-    let (entries, next_before) = operation_log_page(call, query).await?;
+    let privileged = call.session()?.privileges.number_privilege;
+    let (mut entries, next_before) = operation_log_page(call, query).await?;
+    if !privileged {
+        // As the operation-log page shows them (R5).
+        let hide = |s: &mut String| *s = masking::hide_numbers(s, false, masking::HIDDEN);
+        for e in &mut entries {
+            hide(&mut e.actor);
+            for text in [&mut e.org, &mut e.target, &mut e.source, &mut e.detail] {
+                text.iter_mut().for_each(hide);
+            }
+        }
+    }
     Ok(edge::json(
         StatusCode::OK,
         &serde_json::json!({ "entries": entries, "next_before": next_before }),

@@ -10,7 +10,9 @@
 //! - [`records`]: auditors' search and export of provision records (R16);
 //! - [`flows`]: flow-list versions proposed and approved by two administrators (R8);
 //! - [`admin`]: administrators' changes to users and orgs;
-//! - [`pages`]: the HTML pages people use in a browser (ja/en).
+//! - [`pages`]: the HTML pages people use in a browser (ja/en);
+//! - [`masking`]: Individual Numbers hidden from people without the
+//!   privilege, on the pages and in the JSON APIs alike (R5).
 //!
 //! Org certificates play no part here, and a session opens nothing on the
 //! exchange listener: the two never mix.
@@ -21,6 +23,7 @@ pub mod approvals;
 pub mod audit;
 pub mod endpoints;
 pub mod flows;
+pub mod masking;
 pub mod pages;
 pub mod records;
 pub mod session;

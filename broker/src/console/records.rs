@@ -14,11 +14,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Response, StatusCode};
+use kakehashi_interfaces::audit::ExportRow;
 use kakehashi_interfaces::ErrorCode;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::console::endpoints::Call;
+use crate::console::masking;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
 use crate::oplog::{OpAction, OpEntry, OpResult};
@@ -189,11 +191,56 @@ fn log_entry(
 
 /// `GET /api/records?from&until&flow&outcome&person&before&size`.
 pub async fn search(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
-    let page = search_page(call, query).await?;
+    let privileged = call.session()?.privileges.number_privilege;
+    let mut page = search_page(call, query).await?;
+    for row in &mut page.rows {
+        hide_numbers_in_row(row, privileged);
+    }
     Ok(edge::json(
         StatusCode::OK,
         &serde_json::json!({ "rows": page.rows, "next_before": page.next_before_seq }),
     ))
+}
+
+/// A record as a person without the Individual-Number privilege may see it
+/// in the JSON search: its texts masked as the record-search page masks
+/// them, and its detail's (hashes excepted, which are not written by
+/// people).
+fn hide_numbers_in_row(row: &mut ExportRow, privileged: bool) {
+    if privileged {
+        return;
+    }
+    let hide = |s: &mut String| *s = masking::hide_numbers(s, false, masking::HIDDEN);
+    hide(&mut row.query_id);
+    hide(&mut row.requester);
+    row.items.iter_mut().for_each(hide);
+    for text in [
+        &mut row.flow_id,
+        &mut row.procedure,
+        &mut row.provider,
+        &mut row.reason,
+        &mut row.approver,
+    ] {
+        text.iter_mut().for_each(hide);
+    }
+    if let Some(detail) = &mut row.detail {
+        hide_numbers_in_json(detail);
+    }
+}
+
+fn hide_numbers_in_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => *s = masking::hide_numbers(s, false, masking::HIDDEN),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(hide_numbers_in_json),
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if !key.ends_with("hash") {
+                    hide_numbers_in_json(field);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One page of a search of the auditor's own org's records, written to

@@ -62,6 +62,7 @@ pub async fn login(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<B
                 PeopleError::Locked { .. } => OpAction::AccountLocked,
                 _ => OpAction::LoginFailed,
             };
+            let actor = e.login_actor(&login.user_id);
             console.log(entry(call, actor, action, refused(&e))).await?;
             Err(e.into())
         }

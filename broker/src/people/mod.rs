@@ -92,12 +92,21 @@ impl PeopleConfig {
 
 /// Everything that can go wrong for people. Messages are Japanese first,
 /// then English, and never contain a password, code or secret.
+/// The operation log's actor for a login attempt as a user id nobody has.
+pub const UNKNOWN_USER_ACTOR: &str = "unknown-user-id";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PeopleError {
     /// Unknown user or wrong password: the same answer, so user ids cannot
     /// be probed.
     #[error("利用者IDまたはパスワードが正しくありません / wrong user id or password")]
     WrongCredentials,
+    /// A login as a user id nobody has: answered exactly as
+    /// [`PeopleError::WrongCredentials`], told apart only so that what was
+    /// typed is not kept in the operation log (it may be a password or an
+    /// Individual Number typed into the wrong field).
+    #[error("利用者IDまたはパスワードが正しくありません / wrong user id or password")]
+    NoSuchUser,
     /// Locked after repeated failures.
     #[error(
         "連続して失敗したため {} までロックされています / the account is locked until {} after repeated failures",
@@ -165,9 +174,10 @@ impl PeopleError {
     /// The stable code sent to the client.
     pub fn code(&self) -> ErrorCode {
         match self {
-            PeopleError::WrongCredentials | PeopleError::WrongCode | PeopleError::CodeReused => {
-                ErrorCode::Unauthenticated
-            }
+            PeopleError::WrongCredentials
+            | PeopleError::NoSuchUser
+            | PeopleError::WrongCode
+            | PeopleError::CodeReused => ErrorCode::Unauthenticated,
             PeopleError::Locked { .. } | PeopleError::Disabled => ErrorCode::AccountLocked,
             PeopleError::WeakPassword(_)
             | PeopleError::PasswordReused
@@ -184,6 +194,16 @@ impl PeopleError {
 
     /// The message sent to the client: the Japanese and English text, with
     /// internal details withheld.
+    /// Who a failed login is logged as: the user id typed, unless no user
+    /// has it ([`UNKNOWN_USER_ACTOR`]).
+    pub fn login_actor<'a>(&self, typed: &'a UserId) -> &'a str {
+        match self {
+            PeopleError::NoSuchUser => UNKNOWN_USER_ACTOR,
+            _ => typed.as_str(),
+        }
+    }
+
+    /// The message a person is shown (internal details left out).
     pub fn public_message(&self) -> String {
         match self {
             PeopleError::Storage(_) | PeopleError::Corrupt(_) => {
@@ -502,7 +522,7 @@ impl People {
         let Some(user) = store::user(&self.pools, user_id.as_str()).await? else {
             // As long as a real check, and the same answer.
             let _ = self.hasher.verify(None, secret).await?;
-            return Err(PeopleError::WrongCredentials);
+            return Err(PeopleError::NoSuchUser);
         };
         let now = self.now();
         if let Some(until) = lockout::locked_at(&lock_state(&user)?, now) {

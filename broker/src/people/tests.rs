@@ -349,7 +349,8 @@ async fn lockout_and_expiry(env: Env) {
         .login(&uid("nobody"), &wrong, None)
         .await
         .unwrap_err();
-    assert!(matches!(unknown, PeopleError::WrongCredentials));
+    assert!(matches!(unknown, PeopleError::NoSuchUser));
+    assert_eq!(unknown.login_actor(&uid("nobody")), "unknown-user-id");
     for i in 1..=4 {
         let err = people
             .login(&uid("hanako"), &wrong, ip("203.0.113.9"))
@@ -357,6 +358,8 @@ async fn lockout_and_expiry(env: Env) {
             .unwrap_err();
         assert!(matches!(err, PeopleError::WrongCredentials), "failure {i}");
         assert_eq!(err.public_message(), unknown.public_message());
+        assert_eq!(err.code(), unknown.code());
+        assert_eq!(err.login_actor(&uid("hanako")), "hanako");
     }
     let err = people
         .login(&uid("hanako"), &wrong, ip("203.0.113.9"))

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use http::{Response, StatusCode};
 use kakehashi_interfaces::copies::ItemValue;
 use kakehashi_interfaces::query::RejectionReason;
-use kakehashi_interfaces::{IndividualNumber, QueryId};
+use kakehashi_interfaces::QueryId;
 use minijinja::context;
 use minijinja::value::{Serde, Value};
 use serde::Serialize;
@@ -114,10 +114,9 @@ pub(super) async fn queue(cx: &Cx<'_, '_>) -> Result<Response<Body>, BrokerError
 /// holding the privilege.
 fn shown_value(lang: Lang, value: &ItemValue, number_privilege: bool) -> String {
     match value {
-        ItemValue::Text(s) if !number_privilege && IndividualNumber::new(s).is_ok() => {
-            text(lang, "number_hidden").to_string()
+        ItemValue::Text(s) => {
+            crate::console::masking::hide_numbers(s, number_privilege, text(lang, "number_hidden"))
         }
-        ItemValue::Text(s) => s.clone(),
         ItemValue::Number(n) => i18n::number(&n.to_string()),
         ItemValue::Bool(true) => format!("{} (true)", text(lang, "yes")),
         ItemValue::Bool(false) => format!("{} (false)", text(lang, "no")),

@@ -12,7 +12,7 @@
 
 use http::{Response, StatusCode};
 use kakehashi_interfaces::audit::ExportRow;
-use kakehashi_interfaces::{ErrorCode, IndividualNumber};
+use kakehashi_interfaces::ErrorCode;
 use minijinja::context;
 use minijinja::value::{Serde, Value};
 use serde::Serialize;
@@ -254,30 +254,10 @@ pub(super) fn nav(lang: Lang, session: &SessionView, here: &str) -> Vec<NavLink>
     .collect()
 }
 
-/// `text` as a person without the Individual-Number privilege may see it:
-/// every valid Individual Number in it replaced (R5).
+/// `text` as a person without the Individual-Number privilege may see it,
+/// in the page's language.
 pub(super) fn hide_numbers(lang: Lang, text_in: &str, privileged: bool) -> String {
-    if privileged {
-        return text_in.to_string();
-    }
-    let mut out = String::with_capacity(text_in.len());
-    let mut rest = text_in;
-    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
-        out.push_str(&rest[..start]);
-        let digits = &rest[start..];
-        let len = digits
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(digits.len());
-        let run = &digits[..len];
-        if IndividualNumber::new(run).is_ok() {
-            out.push_str(text(lang, "number_hidden"));
-        } else {
-            out.push_str(run);
-        }
-        rest = &digits[len..];
-    }
-    out.push_str(rest);
-    out
+    crate::console::masking::hide_numbers(text_in, privileged, text(lang, "number_hidden"))
 }
 
 /// A JST date as the end of a period: the next day's start, so the day

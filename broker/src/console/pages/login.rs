@@ -112,6 +112,7 @@ pub(super) async fn login_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Brok
                 PeopleError::Locked { .. } => OpAction::AccountLocked,
                 _ => OpAction::LoginFailed,
             };
+            let actor = e.login_actor(&user_id);
             cx.log(cx.entry(actor, action, OpResult::Refused(e.code())))
                 .await?;
             let code = e.code();
