@@ -283,7 +283,7 @@ fn default_reload() -> u64 {
 }
 
 /// `[storage]`: exactly one of `sqlite` or `postgres_url`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// SQLite database file (created if missing).
@@ -299,6 +299,18 @@ pub struct StorageConfig {
     /// longer than twice this answers `unavailable` (docs/cluster.md).
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold the database password.
+        f.debug_struct("StorageConfig")
+            .field("sqlite", &self.sqlite)
+            .field("postgres_url", &self.postgres_url.as_ref().map(|_| "…"))
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .finish()
+    }
 }
 
 fn default_pool() -> u32 {

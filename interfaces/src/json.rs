@@ -51,8 +51,15 @@ fn line_reason(e: &serde_json::Error) -> String {
 }
 
 /// Replaces every `"…"` segment with `"…"` and every `` `…` `` segment that
-/// is not a snake_case name (field, variant) with `` `…` ``.
+/// is not a snake_case name (field, variant) with `` `…` ``. The first
+/// backtick segment is what the line held; it is kept only where serde says
+/// it is a field name (`unknown field`, `missing field`, `duplicate field`):
+/// in `unknown variant `tanaka`, expected one of `male`, …` it is the value.
 pub(crate) fn redact(message: &str) -> String {
+    let first_is_field = ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    let mut backticks = 0;
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(start) = rest.find(['"', '`']) {
@@ -62,7 +69,11 @@ pub(crate) fn redact(message: &str) -> String {
         match after.find(quote) {
             Some(end) => {
                 let inner = &after[..end];
-                let is_name = quote == '`'
+                let ours = quote == '`' && (backticks > 0 || first_is_field);
+                if quote == '`' {
+                    backticks += 1;
+                }
+                let is_name = ours
                     && inner.starts_with(|c: char| c.is_ascii_lowercase())
                     && inner.chars().all(|c| {
                         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
@@ -150,6 +161,15 @@ mod tests {
         }
         let e = parse_json::<Sex>(br#""Yamada Taro""#).unwrap_err();
         assert!(!e.reason.contains("Yamada"), "{e}");
-        assert_eq!(redact("a `b` `12` \"c\" `x"), "a `b` `…` \"…\" `…");
+        // A lower-case value in the wrong column, on a line of a batch.
+        let out = parse_jsonl::<Sex>(br#""tanaka""#);
+        let wrong = out[0].1.as_ref().unwrap_err();
+        assert!(!wrong.reason.contains("tanaka"), "{wrong}");
+        assert!(wrong.reason.contains("`male`"), "{wrong}");
+        assert_eq!(redact("a `b` `12` \"c\" `x"), "a `…` `…` \"…\" `…");
+        assert_eq!(
+            redact("unknown field `nam`, expected `name`"),
+            "unknown field `nam`, expected `name`"
+        );
     }
 }

@@ -344,8 +344,9 @@ pub struct LoginEvent {
 }
 
 /// The answer to `POST /api/session`, `GET /api/session`, a password change
-/// and a TOTP step: where the session stands and whose it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// and a TOTP step: where the session stands and whose it is. `Debug`
+/// leaves the CSRF token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionAnswer {
     /// What the session may do next.
@@ -366,6 +367,21 @@ pub struct SessionAnswer {
     /// The latest failed login or code, before the current login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_login: Option<LoginEvent>,
+}
+
+impl std::fmt::Debug for SessionAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAnswer")
+            .field("stage", &self.stage)
+            .field("csrf_token", &"…")
+            .field("user_id", &self.user_id)
+            .field("org", &self.org)
+            .field("roles", &self.roles)
+            .field("number_privilege", &self.number_privilege)
+            .field("last_login", &self.last_login)
+            .field("last_failed_login", &self.last_failed_login)
+            .finish()
+    }
 }
 
 /// `POST /api/session/password`: replace the password (required at the

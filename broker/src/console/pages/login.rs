@@ -228,8 +228,8 @@ pub(super) async fn password_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, B
 }
 
 /// What the TOTP page shows while enrolling: the QR code, the URI and the
-/// key as text (for people who cannot scan).
-#[derive(Debug, Serialize)]
+/// key as text (for people who cannot scan). No `Debug`: it is the secret.
+#[derive(Serialize)]
 pub(super) struct Enrolment {
     pub(super) qr: String,
     pub(super) uri: String,

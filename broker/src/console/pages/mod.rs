@@ -267,8 +267,9 @@ pub fn login_csrf_matches(headers: &HeaderMap, form: &Form) -> bool {
 }
 
 /// What a request for a page looked like, kept before the stack consumes
-/// it, so that a refusal of the stack can be shown as a page.
-#[derive(Debug, Clone)]
+/// it, so that a refusal of the stack can be shown as a page. No `Debug`:
+/// it holds the session cookie.
+#[derive(Clone)]
 pub struct PageRequest {
     lang: Lang,
     path: String,
@@ -463,8 +464,9 @@ fn with_cookie(mut response: Response<Body>, cookie: &str) -> Response<Body> {
     response
 }
 
-/// The top bar and what every page shares.
-#[derive(Debug, Serialize)]
+/// The top bar and what every page shares. No `Debug`: it holds the CSRF
+/// token.
+#[derive(Serialize)]
 struct Frame {
     lang: &'static str,
     title: String,
