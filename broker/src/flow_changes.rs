@@ -358,7 +358,7 @@ pub async fn approve(pools: &Pools, version: u64, approver: &str) -> Result<Appr
 pub async fn store_configured(pools: &Pools, text: &str) -> Result<u64, BrokerError> {
     let sha = checked_text(text)?;
     let now = now_rfc3339();
-    let version: i64 = crate::on_pool!(pools, write, |pool| {
+    let (version, stored): (i64, bool) = crate::on_pool!(pools, write, |pool| {
         let mut tx = pool.begin().await?;
         sqlx::query(TAKE_TURN).execute(&mut *tx).await?;
         let in_force: Option<(i64, String)> = sqlx::query_as(IN_FORCE_ROW)
@@ -372,16 +372,16 @@ pub async fn store_configured(pools: &Pools, text: &str) -> Result<u64, BrokerEr
         .fetch_optional(&mut *tx)
         .await?;
         let version = match in_force {
-            Some((v, s)) if s == sha => v,
+            Some((v, s)) if s == sha => (v, false),
             Some((v, _)) if last_configured.as_deref() == Some(sha.as_str()) => {
                 tracing::info!(
                     version = v,
                     "the configured flow list is unchanged; the later approved version stays in force"
                 );
-                v
+                (v, false)
             }
             _ => {
-                sqlx::query_scalar(INSERT)
+                let v = sqlx::query_scalar(INSERT)
                     .bind(&sha)
                     .bind(text)
                     .bind(&now)
@@ -389,12 +389,18 @@ pub async fn store_configured(pools: &Pools, text: &str) -> Result<u64, BrokerEr
                     .bind(Some(CONFIG_ACTOR))
                     .bind(Some(&now))
                     .fetch_one(&mut *tx)
-                    .await?
+                    .await?;
+                (v, true)
             }
         };
         tx.commit().await?;
         version
     });
+    if stored {
+        // A node started with a changed file: the others take it now too.
+        crate::cluster::changes::announce(pools, &crate::cluster::changes::Announcement::Flows)
+            .await;
+    }
     Ok(to_u64(version))
 }
 

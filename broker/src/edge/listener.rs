@@ -148,9 +148,8 @@ pub async fn accept_loop<S: Service>(
         let edge = edge.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            edge.metrics.connection_delta(1);
+            let _counted = OpenConnection::count(&edge.metrics);
             serve_connection(tcp, peer, acceptor, service, &edge, stopped).await;
-            edge.metrics.connection_delta(-1);
         });
     }
     drop(listener);
@@ -164,6 +163,24 @@ pub async fn accept_loop<S: Service>(
             listener = edge.name,
             "grace period ended with connections still open"
         );
+    }
+}
+
+/// One open connection in `kakehashi_open_connections`, taken off again
+/// when the connection's task ends however it ends (a panic unwinding
+/// included).
+struct OpenConnection<'m>(&'m Metrics);
+
+impl<'m> OpenConnection<'m> {
+    fn count(metrics: &'m Metrics) -> Self {
+        metrics.connection_delta(1);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connection_delta(-1);
     }
 }
 
