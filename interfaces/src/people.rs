@@ -344,8 +344,7 @@ pub struct LoginEvent {
 }
 
 /// The answer to `POST /api/session`, `GET /api/session`, a password change
-/// and a TOTP step: where the session stands and whose it is. `Debug`
-/// leaves the CSRF token out.
+/// and a TOTP step: where the session stands and whose it is.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionAnswer {
@@ -369,6 +368,7 @@ pub struct SessionAnswer {
     pub last_failed_login: Option<LoginEvent>,
 }
 
+/// Leaves the CSRF token out.
 impl std::fmt::Debug for SessionAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionAnswer")

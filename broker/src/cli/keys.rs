@@ -111,10 +111,10 @@ async fn rotate_permit(config: &Config, pools: &Pools, log: &HostLog) -> Result<
             + Duration::from_secs(config.exchange.permit_ttl_secs)
             + CLOCK_SKEW,
     );
+    // On an error the new file stays: the database may have recorded the
+    // key even so (a commit whose answer was lost), and an unrecorded spare
+    // file is never used.
     let result = registry::rotate(pools, Role::Permit, &id, &from, Some(&until)).await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
     let old = old.unwrap_or_else(|| "none".into());
     let detail =
         format!("rotate-permit old={old} new={id} signs_from={from} old_published_until={until}");
@@ -214,6 +214,10 @@ fn remove_permit_files(dir: &Path, ids: &[String]) -> Result<Vec<String>, Broker
     Ok(removed)
 }
 
+/// Where `rotate-sealer` writes the new checkpoint key before it replaces
+/// `records-sealer.pem`.
+const STAGED_SEALER_FILE: &str = "records-sealer-next.pem";
+
 async fn rotate_sealer(config: &Config, pools: &Pools, log: &HostLog) -> Result<(), BrokerError> {
     let dir = &config.keys.dir;
     let active = dir.join(SEALER_FILE);
@@ -228,16 +232,26 @@ async fn rotate_sealer(config: &Config, pools: &Pools, log: &HostLog) -> Result<
     }
     let (key, pem) = files::new_signing_pem()?;
     let id = files::public_id(&key.verifying_key());
-    let staged = dir.join(format!("{SEALER_FILE}.new"));
+    // Staged under a name every node's trust already reads
+    // (`records-sealer*.pem`), so the directory stays acceptable between
+    // the database's record of the new key and the rename below, and after
+    // a crash between the two (then finish with `mv`).
+    let staged = dir.join(STAGED_SEALER_FILE);
     let _ = std::fs::remove_file(&staged);
     files::write_secret_file(&staged, pem.as_bytes())?;
     let now = timestamp(time::OffsetDateTime::now_utc());
     let mut result = registry::rotate(pools, Role::Sealer, &id, &now, None).await;
     if result.is_ok() {
-        result = std::fs::rename(&staged, &active)
-            .map_err(|e| BrokerError::io(format!("rename into {}", active.display()), e));
-    } else {
-        let _ = std::fs::remove_file(&staged);
+        result = std::fs::rename(&staged, &active).map_err(|e| {
+            BrokerError::io(
+                format!(
+                    "rename {} into {} (the database records the new key: move it by hand)",
+                    staged.display(),
+                    active.display()
+                ),
+                e,
+            )
+        });
     }
     let detail = format!("rotate-sealer old={old_id} new={id}");
     log.outcome(
@@ -266,19 +280,17 @@ async fn rotate_kek(config: &Config, pools: &Pools, log: &HostLog) -> Result<(),
         .into_iter()
         .map(|(_, id, secret)| (id, secret))
         .collect();
-    let old: Vec<String> = files::keks(dir)?
-        .into_iter()
-        .map(|(name, _, _)| name)
-        .collect();
     let new = Secret::random();
     let new_id = new.id();
     let name = files::new_kek_name(dir)?;
     let path = dir.join(&name);
-    files::write_secret_file(&path, hex::encode(new.0.as_ref()).as_bytes())?;
+    files::write_secret_file(
+        &path,
+        zeroize::Zeroizing::new(hex::encode(new.0.as_ref())).as_bytes(),
+    )?;
+    // On an error the new file stays: the re-wrap may have committed even
+    // so (its answer lost), and then every data key needs it.
     let result = rewrap_all(pools, &keks, &new, &new_id).await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
     let count = result.as_ref().map_or(0, |n| *n);
     let detail = format!("rotate-kek new={new_id} data_keys={count}");
     log.outcome(
@@ -292,12 +304,31 @@ async fn rotate_kek(config: &Config, pools: &Pools, log: &HostLog) -> Result<(),
     println!(
         "鍵暗号化鍵を更新しました / key-encryption key rotated: {count} data keys re-wrapped under {new_id} ({name})"
     );
+    let unused = unused_keks(pools, dir, &new_id).await?;
     println!(
         "  copy {name} to every node; once each has it (`kakehashi-broker keys status` there), \
-         the older files can be removed: {}",
-        old.join(", ")
+         these files wrap no data key any more and can be removed: {}",
+        if unused.is_empty() {
+            "none".to_string()
+        } else {
+            unused.join(", ")
+        }
     );
     Ok(())
+}
+
+/// The kek files here, other than `keep`'s, that wrap no stored data key.
+async fn unused_keks(pools: &Pools, dir: &Path, keep: &str) -> Result<Vec<String>, BrokerError> {
+    let used: Vec<String> = crate::on_pool!(pools, read, |pool| {
+        sqlx::query_scalar("SELECT DISTINCT kek_id FROM data_keys")
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(files::keks(dir)?
+        .into_iter()
+        .filter(|(_, id, _)| id != keep && !used.contains(id))
+        .map(|(name, _, _)| name)
+        .collect())
 }
 
 /// Re-wraps every data key under `new` and records it as the active kek,
@@ -311,6 +342,13 @@ async fn rewrap_all(
     let now = timestamp(time::OffsetDateTime::now_utc());
     let count = crate::on_pool!(pools, write, |pool| {
         let mut tx = pool.begin().await?;
+        // The active kek's row first: a data key being made under it
+        // (`keys::insert_data_key` takes the same row) either commits
+        // before the data keys are read here, or waits and finds the kek
+        // no longer active, so none is left wrapped under the old one.
+        sqlx::query("UPDATE key_ids SET state = state WHERE role = 'kek' AND state = 'active'")
+            .execute(&mut *tx)
+            .await?;
         let rows: Vec<(String, String, Vec<u8>)> =
             sqlx::query_as("SELECT id, kek_id, wrapped FROM data_keys ORDER BY id")
                 .fetch_all(&mut *tx)

@@ -72,17 +72,26 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Writes a new file (mode 0600); refuses to overwrite one.
+/// Writes a new file (mode 0600) whole or not at all; refuses to overwrite
+/// one. The contents go to a temporary name first (`.tmp-…`, which no key
+/// listing reads), are flushed, and are then linked under `path` — which
+/// fails if `path` exists — and the directory is flushed, so a crash leaves
+/// either no file or the whole file, never a truncated key.
 pub(crate) fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), BrokerError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temporary = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| BrokerError::io(format!("create {}", path.display()), e))?;
-    file.write_all(contents)
-        .and_then(|_| file.sync_all())
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(contents).and_then(|_| file.sync_all()))
+        .and_then(|_| std::fs::hard_link(&temporary, path));
+    // The temporary name goes whatever happened.
+    let _ = std::fs::remove_file(&temporary);
+    written
+        .and_then(|_| std::fs::File::open(dir)?.sync_all())
         .map_err(|e| BrokerError::io(format!("write {}", path.display()), e))
 }
 
@@ -100,7 +109,10 @@ pub(crate) fn read_hex_secret(path: &Path) -> Result<Secret, BrokerError> {
 pub(crate) fn load_or_create_hex(path: &Path) -> Result<Secret, BrokerError> {
     if !path.exists() {
         let secret = Secret::random();
-        write_secret_file(path, hex::encode(secret.0.as_ref()).as_bytes())?;
+        write_secret_file(
+            path,
+            Zeroizing::new(hex::encode(secret.0.as_ref())).as_bytes(),
+        )?;
     }
     read_hex_secret(path)
 }

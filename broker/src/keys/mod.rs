@@ -137,7 +137,7 @@ impl Keyring {
         if files::keks(dir)?.is_empty() {
             files::write_secret_file(
                 &dir.join(files::new_kek_name(dir)?),
-                hex::encode(Secret::random().0.as_ref()).as_bytes(),
+                Zeroizing::new(hex::encode(Secret::random().0.as_ref())).as_bytes(),
             )?;
         }
         let lookup = files::load_or_create_hex(&dir.join(LOOKUP_FILE))?;
@@ -351,7 +351,8 @@ impl Inner {
                     key_err(
                         "data key",
                         format!(
-                            "{id} is wrapped by the key-encryption key {kek_id}, which no kek-*.key                              file holds; copy the key directory from a running node"
+                            "{id} is wrapped by the key-encryption key {kek_id}, which no kek-*.key \
+                             file holds; copy the key directory from a running node"
                         ),
                     )
                 })
@@ -441,13 +442,27 @@ impl Inner {
             })
             .find(|r| files.contains_key(&r.key_id))
             .map(|r| r.key_id.clone())
-            .or_else(|| files.keys().next().cloned())
-            .ok_or_else(|| key_err("permit key", "no permit-*.pem file"))?;
+            // Any file only before the database records a permit key (the
+            // first start); never an unrecorded or retired one after.
+            .or_else(|| {
+                rows.iter()
+                    .all(|r| !r.is(Role::Permit))
+                    .then(|| files.keys().next().cloned())
+                    .flatten()
+            })
+            .ok_or_else(|| {
+                key_err(
+                    "permit key",
+                    "no permit-*.pem file here holds a permit key the database records as in use; \
+                     copy the key directory from a running node",
+                )
+            })?;
         if let Some(active) = registry::active(&rows, Role::Permit) {
             if !files.contains_key(&active.key_id) {
                 tracing::warn!(
                     key_id = %active.key_id,
-                    "the permit key the database records as active is not in this node's key                      directory; permits are signed with an older key until it is copied here"
+                    "the permit key the database records as active is not in this node's key \
+                     directory; permits are signed with an older key until it is copied here"
                 );
             }
         }
@@ -490,7 +505,10 @@ impl Inner {
     }
 }
 
-/// Makes a data key, stores it wrapped under `kek`, and returns it.
+/// Makes a data key, stores it wrapped under `kek`, and returns it; only
+/// while `kek_id` is the active key-encryption key (its row is taken first,
+/// as `keys rotate-kek` takes it), so no data key is left wrapped under a
+/// kek that a rotation just replaced.
 pub(crate) async fn insert_data_key(
     pools: &Pools,
     kek_id: &str,
@@ -499,18 +517,39 @@ pub(crate) async fn insert_data_key(
     let secret = Secret::random();
     let id = format!("dk-{}", hex::encode(rand::random::<[u8; 6]>()));
     let wrapped = seal_raw(kek, secret.0.as_ref(), id.as_bytes())?;
-    crate::on_pool!(pools, write, |pool| {
-        sqlx::query(
-            "INSERT INTO data_keys (id, kek_id, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+    let active = crate::on_pool!(pools, write, |pool| {
+        let mut tx = pool.begin().await?;
+        let active = sqlx::query(
+            "UPDATE key_ids SET state = state WHERE role = 'kek' AND key_id = $1 AND state = 'active'",
         )
-        .bind(&id)
         .bind(kek_id)
-        .bind(&wrapped)
-        .bind(now_rfc3339())
-        .execute(pool)
-        .await
-        .map(|_| ())?
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if active {
+            sqlx::query(
+                "INSERT INTO data_keys (id, kek_id, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&id)
+            .bind(kek_id)
+            .bind(&wrapped)
+            .bind(now_rfc3339())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        active
     });
+    if !active {
+        return Err(BrokerError::refused(
+            kakehashi_interfaces::ErrorCode::Unavailable,
+            format!(
+                "the key-encryption key {kek_id} is no longer the active one (rotated); the data \
+                 key is made under the new one once this node has its file"
+            ),
+        ));
+    }
     Ok((id, secret))
 }
 
@@ -581,6 +620,74 @@ mod tests {
                 .await
                 .expect("backdate");
         })
+    }
+
+    /// A data key is made only under the key-encryption key in force: once
+    /// a rotation has put another in force, one made under the old is
+    /// refused (it would be left wrapped under a kek whose file goes).
+    #[tokio::test]
+    async fn a_data_key_is_not_made_under_a_kek_no_longer_active() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::SqliteStore::open(&dir.path().join("k.db"))
+            .await
+            .expect("store");
+        let pools = crate::store::Store::pools(&store);
+        let settings = KeysConfig {
+            dir: dir.path().join("keys"),
+            data_key_days: 30,
+            reload_interval_secs: 3_600,
+        };
+        Keyring::open_with(&settings, pools.clone())
+            .await
+            .expect("open");
+        let (_, old_id, old) = files::keks(&settings.dir)
+            .expect("keks")
+            .into_iter()
+            .next()
+            .expect("one kek");
+        insert_data_key(&pools, &old_id, &old)
+            .await
+            .expect("made under the active kek");
+        // A rotation puts another kek in force.
+        crate::on_pool!(&pools, write, |pool| {
+            sqlx::query("UPDATE key_ids SET state = 'previous' WHERE role = 'kek'")
+                .execute(pool)
+                .await
+                .expect("rotate");
+        });
+        let before = data_keys(&pools).await;
+        let refused = insert_data_key(&pools, &old_id, &old).await;
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("no longer the active one")),
+            "{:?}",
+            refused.map(|(id, _)| id)
+        );
+        assert_eq!(data_keys(&pools).await, before, "nothing stored");
+    }
+
+    /// A key file is written whole under its name or not at all, 0600, and
+    /// never over another.
+    #[test]
+    fn a_key_file_is_written_whole_and_never_over_another() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kek-1.key");
+        files::write_secret_file(&path, b"first").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"first");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(files::write_secret_file(&path, b"second").is_err());
+        assert_eq!(std::fs::read(&path).expect("read"), b"first", "overwritten");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["kek-1.key".to_string()],
+            "a temporary file was left"
+        );
     }
 
     /// `[keys] data_key_days`: once the newest data key is older than that,
