@@ -481,6 +481,17 @@ impl Config {
             }
         }
         config.check_periods()?;
+        // R15's own bounds: personal data are kept no longer than this.
+        if config.retention.identity_confirmation_days > 365 {
+            return Err(BrokerError::Config(
+                "[retention] identity_confirmation_days must be at most 365 (R15: one year)".into(),
+            ));
+        }
+        if config.retention.copies_after_loss_years > 5 {
+            return Err(BrokerError::Config(
+                "[retention] copies_after_loss_years must be at most 5 (R15)".into(),
+            ));
+        }
         if config.records.retention_years == 0 {
             return Err(BrokerError::Config(format!(
                 "[records] retention_years must be at least 1 (the legal period is {} years)",
@@ -665,7 +676,6 @@ mod tests {
             ("exchange", "permit_ttl_secs"),
             ("people", "lockout_secs"),
             ("people", "session_lifetime_secs"),
-            ("retention", "identity_confirmation_days"),
             ("keys", "data_key_days"),
         ] {
             let with = |v: u64| Config::parse(&format!("{MINIMAL}\n[{section}]\n{key} = {v}"));
@@ -676,6 +686,19 @@ mod tests {
                 err.contains(&format!("[{section}] {key} must be at most ten years")),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn personal_data_are_kept_no_longer_than_r15_allows() {
+        for (key, fine, too_long) in [
+            ("identity_confirmation_days", 365, 366),
+            ("copies_after_loss_years", 5, 6),
+        ] {
+            let with = |v: u32| Config::parse(&format!("{MINIMAL}\n[retention]\n{key} = {v}"));
+            assert!(with(fine).is_ok(), "{key}");
+            let err = with(too_long).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
         }
     }
 

@@ -286,6 +286,16 @@ impl Denial {
     }
 }
 
+/// The day `now` falls on in Japan (UTC+9): the flow list's first and last
+/// days in force are days of the Japanese calendar, so a flow ending on
+/// 31 March is not in force at 00:30 JST on 1 April (still 31 March in UTC).
+pub fn japanese_day(now: time::OffsetDateTime) -> Date {
+    time::UtcOffset::from_hms(9, 0, 0)
+        .ok()
+        .and_then(|jst| now.checked_to_offset(jst))
+        .map_or(now.date(), |jst| jst.date())
+}
+
 /// Checks a query against the flow list in force on `today`.
 pub fn check<'a>(
     index: &'a FlowIndex,
@@ -353,6 +363,19 @@ pub const SAMPLE_FLOW_LIST: &str = include_str!("../sample/flows.toml");
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_day_in_force_is_the_day_in_japan() {
+        use time::macros::{date, datetime};
+        assert_eq!(
+            super::japanese_day(datetime!(2031-03-31 15:30 UTC)),
+            date!(2031 - 04 - 01)
+        );
+        assert_eq!(
+            super::japanese_day(datetime!(2031-03-31 14:59 UTC)),
+            date!(2031 - 03 - 31)
+        );
+    }
+
     use super::*;
     use time::macros::date;
 

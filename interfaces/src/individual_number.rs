@@ -193,6 +193,85 @@ impl JsonSchema for IndividualNumber {
     }
 }
 
+/// The byte ranges of every valid Individual Number in `text`, however a
+/// person wrote it: twelve digits, groups of four joined by one separator
+/// (`1234-5678-9018`, `1234 5678 9018`), ASCII or full-width digits. Runs
+/// of digits that are not a valid number (no check digit) are not found.
+pub fn spans_in(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    let mut rest = text;
+    while let Some(start) = rest.find(is_digit) {
+        let (end, groups) = digit_groups(&rest[start..]);
+        let digits: Vec<String> = groups
+            .iter()
+            .map(|&(a, b)| ascii_digits(&rest[start + a..start + b]))
+            .collect();
+        let valid = |s: &str| IndividualNumber::new(s).is_ok();
+        let mut g = 0;
+        while g < groups.len() {
+            let three = g + 2 < groups.len()
+                && digits[g..g + 3].iter().all(|d| d.len() == 4)
+                && valid(&digits[g..g + 3].concat());
+            let last = if three { g + 2 } else { g };
+            if three || valid(&digits[g]) {
+                let base = offset + start;
+                found.push(base + groups[g].0..base + groups[last].1);
+            }
+            g = last + 1;
+        }
+        offset += start + end;
+        rest = &rest[start + end..];
+    }
+    found
+}
+
+/// An ASCII or full-width digit.
+fn is_digit(c: char) -> bool {
+    c.is_ascii_digit() || ('０'..='９').contains(&c)
+}
+
+/// A separator between the groups of a number as people write it.
+fn is_separator(c: char) -> bool {
+    matches!(c, '-' | ' ' | '‐' | '－' | '　' | 'ー')
+}
+
+/// The length of the run of digit groups at the start of `text` (groups
+/// joined by single separators), and each group's byte range in it.
+fn digit_groups(text: &str) -> (usize, Vec<(usize, usize)>) {
+    let mut groups = Vec::new();
+    let mut group_start = 0;
+    let mut end = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if is_digit(c) {
+            end = i + c.len_utf8();
+            continue;
+        }
+        // A separator counts only between two digits.
+        let next_is_digit = chars.peek().is_some_and(|(_, n)| is_digit(*n));
+        if is_separator(c) && end == i && next_is_digit {
+            groups.push((group_start, end));
+            group_start = i + c.len_utf8();
+            continue;
+        }
+        break;
+    }
+    groups.push((group_start, end));
+    (end, groups)
+}
+
+/// The ASCII digits of a group, full-width ones folded.
+fn ascii_digits(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from_digit(u32::from(c) - u32::from('０'), 10).unwrap_or(c),
+            c => c,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,6 +230,14 @@ impl RejectionReason {
                 "must not contain control characters (line breaks, tabs)",
             ));
         }
+        // The reason travels to the requester: an Individual Number never
+        // does (R4).
+        if !crate::individual_number::spans_in(trimmed).is_empty() {
+            return Err(InvalidInput::new(
+                "reason",
+                "個人番号を含めないでください / must not contain an Individual Number",
+            ));
+        }
         Ok(Self(trimmed.to_string()))
     }
 
@@ -299,6 +307,21 @@ impl IdempotencyKey {
     /// The key.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod rejection_reason_tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_with_an_individual_number_is_refused() {
+        assert!(RejectionReason::new("対象外の照会です").is_ok());
+        assert!(RejectionReason::new("番号 1234 の件").is_ok());
+        for written in ["123456789018", "1234-5678-9018", "１２３４５６７８９０１８"] {
+            let refused = RejectionReason::new(&format!("本人 {written} は対象外"));
+            assert!(refused.is_err(), "{written}");
+        }
     }
 }
 

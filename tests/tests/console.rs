@@ -37,7 +37,9 @@ async fn every_endpoint_refuses_every_role_it_does_not_list() -> Result<()> {
         ("table.aud", Role::Auditor),
         ("table.adm", Role::Administrator),
     ] {
-        let mut person = add_person(&broker, id, "city-saitama", &[role]).await?;
+        // Of the union: its administrators are the ones no org rule narrows
+        // further (the flow list, orgs), so a 403 here is the role table's.
+        let mut person = add_person(&broker, id, "union-saitama", &[role]).await?;
         let mut console = ConsoleClient::connect(&broker).await?;
         console.log_in(&mut person, 0).await?;
         sessions.push((role, console));
@@ -557,6 +559,121 @@ async fn an_individual_number_in_the_operation_log_is_hidden_from_auditors_witho
             person.user_id
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn org_rules_hold_on_the_console_as_on_the_exchange() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut union_adm = add_person(
+        &broker,
+        "rules.union",
+        "union-saitama",
+        &[Role::Administrator],
+    )
+    .await?;
+    let mut city_adm = add_person(
+        &broker,
+        "rules.city",
+        "city-saitama",
+        &[Role::Administrator],
+    )
+    .await?;
+    let mut city_aud = add_person(&broker, "rules.caud", "city-saitama", &[Role::Auditor]).await?;
+    let mut kawagoe_aud =
+        add_person(&broker, "rules.kaud", "city-kawagoe", &[Role::Auditor]).await?;
+    let mut union = ConsoleClient::connect(&broker).await?;
+    union.log_in(&mut union_adm, 0).await?;
+    let mut city = ConsoleClient::connect(&broker).await?;
+    city.log_in(&mut city_adm, 0).await?;
+    let mut auditor = ConsoleClient::connect(&broker).await?;
+    auditor.log_in(&mut city_aud, 0).await?;
+    let mut kawagoe = ConsoleClient::connect(&broker).await?;
+    kawagoe.log_in(&mut kawagoe_aud, 0).await?;
+
+    // The flow list governs every org: a city's administrator neither
+    // proposes nor approves a version.
+    let text = format!(
+        "{}\n# a city's idea\n",
+        kakehashi_broker::policy::SAMPLE_FLOW_LIST
+    );
+    let before = broker.broker.state().flows().version;
+    let r = city
+        .call(
+            Method::POST,
+            "/api/flow-lists",
+            Some(json!({ "text": text })),
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let proposed = union
+        .call(
+            Method::POST,
+            "/api/flow-lists",
+            Some(json!({ "text": text })),
+        )
+        .await?;
+    expect_ok(&proposed)?;
+    let version = proposed.json()?["version"].as_u64().unwrap_or(0);
+    let r = city
+        .call(
+            Method::POST,
+            &format!("/api/flow-lists/{version}/approve"),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert_eq!(broker.broker.state().flows().version, before);
+
+    // Nobody grants themselves a role or the Individual-Number privilege.
+    for grant in [
+        json!({"role": "auditor"}),
+        json!({"number_privilege": true}),
+    ] {
+        let r = city
+            .call(
+                Method::POST,
+                "/api/users/rules.city/grant",
+                Some(grant.clone()),
+            )
+            .await?;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{grant}: {:?}", r.body);
+    }
+    // Another administrator may.
+    let r = union
+        .call(
+            Method::POST,
+            "/api/users/rules.city/grant",
+            Some(json!({"role": "auditor"})),
+        )
+        .await?;
+    expect_ok(&r)?;
+
+    // An auditor reads the operation log of their own org only.
+    let seen = auditor
+        .call(Method::GET, "/api/operation-log?limit=1000", None)
+        .await?;
+    expect_ok(&seen)?;
+    let entries = seen.json()?["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!entries.is_empty());
+    for e in &entries {
+        assert_eq!(e["org"], "city-saitama", "{e}");
+    }
+
+    // The people of a suspended org are refused, as its systems are.
+    let r = union
+        .call(Method::POST, "/api/orgs/city-kawagoe/suspend", None)
+        .await?;
+    expect_ok(&r)?;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let r = kawagoe
+        .call(Method::GET, "/api/operation-log", None)
+        .await?;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    assert_eq!(r.error_code().as_deref(), Some("org_suspended"));
     Ok(())
 }
 

@@ -52,6 +52,19 @@ impl Admin<'_> {
         Ok(org.is_some_and(|o| o.kind == OrgKind::Union))
     }
 
+    /// Flow-list versions (R8) are proposed and approved by administrators
+    /// of the union only: the list governs every org's exchange.
+    pub async fn may_change_flow_lists(&self) -> Result<(), BrokerError> {
+        if self.is_union().await? {
+            Ok(())
+        } else {
+            Err(BrokerError::refused(
+                ErrorCode::Forbidden,
+                "連携先一覧を変更できるのは広域連合の管理者だけです / only an administrator of the union proposes or approves flow lists",
+            ))
+        }
+    }
+
     async fn may_manage_orgs(&self) -> Result<(), BrokerError> {
         if self.is_union().await? {
             Ok(())
@@ -183,7 +196,8 @@ impl Admin<'_> {
     }
 
     /// Grants (`on`) or revokes a role or the Individual-Number privilege.
-    /// Administrators cannot revoke their own administrator role.
+    /// Administrators grant nothing to themselves (another administrator
+    /// must) and cannot revoke their own administrator role.
     pub async fn set_grant(
         &self,
         user_id: &UserId,
@@ -196,12 +210,16 @@ impl Admin<'_> {
             (Grant::Role(_), true) => OpAction::RoleGranted,
             (Grant::Role(_), false) => OpAction::RoleRevoked,
         };
-        let own_admin =
-            !on && grant == Grant::Role(Role::Administrator) && *user_id == self.session.user_id;
+        let own = *user_id == self.session.user_id;
+        let own_admin = !on && grant == Grant::Role(Role::Administrator) && own;
         let outcome = match self.managed_user(user_id).await {
             Ok(_) if own_admin => Err(BrokerError::refused(
                 ErrorCode::Forbidden,
                 "自分自身の管理者の役割は取り消せません / you cannot revoke your own administrator role",
+            )),
+            Ok(_) if on && own => Err(BrokerError::refused(
+                ErrorCode::Forbidden,
+                "自分自身には権限を付与できません。別の管理者に依頼してください / you cannot grant yourself a role or privilege; another administrator must",
             )),
             Ok(_) if on => self.console.people.grant(user_id, grant).await.map_err(Into::into),
             Ok(_) => self.console.people.revoke(user_id, grant).await.map_err(Into::into),

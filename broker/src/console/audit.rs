@@ -122,6 +122,12 @@ pub(crate) async fn operation_log_page(
             _ => return Err(invalid(&key)),
         }
     }
+    // An auditor reads what concerns their own org; the union's auditors,
+    // whose org runs the broker, read it all (host commands included).
+    let own = call.console.state.directory.lookup(&session.org).await?;
+    if !own.is_some_and(|o| o.kind == kakehashi_interfaces::OrgKind::Union) {
+        filter.org = Some(session.org.clone());
+    }
     let outcome = call.console.oplog.search(&filter, limit, before).await;
     let mut log = OpEntry::new(
         session.user_id.as_str(),

@@ -824,7 +824,26 @@ async fn authenticate(
         return Err(missing().into());
     };
     match console.people.authenticate(token).await {
-        Ok(session) => Ok(session),
+        Ok(session) => {
+            // An org suspended is suspended for its people too: its
+            // operators decide nothing, its auditors read nothing, its
+            // administrators change nothing (as on the exchange).
+            let org = console
+                .state
+                .directory
+                .lookup(&session.org)
+                .await
+                .map_err(Stop::from)?;
+            if org.is_some_and(|o| o.status != kakehashi_interfaces::OrgStatus::Active) {
+                return Err(Refused::new(
+                    Reason::OrgSuspended,
+                    ErrorCode::OrgSuspended,
+                    "所属団体が利用停止中です / your org is suspended; ask the broker's administrator",
+                )
+                .into());
+            }
+            Ok(session)
+        }
         Err(e) => {
             let error = BrokerError::from(e);
             if error.code() == ErrorCode::Internal {

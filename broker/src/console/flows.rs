@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use kakehashi_interfaces::ErrorCode;
 use serde::Deserialize;
 
+use crate::console::admin::Admin;
 use crate::console::endpoints::Call;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
@@ -66,12 +67,17 @@ pub async fn propose(
     let session = call.session()?;
     let body = call.read_body(req).await?;
     let request: ProposeRequest = edge::parse_json(&body)?;
-    let outcome = flow_changes::propose(
-        &call.console.state.store.pools(),
-        &request.text,
-        session.user_id.as_str(),
-    )
-    .await;
+    let outcome = match union_administrator(call)?.may_change_flow_lists().await {
+        Ok(()) => {
+            flow_changes::propose(
+                &call.console.state.store.pools(),
+                &request.text,
+                session.user_id.as_str(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let mut log = OpEntry::new(
         session.user_id.as_str(),
         OpAction::FlowListProposed,
@@ -92,8 +98,12 @@ pub async fn approve(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
     let version = version_param(call)?;
     let state = &call.console.state;
-    let outcome =
-        flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await;
+    let outcome = match union_administrator(call)?.may_change_flow_lists().await {
+        Ok(()) => {
+            flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await
+        }
+        Err(e) => Err(e),
+    };
     let mut log = OpEntry::new(
         session.user_id.as_str(),
         OpAction::FlowListApproved,
@@ -106,4 +116,13 @@ pub async fn approve(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let approved = outcome?;
     state.reload_flows().await?;
     Ok(edge::json(StatusCode::OK, &approved))
+}
+
+/// The administrator acting, for the union-only rule of flow lists.
+fn union_administrator<'a>(call: &'a Call<'_>) -> Result<Admin<'a>, BrokerError> {
+    Ok(Admin {
+        console: call.console,
+        session: call.session()?,
+        source: call.conn.peer.ip(),
+    })
 }

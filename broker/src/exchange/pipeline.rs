@@ -169,7 +169,7 @@ async fn answer(
             procedure: req.procedure.as_str(),
             items: &item_names,
         },
-        now.date(),
+        policy::japanese_day(now),
     ) {
         Ok(d) => d,
         Err(denial) => return deny(state, coming, draft, denial.to_error()).await,
@@ -413,7 +413,17 @@ pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryRespons
     };
     let reason = match (status, &stored.reason) {
         (QueryStatus::Rejected, Some(text)) => {
-            Some(RejectionReason::new(text).map_err(|_| corrupt("rejection reason"))?)
+            // A reason stored before reasons were refused with an Individual
+            // Number in them still answers, with the number left out.
+            let mut shown = String::with_capacity(text.len());
+            let mut written = 0;
+            for span in kakehashi_interfaces::individual_number::spans_in(text) {
+                shown.push_str(&text[written..span.start]);
+                shown.push_str("（個人番号）");
+                written = span.end;
+            }
+            shown.push_str(&text[written..]);
+            Some(RejectionReason::new(&shown).map_err(|_| corrupt("rejection reason"))?)
         }
         (QueryStatus::Rejected, None) => return Err(corrupt("rejection reason")),
         _ => None,

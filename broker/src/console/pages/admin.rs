@@ -995,12 +995,17 @@ async fn flows_page(
 async fn flow_propose(cx: &Cx<'_, '_>) -> Result<Response<Body>, BrokerError> {
     let session = cx.session()?;
     let text = cx.form()?.get("text").replace("\r\n", "\n");
-    let outcome = flow_changes::propose(
-        &cx.console().state.store.pools(),
-        &text,
-        session.user_id.as_str(),
-    )
-    .await;
+    let outcome = match admin(cx)?.may_change_flow_lists().await {
+        Ok(()) => {
+            flow_changes::propose(
+                &cx.console().state.store.pools(),
+                &text,
+                session.user_id.as_str(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let mut log = OpEntry::new(
         session.user_id.as_str(),
         OpAction::FlowListProposed,
@@ -1068,8 +1073,12 @@ async fn flow_approve(cx: &Cx<'_, '_>) -> Result<Response<Body>, BrokerError> {
     let session = cx.session()?;
     let version = version_number(cx.call.params.get("version"))?;
     let state = &cx.console().state;
-    let outcome =
-        flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await;
+    let outcome = match admin(cx)?.may_change_flow_lists().await {
+        Ok(()) => {
+            flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await
+        }
+        Err(e) => Err(e),
+    };
     let mut log = OpEntry::new(
         session.user_id.as_str(),
         OpAction::FlowListApproved,

@@ -4,7 +4,8 @@
 //! operation log with filters, and the checkpoint key with the command that
 //! verifies a download offline. Each calls what its JSON equivalent calls
 //! (`console/records.rs`, `console/audit.rs`) and so writes the same
-//! operation-log entries and keeps the same scope: the auditor's own org.
+//! operation-log entries and keeps the same scope: the auditor's own org (the
+//! union's auditors read the whole operation log).
 //!
 //! Dates people type are JST days; an end date includes its whole day.
 //! Nothing shown carries a person code; an Individual Number anywhere in
