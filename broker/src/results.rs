@@ -82,18 +82,32 @@ pub async fn sweep(
     Ok(())
 }
 
+/// A query that expired unanswered, as the sweep records it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExpiredQuery {
+    /// Query id.
+    pub id: String,
+    /// Requesting org.
+    pub requester: String,
+    /// Providing org.
+    pub provider: String,
+    /// The signed permit, JSON: what was asked, of whom, under which flow.
+    pub permit: String,
+    /// The values and reply key at rest (holds the provider's person code).
+    pub pending_cipher: Option<Vec<u8>>,
+}
+
 /// Up to `limit` queries that expired unanswered before `now`: pending, or
 /// `deciding` — a decision that stopped between its claim and its answer (a
-/// crash), whose claim's grace ([`DECIDING_GRACE`]) has passed too. Id,
-/// requester, provider.
+/// crash), whose claim's grace ([`DECIDING_GRACE`]) has passed too.
 pub async fn expired_unanswered(
     pools: &Pools,
     now: time::OffsetDateTime,
     limit: i64,
-) -> Result<Vec<(String, String, String)>, BrokerError> {
+) -> Result<Vec<ExpiredQuery>, BrokerError> {
     let rows = crate::on_pool!(pools, write, |pool| {
         sqlx::query_as(
-            "SELECT id, requester, provider FROM queries
+            "SELECT id, requester, provider, permit, pending_cipher FROM queries
                  WHERE expires_at <= $1 AND status IN ('pending', 'deciding')
                  ORDER BY expires_at LIMIT $2",
         )

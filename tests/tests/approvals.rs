@@ -351,6 +351,24 @@ async fn two_sweeps_at_once_record_each_expired_query_once() -> Result<()> {
             let r = s.union.get(&format!("/v1/queries/{id}")).await?;
             assert_eq!(r.status, StatusCode::GONE, "{backend:?}");
         }
+        // Each record says what was asked (R14), and the person's
+        // disclosure lists them (R18).
+        let described = "SELECT COUNT(*) FROM records WHERE outcome = 'expired' AND flow_id = 'F-0121' AND procedure_code = 'benefit-reduction' AND provider_code IS NOT NULL";
+        assert_eq!(
+            sql_count(&pools, described).await?,
+            i64::try_from(ids.len())?
+        );
+        let disclosure = s
+            .union
+            .get(&format!("/v1/persons/{}/records", s.union_codes[0]))
+            .await?;
+        assert_eq!(disclosure.status, StatusCode::OK, "{backend:?}");
+        let text = String::from_utf8_lossy(&disclosure.body);
+        assert_eq!(
+            text.matches("\"expired\"").count(),
+            ids.len(),
+            "{backend:?}: {text}"
+        );
     }
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! query that expired unanswered gets its `expired` record in the same
 //! transaction that makes it a tombstone.
 
+use kakehashi_interfaces::permit::SignedPermit;
 use kakehashi_interfaces::OrgId;
 
 use crate::error::BrokerError;
+use crate::exchange::pipeline::{pending_context, PendingAnswer};
 use crate::records::{Outcome, RecordDraft};
-use crate::results;
+use crate::results::{self, ExpiredQuery};
 use crate::state::AppState;
 use crate::store::records::rows::Deletes;
 
@@ -38,19 +40,17 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, BrokerError> {
         let group = expired.len();
         let mut ids = Vec::with_capacity(group);
         let mut drafts = Vec::with_capacity(group);
-        for (query_id, requester, provider) in expired {
-            match (requester.parse(), provider.parse()) {
-                (Ok(requester), Ok(provider)) => {
-                    drafts.push(expired_draft(&query_id, requester, provider))
-                }
+        for query in expired {
+            match expired_draft(state, &query) {
+                Some(draft) => drafts.push(draft),
                 // Stored data no org id parses from: expire it all the
                 // same, so it does not stay pending for ever.
-                _ => tracing::error!(
-                    query_id,
+                None => tracing::error!(
+                    query_id = query.id,
                     "an expired query names no valid org; tombstoned without a record"
                 ),
             }
-            ids.push(query_id);
+            ids.push(query.id);
         }
         let deletes = Deletes::ExpiredQueries {
             ids,
@@ -74,20 +74,36 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, BrokerError> {
     }
 }
 
-/// The `expired` record of a query that expired unanswered.
-fn expired_draft(query_id: &str, requester: OrgId, provider: OrgId) -> RecordDraft {
-    RecordDraft {
-        query_id: query_id.to_string(),
-        permit_id: None,
-        flow_id: None,
-        flow_list_version: None,
-        procedure: None,
-        requester,
-        provider: Some(provider),
-        items: Vec::new(),
-        requester_person_code: None,
-        provider_person_code: None,
-        outcome: Outcome::Expired,
-        approver: None,
+/// The `expired` record of a query that expired unanswered, with what its
+/// permit says was asked (R14) and the provider's person code from its
+/// values at rest, so a disclosure for the person lists it (R18). A permit
+/// or payload that does not read leaves those fields out, never the record.
+fn expired_draft(state: &AppState, query: &ExpiredQuery) -> Option<RecordDraft> {
+    let requester: OrgId = query.requester.parse().ok()?;
+    let provider: OrgId = query.provider.parse().ok()?;
+    let mut draft = RecordDraft::new(&query.id, requester, Outcome::Expired);
+    draft.provider = Some(provider);
+    match serde_json::from_str::<SignedPermit>(&query.permit) {
+        Ok(permit) => {
+            let claims = permit.claims;
+            draft.permit_id = Some(claims.permit_id.to_string());
+            draft.flow_id = Some(claims.flow_id.to_string());
+            draft.procedure = Some(claims.procedure.to_string());
+            draft.items = claims.items.iter().map(|i| i.to_string()).collect();
+            draft.requester_person_code = Some(claims.requester_person_code.to_string());
+        }
+        Err(_) => tracing::error!(
+            query_id = query.id,
+            "an expired query's permit does not read; recorded without it"
+        ),
     }
+    let opened = query.pending_cipher.as_deref().and_then(|cipher| {
+        let plain = state
+            .keys
+            .decrypt(cipher, &pending_context(&query.id))
+            .ok()?;
+        serde_json::from_slice::<PendingAnswer>(&plain).ok()
+    });
+    draft.provider_person_code = opened.map(|p| p.provider_person_code.to_string());
+    Some(draft)
 }
