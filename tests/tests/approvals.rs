@@ -435,6 +435,47 @@ async fn a_decision_claimed_at_the_last_moment_is_not_expired_under_it() -> Resu
 }
 
 #[tokio::test]
+async fn a_reply_key_no_seal_takes_is_a_recorded_denial_on_either_path() -> Result<()> {
+    use kakehashi_interfaces::ReplyPublicKey;
+    let Some(broker) = console_broker(Backend::Sqlite, 3600).await? else {
+        anyhow::bail!("SQLite always runs");
+    };
+    let mut s = scenario(&broker, 1).await?;
+    // u = 1: a point of low order, whose shared secret is all zeros.
+    let mut low_order = [0u8; 32];
+    low_order[0] = 1;
+    let key = ReplyPublicKey::from_bytes(low_order)?.to_base64url();
+    let pools = broker.broker.state().store.pools();
+    for (flow, procedure, items) in [
+        ("F-0120", "premium-calculation", vec!["local_tax.income"]),
+        (
+            "F-0121",
+            "benefit-reduction",
+            vec!["local_tax.income", "welfare.public_assistance"],
+        ),
+    ] {
+        let (body, _) = query_body(flow, procedure, "city-saitama", &s.union_codes[0], &items);
+        let mut body: serde_json::Value = serde_json::from_str(&body)?;
+        body["reply_key"] = json!(key);
+        let r = s.union.post("/v1/queries", body.to_string()).await?;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{flow}: {:?}", r.body);
+        assert_eq!(r.error_code().as_deref(), Some("invalid_input"), "{flow}");
+        let denied = format!(
+            "SELECT COUNT(*) FROM records WHERE flow_id = '{flow}' AND outcome LIKE 'denied%'"
+        );
+        assert_eq!(
+            sql_count(&pools, &denied).await?,
+            1,
+            "{flow}: no denial record"
+        );
+    }
+    // Nothing waits for an operator.
+    let pending = "SELECT COUNT(*) FROM queries WHERE status = 'pending'";
+    assert_eq!(sql_count(&pools, pending).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_person_who_asked_cannot_approve_their_own_orgs_answer() -> Result<()> {
     // A flow where city-saitama asks itself for a sensitive item.
     let dir = tempfile::tempdir()?;

@@ -257,7 +257,30 @@ async fn answer(
 
     // What the query answers and stores: the values encrypted at rest for
     // an operator to decide on (R11), or the answer sealed to the requester.
+    let context = EnvelopeContext {
+        query_id: query_id.clone(),
+        requester: requester.id.clone(),
+        provider: provider.id.clone(),
+    };
+    let unusable_key = || {
+        BrokerError::refused(
+            ErrorCode::InvalidInput,
+            "reply_key is not a usable X25519 public key",
+        )
+    };
     let (status, ttl, envelope, stored) = if decision.needs_approval {
+        // The answer is sealed only once an operator approves: find out now
+        // (one trial seal, on this rarer path) that the key takes a seal at
+        // all, rather than leave an operator a query that cannot be answered.
+        let trial = AnswerPayload {
+            query_id: query_id.clone(),
+            flow_id: req.flow_id.clone(),
+            provider: provider.id.clone(),
+            items: BTreeMap::new(),
+        };
+        if envelope::seal_answer(&req.reply_key, &context, &trial).is_err() {
+            return deny_read(state, coming, draft, unusable_key(), generation).await;
+        }
         let plain = serde_json::to_vec(&PendingAnswer {
             reply_key: req.reply_key.clone(),
             flow_id: req.flow_id.clone(),
@@ -276,23 +299,17 @@ async fn answer(
             Stored::Pending(cipher),
         )
     } else {
-        let context = EnvelopeContext {
-            query_id: query_id.clone(),
-            requester: requester.id.clone(),
-            provider: provider.id.clone(),
-        };
         let payload = AnswerPayload {
             query_id: query_id.clone(),
             flow_id: req.flow_id.clone(),
             provider: provider.id.clone(),
             items: selected,
         };
-        let sealed = envelope::seal_answer(&req.reply_key, &context, &payload).map_err(|_| {
-            BrokerError::refused(
-                ErrorCode::InvalidInput,
-                "reply_key is not a usable X25519 public key",
-            )
-        })?;
+        // A key no seal takes (a low-order point) is a denial like any
+        // other, with its record (R14).
+        let Ok(sealed) = envelope::seal_answer(&req.reply_key, &context, &payload) else {
+            return deny_read(state, coming, draft, unusable_key(), generation).await;
+        };
         let envelope_json =
             serde_json::to_string(&sealed).map_err(|e| BrokerError::encoding("envelope", e))?;
         (
