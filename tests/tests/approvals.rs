@@ -378,7 +378,7 @@ async fn a_decision_claimed_at_the_last_moment_is_not_expired_under_it() -> Resu
     use kakehashi_broker::results::{self, StoredDecision};
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some(broker) = exchange_broker_with(backend, |opts| {
-            opts.exchange.pending_ttl_secs = 1;
+            opts.exchange.pending_ttl_secs = 3;
             opts.exchange.sweep_interval_secs = 3600;
         })
         .await?
@@ -395,7 +395,7 @@ async fn a_decision_claimed_at_the_last_moment_is_not_expired_under_it() -> Resu
         // An operator claims it just before it expires; its record is still
         // being appended when the expiry passes and the sweeper runs.
         assert!(results::claim(&pools, &id, &"city-saitama".parse()?).await?);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(
             kakehashi_broker::exchange::sweep_once(state).await?,
             0,
@@ -502,6 +502,9 @@ async fn the_person_who_asked_cannot_approve_their_own_orgs_answer() -> Result<(
         &["welfare.public_assistance"],
     );
     let mut body: serde_json::Value = serde_json::from_str(&body)?;
+    // Without saying who asks, nobody could be kept from approving their own.
+    let r = s.city.post("/v1/queries", body.to_string()).await?;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
     body["requested_by"] = json!("self.op");
     let pending: QueryResponse =
         serde_json::from_slice(&s.city.post("/v1/queries", body.to_string()).await?.body)?;

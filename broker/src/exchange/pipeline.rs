@@ -268,6 +268,16 @@ async fn answer(
             "reply_key is not a usable X25519 public key",
         )
     };
+    // Separation of duties (R11) where one org both asks and answers: the
+    // approval refuses the person who asked, so the query must say who.
+    if decision.needs_approval && requester.id == provider.id && req.requested_by.is_none() {
+        let err = BrokerError::refused(
+            ErrorCode::InvalidInput,
+            "自団体への照会で承認が要るものには requested_by（照会した職員）が必要です / \
+             requested_by (who asks) is required where an org asks itself for a sensitive item",
+        );
+        return deny_read(state, coming, draft, err, generation).await;
+    }
     let (status, ttl, envelope, stored) = if decision.needs_approval {
         // The answer is sealed only once an operator approves: find out now
         // (one trial seal, on this rarer path) that the key takes a seal at
