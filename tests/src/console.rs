@@ -221,6 +221,20 @@ pub fn expect_ok(response: &TestResponse) -> Result<()> {
 }
 
 /// Adds a console user to the broker's store; returns it with its temporary password.
+/// A person added with `roles` in `org` and logged in on a console client
+/// of their own.
+pub async fn logged_in(
+    broker: &TestBroker,
+    user_id: &str,
+    org: &str,
+    roles: &[Role],
+) -> Result<ConsoleClient> {
+    let mut person = add_person(broker, user_id, org, roles).await?;
+    let mut console = ConsoleClient::connect(broker).await?;
+    console.log_in(&mut person, 0).await?;
+    Ok(console)
+}
+
 pub async fn add_person(
     broker: &TestBroker,
     user_id: &str,

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use kakehashi_broker::console::access::Access;
 use kakehashi_broker::console::endpoints::{Endpoint, TABLE};
 use kakehashi_broker::people::Role;
-use kakehashi_tests::console::{add_person, expect_ok, totp_code, ConsoleClient};
+use kakehashi_tests::console::{add_person, expect_ok, logged_in, totp_code, ConsoleClient};
 use kakehashi_tests::exchange::exchange_broker_with;
 use kakehashi_tests::{sql_count, Backend, BrokerOptions, TestBroker};
 use serde_json::json;
@@ -288,24 +288,20 @@ async fn the_console_answers_with_headers_that_keep_pages_private() -> Result<()
 #[tokio::test]
 async fn a_flow_list_version_needs_a_second_administrator() -> Result<()> {
     let broker = console_broker(|_| {}).await?;
-    let mut first = add_person(
+    let mut a = logged_in(
         &broker,
         "flow.adm1",
         "union-saitama",
         &[Role::Administrator],
     )
     .await?;
-    let mut second = add_person(
+    let mut b = logged_in(
         &broker,
         "flow.adm2",
         "union-saitama",
         &[Role::Administrator],
     )
     .await?;
-    let mut a = ConsoleClient::connect(&broker).await?;
-    a.log_in(&mut first, 0).await?;
-    let mut b = ConsoleClient::connect(&broker).await?;
-    b.log_in(&mut second, 0).await?;
 
     // The sample list with one more flow: the union asks agency-pension.
     let text = format!(
@@ -565,31 +561,22 @@ async fn an_individual_number_in_the_operation_log_is_hidden_from_auditors_witho
 #[tokio::test]
 async fn org_rules_hold_on_the_console_as_on_the_exchange() -> Result<()> {
     let broker = console_broker(|_| {}).await?;
-    let mut union_adm = add_person(
+    let mut union = logged_in(
         &broker,
         "rules.union",
         "union-saitama",
         &[Role::Administrator],
     )
     .await?;
-    let mut city_adm = add_person(
+    let mut city = logged_in(
         &broker,
         "rules.city",
         "city-saitama",
         &[Role::Administrator],
     )
     .await?;
-    let mut city_aud = add_person(&broker, "rules.caud", "city-saitama", &[Role::Auditor]).await?;
-    let mut kawagoe_aud =
-        add_person(&broker, "rules.kaud", "city-kawagoe", &[Role::Auditor]).await?;
-    let mut union = ConsoleClient::connect(&broker).await?;
-    union.log_in(&mut union_adm, 0).await?;
-    let mut city = ConsoleClient::connect(&broker).await?;
-    city.log_in(&mut city_adm, 0).await?;
-    let mut auditor = ConsoleClient::connect(&broker).await?;
-    auditor.log_in(&mut city_aud, 0).await?;
-    let mut kawagoe = ConsoleClient::connect(&broker).await?;
-    kawagoe.log_in(&mut kawagoe_aud, 0).await?;
+    let mut auditor = logged_in(&broker, "rules.caud", "city-saitama", &[Role::Auditor]).await?;
+    let mut kawagoe = logged_in(&broker, "rules.kaud", "city-kawagoe", &[Role::Auditor]).await?;
 
     // The flow list governs every org: a city's administrator neither
     // proposes nor approves a version.

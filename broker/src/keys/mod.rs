@@ -600,6 +600,21 @@ fn open_raw(key: &Secret, body: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>,
 mod tests {
     use super::*;
 
+    /// A SQLite store and key settings under `dir`: data keys every 30
+    /// days, no reload of the keyring's own while a test runs.
+    async fn fresh(dir: &std::path::Path) -> (crate::store::SqliteStore, Pools, KeysConfig) {
+        let store = crate::store::SqliteStore::open(&dir.join("k.db"))
+            .await
+            .expect("store");
+        let pools = crate::store::Store::pools(&store);
+        let settings = KeysConfig {
+            dir: dir.join("keys"),
+            data_key_days: 30,
+            reload_interval_secs: 3_600,
+        };
+        (store, pools, settings)
+    }
+
     async fn data_keys(pools: &Pools) -> Vec<String> {
         crate::on_pool!(pools, read, |pool| {
             sqlx::query_scalar("SELECT id FROM data_keys ORDER BY created_at, id")
@@ -628,15 +643,7 @@ mod tests {
     #[tokio::test]
     async fn a_data_key_is_not_made_under_a_kek_no_longer_active() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::SqliteStore::open(&dir.path().join("k.db"))
-            .await
-            .expect("store");
-        let pools = crate::store::Store::pools(&store);
-        let settings = KeysConfig {
-            dir: dir.path().join("keys"),
-            data_key_days: 30,
-            reload_interval_secs: 3_600,
-        };
+        let (_store, pools, settings) = fresh(dir.path()).await;
         Keyring::open_with(&settings, pools.clone())
             .await
             .expect("open");
@@ -697,16 +704,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_data_key_is_made_on_schedule_and_old_ciphertexts_still_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::SqliteStore::open(&dir.path().join("k.db"))
-            .await
-            .expect("store");
-        let pools = crate::store::Store::pools(&store);
-        let settings = KeysConfig {
-            dir: dir.path().join("keys"),
-            data_key_days: 30,
-            // No reload of its own while the test runs.
-            reload_interval_secs: 3_600,
-        };
+        let (_store, pools, settings) = fresh(dir.path()).await;
         let ring = Keyring::open_with(&settings, pools.clone())
             .await
             .expect("open");
