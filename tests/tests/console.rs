@@ -626,7 +626,13 @@ async fn org_rules_hold_on_the_console_as_on_the_exchange() -> Result<()> {
             .await?;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{grant}: {:?}", r.body);
     }
-    // Another administrator may.
+    // Nor resets another administrator's password (whoever resets learns
+    // the temporary one); the host command does.
+    let r = union
+        .call(Method::POST, "/api/users/rules.city/reset", None)
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    // Another administrator may grant.
     let r = union
         .call(
             Method::POST,
@@ -661,6 +667,31 @@ async fn org_rules_hold_on_the_console_as_on_the_exchange() -> Result<()> {
         .await?;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     assert_eq!(r.error_code().as_deref(), Some("org_suspended"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_error_page_for_a_made_up_path_links_only_within_the_console() -> Result<()> {
+    let broker = console_broker(|_| {}).await?;
+    let mut console = ConsoleClient::connect(&broker).await?;
+    for path in ["//evil.example/", "/\\evil.example/"] {
+        let r = console.page(path).await?;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        let page = String::from_utf8_lossy(&r.body);
+        let links: Vec<String> = page
+            .split("href=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(|link| link.replace("&#x2f;", "/").replace("&#x5c;", "\\"))
+            .collect();
+        assert!(links.iter().any(|l| l == "/?lang=en"), "{path}: {links:?}");
+        for link in &links {
+            assert!(
+                !link.starts_with("//") && !link.starts_with("/\\"),
+                "{path}: {link}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -146,8 +146,19 @@ impl Admin<'_> {
 
     /// Issues a new temporary password (returned, to show once), clears
     /// TOTP and lock, and ends the user's sessions.
+    ///
+    /// Not another administrator's: whoever resets learns the temporary
+    /// password, and one administrator holding two accounts could then
+    /// propose and approve a flow list alone. The host command
+    /// (`kakehashi-broker users reset`) resets administrators.
     pub async fn reset(&self, user_id: &UserId) -> Result<TemporaryPassword, BrokerError> {
         let outcome = match self.managed_user(user_id).await {
+            Ok(user) if user.roles.contains(&Role::Administrator) && *user_id != self.session.user_id => {
+                Err(BrokerError::refused(
+                    ErrorCode::Forbidden,
+                    "他の管理者のパスワードはここではリセットできません。ホストのコマンド（kakehashi-broker users reset）を使ってください / another administrator's password is reset with the host command (kakehashi-broker users reset), not here",
+                ))
+            }
             Ok(_) => self.console.people.reset(user_id).await.map_err(Into::into),
             Err(e) => Err(e),
         };

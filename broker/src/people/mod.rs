@@ -541,6 +541,14 @@ impl People {
                 None => Err(PeopleError::WrongCredentials),
             };
         }
+        // Checks that ran at once all read the row before any counted its
+        // failure: a lock set while this one ran holds for it too.
+        let user = store::user(&self.pools, user_id.as_str())
+            .await?
+            .ok_or(PeopleError::NoSuchUser)?;
+        if let Some(until) = lockout::locked_at(&lock_state(&user)?, now) {
+            return Err(PeopleError::Locked { until });
+        }
         // Only someone who knows the password learns the account is disabled.
         if user.disabled {
             return Err(PeopleError::Disabled);

@@ -503,6 +503,13 @@ impl View<'_> {
     /// The language switch's link: this page's address with `lang` set.
     fn switch_link(&self, lang: Lang, here: &str) -> String {
         let (path, query) = here.split_once('?').unwrap_or((here, ""));
+        // Only a path of this console: `//host` or `/\host` (an error page
+        // for a path a stranger made up) would lead off it.
+        let path = if path.starts_with('/') && !path.starts_with("//") && !path.starts_with("/\\") {
+            path
+        } else {
+            "/"
+        };
         let mut kept = form_urlencoded::Serializer::new(String::new());
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             if k != "lang" {
