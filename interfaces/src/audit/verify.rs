@@ -75,7 +75,9 @@ impl ChainVerifier {
             anchor_hash,
             require_purge_record: require,
             anchor_confirmed: false,
-            next_seq: anchor_seq + 1,
+            // Saturating: an anchor at u64::MAX then accepts no record
+            // (callers refuse such anchors before).
+            next_seq: anchor_seq.saturating_add(1),
             prev: anchor_hash,
             sealed_seq: anchor_seq,
             records: 0,
@@ -97,6 +99,11 @@ impl ChainVerifier {
     /// Chain hash at [`ChainVerifier::last_seq`].
     pub fn head_hash(&self) -> Hash {
         self.prev
+    }
+
+    /// The sequence the chain starts after.
+    pub fn anchor_seq(&self) -> u64 {
+        self.anchor_seq
     }
 
     /// Highest sequence covered by a valid checkpoint (or the anchor).
@@ -566,6 +573,7 @@ pub fn verify_export<D: Read, B: BufRead>(
     let mut public_keys = std::collections::BTreeMap::new();
     let mut latest: Option<crate::records::SignedCheckpoint> = None;
     let mut highest_checkpoint = 0u64;
+    let mut segments_end = 0u64;
     let mut timestamps: Vec<CheckpointTimestamp> = Vec::new();
     let mut untimestamped: Vec<u64> = Vec::new();
     let mut note_timestamp = |cp: &Checkpoint| -> Result<(), ExportError> {
@@ -598,6 +606,24 @@ pub fn verify_export<D: Read, B: BufRead>(
                 if let Some(done) = segment.take() {
                     let s = done.finish_sealed()?;
                     checkpoints += s.checkpoints;
+                    segments_end = s.last_seq;
+                }
+                // Record sequences stay below i64::MAX (they are counted
+                // from 1); and each segment starts where the one before it
+                // ended or later, so no record is shown twice.
+                if start_seq >= i64::MAX as u64 {
+                    return Err(ExportError::Bundle {
+                        line,
+                        reason: format!("start_seq {start_seq} is beyond any record"),
+                    });
+                }
+                if start_seq < segments_end {
+                    return Err(ExportError::Bundle {
+                        line,
+                        reason: format!(
+                            "segment starting after {start_seq} overlaps the one before (ending at {segments_end})"
+                        ),
+                    });
                 }
                 let start = parse_hash(&start_hash, line, "start_hash")?;
                 segment = Some(ChainVerifier::segment(keys.clone(), start_seq, start));
@@ -647,8 +673,6 @@ pub fn verify_export<D: Read, B: BufRead>(
                     line,
                     reason: "signature is not 64 hex bytes".into(),
                 })?;
-                keys.add(pk);
-                public_keys.insert(kid.clone(), public_key.to_ascii_lowercase());
                 v.trust(pk);
                 let cp = Checkpoint {
                     seq,
@@ -659,6 +683,17 @@ pub fn verify_export<D: Read, B: BufRead>(
                     timestamp: timestamp.as_deref().map(super::decode_token),
                 };
                 v.push_checkpoint(&cp)?;
+                // A key counts (and is carried to later segments) only once
+                // a checkpoint of this segment verified under it; one at or
+                // before the segment's start is not checked at all.
+                if v.sealed_seq() != seq || seq <= v.anchor_seq() {
+                    return Err(ExportError::Bundle {
+                        line,
+                        reason: format!("checkpoint {seq} does not seal this segment's records"),
+                    });
+                }
+                keys.add(pk);
+                public_keys.insert(kid.clone(), public_key.to_ascii_lowercase());
                 note_timestamp(&cp)?;
                 highest_checkpoint = highest_checkpoint.max(seq);
                 key_ids.insert(kid);
@@ -1030,6 +1065,17 @@ mod tests {
             assert!(matches!(
                 verify_export(&data[..], &bundle[..], &["0000000000000000".into()]),
                 Err(ExportError::UntrustedKey { .. })
+            ));
+            // A segment said to start after u64::MAX (so that the next
+            // sequence wraps to 0 and no checkpoint is ever checked) is
+            // refused, as is one overlapping the segment before.
+            let bundle_text = String::from_utf8(bundle.clone()).unwrap();
+            let wrapped =
+                bundle_text.replace("\"start_seq\":1,", &format!("\"start_seq\":{},", u64::MAX));
+            assert_ne!(wrapped, bundle_text);
+            assert!(matches!(
+                verify_export(&data[..], wrapped.as_bytes(), &[]),
+                Err(ExportError::Bundle { reason, .. }) if reason.contains("beyond any record")
             ));
             // Any one changed byte is caught.
             let text = String::from_utf8(data.clone()).unwrap();
