@@ -331,6 +331,8 @@ impl Client {
     /// Waits up to `max` for a pending query to be decided, then opens the
     /// answer. Returns the query still pending if `max` passes first, and
     /// [`QueryOutcome::Expired`] when the broker answers `expired` (410).
+    /// A `max` beyond what the clock can count (e.g. [`Duration::MAX`])
+    /// waits until the query is decided or expires.
     pub async fn wait(
         &self,
         pending: PendingQuery,
@@ -412,9 +414,14 @@ impl Client {
         query_id: &QueryId,
         max: Duration,
     ) -> Result<Option<QueryResponse>, ClientError> {
-        let deadline = tokio::time::Instant::now() + max;
+        // `max` may come straight from a user (`--wait`): a deadline past
+        // what the clock can hold means none, not a panic.
+        let deadline = tokio::time::Instant::now().checked_add(max);
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+                None => MAX_WAIT_PER_REQUEST,
+            };
             let response = match self.get_query(query_id, left).await {
                 Ok(r) => r,
                 Err(ClientError::Refused {
