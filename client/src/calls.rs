@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kakehashi_interfaces::envelope::{self, EnvelopeContext, ReplyKeyPair};
+use kakehashi_interfaces::people::UserId;
 use kakehashi_interfaces::permit::PermitError;
 use kakehashi_interfaces::{
     CopyDeposit, DepositReport, ErrorCode, FlowId, FlowListView, ItemCode, ItemValue, OrgId,
@@ -23,42 +24,75 @@ use crate::transport::Call;
 pub const MAX_WAIT_PER_REQUEST: Duration = Duration::from_secs(30);
 
 /// The keys one query is made with: its `Idempotency-Key` and the reply key
-/// pair its answer is sealed to.
+/// pair its answer is sealed to, and the person it is asked as.
 pub struct QueryKeys {
     /// The `Idempotency-Key` header.
     pub idempotency_key: String,
     /// The reply key pair.
     pub reply: ReplyKeyPair,
+    /// `requested_by` of the request (`KAKEHASHI_USER`), read when the keys
+    /// are made: the request carries exactly the value derived keys were
+    /// derived from.
+    requested_by: Option<UserId>,
 }
 
 impl QueryKeys {
     /// Random keys: a query of its own, safe to retry within this call.
+    /// Asked as `KAKEHASHI_USER`, if set.
     pub fn fresh() -> QueryKeys {
         let mut key = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
         QueryKeys {
             idempotency_key: hex::encode(key),
             reply: ReplyKeyPair::generate(),
+            requested_by: requested_by(),
         }
     }
 
-    /// Keys derived from a secret and a context (e.g. a batch line): the
-    /// same inputs give the same keys, so a rerun repeats the request.
+    /// Keys derived from a secret and a context (e.g. a batch line), asked
+    /// as `KAKEHASHI_USER` if set: the same inputs and user give the same
+    /// keys, so a rerun repeats the request.
+    ///
+    /// The user is part of the derivation because it is part of the
+    /// request body: a rerun by another person sent under the same
+    /// `Idempotency-Key` would be a different request, which the broker
+    /// refuses (409 `conflict`). Without a user the keys are those of
+    /// earlier versions, so a batch interrupted before an upgrade still
+    /// reads back its answers.
     pub fn derived(secret: &[u8], context: &[u8]) -> QueryKeys {
+        Self::derived_as(secret, context, requested_by())
+    }
+
+    fn derived_as(secret: &[u8], context: &[u8], user: Option<UserId>) -> QueryKeys {
         use sha2::{Digest, Sha256};
         let part = |label: &[u8]| {
             let mut h = Sha256::new();
-            h.update(b"kakehashi-client query keys v1\0");
+            match &user {
+                None => h.update(b"kakehashi-client query keys v1\0"),
+                // Another tag, so that no context without a user can give
+                // the bytes of one with a user.
+                Some(_) => h.update(b"kakehashi-client query keys v1 by user\0"),
+            }
             h.update(label);
             h.update((secret.len() as u64).to_be_bytes());
             h.update(secret);
+            if let Some(user) = &user {
+                h.update((user.as_str().len() as u64).to_be_bytes());
+                h.update(user.as_str());
+            }
             h.update(context);
             h.finalize()
         };
         QueryKeys {
             idempotency_key: hex::encode(&part(b"idempotency-key\0")[..16]),
             reply: ReplyKeyPair::derive(&part(b"reply-key\0")),
+            requested_by: user,
         }
+    }
+
+    /// The person the query is asked as (`requested_by`), if any.
+    pub fn requested_by(&self) -> Option<&UserId> {
+        self.requested_by.as_ref()
     }
 }
 
@@ -290,6 +324,7 @@ impl Client {
         let QueryKeys {
             idempotency_key,
             reply: keys,
+            requested_by,
         } = keys;
         let request = QueryRequest {
             flow_id: query.flow_id.clone(),
@@ -298,7 +333,7 @@ impl Client {
             person: query.person.clone(),
             items: query.items.clone(),
             reply_key: keys.public(),
-            requested_by: requested_by(),
+            requested_by,
         };
         request.validate()?;
         let body = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol {
@@ -620,7 +655,35 @@ fn jsonl<T: serde::Serialize>(values: &[T]) -> Result<Bytes, ClientError> {
 /// id): sent with each query so that, where the requester org is also the
 /// provider, that person cannot approve their own query (R11). Unset or not
 /// a valid user id: nothing is sent.
-fn requested_by() -> Option<crate::interfaces::people::UserId> {
+fn requested_by() -> Option<UserId> {
     let user = std::env::var("KAKEHASHI_USER").ok()?;
-    crate::interfaces::people::UserId::new(user).ok()
+    UserId::new(user).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_keys_depend_on_the_user_and_are_unchanged_without_one() {
+        let user = |u: &str| UserId::new(u).ok();
+        let a = QueryKeys::derived_as(b"secret", b"line 2", user("kawada.op"));
+        let b = QueryKeys::derived_as(b"secret", b"line 2", user("ueda.op"));
+        let again = QueryKeys::derived_as(b"secret", b"line 2", user("kawada.op"));
+        let none = QueryKeys::derived_as(b"secret", b"line 2", None);
+        assert_eq!(a.idempotency_key, again.idempotency_key);
+        assert_eq!(a.reply.public(), again.reply.public());
+        assert_ne!(a.idempotency_key, b.idempotency_key);
+        assert_ne!(a.idempotency_key, none.idempotency_key);
+        assert_ne!(a.reply.public(), b.reply.public());
+        assert_eq!(a.requested_by(), user("kawada.op").as_ref());
+        assert_eq!(none.requested_by(), None);
+        // Without a user, the derivation of earlier versions.
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"kakehashi-client query keys v1\0idempotency-key\0");
+        h.update(6u64.to_be_bytes());
+        h.update(b"secretline 2");
+        assert_eq!(none.idempotency_key, hex::encode(&h.finalize()[..16]));
+    }
 }

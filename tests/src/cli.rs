@@ -65,7 +65,13 @@ impl CliUser {
 
     /// Runs the CLI (async, so that a broker in this process keeps serving).
     pub async fn run(&self, args: &[&str]) -> Result<Run> {
-        let out = tokio::time::timeout(Duration::from_secs(300), self.command(args)?.output())
+        self.run_command(self.command(args)?).await
+    }
+
+    /// Runs a command made by [`CliUser::command`] and adjusted (arguments
+    /// that are not UTF-8, environment variables).
+    pub async fn run_command(&self, mut cmd: tokio::process::Command) -> Result<Run> {
+        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
             .await
             .context("the CLI did not finish in 300 s")??;
         Ok(Run {

@@ -1,11 +1,15 @@
-//! What the CLI writes, and when it must not (client fixes): a huge
-//! `--wait` waits instead of panicking. Real broker, real `kakehashi`
-//! subprocesses.
+//! What the CLI writes, and when it must not (client fixes): a rerun by
+//! another person asks again instead of colliding with the first run's
+//! idempotency keys; a huge `--wait` waits instead of panicking. Real
+//! broker, real `kakehashi` subprocesses.
 
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use kakehashi_tests::cli::CliUser;
+use kakehashi_tests::cli::{CliUser, Run};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
 use kakehashi_tests::Backend;
 
@@ -19,6 +23,125 @@ const SENSITIVE: [&str; 8] = [
     "--item",
     "welfare.public_assistance",
 ];
+
+const PLAIN: [&str; 8] = [
+    "--flow",
+    "F-0120",
+    "--procedure",
+    "premium-calculation",
+    "--provider",
+    "city-saitama",
+    "--item",
+    "local_tax.income",
+];
+
+fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+fn persons_csv(path: &Path, persons: &[&str]) -> Result<()> {
+    let mut text = String::from("person\n");
+    for p in persons {
+        text.push_str(p);
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// `query --batch INPUT …FLAGS --out OUT` (OUT last: it may not be UTF-8).
+async fn batch(
+    user: &CliUser,
+    profile: &str,
+    input: &Path,
+    flags: &[&str],
+    out: &OsStr,
+    user_id: Option<&str>,
+) -> Result<Run> {
+    let input = input.display().to_string();
+    let mut args = vec!["--profile", profile, "query", "--batch", &input];
+    args.extend(flags);
+    args.push("--out");
+    let mut cmd = user.command(&args)?;
+    cmd.arg(out);
+    if let Some(id) = user_id {
+        cmd.env("KAKEHASHI_USER", id);
+    }
+    user.run_command(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_by_another_person_asks_again_instead_of_conflicting() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 3).await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
+    let input = user.files.path().join("persons.csv");
+    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
+    persons_csv(&input, &codes)?;
+    let out = user.files.path().join("results.jsonl");
+    let ids_of = |lines: &[serde_json::Value]| -> BTreeSet<String> {
+        lines
+            .iter()
+            .filter_map(|l| l["query_id"].as_str().map(str::to_string))
+            .collect()
+    };
+
+    let first = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        Some("kawada.op"),
+    )
+    .await?;
+    assert_eq!(first.code, 0, "{first:?}");
+    let first_ids = ids_of(&result_lines(&out)?);
+    assert_eq!(first_ids.len(), 3);
+
+    // The answers were given but never written (the run was interrupted):
+    // the same person's rerun reads them back ...
+    std::fs::write(&out, "")?;
+    let same = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        Some("kawada.op"),
+    )
+    .await?;
+    assert_eq!(same.code, 0, "{same:?}");
+    assert_eq!(ids_of(&result_lines(&out)?), first_ids, "read back");
+
+    // ... and another person's rerun asks again: its request carries
+    // another requested_by, so it must not reuse the first run's keys
+    // (the broker would refuse it as a conflict).
+    std::fs::write(&out, "")?;
+    let other = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        Some("ueda.op"),
+    )
+    .await?;
+    assert_eq!(other.code, 0, "{other:?}");
+    let lines = result_lines(&out)?;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l["status"] == "provided"), "{lines:?}");
+    assert!(ids_of(&lines).is_disjoint(&first_ids), "new queries");
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_wait_waits_instead_of_panicking() -> Result<()> {

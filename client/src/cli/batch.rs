@@ -196,10 +196,18 @@ fn read_finished(path: &Path) -> Result<HashSet<Key>, CliError> {
     Ok(finished)
 }
 
+/// Whether a refusal is final for the line (written `refused`). Passing
+/// ones (overload, a broker error, an idempotency-key conflict with a
+/// request still in flight or made differently) are not written, so a
+/// rerun tries again.
 fn is_final(code: ErrorCode) -> bool {
     !matches!(
         code,
-        ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+        ErrorCode::RateLimited
+            | ErrorCode::Unavailable
+            | ErrorCode::Internal
+            | ErrorCode::RequestTimeout
+            | ErrorCode::Conflict
     )
 }
 
@@ -650,6 +658,21 @@ mod tests {
     fn items_are_split_sorted_and_deduplicated() {
         assert_eq!(split_items("b;a a,c"), ["a", "b", "c"]);
         assert!(split_items(" ; ").is_empty());
+    }
+
+    #[test]
+    fn passing_refusals_are_retried() {
+        for code in [
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+            ErrorCode::Conflict,
+        ] {
+            assert!(!is_final(code), "{code}");
+        }
+        for code in [ErrorCode::UnknownPerson, ErrorCode::NoCopy] {
+            assert!(is_final(code), "{code}");
+        }
     }
 
     #[test]
