@@ -1,7 +1,8 @@
-//! What the CLI writes, and when it must not (client fixes): a rerun by
-//! another person asks again instead of colliding with the first run's
-//! idempotency keys; a huge `--wait` waits instead of panicking. Real
-//! broker, real `kakehashi` subprocesses.
+//! What the CLI writes, and when it must not (client fixes): a refusal of
+//! the whole org stops the batch without writing lines; a rerun by another
+//! person asks again instead of colliding with the first run's idempotency
+//! keys; a huge `--wait` waits instead of panicking. Real broker, real
+//! `kakehashi` subprocesses.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use kakehashi_client::interfaces::{OrgId, OrgStatus};
 use kakehashi_tests::cli::{CliUser, Run};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
 use kakehashi_tests::Backend;
@@ -73,6 +75,82 @@ async fn batch(
         cmd.env("KAKEHASHI_USER", id);
     }
     user.run_command(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 5).await?;
+    // An org no connection has used yet, so that no admission cache
+    // remembers it active.
+    broker
+        .store
+        .set_org_status(&OrgId::new("agency-pension")?, OrgStatus::Suspended)
+        .await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "agency-pension").await?;
+    let input = user.files.path().join("persons.csv");
+    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
+    persons_csv(&input, &codes)?;
+    let out = user.files.path().join("results.jsonl");
+
+    let run = batch(
+        &user,
+        "agency-pension",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(
+        run.code, 7,
+        "a refusal of the org has its own exit: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("org_suspended") && run.stderr.contains("refuses this org"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains(" — "), "says what to do: {run:?}");
+    assert!(
+        result_lines(&out)?.is_empty(),
+        "no person is marked refused for what concerns the org"
+    );
+
+    // Once the org is active again, the rerun asks every person.
+    broker
+        .store
+        .set_org_status(&OrgId::new("agency-pension")?, OrgStatus::Active)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = batch(
+            &user,
+            "agency-pension",
+            &input,
+            &PLAIN,
+            out.as_os_str(),
+            None,
+        )
+        .await?;
+        if run.code != 7 {
+            break;
+        }
+        // The broker caches org status for a few seconds.
+        if tokio::time::Instant::now() > deadline {
+            bail!("the org stayed refused: {run:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let lines = result_lines(&out)?;
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["code"] != "org_suspended"),
+        "{lines:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,7 +143,9 @@ The batch CSV has a header; `person` is required, `flow`, `procedure`,
 `provider` and `items` (separated by ';' or spaces) override the flags per row.
 Each finished person is appended to --out as one JSON line; persons already
 there are skipped. Refusals due to overload or connection loss are not
-written, so a rerun tries them again.
+written, so a rerun tries them again. A refusal of this org as a whole
+(org_suspended, unknown_org, ...) stops the batch (exit 7) without writing
+the lines not done.
 
 A pending answer's reply key is kept, encrypted, in the profile's
 directory ($KAKEHASHI_HOME/pending/<profile>/) until the answer is opened,

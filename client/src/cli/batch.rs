@@ -11,6 +11,11 @@
 //! A pending answer's reply key is kept in the profile's store, naming this
 //! results file, so that `kakehashi query collect --batch` can complete the
 //! line once the provider's operator decides.
+//!
+//! Refusals that are about this org rather than the person (suspended,
+//! unknown, certificate not accepted, not allowed) stop the batch without
+//! writing the line: otherwise every remaining person would be marked
+//! refused in seconds, and a rerun would skip them all.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -28,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::args::QueryArgs;
-use super::fail::{CliError, Exit};
+use super::fail::{refusal_hint, CliError, Exit};
 
 /// What identifies one finished query in the out file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,6 +63,13 @@ enum Done {
     },
     /// Not finished: not written, tried again on a rerun.
     Failed { reason: String, fatal: bool },
+    /// The broker refuses this org as a whole: not written; stops the
+    /// batch.
+    OrgRefused {
+        code: ErrorCode,
+        message: String,
+        request_id: String,
+    },
 }
 
 /// Consecutive connection failures after which the batch stops instead of
@@ -196,19 +208,33 @@ fn read_finished(path: &Path) -> Result<HashSet<Key>, CliError> {
     Ok(finished)
 }
 
-/// Whether a refusal is final for the line (written `refused`). Passing
-/// ones (overload, a broker error, an idempotency-key conflict with a
-/// request still in flight or made differently) are not written, so a
-/// rerun tries again.
-fn is_final(code: ErrorCode) -> bool {
-    !matches!(
-        code,
+/// What a refusal says about a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// About this person or query: the line is final, written `refused`.
+    Final,
+    /// Passing (overload, a broker error, an idempotency-key conflict with
+    /// a request still in flight or made differently): not written, so a
+    /// rerun tries again.
+    Retry,
+    /// About this org, the same for every line: the batch stops.
+    Org,
+}
+
+fn refusal(code: ErrorCode) -> Refusal {
+    match code {
         ErrorCode::RateLimited
-            | ErrorCode::Unavailable
-            | ErrorCode::Internal
-            | ErrorCode::RequestTimeout
-            | ErrorCode::Conflict
-    )
+        | ErrorCode::Unavailable
+        | ErrorCode::Internal
+        | ErrorCode::RequestTimeout
+        | ErrorCode::Conflict => Refusal::Retry,
+        ErrorCode::OrgSuspended
+        | ErrorCode::UnknownOrg
+        | ErrorCode::CertificatePinMismatch
+        | ErrorCode::Unauthenticated
+        | ErrorCode::Forbidden => Refusal::Org,
+        _ => Refusal::Final,
+    }
 }
 
 /// Where pending answers' reply keys go.
@@ -342,10 +368,17 @@ fn settle_job(
             message,
             request_id,
             ..
-        }) if is_final(code) => finished(
-            "refused",
-            json!({"code": code, "message": message, "request_id": request_id}),
-        ),
+        }) if refusal(code) != Refusal::Retry => match refusal(code) {
+            Refusal::Org => Done::OrgRefused {
+                code,
+                message,
+                request_id,
+            },
+            _ => finished(
+                "refused",
+                json!({"code": code, "message": message, "request_id": request_id}),
+            ),
+        },
         Err(e) => Done::Failed {
             fatal: matches!(e, ClientError::Tls { .. } | ClientError::Config { .. }),
             reason: match &e {
@@ -468,7 +501,9 @@ pub async fn execute(
                 let Some(job) = job else { break };
                 let done = run_job(&client, &keeper, &job, wait).await;
                 match &done {
-                    Done::Failed { fatal: true, .. } => stop.store(true, Ordering::SeqCst),
+                    Done::Failed { fatal: true, .. } | Done::OrgRefused { .. } => {
+                        stop.store(true, Ordering::SeqCst)
+                    }
                     Done::Failed { reason, .. } if reason.starts_with("connection") => {
                         if failures.fetch_add(1, Ordering::SeqCst) + 1
                             >= MAX_CONSECUTIVE_CONNECTION_FAILURES
@@ -490,6 +525,7 @@ pub async fn execute(
     let mut interrupted = false;
     let mut write_error = None;
     let mut unkept_keys = false;
+    let mut org_refused = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -533,6 +569,20 @@ pub async fn execute(
                 }
                 *tally.by_status.entry(status).or_default() += 1;
             }
+            Done::OrgRefused {
+                code,
+                message,
+                request_id,
+            } => {
+                *tally.failures.entry(code.to_string()).or_default() += 1;
+                if org_refused.is_none() {
+                    note(
+                        &bar,
+                        &format!("error: the broker refused this org: {code}: {message} (request id {request_id})"),
+                    );
+                    org_refused = Some((code, message, request_id));
+                }
+            }
             Done::Failed { reason, .. } => {
                 let short = reason.split(':').next().unwrap_or("error").to_string();
                 *tally.failures.entry(short).or_default() += 1;
@@ -563,6 +613,19 @@ pub async fn execute(
             "stopped with {left} queries not started: the reply key of a pending answer could not be kept, so that answer cannot be opened later"
         ))
         .hint("fix the reply-key store named above (permissions, disk space), then rerun the same command to continue"));
+    }
+    if let Some((code, message, request_id)) = org_refused {
+        return Err(CliError {
+            exit: Exit::OrgRefused,
+            message: format!(
+                "ブローカーがこの組織の照会をすべて拒否しているため、一括照会を止めました（{code}）。未完了の行は書いていません / the broker refuses this org as a whole ({code}: {message}; request id {request_id}), so the batch stopped with {left} queries not started; the lines not done were not written to {}",
+                out.display()
+            ),
+            hint: Some(format!(
+                "{}; then rerun the same command to continue",
+                refusal_hint(code)
+            )),
+        });
     }
     if stop.load(Ordering::SeqCst) && !interrupted {
         let cause =
@@ -661,17 +724,30 @@ mod tests {
     }
 
     #[test]
-    fn passing_refusals_are_retried() {
+    fn refusals_about_the_org_stop_and_passing_ones_are_retried() {
+        for code in [
+            ErrorCode::OrgSuspended,
+            ErrorCode::UnknownOrg,
+            ErrorCode::CertificatePinMismatch,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
+        ] {
+            assert_eq!(refusal(code), Refusal::Org, "{code}");
+        }
         for code in [
             ErrorCode::RateLimited,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
             ErrorCode::Conflict,
         ] {
-            assert!(!is_final(code), "{code}");
+            assert_eq!(refusal(code), Refusal::Retry, "{code}");
         }
-        for code in [ErrorCode::UnknownPerson, ErrorCode::NoCopy] {
-            assert!(is_final(code), "{code}");
+        for code in [
+            ErrorCode::UnknownPerson,
+            ErrorCode::NoCopy,
+            ErrorCode::FlowNotInForce,
+        ] {
+            assert_eq!(refusal(code), Refusal::Final, "{code}");
         }
     }
 

@@ -20,6 +20,10 @@ pub enum Exit {
     /// `audit verify`: the export is self-consistent, but its checkpoints
     /// are not signed by a trusted (pinned or given) key.
     NotTrusted = 6,
+    /// A batch stopped because the broker refuses this org as a whole
+    /// (suspended, unknown, certificate not accepted, not allowed); the
+    /// lines not done were not written, so a rerun asks them.
+    OrgRefused = 7,
 }
 
 impl Exit {
@@ -40,7 +44,10 @@ Exit codes:
   4  the broker refused the request (see the reason code)
   5  unexpected answer, failed permit check, or internal error
   6  `audit verify`: the export is self-consistent, but not signed by a
-     trusted key (pin the broker's keys: `kakehashi audit keys --pin`)";
+     trusted key (pin the broker's keys: `kakehashi audit keys --pin`)
+  7  a batch stopped: the broker refuses this org as a whole (org_suspended,
+     unknown_org, certificate_pin_mismatch, unauthenticated, forbidden);
+     the lines not done were not written";
 
 /// A failure: exit code, what went wrong, what to do.
 #[derive(Debug)]
