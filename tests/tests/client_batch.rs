@@ -1,15 +1,16 @@
-//! What the CLI writes, and when it must not (client fixes): a refusal of
-//! the whole org stops the batch without writing lines; a rerun by another
-//! person asks again instead of colliding with the first run's idempotency
-//! keys; a huge `--wait` waits instead of panicking. Real broker, real
-//! `kakehashi` subprocesses.
+//! What the CLI writes, and when it must not (client fixes): a pending
+//! answer whose reply key could not be kept is not written, and the error
+//! names the query; a refusal of the whole org stops the batch without
+//! writing lines; a rerun by another person asks again instead of colliding
+//! with the first run's idempotency keys; a huge `--wait` waits instead of
+//! panicking. Real broker, real `kakehashi` subprocesses.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use kakehashi_client::interfaces::{OrgId, OrgStatus};
 use kakehashi_tests::cli::{CliUser, Run};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
@@ -44,6 +45,14 @@ fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
         Err(e) => return Err(e.into()),
     };
     text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// The query ids (`q_…`) a text names.
+fn query_ids(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("q_") && w.len() > 10)
+        .map(str::to_string)
+        .collect()
 }
 
 fn persons_csv(path: &Path, persons: &[&str]) -> Result<()> {
@@ -150,6 +159,157 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         lines.iter().all(|l| l["code"] != "org_suspended"),
         "{lines:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_line_whose_key_cannot_be_kept_is_not_written() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 2).await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
+    // Row 1 plain (provided), row 2 sensitive (pending).
+    let input = user.files.path().join("persons.csv");
+    std::fs::write(
+        &input,
+        format!(
+            "person,flow,procedure,items\n{},F-0120,premium-calculation,local_tax.income\n{},,,\n",
+            s.union_codes[0], s.union_codes[1]
+        ),
+    )?;
+    // A results file whose name is not UTF-8: the store cannot name it in
+    // a kept key, so keeping the reply key of a pending line fails.
+    use std::os::unix::ffi::OsStrExt;
+    let out = user
+        .files
+        .path()
+        .join(OsStr::from_bytes(b"results-\xff.jsonl"));
+    let mut flags = vec!["--concurrency", "1"];
+    flags.extend(SENSITIVE);
+
+    let run = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &flags,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(
+        run.code, 8,
+        "not 2 (\"nothing was sent\"): the query was made: {run:?}"
+    );
+    assert!(!run.stderr.contains("nothing was sent"), "{run:?}");
+    assert!(
+        run.stderr.contains("was made") && run.stderr.contains("cannot be opened"),
+        "{run:?}"
+    );
+    let ids = query_ids(&run.stderr);
+    assert_eq!(ids.len(), 1, "the message names the query: {run:?}");
+    let lines = result_lines(&out)?;
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the provided line is written: {lines:?}"
+    );
+    assert_eq!(lines[0]["status"], "provided");
+
+    // The broker has the query, pending.
+    let mut union = broker.client("union-saitama").await?;
+    let id = ids.iter().next().context("query id")?;
+    let polled = union.get(&format!("/v1/queries/{id}")).await?;
+    assert_eq!(polled.json()?["status"], "pending", "{polled:?}");
+
+    // A rerun asks that person again, under the same keys: the same query.
+    let again = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &flags,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(again.code, 8, "{again:?}");
+    assert!(again.stderr.contains("1 already in"), "{again:?}");
+    assert_eq!(
+        query_ids(&again.stderr),
+        ids,
+        "the same query, not a new one"
+    );
+    assert_eq!(result_lines(&out)?.len(), 1);
+    Ok(())
+}
+
+fn query_args<'a>(person: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--profile", "union-saitama", "query", "--person", person];
+    args.extend(flags);
+    args
+}
+
+/// Makes a directory immutable (even to root) while it lives; `None` where
+/// the file system or the process's capabilities do not allow it.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        let guard = Immutable(dir.to_path_buf());
+        // Root ignores modes, not this flag; make sure it holds here.
+        let probe = dir.join("probe");
+        if !ok || std::fs::write(&probe, b"").is_ok() {
+            let _ = std::fs::remove_file(&probe);
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_query_whose_key_cannot_be_kept_names_the_query() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 1).await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
+    let person = s.union_codes[0].as_str();
+    // A plain query makes the profile's store.
+    user.run(&query_args(person, &PLAIN)).await?.ok()?;
+    let store = kakehashi_client::PendingStore::dir_for(user.home.path(), "union-saitama");
+    let Some(_frozen) = Immutable::set(&store) else {
+        eprintln!("skipped: cannot make {} immutable here", store.display());
+        return Ok(());
+    };
+    let run = user.run(&query_args(person, &SENSITIVE)).await?;
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(!run.stderr.contains("nothing was sent"), "{run:?}");
+    assert!(
+        run.stderr.contains("was made") && run.stderr.contains("cannot be opened"),
+        "{run:?}"
+    );
+    let ids = query_ids(&run.stderr);
+    assert_eq!(ids.len(), 1, "{run:?}");
+    let mut union = broker.client("union-saitama").await?;
+    let id = ids.iter().next().context("query id")?;
+    let polled = union.get(&format!("/v1/queries/{id}")).await?;
+    assert_eq!(polled.json()?["status"], "pending", "{polled:?}");
     Ok(())
 }
 

@@ -10,7 +10,9 @@
 //!
 //! A pending answer's reply key is kept in the profile's store, naming this
 //! results file, so that `kakehashi query collect --batch` can complete the
-//! line once the provider's operator decides.
+//! line once the provider's operator decides. A pending line whose key
+//! could not be kept is not written: its answer could never be opened, and
+//! a rerun asks again under the same keys and keeps the key then.
 //!
 //! Refusals that are about this org rather than the person (suspended,
 //! unknown, certificate not accepted, not allowed) stop the batch without
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kakehashi_client::interfaces::QueryId;
 use kakehashi_client::{
     Client, ClientError, ErrorCode, PendingStore, Query, QueryKeys, QueryOutcome,
 };
@@ -58,11 +61,18 @@ enum Done {
         /// The reason code of a refusal.
         code: Option<String>,
         line: String,
-        /// The reply key of a pending answer could not be kept.
-        unkept: Option<String>,
+        /// A kept reply key the line makes unneeded (decided while
+        /// waiting): wiped once the line is on disk, not before, so that a
+        /// crash in between loses nothing.
+        wipe: Option<QueryId>,
     },
     /// Not finished: not written, tried again on a rerun.
     Failed { reason: String, fatal: bool },
+    /// Answered pending, but the reply key could not be kept: not written
+    /// (a rerun repeats the request under the same keys and keeps the key
+    /// then). Stops the batch: later pending answers would be lost the
+    /// same way.
+    KeyNotKept { query_id: QueryId, reason: String },
     /// The broker refuses this org as a whole: not written; stops the
     /// batch.
     OrgRefused {
@@ -295,7 +305,7 @@ async fn run_job(client: &Client, keeper: &Keeper, job: &Job, wait: u64) -> Done
             status: status.to_string(),
             code,
             line: v.to_string(),
-            unkept: None,
+            wipe: None,
         }
     };
     let query = match Query::parse(&k.flow, &k.procedure, &k.provider, &k.person, &k.items) {
@@ -318,23 +328,25 @@ async fn run_job(client: &Client, keeper: &Keeper, job: &Job, wait: u64) -> Done
             .save(pending, client.broker(), Some(&keeper.results))
         {
             Ok(_) => kept = Some(pending.query_id.clone()),
-            Err(e) => unkept = Some(format!("query {}: {e}", pending.query_id)),
+            Err(e) => unkept = Some((pending.query_id.clone(), e.to_string())),
         }
     }
     if wait > 0 {
         if let Ok(QueryOutcome::Pending(pending)) = outcome {
+            // Waited for even without a kept key: the key is in memory, so
+            // an answer decided meanwhile opens and the line is final.
             outcome = client.wait(pending, Duration::from_secs(wait)).await;
         }
     }
     let decided = matches!(&outcome, Ok(o) if !matches!(o, QueryOutcome::Pending(_)));
-    if let (true, Some(query_id)) = (decided, &kept) {
-        // Decided while waiting: the line says so and the key is not needed.
-        // A key left by a failed wipe is wiped by the next `query collect`.
-        let _ = keeper.store.wipe(query_id);
+    if let (false, Some((query_id, reason))) = (decided, unkept) {
+        // A pending line without its key could never be completed.
+        return Done::KeyNotKept { query_id, reason };
     }
     let mut done = settle_job(outcome, finished);
-    if let Done::Finished { unkept: slot, .. } = &mut done {
-        *slot = unkept;
+    if let (true, Done::Finished { wipe, .. }) = (decided, &mut done) {
+        // Decided while waiting: the line says so and the key is not needed.
+        *wipe = kept;
     }
     done
 }
@@ -501,9 +513,9 @@ pub async fn execute(
                 let Some(job) = job else { break };
                 let done = run_job(&client, &keeper, &job, wait).await;
                 match &done {
-                    Done::Failed { fatal: true, .. } | Done::OrgRefused { .. } => {
-                        stop.store(true, Ordering::SeqCst)
-                    }
+                    Done::Failed { fatal: true, .. }
+                    | Done::KeyNotKept { .. }
+                    | Done::OrgRefused { .. } => stop.store(true, Ordering::SeqCst),
                     Done::Failed { reason, .. } if reason.starts_with("connection") => {
                         if failures.fetch_add(1, Ordering::SeqCst) + 1
                             >= MAX_CONSECUTIVE_CONNECTION_FAILURES
@@ -524,7 +536,7 @@ pub async fn execute(
     let mut tally = Tally::default();
     let mut interrupted = false;
     let mut write_error = None;
-    let mut unkept_keys = false;
+    let mut key_not_kept = None;
     let mut org_refused = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -544,30 +556,41 @@ pub async fn execute(
                 status,
                 code,
                 line,
-                unkept,
+                wipe,
             } => {
-                if let Some(why) = unkept {
-                    // Later pending answers would be lost the same way.
-                    note(
-                        &bar,
-                        &format!("error: cannot keep the reply key of a pending answer: {why}"),
-                    );
-                    stop.store(true, Ordering::SeqCst);
-                    unkept_keys = true;
-                }
                 if write_error.is_none() {
                     // One write per line, so that a kill leaves at most one torn line.
                     let mut bytes = line.into_bytes();
                     bytes.push(b'\n');
-                    if let Err(e) = out_file.write_all(&bytes) {
-                        write_error = Some(e);
-                        stop.store(true, Ordering::SeqCst);
+                    match out_file.write_all(&bytes) {
+                        Ok(()) => {
+                            if let Some(query_id) = wipe {
+                                // Only once the line is on disk: until then the
+                                // kept key is the way back to the answer. A key
+                                // left by a failed wipe goes with the next collect.
+                                if out_file.sync_data().is_ok() {
+                                    let _ = keeper.store.wipe(&query_id);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            write_error = Some(e);
+                            stop.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
                 if let Some(code) = code {
                     *tally.refusals.entry(code).or_default() += 1;
                 }
                 *tally.by_status.entry(status).or_default() += 1;
+            }
+            Done::KeyNotKept { query_id, reason } => {
+                *tally.failures.entry("reply_key".into()).or_default() += 1;
+                note(
+                    &bar,
+                    &format!("error: query {query_id}: the reply key of a pending answer cannot be kept (line not written): {reason}"),
+                );
+                key_not_kept.get_or_insert((query_id, reason));
             }
             Done::OrgRefused {
                 code,
@@ -608,11 +631,11 @@ pub async fn execute(
     }
     let failed: u64 = tally.failures.values().sum();
     let left = queue.lock().map(|q| q.len()).unwrap_or(0);
-    if unkept_keys {
-        return Err(CliError::usage(format!(
-            "stopped with {left} queries not started: the reply key of a pending answer could not be kept, so that answer cannot be opened later"
-        ))
-        .hint("fix the reply-key store named above (permissions, disk space), then rerun the same command to continue"));
+    if let Some((query_id, reason)) = key_not_kept {
+        let mut err = CliError::key_not_kept(&query_id, reason, true);
+        err.message
+            .push_str(&format!("; stopped with {left} queries not started"));
+        return Err(err);
     }
     if let Some((code, message, request_id)) = org_refused {
         return Err(CliError {

@@ -24,6 +24,10 @@ pub enum Exit {
     /// (suspended, unknown, certificate not accepted, not allowed); the
     /// lines not done were not written, so a rerun asks them.
     OrgRefused = 7,
+    /// A query was made and answered `pending`, but its reply key could not
+    /// be kept: its answer cannot be opened (the message names the query).
+    /// Not [`Exit::Usage`], which promises that nothing was sent.
+    KeyNotKept = 8,
 }
 
 impl Exit {
@@ -47,7 +51,10 @@ Exit codes:
      trusted key (pin the broker's keys: `kakehashi audit keys --pin`)
   7  a batch stopped: the broker refuses this org as a whole (org_suspended,
      unknown_org, certificate_pin_mismatch, unauthenticated, forbidden);
-     the lines not done were not written";
+     the lines not done were not written
+  8  a query was made and is pending approval, but its reply key could not
+     be kept, so its answer cannot be opened (the message names the query;
+     a batch asks it again under the same keys when rerun)";
 
 /// A failure: exit code, what went wrong, what to do.
 #[derive(Debug)]
@@ -88,6 +95,36 @@ impl CliError {
             (None, Exit::Connection) => "check that the broker is running and the profile is right (`kakehashi profile list`)",
             (None, Exit::Refused) => "quote the request id to the broker's operator",
             (None, _) => "tell the broker's operator, quoting this message",
+        }
+    }
+
+    /// A query the broker answered `pending` whose reply key could not be
+    /// kept. `batch`: asked by a batch, whose rerun derives the same keys
+    /// and so can keep the key then.
+    pub fn key_not_kept(
+        query_id: &kakehashi_client::interfaces::QueryId,
+        error: impl std::fmt::Display,
+        batch: bool,
+    ) -> CliError {
+        let (ja, en) = if batch {
+            (
+                "再実行で鍵を保存できるまで回答は開けません",
+                "its answer cannot be opened until a rerun keeps the key",
+            )
+        } else {
+            ("この照会の回答は開けません", "its answer cannot be opened")
+        };
+        let hint = if batch {
+            "返信鍵の保存先（上記）を直してから同じコマンドを再実行してください / fix the reply-key store named above (permissions, disk space), then rerun the same command: the line is asked again under the same keys, the broker gives back the same query, and its key is kept"
+        } else {
+            "返信鍵の保存先（上記）を直してから照会し直してください / fix the reply-key store named above (permissions, disk space), then query again; the provider's operator still sees this query until it expires"
+        };
+        CliError {
+            exit: Exit::KeyNotKept,
+            message: format!(
+                "照会 {query_id} は送信され承認待ちですが、返信鍵を保存できませんでした。{ja} / query {query_id} was made and is pending approval, but its reply key could not be kept, so {en}: {error}"
+            ),
+            hint: Some(hint.into()),
         }
     }
 

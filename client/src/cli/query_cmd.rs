@@ -111,10 +111,23 @@ pub async fn run_single(
 ) -> Result<Exit, CliError> {
     let mut outcome = client.query(&query).await?;
     let mut kept = None;
+    let mut unkept = None;
     if let QueryOutcome::Pending(pending) = &outcome {
         // Kept before waiting, so that a process killed while waiting loses nothing.
-        store.save(pending, client.broker(), None)?;
-        kept = Some(pending.query_id.clone());
+        match store.save(pending, client.broker(), None) {
+            Ok(_) => kept = Some(pending.query_id.clone()),
+            // The broker has the query: this is no "nothing was sent" error.
+            Err(e) => {
+                let err = CliError::key_not_kept(&pending.query_id, &e, false);
+                if args.wait == 0 {
+                    return Err(err);
+                }
+                // The key is still in memory: an answer decided while
+                // waiting can be opened all the same.
+                eprintln!("warning: {}", err.message);
+                unkept = Some(err);
+            }
+        }
     }
     if args.wait > 0 {
         if let QueryOutcome::Pending(pending) = outcome {
@@ -122,8 +135,21 @@ pub async fn run_single(
                 "query {} is pending approval by {}; waiting up to {}s",
                 pending.query_id, query.provider, args.wait
             );
-            outcome = client.wait(pending, Duration::from_secs(args.wait)).await?;
+            outcome = match client.wait(pending, Duration::from_secs(args.wait)).await {
+                Ok(o) => o,
+                Err(e) => match unkept {
+                    // What matters more is that the answer is lost.
+                    Some(lost) => {
+                        eprintln!("error: {}", CliError::from(e));
+                        return Err(lost);
+                    }
+                    None => return Err(e.into()),
+                },
+            };
         }
+    }
+    if let (QueryOutcome::Pending(_), Some(err)) = (&outcome, unkept) {
+        return Err(err);
     }
     print_outcome(&outcome, &query.provider, args.json)?;
     match (&outcome, kept) {
