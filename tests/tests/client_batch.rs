@@ -2,8 +2,10 @@
 //! answer whose reply key could not be kept is not written, and the error
 //! names the query; a refusal of the whole org stops the batch without
 //! writing lines; a rerun by another person asks again instead of colliding
-//! with the first run's idempotency keys; a huge `--wait` waits instead of
-//! panicking. Real broker, real `kakehashi` subprocesses.
+//! with the first run's idempotency keys; a results file in use is refused
+//! by `query collect` and by a second batch; files of personal data are
+//! created 0600; a huge `--wait` waits instead of panicking. Real broker,
+//! real `kakehashi` subprocesses.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -37,6 +39,11 @@ const PLAIN: [&str; 8] = [
     "--item",
     "local_tax.income",
 ];
+
+fn mode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
 
 fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
@@ -378,6 +385,114 @@ async fn a_rerun_by_another_person_asks_again_instead_of_conflicting() -> Result
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines.iter().all(|l| l["status"] == "provided"), "{lines:?}");
     assert!(ids_of(&lines).is_disjoint(&first_ids), "new queries");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_in_use_is_refused() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 2).await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
+    let input = user.files.path().join("persons.csv");
+    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
+    persons_csv(&input, &codes)?;
+    let out = user.files.path().join("results.jsonl");
+    let run = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &SENSITIVE,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 1, "pending: {run:?}");
+    let out_s = out.display().to_string();
+    let collect = [
+        "--profile",
+        "union-saitama",
+        "query",
+        "collect",
+        "--batch",
+        &out_s,
+    ];
+
+    // Another process (a batch, as far as the CLI can tell) holds the file.
+    let held = std::fs::OpenOptions::new().read(true).open(&out)?;
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive)?;
+    let refused = user.run(&collect).await?;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("in use") && refused.stderr.contains(" — "),
+        "{refused:?}"
+    );
+    let second = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &SENSITIVE,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(second.code, 2, "a second batch on the file: {second:?}");
+    assert!(second.stderr.contains("in use"), "{second:?}");
+    drop(held);
+    let collected = user.run(&collect).await?;
+    assert_eq!(collected.code, 1, "still pending: {collected:?}");
+    assert!(
+        collected.stderr.contains("still pending 2"),
+        "{collected:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_personal_data_are_private() -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 1).await?;
+    let user = CliUser::new()?;
+    user.add_profile(&broker, "union-saitama").await?;
+    // Whatever the umask says.
+    let input = user.files.path().join("persons.csv");
+    persons_csv(&input, &[s.union_codes[0].as_str()])?;
+    let out = user.files.path().join("results.jsonl");
+    let run = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(mode(&out)?, 0o600, "results file");
+
+    // Person codes and the confirmation list.
+    let insured = user.files.path().join("insured.csv");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/sample/insured.csv");
+    std::fs::copy(sample, &insured)?;
+    let insured_s = insured.display().to_string();
+    let registered = user
+        .run(&[
+            "--profile",
+            "union-saitama",
+            "persons",
+            "register",
+            &insured_s,
+        ])
+        .await?;
+    assert!(matches!(registered.code, 0 | 1), "{registered:?}");
+    for suffix in [".codes.csv", ".confirmation.csv"] {
+        let path = user.files.path().join(format!("insured.csv{suffix}"));
+        assert_eq!(mode(&path)?, 0o600, "{}", path.display());
+    }
     Ok(())
 }
 

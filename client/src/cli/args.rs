@@ -212,7 +212,7 @@ pending approval, and prints each decided one: approved answers exactly as
 expired queries as expired. The reply keys of decided queries are wiped.
 With --batch, completes the pending lines of a results file written by
 `kakehashi query --batch` instead (the file is rewritten atomically; other
-lines are left unchanged); run it when the batch is not running.
+lines are left unchanged); a file that a running batch holds is refused.
 Exit codes: 0 every decided query was provided (or none was pending),
 1 some are still pending, were rejected or expired.")]
     Collect(CollectArgs),

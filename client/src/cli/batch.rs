@@ -18,10 +18,13 @@
 //! unknown, certificate not accepted, not allowed) stop the batch without
 //! writing the line: otherwise every remaining person would be marked
 //! refused in seconds, and a rerun would skip them all.
+//!
+//! The batch holds an advisory lock on the results file while it runs, so
+//! that `kakehashi query collect` does not rewrite it under the batch.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,7 @@ use serde_json::json;
 
 use super::args::QueryArgs;
 use super::fail::{refusal_hint, CliError, Exit};
+use super::personal_files;
 
 /// What identifies one finished query in the out file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -176,14 +180,12 @@ fn read_jobs(path: &Path, args: &QueryArgs) -> Result<Vec<Job>, CliError> {
     Ok(jobs)
 }
 
-/// Keys already in the out file; cuts off a torn last line.
-fn read_finished(path: &Path) -> Result<HashSet<Key>, CliError> {
+/// Keys already in the out file (`file`, open on `path`, locked); cuts off
+/// a torn last line.
+fn read_finished(file: &mut File, path: &Path) -> Result<HashSet<Key>, CliError> {
     let mut finished = HashSet::new();
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finished),
-        Err(e) => return Err(CliError::file("open results file", path, e)),
-    };
+    file.rewind()
+        .map_err(|e| CliError::file("read results file", path, e))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| CliError::file("read results file", path, e))?;
@@ -436,18 +438,15 @@ pub fn prepare(args: &QueryArgs) -> Result<Prepared, CliError> {
         return Err(CliError::usage("--batch needs --out"));
     };
     let jobs = read_jobs(input, args)?;
-    let finished = read_finished(out)?;
+    // Locked before it is read, and held until the batch ends.
+    let mut out_file = personal_files::lock_or_create(out)?;
+    let finished = read_finished(&mut out_file, out)?;
     let total = jobs.len();
     let todo: VecDeque<Job> = jobs
         .into_iter()
         .filter(|j| !finished.contains(&j.key))
         .collect();
     let skipped = total - todo.len();
-    let out_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out)
-        .map_err(|e| CliError::file("open results file", out, e))?;
     let out_canonical =
         std::fs::canonicalize(out).map_err(|e| CliError::file("open results file", out, e))?;
     eprintln!(
@@ -780,14 +779,19 @@ mod tests {
         let path = dir.path().join("out.jsonl");
         let line = r#"{"line":2,"person":"P0000001","flow":"F","procedure":"p","provider":"city-x","items":["a"],"status":"provided"}"#;
         std::fs::write(&path, format!("{line}\n{{\"line\":3,\"per")).unwrap();
-        let keys = read_finished(&path).unwrap();
+        let mut file = personal_files::lock_or_create(&path).unwrap();
+        let keys = read_finished(&mut file, &path).unwrap();
         assert_eq!(keys.len(), 1);
         assert!(keys.iter().any(|k| k.person == "P0000001"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{line}\n"));
 
+        drop(file);
         std::fs::write(&path, "not json\n").unwrap();
-        let err = read_finished(&path).unwrap_err();
+        let mut file = personal_files::lock_or_create(&path).unwrap();
+        let err = read_finished(&mut file, &path).unwrap_err();
         assert_eq!(err.exit, Exit::Usage);
-        assert!(read_finished(&dir.path().join("none")).unwrap().is_empty());
+        let none = dir.path().join("none");
+        let mut file = personal_files::lock_or_create(&none).unwrap();
+        assert!(read_finished(&mut file, &none).unwrap().is_empty());
     }
 }

@@ -7,8 +7,8 @@
 //! has not run yet) is wiped too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 
 use super::args::{CollectArgs, GetArgs};
 use super::fail::{CliError, Exit};
+use super::personal_files::{self, Locked};
 use super::query_cmd::{exit_for, outcome_json, print_expired, print_outcome};
 
 /// What became of one kept query.
@@ -282,8 +283,8 @@ fn give_up(store: &PendingStore, now: OffsetDateTime, e: ClientError) -> CliErro
 }
 
 /// Writes decided queries into the batch results files that asked them,
-/// then wipes their keys. A file that cannot be rewritten keeps its keys,
-/// so that the next collect writes it.
+/// then wipes their keys. A file that cannot be rewritten, or that a
+/// running batch holds, keeps its keys, so that the next collect writes it.
 fn finish_batches(
     store: &PendingStore,
     updates: BTreeMap<String, Vec<(PendingEntry, Settled)>>,
@@ -295,10 +296,17 @@ fn finish_batches(
             .iter()
             .filter_map(|(e, s)| Some((e.query_id.to_string(), s.line_update()?)))
             .collect();
-        let result = if path.exists() {
-            complete_lines(&path, &by_id).map(Some)
-        } else {
-            Ok(None)
+        let result = match personal_files::lock_results(&path, false) {
+            Ok(Locked::File(mut locked)) => complete_lines(&path, &mut locked, &by_id).map(Some),
+            Ok(Locked::Missing) => Ok(None),
+            Ok(Locked::Busy) => {
+                // Not a usage error: the answers wait, with their keys,
+                // for the next collect.
+                eprintln!("error: {}", personal_files::busy(&path));
+                failure.get_or_insert(Exit::Partial);
+                continue;
+            }
+            Err(e) => Err(e),
         };
         match result {
             Ok(written) => {
@@ -382,7 +390,10 @@ pub async fn get(chosen: Option<&str>, args: &GetArgs) -> Result<Exit, CliError>
 
 /// `kakehashi query collect --batch FILE`: completes the file's pending lines.
 async fn collect_batch(chosen: Option<&str>, file: &Path) -> Result<Exit, CliError> {
-    let ids = pending_ids(file)?;
+    // Held from the first read to the rewrite, so that no batch appends in
+    // between; refused at once while a batch runs on the file.
+    let mut locked = personal_files::lock_existing(file)?;
+    let ids = pending_ids(&mut locked, file)?;
     if ids.is_empty() {
         eprintln!(
             "nothing to complete: no pending lines in {}",
@@ -443,8 +454,9 @@ async fn collect_batch(chosen: Option<&str>, file: &Path) -> Result<Exit, CliErr
     let written = if updates.is_empty() {
         0
     } else {
-        complete_lines(file, &updates)?
+        complete_lines(file, &mut locked, &updates)?
     };
+    drop(locked);
     if let Some(store) = &store {
         for query_id in &decided {
             store.wipe(query_id)?;
@@ -479,9 +491,18 @@ async fn collect_batch(chosen: Option<&str>, file: &Path) -> Result<Exit, CliErr
     }))
 }
 
+/// Reads the whole of `file` (open on `path`) from its start.
+fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>, CliError> {
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| CliError::file("read results file", path, e))?;
+    Ok(bytes)
+}
+
 /// The query ids of a results file's pending lines, in file order.
-fn pending_ids(path: &Path) -> Result<Vec<String>, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| CliError::file("read results file", path, e))?;
+fn pending_ids(file: &mut File, path: &Path) -> Result<Vec<String>, CliError> {
+    let bytes = read_all(file, path)?;
     let mut ids = Vec::new();
     for line in bytes.split(|b| *b == b'\n') {
         if let Some(id) = pending_line_id(line) {
@@ -502,13 +523,17 @@ fn pending_line_id(line: &[u8]) -> Option<String> {
 
 /// Rewrites a results file with the pending lines named in `updates`
 /// completed, atomically (temporary file in the same directory, synced,
-/// then renamed over it). Every other byte is kept as it was. Returns the
-/// number of lines changed; the file is not touched when that is 0.
+/// then renamed over it; mode 0600). Every other byte is kept as it was.
+/// `locked` is the file open on `path` under its lock
+/// ([`personal_files::lock_results`]), held until the new file is in place.
+/// Returns the number of lines changed; the file is not touched when that
+/// is 0.
 fn complete_lines(
     path: &Path,
+    locked: &mut File,
     updates: &HashMap<String, Map<String, Value>>,
 ) -> Result<usize, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| CliError::file("read results file", path, e))?;
+    let bytes = read_all(locked, path)?;
     let mut out = Vec::with_capacity(bytes.len() + updates.len() * 64);
     let mut changed = 0;
     for chunk in bytes.split_inclusive(|b| *b == b'\n') {
@@ -540,25 +565,10 @@ fn complete_lines(
     if changed == 0 {
         return Ok(0);
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "results".into());
-    let tmp = dir.join(format!(".{name}.collect-tmp"));
-    let permissions = std::fs::metadata(path)
-        .map_err(|e| CliError::file("read results file", path, e))?
-        .permissions();
+    let dir = personal_files::parent_dir(path);
+    let (tmp, mut file) = personal_files::create_temp_beside(path)
+        .map_err(|e| CliError::file("rewrite results file", path, e))?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.set_permissions(permissions)?;
         file.write_all(&out)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -592,7 +602,8 @@ mod tests {
         let torn = r#"{"line":6,"person":"P4","query_id":"q_c","sta"#;
         let text = format!("{provided}\n{pending_a}\n{odd}\n{pending_b}\n{torn}");
         std::fs::write(&path, &text).unwrap();
-        assert_eq!(pending_ids(&path).unwrap(), ["q_a", "q_b"]);
+        let mut locked = personal_files::lock_existing(&path).unwrap();
+        assert_eq!(pending_ids(&mut locked, &path).unwrap(), ["q_a", "q_b"]);
 
         let mut updates = HashMap::new();
         let mut fields = Map::new();
@@ -600,7 +611,8 @@ mod tests {
         fields.insert("reason".into(), "根拠法令の範囲外".into());
         updates.insert("q_b".to_string(), fields);
         updates.insert("q_zz".to_string(), Map::new());
-        assert_eq!(complete_lines(&path, &updates).unwrap(), 1);
+        assert_eq!(complete_lines(&path, &mut locked, &updates).unwrap(), 1);
+        drop(locked);
 
         let after = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = after.split('\n').collect();
@@ -613,11 +625,21 @@ mod tests {
         assert_eq!(b["person"], "P3");
         assert_eq!(b["query_id"], "q_b");
         assert_eq!(lines[4], torn, "a torn last line is left alone");
-        assert_eq!(pending_ids(&path).unwrap(), ["q_a"]);
+        let mut locked = personal_files::lock_existing(&path).unwrap();
+        assert_eq!(pending_ids(&mut locked, &path).unwrap(), ["q_a"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the rewritten file is private");
+        }
 
         // Nothing named: the file is not rewritten.
         let before = std::fs::metadata(&path).unwrap().modified().unwrap();
-        assert_eq!(complete_lines(&path, &HashMap::new()).unwrap(), 0);
+        assert_eq!(
+            complete_lines(&path, &mut locked, &HashMap::new()).unwrap(),
+            0
+        );
         assert_eq!(
             std::fs::metadata(&path).unwrap().modified().unwrap(),
             before

@@ -47,7 +47,9 @@ fn write_confirmation_list(path: &Path, issues: &mut [Issue]) -> Result<(), CliE
             path.display()
         ))
     };
-    let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
+    // Mode 0600: the list names lines of a file of personal data.
+    let file = super::personal_files::create_private(path).map_err(|e| fail(&e))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(["line", "reason", "message"])
         .map_err(|e| fail(&e))?;
     for i in issues.iter() {
@@ -295,7 +297,9 @@ fn write_codes(path: &Path, applied: &[(u64, RegisteredPerson)]) -> Result<(), C
     let fail = |e: &dyn std::fmt::Display| {
         CliError::usage(format!("cannot write person codes {}: {e}", path.display()))
     };
-    let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
+    // Mode 0600: person codes are personal data.
+    let file = super::personal_files::create_private(path).map_err(|e| fail(&e))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(["line", "person_code", "branch_number", "created"])
         .map_err(|e| fail(&e))?;
     for (line, p) in applied {

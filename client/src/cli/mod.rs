@@ -5,6 +5,7 @@ mod batch;
 mod collect;
 pub mod fail;
 mod files;
+mod personal_files;
 mod profile_cmd;
 mod query_cmd;
 mod records_cmd;
