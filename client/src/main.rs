@@ -15,14 +15,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!(
+                "{}: 非同期ランタイムを起動できません / cannot start the async runtime: {e}",
+                cli::fail::ERROR
+            );
             return ExitCode::from(cli::fail::Exit::Internal.code());
         }
     };
     match runtime.block_on(cli::run(args)) {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{}: {e}", cli::fail::ERROR);
             ExitCode::from(e.exit.code())
         }
     }

@@ -130,6 +130,14 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         "{run:?}"
     );
     assert!(run.stderr.contains(" — "), "says what to do: {run:?}");
+    // In Japanese and English.
+    assert!(
+        run.stderr.contains("エラー / error: ")
+            && run
+                .stderr
+                .contains("この組織はブローカーで停止されています"),
+        "{run:?}"
+    );
     assert!(
         result_lines(&out)?.is_empty(),
         "no person is marked refused for what concerns the org"

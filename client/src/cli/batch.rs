@@ -587,7 +587,7 @@ pub async fn execute(
                 *tally.failures.entry("reply_key".into()).or_default() += 1;
                 note(
                     &bar,
-                    &format!("error: query {query_id}: the reply key of a pending answer cannot be kept (line not written): {reason}"),
+                    &format!("{}: query {query_id}: the reply key of a pending answer cannot be kept (line not written): {reason}", super::fail::ERROR),
                 );
                 key_not_kept.get_or_insert((query_id, reason));
             }
@@ -600,7 +600,7 @@ pub async fn execute(
                 if org_refused.is_none() {
                     note(
                         &bar,
-                        &format!("error: the broker refused this org: {code}: {message} (request id {request_id})"),
+                        &format!("{}: the broker refused this org: {code}: {message} (request id {request_id})", super::fail::ERROR),
                     );
                     org_refused = Some((code, message, request_id));
                 }

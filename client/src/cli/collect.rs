@@ -142,7 +142,7 @@ fn existing_store(profile: &str) -> Result<Option<PendingStore>, CliError> {
 
 /// Notes the first failure; reports every one on stderr.
 fn note_failure(first: &mut Option<Exit>, query_id: &QueryId, e: CliError) {
-    eprintln!("error: query {query_id}: {e}");
+    eprintln!("{}: query {query_id}: {e}", super::fail::ERROR);
     first.get_or_insert(e.exit);
 }
 
@@ -158,7 +158,7 @@ pub async fn collect(chosen: Option<&str>, args: &CollectArgs) -> Result<Exit, C
     let scan = store.scan()?;
     let mut failure = None;
     for e in scan.unreadable {
-        eprintln!("error: {}", CliError::from(e));
+        eprintln!("{}: {}", super::fail::ERROR, CliError::from(e));
         failure.get_or_insert(Exit::Usage);
     }
     if scan.entries.is_empty() {
@@ -277,7 +277,7 @@ fn give_up(store: &PendingStore, now: OffsetDateTime, e: ClientError) -> CliErro
             wiped.len()
         ),
         Ok(_) => {}
-        Err(e) => eprintln!("error: {}", CliError::from(e)),
+        Err(e) => eprintln!("{}: {}", super::fail::ERROR, CliError::from(e)),
     }
     e.into()
 }
@@ -302,7 +302,7 @@ fn finish_batches(
             Ok(Locked::Busy) => {
                 // Not a usage error: the answers wait, with their keys,
                 // for the next collect.
-                eprintln!("error: {}", personal_files::busy(&path));
+                eprintln!("{}: {}", super::fail::ERROR, personal_files::busy(&path));
                 failure.get_or_insert(Exit::Partial);
                 continue;
             }
@@ -326,7 +326,7 @@ fn finish_batches(
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{}: {e}", super::fail::ERROR);
                 failure.get_or_insert(e.exit);
             }
         }

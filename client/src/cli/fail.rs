@@ -56,6 +56,9 @@ Exit codes:
      be kept, so its answer cannot be opened (the message names the query;
      a batch asks it again under the same keys when rerun)";
 
+/// How an error line starts on stderr: `エラー / error: …`.
+pub const ERROR: &str = "エラー / error";
+
 /// A failure: exit code, what went wrong, what to do.
 #[derive(Debug)]
 pub struct CliError {
@@ -83,18 +86,21 @@ impl CliError {
 
     /// A file that cannot be read or written.
     pub fn file(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> CliError {
-        CliError::usage(format!("cannot {what} {}: {e}", path.display()))
-            .hint("check the path and that you may read and write there")
+        CliError::usage(format!(
+            "ファイルを扱えません / cannot {what} {}: {e}",
+            path.display()
+        ))
+        .hint("パスと、そこを読み書きできるかを確認してください / check the path and that you may read and write there")
     }
 
     /// The hint, or a general one for the exit code.
     pub fn hint_or_default(&self) -> &str {
         match (&self.hint, self.exit) {
             (Some(h), _) => h,
-            (None, Exit::Usage) => "see `kakehashi --help` and `kakehashi <command> --help`",
-            (None, Exit::Connection) => "check that the broker is running and the profile is right (`kakehashi profile list`)",
-            (None, Exit::Refused) => "quote the request id to the broker's operator",
-            (None, _) => "tell the broker's operator, quoting this message",
+            (None, Exit::Usage) => "使い方を確認してください / see `kakehashi --help` and `kakehashi <command> --help`",
+            (None, Exit::Connection) => "ブローカーが動いているか、プロファイルが正しいかを確認してください / check that the broker is running and the profile is right (`kakehashi profile list`)",
+            (None, Exit::Refused) => "リクエストIDを添えてブローカーの運用担当者に伝えてください / quote the request id to the broker's operator",
+            (None, _) => "このメッセージを添えてブローカーの運用担当者に伝えてください / tell the broker's operator, quoting this message",
         }
     }
 
@@ -140,32 +146,32 @@ impl std::fmt::Display for CliError {
     }
 }
 
-const CHECK_PROFILE: &str = "check `kakehashi profile list`";
+const CHECK_PROFILE: &str = "プロファイルを確認してください / check `kakehashi profile list`";
 
 /// What to do about a refusal, by reason code.
 pub fn refusal_hint(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::UnknownOrg => {
-            "the broker does not know the org of this certificate; ask its administrator to register the org, or check `kakehashi profile list`"
+            "ブローカーにこの証明書の組織が登録されていません。管理者に登録を依頼するか、プロファイルを確認してください / the broker does not know the org of this certificate; ask its administrator to register the org, or check `kakehashi profile list`"
         }
-        ErrorCode::OrgSuspended => "this org is suspended at the broker; ask its administrator",
+        ErrorCode::OrgSuspended => "この組織はブローカーで停止されています。管理者に問い合わせてください / this org is suspended at the broker; ask its administrator",
         ErrorCode::CertificatePinMismatch => {
-            "this certificate is not the one registered for the org; use the registered certificate or ask the administrator to update the pin"
+            "この証明書は組織に登録された証明書ではありません。登録済みの証明書を使うか、管理者に更新を依頼してください / this certificate is not the one registered for the org; use the registered certificate or ask the administrator to update the pin"
         }
-        ErrorCode::Unauthenticated => "the broker did not accept the client certificate; check the profile's certificate and key",
-        ErrorCode::Forbidden => "this org may not do that; check `kakehashi whoami`",
+        ErrorCode::Unauthenticated => "ブローカーがクライアント証明書を受け付けませんでした。プロファイルの証明書と鍵を確認してください / the broker did not accept the client certificate; check the profile's certificate and key",
+        ErrorCode::Forbidden => "この組織にはその操作が認められていません / this org may not do that; check `kakehashi whoami`",
         ErrorCode::NotOnFlowList | ErrorCode::FlowNotInForce | ErrorCode::ItemNotAllowed => {
-            "check the flows this org may use with `kakehashi flows`"
+            "この組織が使える連携を確認してください / check the flows this org may use with `kakehashi flows`"
         }
-        ErrorCode::UnknownPerson => "check the person code (codes are per org)",
-        ErrorCode::NoCopy => "the provider holds no data for this person",
-        ErrorCode::RateLimited | ErrorCode::Unavailable => "the broker is busy; try again later",
-        ErrorCode::PayloadTooLarge => "send fewer lines per request (--batch-size)",
-        ErrorCode::Expired => "the result was deleted after its retention period; query again",
-        ErrorCode::InvalidInput => "correct the input and try again",
-        ErrorCode::NotFound => "check the identifier",
-        ErrorCode::InvalidPermit => "query again; if it persists, tell the broker's operator",
-        _ => "quote the request id to the broker's operator",
+        ErrorCode::UnknownPerson => "本人の番号（組織ごとの番号）を確認してください / check the person code (codes are per org)",
+        ErrorCode::NoCopy => "提供元はこの本人の情報を持っていません / the provider holds no data for this person",
+        ErrorCode::RateLimited | ErrorCode::Unavailable => "ブローカーが混み合っています。後でやり直してください / the broker is busy; try again later",
+        ErrorCode::PayloadTooLarge => "1回に送る行数を減らしてください / send fewer lines per request (--batch-size)",
+        ErrorCode::Expired => "保存期間を過ぎて結果が削除されました。照会し直してください / the result was deleted after its retention period; query again",
+        ErrorCode::InvalidInput => "入力を直してやり直してください / correct the input and try again",
+        ErrorCode::NotFound => "識別子を確認してください / check the identifier",
+        ErrorCode::InvalidPermit => "照会し直してください。続く場合はブローカーの運用担当者に伝えてください / query again; if it persists, tell the broker's operator",
+        _ => "リクエストIDを添えてブローカーの運用担当者に伝えてください / quote the request id to the broker's operator",
     }
 }
 
@@ -174,39 +180,39 @@ impl From<ClientError> for CliError {
         let message = e.to_string();
         let (exit, hint) = match &e {
             ClientError::Config { .. } => (Exit::Usage, CHECK_PROFILE.to_string()),
-            ClientError::InvalidInput(_) => (Exit::Usage, "correct the arguments".to_string()),
+            ClientError::InvalidInput(_) => (Exit::Usage, "引数を直してください / correct the arguments".to_string()),
             ClientError::Transport { .. } => (
                 Exit::Connection,
-                "check that the broker is running and the profile's broker URL is right (`kakehashi profile list`)".to_string(),
+                "ブローカーが動いているか、プロファイルのURLが正しいかを確認してください / check that the broker is running and the profile's broker URL is right (`kakehashi profile list`)".to_string(),
             ),
             ClientError::Tls { .. } => (
                 Exit::Connection,
-                "check the profile's CA, certificate and key files (`kakehashi profile list`); ask the broker's administrator whether this certificate is accepted".to_string(),
+                "プロファイルのCA・証明書・鍵ファイルを確認し、この証明書が受け付けられるかを管理者に確認してください / check the profile's CA, certificate and key files (`kakehashi profile list`); ask the broker's administrator whether this certificate is accepted".to_string(),
             ),
             ClientError::Timeout { .. } => (
                 Exit::Connection,
-                "the broker did not answer in time; try again later".to_string(),
+                "ブローカーが時間内に応答しませんでした。後でやり直してください / the broker did not answer in time; try again later".to_string(),
             ),
             ClientError::Refused {
                 code, retry_after, ..
             } => {
                 let mut hint = refusal_hint(*code).to_string();
                 if let Some(after) = retry_after {
-                    hint.push_str(&format!(" (the broker asked to wait {}s)", after.as_secs()));
+                    hint.push_str(&format!(" （{0}秒待つよう求められました / the broker asked to wait {0}s)", after.as_secs()));
                 }
                 (Exit::Refused, hint)
             }
             ClientError::KeyStore { .. } => (
                 Exit::Usage,
-                "the reply keys of pending queries are kept there (see `kakehashi query --help`); nothing was sent".to_string(),
+                "承認待ちの照会の返信鍵の保存先です。何も送信していません / the reply keys of pending queries are kept there (see `kakehashi query --help`); nothing was sent".to_string(),
             ),
             ClientError::Permit { .. } | ClientError::Envelope { .. } => (
                 Exit::Internal,
-                "the answer was discarded; tell the broker's operator".to_string(),
+                "回答は破棄しました。ブローカーの運用担当者に伝えてください / the answer was discarded; tell the broker's operator".to_string(),
             ),
             _ => (
                 Exit::Internal,
-                "check that client and broker versions match; tell the broker's operator".to_string(),
+                "クライアントとブローカーの版が合っているかを確認し、運用担当者に伝えてください / check that client and broker versions match; tell the broker's operator".to_string(),
             ),
         };
         CliError {
@@ -214,5 +220,28 @@ impl From<ClientError> for CliError {
             message,
             hint: Some(hint),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_in_japanese_and_english() {
+        let both = |h: &str| h.contains(" / ") && !h.is_ascii();
+        for code in ErrorCode::ALL {
+            assert!(both(refusal_hint(code)), "{code}: {}", refusal_hint(code));
+        }
+        for exit in [Exit::Usage, Exit::Connection, Exit::Refused, Exit::Internal] {
+            let e = CliError {
+                exit,
+                message: String::new(),
+                hint: None,
+            };
+            assert!(both(e.hint_or_default()), "{exit:?}");
+        }
+        let file = CliError::file("read", std::path::Path::new("x"), "gone");
+        assert!(both(&file.message) && both(file.hint_or_default()));
     }
 }

@@ -140,7 +140,7 @@ pub async fn run_single(
                 Err(e) => match unkept {
                     // What matters more is that the answer is lost.
                     Some(lost) => {
-                        eprintln!("error: {}", CliError::from(e));
+                        eprintln!("{}: {}", super::fail::ERROR, CliError::from(e));
                         return Err(lost);
                     }
                     None => return Err(e.into()),
