@@ -425,6 +425,39 @@ async fn truncate_tail(backend: Backend) -> Result<()> {
 }
 both_backends!(truncate_tail: truncate_sqlite, truncate_postgres);
 
+/// Delete records the running writer committed but no checkpoint covers
+/// yet and set the head back: the next checkpoint refuses (the writer knows
+/// what it committed), rather than signing the shorter history.
+async fn truncate_unsealed_tail(backend: Backend) -> Result<()> {
+    let Some(case) = Case::new(backend).await? else {
+        return Ok(());
+    };
+    let log = case.log();
+    for i in 21..=25 {
+        log.append(draft(i)?).await?;
+    }
+    case.exec(
+        "DELETE FROM records WHERE seq > 22;
+         UPDATE records_head SET seq = 22, hash = (SELECT hash FROM records WHERE seq = 22);",
+    )
+    .await?;
+    let refused = log.seal().await;
+    assert!(refused.is_err(), "signed a head behind what was committed");
+    assert_eq!(
+        case.count("SELECT COUNT(*) FROM record_checkpoints WHERE seq > 20")
+            .await?,
+        0
+    );
+    let refusal = case.refusal().context("no refusal")?;
+    assert_eq!(
+        (refusal.seq, refusal.finding),
+        (23, Finding::CommittedRewritten)
+    );
+    case.refuses_queries("committed_rewritten", 23).await?;
+    Ok(())
+}
+both_backends!(truncate_unsealed_tail: truncate_unsealed_sqlite, truncate_unsealed_postgres);
+
 /// Delete a record and re-chain, checkpoints kept: the checkpoints name
 /// it; the running broker's next checkpoint refuses (its signed head at 20
 /// is gone), and answers no more queries.

@@ -519,6 +519,21 @@ impl RecordLog {
         let unsealed =
             |seq: u64| seq > head.cut_seq && latest.as_ref().is_none_or(|cp| cp.seq < seq);
         let signed_seq = state.as_ref().map_or(0, |s| s.seq);
+        // A stored head behind what this writer committed: records it
+        // committed (and whose answers left) were deleted and the head set
+        // back, before any checkpoint covered them.
+        if let Some((seq, _)) = ours.filter(|(seq, _)| *seq > head.seq) {
+            let refusal = Refusal {
+                seq: head.seq + 1,
+                finding: Finding::CommittedRewritten,
+            };
+            tracing::error!(
+                committed = seq,
+                head = head.seq,
+                "the stored head is behind what this node committed"
+            );
+            return Err(self.found(refusal, state.as_ref()));
+        }
         // The head this process's writer committed is known without reading
         // the rows back: the store must still hold it — the head row itself,
         // or the record at that position when commits have moved the head
