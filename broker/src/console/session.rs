@@ -170,7 +170,13 @@ pub async fn totp(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Bo
                 .await?;
         }
     }
-    Ok(edge::json(StatusCode::OK, &outcome?.answer()))
+    let done = outcome?;
+    // The full session has a new id: the one used until now has ended.
+    let mut response = edge::json(StatusCode::OK, &done.session.answer());
+    if let Ok(value) = HeaderValue::from_str(&cookies::set_cookie(&done.token)) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
 }
 
 /// Logs a session step's outcome and answers it.

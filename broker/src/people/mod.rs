@@ -757,7 +757,8 @@ impl People {
     }
 
     /// Checks a TOTP code: at `totp_enrolment` it confirms the enrolment, at
-    /// `totp` it completes the login. Either way the session becomes `full`,
+    /// `totp` it completes the login. Either way the session becomes `full`
+    /// under a new id (returned: set it as the cookie; the old one ends),
     /// the failure count resets and the login is recorded. A wrong code, or
     /// one of a step already used, counts toward the lockout; the lock ends
     /// the session.
@@ -767,7 +768,7 @@ impl People {
         token: &str,
         code: &TotpCode,
         source: Option<IpAddr>,
-    ) -> Result<SessionView, PeopleError> {
+    ) -> Result<Login, PeopleError> {
         let open = self.open_session(token).await?;
         match open.stage {
             Stage::TotpEnrolment if !open.user.totp_enrolled => {
@@ -812,19 +813,34 @@ impl People {
                     if store::record_full_login(&self.pools, &user, step, &at, from.as_deref())
                         .await?
                     {
-                        if !store::advance_session(&self.pools, &hash, stage, Stage::Full, &at)
-                            .await?
+                        // A new id for the full session: an id someone
+                        // planted before the code was entered (session
+                        // fixation) ends here.
+                        let renewed = SessionToken::generate();
+                        let new_hash = renewed.hash();
+                        if !store::advance_session(
+                            &self.pools,
+                            &hash,
+                            &new_hash,
+                            stage,
+                            Stage::Full,
+                            &at,
+                        )
+                        .await?
                         {
                             return Err(PeopleError::SessionExpired);
                         }
                         tracing::info!(user = %user.id, enrolled = stage == Stage::TotpEnrolment, "login complete");
                         let open = OpenSession {
-                            hash,
+                            hash: new_hash,
                             row,
                             user,
                             stage: Stage::Full,
                         };
-                        return self.view(&open, Stage::Full).await;
+                        return Ok(Login {
+                            session: self.view(&open, Stage::Full).await?,
+                            token: renewed,
+                        });
                     }
                     // Another attempt changed the row (perhaps used this very
                     // step): check again against the fresh row.

@@ -545,23 +545,26 @@ pub(super) async fn touch_session(
     Ok(())
 }
 
-/// Moves a session from stage `from` to `to`; `false` when it was no longer at `from`.
+/// Moves a session from stage `from` to `to` under a new id (`new_hash`);
+/// `false` when it was no longer at `from`.
 pub(super) async fn advance_session(
     pools: &Pools,
     hash: &[u8],
+    new_hash: &[u8],
     from: Stage,
     to: Stage,
     now: &str,
 ) -> Result<bool, PeopleError> {
     let done = crate::on_pool!(pools, write, |pool| {
         sqlx::query(
-            "UPDATE user_sessions SET stage = $1, last_seen_at = $2
+            "UPDATE user_sessions SET stage = $1, last_seen_at = $2, token_hash = $5
              WHERE token_hash = $3 AND stage = $4",
         )
         .bind(to.as_str())
         .bind(now)
         .bind(hash)
         .bind(from.as_str())
+        .bind(new_hash)
         .execute(pool)
         .await?
         .rows_affected()

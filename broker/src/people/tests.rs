@@ -150,8 +150,8 @@ async fn enrolled(env: &Env, id: &str, password: &str) -> (totp::TotpSecret, Ses
         )
         .await
         .unwrap();
-    assert_eq!(view.stage, Stage::Full);
-    (secret, token)
+    assert_eq!(view.session.stage, Stage::Full);
+    (secret, view.token)
 }
 
 async fn whole_login_flow(env: Env) {
@@ -247,12 +247,19 @@ async fn whole_login_flow(env: Env) {
     assert!(enrolment.qr_svg.contains("<svg"));
     let secret = secret_from_uri(&enrolment.otpauth_uri);
     let first_code = code_at(&secret, env.now());
-    let view = people
+    let done = people
         .confirm_totp(&env.keys, &token, &first_code, ip("192.0.2.10"))
         .await
         .unwrap();
-    assert_eq!(view.stage, Stage::Full);
-    assert!(view.require_full().is_ok());
+    assert_eq!(done.session.stage, Stage::Full);
+    assert!(done.session.require_full().is_ok());
+    // The full session has a new id; the one that came before it ended
+    // (an id planted before the code was entered is worth nothing).
+    assert!(matches!(
+        people.authenticate(&token).await,
+        Err(PeopleError::SessionExpired)
+    ));
+    let token = done.token.expose().to_owned();
     assert_eq!(
         people.authenticate(&token).await.unwrap().stage,
         Stage::Full
@@ -309,11 +316,12 @@ async fn whole_login_flow(env: Env) {
         )
         .await
         .unwrap();
-    assert_eq!(view.stage, Stage::Full);
+    assert_eq!(view.session.stage, Stage::Full);
+    let token = view.token.expose().to_owned();
     // The view shows the logins before the current login; the user's record
     // now has this login (from where the session began) and the replay as
     // the last failure.
-    assert_eq!(view.last_login.unwrap().from, ip("192.0.2.10"));
+    assert_eq!(view.session.last_login.unwrap().from, ip("192.0.2.10"));
     let listed = people.user(&uid("taro.yamada")).await.unwrap();
     assert_eq!(listed.last_login.unwrap().from, ip("198.51.100.7"));
     assert!(listed.last_failed_login.is_some());

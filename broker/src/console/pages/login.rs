@@ -335,7 +335,11 @@ pub(super) async fn totp_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Broke
         }
     }
     match outcome {
-        Ok(done) => Ok(redirect(next_step(&done))),
+        // The full session has a new id: the one used until now has ended.
+        Ok(done) => Ok(with_cookie(
+            redirect(next_step(&done.session)),
+            &cookies::set_cookie(&done.token),
+        )),
         Err(e) if e.code() == ErrorCode::Internal => Err(e.into()),
         Err(e) if ends_session(&e) => Ok(ended(cx, &e).await),
         Err(e) => {
