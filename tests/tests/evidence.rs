@@ -458,6 +458,32 @@ async fn truncate_unsealed_tail(backend: Backend) -> Result<()> {
 }
 both_backends!(truncate_unsealed_tail: truncate_unsealed_sqlite, truncate_unsealed_postgres);
 
+/// Delete everything signed and set the cut there, as a purge would: no
+/// lawful purge takes records signed two seconds ago, so the sealer refuses
+/// instead of checking on from the forged cut.
+async fn purge_forged_past_the_signed_head(backend: Backend) -> Result<()> {
+    let Some(case) = Case::new(backend).await? else {
+        return Ok(());
+    };
+    case.exec(
+        "UPDATE records_head SET cut_seq = 20, cut_hash = (SELECT hash FROM records WHERE seq = 20);
+         DELETE FROM record_checkpoints;
+         DELETE FROM records WHERE seq <= 20;",
+    )
+    .await?;
+    let log = case.log();
+    log.append(draft(21)?).await?;
+    assert!(log.seal().await.is_err(), "sealed after a forged purge");
+    let refusal = case.refusal().context("no refusal")?;
+    assert_eq!(
+        (refusal.seq, refusal.finding),
+        (20, Finding::PurgedUnexpired { signed: 20 })
+    );
+    case.refuses_queries("purged_unexpired", 20).await?;
+    Ok(())
+}
+both_backends!(purge_forged_past_the_signed_head: forged_purge_sqlite, forged_purge_postgres);
+
 /// Delete a record and re-chain, checkpoints kept: the checkpoints name
 /// it; the running broker's next checkpoint refuses (its signed head at 20
 /// is gone), and answers no more queries.

@@ -668,6 +668,23 @@ impl RecordLog {
                         },
                     );
                 }
+                // Purged up to or past the signed head: lawful only if that
+                // head is older than the retention period (a purge takes
+                // nothing younger), else the purge record and cut are forged.
+                let signed_at = s.checkpoint.as_ref().and_then(|c| {
+                    time::OffsetDateTime::parse(
+                        &c.at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                });
+                let cutoff = self.retention_cutoff(time::OffsetDateTime::now_utc());
+                if head.cut_seq > 0
+                    && s.seq <= head.cut_seq
+                    && signed_at.is_some_and(|at| at > cutoff)
+                {
+                    return refuse(s.seq, Finding::PurgedUnexpired { signed: s.seq });
+                }
                 if s.seq < head.cut_seq {
                     // Purged past the signed head (by another node): the
                     // rest is checked from the cut, which a purge record in

@@ -210,6 +210,14 @@ pub enum Finding {
     /// The record this process committed was changed behind its writer.
     #[error("the stored record differs from what was committed")]
     CommittedRewritten,
+    /// The records were purged past the head the sealer signed while that
+    /// head was younger than the retention period: no lawful purge reaches
+    /// a record signed so recently (a forged purge record and cut).
+    #[error("records up to {signed} were purged though the sealer signed them within the retention period")]
+    PurgedUnexpired {
+        /// What the sealer signed.
+        signed: u64,
+    },
 }
 
 impl Finding {
@@ -222,6 +230,7 @@ impl Finding {
             Finding::CheckpointMissing { .. } => "checkpoint_missing",
             Finding::Chain(_) => "chain_broken",
             Finding::CommittedRewritten => "committed_rewritten",
+            Finding::PurgedUnexpired { .. } => "purged_unexpired",
         }
     }
 }
