@@ -72,6 +72,22 @@ fn persons_csv(path: &Path, persons: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A terminal user with a profile of `org` on `broker`, an input file of
+/// `persons` and where the results go: `(user, input, out)`.
+async fn batch_user(
+    broker: &kakehashi_tests::TestBroker,
+    org: &str,
+    persons: &[String],
+) -> Result<(CliUser, std::path::PathBuf, std::path::PathBuf)> {
+    let user = CliUser::new()?;
+    user.add_profile(broker, org).await?;
+    let input = user.files.path().join("persons.csv");
+    let codes: Vec<&str> = persons.iter().map(String::as_str).collect();
+    persons_csv(&input, &codes)?;
+    let out = user.files.path().join("results.jsonl");
+    Ok((user, input, out))
+}
+
 /// `query --batch INPUT …FLAGS --out OUT` (OUT last: it may not be UTF-8).
 async fn batch(
     user: &CliUser,
@@ -105,12 +121,7 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         .store
         .set_org_status(&OrgId::new("agency-pension")?, OrgStatus::Suspended)
         .await?;
-    let user = CliUser::new()?;
-    user.add_profile(&broker, "agency-pension").await?;
-    let input = user.files.path().join("persons.csv");
-    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
-    persons_csv(&input, &codes)?;
-    let out = user.files.path().join("results.jsonl");
+    let (user, input, out) = batch_user(&broker, "agency-pension", &s.union_codes).await?;
 
     let run = batch(
         &user,
@@ -342,12 +353,7 @@ async fn a_rerun_by_another_person_asks_again_instead_of_conflicting() -> Result
         return Ok(());
     };
     let s = scenario(&broker, 3).await?;
-    let user = CliUser::new()?;
-    user.add_profile(&broker, "union-saitama").await?;
-    let input = user.files.path().join("persons.csv");
-    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
-    persons_csv(&input, &codes)?;
-    let out = user.files.path().join("results.jsonl");
+    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
     let ids_of = |lines: &[serde_json::Value]| -> BTreeSet<String> {
         lines
             .iter()
@@ -410,12 +416,7 @@ async fn a_results_file_in_use_is_refused() -> Result<()> {
         return Ok(());
     };
     let s = scenario(&broker, 2).await?;
-    let user = CliUser::new()?;
-    user.add_profile(&broker, "union-saitama").await?;
-    let input = user.files.path().join("persons.csv");
-    let codes: Vec<&str> = s.union_codes.iter().map(String::as_str).collect();
-    persons_csv(&input, &codes)?;
-    let out = user.files.path().join("results.jsonl");
+    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
     let run = batch(
         &user,
         "union-saitama",
@@ -472,12 +473,8 @@ async fn files_of_personal_data_are_private() -> Result<()> {
         return Ok(());
     };
     let s = scenario(&broker, 1).await?;
-    let user = CliUser::new()?;
-    user.add_profile(&broker, "union-saitama").await?;
     // Whatever the umask says.
-    let input = user.files.path().join("persons.csv");
-    persons_csv(&input, &[s.union_codes[0].as_str()])?;
-    let out = user.files.path().join("results.jsonl");
+    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes[..1]).await?;
     let run = batch(
         &user,
         "union-saitama",
