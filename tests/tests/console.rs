@@ -612,6 +612,36 @@ async fn org_rules_hold_on_the_console_as_on_the_exchange() -> Result<()> {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     assert_eq!(broker.broker.state().flows().version, before);
 
+    // An administrator the proposer added (and so whose temporary password
+    // the proposer knew) does not approve the proposer's version.
+    let added = union
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"user_id": "rules.made", "org": "union-saitama", "roles": ["administrator"]})),
+        )
+        .await?;
+    expect_ok(&added)?;
+    let mut made = kakehashi_tests::console::Person {
+        user_id: "rules.made".into(),
+        password: added.json()?["temporary_password"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        totp_secret: None,
+    };
+    let mut second = ConsoleClient::connect(&broker).await?;
+    second.log_in(&mut made, 0).await?;
+    let r = second
+        .call(
+            Method::POST,
+            &format!("/api/flow-lists/{version}/approve"),
+            None,
+        )
+        .await?;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert_eq!(broker.broker.state().flows().version, before);
+
     // Nobody grants themselves a role or the Individual-Number privilege.
     for grant in [
         json!({"role": "auditor"}),

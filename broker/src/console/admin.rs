@@ -65,6 +65,37 @@ impl Admin<'_> {
         }
     }
 
+    /// Whether this administrator may approve `version`: besides the
+    /// union-only rule, not when its proposer added this administrator's
+    /// account or reset its password (the proposer then knew the temporary
+    /// password, and two accounts could be one person).
+    pub async fn may_approve_flow_list(&self, version: u64) -> Result<(), BrokerError> {
+        self.may_change_flow_lists().await?;
+        let proposer = crate::flow_changes::get(&self.console.state.store.pools(), version)
+            .await?
+            .view
+            .proposed_by;
+        for action in [OpAction::UserAdded, OpAction::UserReset] {
+            let filter = crate::oplog::OpFilter {
+                actor: Some(proposer.clone()),
+                action: Some(action),
+                result: Some(crate::oplog::OpResultFilter::Success),
+                ..crate::oplog::OpFilter::default()
+            };
+            let made = self.console.oplog.search(&filter, 1000, None).await?;
+            if made
+                .iter()
+                .any(|e| e.target.as_deref() == Some(self.session.user_id.as_str()))
+            {
+                return Err(BrokerError::refused(
+                    ErrorCode::Forbidden,
+                    "この版を提案した管理者があなたのアカウントを作成またはリセットしています。別の管理者が承認してください / the proposer of this version added your account or reset its password; another administrator must approve",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn may_manage_orgs(&self) -> Result<(), BrokerError> {
         if self.is_union().await? {
             Ok(())

@@ -98,7 +98,10 @@ pub async fn approve(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
     let version = version_param(call)?;
     let state = &call.console.state;
-    let outcome = match union_administrator(call)?.may_change_flow_lists().await {
+    let outcome = match union_administrator(call)?
+        .may_approve_flow_list(version)
+        .await
+    {
         Ok(()) => {
             flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await
         }

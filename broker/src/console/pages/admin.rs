@@ -1073,7 +1073,7 @@ async fn flow_approve(cx: &Cx<'_, '_>) -> Result<Response<Body>, BrokerError> {
     let session = cx.session()?;
     let version = version_number(cx.call.params.get("version"))?;
     let state = &cx.console().state;
-    let outcome = match admin(cx)?.may_change_flow_lists().await {
+    let outcome = match admin(cx)?.may_approve_flow_list(version).await {
         Ok(()) => {
             flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await
         }
