@@ -290,11 +290,12 @@ impl Denial {
 /// days in force are days of the Japanese calendar, so a flow ending on
 /// 31 March is not in force at 00:30 JST on 1 April (still 31 March in UTC).
 pub fn japanese_day(now: time::OffsetDateTime) -> Date {
-    time::UtcOffset::from_hms(9, 0, 0)
-        .ok()
-        .and_then(|jst| now.checked_to_offset(jst))
+    now.checked_to_offset(JST)
         .map_or(now.date(), |jst| jst.date())
 }
+
+/// Japan Standard Time: UTC+9, no daylight saving.
+pub const JST: time::UtcOffset = time::macros::offset!(+9);
 
 /// Checks a query against the flow list in force on `today`.
 pub fn check<'a>(

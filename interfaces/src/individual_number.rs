@@ -226,6 +226,20 @@ pub fn spans_in(text: &str) -> Vec<std::ops::Range<usize>> {
     found
 }
 
+/// `text` with every valid Individual Number in it ([`spans_in`]) replaced
+/// by `placeholder`.
+pub fn replace_in(text: &str, placeholder: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut written = 0;
+    for span in spans_in(text) {
+        out.push_str(&text[written..span.start]);
+        out.push_str(placeholder);
+        written = span.end;
+    }
+    out.push_str(&text[written..]);
+    out
+}
+
 /// An ASCII or full-width digit.
 fn is_digit(c: char) -> bool {
     c.is_ascii_digit() || ('０'..='９').contains(&c)

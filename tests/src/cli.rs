@@ -110,3 +110,34 @@ impl CliUser {
         Ok(())
     }
 }
+
+/// `query` flags of a sensitive item (F-0121, public assistance): the
+/// answer waits for an operator.
+pub const SENSITIVE: [&str; 8] = [
+    "--flow",
+    "F-0121",
+    "--procedure",
+    "benefit-reduction",
+    "--provider",
+    "city-saitama",
+    "--item",
+    "welfare.public_assistance",
+];
+
+/// `query` flags of an item answered at once (F-0120, income).
+pub const PLAIN: [&str; 8] = [
+    "--flow",
+    "F-0120",
+    "--procedure",
+    "premium-calculation",
+    "--provider",
+    "city-saitama",
+    "--item",
+    "local_tax.income",
+];
+
+/// A file's permission bits.
+pub fn mode(path: &std::path::Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}

@@ -14,36 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kakehashi_client::interfaces::{OrgId, OrgStatus};
-use kakehashi_tests::cli::{CliUser, Run};
+use kakehashi_tests::cli::{mode, CliUser, Run, PLAIN, SENSITIVE};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
 use kakehashi_tests::Backend;
-
-const SENSITIVE: [&str; 8] = [
-    "--flow",
-    "F-0121",
-    "--procedure",
-    "benefit-reduction",
-    "--provider",
-    "city-saitama",
-    "--item",
-    "welfare.public_assistance",
-];
-
-const PLAIN: [&str; 8] = [
-    "--flow",
-    "F-0120",
-    "--procedure",
-    "premium-calculation",
-    "--provider",
-    "city-saitama",
-    "--item",
-    "local_tax.income",
-];
-
-fn mode(path: &Path) -> Result<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
-}
 
 fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {

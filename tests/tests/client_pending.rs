@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kakehashi_client::interfaces::{QueryId, QueryResponse};
 use kakehashi_client::PendingStore;
+use kakehashi_tests::cli::{mode, SENSITIVE};
 use kakehashi_tests::exchange::{exchange_broker_with, scenario};
 use kakehashi_tests::{both_backends, Backend, TestBroker};
 use tempfile::TempDir;
@@ -91,11 +92,6 @@ impl User {
     }
 }
 
-fn mode(path: &Path) -> Result<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
-}
-
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -126,17 +122,6 @@ fn result_lines(path: &str) -> Result<Vec<serde_json::Value>> {
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
 }
-
-const SENSITIVE: [&str; 8] = [
-    "--flow",
-    "F-0121",
-    "--procedure",
-    "benefit-reduction",
-    "--provider",
-    "city-saitama",
-    "--item",
-    "welfare.public_assistance",
-];
 
 async fn pending_keys_survive_the_process_and_go_when_expired(backend: Backend) -> Result<()> {
     let Some(broker) = exchange_broker_with(backend, |o| {

@@ -443,14 +443,15 @@ pub async fn run(
 /// `GET /api/users`: the users this administrator manages (the union's:
 /// every org's), without hashes or secrets.
 pub async fn users(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
-    let users = admin(call)?.users().await?;
+    let users = acting(call)?.users().await?;
     Ok(edge::json(
         StatusCode::OK,
         &kakehashi_interfaces::people::UserList { users },
     ))
 }
 
-fn admin<'a>(call: &'a Call<'_>) -> Result<Admin<'a>, BrokerError> {
+/// The administrator acting in a JSON call (the flow-list endpoints too).
+pub(crate) fn acting<'a>(call: &'a Call<'_>) -> Result<Admin<'a>, BrokerError> {
     Ok(Admin {
         console: call.console,
         session: call.session()?,
@@ -482,21 +483,21 @@ async fn add_user(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Bo
     let body = call.read_body(req).await?;
     let request: NewUserRequest = edge::parse_json(&body)?;
     let user_id = request.user_id.clone();
-    let password = admin(call)?.add_user(request.into()).await?;
+    let password = acting(call)?.add_user(request.into()).await?;
     temporary(user_id, &password)
 }
 
 /// `POST /api/users/{user_id}/reset` → [`TemporaryPasswordAnswer`].
 async fn reset(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let user_id = user_param(call)?;
-    let password = admin(call)?.reset(&user_id).await?;
+    let password = acting(call)?.reset(&user_id).await?;
     temporary(user_id, &password)
 }
 
 /// `POST /api/users/{user_id}/disable` or `/enable` → [`UserView`].
 async fn set_disabled(call: &Call<'_>, disabled: bool) -> Result<Response<Body>, BrokerError> {
     let user_id = user_param(call)?;
-    let user = admin(call)?.set_disabled(&user_id, disabled).await?;
+    let user = acting(call)?.set_disabled(&user_id, disabled).await?;
     Ok(edge::json(StatusCode::OK, &user))
 }
 
@@ -510,13 +511,13 @@ async fn set_grant(
     let user_id = user_param(call)?;
     let body = call.read_body(req).await?;
     let grant: Grant = edge::parse_json(&body)?;
-    let user = admin(call)?.set_grant(&user_id, grant, on).await?;
+    let user = acting(call)?.set_grant(&user_id, grant, on).await?;
     Ok(edge::json(StatusCode::OK, &user))
 }
 
 /// `GET /api/orgs`: every org.
 async fn orgs(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
-    let orgs = admin(call)?.orgs().await?;
+    let orgs = acting(call)?.orgs().await?;
     Ok(edge::json(
         StatusCode::OK,
         &serde_json::json!({ "orgs": orgs }),
@@ -543,7 +544,7 @@ async fn add_org(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Bod
         .as_deref()
         .map(fingerprint)
         .transpose()?;
-    let org = admin(call)?
+    let org = acting(call)?
         .add_org(NewOrg {
             id: request.id,
             kind: request.kind,
@@ -557,7 +558,7 @@ async fn add_org(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Bod
 /// `POST /api/orgs/{org}/suspend` or `/activate` → the org.
 async fn set_org_status(call: &Call<'_>, status: OrgStatus) -> Result<Response<Body>, BrokerError> {
     let id = org_param(call)?;
-    let org = admin(call)?.set_org_status(&id, status).await?;
+    let org = acting(call)?.set_org_status(&id, status).await?;
     Ok(edge::json(StatusCode::OK, &org))
 }
 
@@ -581,7 +582,7 @@ async fn set_org_pin(
         .as_deref()
         .map(fingerprint)
         .transpose()?;
-    let org = admin(call)?.set_org_pin(&id, pin.as_deref()).await?;
+    let org = acting(call)?.set_org_pin(&id, pin.as_deref()).await?;
     Ok(edge::json(StatusCode::OK, &org))
 }
 

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use kakehashi_interfaces::ErrorCode;
 use serde::Deserialize;
 
-use crate::console::admin::Admin;
+use crate::console::admin;
 use crate::console::endpoints::Call;
 use crate::edge::http::{self as edge, Body};
 use crate::error::BrokerError;
@@ -67,7 +67,7 @@ pub async fn propose(
     let session = call.session()?;
     let body = call.read_body(req).await?;
     let request: ProposeRequest = edge::parse_json(&body)?;
-    let outcome = match union_administrator(call)?.may_change_flow_lists().await {
+    let outcome = match admin::acting(call)?.may_change_flow_lists().await {
         Ok(()) => {
             flow_changes::propose(
                 &call.console.state.store.pools(),
@@ -98,10 +98,7 @@ pub async fn approve(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let session = call.session()?;
     let version = version_param(call)?;
     let state = &call.console.state;
-    let outcome = match union_administrator(call)?
-        .may_approve_flow_list(version)
-        .await
-    {
+    let outcome = match admin::acting(call)?.may_approve_flow_list(version).await {
         Ok(()) => {
             flow_changes::approve(&state.store.pools(), version, session.user_id.as_str()).await
         }
@@ -119,13 +116,4 @@ pub async fn approve(call: &Call<'_>) -> Result<Response<Body>, BrokerError> {
     let approved = outcome?;
     state.reload_flows().await?;
     Ok(edge::json(StatusCode::OK, &approved))
-}
-
-/// The administrator acting, for the union-only rule of flow lists.
-fn union_administrator<'a>(call: &'a Call<'_>) -> Result<Admin<'a>, BrokerError> {
-    Ok(Admin {
-        console: call.console,
-        session: call.session()?,
-        source: call.conn.peer.ip(),
-    })
 }

@@ -15,17 +15,10 @@ pub const HIDDEN: &str = "（個人番号: 表示する権限がありません�
 /// replaced by `placeholder`.
 pub fn hide_numbers(text: &str, privileged: bool, placeholder: &str) -> String {
     if privileged {
-        return text.to_string();
+        text.to_string()
+    } else {
+        individual_number::replace_in(text, placeholder)
     }
-    let mut out = String::with_capacity(text.len());
-    let mut written = 0;
-    for span in individual_number::spans_in(text) {
-        out.push_str(&text[written..span.start]);
-        out.push_str(placeholder);
-        written = span.end;
-    }
-    out.push_str(&text[written..]);
-    out
 }
 
 #[cfg(test)]

@@ -92,9 +92,7 @@ pub(crate) fn instant(name: &str, text: &str) -> Result<OffsetDateTime, BrokerEr
                     "{name}: 日付は YYYY-MM-DD または RFC 3339 で指定してください / must be YYYY-MM-DD or RFC 3339"
                 ))
             })?;
-            let jst = time::UtcOffset::from_hms(9, 0, 0)
-                .map_err(|e| BrokerError::Internal(e.to_string()))?;
-            date.midnight().assume_offset(jst)
+            date.midnight().assume_offset(crate::policy::JST)
         }
     };
     match at.checked_to_offset(time::UtcOffset::UTC) {

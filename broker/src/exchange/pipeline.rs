@@ -442,14 +442,7 @@ pub fn stored_to_response(stored: &results::StoredResult) -> Result<QueryRespons
         (QueryStatus::Rejected, Some(text)) => {
             // A reason stored before reasons were refused with an Individual
             // Number in them still answers, with the number left out.
-            let mut shown = String::with_capacity(text.len());
-            let mut written = 0;
-            for span in kakehashi_interfaces::individual_number::spans_in(text) {
-                shown.push_str(&text[written..span.start]);
-                shown.push_str("（個人番号）");
-                written = span.end;
-            }
-            shown.push_str(&text[written..]);
+            let shown = kakehashi_interfaces::individual_number::replace_in(text, "（個人番号）");
             Some(RejectionReason::new(&shown).map_err(|_| corrupt("rejection reason"))?)
         }
         (QueryStatus::Rejected, None) => return Err(corrupt("rejection reason")),

@@ -431,11 +431,6 @@ fn instants_in_jst(text: &str) -> String {
     out
 }
 
-/// Japan Standard Time: UTC+9, no daylight saving.
-fn jst_offset() -> UtcOffset {
-    UtcOffset::from_hms(9, 0, 0).unwrap_or(UtcOffset::UTC)
-}
-
 /// An RFC 3339 instant as people read it: `2025-04-01 09:00:00 JST`. Text
 /// that is not an instant is shown as it is.
 pub fn jst(rfc3339: &str) -> String {
@@ -447,7 +442,7 @@ pub fn jst(rfc3339: &str) -> String {
 
 /// An instant in JST (in UTC when JST would pass the year 9999).
 pub fn jst_of(at: OffsetDateTime) -> String {
-    let (at, zone) = match at.checked_to_offset(jst_offset()) {
+    let (at, zone) = match at.checked_to_offset(crate::policy::JST) {
         Some(jst) => (jst, "JST"),
         None => (at.checked_to_offset(UtcOffset::UTC).unwrap_or(at), "UTC"),
     };
