@@ -352,17 +352,8 @@ impl Transport {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                if matches!(conn.sender, Sender::H2(_)) {
-                    // A broken h2 connection must not be handed out again (but
-                    // a newer one another caller made stays).
-                    let mut shared = self.h2.lock().await;
-                    if shared
-                        .as_ref()
-                        .is_some_and(|c| Arc::ptr_eq(&c.error, &conn.error))
-                    {
-                        *shared = None;
-                    }
-                }
+                // A broken connection must not be handed out again.
+                self.forget(&conn).await;
                 return Err(AttemptError {
                     not_sent: e.is_canceled(),
                     error: self.request_error(&e, &conn.error).await,
@@ -370,6 +361,13 @@ impl Transport {
             }
         };
         let status = response.status();
+        // The broker closes a connection once it has refused its certificate
+        // or org: no further request goes on it, or it would race the close
+        // (GOAWAY) and could wait out the request timeout.
+        let closing = status == StatusCode::UNAUTHORIZED;
+        if closing {
+            self.forget(&conn).await;
+        }
         let headers = response.headers().clone();
         let body = Limited::new(response.into_body(), self.options.max_response_bytes)
             .collect()
@@ -382,12 +380,29 @@ impl Transport {
                 not_sent: false,
             })?
             .to_bytes();
-        self.checkin(conn);
+        if !closing {
+            self.checkin(conn);
+        }
         Ok(RawResponse {
             status,
             headers,
             body,
         })
+    }
+
+    /// Takes an h2 `conn` out of use: the shared connection is dropped if it
+    /// is still this one (a newer one another caller made stays). An HTTP/1.1
+    /// connection is out of use already while a request holds it.
+    async fn forget(&self, conn: &Conn) {
+        if matches!(conn.sender, Sender::H2(_)) {
+            let mut shared = self.h2.lock().await;
+            if shared
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.error, &conn.error))
+            {
+                *shared = None;
+            }
+        }
     }
 
     fn checkin(&self, conn: Conn) {
