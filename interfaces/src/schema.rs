@@ -290,7 +290,7 @@ pub const CONSOLE_ENDPOINTS: [Endpoint; 31] = [
         "Another administrator: approve a proposed version; it is in force at once",
     ),
     console("GET", "/api/records", None, "object {rows: [ExportRow], next_before}", "Auditors: provision records of the auditor's org, newest first (from, until, org, flow, outcome, person, before, size)"),
-    console("GET", "/api/records/export", None, "object {rows, export_record_seq, files: [{name, url}], verify_command}", "Auditors: an export (format csv with BOM, or jsonl) and its bundle, to download and verify offline"),
+    console("POST", "/api/records/export", None, "object {rows, export_record_seq, files: [{name, url}], verify_command}", "Auditors: an export (format csv with BOM, or jsonl) and its bundle, to download and verify offline"),
     console("GET", "/api/records/export/{id}/{file}", None, "the file (attachment)", "Auditors: one file of an export they made, for 10 minutes"),
 ];
 

@@ -420,40 +420,20 @@ async fn an_auditor_searches_exports_and_the_download_verifies_offline() -> Resu
         assert!(!text.contains(code.as_str()), "{text}");
     }
 
-    let made = console
+    // Making an export writes the operation log and keeps files: not a GET,
+    // which a link or an image on another page could send.
+    let refused = console
         .call(Method::GET, "/api/records/export?format=csv", None)
+        .await?;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+    let made = console
+        .call(Method::POST, "/api/records/export?format=csv", None)
         .await?;
     expect_ok(&made)?;
     let made = made.json()?;
     let dir = tempfile::tempdir()?;
-    let mut data_path = None;
-    for file in made["files"].as_array().cloned().unwrap_or_default() {
-        let name = file["name"].as_str().unwrap_or("").to_string();
-        let url = file["url"].as_str().unwrap_or("").to_string();
-        let got = console.call(Method::GET, &url, None).await?;
-        expect_ok(&got)?;
-        let path = dir.path().join(&name);
-        std::fs::write(&path, &got.body)?;
-        if name.ends_with(".csv") {
-            // Opens in Excel with Japanese intact.
-            assert!(got.body.starts_with(&[0xEF, 0xBB, 0xBF]), "CSV without BOM");
-            data_path = Some(path);
-        }
-    }
-    let data_path = data_path.ok_or_else(|| anyhow::anyhow!("no CSV in {made}"))?;
-    let key_id = broker.broker.state().records.sealer_key_id().to_string();
-    let client = kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")?;
-    let out = std::process::Command::new(client)
-        .args(["audit", "verify"])
-        .arg(&data_path)
-        .args(["--trusted-key-id", &key_id])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data_path = download_export(&mut console, &made, dir.path()).await?;
+    verify_offline(&broker, &data_path)?;
     // Another person cannot fetch this auditor's download.
     let url = made["files"][0]["url"].as_str().unwrap_or("").to_string();
     let mut other = add_person(&broker, "audit.other", "union-saitama", &[Role::Auditor]).await?;
@@ -469,6 +449,48 @@ async fn an_auditor_searches_exports_and_the_download_verifies_offline() -> Resu
         );
         assert!(sql_count(&pools, &sql).await? >= 1, "{action}");
     }
+    Ok(())
+}
+
+/// Downloads every file of an export `made` into `dir`; the CSV's path.
+async fn download_export(
+    console: &mut ConsoleClient,
+    made: &serde_json::Value,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let mut data_path = None;
+    for file in made["files"].as_array().cloned().unwrap_or_default() {
+        let name = file["name"].as_str().unwrap_or("").to_string();
+        let url = file["url"].as_str().unwrap_or("").to_string();
+        let got = console.call(Method::GET, &url, None).await?;
+        expect_ok(&got)?;
+        let path = dir.join(&name);
+        std::fs::write(&path, &got.body)?;
+        if name.ends_with(".csv") {
+            // Opens in Excel with Japanese intact.
+            assert!(got.body.starts_with(&[0xEF, 0xBB, 0xBF]), "CSV without BOM");
+            data_path = Some(path);
+        }
+    }
+    data_path.ok_or_else(|| anyhow::anyhow!("no CSV in {made}"))
+}
+
+/// `kakehashi audit verify` of a downloaded export, against the broker's
+/// checkpoint key, succeeds.
+fn verify_offline(broker: &TestBroker, data_path: &std::path::Path) -> Result<()> {
+    let key_id = broker.broker.state().records.sealer_key_id().to_string();
+    let client = kakehashi_tests::binaries::workspace_binary("kakehashi-client", "kakehashi")?;
+    let out = std::process::Command::new(client)
+        .args(["audit", "verify"])
+        .arg(data_path)
+        .args(["--trusted-key-id", &key_id])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -492,7 +514,12 @@ async fn instants_beyond_the_year_9999_are_refused_not_a_dropped_connection() ->
         "/api/operation-log?from=9999-12-31T23:30:00-01:00",
         "/api/operation-log?until=-9999-01-01",
     ] {
-        let r = console.call(Method::GET, path, None).await?;
+        let method = if path.starts_with("/api/records/export") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let r = console.call(method, path, None).await?;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(r.error_code().as_deref(), Some("invalid_input"), "{path}");
     }

@@ -63,7 +63,8 @@ pub enum Endpoint {
     Users,
     /// `GET /api/records`: search provision records (auditors).
     Records,
-    /// `GET /api/records/export`: make an export that verifies offline.
+    /// `POST /api/records/export`: make an export that verifies offline
+    /// (a `POST`: it writes the operation log and keeps files).
     RecordsExport,
     /// `GET /api/records/export/{id}/{file}`: download one of its files.
     RecordsDownload,
@@ -221,10 +222,10 @@ pub const TABLE: &[Route<Endpoint, Access>] = &[
         Endpoint::Records,
     ),
     row(
-        Method::GET,
+        Method::POST,
         "/api/records/export",
         Roles(AUDITORS),
-        Empty,
+        SMALL,
         Endpoint::RecordsExport,
     ),
     row(

@@ -1,5 +1,5 @@
 //! What auditors read of the provision records (R16): `GET /api/records`
-//! (search, newest first, paged; `org` narrows to exchanges with another org) and `GET /api/records/export` (a download
+//! (search, newest first, paged; `org` narrows to exchanges with another org) and `POST /api/records/export` (a download
 //! that verifies offline), both scoped to the auditor's own org — records
 //! where it was requester or provider — and both written to the operation
 //! log. No person code of any org is ever in a page or an export.
@@ -60,7 +60,7 @@ pub struct ExportFile {
     pub url: String,
 }
 
-/// `GET /api/records/export`'s answer.
+/// `POST /api/records/export`'s answer.
 #[derive(Debug, Serialize)]
 pub struct ExportMade {
     /// Records exported.
@@ -279,7 +279,8 @@ pub(crate) async fn search_page(
     Ok(page)
 }
 
-/// `GET /api/records/export?format=csv|jsonl&from&until&flow&outcome&person`.
+/// `POST /api/records/export?format=csv|jsonl&from&until&flow&outcome&person`
+/// (no body; the CSRF header as every state-changing call).
 pub async fn export(call: &Call<'_>, query: Option<&str>) -> Result<Response<Body>, BrokerError> {
     Ok(edge::json(StatusCode::OK, &make_export(call, query).await?))
 }

@@ -15,8 +15,10 @@ use zeroize::Zeroizing;
 
 pub use kakehashi_interfaces::people::SessionStage as Stage;
 
-/// The cookie that carries the session id.
-pub const SESSION_COOKIE: &str = "kakehashi_session";
+/// The cookie that carries the session id. The `__Host-` prefix makes
+/// browsers take it only from this host over HTTPS, for the whole site
+/// (`Path=/`, no `Domain`): a page on a sibling subdomain cannot set one.
+pub const SESSION_COOKIE: &str = "__Host-kakehashi_session";
 /// The cookie's attributes: never sent over plain HTTP, never readable by
 /// scripts, never sent by another site's page.
 pub const COOKIE_ATTRIBUTES: &str = "Secure; HttpOnly; SameSite=Strict; Path=/";
@@ -214,13 +216,18 @@ mod tests {
     fn cookies() {
         let t = SessionToken::generate();
         let set = set_cookie(&t);
-        assert!(set.starts_with("kakehashi_session="));
+        assert!(set.starts_with("__Host-kakehashi_session="));
+        assert!(!set.contains("Domain"), "__Host- cookies carry no Domain");
         assert!(set.ends_with("; Secure; HttpOnly; SameSite=Strict; Path=/"));
         assert!(clear_cookie().contains("Max-Age=0"));
-        let header = format!("theme=dark; kakehashi_session={}; x=1", t.expose());
+        let header = format!(
+            "theme=dark; kakehashi_session=planted; __Host-kakehashi_session={}; x=1",
+            t.expose()
+        );
         assert_eq!(token_from_cookie_header(&header), Some(t.expose()));
         assert_eq!(token_from_cookie_header("theme=dark"), None);
-        assert_eq!(token_from_cookie_header("kakehashi_session="), None);
+        assert_eq!(token_from_cookie_header("__Host-kakehashi_session="), None);
+        assert_eq!(token_from_cookie_header("kakehashi_session=planted"), None);
     }
 
     #[test]

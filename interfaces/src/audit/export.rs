@@ -245,12 +245,23 @@ fn write_csv_line<'a, W: Write>(
     w.write_all(line.as_bytes())
 }
 
+/// First characters that make a spreadsheet program read a cell as a
+/// formula (`=`, `+`, `-`, `@`, tab, CR), and the quote that marks one
+/// kept as text. A field starting with one of them is written with a leading
+/// `'`, which the reader ([`read_csv_record`]) takes off again: an auditor
+/// opening an export in Excel sees a cell like `=HYPERLINK(…)`
+/// as text, and the verifier sees the value as it was recorded.
+const FORMULA_STARTS: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
+
 fn push_csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
     for (i, field) in fields.enumerate() {
         if i > 0 {
             line.push(',');
         }
         line.push('"');
+        if field.starts_with(FORMULA_STARTS) {
+            line.push('\'');
+        }
         if field.contains('"') {
             line.push_str(&field.replace('"', "\"\""));
         } else {
@@ -259,6 +270,14 @@ fn push_csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
         line.push('"');
     }
     line.push_str("\r\n");
+}
+
+/// A field as recorded: without the `'` that [`FORMULA_STARTS`] put before it.
+fn as_recorded(field: String) -> String {
+    match field.strip_prefix('\'') {
+        Some(rest) => rest.to_string(),
+        None => field,
+    }
 }
 
 /// Reads one RFC 4180 record (quoted fields may span lines); `None` at end.
@@ -301,17 +320,17 @@ pub(super) fn read_csv_record<R: BufRead>(r: &mut R) -> Result<Option<Vec<String
             }
             match chars.next() {
                 None => {
-                    fields.push(field);
+                    fields.push(as_recorded(field));
                     return Ok(Some(fields));
                 }
-                Some(',') => fields.push(field),
+                Some(',') => fields.push(as_recorded(field)),
                 Some(_) => return Err("text after a closing quote".into()),
             }
         } else {
             loop {
                 match chars.next() {
                     None => {
-                        fields.push(field);
+                        fields.push(as_recorded(field));
                         return Ok(Some(fields));
                     }
                     Some(',') => break,
@@ -319,7 +338,7 @@ pub(super) fn read_csv_record<R: BufRead>(r: &mut R) -> Result<Option<Vec<String
                     Some(c) => field.push(c),
                 }
             }
-            fields.push(field);
+            fields.push(as_recorded(field));
         }
     }
 }
@@ -539,6 +558,36 @@ mod tests {
             vec!["plain", "", "q"]
         );
         assert_eq!(read_csv_record(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_written_as_text_and_read_as_recorded() {
+        let values = [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'quoted",
+            "''",
+            "'",
+            "plain",
+            "a=b",
+            "",
+        ];
+        let mut out = Vec::new();
+        write_csv_line(&mut out, values.into_iter()).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        for cell in text.trim_end().split("\",\"") {
+            let cell = cell.trim_start_matches('"');
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?} would be run as a formula"
+            );
+        }
+        assert!(text.starts_with("\"'=HYPERLINK("), "{text}");
+        assert_eq!(read_csv_record(&mut &out[..]).unwrap().unwrap(), values);
     }
 
     #[test]

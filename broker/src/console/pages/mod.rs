@@ -57,8 +57,9 @@ use i18n::{text, Lang};
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The cookie holding the login form's CSRF token before any session
-/// exists (checked against the form's `csrf` field).
-pub const LOGIN_COOKIE: &str = "kakehashi_login";
+/// exists (checked against the form's `csrf` field). `__Host-` as the
+/// session cookie, so that no sibling subdomain can plant a token of its own.
+pub const LOGIN_COOKIE: &str = "__Host-kakehashi_login";
 
 /// The form field every page form carries its CSRF token in.
 pub const CSRF_FIELD: &str = "csrf";
@@ -786,7 +787,7 @@ impl Cx<'_, '_> {
         let response = self.view.page(status, "login.html", &frame, own);
         with_cookie(
             response,
-            &format!("{LOGIN_COOKIE}={token}; Path=/login; Secure; HttpOnly; SameSite=Strict"),
+            &format!("{LOGIN_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict"),
         )
     }
 }
@@ -976,8 +977,11 @@ mod tests {
     fn cookies_are_found_in_any_cookie_header() {
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, "lang=en".parse().unwrap());
-        headers.append(header::COOKIE, "a=1; kakehashi_login=xyz".parse().unwrap());
-        assert_eq!(cookie(&headers, "kakehashi_login"), Some("xyz"));
+        headers.append(
+            header::COOKIE,
+            "a=1; __Host-kakehashi_login=xyz".parse().unwrap(),
+        );
+        assert_eq!(cookie(&headers, LOGIN_COOKIE), Some("xyz"));
         assert_eq!(cookie(&headers, "lang"), Some("en"));
         assert_eq!(cookie(&headers, "nope"), None);
     }
