@@ -4,7 +4,8 @@
 //! writing lines; a rerun by another person asks again instead of colliding
 //! with the first run's idempotency keys; a results file in use is refused
 //! by `query collect` and by a second batch; files of personal data are
-//! created 0600; a huge `--wait` waits instead of panicking. Real broker,
+//! created 0600; a huge `--wait` waits instead of panicking; a results file
+//! that fills up stops the batch, and the rerun reads the answers back. Real broker,
 //! real `kakehashi` subprocesses.
 
 use std::collections::BTreeSet;
@@ -16,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use kakehashi_client::interfaces::{OrgId, OrgStatus};
 use kakehashi_tests::cli::{mode, CliUser, Run, PLAIN, SENSITIVE};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
-use kakehashi_tests::Backend;
+use kakehashi_tests::{sql_count, Backend};
 
 fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
@@ -70,6 +71,19 @@ async fn batch(
     out: &OsStr,
     user_id: Option<&str>,
 ) -> Result<Run> {
+    let cmd = batch_command(user, profile, input, flags, out, user_id)?;
+    user.run_command(cmd).await
+}
+
+/// The command [`batch`] runs.
+fn batch_command(
+    user: &CliUser,
+    profile: &str,
+    input: &Path,
+    flags: &[&str],
+    out: &OsStr,
+    user_id: Option<&str>,
+) -> Result<tokio::process::Command> {
     let input = input.display().to_string();
     let mut args = vec!["--profile", profile, "query", "--batch", &input];
     args.extend(flags);
@@ -79,7 +93,35 @@ async fn batch(
     if let Some(id) = user_id {
         cmd.env("KAKEHASHI_USER", id);
     }
-    user.run_command(cmd).await
+    Ok(cmd)
+}
+
+/// `cmd` run with files it writes limited to `bytes` (rounded down to
+/// 512-byte blocks, `ulimit -f`), SIGXFSZ ignored: a write past the limit
+/// fails (EFBIG) as on a full disk instead of killing the process.
+fn with_file_size_limit(cmd: &tokio::process::Command, bytes: u64) -> tokio::process::Command {
+    let inner = cmd.as_std();
+    let mut limited = tokio::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+            bytes / 512
+        ))
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => limited.env(key, value),
+            None => limited.env_remove(key),
+        };
+    }
+    limited
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    limited
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,6 +562,68 @@ async fn a_huge_wait_waits_instead_of_panicking() -> Result<()> {
     assert!(
         stderr.contains("waiting up to 18446744073709551615s"),
         "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answers_back(
+) -> Result<()> {
+    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+        return Ok(());
+    };
+    let s = scenario(&broker, 5).await?;
+    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
+    let provided = "SELECT COUNT(*) FROM records WHERE outcome = 'provided'";
+
+    // Room for about one line: the results file fills up as a disk would.
+    let cmd = batch_command(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        None,
+    )?;
+    let full = user.run_command(with_file_size_limit(&cmd, 512)).await?;
+    assert_eq!(full.code, 1, "answered but not all written: {full:?}");
+    assert!(
+        full.stderr.contains("cannot write results file")
+            && full.stderr.contains("answered queries not written")
+            && full.stderr.contains("結果ファイルに書けなくなった"),
+        "{full:?}"
+    );
+    assert!(
+        !full.stderr.contains("nothing was sent"),
+        "queries were sent: {full:?}"
+    );
+    let written = std::fs::read_to_string(&out)?;
+    let whole = written
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(whole < 5, "the limit stopped the writes: {written}");
+    assert_eq!(sql_count(&broker.store.pools(), provided).await?, 5);
+
+    // With room again, the rerun finishes the file without asking again.
+    let rerun = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let lines = result_lines(&out)?;
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines.iter().all(|l| l["status"] == "provided"), "{lines:?}");
+    assert_eq!(
+        sql_count(&broker.store.pools(), provided).await?,
+        5,
+        "the answers were read back, not asked for again"
     );
     Ok(())
 }

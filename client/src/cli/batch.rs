@@ -535,6 +535,8 @@ pub async fn execute(
     let mut tally = Tally::default();
     let mut interrupted = false;
     let mut write_error = None;
+    // Answers received but not written once the results file failed.
+    let mut unwritten = 0u64;
     let mut key_not_kept = None;
     let mut org_refused = None;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -577,6 +579,9 @@ pub async fn execute(
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
+                }
+                if write_error.is_some() {
+                    unwritten += 1;
                 }
                 if let Some(code) = code {
                     *tally.refusals.entry(code).or_default() += 1;
@@ -621,15 +626,22 @@ pub async fn execute(
     let _ = out_file.sync_data();
 
     eprintln!("{}", report(&tally, out));
-    if let Some(e) = write_error {
-        return Err(
-            CliError::usage(format!("cannot write results file {}: {e}", out.display())).hint(
-                "free disk space or fix permissions, then rerun the same command to continue",
-            ),
-        );
-    }
     let failed: u64 = tally.failures.values().sum();
     let left = queue.lock().map(|q| q.len()).unwrap_or(0);
+    if let Some(e) = write_error {
+        // Queries were sent and answered: not a usage error ("nothing was
+        // sent"). Their answers are not lost: a rerun sends each under the
+        // same idempotency key and reads it back, and the reply keys of
+        // pending ones stay kept until their line is on disk.
+        return Err(CliError {
+            exit: Exit::Partial,
+            message: format!(
+                "結果ファイルに書けなくなったため止めました。回答を受け取った {unwritten} 件は書けていません（未着手 {left} 件） / cannot write results file {}: {e}; stopped with {unwritten} answered queries not written and {left} not started",
+                out.display()
+            ),
+            hint: Some("空き容量か権限を直してから同じコマンドを再実行してください。送信済みの照会は再度照会せず回答を読み戻します / free disk space or fix permissions, then rerun the same command: queries already sent are read back, not asked again".into()),
+        });
+    }
     if let Some((query_id, reason)) = key_not_kept {
         let mut err = CliError::key_not_kept(&query_id, reason, true);
         err.message
