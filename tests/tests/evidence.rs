@@ -109,6 +109,15 @@ impl Verified {
 
 impl Case {
     async fn new(backend: Backend) -> Result<Option<Case>> {
+        Case::recorded(backend, None).await
+    }
+
+    /// [`Case::new`], with records 1 to 10 recorded at `first_ten_at` when
+    /// given (long expired, for a lawful purge).
+    async fn recorded(
+        backend: Backend,
+        first_ten_at: Option<time::OffsetDateTime>,
+    ) -> Result<Option<Case>> {
         let outside = tempfile::tempdir()?;
         let records = RecordsConfig {
             checkpoint_interval_ms: 3_600_000,
@@ -133,7 +142,10 @@ impl Case {
         };
         let log = case.log();
         for i in 1..=20 {
-            log.append(draft(i)?).await?;
+            match first_ten_at.filter(|_| i <= 10) {
+                Some(at) => log.append_with_clock(draft(i)?, at).await?,
+                None => log.append(draft(i)?).await?,
+            };
             if i == 10 {
                 assert_eq!(log.seal().await?, Some(10));
             }
@@ -458,13 +470,33 @@ async fn truncate_unsealed_tail(backend: Backend) -> Result<()> {
 }
 both_backends!(truncate_unsealed_tail: truncate_unsealed_sqlite, truncate_unsealed_postgres);
 
-/// Delete everything signed and set the cut there, as a purge would: no
-/// lawful purge takes records signed two seconds ago, so the sealer refuses
-/// instead of checking on from the forged cut.
+/// A purge record (as a purge appends it) stating a cut at `cut_seq`.
+fn purge_record(cut_seq: u64, cut_hash: &str) -> Result<RecordDraft> {
+    Ok(RecordDraft::new(
+        "purge-forged",
+        org(kakehashi_broker::records::SYSTEM_ORG)?,
+        Outcome::Purge {
+            before: "2019-01-01T00:00:00.000000Z".into(),
+            first_seq: 1,
+            cut_seq,
+            count: cut_seq,
+            cut_hash: cut_hash.into(),
+            actor: "retention-task".into(),
+        },
+    ))
+}
+
+/// Delete everything signed and set the cut there, with a purge record
+/// confirming it, as a purge would: the chain alone verifies from the
+/// forged cut. No lawful purge takes records signed two seconds ago, so the
+/// sealer refuses instead of checking on from the cut, and `records verify`
+/// names the head its state file says was signed, and when.
 async fn purge_forged_past_the_signed_head(backend: Backend) -> Result<()> {
     let Some(case) = Case::new(backend).await? else {
         return Ok(());
     };
+    let signed = sealer_state::read(&case.broker.config.keys.dir)?.context("no sealer state")?;
+    let signed_at = signed.checkpoint.context("no checkpoint")?.at;
     case.exec(
         "UPDATE records_head SET cut_seq = 20, cut_hash = (SELECT hash FROM records WHERE seq = 20);
          DELETE FROM record_checkpoints;
@@ -472,7 +504,23 @@ async fn purge_forged_past_the_signed_head(backend: Backend) -> Result<()> {
     )
     .await?;
     let log = case.log();
-    log.append(draft(21)?).await?;
+    log.append(purge_record(20, &signed.head_hash)?).await?;
+    assert!(
+        case.chain_alone().await?.is_intact(),
+        "the forgery is sound"
+    );
+
+    let v = case.verify(false, false)?;
+    v.failed(20, "purged_unexpired")?;
+    assert_eq!(v.json["damage"]["signed_at"], signed_at.as_str());
+    assert!(
+        v.output.contains(&format!("signed at {signed_at}")),
+        "the message does not say when 20 was signed: {}",
+        v.output
+    );
+    // The checkpoint log's lines all lie at or before the cut: it adds nothing.
+    case.verify(false, true)?.failed(20, "purged_unexpired")?;
+
     assert!(log.seal().await.is_err(), "sealed after a forged purge");
     let refusal = case.refusal().context("no refusal")?;
     assert_eq!(
@@ -483,6 +531,50 @@ async fn purge_forged_past_the_signed_head(backend: Backend) -> Result<()> {
     Ok(())
 }
 both_backends!(purge_forged_past_the_signed_head: forged_purge_sqlite, forged_purge_postgres);
+
+/// A lawful purge of records recorded in 2018 passes `records verify` (the
+/// sealer signs the purge record at once, past the cut), and so does a
+/// state file that names a head at the cut signed in 2018, before the
+/// retention period began (a node that signed nothing since); the same
+/// head signed today is a forged purge.
+async fn purge_lawful_passes_verify(backend: Backend) -> Result<()> {
+    let old = time::macros::datetime!(2018-01-15 10:00 UTC);
+    let Some(case) = Case::recorded(backend, Some(old)).await? else {
+        return Ok(());
+    };
+    let report = case.log().purge_expired("ops-tanaka").await?;
+    assert_eq!((report.cut_seq, report.purge_record_seq), (10, Some(21)));
+    let v = case.verify(false, true)?;
+    v.passed()?;
+    assert_eq!(v.json["sealer_state_seq"], 21);
+    assert_eq!(case.refusal(), None);
+
+    // The head at the cut, as the checkpoint log has it (its first line).
+    let log = std::fs::read_to_string(case.checkpoint_log())?;
+    let line: serde_json::Value =
+        serde_json::from_str(log.lines().next().context("empty checkpoint log")?)?;
+    assert_eq!(line["seq"], 10);
+    let at_cut = |at: &str| -> Result<sealer_state::SealerState> {
+        Ok(sealer_state::SealerState {
+            seq: 10,
+            head_hash: line["head_hash"].as_str().context("head_hash")?.into(),
+            checkpoint: Some(sealer_state::StateCheckpoint {
+                at: at.into(),
+                key_id: line["key_id"].as_str().context("key_id")?.into(),
+                signature: line["signature"].as_str().context("signature")?.into(),
+            }),
+            accepted: None,
+        })
+    };
+    let keys = &case.broker.config.keys.dir;
+    sealer_state::accept(keys, &at_cut("2018-01-15T10:00:02.000000Z")?)?;
+    case.verify(false, false)?.passed()?;
+    let today = line["at"].as_str().context("at")?;
+    sealer_state::accept(keys, &at_cut(today)?)?;
+    case.verify(false, false)?.failed(10, "purged_unexpired")?;
+    Ok(())
+}
+both_backends!(purge_lawful_passes_verify: lawful_purge_sqlite, lawful_purge_postgres);
 
 /// Delete a record and re-chain, checkpoints kept: the checkpoints name
 /// it; the running broker's next checkpoint refuses (its signed head at 20

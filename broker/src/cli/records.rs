@@ -280,6 +280,7 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
                 checkpoint_log: checkpoint_log.or_else(|| config.records.checkpoint_log.clone()),
                 max_unsealed_age: interval * 2,
                 now: time::OffsetDateTime::now_utc(),
+                retention_years: config.records.retention_years,
                 tsa_cert,
                 progress: Some(Arc::new(crate::records::WalkProgress::default())),
             };

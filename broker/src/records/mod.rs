@@ -52,7 +52,7 @@ pub use crate::store::records::rows::RecordDraft;
 pub(crate) use crate::store::records::rows::{Deletes, NewRow};
 pub use export::{ExportFilter, ExportRequest, ExportSummary};
 pub use kakehashi_interfaces::audit::{ChainFailure, ChainSummary, ExportFormat, Outcome};
-pub use purge::{retention_years, PurgeReport};
+pub use purge::{retention_cutoff, retention_years, PurgeReport};
 pub use sealer_state::{Finding, Refusal};
 pub use search::{
     Download, DownloadRequest, DownloadSummary, ExplainedStatement, ExportLimits, PageRequest,
@@ -671,19 +671,14 @@ impl RecordLog {
                 // Purged up to or past the signed head: lawful only if that
                 // head is older than the retention period (a purge takes
                 // nothing younger), else the purge record and cut are forged.
-                let signed_at = s.checkpoint.as_ref().and_then(|c| {
-                    time::OffsetDateTime::parse(
-                        &c.at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok()
-                });
                 let cutoff = self.retention_cutoff(time::OffsetDateTime::now_utc());
-                if head.cut_seq > 0
-                    && s.seq <= head.cut_seq
-                    && signed_at.is_some_and(|at| at > cutoff)
-                {
-                    return refuse(s.seq, Finding::PurgedUnexpired { signed: s.seq });
+                if let Some(forged) = sealer_state::unexpired_purge(s, head.cut_seq, cutoff) {
+                    return refuse(
+                        forged.signed,
+                        Finding::PurgedUnexpired {
+                            signed: forged.signed,
+                        },
+                    );
                 }
                 if s.seq < head.cut_seq {
                     // Purged past the signed head (by another node): the

@@ -38,6 +38,17 @@ pub fn retention_years(configured: u32, requested: Option<u32>) -> Result<u32, B
     Ok(years)
 }
 
+/// The latest `before` a purge may use at `now` when records are kept
+/// `years`: now minus the retention period (the Unix epoch for a period
+/// longer than the calendar reaches back).
+pub fn retention_cutoff(now: time::OffsetDateTime, years: u32) -> time::OffsetDateTime {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    match crate::store::erasure::years_before(now.date(), years) {
+        Some(day) => now.replace_date(day),
+        None => time::OffsetDateTime::UNIX_EPOCH,
+    }
+}
+
 /// What a purge did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PurgeReport {
@@ -92,11 +103,7 @@ impl RecordLog {
 
     /// The latest `before` a purge may use now: now minus the retention period.
     pub fn retention_cutoff(&self, now: time::OffsetDateTime) -> time::OffsetDateTime {
-        let now = now.to_offset(time::UtcOffset::UTC);
-        match crate::store::erasure::years_before(now.date(), self.config.retention_years) {
-            Some(day) => now.replace_date(day),
-            None => time::OffsetDateTime::UNIX_EPOCH,
-        }
+        retention_cutoff(now, self.config.retention_years)
     }
 
     /// Purges records older than the retention period.

@@ -170,6 +170,41 @@ fn replace(key_dir: &Path, state: &SealerState) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// A purge cut that took a head the sealer signed within the retention
+/// period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnexpiredPurge {
+    /// The signed head's sequence (at or before the cut).
+    pub signed: u64,
+    /// When it was signed, as the state file has it.
+    pub signed_at: String,
+}
+
+/// Whether a purge cut at `cut_seq` took the head `state` remembers while
+/// that head was younger than the retention period (`cutoff`: the latest
+/// time a purge may take, [`crate::records::retention_cutoff`]). A purge
+/// takes nothing younger, so such a cut and the purge record confirming it
+/// are forged: a database writer deleted what was signed and would have the
+/// rest checked on from the cut. The sealer refuses on it and `records
+/// verify` reports it. A head accepted but not signed yet, or whose time
+/// does not parse, is not judged here.
+pub fn unexpired_purge(
+    state: &SealerState,
+    cut_seq: u64,
+    cutoff: time::OffsetDateTime,
+) -> Option<UnexpiredPurge> {
+    if cut_seq == 0 || state.seq > cut_seq {
+        return None;
+    }
+    let signed_at = &state.checkpoint.as_ref()?.at;
+    let at = time::OffsetDateTime::parse(signed_at, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    (at > cutoff).then(|| UnexpiredPurge {
+        signed: state.seq,
+        signed_at: signed_at.clone(),
+    })
+}
+
 /// What the sealer found when the stored chain does not extend the head it
 /// signed last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -276,5 +311,41 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_purge_never_takes_a_head_signed_within_the_retention_period() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let signed = |seq, at: &str| {
+            SealerState::signed(&Checkpoint::sign(seq, [1; 32], at.into(), &key), None)
+        };
+        let cutoff = time::macros::datetime!(2019-12-07 10:00 UTC);
+        let young = signed(20, "2026-12-07T10:00:00.000000Z");
+        let forged = Some(UnexpiredPurge {
+            signed: 20,
+            signed_at: "2026-12-07T10:00:00.000000Z".into(),
+        });
+        // Cut at the signed head or past it: forged.
+        assert_eq!(unexpired_purge(&young, 20, cutoff), forged);
+        assert_eq!(unexpired_purge(&young, 25, cutoff), forged);
+        // Cut before it, or no purge at all: the purge took nothing signed.
+        assert_eq!(unexpired_purge(&young, 19, cutoff), None);
+        assert_eq!(unexpired_purge(&young, 0, cutoff), None);
+        // Signed before the retention period began (or at its very start).
+        let old = signed(20, "2019-12-07T09:59:59.999999Z");
+        assert_eq!(unexpired_purge(&old, 25, cutoff), None);
+        let at_cutoff = signed(20, "2019-12-07T10:00:00.000000Z");
+        assert_eq!(unexpired_purge(&at_cutoff, 20, cutoff), None);
+        // Accepted by an administrator, not signed: nothing to date it by.
+        let accepted = SealerState {
+            checkpoint: None,
+            ..young.clone()
+        };
+        assert_eq!(unexpired_purge(&accepted, 20, cutoff), None);
+        // The period the configuration keeps decides the cutoff.
+        let now = time::macros::datetime!(2026-12-07 12:00 UTC);
+        let cutoff = crate::records::purge::retention_cutoff(now, 7);
+        assert_eq!(cutoff, time::macros::datetime!(2019-12-07 12:00 UTC));
+        assert_eq!(unexpired_purge(&young, 20, cutoff), forged);
     }
 }

@@ -212,6 +212,9 @@ pub struct EvidenceOptions {
     pub max_unsealed_age: std::time::Duration,
     /// The time to measure ages from.
     pub now: time::OffsetDateTime,
+    /// Years records are kept (`[records] retention_years`): a purge cut at
+    /// or past a head the sealer signed within this period is forged.
+    pub retention_years: u32,
     /// The TSA certificate the checkpoints' time-stamp tokens must verify
     /// against. Without it each token's message imprint is still checked
     /// (a token moved from another checkpoint fails either way).
@@ -287,6 +290,20 @@ pub enum Damage {
         /// Its sequence.
         checkpoint: u64,
     },
+    /// The records were purged up to or past the head the sealer's state
+    /// file names, though it was signed within the retention period: no
+    /// lawful purge takes it, so the cut and its purge record are forged.
+    #[error("records up to {cut} were purged, but the sealer's state file has the head at {signed} signed at {signed_at}, within the {retention_years}-year retention period (purge record and cut forged)")]
+    PurgedUnexpired {
+        /// The signed head's sequence.
+        signed: u64,
+        /// When it was signed.
+        signed_at: String,
+        /// The purge cut.
+        cut: u64,
+        /// The retention period held against, in years.
+        retention_years: u32,
+    },
     /// A checkpoint's time-stamp token is malformed, belongs to another
     /// checkpoint, or (with a TSA certificate) is not signed by that TSA.
     #[error("the time-stamp token of checkpoint {checkpoint} fails: {reason}")]
@@ -315,6 +332,7 @@ impl Damage {
             Damage::Rewound { .. } => "rewound",
             Damage::Rechained { .. } => "rechained",
             Damage::CheckpointMissing { .. } => "checkpoint_missing",
+            Damage::PurgedUnexpired { .. } => "purged_unexpired",
             Damage::LogForged { .. } => "log_forged",
             Damage::Timestamp { .. } => "timestamp",
         }
@@ -438,8 +456,10 @@ const LOG_CHUNK: usize = 500;
 /// a record older than `max_unsealed_age` not covered by a trusted
 /// checkpoint, a sealer state file (in `key_dir`) or checkpoint log whose
 /// signed heads the database no longer reproduces or whose checkpoints it
-/// no longer holds, and a missing state file while checkpoints are stored,
-/// are each named by the first bad sequence and the kind of damage.
+/// no longer holds, a missing state file while checkpoints are stored, and
+/// a purge cut at or past a head the state file names as signed within the
+/// retention period, are each named by the first bad sequence and the kind
+/// of damage.
 pub async fn verify_evidence(
     pools: &Pools,
     keys: &TrustedKeys,
@@ -490,6 +510,8 @@ pub async fn verify_evidence(
         Some(s) => {
             let signed = s.hash()?;
             let source = Source::SealerState;
+            let cutoff = super::purge::retention_cutoff(options.now, options.retention_years);
+            let forged = super::sealer_state::unexpired_purge(s, head.cut_seq, cutoff);
             let found = if s.seq > head.seq {
                 broken(
                     head.seq + 1,
@@ -497,6 +519,16 @@ pub async fn verify_evidence(
                         kept_in: source,
                         signed: s.seq,
                         head: head.seq,
+                    },
+                )
+            } else if let Some(forged) = forged {
+                broken(
+                    forged.signed,
+                    Damage::PurgedUnexpired {
+                        signed: forged.signed,
+                        signed_at: forged.signed_at,
+                        cut: head.cut_seq,
+                        retention_years: options.retention_years,
                     },
                 )
             } else if s.seq == head.cut_seq && s.seq > 0 {
