@@ -209,10 +209,36 @@ impl TryFrom<CopyDepositWire> for CopyDeposit {
         if w.items.is_empty() || w.items.len() > MAX_ITEMS_PER_DEPOSIT {
             return Err(InvalidInput::new("items", "must hold 1 to 256 items"));
         }
+        if let Some(item) = w
+            .items
+            .iter()
+            .find_map(|(k, v)| holds_a_number(v).then_some(k))
+        {
+            return Err(InvalidInput::new(
+                "items",
+                format!(
+                    "項目 {item} の値に個人番号とみられる12桁の数字（検査用数字が合うもの）があります。個人番号は連携しません / the value of item {item} holds what looks like an Individual Number (12 digits whose check digit matches); the exchange never carries Individual Numbers (R4)"
+                ),
+            ));
+        }
         Ok(Self {
             person: w.person,
             items: w.items,
         })
+    }
+}
+
+/// Whether a deposited value holds an Individual Number however it is
+/// written (in text, as [`crate::individual_number::spans_in`] finds them
+/// for masking; or as a twelve-digit number). A deposit is where a number
+/// would enter the exchange and travel on in answers, so it stops there.
+fn holds_a_number(value: &ItemValue) -> bool {
+    match value {
+        ItemValue::Text(s) => !crate::individual_number::spans_in(s).is_empty(),
+        ItemValue::Number(n) => {
+            n.is_u64() && crate::individual_number::IndividualNumber::new(&n.to_string()).is_ok()
+        }
+        ItemValue::Bool(_) => false,
     }
 }
 
@@ -227,4 +253,44 @@ pub struct DepositReport {
     pub replaced: u64,
     /// Lines not applied, with the reason; the rest of the batch still applies.
     pub rejected: Vec<LineIssue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deposit(items: &str) -> Result<CopyDeposit, String> {
+        let line = format!(r#"{{"person":"P-000001","items":{items}}}"#);
+        serde_json::from_str(&line).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_value_holding_an_individual_number_is_refused_without_echoing_it() {
+        for items in [
+            r#"{"resident.note":"番号 123456789018 を記入"}"#,
+            r#"{"resident.note":"1234-5678-9018"}"#,
+            r#"{"resident.note":"１２３４５６７８９０１８"}"#,
+            r#"{"resident.number":123456789018}"#,
+        ] {
+            let err = deposit(items).expect_err(items);
+            assert!(err.contains("Individual Number"), "{err}");
+            assert!(err.contains("resident."), "names the item: {err}");
+            for shown in ["123456789018", "9018", "１２３４"] {
+                assert!(!err.contains(shown), "echoes the value: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_an_individual_number_are_kept() {
+        for items in [
+            // Twelve digits whose check digit does not match.
+            r#"{"resident.note":"123456789012"}"#,
+            r#"{"local_tax.income":3500000}"#,
+            r#"{"resident.phone":"090-1234-5678"}"#,
+            r#"{"welfare.public_assistance":true}"#,
+        ] {
+            assert!(deposit(items).is_ok(), "{items}");
+        }
+    }
 }

@@ -575,6 +575,87 @@ both_backends!(linking_answers_alike_whether_or_not_registered:
     linking_answers_alike_whether_or_not_registered_postgres);
 
 // ---------------------------------------------------------------------------
+// R4: a deposit is where an Individual Number would enter the exchange.
+
+/// A provider deposits a copy whose value holds an Individual Number (a
+/// person's own, written in a note, or as a number): that line is refused
+/// by the broker, which never echoes it, the rest of the batch applies, and
+/// the answer keeps the value deposited before.
+async fn a_deposited_individual_number_never_reaches_an_answer(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker_with(backend, |_| {}).await? else {
+        eprintln!(
+            "NOTE: PostgreSQL variant NOT RUN ({backend:?}): KAKEHASHI_TEST_PG_URL is not set"
+        );
+        return Ok(());
+    };
+    let mut s = scenario(&broker, 2).await?;
+    let number = &s.numbers[0];
+    let grouped = format!("{}-{}-{}", &number[..4], &number[4..8], &number[8..]);
+    let as_number: u64 = number.parse()?;
+    let lines = [
+        json!({"person": s.city_codes[0], "items": {"local_tax.taxable_status": format!("課税（番号 {number}）")}}),
+        json!({"person": s.city_codes[0], "items": {"local_tax.taxable_status": grouped}}),
+        json!({"person": s.city_codes[0], "items": {"local_tax.income": as_number}}),
+        json!({"person": s.city_codes[1], "items": {"local_tax.taxable_status": "非課税"}}),
+    ]
+    .map(|l| l.to_string());
+    let response = s.city.post("/v1/copies", lines.join("\n")).await?;
+    assert_eq!(response.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    assert!(
+        !text.contains(number.as_str()),
+        "the number is echoed: {text}"
+    );
+    let report: Value = serde_json::from_slice(&response.body)?;
+    assert_eq!(report["applied"], 1, "{report}");
+    let refused: Vec<u64> = report["rejected"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|i| i["line"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(refused, vec![1, 2, 3], "{report}");
+    assert!(text.contains("Individual Number"), "says why: {text}");
+
+    let income = ("F-0120", "premium-calculation");
+    let items = ["local_tax.income", "local_tax.taxable_status"];
+    let (status, body, opened) = ask(
+        &mut s.union,
+        "union-saitama",
+        income,
+        "city-saitama",
+        &s.union_codes[0],
+        &items,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        opened,
+        Some(json!({"local_tax.income": 2_000_000, "local_tax.taxable_status": "課税"})),
+        "the copy deposited before stands"
+    );
+    let (_, _, opened) = ask(
+        &mut s.union,
+        "union-saitama",
+        income,
+        "city-saitama",
+        &s.union_codes[1],
+        &items,
+    )
+    .await?;
+    assert_eq!(
+        opened
+            .as_ref()
+            .map(|o| o["local_tax.taxable_status"].clone()),
+        Some(json!("非課税")),
+        "the good line of the batch applied: {opened:?}"
+    );
+    Ok(())
+}
+
+both_backends!(a_deposited_individual_number_never_reaches_an_answer:
+    a_deposited_individual_number_never_reaches_an_answer_sqlite,
+    a_deposited_individual_number_never_reaches_an_answer_postgres);
+
+// ---------------------------------------------------------------------------
 // Migration 0107 on a database from before it.
 
 /// A fresh database migrated up to (not including) 0107, as pools of the
