@@ -33,11 +33,47 @@ pub const DOWNLOAD_TTL: Duration = Duration::from_secs(10 * 60);
 /// Exports kept at once (the oldest goes first); each holds up to the
 /// export byte limit in memory.
 const MAX_KEPT: usize = 4;
+/// Exports one person keeps at once: a person making export after export
+/// replaces their own, not another auditor's waiting download.
+const MAX_KEPT_PER_PERSON: usize = 2;
 /// Records in one export made through the console (larger ones: narrow the
 /// period, or use `kakehashi-broker records export` on the host).
 const CONSOLE_EXPORT_ROWS: u64 = 1_000_000;
 /// Bytes of one export made through the console (data and bundle).
 const CONSOLE_EXPORT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The kept exports (`(id, owner, made)`) to drop so that `owner` can keep
+/// one more: first `owner`'s own oldest beyond `per_person - 1`, then the
+/// oldest of anyone's beyond `total - 1`.
+fn make_room<'a, T: Ord + Copy>(
+    held: &[(&'a str, &str, T)],
+    owner: &str,
+    total: usize,
+    per_person: usize,
+) -> Vec<&'a str> {
+    let mut by_age: Vec<&(&str, &str, T)> = held.iter().collect();
+    by_age.sort_by_key(|(_, _, made)| *made);
+    let mut gone = Vec::new();
+    let own = by_age.iter().filter(|(_, o, _)| *o == owner).count();
+    let mut own_excess = (own + 1).saturating_sub(per_person.max(1));
+    for (id, o, _) in &by_age {
+        if own_excess > 0 && *o == owner {
+            gone.push(*id);
+            own_excess -= 1;
+        }
+    }
+    let mut left = held.len() - gone.len();
+    for (id, _, _) in &by_age {
+        if left < total.max(1) {
+            break;
+        }
+        if !gone.contains(id) {
+            gone.push(*id);
+            left -= 1;
+        }
+    }
+    gone
+}
 
 /// Exports waiting to be downloaded.
 #[derive(Default)]
@@ -385,15 +421,16 @@ impl Downloads {
     fn keep(&self, id: String, owner: &str, files: Vec<(String, &'static str, bytes::Bytes)>) {
         if let Ok(mut kept) = self.kept.lock() {
             kept.retain(|_, k| k.made.elapsed() < DOWNLOAD_TTL);
-            while kept.len() >= MAX_KEPT {
-                let Some(oldest) = kept
-                    .iter()
-                    .min_by_key(|(_, k)| k.made)
-                    .map(|(id, _)| id.clone())
-                else {
-                    break;
-                };
-                kept.remove(&oldest);
+            let held: Vec<(&str, &str, Instant)> = kept
+                .iter()
+                .map(|(id, k)| (id.as_str(), k.owner.as_str(), k.made))
+                .collect();
+            let gone: Vec<String> = make_room(&held, owner, MAX_KEPT, MAX_KEPT_PER_PERSON)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            for id in gone {
+                kept.remove(&id);
             }
             kept.insert(
                 id,
@@ -422,5 +459,35 @@ impl Downloads {
             .iter()
             .find(|(name, _, _)| name == file)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::make_room;
+
+    #[test]
+    fn a_person_replaces_their_own_export_before_anyone_elses() {
+        // (id, owner, made): older first.
+        let held = [("a1", "aki", 1), ("b1", "ben", 2), ("a2", "aki", 3)];
+        assert_eq!(make_room(&held, "aki", 4, 2), vec!["a1"]);
+        assert_eq!(make_room(&held, "ben", 4, 2), Vec::<&str>::new());
+        let full = [
+            ("a1", "aki", 1),
+            ("b1", "ben", 2),
+            ("c1", "cho", 3),
+            ("d1", "dai", 4),
+        ];
+        // Nothing of the newcomer's own: the oldest of anyone's goes.
+        assert_eq!(make_room(&full, "eri", 4, 2), vec!["a1"]);
+        // Their own goes first even when it is not the oldest.
+        let full = [
+            ("a1", "aki", 1),
+            ("b1", "ben", 2),
+            ("c1", "cho", 3),
+            ("c2", "cho", 4),
+        ];
+        assert_eq!(make_room(&full, "cho", 4, 2), vec!["c1"]);
+        assert_eq!(make_room::<u8>(&[], "aki", 4, 2), Vec::<&str>::new());
     }
 }
