@@ -1031,6 +1031,14 @@ async fn page_forms_carry_their_csrf_field_and_pages_their_security_headers() ->
     assert_eq!(location(&changed), "/login/totp", "{}", body(&changed));
     let enrol = body(&web.get("/login/totp").await?);
     let secret = secret_of(&format!("?secret={}", code_text(&enrol, "totp-secret")?))?;
+    // A reload shows the key being enrolled, not a new one: the person may
+    // have scanned it already.
+    let again = body(&web.get("/login/totp").await?);
+    let shown_again = secret_of(&format!("?secret={}", code_text(&again, "totp-secret")?))?;
+    assert!(
+        shown_again == secret,
+        "a reload replaced the key being enrolled"
+    );
     let done = web
         .post(
             "/login/totp",
@@ -1315,6 +1323,11 @@ async fn log_in_in_browser(b: &Browser, person: &mut Person) -> Result<()> {
     b.fill("#code", &wrong_code(&secret)?).await?;
     b.click("#verify").await?;
     ensure!(b.text("#error").await? == "確認コードが正しくありません");
+    // The code to scan stays on the page, the same key.
+    ensure!(
+        secret_of(&b.text("#otpauth-uri").await?)? == secret,
+        "after a wrong code the page no longer shows the key being enrolled"
+    );
     b.check_answered("auditor-totp-wrong-code", "ja", Some(401))
         .await?;
     b.fill("#code", &totp_now(&secret)?).await?;

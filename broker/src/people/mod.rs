@@ -351,6 +351,19 @@ impl std::fmt::Debug for People {
     }
 }
 
+/// What a person scans to enrol `secret`: the otpauth URI and its QR code.
+fn enrolment_answer(
+    user_id: &UserId,
+    secret: &totp::TotpSecret,
+) -> Result<EnrolmentAnswer, PeopleError> {
+    let uri = totp::otpauth_uri(user_id, secret);
+    let qr_svg = totp::qr_svg(&uri).map_err(|_| corrupt("QR code of the otpauth URI"))?;
+    Ok(EnrolmentAnswer {
+        otpauth_uri: uri.as_str().to_owned(),
+        qr_svg,
+    })
+}
+
 fn corrupt(what: &str) -> PeopleError {
     PeopleError::Corrupt(what.to_string())
 }
@@ -748,12 +761,32 @@ impl People {
         {
             return Err(PeopleError::StageNotAllowed { stage: open.stage });
         }
-        let uri = totp::otpauth_uri(&user_id, &secret);
-        let qr_svg = totp::qr_svg(&uri).map_err(|_| corrupt("QR code of the otpauth URI"))?;
-        Ok(EnrolmentAnswer {
-            otpauth_uri: uri.as_str().to_owned(),
-            qr_svg,
-        })
+        enrolment_answer(&user_id, &secret)
+    }
+
+    /// The enrolment in progress at this session: the secret an earlier
+    /// [`People::begin_enrolment`] stored and no code has confirmed yet,
+    /// shown again (a page reloaded, a code mistyped: the person may have
+    /// scanned it already); one is begun when none is stored.
+    pub async fn enrolment(
+        &self,
+        keys: &Keyring,
+        token: &str,
+    ) -> Result<EnrolmentAnswer, PeopleError> {
+        let open = self.open_session(token).await?;
+        if open.stage != Stage::TotpEnrolment || open.user.totp_enrolled {
+            return Err(PeopleError::StageNotAllowed { stage: open.stage });
+        }
+        let Some(cipher) = open.user.totp_cipher.as_deref() else {
+            return self.begin_enrolment(keys, token).await;
+        };
+        let user_id = stored_user_id(&open.user.id)?;
+        let plain = keys
+            .decrypt(cipher, &totp::secret_context(&user_id))
+            .map_err(|_| corrupt("stored TOTP secret"))?;
+        let secret =
+            totp::TotpSecret::from_bytes(plain).map_err(|_| corrupt("stored TOTP secret"))?;
+        enrolment_answer(&user_id, &secret)
     }
 
     /// Checks a TOTP code: at `totp_enrolment` it confirms the enrolment, at

@@ -245,6 +245,14 @@ async fn whole_login_flow(env: Env) {
         .starts_with("otpauth://totp/Kakehashi:taro.yamada?secret="));
     assert!(enrolment.otpauth_uri.contains("&issuer=Kakehashi"));
     assert!(enrolment.qr_svg.contains("<svg"));
+    // Shown again (a reload, a mistyped code), it is the same key; asked
+    // for anew, it is another.
+    let shown_again = people.enrolment(&env.keys, &token).await.unwrap();
+    assert!(shown_again.otpauth_uri == enrolment.otpauth_uri);
+    let replaced = people.begin_enrolment(&env.keys, &token).await.unwrap();
+    assert!(replaced.otpauth_uri != enrolment.otpauth_uri);
+    let enrolment = people.enrolment(&env.keys, &token).await.unwrap();
+    assert!(enrolment.otpauth_uri == replaced.otpauth_uri);
     let secret = secret_from_uri(&enrolment.otpauth_uri);
     let first_code = code_at(&secret, env.now());
     let done = people
@@ -266,6 +274,11 @@ async fn whole_login_flow(env: Env) {
     );
     assert!(matches!(
         people.begin_enrolment(&env.keys, &token).await,
+        Err(PeopleError::StageNotAllowed { stage: Stage::Full })
+    ));
+    // Once enrolled, the key is never shown again.
+    assert!(matches!(
+        people.enrolment(&env.keys, &token).await,
         Err(PeopleError::StageNotAllowed { stage: Stage::Full })
     ));
     // The secret is stored encrypted, not in clear or base32.

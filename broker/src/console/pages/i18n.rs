@@ -177,11 +177,6 @@ const MESSAGES: &[(&str, &str, &str)] = &[
         "確認コードは6桁の数字です",
         "The code is 6 digits",
     ),
-    (
-        "totp_restart",
-        "QRコードをもう一度表示する（新しい鍵になります）",
-        "Show a QR code again (with a new key)",
-    ),
     ("queue_title", "承認待ちの照会", "Queries awaiting approval"),
     (
         "queue_count",

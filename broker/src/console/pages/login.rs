@@ -227,6 +227,29 @@ pub(super) async fn password_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, B
     }
 }
 
+/// The enrolment in progress, as the page shows it.
+async fn enrolment(cx: &Cx<'_, '_>) -> Result<Enrolment, BrokerError> {
+    let console = cx.console();
+    let answer = console
+        .people
+        .enrolment(&console.state.keys, cx.call.token()?)
+        .await?;
+    let secret = answer
+        .otpauth_uri
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap_or("")
+        .to_string();
+    Ok(Enrolment {
+        qr: format!(
+            "data:image/svg+xml;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(answer.qr_svg.as_bytes())
+        ),
+        uri: answer.otpauth_uri.clone(),
+        secret,
+    })
+}
+
 /// What the TOTP page shows while enrolling: the QR code, the URI and the
 /// key as text (for people who cannot scan). No `Debug`: it is the secret.
 #[derive(Serialize)]
@@ -236,31 +259,14 @@ pub(super) struct Enrolment {
     pub(super) secret: String,
 }
 
-/// `GET /login/totp`: while enrolling, a new secret each time it is shown
-/// (one not yet confirmed is replaced, as the API does).
+/// `GET /login/totp`: while enrolling, the secret being enrolled (the same
+/// one on every showing until a code confirms it; the first showing makes
+/// it), else the code form.
 pub(super) async fn totp_page(cx: &Cx<'_, '_>) -> Result<Response<Body>, BrokerError> {
     let session = cx.session()?;
     match session.stage {
         Stage::TotpEnrolment => {
-            let console = cx.console();
-            let answer = console
-                .people
-                .begin_enrolment(&console.state.keys, cx.call.token()?)
-                .await?;
-            let secret = answer
-                .otpauth_uri
-                .split(['?', '&'])
-                .find_map(|p| p.strip_prefix("secret="))
-                .unwrap_or("")
-                .to_string();
-            let enrolment = Enrolment {
-                qr: format!(
-                    "data:image/svg+xml;base64,{}",
-                    base64::engine::general_purpose::STANDARD.encode(answer.qr_svg.as_bytes())
-                ),
-                uri: answer.otpauth_uri.clone(),
-                secret,
-            };
+            let enrolment = enrolment(cx).await?;
             Ok(totp_form(cx, session, StatusCode::OK, Some(&enrolment), None).await)
         }
         Stage::Totp => Ok(totp_form(cx, session, StatusCode::OK, None, None).await),
@@ -302,7 +308,18 @@ pub(super) async fn totp_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Broke
     }
     let Ok(code) = TotpCode::new(form.get("code").trim()) else {
         let error = Some(cx.t("totp_code_format").to_string());
-        return Ok(totp_form(cx, session, StatusCode::BAD_REQUEST, None, error).await);
+        let enrolment = match session.stage {
+            Stage::TotpEnrolment => Some(enrolment(cx).await?),
+            _ => None,
+        };
+        return Ok(totp_form(
+            cx,
+            session,
+            StatusCode::BAD_REQUEST,
+            enrolment.as_ref(),
+            error,
+        )
+        .await);
     };
     let console = cx.console();
     let outcome = console
@@ -344,7 +361,12 @@ pub(super) async fn totp_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Broke
         Err(e) if ends_session(&e) => Ok(ended(cx, &e).await),
         Err(e) => {
             let error = Some(i18n::message(cx.lang(), &e.public_message()));
-            Ok(totp_form(cx, session, status_of(e.code()), None, error).await)
+            // While enrolling, the code to scan stays on the page.
+            let enrolment = match session.stage {
+                Stage::TotpEnrolment => Some(enrolment(cx).await?),
+                _ => None,
+            };
+            Ok(totp_form(cx, session, status_of(e.code()), enrolment.as_ref(), error).await)
         }
     }
 }
