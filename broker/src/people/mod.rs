@@ -351,6 +351,26 @@ impl std::fmt::Debug for People {
     }
 }
 
+/// Refuses a session that is not enrolling a TOTP key.
+fn enrolling(open: &OpenSession) -> Result<(), PeopleError> {
+    if open.stage != Stage::TotpEnrolment || open.user.totp_enrolled {
+        return Err(PeopleError::StageNotAllowed { stage: open.stage });
+    }
+    Ok(())
+}
+
+/// The TOTP secret stored (encrypted) for `user_id`.
+fn stored_secret(
+    keys: &Keyring,
+    user_id: &UserId,
+    cipher: &[u8],
+) -> Result<totp::TotpSecret, PeopleError> {
+    let plain = keys
+        .decrypt(cipher, &totp::secret_context(user_id))
+        .map_err(|_| corrupt("stored TOTP secret"))?;
+    totp::TotpSecret::from_bytes(plain).map_err(|_| corrupt("stored TOTP secret"))
+}
+
 /// What a person scans to enrol `secret`: the otpauth URI and its QR code.
 fn enrolment_answer(
     user_id: &UserId,
@@ -748,9 +768,7 @@ impl People {
         token: &str,
     ) -> Result<EnrolmentAnswer, PeopleError> {
         let open = self.open_session(token).await?;
-        if open.stage != Stage::TotpEnrolment || open.user.totp_enrolled {
-            return Err(PeopleError::StageNotAllowed { stage: open.stage });
-        }
+        enrolling(&open)?;
         let user_id = stored_user_id(&open.user.id)?;
         let secret = totp::TotpSecret::generate();
         let cipher = keys
@@ -774,18 +792,12 @@ impl People {
         token: &str,
     ) -> Result<EnrolmentAnswer, PeopleError> {
         let open = self.open_session(token).await?;
-        if open.stage != Stage::TotpEnrolment || open.user.totp_enrolled {
-            return Err(PeopleError::StageNotAllowed { stage: open.stage });
-        }
+        enrolling(&open)?;
         let Some(cipher) = open.user.totp_cipher.as_deref() else {
             return self.begin_enrolment(keys, token).await;
         };
         let user_id = stored_user_id(&open.user.id)?;
-        let plain = keys
-            .decrypt(cipher, &totp::secret_context(&user_id))
-            .map_err(|_| corrupt("stored TOTP secret"))?;
-        let secret =
-            totp::TotpSecret::from_bytes(plain).map_err(|_| corrupt("stored TOTP secret"))?;
+        let secret = stored_secret(keys, &user_id, cipher)?;
         enrolment_answer(&user_id, &secret)
     }
 
@@ -833,11 +845,7 @@ impl People {
                 .totp_cipher
                 .as_deref()
                 .ok_or(PeopleError::EnrolmentNotStarted)?;
-            let plain = keys
-                .decrypt(cipher, &totp::secret_context(&user_id))
-                .map_err(|_| corrupt("stored TOTP secret"))?;
-            let secret =
-                totp::TotpSecret::from_bytes(plain).map_err(|_| corrupt("stored TOTP secret"))?;
+            let secret = stored_secret(keys, &user_id, cipher)?;
             let last_used = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
             match totp::verify(&secret, code.as_str(), unix_secs(now), last_used) {
                 Ok(step) => {
