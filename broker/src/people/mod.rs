@@ -774,18 +774,27 @@ impl People {
         let cipher = keys
             .encrypt(secret.as_bytes(), &totp::secret_context(&user_id))
             .map_err(|e| PeopleError::Corrupt(format!("encrypting TOTP secret: {e}")))?;
-        if !store::store_enrolment(&self.pools, &open.user.id, &cipher, &timestamp(self.now()))
-            .await?
+        if !store::store_enrolment(
+            &self.pools,
+            &open.user.id,
+            &cipher,
+            &hex::encode(open.hash),
+            &timestamp(self.now()),
+        )
+        .await?
         {
             return Err(PeopleError::StageNotAllowed { stage: open.stage });
         }
         enrolment_answer(&user_id, &secret)
     }
 
-    /// The enrolment in progress at this session: the secret an earlier
+    /// The enrolment in progress at this session: the secret this session's
     /// [`People::begin_enrolment`] stored and no code has confirmed yet,
     /// shown again (a page reloaded, a code mistyped: the person may have
-    /// scanned it already); one is begun when none is stored.
+    /// scanned it already). One is begun when none is stored, or when
+    /// another session began it: another login with the same password
+    /// never reads a key the person may be about to confirm (it replaces
+    /// it, which the person then notices).
     pub async fn enrolment(
         &self,
         keys: &Keyring,
@@ -793,7 +802,8 @@ impl People {
     ) -> Result<EnrolmentAnswer, PeopleError> {
         let open = self.open_session(token).await?;
         enrolling(&open)?;
-        let Some(cipher) = open.user.totp_cipher.as_deref() else {
+        let ours = open.user.totp_enrolment_session.as_deref() == Some(&hex::encode(open.hash));
+        let (Some(cipher), true) = (open.user.totp_cipher.as_deref(), ours) else {
             return self.begin_enrolment(keys, token).await;
         };
         let user_id = stored_user_id(&open.user.id)?;

@@ -24,6 +24,8 @@ pub(super) struct UserRow {
     pub password_hash: String,
     pub password_temporary: bool,
     pub totp_cipher: Option<Vec<u8>>,
+    /// The session (token hash, hex) that began the enrolment in progress.
+    pub totp_enrolment_session: Option<String>,
     pub totp_enrolled: bool,
     pub totp_last_step: Option<i64>,
     pub failed_count: i64,
@@ -37,7 +39,7 @@ pub(super) struct UserRow {
 }
 
 const USER_COLUMNS: &str = "id, org_id, number_privilege, disabled, password_hash, \
-    password_temporary, totp_cipher, totp_enrolled, totp_last_step, failed_count, locked_until, \
+    password_temporary, totp_cipher, totp_enrolment_session, totp_enrolled, totp_last_step, failed_count, locked_until, \
     last_login_at, last_login_from, last_failed_at, last_failed_from, revision, created_at";
 
 /// One `user_sessions` row.
@@ -218,7 +220,8 @@ pub(super) async fn record_full_login(
 ) -> Result<bool, PeopleError> {
     let done = crate::on_pool!(pools, write, |pool| {
         sqlx::query(
-            "UPDATE users SET totp_enrolled = TRUE, totp_last_step = $1, failed_count = 0,
+            "UPDATE users SET totp_enrolled = TRUE, totp_enrolment_session = NULL,
+                 totp_last_step = $1, failed_count = 0,
                  locked_until = NULL, last_login_at = $2, last_login_from = $3,
                  revision = revision + 1, updated_at = $2
              WHERE id = $4 AND revision = $5",
@@ -235,20 +238,23 @@ pub(super) async fn record_full_login(
     Ok(done == 1)
 }
 
-/// Stores a TOTP secret being enrolled (only while none is enrolled).
+/// Stores a TOTP secret being enrolled by the session `session` (token
+/// hash, hex), only while none is enrolled.
 pub(super) async fn store_enrolment(
     pools: &Pools,
     id: &str,
     cipher: &[u8],
+    session: &str,
     now: &str,
 ) -> Result<bool, PeopleError> {
     let done = crate::on_pool!(pools, write, |pool| {
         sqlx::query(
-            "UPDATE users SET totp_cipher = $1, totp_last_step = NULL,
-                 revision = revision + 1, updated_at = $2
-             WHERE id = $3 AND totp_enrolled = FALSE",
+            "UPDATE users SET totp_cipher = $1, totp_enrolment_session = $2,
+                 totp_last_step = NULL, revision = revision + 1, updated_at = $3
+             WHERE id = $4 AND totp_enrolled = FALSE",
         )
         .bind(cipher)
+        .bind(session)
         .bind(now)
         .bind(id)
         .execute(pool)
@@ -357,8 +363,8 @@ pub(super) async fn reset(
         let mut tx = pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE users SET password_hash = $1, password_temporary = TRUE, password_set_at = $2,
-                 totp_cipher = NULL, totp_enrolled = FALSE, totp_last_step = NULL,
-                 failed_count = 0, locked_until = NULL,
+                 totp_cipher = NULL, totp_enrolment_session = NULL, totp_enrolled = FALSE,
+                 totp_last_step = NULL, failed_count = 0, locked_until = NULL,
                  revision = revision + 1, updated_at = $2
              WHERE id = $3",
         )

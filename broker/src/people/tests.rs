@@ -249,6 +249,23 @@ async fn whole_login_flow(env: Env) {
     // for anew, it is another.
     let shown_again = people.enrolment(&env.keys, &token).await.unwrap();
     assert!(shown_again.otpauth_uri == enrolment.otpauth_uri);
+    // Another login with the same password is not shown the key this
+    // session is enrolling: it is given a new one, which replaces it.
+    let other = people
+        .login(&uid("taro.yamada"), &pw("kawaguchi 2026 spring"), None)
+        .await
+        .unwrap();
+    assert_eq!(other.session.stage, Stage::TotpEnrolment);
+    let theirs = people
+        .enrolment(&env.keys, other.token.expose())
+        .await
+        .unwrap();
+    assert!(theirs.otpauth_uri != enrolment.otpauth_uri);
+    let again = people
+        .enrolment(&env.keys, other.token.expose())
+        .await
+        .unwrap();
+    assert!(again.otpauth_uri == theirs.otpauth_uri);
     let replaced = people.begin_enrolment(&env.keys, &token).await.unwrap();
     assert!(replaced.otpauth_uri != enrolment.otpauth_uri);
     let enrolment = people.enrolment(&env.keys, &token).await.unwrap();
