@@ -272,11 +272,13 @@ fn push_csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
     line.push_str("\r\n");
 }
 
-/// A field as recorded: without the `'` that [`FORMULA_STARTS`] put before it.
+/// A field as recorded: without the `'` that [`FORMULA_STARTS`] put before
+/// it. Only a `'` followed by one of them is taken off, so an export written
+/// before cells were escaped (a value like `'abc` as it was) reads the same.
 fn as_recorded(field: String) -> String {
     match field.strip_prefix('\'') {
-        Some(rest) => rest.to_string(),
-        None => field,
+        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest.to_string(),
+        _ => field,
     }
 }
 
@@ -588,6 +590,12 @@ mod tests {
         }
         assert!(text.starts_with("\"'=HYPERLINK("), "{text}");
         assert_eq!(read_csv_record(&mut &out[..]).unwrap().unwrap(), values);
+        // An export from before the escaping reads as it was written.
+        let old = b"\"'abc\",\"plain\"\r\n";
+        assert_eq!(
+            read_csv_record(&mut &old[..]).unwrap().unwrap(),
+            vec!["'abc", "plain"]
+        );
     }
 
     #[test]
