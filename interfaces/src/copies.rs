@@ -235,9 +235,19 @@ impl TryFrom<CopyDepositWire> for CopyDeposit {
 fn holds_a_number(value: &ItemValue) -> bool {
     match value {
         ItemValue::Text(s) => !crate::individual_number::spans_in(s).is_empty(),
-        ItemValue::Number(n) => {
-            n.is_u64() && crate::individual_number::IndividualNumber::new(&n.to_string()).is_ok()
-        }
+        // Whole numbers of 11 or 12 digits: one that lost its leading zero
+        // in a spreadsheet, or written as a decimal (`123456789018.0`).
+        ItemValue::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..1e12).contains(f))
+                    .map(|f| f as u64)
+            })
+            .filter(|w| (10_000_000_000..1_000_000_000_000).contains(w))
+            .is_some_and(|w| {
+                crate::individual_number::IndividualNumber::new(&format!("{w:012}")).is_ok()
+            }),
         ItemValue::Bool(_) => false,
     }
 }
@@ -271,6 +281,9 @@ mod tests {
             r#"{"resident.note":"1234-5678-9018"}"#,
             r#"{"resident.note":"１２３４５６７８９０１８"}"#,
             r#"{"resident.number":123456789018}"#,
+            r#"{"resident.number":123456789018.0}"#,
+            // 012345678903 after a spreadsheet took its leading zero.
+            r#"{"resident.number":12345678903}"#,
         ] {
             let err = deposit(items).expect_err(items);
             assert!(err.contains("Individual Number"), "{err}");
@@ -287,6 +300,7 @@ mod tests {
             // Twelve digits whose check digit does not match.
             r#"{"resident.note":"123456789012"}"#,
             r#"{"local_tax.income":3500000}"#,
+            r#"{"local_tax.income":3500000.5}"#,
             r#"{"resident.phone":"090-1234-5678"}"#,
             r#"{"welfare.public_assistance":true}"#,
         ] {
