@@ -34,6 +34,11 @@ pub struct QueryKeys {
     /// are made: the request carries exactly the value derived keys were
     /// derived from.
     requested_by: Option<UserId>,
+    /// Derived, so a rerun sends the same request and may be answered with
+    /// the reply made the first time: its permit is then checked as of when
+    /// it was issued (it may have expired since; it is still bound to this
+    /// reply key, which only this request uses).
+    repeatable: bool,
 }
 
 impl QueryKeys {
@@ -46,6 +51,7 @@ impl QueryKeys {
             idempotency_key: hex::encode(key),
             reply: ReplyKeyPair::generate(),
             requested_by: requested_by(),
+            repeatable: false,
         }
     }
 
@@ -87,6 +93,7 @@ impl QueryKeys {
             idempotency_key: hex::encode(&part(b"idempotency-key\0")[..16]),
             reply: ReplyKeyPair::derive(&part(b"reply-key\0")),
             requested_by: user,
+            repeatable: true,
         }
     }
 
@@ -325,6 +332,7 @@ impl Client {
             idempotency_key,
             reply: keys,
             requested_by,
+            repeatable,
         } = keys;
         let request = QueryRequest {
             flow_id: query.flow_id.clone(),
@@ -343,7 +351,12 @@ impl Client {
         let call = Call::post("/v1/queries", Bytes::from(body), "application/json")
             .with_idempotency_key(idempotency_key);
         let response: QueryResponse = self.send_json(call).await?;
-        self.settle(response, query.clone(), keys, requester, PermitTime::Now)
+        let when = if repeatable {
+            PermitTime::Issued
+        } else {
+            PermitTime::Now
+        };
+        self.settle(response, query.clone(), keys, requester, when)
             .await
     }
 

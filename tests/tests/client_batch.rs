@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kakehashi_client::interfaces::{OrgId, OrgStatus};
 use kakehashi_tests::cli::{mode, CliUser, Run, PLAIN, SENSITIVE};
-use kakehashi_tests::exchange::{exchange_broker, scenario};
+use kakehashi_tests::exchange::{exchange_broker, exchange_broker_with, scenario};
 use kakehashi_tests::{sql_count, Backend};
 
 fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
@@ -569,7 +569,12 @@ async fn a_huge_wait_waits_instead_of_panicking() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answers_back(
 ) -> Result<()> {
-    let Some(broker) = exchange_broker(Backend::Sqlite).await? else {
+    // Permits short-lived, so that the rerun comes after they expired.
+    let Some(broker) = exchange_broker_with(Backend::Sqlite, |opts| {
+        opts.exchange.permit_ttl_secs = 2;
+    })
+    .await?
+    else {
         return Ok(());
     };
     let s = scenario(&broker, 5).await?;
@@ -589,7 +594,7 @@ async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answ
     assert_eq!(full.code, 1, "answered but not all written: {full:?}");
     assert!(
         full.stderr.contains("cannot write results file")
-            && full.stderr.contains("answered queries not written")
+            && full.stderr.contains("finished lines not written")
             && full.stderr.contains("結果ファイルに書けなくなった"),
         "{full:?}"
     );
@@ -605,7 +610,10 @@ async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answ
     assert!(whole < 5, "the limit stopped the writes: {written}");
     assert_eq!(sql_count(&broker.store.pools(), provided).await?, 5);
 
-    // With room again, the rerun finishes the file without asking again.
+    // With room again, the rerun finishes the file without asking again,
+    // after the first answers' permits expired: a permit read back is
+    // checked as of when it was issued.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rerun = batch(
         &user,
         "union-saitama",

@@ -630,16 +630,17 @@ pub async fn execute(
     let left = queue.lock().map(|q| q.len()).unwrap_or(0);
     if let Some(e) = write_error {
         // Queries were sent and answered: not a usage error ("nothing was
-        // sent"). Their answers are not lost: a rerun sends each under the
-        // same idempotency key and reads it back, and the reply keys of
-        // pending ones stay kept until their line is on disk.
+        // sent"). Their answers are not lost while the broker keeps them: a
+        // rerun sends each under the same idempotency key and reads it back,
+        // and the reply keys of pending ones stay kept until their line is
+        // on disk.
         return Err(CliError {
             exit: Exit::Partial,
             message: format!(
-                "結果ファイルに書けなくなったため止めました。回答を受け取った {unwritten} 件は書けていません（未着手 {left} 件） / cannot write results file {}: {e}; stopped with {unwritten} answered queries not written and {left} not started",
+                "結果ファイルに書けなくなったため止めました。終わった {unwritten} 行は書けていません（未着手 {left} 件） / cannot write results file {}: {e}; stopped with {unwritten} finished lines not written and {left} not started",
                 out.display()
             ),
-            hint: Some("空き容量か権限を直してから同じコマンドを再実行してください。送信済みの照会は再度照会せず回答を読み戻します / free disk space or fix permissions, then rerun the same command: queries already sent are read back, not asked again".into()),
+            hint: Some("空き容量か権限を直してから同じコマンドを再実行してください。送信済みの照会は、ブローカーが結果を保持している間（既定24時間）は再度照会せず回答を読み戻します / free disk space or fix permissions, then rerun the same command: queries already sent are read back, not asked again, while the broker keeps their results (24 h by default)".into()),
         });
     }
     if let Some((query_id, reason)) = key_not_kept {
