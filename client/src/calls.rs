@@ -36,8 +36,8 @@ pub struct QueryKeys {
     requested_by: Option<UserId>,
     /// Derived, so a rerun sends the same request and may be answered with
     /// the reply made the first time: its permit is then checked as of when
-    /// it was issued (it may have expired since; it is still bound to this
-    /// reply key, which only this request uses).
+    /// it was issued, if that was lately (it may have expired since; it is
+    /// still bound to this reply key, which only this request uses).
     repeatable: bool,
 }
 
@@ -237,12 +237,33 @@ impl QueryOutcome {
 }
 
 /// When the permit must be valid: now for a fresh answer; when it was issued
-/// for one released later (approval may come after the permit's own expiry).
+/// for one released later (approval may come after the permit's own expiry);
+/// when it was issued, if that was at most [`READ_BACK_AGE`] ago, for an
+/// answer a rerun may read back under the same keys.
 #[derive(Clone, Copy)]
 enum PermitTime {
     Now,
     Issued,
+    IssuedLately,
 }
+
+impl PermitTime {
+    /// The instant a permit issued at `issued` must be valid at, `now`.
+    fn instant(self, issued: OffsetDateTime, now: OffsetDateTime) -> OffsetDateTime {
+        match self {
+            PermitTime::Now => now,
+            PermitTime::Issued => issued,
+            PermitTime::IssuedLately if now - issued <= READ_BACK_AGE => issued,
+            PermitTime::IssuedLately => now,
+        }
+    }
+}
+
+/// How old a permit read back under repeatable keys may be: the broker's
+/// default result lifetime (`result_ttl_secs`, 24 h) and an hour of clock
+/// skew. An older answer under the same keys (a results path used again a
+/// month later) is not taken for a current one.
+const READ_BACK_AGE: time::Duration = time::Duration::hours(25);
 
 impl Client {
     /// `GET /v1/flows`: the flows this org takes part in, as requester or provider.
@@ -352,7 +373,7 @@ impl Client {
             .with_idempotency_key(idempotency_key);
         let response: QueryResponse = self.send_json(call).await?;
         let when = if repeatable {
-            PermitTime::Issued
+            PermitTime::IssuedLately
         } else {
             PermitTime::Now
         };
@@ -591,10 +612,7 @@ impl Client {
         if let Some(item) = c.items.iter().find(|i| !query.items.contains(i)) {
             return Err(fail(format!("grants item {item}, which was not asked for")));
         }
-        let now = match when {
-            PermitTime::Now => OffsetDateTime::now_utc(),
-            PermitTime::Issued => c.issued_at,
-        };
+        let now = when.instant(c.issued_at, OffsetDateTime::now_utc());
         let set = self.cached_permit_keys().await?;
         match permit.verify_for(&set, &keys.public(), now) {
             Ok(()) => Ok(()),
@@ -676,6 +694,18 @@ fn requested_by() -> Option<UserId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permit_read_back_is_checked_as_issued_only_if_issued_lately() {
+        let now = time::macros::datetime!(2026-12-07 12:00 UTC);
+        let hour_ago = now - time::Duration::hours(1);
+        let month_ago = now - time::Duration::days(30);
+        assert_eq!(PermitTime::IssuedLately.instant(hour_ago, now), hour_ago);
+        assert_eq!(PermitTime::IssuedLately.instant(month_ago, now), now);
+        assert_eq!(PermitTime::Now.instant(hour_ago, now), now);
+        // Released after approval: as issued, however long it waited.
+        assert_eq!(PermitTime::Issued.instant(month_ago, now), month_ago);
+    }
 
     #[test]
     fn derived_keys_depend_on_the_user_and_are_unchanged_without_one() {

@@ -217,7 +217,7 @@ impl TryFrom<CopyDepositWire> for CopyDeposit {
             return Err(InvalidInput::new(
                 "items",
                 format!(
-                    "項目 {item} の値に個人番号とみられる12桁の数字（検査用数字が合うもの）があります。個人番号は連携しません / the value of item {item} holds what looks like an Individual Number (12 digits whose check digit matches); the exchange never carries Individual Numbers (R4)"
+                    "項目 {item} の値に個人番号とみられる12桁の数字（検査用数字が合うもの）があります。個人番号は連携しません。個人番号でなければ、日付に区切りを入れるなど書き方を変えてください / the value of item {item} holds what looks like an Individual Number (12 digits whose check digit matches); the exchange never carries Individual Numbers (R4); if it is not one, write the value another way (e.g. a date with separators)"
                 ),
             ));
         }
@@ -235,8 +235,10 @@ impl TryFrom<CopyDepositWire> for CopyDeposit {
 fn holds_a_number(value: &ItemValue) -> bool {
     match value {
         ItemValue::Text(s) => !crate::individual_number::spans_in(s).is_empty(),
-        // Whole numbers of 11 or 12 digits: one that lost its leading zero
-        // in a spreadsheet, or written as a decimal (`123456789018.0`).
+        // Whole numbers of 12 digits, also written as a decimal
+        // (`123456789018.0`). Not 11 (a number whose leading zero a
+        // spreadsheet took): one in eleven of all 11-digit values, such as
+        // international phone numbers, would be refused with them.
         ItemValue::Number(n) => n
             .as_u64()
             .or_else(|| {
@@ -244,9 +246,9 @@ fn holds_a_number(value: &ItemValue) -> bool {
                     .filter(|f| f.fract() == 0.0 && (0.0..1e12).contains(f))
                     .map(|f| f as u64)
             })
-            .filter(|w| (10_000_000_000..1_000_000_000_000).contains(w))
+            .filter(|w| (100_000_000_000..1_000_000_000_000).contains(w))
             .is_some_and(|w| {
-                crate::individual_number::IndividualNumber::new(&format!("{w:012}")).is_ok()
+                crate::individual_number::IndividualNumber::new(&w.to_string()).is_ok()
             }),
         ItemValue::Bool(_) => false,
     }
@@ -282,8 +284,6 @@ mod tests {
             r#"{"resident.note":"１２３４５６７８９０１８"}"#,
             r#"{"resident.number":123456789018}"#,
             r#"{"resident.number":123456789018.0}"#,
-            // 012345678903 after a spreadsheet took its leading zero.
-            r#"{"resident.number":12345678903}"#,
         ] {
             let err = deposit(items).expect_err(items);
             assert!(err.contains("Individual Number"), "{err}");
@@ -301,6 +301,8 @@ mod tests {
             r#"{"resident.note":"123456789012"}"#,
             r#"{"local_tax.income":3500000}"#,
             r#"{"local_tax.income":3500000.5}"#,
+            // Eleven digits are not taken for a number that lost its zero.
+            r#"{"resident.phone":12345678903}"#,
             r#"{"resident.phone":"090-1234-5678"}"#,
             r#"{"welfare.public_assistance":true}"#,
         ] {
