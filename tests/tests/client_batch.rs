@@ -503,6 +503,23 @@ async fn files_of_personal_data_are_private() -> Result<()> {
     .await?;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(mode(&out)?, 0o600, "results file");
+    // A results file others may read (made by hand, or widened since) is
+    // narrowed before answers are added to it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let again = batch(
+        &user,
+        "union-saitama",
+        &input,
+        &PLAIN,
+        out.as_os_str(),
+        None,
+    )
+    .await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(mode(&out)?, 0o600, "results file narrowed");
 
     // Person codes and the confirmation list.
     let insured = user.files.path().join("insured.csv");

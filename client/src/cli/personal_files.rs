@@ -38,6 +38,12 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(true)
         .open(path)?;
+    narrow(&file)?;
+    Ok(file)
+}
+
+/// Narrows an open file that others may read to 0600.
+fn narrow(file: &File) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -46,7 +52,9 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
     }
-    Ok(file)
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// A fresh file beside `path` for writing its replacement: a random name
@@ -114,6 +122,9 @@ pub fn lock_results(path: &Path, create: bool) -> Result<Locked, CliError> {
             return Ok(Locked::Busy);
         }
         if names_same_file(path, &file)? {
+            // A results file from before files were made 0600, or widened
+            // since: answers about to be appended stay private.
+            narrow(&file).map_err(|e| CliError::file("restrict results file", path, e))?;
             return Ok(Locked::File(file));
         }
     }
