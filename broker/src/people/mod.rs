@@ -159,6 +159,10 @@ pub enum PeopleError {
     /// A code was sent at `totp_enrolment` before enrolment began.
     #[error("先にTOTPの登録を始めてください / start TOTP enrolment first")]
     EnrolmentNotStarted,
+    /// A code was sent by a session whose enrolment another login of the
+    /// same person replaced since.
+    #[error("別のログインがTOTPの登録をやり直しました。新しく表示されるQRコードを読み取ってください / another login began TOTP enrolment again; scan the new code shown")]
+    EnrolmentReplaced,
     /// Input failed validation.
     #[error("{0}")]
     InvalidInput(#[from] InvalidInput),
@@ -187,7 +191,9 @@ impl PeopleError {
             PeopleError::SessionExpired => ErrorCode::SessionRequired,
             PeopleError::Busy => ErrorCode::RateLimited,
             PeopleError::UnknownUser(_) => ErrorCode::NotFound,
-            PeopleError::UserExists(_) | PeopleError::EnrolmentNotStarted => ErrorCode::Conflict,
+            PeopleError::UserExists(_)
+            | PeopleError::EnrolmentNotStarted
+            | PeopleError::EnrolmentReplaced => ErrorCode::Conflict,
             PeopleError::Storage(_) | PeopleError::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -829,6 +835,12 @@ impl People {
             Stage::TotpEnrolment if !open.user.totp_enrolled => {
                 if open.user.totp_cipher.is_none() {
                     return Err(PeopleError::EnrolmentNotStarted);
+                }
+                // Only the session that began the enrolment confirms it: a
+                // code of a key another login replaced is not counted as a
+                // failure, and that login's key is not confirmed from here.
+                if open.user.totp_enrolment_session.as_deref() != Some(&hex::encode(open.hash)) {
+                    return Err(PeopleError::EnrolmentReplaced);
                 }
             }
             Stage::Totp if open.user.totp_enrolled => {}

@@ -266,6 +266,22 @@ async fn whole_login_flow(env: Env) {
         .await
         .unwrap();
     assert!(again.otpauth_uri == theirs.otpauth_uri);
+    // A code of the key that was replaced is not a failure: this session is
+    // told to scan the new key it is shown next.
+    let failures = || async {
+        store::user(&env.people.pools, "taro.yamada")
+            .await
+            .unwrap()
+            .unwrap()
+            .failed_count
+    };
+    let before = failures().await;
+    let stale = code_at(&secret_from_uri(&enrolment.otpauth_uri), env.now());
+    assert!(matches!(
+        people.confirm_totp(&env.keys, &token, &stale, None).await,
+        Err(PeopleError::EnrolmentReplaced)
+    ));
+    assert_eq!(failures().await, before);
     let replaced = people.begin_enrolment(&env.keys, &token).await.unwrap();
     assert!(replaced.otpauth_uri != enrolment.otpauth_uri);
     let enrolment = people.enrolment(&env.keys, &token).await.unwrap();
