@@ -12,10 +12,14 @@
 //! - a claim without an outcome, younger than [`IN_FLIGHT_SECS`]: the first
 //!   request is still running (409, retry shortly);
 //! - an older claim without an outcome: the first request died before it
-//!   finished; the retry takes the claim over with a new query id and runs.
-//!   If that first request had committed its record and died before noting
-//!   the outcome, an answered query is still found through `queries` by
-//!   the claimed id; a refusal is the one case that may be recorded twice.
+//!   finished. If it had committed its query (a node that died between the
+//!   commit and noting the outcome), the query is found through `queries` by
+//!   the claimed id, noted, and read back; otherwise the retry takes the
+//!   claim over with a new query id and runs. A refusal is the one case
+//!   that may be recorded twice.
+//!
+//! A claim is released (a retry may run at once) only when its query was
+//! not committed: a commit whose answer was lost may have happened.
 //!
 //! Keys live as long as the result could (the pending period plus the
 //! result period), then the sweeper deletes them. [`decide`] is the rule,
@@ -154,6 +158,12 @@ pub async fn claim(
         // Swept between the insert and the read: claim again.
         let Some(row) = row else { continue };
         match decide(&row, request_sha256, now) {
+            // The first request committed its query and died before
+            // noting it: answer that query, never a second one.
+            Decision::TakeOver if committed(pools, &row.query_id).await? => {
+                note_done(pools, requester, key, &row.query_id).await?;
+                return Ok(Claim::Used(Decision::Answered(row.query_id)));
+            }
             Decision::TakeOver => {
                 let taken = crate::on_pool!(pools, write, |pool| {
                     sqlx::query(
@@ -207,16 +217,44 @@ async fn decision_or_committed(
     if decision != Decision::InFlight {
         return Ok(decision);
     }
+    Ok(if committed(pools, &row.query_id).await? {
+        Decision::Answered(row.query_id)
+    } else {
+        Decision::InFlight
+    })
+}
+
+/// Whether the query `query_id` was committed (its result row exists).
+async fn committed(pools: &Pools, query_id: &str) -> Result<bool, BrokerError> {
     let found: Option<(String,)> = crate::on_pool!(pools, write, |pool| {
         sqlx::query_as("SELECT id FROM queries WHERE id = $1")
-            .bind(&row.query_id)
+            .bind(query_id)
             .fetch_optional(pool)
             .await?
     });
-    Ok(match found {
-        Some(_) => Decision::Answered(row.query_id),
-        None => Decision::InFlight,
-    })
+    Ok(found.is_some())
+}
+
+/// Notes a claim whose query was found committed as answered.
+async fn note_done(
+    pools: &Pools,
+    requester: &OrgId,
+    key: &IdempotencyKey,
+    query_id: &str,
+) -> Result<(), BrokerError> {
+    crate::on_pool!(pools, write, |pool| {
+        sqlx::query(
+            "UPDATE query_keys SET done = 1
+             WHERE requester = $1 AND idempotency_key = $2 AND query_id = $3 AND done = 0",
+        )
+        .bind(requester.as_str())
+        .bind(key.as_str())
+        .bind(query_id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
 }
 
 /// Notes the outcome of the query run under `key`: `refusal` when it was
@@ -246,7 +284,9 @@ pub async fn finish(
 }
 
 /// Releases a claim whose query failed before anything was recorded (a
-/// fault, not a refusal): a retry may run it.
+/// fault, not a refusal): a retry may run it. A claim whose query was
+/// committed all the same (a commit whose answer was lost) is kept, so the
+/// retry reads that query back instead of recording a second.
 pub async fn release(
     pools: &Pools,
     requester: &OrgId,
@@ -256,7 +296,8 @@ pub async fn release(
     crate::on_pool!(pools, write, |pool| {
         sqlx::query(
             "DELETE FROM query_keys
-             WHERE requester = $1 AND idempotency_key = $2 AND query_id = $3 AND done = 0",
+             WHERE requester = $1 AND idempotency_key = $2 AND query_id = $3 AND done = 0
+               AND NOT EXISTS (SELECT 1 FROM queries WHERE id = $3)",
         )
         .bind(requester.as_str())
         .bind(key.as_str())

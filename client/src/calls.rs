@@ -259,11 +259,13 @@ impl PermitTime {
     }
 }
 
-/// How old a permit read back under repeatable keys may be: the broker's
-/// default result lifetime (`result_ttl_secs`, 24 h) and an hour of clock
-/// skew. An older answer under the same keys (a results path used again a
-/// month later) is not taken for a current one.
-const READ_BACK_AGE: time::Duration = time::Duration::hours(25);
+/// How old a permit read back under repeatable keys may be: as long as the
+/// broker keeps an idempotency key by default (the pending period, 7 days,
+/// then the result period, 24 h: a sensitive answer approved on the last
+/// day is still read back), and a day of clock skew. An older answer under
+/// the same keys (a results path used again a month later) is not taken
+/// for a current one.
+const READ_BACK_AGE: time::Duration = time::Duration::days(9);
 
 impl Client {
     /// `GET /v1/flows`: the flows this org takes part in, as requester or provider.

@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use kakehashi_interfaces::QueryResponse;
 use kakehashi_tests::cli::CliUser;
 use kakehashi_tests::exchange::{exchange_broker, query_body, scenario};
-use kakehashi_tests::{sql_count, Backend, TestBroker};
+use kakehashi_tests::{sql_count, sql_exec, Backend, TestBroker};
 
 async fn records(broker: &TestBroker) -> Result<i64> {
     sql_count(&broker.store.pools(), "SELECT COUNT(*) FROM records").await
@@ -43,6 +43,23 @@ async fn a_retry_under_the_same_key_is_the_same_query(backend: Backend) -> Resul
     assert_eq!(first.envelope, retried.envelope, "the same sealed answer");
     assert_eq!(first.permit, retried.permit);
     assert_eq!(records(&broker).await?, before + 1, "one provision record");
+
+    // A node that committed the query and died before noting the outcome
+    // left the claim unfinished; long after, a retry reads that query back
+    // instead of asking again.
+    sql_exec(
+        &broker.store.pools(),
+        "UPDATE query_keys SET done = 0, claimed_at = '2000-01-01T00:00:00.000000Z'",
+    )
+    .await?;
+    let late = s
+        .union
+        .request_with(Method::POST, "/v1/queries", body.clone(), &key)
+        .await?;
+    assert_eq!(late.status, StatusCode::OK, "{:?}", late.json());
+    let late: QueryResponse = serde_json::from_slice(&late.body)?;
+    assert_eq!(late.query_id, first.query_id, "the committed query");
+    assert_eq!(records(&broker).await?, before + 1, "still one record");
 
     // Another query under the used key: refused, nothing recorded.
     let (other, _) = query_body(
