@@ -33,11 +33,15 @@ pub struct Cutoffs {
 impl Cutoffs {
     /// The cut-offs at `now`. A loss on 29 February counts from 28 February
     /// in a year without one, so nothing is kept longer than the period.
+    /// The day of a loss is a Japanese day, so the years are counted back
+    /// from today in Japan (in UTC the day would change at 09:00 JST, and a
+    /// copy be kept up to nine hours past its period).
     pub fn at(now: OffsetDateTime, config: &RetentionConfig) -> Cutoffs {
         let now = now.to_offset(time::UtcOffset::UTC);
         let confirmed = now - time::Duration::days(i64::from(config.identity_confirmation_days));
+        let today = crate::policy::japanese_day(now);
         let lost =
-            years_before(now.date(), config.copies_after_loss_years).unwrap_or(time::Date::MIN);
+            years_before(today, config.copies_after_loss_years).unwrap_or(time::Date::MIN);
         Cutoffs {
             confirmed_before: crate::store::timestamp(confirmed),
             lost_before: kakehashi_interfaces::datetime::format_date(lost),
@@ -169,12 +173,18 @@ mod tests {
     }
 
     #[test]
-    fn local_time_is_taken_as_utc() {
+    fn the_years_after_a_loss_are_counted_from_the_day_in_japan() {
+        // 08:00 in Japan on the 24th is still the 23rd in UTC.
         let c = Cutoffs::at(
             datetime!(2026-11-24 08:00 +09:00),
             &RetentionConfig::default(),
         );
-        assert_eq!(c.lost_before, "2021-11-23");
+        assert_eq!(c.lost_before, "2021-11-24");
         assert_eq!(c.confirmed_before, "2025-11-23T23:00:00.000000Z");
+        let c = Cutoffs::at(
+            datetime!(2026-11-23 23:59 +09:00),
+            &RetentionConfig::default(),
+        );
+        assert_eq!(c.lost_before, "2021-11-23");
     }
 }
