@@ -508,18 +508,31 @@ async fn purge_from_the_command_line_erases_lapsed_persons() -> Result<()> {
     assert_eq!(kakehashi_tests::sql_count(&pools, lapsed).await?, 1);
     kakehashi_tests::sql_exec(&pools, "DROP TRIGGER no_erasure_record").await?;
 
-    let out = broker_cli(&["purge", "--config", config, "--actor", "ops-suzuki"])?;
+    // A records purge that is refused (here: before the retention period
+    // ends) does not keep personal data past its own periods: the erasure
+    // runs all the same, and the command fails for the purge.
+    let out = broker_cli(&[
+        "purge",
+        "--config",
+        config,
+        "--actor",
+        "ops-suzuki",
+        "--before",
+        &two_years_ago,
+    ])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the early purge was accepted");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("the records purge failed") && stderr.contains("records are kept 7 years"),
+        "{stderr}"
     );
     assert!(
         stdout.contains("erased 1 identity confirmations")
             && stdout.contains("1 persons and 1 copies"),
         "{stdout}"
     );
+    assert_eq!(kakehashi_tests::sql_count(&pools, lapsed).await?, 0);
     let verify = broker_cli(&["records", "--config", config, "verify"])?;
     assert!(
         verify.status.success(),
@@ -527,6 +540,7 @@ async fn purge_from_the_command_line_erases_lapsed_persons() -> Result<()> {
         String::from_utf8_lossy(&verify.stdout)
     );
     let again = broker_cli(&["purge", "--config", config])?;
+    assert!(again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no identity confirmations"),
         "{}",

@@ -595,8 +595,13 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
         Ok(None) => log.purge_expired(&actor).await,
         Err(e) => Err(e),
     };
-    let erased = match (&result, args.records_only) {
-        (Ok(_), false) => Some(
+    // Personal data is erased at the end of its own periods whether or not
+    // the records purge went through (as the broker's own erasure runs on
+    // its own timer): a refused purge must not keep it longer.
+    let erased = if args.records_only {
+        None
+    } else {
+        Some(
             crate::retention::erase(
                 &store.pools(),
                 &log,
@@ -605,19 +610,31 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
                 &actor,
             )
             .await,
-        ),
-        _ => None,
+        )
     };
     log.close().await;
-    let r = result?;
-    match r.purge_record_seq {
-        Some(seq) => println!(
-            "purged {} records ({}..={}) recorded before {}; purge record {}",
-            r.count, r.first_seq, r.cut_seq, r.before, seq
+    match &result {
+        Ok(r) => match r.purge_record_seq {
+            Some(seq) => println!(
+                "purged {} records ({}..={}) recorded before {}; purge record {}",
+                r.count, r.first_seq, r.cut_seq, r.before, seq
+            ),
+            None => println!("nothing recorded before {} to purge", r.before),
+        },
+        Err(_) if erased.is_some() => eprintln!(
+            "the records purge failed (the reason follows); the erasure of personal data ran on its own:"
         ),
-        None => println!("nothing recorded before {} to purge", r.before),
+        Err(_) => {}
     }
-    if let Some(e) = erased.transpose()? {
+    let erased = match (erased, &result) {
+        // Both failed: the erasure's reason here, the purge's as the error.
+        (Some(Err(e)), Err(_)) => {
+            eprintln!("the erasure of personal data failed too: {e}");
+            None
+        }
+        (erased, _) => erased.transpose()?,
+    };
+    if let Some(e) = erased {
         match e.record_seq {
             Some(seq) => println!(
                 "erased {} identity confirmations (confirmed before {}), {} persons and {} copies \
@@ -630,7 +647,7 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
             ),
         }
     }
-    Ok(())
+    result.map(|_| ())
 }
 
 /// The log for a one-shot command: no retention task of its own.
