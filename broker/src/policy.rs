@@ -286,16 +286,11 @@ impl Denial {
     }
 }
 
-/// The day `now` falls on in Japan (UTC+9): the flow list's first and last
-/// days in force are days of the Japanese calendar, so a flow ending on
-/// 31 March is not in force at 00:30 JST on 1 April (still 31 March in UTC).
-pub fn japanese_day(now: time::OffsetDateTime) -> Date {
-    now.checked_to_offset(JST)
-        .map_or(now.date(), |jst| jst.date())
-}
-
-/// Japan Standard Time: UTC+9, no daylight saving.
-pub const JST: time::UtcOffset = time::macros::offset!(+9);
+/// The day an instant falls on in Japan, and Japan Standard Time: the flow
+/// list's first and last days in force are days of the Japanese calendar, so
+/// a flow ending on 31 March is not in force at 00:30 JST on 1 April (still
+/// 31 March in UTC). Defined with the wire's dates, for every layer.
+pub use kakehashi_interfaces::datetime::{japanese_day, JST};
 
 /// Checks a query against the flow list in force on `today`.
 pub fn check<'a>(

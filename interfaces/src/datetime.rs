@@ -9,6 +9,16 @@ use crate::InvalidInput;
 use serde::{Deserialize, Deserializer, Serializer};
 use time::{Date, Month, OffsetDateTime, UtcOffset};
 
+/// Japan Standard Time: UTC+9, no daylight saving.
+pub const JST: UtcOffset = time::macros::offset!(+9);
+
+/// The day `now` falls on in Japan (UTC+9): dates such as a flow's days in
+/// force or a loss of eligibility are days of the Japanese calendar.
+pub fn japanese_day(now: OffsetDateTime) -> Date {
+    now.checked_to_offset(JST)
+        .map_or(now.date(), |jst| jst.date())
+}
+
 /// Parses `YYYY-MM-DD` strictly: exactly ten characters, a real calendar
 /// date, year 0001–9999 (no signs, no week dates, no trailing text).
 pub fn parse_date(s: &str) -> Result<Date, InvalidInput> {

@@ -39,7 +39,7 @@ impl Cutoffs {
     pub fn at(now: OffsetDateTime, config: &RetentionConfig) -> Cutoffs {
         let now = now.to_offset(time::UtcOffset::UTC);
         let confirmed = now - time::Duration::days(i64::from(config.identity_confirmation_days));
-        let today = crate::policy::japanese_day(now);
+        let today = kakehashi_interfaces::datetime::japanese_day(now);
         let lost = years_before(today, config.copies_after_loss_years).unwrap_or(time::Date::MIN);
         Cutoffs {
             confirmed_before: crate::store::timestamp(confirmed),
