@@ -62,9 +62,10 @@ impl QueryKeys {
     /// The user is part of the derivation because it is part of the
     /// request body: a rerun by another person sent under the same
     /// `Idempotency-Key` would be a different request, which the broker
-    /// refuses (409 `conflict`). Without a user the keys are those of
-    /// earlier versions, so a batch interrupted before an upgrade still
-    /// reads back its answers.
+    /// refuses (409 `conflict`). Without a user the derivation is the
+    /// `query keys v1` one with no user in it, so the keys of a batch run
+    /// without `KAKEHASHI_USER` stay the same from release to release and
+    /// its rerun reads back its answers.
     pub fn derived(secret: &[u8], context: &[u8]) -> QueryKeys {
         Self::derived_as(secret, context, requested_by())
     }
@@ -723,7 +724,7 @@ mod tests {
         assert_ne!(a.reply.public(), b.reply.public());
         assert_eq!(a.requested_by(), user("kawada.op").as_ref());
         assert_eq!(none.requested_by(), None);
-        // Without a user, the derivation of earlier versions.
+        // Without a user, the `query keys v1` derivation with no user in it.
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(b"kakehashi-client query keys v1\0idempotency-key\0");

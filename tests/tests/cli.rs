@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kakehashi_tests::cli::{CliUser as User, Run};
+use kakehashi_tests::cli::{CliUser as User, Run, PLAIN};
 use kakehashi_tests::exchange::{exchange_broker, individual_number, scenario};
 use kakehashi_tests::{Backend, TestBroker};
 
@@ -416,17 +416,6 @@ fn mixed_batch(path: &Path, union_codes: &[String]) -> Result<()> {
     Ok(())
 }
 
-const BATCH_FLAGS: [&str; 8] = [
-    "--flow",
-    "F-0120",
-    "--procedure",
-    "premium-calculation",
-    "--provider",
-    "city-saitama",
-    "--item",
-    "local_tax.income",
-];
-
 fn result_lines(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(path)?;
     text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
@@ -463,7 +452,7 @@ async fn batch_of_a_thousand_with_mixed_outcomes() -> Result<()> {
         "--out",
         &out_s,
     ];
-    args.extend(BATCH_FLAGS);
+    args.extend(PLAIN);
     let run = user.run(&args).await?;
     assert_eq!(run.code, 1, "some were refused or pending: {run:?}");
     for needle in [
@@ -521,7 +510,7 @@ async fn interrupted_batch_resumes_without_repeating() -> Result<()> {
         "--concurrency",
         "4",
     ];
-    args.extend(BATCH_FLAGS);
+    args.extend(PLAIN);
 
     // Kill the process (SIGKILL, no chance to clean up) once some results are in.
     let mut child = user.command(&args)?.spawn()?;
@@ -835,7 +824,7 @@ async fn batch_honours_rate_limits() -> Result<()> {
         "--concurrency",
         "32",
     ];
-    args.extend(BATCH_FLAGS);
+    args.extend(PLAIN);
     let run = user.run(&args).await?;
     assert_eq!(
         run.code, 0,
@@ -1244,7 +1233,7 @@ async fn batch_stops_when_the_broker_goes_away() -> Result<()> {
         "--concurrency",
         "2",
     ];
-    args.extend(BATCH_FLAGS);
+    args.extend(PLAIN);
     let child = user.command(&args)?.spawn()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(&out)

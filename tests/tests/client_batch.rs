@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -46,54 +46,56 @@ fn persons_csv(path: &Path, persons: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A terminal user with a profile of `org` on `broker`, an input file of
-/// `persons` and where the results go: `(user, input, out)`.
-async fn batch_user(
-    broker: &kakehashi_tests::TestBroker,
-    org: &str,
-    persons: &[String],
-) -> Result<(CliUser, std::path::PathBuf, std::path::PathBuf)> {
-    let user = CliUser::new()?;
-    user.add_profile(broker, org).await?;
-    let input = user.files.path().join("persons.csv");
-    let codes: Vec<&str> = persons.iter().map(String::as_str).collect();
-    persons_csv(&input, &codes)?;
-    let out = user.files.path().join("results.jsonl");
-    Ok((user, input, out))
+/// A terminal user's batch: the user (with a profile named after its org),
+/// the input file and where the results go.
+struct Batch {
+    user: CliUser,
+    profile: &'static str,
+    input: PathBuf,
+    out: PathBuf,
 }
 
-/// `query --batch INPUT …FLAGS --out OUT` (OUT last: it may not be UTF-8).
-async fn batch(
-    user: &CliUser,
-    profile: &str,
-    input: &Path,
-    flags: &[&str],
-    out: &OsStr,
-    user_id: Option<&str>,
-) -> Result<Run> {
-    let cmd = batch_command(user, profile, input, flags, out, user_id)?;
-    user.run_command(cmd).await
-}
-
-/// The command [`batch`] runs.
-fn batch_command(
-    user: &CliUser,
-    profile: &str,
-    input: &Path,
-    flags: &[&str],
-    out: &OsStr,
-    user_id: Option<&str>,
-) -> Result<tokio::process::Command> {
-    let input = input.display().to_string();
-    let mut args = vec!["--profile", profile, "query", "--batch", &input];
-    args.extend(flags);
-    args.push("--out");
-    let mut cmd = user.command(&args)?;
-    cmd.arg(out);
-    if let Some(id) = user_id {
-        cmd.env("KAKEHASHI_USER", id);
+impl Batch {
+    /// A user with a profile of `org` on `broker`, an input file of
+    /// `persons` and `results.jsonl` for the results.
+    async fn new(
+        broker: &kakehashi_tests::TestBroker,
+        org: &'static str,
+        persons: &[String],
+    ) -> Result<Batch> {
+        let user = CliUser::new()?;
+        user.add_profile(broker, org).await?;
+        let input = user.files.path().join("persons.csv");
+        let codes: Vec<&str> = persons.iter().map(String::as_str).collect();
+        persons_csv(&input, &codes)?;
+        let out = user.files.path().join("results.jsonl");
+        Ok(Batch {
+            user,
+            profile: org,
+            input,
+            out,
+        })
     }
-    Ok(cmd)
+
+    /// `query --batch INPUT …FLAGS --out OUT` (OUT last: it may not be
+    /// UTF-8), as `KAKEHASHI_USER=user_id` when given.
+    fn command(&self, flags: &[&str], user_id: Option<&str>) -> Result<tokio::process::Command> {
+        let input = self.input.display().to_string();
+        let mut args = vec!["--profile", self.profile, "query", "--batch", &input];
+        args.extend(flags);
+        args.push("--out");
+        let mut cmd = self.user.command(&args)?;
+        cmd.arg(&self.out);
+        if let Some(id) = user_id {
+            cmd.env("KAKEHASHI_USER", id);
+        }
+        Ok(cmd)
+    }
+
+    /// Runs [`Batch::command`].
+    async fn run(&self, flags: &[&str], user_id: Option<&str>) -> Result<Run> {
+        self.user.run_command(self.command(flags, user_id)?).await
+    }
 }
 
 /// `cmd` run with files it writes limited to `bytes` (rounded down to
@@ -136,17 +138,10 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         .store
         .set_org_status(&OrgId::new("agency-pension")?, OrgStatus::Suspended)
         .await?;
-    let (user, input, out) = batch_user(&broker, "agency-pension", &s.union_codes).await?;
+    let b = Batch::new(&broker, "agency-pension", &s.union_codes).await?;
+    let out = &b.out;
 
-    let run = batch(
-        &user,
-        "agency-pension",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let run = b.run(&PLAIN, None).await?;
     assert_eq!(
         run.code, 7,
         "a refusal of the org has its own exit: {run:?}"
@@ -165,7 +160,7 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         "{run:?}"
     );
     assert!(
-        result_lines(&out)?.is_empty(),
+        result_lines(out)?.is_empty(),
         "no person is marked refused for what concerns the org"
     );
 
@@ -178,15 +173,7 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
     // second apart outlast it however long each run takes.
     let mut reruns = 0;
     loop {
-        let run = batch(
-            &user,
-            "agency-pension",
-            &input,
-            &PLAIN,
-            out.as_os_str(),
-            None,
-        )
-        .await?;
+        let run = b.run(&PLAIN, None).await?;
         if run.code != 7 {
             break;
         }
@@ -196,7 +183,7 @@ async fn a_suspended_org_stops_the_batch_and_writes_no_line() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let lines = result_lines(&out)?;
+    let lines = result_lines(out)?;
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(
         lines.iter().all(|l| l["code"] != "org_suspended"),
@@ -231,16 +218,15 @@ async fn a_pending_line_whose_key_cannot_be_kept_is_not_written() -> Result<()> 
         .join(OsStr::from_bytes(b"results-\xff.jsonl"));
     let mut flags = vec!["--concurrency", "1"];
     flags.extend(SENSITIVE);
+    let b = Batch {
+        user,
+        profile: "union-saitama",
+        input,
+        out,
+    };
+    let out = &b.out;
 
-    let run = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &flags,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let run = b.run(&flags, None).await?;
     assert_eq!(
         run.code, 8,
         "not 2 (\"nothing was sent\"): the query was made: {run:?}"
@@ -252,7 +238,7 @@ async fn a_pending_line_whose_key_cannot_be_kept_is_not_written() -> Result<()> 
     );
     let ids = query_ids(&run.stderr);
     assert_eq!(ids.len(), 1, "the message names the query: {run:?}");
-    let lines = result_lines(&out)?;
+    let lines = result_lines(out)?;
     assert_eq!(
         lines.len(),
         1,
@@ -267,15 +253,7 @@ async fn a_pending_line_whose_key_cannot_be_kept_is_not_written() -> Result<()> 
     assert_eq!(polled.json()?["status"], "pending", "{polled:?}");
 
     // A rerun asks that person again, under the same keys: the same query.
-    let again = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &flags,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let again = b.run(&flags, None).await?;
     assert_eq!(again.code, 8, "{again:?}");
     assert!(again.stderr.contains("1 already in"), "{again:?}");
     assert_eq!(
@@ -283,7 +261,7 @@ async fn a_pending_line_whose_key_cannot_be_kept_is_not_written() -> Result<()> 
         ids,
         "the same query, not a new one"
     );
-    assert_eq!(result_lines(&out)?.len(), 1);
+    assert_eq!(result_lines(out)?.len(), 1);
     Ok(())
 }
 
@@ -370,7 +348,8 @@ async fn a_rerun_by_another_person_asks_again_instead_of_conflicting() -> Result
         return Ok(());
     };
     let s = scenario(&broker, 3).await?;
-    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
+    let b = Batch::new(&broker, "union-saitama", &s.union_codes).await?;
+    let out = &b.out;
     let ids_of = |lines: &[serde_json::Value]| -> BTreeSet<String> {
         lines
             .iter()
@@ -378,49 +357,25 @@ async fn a_rerun_by_another_person_asks_again_instead_of_conflicting() -> Result
             .collect()
     };
 
-    let first = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        Some("kawada.op"),
-    )
-    .await?;
+    let first = b.run(&PLAIN, Some("kawada.op")).await?;
     assert_eq!(first.code, 0, "{first:?}");
-    let first_ids = ids_of(&result_lines(&out)?);
+    let first_ids = ids_of(&result_lines(out)?);
     assert_eq!(first_ids.len(), 3);
 
     // The answers were given but never written (the run was interrupted):
     // the same person's rerun reads them back ...
-    std::fs::write(&out, "")?;
-    let same = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        Some("kawada.op"),
-    )
-    .await?;
+    std::fs::write(out, "")?;
+    let same = b.run(&PLAIN, Some("kawada.op")).await?;
     assert_eq!(same.code, 0, "{same:?}");
-    assert_eq!(ids_of(&result_lines(&out)?), first_ids, "read back");
+    assert_eq!(ids_of(&result_lines(out)?), first_ids, "read back");
 
     // ... and another person's rerun asks again: its request carries
     // another requested_by, so it must not reuse the first run's keys
     // (the broker would refuse it as a conflict).
-    std::fs::write(&out, "")?;
-    let other = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        Some("ueda.op"),
-    )
-    .await?;
+    std::fs::write(out, "")?;
+    let other = b.run(&PLAIN, Some("ueda.op")).await?;
     assert_eq!(other.code, 0, "{other:?}");
-    let lines = result_lines(&out)?;
+    let lines = result_lines(out)?;
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines.iter().all(|l| l["status"] == "provided"), "{lines:?}");
     assert!(ids_of(&lines).is_disjoint(&first_ids), "new queries");
@@ -433,16 +388,9 @@ async fn a_results_file_in_use_is_refused() -> Result<()> {
         return Ok(());
     };
     let s = scenario(&broker, 2).await?;
-    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
-    let run = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &SENSITIVE,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let b = Batch::new(&broker, "union-saitama", &s.union_codes).await?;
+    let (user, out) = (&b.user, &b.out);
+    let run = b.run(&SENSITIVE, None).await?;
     assert_eq!(run.code, 1, "pending: {run:?}");
     let out_s = out.display().to_string();
     let collect = [
@@ -455,7 +403,7 @@ async fn a_results_file_in_use_is_refused() -> Result<()> {
     ];
 
     // Another process (a batch, as far as the CLI can tell) holds the file.
-    let held = std::fs::OpenOptions::new().read(true).open(&out)?;
+    let held = std::fs::OpenOptions::new().read(true).open(out)?;
     rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive)?;
     let refused = user.run(&collect).await?;
     assert_eq!(refused.code, 2, "{refused:?}");
@@ -463,15 +411,7 @@ async fn a_results_file_in_use_is_refused() -> Result<()> {
         refused.stderr.contains("in use") && refused.stderr.contains(" — "),
         "{refused:?}"
     );
-    let second = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &SENSITIVE,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let second = b.run(&SENSITIVE, None).await?;
     assert_eq!(second.code, 2, "a second batch on the file: {second:?}");
     assert!(second.stderr.contains("in use"), "{second:?}");
     drop(held);
@@ -491,35 +431,20 @@ async fn files_of_personal_data_are_private() -> Result<()> {
     };
     let s = scenario(&broker, 1).await?;
     // Whatever the umask says.
-    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes[..1]).await?;
-    let run = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let b = Batch::new(&broker, "union-saitama", &s.union_codes[..1]).await?;
+    let (user, out) = (&b.user, &b.out);
+    let run = b.run(&PLAIN, None).await?;
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(mode(&out)?, 0o600, "results file");
+    assert_eq!(mode(out)?, 0o600, "results file");
     // A results file others may read (made by hand, or widened since) is
     // narrowed before answers are added to it.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644))?;
     }
-    let again = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let again = b.run(&PLAIN, None).await?;
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(mode(&out)?, 0o600, "results file narrowed");
+    assert_eq!(mode(out)?, 0o600, "results file narrowed");
 
     // Person codes and the confirmation list.
     let insured = user.files.path().join("insured.csv");
@@ -595,18 +520,12 @@ async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answ
         return Ok(());
     };
     let s = scenario(&broker, 5).await?;
-    let (user, input, out) = batch_user(&broker, "union-saitama", &s.union_codes).await?;
+    let b = Batch::new(&broker, "union-saitama", &s.union_codes).await?;
+    let (user, out) = (&b.user, &b.out);
     let provided = "SELECT COUNT(*) FROM records WHERE outcome = 'provided'";
 
     // Room for about one line: the results file fills up as a disk would.
-    let cmd = batch_command(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        None,
-    )?;
+    let cmd = b.command(&PLAIN, None)?;
     let full = user.run_command(with_file_size_limit(&cmd, 512)).await?;
     assert_eq!(full.code, 1, "answered but not all written: {full:?}");
     assert!(
@@ -619,7 +538,7 @@ async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answ
         !full.stderr.contains("nothing was sent"),
         "queries were sent: {full:?}"
     );
-    let written = std::fs::read_to_string(&out)?;
+    let written = std::fs::read_to_string(out)?;
     let whole = written
         .lines()
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
@@ -631,18 +550,10 @@ async fn a_results_file_that_fills_up_stops_the_batch_and_a_rerun_reads_the_answ
     // after the first answers' permits expired: a permit read back is
     // checked as of when it was issued.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rerun = batch(
-        &user,
-        "union-saitama",
-        &input,
-        &PLAIN,
-        out.as_os_str(),
-        None,
-    )
-    .await?;
+    let rerun = b.run(&PLAIN, None).await?;
 
     assert_eq!(rerun.code, 0, "{rerun:?}");
-    let lines = result_lines(&out)?;
+    let lines = result_lines(out)?;
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(lines.iter().all(|l| l["status"] == "provided"), "{lines:?}");
     assert_eq!(

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use http::{Method, StatusCode};
 use kakehashi_interfaces::QueryResponse;
-use kakehashi_tests::cli::CliUser;
+use kakehashi_tests::cli::{CliUser, PLAIN};
 use kakehashi_tests::exchange::{exchange_broker, query_body, scenario};
 use kakehashi_tests::{sql_count, sql_exec, Backend, TestBroker};
 
@@ -193,7 +193,7 @@ async fn a_rerun_batch_reads_back_answers_it_lost() -> Result<()> {
     let persons = format!("person\n{}\n", s.union_codes.join("\n"));
     std::fs::write(user.path("persons.csv"), persons)?;
     let (input, out) = (user.path("persons.csv"), user.path("results.jsonl"));
-    let batch = [
+    let mut batch = vec![
         "--profile",
         "union-saitama",
         "query",
@@ -201,15 +201,8 @@ async fn a_rerun_batch_reads_back_answers_it_lost() -> Result<()> {
         &input,
         "--out",
         &out,
-        "--flow",
-        "F-0120",
-        "--procedure",
-        "premium-calculation",
-        "--provider",
-        "city-saitama",
-        "--item",
-        "local_tax.income",
     ];
+    batch.extend(PLAIN);
     user.run(&batch).await?.ok()?;
     let results = std::path::PathBuf::from(&out);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)?

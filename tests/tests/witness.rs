@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use http::StatusCode;
-use kakehashi_tests::cli::CliUser;
+use kakehashi_tests::cli::{CliUser, PLAIN};
 use kakehashi_tests::exchange::{exchange_broker, scenario};
 use kakehashi_tests::{both_backends, Backend, Protocol, TestBroker, TestClient};
 
@@ -71,22 +71,11 @@ async fn a_rewritten_history_is_caught_by_an_org_that_saw_it(backend: Backend) -
     let s = scenario(&broker, 3).await?;
     let org = Org::new(&broker, "union-saitama").await?;
     let query = |person: &str| {
-        [
-            "--profile",
-            "union-saitama",
-            "query",
-            "--flow",
-            "F-0120",
-            "--procedure",
-            "premium-calculation",
-            "--provider",
-            "city-saitama",
-            "--person",
-            person,
-            "--item",
-            "local_tax.income",
-        ]
-        .map(str::to_string)
+        ["--profile", "union-saitama", "query", "--person", person]
+            .into_iter()
+            .chain(PLAIN)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
     };
     let run_query = |person: String| {
         let args = query(&person);

@@ -775,6 +775,15 @@ impl People {
     ) -> Result<EnrolmentAnswer, PeopleError> {
         let open = self.open_session(token).await?;
         enrolling(&open)?;
+        self.enrol_new(keys, &open).await
+    }
+
+    /// Makes and stores a new secret for the session `open` enrolling.
+    async fn enrol_new(
+        &self,
+        keys: &Keyring,
+        open: &OpenSession,
+    ) -> Result<EnrolmentAnswer, PeopleError> {
         let user_id = stored_user_id(&open.user.id)?;
         let secret = totp::TotpSecret::generate();
         let cipher = keys
@@ -794,7 +803,7 @@ impl People {
         enrolment_answer(&user_id, &secret)
     }
 
-    /// The enrolment in progress at this session: the secret this session's
+    /// The enrolment in progress at the login session `token`: the secret its
     /// [`People::begin_enrolment`] stored and no code has confirmed yet,
     /// shown again (a page reloaded, a code mistyped: the person may have
     /// scanned it already). One is begun when none is stored, or when
@@ -810,7 +819,7 @@ impl People {
         enrolling(&open)?;
         let ours = open.user.totp_enrolment_session.as_deref() == Some(&hex::encode(open.hash));
         let (Some(cipher), true) = (open.user.totp_cipher.as_deref(), ours) else {
-            return self.begin_enrolment(keys, token).await;
+            return self.enrol_new(keys, &open).await;
         };
         let user_id = stored_user_id(&open.user.id)?;
         let secret = stored_secret(keys, &user_id, cipher)?;

@@ -266,7 +266,7 @@ async fn whole_login_flow(env: Env) {
         .await
         .unwrap();
     assert!(again.otpauth_uri == theirs.otpauth_uri);
-    // A code of the key that was replaced is not a failure: this session is
+    // A code of the key that was replaced is not a failure: the first login is
     // told to scan the new key it is shown next.
     let failures = || async {
         store::user(&env.people.pools, "taro.yamada")

@@ -122,8 +122,9 @@ pub fn lock_results(path: &Path, create: bool) -> Result<Locked, CliError> {
             return Ok(Locked::Busy);
         }
         if names_same_file(path, &file)? {
-            // A results file from before files were made 0600, or widened
-            // since: answers about to be appended stay private.
+            // A results file others may read (made by hand or another tool,
+            // or widened by chmod) is narrowed: answers about to be appended
+            // stay private.
             narrow(&file).map_err(|e| CliError::file("restrict results file", path, e))?;
             return Ok(Locked::File(file));
         }

@@ -273,8 +273,8 @@ fn push_csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
 }
 
 /// A field as recorded: without the `'` that [`FORMULA_STARTS`] put before
-/// it. Only a `'` followed by one of them is taken off, so an export written
-/// before cells were escaped (a value like `'abc` as it was) reads the same.
+/// it. Only a `'` followed by one of them is taken off, so a value like
+/// `'abc` in an export without escaped cells reads as written.
 fn as_recorded(field: String) -> String {
     match field.strip_prefix('\'') {
         Some(rest) if rest.starts_with(FORMULA_STARTS) => rest.to_string(),
@@ -590,7 +590,7 @@ mod tests {
         }
         assert!(text.starts_with("\"'=HYPERLINK("), "{text}");
         assert_eq!(read_csv_record(&mut &out[..]).unwrap().unwrap(), values);
-        // An export from before the escaping reads as it was written.
+        // An export without escaped cells reads as written.
         let old = b"\"'abc\",\"plain\"\r\n";
         assert_eq!(
             read_csv_record(&mut &old[..]).unwrap().unwrap(),
