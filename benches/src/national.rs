@@ -74,6 +74,9 @@ pub struct PurgeResult {
     pub partitions_before: u64,
     /// Month partitions after the purge.
     pub partitions_after: u64,
+    /// Purge records written: one per step (a partition dropped, or at
+    /// most `purge_step_records` rows deleted).
+    pub steps: u64,
 }
 
 /// One export.
@@ -113,6 +116,9 @@ pub struct NationalReport {
     /// Purge of the oldest month; none when no whole month of the store
     /// lies outside the retention period (a reused store, purged before).
     pub purge: Option<PurgeResult>,
+    /// Purge of the next 25 days after it, row by row in steps (the daily
+    /// purge of a month not yet wholly expired); none when not due.
+    pub row_purge: Option<PurgeResult>,
     /// Whole-chain verification, seconds.
     pub verify_secs: f64,
     /// Records verified per second.
@@ -194,6 +200,39 @@ async fn partitions(pools: &Pools) -> Result<u64> {
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Purges what was recorded before `before` and times it; `None` (said on
+/// standard output) when that is inside the retention period.
+async fn timed_purge(
+    log: &RecordLog,
+    pools: &Pools,
+    before: time::OffsetDateTime,
+    what: &str,
+) -> Result<Option<PurgeResult>> {
+    if before > log.retention_cutoff(time::OffsetDateTime::now_utc()) {
+        println!(
+            "purge of {what}: not all of it lies outside the retention period any more \
+             (purged by earlier runs); NOT measured — fill a fresh store to measure it"
+        );
+        return Ok(None);
+    }
+    let partitions_before = partitions(pools).await?;
+    let t = Instant::now();
+    let report = log.purge(before, "national-bench").await?;
+    let secs = t.elapsed().as_secs_f64();
+    let partitions_after = partitions(pools).await?;
+    println!(
+        "purge of {what} (before {}): {} records in {secs:.2} s, {} steps; partitions {partitions_before} → {partitions_after}",
+        report.before, report.count, report.purge_records
+    );
+    Ok(Some(PurgeResult {
+        count: report.count,
+        secs,
+        partitions_before,
+        partitions_after,
+        steps: report.purge_records,
+    }))
 }
 
 /// When the oldest stored record was recorded.
@@ -346,31 +385,17 @@ pub async fn run(args: NationalArgs) -> Result<()> {
     exports.push(export(&log, dir, year_ago, 6).await?);
 
     // Purge of the oldest month still stored (a rerun purges the next one,
-    // while it lies wholly outside the retention period).
+    // while it lies wholly outside the retention period), then of the next
+    // 25 days: rows of a month not wholly due, deleted in steps.
     let oldest = oldest_recorded_at(&pools).await?;
     let before = months_after(oldest, 1)?;
-    let purge = if before > log.retention_cutoff(time::OffsetDateTime::now_utc()) {
-        println!(
-            "purge: no whole month of this store lies outside the retention period any more \
-             (purged by earlier runs); purge NOT measured — fill a fresh store to measure it"
-        );
-        None
-    } else {
-        let partitions_before = partitions(&pools).await?;
-        let t = Instant::now();
-        let report = log.purge(before, "national-bench").await?;
-        let secs = t.elapsed().as_secs_f64();
-        let partitions_after = partitions(&pools).await?;
-        println!(
-            "purge before {}: {} records in {secs:.2} s; partitions {partitions_before} → {partitions_after}",
-            report.before, report.count
-        );
-        Some(PurgeResult {
-            count: report.count,
-            secs,
-            partitions_before,
-            partitions_after,
-        })
+    let purge = timed_purge(&log, &pools, before, "the oldest month").await?;
+    let row_purge = match purge {
+        Some(_) => {
+            let before = before + time::Duration::days(25);
+            timed_purge(&log, &pools, before, "25 days more").await?
+        }
+        None => None,
     };
 
     let t = Instant::now();
@@ -393,6 +418,7 @@ pub async fn run(args: NationalArgs) -> Result<()> {
         disclosure_rows,
         exports,
         purge,
+        row_purge,
         verify_secs,
         verify_rate,
         bytes_per_record,

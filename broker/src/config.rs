@@ -51,6 +51,10 @@ pub struct Config {
 /// 004: 情報提供等記録は7年間保存).
 pub const LEGAL_RETENTION_YEARS: u32 = 7;
 
+/// Most records one purge step deletes row by row unless configured
+/// ([`RecordsConfig::purge_step_records`]).
+pub const PURGE_STEP_RECORDS: u64 = 20_000;
+
 /// `[records]` settings. Defaults suit production.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +67,12 @@ pub struct RecordsConfig {
     pub purge_interval_secs: u64,
     /// Delay before the first retention purge after start.
     pub purge_first_delay_secs: u64,
+    /// Most records one purge transaction deletes row by row: a purge
+    /// holds the head of the chain (every record commit waits) while it
+    /// deletes, so a long range is purged in steps of at most this many,
+    /// each with its own purge record. A whole month partition on
+    /// PostgreSQL is dropped in one step whatever its size.
+    pub purge_step_records: u64,
     /// Most records committed in one transaction.
     pub max_batch: usize,
     /// Appends queued beyond this wait (back-pressure).
@@ -116,6 +126,7 @@ impl Default for RecordsConfig {
             retention_years: 7,
             purge_interval_secs: 24 * 3600,
             purge_first_delay_secs: 300,
+            purge_step_records: PURGE_STEP_RECORDS,
             max_batch: 1024,
             queue_capacity: 65_536,
             person_index_interval_ms: 1_000,
@@ -492,6 +503,11 @@ impl Config {
                 "[retention] copies_after_loss_years must be at most 5 (R15)".into(),
             ));
         }
+        if config.records.purge_step_records == 0 {
+            return Err(BrokerError::Config(
+                "[records] purge_step_records must be at least 1".into(),
+            ));
+        }
         if config.records.retention_years == 0 {
             return Err(BrokerError::Config(format!(
                 "[records] retention_years must be at least 1 (the legal period is {} years)",
@@ -666,6 +682,22 @@ mod tests {
             );
             assert_eq!(field(&Config::parse(MINIMAL).unwrap()), None, "{key}");
         }
+    }
+
+    #[test]
+    fn a_purge_step_holds_at_least_one_record() {
+        let with =
+            |n: u64| Config::parse(&format!("{MINIMAL}\n[records]\npurge_step_records = {n}"));
+        assert_eq!(with(500).unwrap().records.purge_step_records, 500);
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().records.purge_step_records,
+            PURGE_STEP_RECORDS
+        );
+        let err = with(0).unwrap_err().to_string();
+        assert!(
+            err.contains("purge_step_records must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub async fn erase(
                     record = seq,
                     "personal data erased at the end of their retention periods"
                 );
+                // The erasure stands once committed; what the database
+                // keeps of the deleted rows elsewhere is cleared after, and
+                // a failure there is only logged (the next erasure, or
+                // autovacuum and WAL reuse, clears it).
+                if let Err(e) = pools.backend().after_erasure().await {
+                    tracing::warn!(error = %e, "the database's copies of erased rows were not cleared at once");
+                }
                 return Ok(report);
             }
             Err(e) if attempt < 3 => {

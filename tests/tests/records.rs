@@ -884,14 +884,22 @@ async fn purge_leaves_a_verifiable_rest(backend: Backend) -> Result<()> {
         (report.first_seq, report.cut_seq, report.count),
         (1, 10, 10)
     );
-    assert_eq!(report.purge_record_seq, Some(14));
+    // One step on SQLite; on PostgreSQL one per month partition dropped.
+    let (steps, last) = match backend {
+        Backend::Sqlite => (1, 14),
+        Backend::Postgres => (2, 15),
+    };
+    assert_eq!(
+        (report.purge_records, report.purge_record_seq),
+        (steps, Some(last))
+    );
     assert_eq!(
         env.count("SELECT COUNT(*) FROM records WHERE seq <= 10")
             .await?,
         0
     );
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM records WHERE seq = 14 AND outcome = 'purge' AND detail LIKE '%\"cut_seq\":10%'")
+        env.count(&format!("SELECT COUNT(*) FROM records WHERE seq = {last} AND outcome = 'purge' AND detail LIKE '%\"cut_seq\":10%'"))
             .await?,
         1
     );
@@ -904,7 +912,9 @@ async fn purge_leaves_a_verifiable_rest(backend: Backend) -> Result<()> {
         );
     }
     match env.verify().await? {
-        Verdict::Intact(s) => assert_eq!((s.anchor_seq, s.last_seq, s.records), (10, 14, 4)),
+        Verdict::Intact(s) => {
+            assert_eq!((s.anchor_seq, s.last_seq, s.records), (10, last, 3 + steps))
+        }
         Verdict::Broken(f) => bail!("purge broke the chain: {f}"),
     }
     // Nothing more is due; the log goes on, and so does the chain.
@@ -915,7 +925,10 @@ async fn purge_leaves_a_verifiable_rest(backend: Backend) -> Result<()> {
     // An export of what remains verifies from the cut.
     let out = env.dir.path().join("rest.csv");
     export(&env, ExportFormat::Csv, &out, None, None).await?;
-    assert_eq!(audit::verify_export_files(&out, None, &[])?.rows, 5);
+    assert_eq!(
+        audit::verify_export_files(&out, None, &[])?.rows,
+        3 + steps + 1
+    );
 
     // Deleting the oldest remaining record is not a purge.
     env.exec("DELETE FROM records WHERE seq = 11").await?;
@@ -923,6 +936,108 @@ async fn purge_leaves_a_verifiable_rest(backend: Backend) -> Result<()> {
     Ok(())
 }
 both_backends!(purge_leaves_a_verifiable_rest: purge_sqlite, purge_postgres);
+
+/// The cut of every purge record in the log, in order.
+async fn purge_cuts(env: &Env) -> Result<Vec<u64>> {
+    let sql = "SELECT detail FROM records WHERE outcome = 'purge' ORDER BY seq";
+    let details: Vec<String> = match env.pools() {
+        Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(&read).await?,
+        Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(&pool).await?,
+    };
+    details
+        .iter()
+        .map(|d| {
+            let detail: serde_json::Value = serde_json::from_str(d)?;
+            detail["cut_seq"]
+                .as_u64()
+                .context("a purge record without cut_seq")
+        })
+        .collect()
+}
+
+/// A purge holds the head of the chain while it deletes, so every record
+/// commit waits for it: a long run goes in steps of at most
+/// `purge_step_records` rows, each with its own purge record, and on
+/// PostgreSQL a past month wholly in the run is dropped in one step.
+async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = RecordLog::open(
+        env.pools(),
+        &env.keys(),
+        RecordsConfig {
+            purge_step_records: 4,
+            ..quiet()
+        },
+    )
+    .await?;
+    for i in 1..=6 {
+        log.append_with_clock(draft(i), at("2018-01-15T10:00:00Z"))
+            .await?;
+    }
+    for i in 7..=10 {
+        log.append_with_clock(draft(i), at("2018-01-25T10:00:00Z"))
+            .await?;
+    }
+    for i in 11..=16 {
+        log.append_with_clock(draft(i), at("2018-02-10T10:00:00Z"))
+            .await?;
+    }
+    for i in 17..=18 {
+        log.append(draft(i)).await?;
+    }
+
+    // Part of a month: row by row, four at a time.
+    let report = log.purge(at("2018-01-20T00:00:00Z"), "ops-tanaka").await?;
+    assert_eq!((report.first_seq, report.cut_seq, report.count), (1, 6, 6));
+    assert_eq!(
+        (report.purge_records, report.purge_record_seq),
+        (2, Some(20))
+    );
+    assert_eq!(purge_cuts(&env).await?, [4, 6]);
+    assert_eq!(env.seqs().await?.first(), Some(&7));
+
+    // The rest: SQLite deletes rows in steps; PostgreSQL drops January's
+    // partition (four rows left) and February's (six rows, more than a
+    // step) whole.
+    let report = log.purge(at("2018-06-01T00:00:00Z"), "ops-tanaka").await?;
+    assert_eq!(
+        (report.first_seq, report.cut_seq, report.count),
+        (7, 16, 10)
+    );
+    let steps: &[u64] = match backend {
+        Backend::Sqlite => &[10, 14, 16],
+        Backend::Postgres => &[10, 16],
+    };
+    assert_eq!(report.purge_records, steps.len() as u64);
+    let cuts: Vec<u64> = [4, 6].iter().chain(steps).copied().collect();
+    assert_eq!(purge_cuts(&env).await?, cuts);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM records WHERE seq <= 16")
+            .await?,
+        0
+    );
+    if backend == Backend::Postgres {
+        assert_eq!(
+            env.count("SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'records_y2018m%'")
+                .await?,
+            0,
+            "expired partitions were not dropped"
+        );
+    }
+    log.close().await;
+    match env.verify().await? {
+        Verdict::Intact(s) => assert_eq!(
+            (s.anchor_seq, s.records),
+            (16, 2 + cuts.len() as u64),
+            "the rest verifies from the last purge's cut"
+        ),
+        Verdict::Broken(f) => bail!("a stepped purge broke the chain: {f}"),
+    }
+    Ok(())
+}
+both_backends!(a_long_purge_goes_in_steps: stepped_purge_sqlite, stepped_purge_postgres);
 
 // ------------------------------------------------------------ group commit
 

@@ -32,6 +32,51 @@ async fn erase_now(broker: &TestBroker) -> Result<retention::ErasureReport> {
     .await?)
 }
 
+/// The stored bytes of one person (by the union's code) that an erasure
+/// must remove: the number's hash and ciphertext, the facts' ciphertext,
+/// every org's copy.
+async fn stored_blobs_of(broker: &TestBroker, union_code: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let person = format!("(SELECT person_id FROM person_codes WHERE code = '{union_code}')");
+    let queries = [
+        (
+            "number hash",
+            format!("SELECT number_hash FROM persons WHERE id = {person}"),
+        ),
+        (
+            "number",
+            format!("SELECT number_cipher FROM persons WHERE id = {person}"),
+        ),
+        (
+            "facts",
+            format!("SELECT facts_cipher FROM person_facts WHERE person_id = {person}"),
+        ),
+        (
+            "copy",
+            format!(
+                "SELECT cipher FROM copies WHERE (provider, person_code) IN
+                 (SELECT org_id, code FROM person_codes WHERE number_hash =
+                  (SELECT number_hash FROM persons WHERE id = {person}))"
+            ),
+        ),
+    ];
+    let mut blobs = Vec::new();
+    for (what, sql) in queries {
+        let found: Vec<Vec<u8>> = match broker.store.pools() {
+            kakehashi_broker::store::Pools::Sqlite { read, .. } => {
+                sqlx::query_scalar(&sql).fetch_all(&read).await?
+            }
+            kakehashi_broker::store::Pools::Postgres(pool) => {
+                sqlx::query_scalar(&sql).fetch_all(&pool).await?
+            }
+        };
+        if found.is_empty() {
+            bail!("the person has no {what} stored");
+        }
+        blobs.extend(found.into_iter().map(|b| (what.to_string(), b)));
+    }
+    Ok(blobs)
+}
+
 async fn erases_what_is_due(backend: Backend) -> Result<()> {
     let Some(broker) = exchange_broker(backend).await? else {
         return Ok(());
@@ -64,12 +109,38 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
         "provided"
     );
 
+    let erased = stored_blobs_of(&broker, &s.union_codes[2]).await?;
     let report = erase_now(&broker).await?;
     assert_eq!(
         (report.identity_confirmations, report.persons, report.copies),
         (2, 1, 1),
         "{report:?}"
     );
+    if backend == Backend::Postgres {
+        // The dead row versions were vacuumed away at once.
+        assert_eq!(
+            sql_count(
+                &pools,
+                "SELECT COUNT(*) FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL
+                 AND relname IN ('copies', 'person_codes', 'person_facts', 'persons')"
+            )
+            .await?,
+            4
+        );
+    }
+    if let Some(db) = &broker.config.storage.sqlite {
+        // Not left in the file's free space or in the WAL either.
+        for file in [db.clone(), db.with_extension("db-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for (what, blob) in &erased {
+                assert!(
+                    !bytes.windows(blob.len()).any(|w| w == blob.as_slice()),
+                    "person 2's {what} is still in {}",
+                    file.display()
+                );
+            }
+        }
+    }
     assert!(report.record_seq.is_some());
 
     // Person 2 is gone for every org: no copy, no code, no number.

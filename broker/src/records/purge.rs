@@ -1,7 +1,7 @@
 //! Retention purge (R15): deletes the oldest records, leaving a signed purge
 //! record from whose cut hash verification of the rest starts.
 
-use kakehashi_interfaces::audit::Outcome;
+use kakehashi_interfaces::audit::{Hash, Outcome};
 use kakehashi_interfaces::ErrorCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -60,8 +60,11 @@ pub struct PurgeReport {
     pub cut_seq: u64,
     /// Records deleted.
     pub count: u64,
-    /// Sequence of the purge record (none when nothing was due).
+    /// Sequence of the last purge record (none when nothing was due): the
+    /// remaining chain is verified from its cut.
     pub purge_record_seq: Option<u64>,
+    /// Purge records appended, one per step of the purge.
+    pub purge_records: u64,
 }
 
 impl RecordLog {
@@ -115,10 +118,16 @@ impl RecordLog {
     /// Deletes the longest run of oldest records recorded before `before`
     /// (order is by sequence: a later record with an earlier clock time stops
     /// the run rather than being picked out). Refuses a `before` inside the
-    /// retention period. The range is verified first — a tampered range is
-    /// never purged — then deleted together with the appending of a purge
-    /// record (range, count, cut hash) in one transaction, and sealed at once.
-    /// On PostgreSQL, monthly partitions wholly inside the range are dropped.
+    /// retention period. The run is purged in steps ([`Self::purge_step`]),
+    /// each verified first — a tampered range is never purged — and deleted
+    /// together with the appending of its purge record (range, count, cut
+    /// hash) in one transaction; the last is sealed at once. A step deletes
+    /// at most `purge_step_records` records row by row, so record commits
+    /// wait for a bounded time; on PostgreSQL a past month wholly inside the
+    /// run is one step that drops its partition.
+    ///
+    /// A step that fails leaves the steps before it done (each is whole);
+    /// the next purge goes on from there.
     pub async fn purge(
         &self,
         before: time::OffsetDateTime,
@@ -142,6 +151,7 @@ impl RecordLog {
             cut_seq: cut,
             count: 0,
             purge_record_seq: None,
+            purge_records: 0,
         };
         // A checkpoint at the head, so the range to purge is covered by one.
         let Some(sealed) = self.seal().await? else {
@@ -160,7 +170,64 @@ impl RecordLog {
         if cut <= head.cut_seq {
             return Ok(nothing(head.cut_seq));
         }
-        // Verify the range up to the first checkpoint covering the cut.
+        let mut report = PurgeReport {
+            first_seq: head.cut_seq + 1,
+            ..nothing(head.cut_seq)
+        };
+        let mut from = (head.cut_seq, head.cut_hash);
+        while from.0 < cut {
+            let step_cut = match self.pools.backend().whole_unit_end(from.0, cut).await? {
+                Some(end) => end,
+                None => cut.min(from.0.saturating_add(self.config.purge_step_records.max(1))),
+            };
+            let step = self
+                .purge_step(from, step_cut, sealed, &before_text, actor)
+                .await;
+            let (seq, cut_hash) = match step {
+                Ok(done) => done,
+                Err(e) if report.purge_records > 0 => {
+                    tracing::warn!(
+                        purged_to = report.cut_seq,
+                        due_to = cut,
+                        error = %e,
+                        "provision records purged only in part"
+                    );
+                    self.seal().await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            report.cut_seq = step_cut;
+            report.count += step_cut - from.0;
+            report.purge_record_seq = Some(seq);
+            report.purge_records += 1;
+            from = (step_cut, cut_hash);
+        }
+        // Sign the purge records now rather than within the next interval.
+        self.seal().await?;
+        tracing::info!(
+            first_seq = report.first_seq,
+            cut_seq = report.cut_seq,
+            count = report.count,
+            purge_records = report.purge_records,
+            last_purge_record = report.purge_record_seq,
+            "provision records purged"
+        );
+        Ok(report)
+    }
+
+    /// One step of a purge: verifies the records after `from` (the current
+    /// cut and its hash) up to the first checkpoint covering `cut`, then
+    /// deletes them up to `cut` with the purge record that says so.
+    /// Answers the purge record's sequence number and the new cut's hash.
+    async fn purge_step(
+        &self,
+        from: (u64, Hash),
+        cut: u64,
+        sealed: u64,
+        before: &str,
+        actor: &str,
+    ) -> Result<(u64, Hash), BrokerError> {
         let covered = db::first_checkpoint_from(&self.pools, cut)
             .await?
             .unwrap_or(sealed);
@@ -168,8 +235,8 @@ impl RecordLog {
             &self.pools,
             self.trusted(),
             WalkPlan {
-                start_seq: head.cut_seq,
-                start_hash: head.cut_hash,
+                start_seq: from.0,
+                start_hash: from.1,
                 end_seq: covered,
                 whole_store: false,
                 capture: Some(cut),
@@ -192,13 +259,13 @@ impl RecordLog {
                 ))
             }
         };
-        let first_seq = head.cut_seq + 1;
-        let count = cut - head.cut_seq;
+        let first_seq = from.0 + 1;
+        let count = cut - from.0;
         let draft = RecordDraft::new(
             format!("purge-{}", hex::encode(rand::random::<[u8; 8]>())),
             system_org()?,
             Outcome::Purge {
-                before: before_text.clone(),
+                before: before.to_string(),
                 first_seq,
                 cut_seq: cut,
                 count,
@@ -209,7 +276,7 @@ impl RecordLog {
         let seq = self
             .delete_with_record(
                 Deletes::Records {
-                    expected_cut: head.cut_seq,
+                    expected_cut: from.0,
                     cut_seq: cut,
                     cut_hash,
                 },
@@ -219,22 +286,14 @@ impl RecordLog {
             .map_err(|e| {
                 BrokerError::refused(ErrorCode::Unavailable, format!("purge failed: {e}"))
             })?;
-        // Sign the purge record now rather than within the next interval.
-        self.seal().await?;
-        tracing::info!(
+        tracing::debug!(
             first_seq,
             cut_seq = cut,
             count,
             purge_record = seq,
-            "provision records purged"
+            "purge step"
         );
-        Ok(PurgeReport {
-            before: before_text,
-            first_seq,
-            cut_seq: cut,
-            count,
-            purge_record_seq: Some(seq),
-        })
+        Ok((seq, cut_hash))
     }
 }
 

@@ -184,6 +184,12 @@ pub(crate) trait Backend: Send + Sync {
     /// Makes the record tables ready for this month's appends.
     async fn open_records(&self) -> Result<(), BrokerError>;
 
+    /// After personal data were erased: clears what the database keeps of
+    /// the deleted rows outside the tables themselves (SQLite: the WAL,
+    /// whose older frames hold the pages as they were; PostgreSQL: the
+    /// dead row versions, until a vacuum).
+    async fn after_erasure(&self) -> Result<(), BrokerError>;
+
     /// One consistent read view: a read-only transaction, REPEATABLE READ
     /// where the database offers several levels.
     async fn snapshot(&self) -> Result<Snapshot, BrokerError>;
@@ -206,6 +212,13 @@ pub(crate) trait Backend: Send + Sync {
         after: u64,
         upto: u64,
     ) -> Result<Option<u64>, BrokerError>;
+
+    /// Where a purge from `after` may cut in one step without deleting row
+    /// by row: the last record of the storage unit holding record
+    /// `after + 1`, when that unit ends at or before `upto` and is dropped
+    /// whole (PostgreSQL's month partitions); `None` where records are
+    /// only deleted row by row.
+    async fn whole_unit_end(&self, after: u64, upto: u64) -> Result<Option<u64>, BrokerError>;
 
     /// `MAX(seq)` of records before `at`, and at or after `since` when
     /// given, in `(after, upto]`.

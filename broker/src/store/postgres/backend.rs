@@ -121,6 +121,21 @@ impl Backend for PgBackend<'_> {
         super::partitions::ensure(self.0, month).await
     }
 
+    /// A vacuum of the erased tables takes the dead row versions out of
+    /// their pages and indexes now, not when autovacuum comes by. It may
+    /// take longer than the statement timeout, so it runs on a connection
+    /// of its own without one, closed after.
+    async fn after_erasure(&self) -> Result<(), BrokerError> {
+        let mut conn = self.0.acquire().await?.detach();
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("VACUUM copies, person_codes, person_facts, persons")
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     async fn snapshot(&self) -> Result<Snapshot, BrokerError> {
         let mut tx = self.0.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -162,6 +177,36 @@ impl Backend for PgBackend<'_> {
             None,
         )
         .await
+    }
+
+    /// A past month's partition whose last record is at or before `upto`:
+    /// the purge drops it whole, in one step however many records it holds.
+    async fn whole_unit_end(&self, after: u64, upto: u64) -> Result<Option<u64>, BrokerError> {
+        let next = after.saturating_add(1);
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT tableoid::regclass::text FROM records WHERE seq = $1")
+                .bind(to_i64(next))
+                .fetch_optional(self.0)
+                .await?;
+        let Some(month) = holder
+            .as_deref()
+            .and_then(super::partitions::partition_month)
+        else {
+            return Ok(None);
+        };
+        let current = crate::store::records::table::month_key(time::OffsetDateTime::now_utc());
+        if month >= current {
+            return Ok(None);
+        }
+        // The name is built from the month key: an identifier cannot be bound.
+        let sql = format!(
+            "SELECT MAX(seq) FROM {}",
+            super::partitions::partition_name(month)
+        );
+        let last: Option<i64> = sqlx::query_scalar(&sql).fetch_one(self.0).await?;
+        Ok(last
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|&end| end >= next && end <= upto))
     }
 
     /// Only the months that can hold such records are planned and read:

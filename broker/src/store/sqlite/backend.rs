@@ -100,6 +100,21 @@ impl Backend for SqliteBackend<'_> {
         Ok(())
     }
 
+    /// The writer zeroes deleted rows (`secure_delete`); a checkpoint that
+    /// truncates the WAL copies those pages into the file and drops the
+    /// frames that still hold them as they were. Readers holding an old
+    /// snapshot keep the WAL from being truncated: then it is logged, and
+    /// the frames are overwritten as the WAL is reused.
+    async fn after_erasure(&self) -> Result<(), BrokerError> {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(self.write)
+            .await?;
+        if busy != 0 {
+            tracing::warn!("the WAL could not be truncated after an erasure (readers busy); its frames are overwritten as it is reused");
+        }
+        Ok(())
+    }
+
     async fn snapshot(&self) -> Result<Snapshot, BrokerError> {
         Ok(Snapshot::Sqlite(self.read.begin().await?))
     }
@@ -132,6 +147,11 @@ impl Backend for SqliteBackend<'_> {
             None,
         )
         .await
+    }
+
+    /// SQLite keeps records in one table: every purge deletes rows.
+    async fn whole_unit_end(&self, _: u64, _: u64) -> Result<Option<u64>, BrokerError> {
+        Ok(None)
     }
 
     async fn last_seq_before(

@@ -51,7 +51,11 @@ impl SqliteStore {
             .connect_with(
                 options
                     .clone()
-                    .pragma("wal_autocheckpoint", wal::WRITER_AUTOCHECKPOINT.to_string()),
+                    .pragma("wal_autocheckpoint", wal::WRITER_AUTOCHECKPOINT.to_string())
+                    // Deleted rows are overwritten with zeros, in their page
+                    // and in freed pages, so erased personal data (R15) and
+                    // swept answers do not stay readable in the file.
+                    .pragma("secure_delete", "ON"),
             )
             .await?;
         MIGRATOR.run(&write).await?;
