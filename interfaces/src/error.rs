@@ -58,11 +58,15 @@ pub enum ErrorCode {
     AccountLocked,
     /// No valid session (people endpoints), or it timed out: log in again.
     SessionRequired,
+    /// The `Idempotency-Key` was used before for a different request body;
+    /// nothing was changed. A new request needs a new key (retrying does
+    /// not help).
+    IdempotencyKeyReused,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for documentation and exhaustive tests).
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidInput,
         ErrorCode::Unauthenticated,
         ErrorCode::UnknownOrg,
@@ -87,6 +91,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::AccountLocked,
         ErrorCode::SessionRequired,
+        ErrorCode::IdempotencyKeyReused,
     ];
 
     /// The HTTP status this code is sent with.
@@ -114,6 +119,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::AccountLocked => 423,
             ErrorCode::SessionRequired => 401,
+            ErrorCode::IdempotencyKeyReused => 422,
         }
     }
 
@@ -144,6 +150,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::AccountLocked => "account_locked",
             ErrorCode::SessionRequired => "session_required",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }

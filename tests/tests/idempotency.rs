@@ -73,8 +73,11 @@ async fn a_retry_under_the_same_key_is_the_same_query(backend: Backend) -> Resul
         .union
         .request_with(Method::POST, "/v1/queries", other, &key)
         .await?;
-    assert_eq!(conflict.status, StatusCode::CONFLICT);
-    assert_eq!(conflict.error_code().as_deref(), Some("conflict"));
+    assert_eq!(conflict.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        conflict.error_code().as_deref(),
+        Some("idempotency_key_reused")
+    );
     assert_eq!(records(&broker).await?, before + 1);
 
     // Keys are the requester's own: the city using the same key value

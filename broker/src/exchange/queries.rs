@@ -149,7 +149,7 @@ async fn replay(
             message,
         )),
         Decision::Mismatch => Err(BrokerError::refused(
-            ErrorCode::Conflict,
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used for a different query; use a new key for a new query",
         )),
         Decision::InFlight | Decision::TakeOver => Err(BrokerError::refused(

@@ -225,12 +225,27 @@ fn read_finished(file: &mut File, path: &Path) -> Result<HashSet<Key>, CliError>
 enum Refusal {
     /// About this person or query: the line is final, written `refused`.
     Final,
-    /// Passing (overload, a broker error, an idempotency-key conflict with
-    /// a request still in flight or made differently): not written, so a
-    /// rerun tries again.
+    /// Passing (overload, a broker error, an idempotency key whose first
+    /// request is still in flight): not written, so a rerun tries again.
     Retry,
     /// About this org, the same for every line: the batch stops.
     Org,
+}
+
+/// What a refused line says: the broker's message, or for an idempotency
+/// key used before what it means in a batch. A line's keys come from the
+/// results file, the line and everything it asks, so the same keys with
+/// another body mean a request this client did not make from this line
+/// (another client's results file of the same name and secret); only
+/// another results file gives new keys.
+fn line_message(code: ErrorCode, message: String) -> String {
+    match code {
+        ErrorCode::IdempotencyKeyReused => "this line's idempotency key was used before for \
+             another query; its first query stands in the provision records. To ask the line, \
+             run the batch with a new results file"
+            .to_string(),
+        _ => message,
+    }
 }
 
 fn refusal(code: ErrorCode) -> Refusal {
@@ -390,7 +405,7 @@ fn settle_job(
             },
             _ => finished(
                 "refused",
-                json!({"code": code, "message": message, "request_id": request_id}),
+                json!({"code": code, "message": line_message(code, message), "request_id": request_id}),
             ),
         },
         Err(e) => Done::Failed {
@@ -778,12 +793,20 @@ mod tests {
             assert_eq!(refusal(code), Refusal::Retry, "{code}");
         }
         for code in [
+            ErrorCode::IdempotencyKeyReused,
             ErrorCode::UnknownPerson,
             ErrorCode::NoCopy,
             ErrorCode::FlowNotInForce,
         ] {
             assert_eq!(refusal(code), Refusal::Final, "{code}");
         }
+    }
+
+    #[test]
+    fn a_reused_key_tells_the_batch_user_what_to_do() {
+        let line = line_message(ErrorCode::IdempotencyKeyReused, "use a new key".into());
+        assert!(line.contains("new results file"), "{line}");
+        assert_eq!(line_message(ErrorCode::NoCopy, "no copy".into()), "no copy");
     }
 
     #[test]
