@@ -215,8 +215,8 @@ macro_rules! insurer_code_tx {
             None => {
                 let code = random_code();
                 sqlx::query(
-                    "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at, linked_at)
+                     VALUES ($1, $2, $3, $4, $5, $5)",
                 )
                 .bind($org.as_str())
                 .bind(&code)
@@ -246,6 +246,8 @@ pub async fn link_batch(
     numbers: &[&str],
 ) -> Result<Vec<String>, BrokerError> {
     let now = now_rfc3339();
+    let day_ago =
+        crate::store::timestamp(time::OffsetDateTime::now_utc() - time::Duration::days(1));
     let hashes: Vec<Vec<u8>> = numbers
         .iter()
         .map(|n| keys.lookup_hash(NUMBER_DOMAIN, n.as_bytes()))
@@ -256,16 +258,20 @@ pub async fn link_batch(
         for hash in &hashes {
             // Insert-or-keep in one statement: a concurrent link of the same
             // number (PostgreSQL) waits for the other's commit, then keeps it.
+            // Linking again marks the code linked today, at most once a day
+            // (a nightly re-link of every resident writes no row twice).
             let created: Option<(String,)> = sqlx::query_as(
-                "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at)
-                 VALUES ($1, $2, NULL, $3, $4)
-                 ON CONFLICT (org_id, number_hash) DO NOTHING
+                "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at, linked_at)
+                 VALUES ($1, $2, NULL, $3, $4, $4)
+                 ON CONFLICT (org_id, number_hash) DO UPDATE SET linked_at = excluded.linked_at
+                 WHERE person_codes.linked_at < $5
                  RETURNING code",
             )
             .bind(org.as_str())
             .bind(random_code())
             .bind(hash)
             .bind(&now)
+            .bind(&day_ago)
             .fetch_optional(&mut *tx)
             .await?;
             let code = match created {

@@ -39,6 +39,11 @@ pub struct ErasureReport {
     pub persons: u64,
     /// Copies erased, over all providers.
     pub copies: u64,
+    /// Codes erased: those of the persons erased, of every org, and linking
+    /// codes whose number no insurer keeps, last linked before the
+    /// identity-confirmation cut-off. (The `erasure` record states the
+    /// other counts.)
+    pub codes: u64,
     /// The `erasure` provision record, when anything was erased.
     pub record_seq: Option<u64>,
 }
@@ -61,16 +66,17 @@ pub async fn erase(
     loop {
         attempt += 1;
         let counts = count_due(pools, &cutoffs).await?;
-        let (identity_confirmations, persons, copies) = counts;
+        let (identity_confirmations, persons, copies, codes) = counts;
         let mut report = ErasureReport {
             confirmed_before: cutoffs.confirmed_before.clone(),
             lost_before: cutoffs.lost_before.clone(),
             identity_confirmations,
             persons,
             copies,
+            codes,
             record_seq: None,
         };
-        if identity_confirmations + persons + copies == 0 {
+        if identity_confirmations + persons + copies + codes == 0 {
             return Ok(report);
         }
         let draft = RecordDraft::new(
@@ -96,6 +102,7 @@ pub async fn erase(
                     identity_confirmations,
                     persons,
                     copies,
+                    codes,
                     record = seq,
                     "personal data erased at the end of their retention periods"
                 );

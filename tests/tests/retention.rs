@@ -142,6 +142,7 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
         }
     }
     assert!(report.record_seq.is_some());
+    assert_eq!(report.codes, 2, "the union's and the city's code");
 
     // Person 2 is gone for every org: no copy, no code, no number.
     assert_eq!(
@@ -239,6 +240,103 @@ async fn erases_what_is_due(backend: Backend) -> Result<()> {
 }
 
 both_backends!(erases_what_is_due: erases_what_is_due_sqlite, erases_what_is_due_postgres);
+
+/// A linking org's code whose number no insurer keeps answers nothing
+/// (every flow has the insurer on one side): it is erased with its copies
+/// once its last link is older than the identity-confirmation period, and
+/// linking the number again keeps it.
+async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker(backend).await? else {
+        return Ok(());
+    };
+    let mut s = scenario(&broker, 1).await?;
+    let pools = broker.store.pools();
+    // The city links three numbers the union never registered, and
+    // deposits a copy for each.
+    let lines: Vec<_> = (7..10)
+        .map(|i| registration_line(&format!("住民 {i}"), &individual_number(i)))
+        .collect();
+    let linked: RegistrationReport =
+        serde_json::from_value(post_ok(&mut s.city, "/v1/persons", &lines).await?)?;
+    let codes: Vec<String> = linked
+        .applied
+        .iter()
+        .map(|p| p.person_code.to_string())
+        .collect();
+    assert_eq!(codes.len(), 3, "{linked:?}");
+    let copies: Vec<String> = codes
+        .iter()
+        .map(|c| serde_json::json!({"person": c, "items": {"local_tax.income": 1}}).to_string())
+        .collect();
+    post_ok(&mut s.city, "/v1/copies", &copies).await?;
+    // Numbers 7 and 8 were last linked two years ago, 9 today; the city's
+    // code for the union's person too was linked two years ago.
+    let two_years_ago = "2024-12-01T00:00:00.000000Z";
+    sql_exec(
+        &pools,
+        &format!(
+            "UPDATE person_codes SET linked_at = '{two_years_ago}'
+             WHERE code IN ('{}', '{}', '{}')",
+            codes[0], codes[1], s.city_codes[0]
+        ),
+    )
+    .await?;
+    // The city links number 8 again: it is kept from today.
+    post_ok(&mut s.city, "/v1/persons", &lines[1..2]).await?;
+    assert_eq!(
+        sql_count(
+            &pools,
+            &format!(
+                "SELECT COUNT(*) FROM person_codes WHERE code = '{}' AND linked_at > '{two_years_ago}'",
+                codes[1]
+            )
+        )
+        .await?,
+        1,
+        "a link again keeps the code"
+    );
+
+    let report = erase_now(&broker).await?;
+    assert_eq!(
+        (
+            report.identity_confirmations,
+            report.persons,
+            report.copies,
+            report.codes
+        ),
+        (0, 0, 1, 1),
+        "{report:?}"
+    );
+    assert!(report.record_seq.is_some());
+    let left = |code: &str| format!("SELECT COUNT(*) FROM person_codes WHERE code = '{code}'");
+    assert_eq!(sql_count(&pools, &left(&codes[0])).await?, 0, "erased");
+    assert_eq!(
+        sql_count(
+            &pools,
+            &format!(
+                "SELECT COUNT(*) FROM copies WHERE person_code = '{}'",
+                codes[0]
+            )
+        )
+        .await?,
+        0
+    );
+    for kept in [&codes[1], &codes[2], &s.city_codes[0]] {
+        assert_eq!(sql_count(&pools, &left(kept)).await?, 1, "{kept} kept");
+    }
+    // The union's person is answered as before.
+    assert_eq!(
+        ask_income(&mut s.union, &s.union_codes[0]).await?,
+        "provided"
+    );
+    Ok(())
+}
+
+both_backends!(
+    a_link_no_insurer_keeps_is_erased_after_a_year:
+        unmatched_link_erased_sqlite,
+        unmatched_link_erased_postgres
+);
 
 #[tokio::test]
 async fn the_daily_task_erases_without_an_operator() -> Result<()> {

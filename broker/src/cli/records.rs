@@ -638,8 +638,8 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
         match e.record_seq {
             Some(seq) => println!(
                 "erased {} identity confirmations (confirmed before {}), {} persons and {} copies \
-                 (eligibility lost before {}); erasure record {seq}",
-                e.identity_confirmations, e.confirmed_before, e.persons, e.copies, e.lost_before
+                 (eligibility lost before {}) and {} codes; erasure record {seq}",
+                e.identity_confirmations, e.confirmed_before, e.persons, e.copies, e.lost_before, e.codes
             ),
             None => println!(
                 "no identity confirmations before {} and no persons whose eligibility was lost before {} to erase",

@@ -56,13 +56,17 @@ const DUE_PERSONS: &str =
 /// loss cut-off, `$2` the confirmation cut-off), counted and deleted.
 /// Children go first, so the foreign keys hold on both backends.
 pub struct ErasureSql {
-    /// Counts facts, persons and copies due, in one statement.
+    /// Counts facts, persons, copies and codes due, in one statement.
     pub count: String,
-    /// Deletes the copies of the persons due.
+    /// Deletes the copies of the persons due, and those of linking codes
+    /// whose number no insurer keeps, last linked before the confirmation
+    /// cut-off.
     pub copies: String,
     /// Deletes facts confirmed before the cut-off and those of persons due.
     pub facts: String,
-    /// Deletes the codes that go with the persons due.
+    /// Deletes the codes that go with the persons due, and the linking
+    /// codes whose number no insurer keeps, last linked before the
+    /// confirmation cut-off.
     pub codes: String,
     /// Deletes the persons due.
     pub persons: String,
@@ -74,20 +78,28 @@ impl ErasureSql {
         // The codes that go with the persons due: each one's insurer code,
         // and a linking org's code for the number (it names the number, not
         // one insurer's person) once no insurer keeps a person with it.
+        // Also a linking org's code whose number no insurer keeps, last
+        // linked before the confirmation cut-off: it answers nothing (every
+        // flow has the insurer on one side) and is identity data.
         let due_codes = format!(
             "SELECT org_id, code FROM person_codes c
              WHERE c.person_id IN ({DUE_PERSONS})
                 OR (c.person_id IS NULL
                     AND c.number_hash IN (SELECT number_hash FROM persons WHERE id IN ({DUE_PERSONS}))
                     AND NOT EXISTS (SELECT 1 FROM persons k
-                                    WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))"
+                                    WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))
+             UNION
+             SELECT org_id, code FROM person_codes c
+             WHERE c.person_id IS NULL AND c.linked_at < $2
+               AND NOT EXISTS (SELECT 1 FROM persons k WHERE k.number_hash = c.number_hash)"
         );
         let facts_due = format!("confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");
         ErasureSql {
             count: format!(
                 "SELECT (SELECT COUNT(*) FROM person_facts WHERE {facts_due}),
                         (SELECT COUNT(*) FROM persons WHERE id IN ({DUE_PERSONS})),
-                        (SELECT COUNT(*) FROM copies WHERE (provider, person_code) IN ({due_codes}))"
+                        (SELECT COUNT(*) FROM copies WHERE (provider, person_code) IN ({due_codes})),
+                        (SELECT COUNT(*) FROM ({due_codes}) due)"
             ),
             copies: format!("DELETE FROM copies WHERE (provider, person_code) IN ({due_codes})"),
             facts: format!("DELETE FROM person_facts WHERE {facts_due}"),
@@ -103,22 +115,27 @@ impl Default for ErasureSql {
     }
 }
 
-/// Counts what is due at `cutoffs`: (identity confirmations, persons, copies).
-pub async fn count_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<(u64, u64, u64), BrokerError> {
+/// What an erasure deletes: (identity confirmations, persons, copies,
+/// codes).
+pub type Counts = (u64, u64, u64, u64);
+
+/// Counts what is due at `cutoffs`.
+pub async fn count_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<Counts, BrokerError> {
     let sql = ErasureSql::new();
-    let (facts, persons, copies): (i64, i64, i64) = crate::on_pool!(pools, write, |pool| {
-        sqlx::query_as(&sql.count)
-            .bind(&cutoffs.lost_before)
-            .bind(&cutoffs.confirmed_before)
-            .fetch_one(pool)
-            .await?
-    });
+    let (facts, persons, copies, codes): (i64, i64, i64, i64) =
+        crate::on_pool!(pools, write, |pool| {
+            sqlx::query_as(&sql.count)
+                .bind(&cutoffs.lost_before)
+                .bind(&cutoffs.confirmed_before)
+                .fetch_one(pool)
+                .await?
+        });
     let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok((n(facts), n(persons), n(copies)))
+    Ok((n(facts), n(persons), n(copies), n(codes)))
 }
 
 /// Deletes what is due at `$cutoffs` inside the transaction `$tx` (used as
-/// `&mut *tx`) and evaluates to the counts (identity confirmations,
+/// `&mut *tx`) and evaluates to the [`Counts`] (identity confirmations,
 /// persons, copies). A macro so each backend's transaction type expands
 /// its own copy; the records writer runs it with the `erasure` record.
 macro_rules! erase_in_tx {
@@ -127,6 +144,7 @@ macro_rules! erase_in_tx {
         let cutoffs: &$crate::store::erasure::Cutoffs = $cutoffs;
         let copies = sqlx::query(&sql.copies)
             .bind(&cutoffs.lost_before)
+            .bind(&cutoffs.confirmed_before)
             .execute($tx)
             .await?
             .rows_affected();
@@ -136,16 +154,18 @@ macro_rules! erase_in_tx {
             .execute($tx)
             .await?
             .rows_affected();
-        sqlx::query(&sql.codes)
+        let codes = sqlx::query(&sql.codes)
             .bind(&cutoffs.lost_before)
+            .bind(&cutoffs.confirmed_before)
             .execute($tx)
-            .await?;
+            .await?
+            .rows_affected();
         let persons = sqlx::query(&sql.persons)
             .bind(&cutoffs.lost_before)
             .execute($tx)
             .await?
             .rows_affected();
-        (facts, persons, copies)
+        (facts, persons, copies, codes)
     }};
 }
 pub(crate) use erase_in_tx;

@@ -119,9 +119,9 @@ pub(crate) enum Deletes {
     PersonalData {
         /// The periods' cut-offs.
         cutoffs: crate::store::erasure::Cutoffs,
-        /// The counts the record states (identity confirmations, persons,
-        /// copies); other counts roll the transaction back.
-        counts: (u64, u64, u64),
+        /// The counts counted before (the record states all but the
+        /// codes); other counts roll the transaction back.
+        counts: crate::store::erasure::Counts,
     },
     /// Queries that expired unanswered (R13), turned into tombstones: their
     /// values at rest go, and each gets its `expired` record. Every one must
