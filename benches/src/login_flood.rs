@@ -4,9 +4,11 @@
 //! wrong-password logins against the console (100 a second by default).
 //! Issue 23: the flood must not raise the exchange's p99 by more than 20 %.
 //!
-//! The flood logs in as user ids that do not exist: the broker checks a
-//! dummy hash for them so the answer takes as long as a real check, so every
-//! attempt costs one Argon2id verification and no account gets locked.
+//! The flood logs in as user ids that do not exist, each once: the broker
+//! checks a dummy hash for them so the answer takes as long as a real
+//! check, and counts the failure under a keyed hash of the id as it counts
+//! a user's, so every attempt costs one Argon2id verification and one row
+//! written, and no id is tried often enough to be locked.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -492,7 +494,8 @@ impl Flood {
                         }
                     }
                     let Some(c) = conn.as_mut() else { continue };
-                    // An id nobody has: a dummy hash is checked, no account is locked.
+                    // An id nobody has, tried once: a dummy hash is checked and
+                    // the failure counted, never up to a lock.
                     let body = json!({
                         "user_id": format!("flood-{run}-{round}-{k}"),
                         "password": format!("not-the-password-{k}"),

@@ -11,7 +11,7 @@ use kakehashi_broker::console::endpoints::{Endpoint, TABLE};
 use kakehashi_broker::people::Role;
 use kakehashi_tests::console::{add_person, expect_ok, logged_in, totp_code, ConsoleClient};
 use kakehashi_tests::exchange::exchange_broker_with;
-use kakehashi_tests::{sql_count, Backend, BrokerOptions, TestBroker};
+use kakehashi_tests::{both_backends, sql_count, Backend, BrokerOptions, TestBroker};
 use serde_json::json;
 
 async fn console_broker(adjust: impl FnOnce(&mut BrokerOptions)) -> Result<TestBroker> {
@@ -226,6 +226,115 @@ async fn after_five_wrong_passwords_the_account_is_locked() -> Result<()> {
     assert_eq!(sql_count(&pools, leaks).await?, 0);
     Ok(())
 }
+
+/// What someone without the password sees of an answer: status, error
+/// code, the body's fields and the message with its digits (the lock's
+/// time) blanked.
+fn answer_shape(r: &kakehashi_tests::TestResponse) -> Result<(StatusCode, Vec<String>, String)> {
+    let body = r.json()?;
+    let fields = body
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let message = body
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    Ok((r.status, fields, message))
+}
+
+/// Five wrong passwords tell nobody whether a user id exists: a person in
+/// use, a disabled person and an id nobody has get the same answers, four
+/// times "wrong user id or password" and then "locked until …" for the
+/// lock's full time; the id nobody has is kept neither in the database nor
+/// in the operation log.
+async fn an_unknown_user_id_answers_as_a_real_one(backend: Backend) -> Result<()> {
+    let Some(broker) = exchange_broker_with(backend, |opts| {
+        opts.console.listen = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let person = add_person(&broker, "probe.op", "city-saitama", &[Role::Operator]).await?;
+    add_person(&broker, "probe.gone", "city-saitama", &[Role::Operator]).await?;
+    let pools = broker.broker.state().store.pools();
+    kakehashi_broker::people::People::new(
+        pools.clone(),
+        kakehashi_broker::people::PeopleConfig::default(),
+    )?
+    .disable(&kakehashi_interfaces::people::UserId::new("probe.gone")?)
+    .await?;
+    let ids = ["probe.op", "probe.gone", "nobody.here"];
+    let mut console = ConsoleClient::connect(&broker).await?;
+    for attempt in 1..=6 {
+        let started = time::OffsetDateTime::now_utc();
+        let mut shapes = Vec::new();
+        for id in ids {
+            let r = console.password(id, "まちがったパスワードです").await?;
+            let shape = answer_shape(&r)?;
+            if attempt < 5 {
+                assert_eq!(
+                    r.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{id}, attempt {attempt}"
+                );
+                assert_eq!(r.error_code().as_deref(), Some("unauthenticated"));
+            } else {
+                assert_eq!(r.status, StatusCode::LOCKED, "{id}, attempt {attempt}");
+                assert_eq!(r.error_code().as_deref(), Some("account_locked"));
+                // Locked for the full 15 minutes, Japanese first.
+                let message = r.json()?["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                assert!(message.starts_with("連続して失敗したため"), "{message}");
+                let until = message
+                    .split("locked until ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .unwrap_or_default();
+                let until = time::OffsetDateTime::parse(
+                    until,
+                    &time::format_description::well_known::Rfc3339,
+                )?;
+                let lock = until - started;
+                assert!(
+                    lock > time::Duration::minutes(14)
+                        && lock <= time::Duration::minutes(15) + time::Duration::seconds(5),
+                    "{id}: locked for {lock}"
+                );
+            }
+            shapes.push(shape);
+        }
+        assert_eq!(
+            shapes[1], shapes[0],
+            "disabled vs in use, attempt {attempt}"
+        );
+        assert_eq!(shapes[2], shapes[0], "unknown vs in use, attempt {attempt}");
+    }
+    // Locked: the right password of the person is refused the same way.
+    let r = console.password(&person.user_id, &person.password).await?;
+    assert_eq!(r.status, StatusCode::LOCKED);
+    // The id nobody has is stored only as a keyed hash, and the operation
+    // log names it as the unknown id.
+    let stored = sql_count(&pools, "SELECT COUNT(*) FROM unknown_login_failures").await?;
+    assert_eq!(stored, 1);
+    let kept = "SELECT COUNT(*) FROM operation_log WHERE actor = 'nobody.here' \
+        OR COALESCE(detail, '') LIKE '%nobody.here%' OR COALESCE(target, '') LIKE '%nobody.here%'";
+    assert_eq!(sql_count(&pools, kept).await?, 0);
+    let locks = "SELECT COUNT(*) FROM operation_log WHERE actor = 'unknown-user-id' \
+        AND action = 'account_locked'";
+    assert_eq!(sql_count(&pools, locks).await?, 2);
+    Ok(())
+}
+
+both_backends!(an_unknown_user_id_answers_as_a_real_one:
+    an_unknown_user_id_answers_as_a_real_one_sqlite,
+    an_unknown_user_id_answers_as_a_real_one_postgres);
 
 #[tokio::test]
 async fn an_idle_session_ends_and_logout_ends_it_at_once() -> Result<()> {

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use kakehashi_broker::keys::Keyring;
 use kakehashi_broker::people::{People, PeopleConfig, PeopleError, Stage};
 use kakehashi_broker::store::{SqliteStore, Store};
 use kakehashi_interfaces::people::{Password, Role, UserId, UserList};
@@ -75,12 +76,26 @@ sqlite = "kakehashi.db"
         run
     }
 
-    async fn people(&self) -> People {
+    /// The people service on the host's database, with the host's keys
+    /// (logins hash unknown user ids with its lookup key).
+    async fn people(&self) -> HostPeople {
         let store = SqliteStore::open(&self.dir.path().join("kakehashi.db"))
             .await
             .unwrap();
-        People::new(store.pools(), PeopleConfig::default()).unwrap()
+        let keys = Keyring::open(&self.dir.path().join("keys"), store.pools())
+            .await
+            .unwrap();
+        HostPeople {
+            people: People::new(store.pools(), PeopleConfig::default()).unwrap(),
+            keys,
+        }
     }
+}
+
+/// The people service as the broker on the host runs it.
+struct HostPeople {
+    people: People,
+    keys: Keyring,
 }
 
 /// The temporary password in `users add` / `users reset` output: the one
@@ -112,9 +127,10 @@ fn assert_no_secrets(text: &str, passwords: &[&str]) {
     }
 }
 
-async fn login_stage(people: &People, user: &str, password: &str) -> Result<Stage, PeopleError> {
-    people
+async fn login_stage(host: &HostPeople, user: &str, password: &str) -> Result<Stage, PeopleError> {
+    host.people
         .login(
+            &host.keys,
             &UserId::new(user).unwrap(),
             &Password::new(password).unwrap(),
             None,

@@ -37,7 +37,12 @@ pub async fn login(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<B
     let console = call.console;
     let outcome = console
         .people
-        .login(&login.user_id, &login.password, Some(call.conn.peer.ip()))
+        .login(
+            &console.state.keys,
+            &login.user_id,
+            &login.password,
+            Some(call.conn.peer.ip()),
+        )
         .await;
     let actor = login.user_id.as_str();
     match outcome {
@@ -58,9 +63,10 @@ pub async fn login(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<B
             Ok(response)
         }
         Err(e) => {
-            let action = match e {
-                PeopleError::Locked { .. } => OpAction::AccountLocked,
-                _ => OpAction::LoginFailed,
+            let action = if e.is_lock() {
+                OpAction::AccountLocked
+            } else {
+                OpAction::LoginFailed
             };
             let actor = e.login_actor(&login.user_id);
             console.log(entry(call, actor, action, refused(&e))).await?;

@@ -11,7 +11,9 @@
 //! least 12 characters, not the user id, none of the last 5 again, hashed
 //! with Argon2id ([`password`]); a temporary password changed at first
 //! login; TOTP with replay refused ([`totp`]); 5 failures in a row lock the
-//! account for 15 minutes ([`lockout`]); sessions end after 15 idle minutes
+//! account for 15 minutes ([`lockout`]), and a user id nobody has answers
+//! the same way (its failures are counted too, under a keyed hash of the
+//! id); sessions end after 15 idle minutes
 //! or 8 hours ([`session`]); the previous successful and failed login are
 //! shown after login.
 //!
@@ -90,11 +92,11 @@ impl PeopleConfig {
     }
 }
 
-/// Everything that can go wrong for people. Messages are Japanese first,
-/// then English, and never contain a password, code or secret.
 /// The operation log's actor for a login attempt as a user id nobody has.
 pub const UNKNOWN_USER_ACTOR: &str = "unknown-user-id";
 
+/// Everything that can go wrong for people. Messages are Japanese first,
+/// then English, and never contain a password, code or secret.
 #[derive(Debug, thiserror::Error)]
 pub enum PeopleError {
     /// Unknown user or wrong password: the same answer, so user ids cannot
@@ -116,7 +118,20 @@ pub enum PeopleError {
         /// When the lock ends.
         until: OffsetDateTime,
     },
-    /// Disabled by an administrator.
+    /// Repeated failures as a user id nobody has: answered exactly as
+    /// [`PeopleError::Locked`], so a lock does not tell whether an id
+    /// exists; told apart only to keep what was typed out of the
+    /// operation log, as with [`PeopleError::NoSuchUser`].
+    #[error(
+        "連続して失敗したため {} までロックされています / the account is locked until {} after repeated failures",
+        format_canonical(*until), format_canonical(*until)
+    )]
+    NoSuchUserLocked {
+        /// When the lock ends.
+        until: OffsetDateTime,
+    },
+    /// Disabled by an administrator (told only to someone who gave the
+    /// right password).
     #[error("このアカウントは無効です。管理者に連絡してください / this account is disabled; contact an administrator")]
     Disabled,
     /// The new password breaks the rule.
@@ -182,7 +197,9 @@ impl PeopleError {
             | PeopleError::NoSuchUser
             | PeopleError::WrongCode
             | PeopleError::CodeReused => ErrorCode::Unauthenticated,
-            PeopleError::Locked { .. } | PeopleError::Disabled => ErrorCode::AccountLocked,
+            PeopleError::Locked { .. }
+            | PeopleError::NoSuchUserLocked { .. }
+            | PeopleError::Disabled => ErrorCode::AccountLocked,
             PeopleError::WeakPassword(_)
             | PeopleError::PasswordReused
             | PeopleError::UnknownOrg(_)
@@ -198,15 +215,22 @@ impl PeopleError {
         }
     }
 
-    /// The message sent to the client: the Japanese and English text, with
-    /// internal details withheld.
     /// Who a failed login is logged as: the user id typed, unless no user
     /// has it ([`UNKNOWN_USER_ACTOR`]).
     pub fn login_actor<'a>(&self, typed: &'a UserId) -> &'a str {
         match self {
-            PeopleError::NoSuchUser => UNKNOWN_USER_ACTOR,
+            PeopleError::NoSuchUser | PeopleError::NoSuchUserLocked { .. } => UNKNOWN_USER_ACTOR,
             _ => typed.as_str(),
         }
+    }
+
+    /// Whether this is the "locked until …" answer (of a user or of an id
+    /// nobody has), which the operation log records as a lock.
+    pub fn is_lock(&self) -> bool {
+        matches!(
+            self,
+            PeopleError::Locked { .. } | PeopleError::NoSuchUserLocked { .. }
+        )
     }
 
     /// The message a person is shown (internal details left out).
@@ -413,8 +437,24 @@ fn lock_state(user: &UserRow) -> Result<LockState, PeopleError> {
     Ok(LockState {
         failures: u32::try_from(user.failed_count).unwrap_or(u32::MAX),
         locked_until: user.locked_until.as_deref().map(parse_time).transpose()?,
+        last_failure: user.last_failed_at.as_deref().map(parse_time).transpose()?,
     })
 }
+
+fn unknown_lock_state(row: Option<&store::UnknownRow>) -> Result<LockState, PeopleError> {
+    let Some(row) = row else {
+        return Ok(LockState::default());
+    };
+    Ok(LockState {
+        failures: u32::try_from(row.failed_count).unwrap_or(u32::MAX),
+        locked_until: row.locked_until.as_deref().map(parse_time).transpose()?,
+        last_failure: Some(parse_time(&row.last_failed_at)?),
+    })
+}
+
+/// The domain of [`Keyring::lookup_hash`] under which a user id nobody has
+/// is stored with its failures.
+const UNKNOWN_ID_DOMAIN: &str = "kakehashi/people/unknown-user-id/v1";
 
 fn stored_user_id(text: &str) -> Result<UserId, PeopleError> {
     UserId::new(text).map_err(|_| corrupt("stored user id"))
@@ -549,19 +589,83 @@ impl People {
         Err(PeopleError::Busy)
     }
 
+    /// Counts a failure against a user id nobody has, known by the keyed
+    /// hash `id_hash` (compare-and-set, as [`People::count_failure`]).
+    /// Returns the lock's end when this failure locked the id.
+    async fn count_unknown_failure(
+        &self,
+        id_hash: &[u8],
+        mut row: Option<store::UnknownRow>,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, PeopleError> {
+        let at = timestamp(now);
+        let policy = self.config.lock_policy();
+        for _ in 0..CAS_ATTEMPTS {
+            let before = unknown_lock_state(row.as_ref())?;
+            if let Some(until) = lockout::locked_at(&before, now) {
+                return Ok(Some(until));
+            }
+            let after = lockout::after_failure(&before, now, &policy);
+            // `after_failure` always sets the failure time, so this is `Some`.
+            let expires = lockout::forget_at(&after, &policy).unwrap_or(now);
+            if store::record_unknown_failure(
+                &self.pools,
+                id_hash,
+                row.as_ref(),
+                &after,
+                &at,
+                &timestamp(expires),
+            )
+            .await?
+            {
+                if after.locked_until.is_some() {
+                    // The id typed is not logged: it may be a password.
+                    tracing::warn!("a user id nobody has is locked after repeated failures");
+                }
+                return Ok(after.locked_until);
+            }
+            row = store::unknown_failures(&self.pools, id_hash).await?;
+        }
+        Err(PeopleError::Busy)
+    }
+
+    /// Refuses a login as a user id nobody has exactly as a wrong password
+    /// of a user: the lock checked first, a password hash verified (so it
+    /// takes as long), the failure counted (so after the same number of
+    /// tries it answers "locked until …" with the same lock time).
+    async fn refuse_unknown(
+        &self,
+        keys: &Keyring,
+        user_id: &UserId,
+        secret: Zeroizing<String>,
+    ) -> Result<Login, PeopleError> {
+        let id_hash = keys.lookup_hash(UNKNOWN_ID_DOMAIN, user_id.as_str().as_bytes());
+        let row = store::unknown_failures(&self.pools, &id_hash).await?;
+        if let Some(until) = lockout::locked_at(&unknown_lock_state(row.as_ref())?, self.now()) {
+            return Err(PeopleError::NoSuchUserLocked { until });
+        }
+        let _ = self.hasher.verify(None, secret).await?;
+        let now = self.now();
+        match self.count_unknown_failure(&id_hash, row, now).await? {
+            Some(until) => Err(PeopleError::NoSuchUserLocked { until }),
+            None => Err(PeopleError::NoSuchUser),
+        }
+    }
+
     /// Logs in with a password. A right one opens a session at the stage
-    /// the account needs next; a wrong one counts toward the lockout.
+    /// the account needs next; a wrong one counts toward the lockout, and
+    /// so does any password for a user id nobody has (counted under its
+    /// hash keyed with `keys`' lookup key), so both answer alike.
     pub async fn login(
         &self,
+        keys: &Keyring,
         user_id: &UserId,
         password: &Password,
         source: Option<IpAddr>,
     ) -> Result<Login, PeopleError> {
         let secret = Zeroizing::new(password.expose().to_owned());
         let Some(user) = store::user(&self.pools, user_id.as_str()).await? else {
-            // As long as a real check, and the same answer.
-            let _ = self.hasher.verify(None, secret).await?;
-            return Err(PeopleError::NoSuchUser);
+            return self.refuse_unknown(keys, user_id, secret).await;
         };
         let now = self.now();
         if let Some(until) = lockout::locked_at(&lock_state(&user)?, now) {
@@ -1032,18 +1136,33 @@ impl People {
             .collect()
     }
 
-    /// Deletes every session past its idle timeout or lifetime; returns how
-    /// many (for a periodic task: sessions are also checked on every use).
+    /// Deletes every session past its idle timeout or lifetime, and the
+    /// failures of unknown user ids that have lapsed; returns how many rows
+    /// went (see [`sweep`]).
     pub async fn purge_expired_sessions(&self) -> Result<u64, PeopleError> {
-        let now = self.now();
-        let limits = self.config.session_limits();
-        store::purge_sessions(
-            &self.pools,
-            &timestamp(now - limits.idle),
-            &timestamp(now - limits.lifetime),
-        )
-        .await
+        sweep(&self.pools, &self.config, self.now()).await
     }
+}
+
+/// The periodic upkeep of people's tables (the sweeper role's task):
+/// deletes every session past its idle timeout or lifetime at `now`
+/// (sessions are also checked on every use) and every count of failures
+/// against unknown user ids that answers as none at `now`, so ids made up
+/// by the million leave no rows behind. Returns how many rows went.
+pub async fn sweep(
+    pools: &Pools,
+    config: &PeopleConfig,
+    now: OffsetDateTime,
+) -> Result<u64, PeopleError> {
+    let limits = config.session_limits();
+    let sessions = store::purge_sessions(
+        pools,
+        &timestamp(now - limits.idle),
+        &timestamp(now - limits.lifetime),
+    )
+    .await?;
+    let unknown = store::purge_unknown_failures(pools, &timestamp(now)).await?;
+    Ok(sessions + unknown)
 }
 
 #[cfg(test)]

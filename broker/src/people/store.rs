@@ -614,3 +614,90 @@ pub(super) async fn purge_sessions(
             .rows_affected()
     }))
 }
+
+/// One `unknown_login_failures` row: the failures counted against a user
+/// id nobody has, found by the keyed hash of that id.
+#[derive(sqlx::FromRow)]
+pub(super) struct UnknownRow {
+    pub failed_count: i64,
+    pub locked_until: Option<String>,
+    pub last_failed_at: String,
+    pub revision: i64,
+}
+
+pub(super) async fn unknown_failures(
+    pools: &Pools,
+    id_hash: &[u8],
+) -> Result<Option<UnknownRow>, PeopleError> {
+    Ok(crate::on_pool!(pools, read, |pool| {
+        sqlx::query_as::<_, UnknownRow>(
+            "SELECT failed_count, locked_until, last_failed_at, revision
+             FROM unknown_login_failures WHERE id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
+/// Stores one more failure against an unknown id: a new row when `read`
+/// found none, else an update compare-and-set on its `revision`. `false`
+/// when another attempt wrote the row since it was read.
+pub(super) async fn record_unknown_failure(
+    pools: &Pools,
+    id_hash: &[u8],
+    read: Option<&UnknownRow>,
+    state: &LockState,
+    at: &str,
+    expires_at: &str,
+) -> Result<bool, PeopleError> {
+    let locked_until = state.locked_until.map(crate::store::timestamp);
+    let failures = i64::from(state.failures);
+    let done = match read {
+        None => crate::on_pool!(pools, write, |pool| {
+            sqlx::query(
+                "INSERT INTO unknown_login_failures
+                     (id_hash, failed_count, locked_until, last_failed_at, expires_at, revision)
+                 VALUES ($1, $2, $3, $4, $5, 0)
+                 ON CONFLICT (id_hash) DO NOTHING",
+            )
+            .bind(id_hash)
+            .bind(failures)
+            .bind(&locked_until)
+            .bind(at)
+            .bind(expires_at)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }),
+        Some(row) => crate::on_pool!(pools, write, |pool| {
+            sqlx::query(
+                "UPDATE unknown_login_failures SET failed_count = $1, locked_until = $2,
+                     last_failed_at = $3, expires_at = $4, revision = revision + 1
+                 WHERE id_hash = $5 AND revision = $6",
+            )
+            .bind(failures)
+            .bind(&locked_until)
+            .bind(at)
+            .bind(expires_at)
+            .bind(id_hash)
+            .bind(row.revision)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }),
+    };
+    Ok(done == 1)
+}
+
+/// Deletes the unknown-id failures that answer as none at `now` (their
+/// count lapsed and lock passed); returns how many.
+pub(super) async fn purge_unknown_failures(pools: &Pools, now: &str) -> Result<u64, PeopleError> {
+    Ok(crate::on_pool!(pools, write, |pool| {
+        sqlx::query("DELETE FROM unknown_login_failures WHERE expires_at <= $1")
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    }))
+}

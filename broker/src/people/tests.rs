@@ -22,7 +22,7 @@ struct Env {
     _dir: TempDir,
     _store: Arc<dyn Store>,
     people: People,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     clock: Arc<Mutex<OffsetDateTime>>,
 }
 
@@ -63,7 +63,7 @@ async fn env_on(store: Arc<dyn Store>, dir: TempDir) -> Env {
         _dir: dir,
         _store: store,
         people,
-        keys,
+        keys: Arc::new(keys),
         clock,
     }
 }
@@ -126,7 +126,12 @@ async fn enrolled(env: &Env, id: &str, password: &str) -> (totp::TotpSecret, Ses
     let temporary = env.people.add_user(operator(id)).await.unwrap();
     let login = env
         .people
-        .login(&uid(id), &pw(temporary.expose()), ip("192.0.2.10"))
+        .login(
+            &env.keys,
+            &uid(id),
+            &pw(temporary.expose()),
+            ip("192.0.2.10"),
+        )
         .await
         .unwrap();
     let token = login.token;
@@ -165,6 +170,7 @@ async fn whole_login_flow(env: Env) {
     // First login: the temporary password must be changed first.
     let login = people
         .login(
+            &env.keys,
             &uid("taro.yamada"),
             &pw(temporary.expose()),
             ip("192.0.2.10"),
@@ -252,7 +258,12 @@ async fn whole_login_flow(env: Env) {
     // Another login with the same password is not shown the key this
     // session is enrolling: it is given a new one, which replaces it.
     let other = people
-        .login(&uid("taro.yamada"), &pw("kawaguchi 2026 spring"), None)
+        .login(
+            &env.keys,
+            &uid("taro.yamada"),
+            &pw("kawaguchi 2026 spring"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(other.session.stage, Stage::TotpEnrolment);
@@ -335,6 +346,7 @@ async fn whole_login_flow(env: Env) {
     env.advance(Duration::from_secs(5));
     let login = people
         .login(
+            &env.keys,
             &uid("taro.yamada"),
             &pw("kawaguchi 2026 spring"),
             ip("198.51.100.7"),
@@ -375,7 +387,12 @@ async fn whole_login_flow(env: Env) {
 
     // Changing the password at full ends the other sessions.
     let other = people
-        .login(&uid("taro.yamada"), &pw("kawaguchi 2026 spring"), None)
+        .login(
+            &env.keys,
+            &uid("taro.yamada"),
+            &pw("kawaguchi 2026 spring"),
+            None,
+        )
         .await
         .unwrap();
     people
@@ -400,14 +417,14 @@ async fn lockout_and_expiry(env: Env) {
     let wrong = pw("not the password at all");
     // Unknown users and wrong passwords get the same answer.
     let unknown = people
-        .login(&uid("nobody"), &wrong, None)
+        .login(&env.keys, &uid("nobody"), &wrong, None)
         .await
         .unwrap_err();
     assert!(matches!(unknown, PeopleError::NoSuchUser));
     assert_eq!(unknown.login_actor(&uid("nobody")), "unknown-user-id");
     for i in 1..=4 {
         let err = people
-            .login(&uid("hanako"), &wrong, ip("203.0.113.9"))
+            .login(&env.keys, &uid("hanako"), &wrong, ip("203.0.113.9"))
             .await
             .unwrap_err();
         assert!(matches!(err, PeopleError::WrongCredentials), "failure {i}");
@@ -416,7 +433,7 @@ async fn lockout_and_expiry(env: Env) {
         assert_eq!(err.login_actor(&uid("hanako")), "hanako");
     }
     let err = people
-        .login(&uid("hanako"), &wrong, ip("203.0.113.9"))
+        .login(&env.keys, &uid("hanako"), &wrong, ip("203.0.113.9"))
         .await
         .unwrap_err();
     let until = START + Duration::from_secs(15 * 60);
@@ -426,7 +443,7 @@ async fn lockout_and_expiry(env: Env) {
     // Locked: even the right password is refused.
     assert!(matches!(
         people
-            .login(&uid("hanako"), &pw(temporary.expose()), None)
+            .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
             .await,
         Err(PeopleError::Locked { .. })
     ));
@@ -437,13 +454,13 @@ async fn lockout_and_expiry(env: Env) {
     env.advance(Duration::from_secs(15 * 60 - 1));
     assert!(matches!(
         people
-            .login(&uid("hanako"), &pw(temporary.expose()), None)
+            .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
             .await,
         Err(PeopleError::Locked { .. })
     ));
     env.advance(Duration::from_secs(1));
     let login = people
-        .login(&uid("hanako"), &pw(temporary.expose()), None)
+        .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
         .await
         .unwrap();
     assert_eq!(login.session.stage, Stage::PasswordChange);
@@ -455,7 +472,7 @@ async fn lockout_and_expiry(env: Env) {
     // Wrong TOTP codes count too, and the lock ends the half-done session.
     let (secret, _) = enrolled(&env, "jiro", "jiro's long password").await;
     let login = people
-        .login(&uid("jiro"), &pw("jiro's long password"), None)
+        .login(&env.keys, &uid("jiro"), &pw("jiro's long password"), None)
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -474,7 +491,7 @@ async fn lockout_and_expiry(env: Env) {
     }
     // A wrong password between codes counts as well (the fifth failure).
     let err = people
-        .login(&uid("jiro"), &pw("jiro's wrong password"), None)
+        .login(&env.keys, &uid("jiro"), &pw("jiro's wrong password"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, PeopleError::Locked { .. }));
@@ -492,7 +509,7 @@ async fn lockout_and_expiry(env: Env) {
     let view = people.user(&uid("jiro")).await.unwrap();
     assert!(view.locked_until.is_none() && !view.totp_enrolled && view.temporary_password);
     let login = people
-        .login(&uid("jiro"), &pw(temporary.expose()), None)
+        .login(&env.keys, &uid("jiro"), &pw(temporary.expose()), None)
         .await
         .unwrap();
     assert_eq!(login.session.stage, Stage::PasswordChange);
@@ -531,11 +548,21 @@ async fn timeouts_and_disabling(env: Env) {
     // However busy, a session ends 8 hours after login.
     // (A second session, never used, is left for the purge below.)
     people
-        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .login(
+            &env.keys,
+            &uid("saburo"),
+            &pw("saburo's long password"),
+            None,
+        )
         .await
         .unwrap();
     let login = people
-        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .login(
+            &env.keys,
+            &uid("saburo"),
+            &pw("saburo's long password"),
+            None,
+        )
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -554,7 +581,12 @@ async fn timeouts_and_disabling(env: Env) {
 
     // Disabling ends live sessions at once and refuses logins.
     let login = people
-        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .login(
+            &env.keys,
+            &uid("saburo"),
+            &pw("saburo's long password"),
+            None,
+        )
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -564,7 +596,12 @@ async fn timeouts_and_disabling(env: Env) {
     let err = people.authenticate(&token).await.unwrap_err();
     assert!(matches!(err, PeopleError::SessionExpired));
     let err = people
-        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .login(
+            &env.keys,
+            &uid("saburo"),
+            &pw("saburo's long password"),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, PeopleError::Disabled));
@@ -572,7 +609,12 @@ async fn timeouts_and_disabling(env: Env) {
     // A wrong password does not reveal that the account is disabled.
     assert!(matches!(
         people
-            .login(&uid("saburo"), &pw("saburo's wrong password"), None)
+            .login(
+                &env.keys,
+                &uid("saburo"),
+                &pw("saburo's wrong password"),
+                None
+            )
             .await,
         Err(PeopleError::WrongCredentials)
     ));
@@ -582,7 +624,12 @@ async fn timeouts_and_disabling(env: Env) {
         Err(PeopleError::SessionExpired)
     ));
     assert!(people
-        .login(&uid("saburo"), &pw("saburo's long password"), None)
+        .login(
+            &env.keys,
+            &uid("saburo"),
+            &pw("saburo's long password"),
+            None
+        )
         .await
         .is_ok());
 }
@@ -713,15 +760,157 @@ async fn administration_postgres() {
     }
 }
 
+/// How many rows of failures against unknown ids are stored.
+async fn unknown_rows(env: &Env) -> i64 {
+    let pools = env._store.pools();
+    crate::on_pool!(&pools, read, |pool| {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM unknown_login_failures")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+}
+
+/// Whether any stored row of failures against unknown ids holds `text`.
+async fn unknown_rows_hold(env: &Env, text: &str) -> bool {
+    let pools = env._store.pools();
+    let hashes: Vec<Vec<u8>> = crate::on_pool!(&pools, read, |pool| {
+        sqlx::query_scalar("SELECT id_hash FROM unknown_login_failures")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    hashes
+        .iter()
+        .any(|h| h.windows(text.len()).any(|w| w == text.as_bytes()))
+}
+
+/// Someone without the password cannot tell a user id that exists (in
+/// use, or disabled) from one nobody has: the same answers, the same lock
+/// after the same number of tries; the unknown id is stored only as a
+/// keyed hash, and its row goes once it has lapsed.
+async fn unknown_ids_answer_as_users(env: Env) {
+    let people = &env.people;
+    let temporary = people.add_user(operator("hanako")).await.unwrap();
+    people.add_user(operator("natsuko")).await.unwrap();
+    people.disable(&uid("natsuko")).await.unwrap();
+    let wrong = pw("not the password at all");
+    let ids = ["hanako", "natsuko", "nobody.here"];
+    for attempt in 1..=5 {
+        let answers: Vec<PeopleError> = {
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(
+                    people
+                        .login(&env.keys, &uid(id), &wrong, None)
+                        .await
+                        .unwrap_err(),
+                );
+            }
+            out
+        };
+        for (id, answer) in ids.iter().zip(&answers) {
+            assert_eq!(answer.code(), answers[0].code(), "{id}, attempt {attempt}");
+            assert_eq!(
+                answer.public_message(),
+                answers[0].public_message(),
+                "{id}, attempt {attempt}"
+            );
+        }
+        let expected = if attempt < 5 {
+            ErrorCode::Unauthenticated
+        } else {
+            ErrorCode::AccountLocked
+        };
+        assert_eq!(answers[0].code(), expected, "attempt {attempt}");
+    }
+    let until = START + Duration::from_secs(15 * 60);
+    let unknown = people
+        .login(&env.keys, &uid("nobody.here"), &wrong, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, PeopleError::NoSuchUserLocked { until: u } if u == until));
+    assert!(unknown.is_lock());
+    assert_eq!(unknown.login_actor(&uid("nobody.here")), UNKNOWN_USER_ACTOR);
+    // The right password of a locked user gets the same answer as well.
+    let known = people
+        .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(known, PeopleError::Locked { until: u } if u == until));
+    assert_eq!(known.public_message(), unknown.public_message());
+    // The unknown id is stored as a keyed hash only.
+    assert_eq!(unknown_rows(&env).await, 1);
+    assert!(!unknown_rows_hold(&env, "nobody.here").await);
+
+    // The sweep keeps the row while it still matters and deletes it once
+    // the lock has passed.
+    let pools = env._store.pools();
+    let config = people.config().clone();
+    assert_eq!(
+        sweep(&pools, &config, until - Duration::from_secs(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(unknown_rows(&env).await, 1);
+    env.advance(Duration::from_secs(15 * 60));
+    assert!(sweep(&pools, &config, env.now()).await.unwrap() >= 1);
+    assert_eq!(unknown_rows(&env).await, 0);
+
+    // After the lock both count from zero again, and a count lapses
+    // 15 minutes after its last failure, for both alike.
+    for id in ["hanako", "nobody.here"] {
+        for _ in 0..4 {
+            let err = people
+                .login(&env.keys, &uid(id), &wrong, None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Unauthenticated, "{id}");
+        }
+    }
+    env.advance(Duration::from_secs(15 * 60));
+    for id in ["hanako", "nobody.here"] {
+        let err = people
+            .login(&env.keys, &uid(id), &wrong, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unauthenticated, "{id}: a new count");
+    }
+    // Made-up ids leave no row once their count has lapsed.
+    for n in 0..20 {
+        let _ = people
+            .login(&env.keys, &uid(&format!("made.up.{n}")), &wrong, None)
+            .await;
+    }
+    assert_eq!(unknown_rows(&env).await, 21);
+    env.advance(Duration::from_secs(15 * 60));
+    sweep(&pools, &config, env.now()).await.unwrap();
+    assert_eq!(unknown_rows(&env).await, 0);
+}
+
+#[tokio::test]
+async fn unknown_ids_answer_as_users_sqlite() {
+    unknown_ids_answer_as_users(sqlite_env().await).await;
+}
+
+#[tokio::test]
+async fn unknown_ids_answer_as_users_postgres() {
+    if let Some(env) = pg_env().await {
+        unknown_ids_answer_as_users(env).await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_wrong_passwords_all_count() {
     let env = sqlite_env().await;
     env.people.add_user(operator("shiro")).await.unwrap();
     let attempts = (0..5).map(|_| {
         let people = env.people.clone();
+        let keys = env.keys.clone();
         tokio::spawn(async move {
             people
-                .login(&uid("shiro"), &pw("a wrong password!"), None)
+                .login(&keys, &uid("shiro"), &pw("a wrong password!"), None)
                 .await
         })
     });

@@ -82,6 +82,12 @@ impl RunningBroker {
                 if let Err(e) = crate::exchange::sweep_once(&state).await {
                     tracing::error!(error = %e, "sweeping expired results failed");
                 }
+                let now = time::OffsetDateTime::now_utc();
+                if let Err(e) =
+                    crate::people::sweep(&state.store.pools(), &state.config.people, now).await
+                {
+                    tracing::error!(error = %e, "sweeping expired sessions and login failures failed");
+                }
             },
         );
         changes::spawn_flow_reloader(&state);

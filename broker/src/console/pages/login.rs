@@ -92,7 +92,7 @@ pub(super) async fn login_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Brok
     let console = cx.console();
     let outcome = console
         .people
-        .login(&user_id, &password, Some(cx.source()))
+        .login(&console.state.keys, &user_id, &password, Some(cx.source()))
         .await;
     let actor = user_id.as_str();
     match outcome {
@@ -108,9 +108,10 @@ pub(super) async fn login_submit(cx: &Cx<'_, '_>) -> Result<Response<Body>, Brok
             Ok(with_cookie(redirect(next_step(&done.session)), &cookie))
         }
         Err(e) => {
-            let action = match e {
-                PeopleError::Locked { .. } => OpAction::AccountLocked,
-                _ => OpAction::LoginFailed,
+            let action = if e.is_lock() {
+                OpAction::AccountLocked
+            } else {
+                OpAction::LoginFailed
             };
             let actor = e.login_actor(&user_id);
             cx.log(cx.entry(actor, action, OpResult::Refused(e.code())))
