@@ -7,8 +7,9 @@
 //! The flood logs in as user ids that do not exist, each once: the broker
 //! checks a dummy hash for them so the answer takes as long as a real
 //! check, and counts the failure under a keyed hash of the id as it counts
-//! a user's, so every attempt costs one Argon2id verification and one row
-//! written, and no id is tried often enough to be locked.
+//! a user's (in memory on SQLite, a row on PostgreSQL), so every attempt
+//! costs one Argon2id verification, and no id is tried often enough to be
+//! locked.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

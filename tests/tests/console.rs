@@ -319,10 +319,15 @@ async fn an_unknown_user_id_answers_as_a_real_one(backend: Backend) -> Result<()
     // Locked: the right password of the person is refused the same way.
     let r = console.password(&person.user_id, &person.password).await?;
     assert_eq!(r.status, StatusCode::LOCKED);
-    // The id nobody has is stored only as a keyed hash, and the operation
-    // log names it as the unknown id.
+    // The id nobody has is counted only under a keyed hash (in the
+    // database several nodes share; in memory on SQLite, one node), and the
+    // operation log names it as the unknown id.
     let stored = sql_count(&pools, "SELECT COUNT(*) FROM unknown_login_failures").await?;
-    assert_eq!(stored, 1);
+    let expected = match backend {
+        Backend::Postgres => 1,
+        Backend::Sqlite => 0,
+    };
+    assert_eq!(stored, expected);
     let kept = "SELECT COUNT(*) FROM operation_log WHERE actor = 'nobody.here' \
         OR COALESCE(detail, '') LIKE '%nobody.here%' OR COALESCE(target, '') LIKE '%nobody.here%'";
     assert_eq!(sql_count(&pools, kept).await?, 0);

@@ -26,6 +26,7 @@ pub mod roles;
 pub mod session;
 mod store;
 pub mod totp;
+mod unknown_ids;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -368,6 +369,8 @@ type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 #[derive(Clone)]
 pub struct People {
     pools: Pools,
+    /// Failed logins as user ids nobody has.
+    unknown: Arc<unknown_ids::UnknownIds>,
     config: PeopleConfig,
     hasher: Hasher,
     clock: Clock,
@@ -441,17 +444,6 @@ fn lock_state(user: &UserRow) -> Result<LockState, PeopleError> {
     })
 }
 
-fn unknown_lock_state(row: Option<&store::UnknownRow>) -> Result<LockState, PeopleError> {
-    let Some(row) = row else {
-        return Ok(LockState::default());
-    };
-    Ok(LockState {
-        failures: u32::try_from(row.failed_count).unwrap_or(u32::MAX),
-        locked_until: row.locked_until.as_deref().map(parse_time).transpose()?,
-        last_failure: Some(parse_time(&row.last_failed_at)?),
-    })
-}
-
 /// The domain of [`Keyring::lookup_hash`] under which a user id nobody has
 /// is stored with its failures.
 const UNKNOWN_ID_DOMAIN: &str = "kakehashi/people/unknown-user-id/v1";
@@ -503,6 +495,7 @@ impl People {
     pub fn new(pools: Pools, config: PeopleConfig) -> Result<Self, PeopleError> {
         config.validate()?;
         Ok(People {
+            unknown: Arc::new(unknown_ids::UnknownIds::for_pools(&pools)),
             pools,
             hasher: Hasher::new(config.hash_workers, config.hash_queue),
             config,
@@ -589,46 +582,6 @@ impl People {
         Err(PeopleError::Busy)
     }
 
-    /// Counts a failure against a user id nobody has, known by the keyed
-    /// hash `id_hash` (compare-and-set, as [`People::count_failure`]).
-    /// Returns the lock's end when this failure locked the id.
-    async fn count_unknown_failure(
-        &self,
-        id_hash: &[u8],
-        mut row: Option<store::UnknownRow>,
-        now: OffsetDateTime,
-    ) -> Result<Option<OffsetDateTime>, PeopleError> {
-        let at = timestamp(now);
-        let policy = self.config.lock_policy();
-        for _ in 0..CAS_ATTEMPTS {
-            let before = unknown_lock_state(row.as_ref())?;
-            if let Some(until) = lockout::locked_at(&before, now) {
-                return Ok(Some(until));
-            }
-            let after = lockout::after_failure(&before, now, &policy);
-            // `after_failure` always sets the failure time, so this is `Some`.
-            let expires = lockout::forget_at(&after, &policy).unwrap_or(now);
-            if store::record_unknown_failure(
-                &self.pools,
-                id_hash,
-                row.as_ref(),
-                &after,
-                &at,
-                &timestamp(expires),
-            )
-            .await?
-            {
-                if after.locked_until.is_some() {
-                    // The id typed is not logged: it may be a password.
-                    tracing::warn!("a user id nobody has is locked after repeated failures");
-                }
-                return Ok(after.locked_until);
-            }
-            row = store::unknown_failures(&self.pools, id_hash).await?;
-        }
-        Err(PeopleError::Busy)
-    }
-
     /// Refuses a login as a user id nobody has exactly as a wrong password
     /// of a user: the lock checked first, a password hash verified (so it
     /// takes as long), the failure counted (so after the same number of
@@ -640,14 +593,26 @@ impl People {
         secret: Zeroizing<String>,
     ) -> Result<Login, PeopleError> {
         let id_hash = keys.lookup_hash(UNKNOWN_ID_DOMAIN, user_id.as_str().as_bytes());
-        let row = store::unknown_failures(&self.pools, &id_hash).await?;
-        if let Some(until) = lockout::locked_at(&unknown_lock_state(row.as_ref())?, self.now()) {
+        if let Some(until) = self
+            .unknown
+            .locked(&self.pools, &id_hash, self.now())
+            .await?
+        {
             return Err(PeopleError::NoSuchUserLocked { until });
         }
         let _ = self.hasher.verify(None, secret).await?;
         let now = self.now();
-        match self.count_unknown_failure(&id_hash, row, now).await? {
-            Some(until) => Err(PeopleError::NoSuchUserLocked { until }),
+        let policy = self.config.lock_policy();
+        match self
+            .unknown
+            .fail(&self.pools, &id_hash, now, &policy)
+            .await?
+        {
+            Some(until) => {
+                // The id typed is not logged: it may be a password.
+                tracing::warn!("a user id nobody has is locked after repeated failures");
+                Err(PeopleError::NoSuchUserLocked { until })
+            }
             None => Err(PeopleError::NoSuchUser),
         }
     }
