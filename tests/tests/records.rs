@@ -1039,6 +1039,51 @@ async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
 }
 both_backends!(a_long_purge_goes_in_steps: stepped_purge_sqlite, stepped_purge_postgres);
 
+/// Months follow the clock, not the sequence: after a clock set back across
+/// a month's end, a month's partition holds records with other months'
+/// records between them, and dropping it is not one bounded step.
+async fn a_month_out_of_sequence_is_not_one_step(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = RecordLog::open(
+        env.pools(),
+        &env.keys(),
+        RecordsConfig {
+            purge_step_records: 4,
+            ..quiet()
+        },
+    )
+    .await?;
+    for i in 1..=4 {
+        log.append_with_clock(draft(i), at("2018-01-15T10:00:00Z"))
+            .await?;
+    }
+    for i in 5..=6 {
+        log.append_with_clock(draft(i), at("2018-02-10T10:00:00Z"))
+            .await?;
+    }
+    log.append_with_clock(draft(7), at("2018-01-31T23:59:00Z"))
+        .await?;
+    log.append(draft(8)).await?;
+    let report = log.purge(at("2018-06-01T00:00:00Z"), "ops-tanaka").await?;
+    assert_eq!((report.first_seq, report.cut_seq), (1, 7));
+    // PostgreSQL: January (1–4 and 7) is not one unit while February (5–6)
+    // lies between; four rows, then February dropped, then January.
+    let steps: &[u64] = match backend {
+        Backend::Sqlite => &[4, 7],
+        Backend::Postgres => &[4, 6, 7],
+    };
+    assert_eq!(purge_cuts(&env).await?, steps);
+    log.close().await;
+    assert!(env.verify().await?.is_intact());
+    Ok(())
+}
+both_backends!(
+    a_month_out_of_sequence_is_not_one_step: out_of_sequence_purge_sqlite,
+    out_of_sequence_purge_postgres
+);
+
 // ------------------------------------------------------------ group commit
 
 async fn concurrent_appends_are_gap_free(backend: Backend) -> Result<()> {

@@ -269,20 +269,24 @@ async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Res
         .map(|c| serde_json::json!({"person": c, "items": {"local_tax.income": 1}}).to_string())
         .collect();
     post_ok(&mut s.city, "/v1/copies", &copies).await?;
-    // Numbers 7 and 8 were last linked two years ago, 9 today; the city's
-    // code for the union's person too was linked two years ago.
+    // Numbers 7 and 8 were linked two years ago, 9 today; the city's code
+    // for the union's person too was linked two years ago.
     let two_years_ago = "2024-12-01T00:00:00.000000Z";
     sql_exec(
         &pools,
         &format!(
-            "UPDATE person_codes SET linked_at = '{two_years_ago}'
+            "UPDATE person_codes SET linked_at = '{two_years_ago}', created_at = '{two_years_ago}'
              WHERE code IN ('{}', '{}', '{}')",
             codes[0], codes[1], s.city_codes[0]
         ),
     )
     .await?;
-    // The city links number 8 again: it is kept from today.
+    // The city links number 8 again: it is kept from today, and no answer
+    // changed, so lookups cached by the broker stay valid.
+    let generation = "SELECT n FROM lookup_generation WHERE id = 1";
+    let before = sql_count(&pools, generation).await?;
     post_ok(&mut s.city, "/v1/persons", &lines[1..2]).await?;
+    assert_eq!(sql_count(&pools, generation).await?, before);
     assert_eq!(
         sql_count(
             &pools,

@@ -1,11 +1,17 @@
 -- When an org last linked the number behind a code (R15). A linking org's
 -- code whose number no insurer keeps a person for answers nothing (every
 -- flow has the insurer on one side), so it is identity data kept for no
--- use: it is erased, with its copies, once its last link is older than the
--- identity-confirmation period. Linking the number again keeps it.
+-- use: it is erased, with its copies, once both its creation and its last
+-- link are older than the identity-confirmation period. Linking the number
+-- again keeps it. Rows from before have '' here: their creation time
+-- counts (no rewrite of the table).
 ALTER TABLE person_codes ADD COLUMN linked_at TEXT NOT NULL DEFAULT '';
--- The index before the update: on PostgreSQL the update queues the
--- deferred foreign-key checks, which forbid an index after it in the same
--- transaction.
 CREATE INDEX person_codes_linked_at ON person_codes (linked_at) WHERE person_id IS NULL;
-UPDATE person_codes SET linked_at = created_at;
+-- A link again moves linked_at only, which changes no answer: it does not
+-- bump the lookup generation (every node's cache of lookups would be
+-- emptied by a nightly re-link of every resident).
+DROP TRIGGER person_codes_generation ON person_codes;
+CREATE CONSTRAINT TRIGGER person_codes_generation
+    AFTER INSERT OR UPDATE OF org_id, code, person_id, number_hash OR DELETE ON person_codes
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION lookup_generation_bump();

@@ -5,7 +5,9 @@
 -- broker's lookup key) of the id typed, never the id: what was typed may be
 -- a password or an Individual Number in the wrong field. expires_at is when
 -- the row answers as no row at all (its count lapsed, its lock passed); the
--- sweeper deletes it then, so made-up ids cannot grow the table.
+-- sweeper deletes it then, so made-up ids cannot grow the table. Where the
+-- broker is the one node (SQLite) the counts are kept in memory instead
+-- (broker/src/people/unknown_ids.rs) and this table stays empty.
 CREATE TABLE unknown_login_failures (
     id_hash BLOB PRIMARY KEY NOT NULL,
     failed_count INTEGER NOT NULL,

@@ -192,7 +192,10 @@ impl RecordLog {
                         error = %e,
                         "provision records purged only in part"
                     );
-                    self.seal().await?;
+                    // The steps done are signed; the step's error is the answer.
+                    if let Err(seal) = self.seal().await {
+                        tracing::warn!(error = %seal, "the purge records written were not sealed at once");
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),

@@ -90,7 +90,7 @@ impl ErasureSql {
                                     WHERE k.number_hash = c.number_hash AND k.id NOT IN ({DUE_PERSONS})))
              UNION
              SELECT org_id, code FROM person_codes c
-             WHERE c.person_id IS NULL AND c.linked_at < $2
+             WHERE c.person_id IS NULL AND c.linked_at < $2 AND c.created_at < $2
                AND NOT EXISTS (SELECT 1 FROM persons k WHERE k.number_hash = c.number_hash)"
         );
         let facts_due = format!("confirmed_at < $2 OR person_id IN ({DUE_PERSONS})");

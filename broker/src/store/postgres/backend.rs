@@ -122,12 +122,18 @@ impl Backend for PgBackend<'_> {
     }
 
     /// A vacuum of the erased tables takes the dead row versions out of
-    /// their pages and indexes now, not when autovacuum comes by. It may
-    /// take longer than the statement timeout, so it runs on a connection
-    /// of its own without one, closed after.
+    /// their pages and indexes now, not when autovacuum comes by (their
+    /// space is then free for reuse; the bytes stay until overwritten). It
+    /// may take longer than the statement timeout, so it runs on a
+    /// connection of its own without one, closed after.
     async fn after_erasure(&self) -> Result<(), BrokerError> {
         let mut conn = self.0.acquire().await?.detach();
         sqlx::query("SET statement_timeout = 0")
+            .execute(&mut conn)
+            .await?;
+        // Not waiting long behind DDL or another vacuum of these tables (a
+        // vacuum that cannot start is left to autovacuum).
+        sqlx::query("SET lock_timeout = '5s'")
             .execute(&mut conn)
             .await?;
         sqlx::query("VACUUM copies, person_codes, person_facts, persons")
@@ -183,11 +189,13 @@ impl Backend for PgBackend<'_> {
     /// the purge drops it whole, in one step however many records it holds.
     async fn whole_unit_end(&self, after: u64, upto: u64) -> Result<Option<u64>, BrokerError> {
         let next = after.saturating_add(1);
-        let holder: Option<String> =
-            sqlx::query_scalar("SELECT tableoid::regclass::text FROM records WHERE seq = $1")
-                .bind(to_i64(next))
-                .fetch_optional(self.0)
-                .await?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM records r JOIN pg_class c ON c.oid = r.tableoid
+             WHERE r.seq = $1",
+        )
+        .bind(to_i64(next))
+        .fetch_optional(self.0)
+        .await?;
         let Some(month) = holder
             .as_deref()
             .and_then(super::partitions::partition_month)
@@ -199,14 +207,28 @@ impl Backend for PgBackend<'_> {
             return Ok(None);
         }
         // The name is built from the month key: an identifier cannot be bound.
-        let sql = format!(
-            "SELECT MAX(seq) FROM {}",
-            super::partitions::partition_name(month)
-        );
-        let last: Option<i64> = sqlx::query_scalar(&sql).fetch_one(self.0).await?;
-        Ok(last
+        let name = super::partitions::partition_name(month);
+        let last: Option<i64> = sqlx::query_scalar(&format!("SELECT MAX(seq) FROM {name}"))
+            .fetch_one(self.0)
+            .await?;
+        let Some(end) = last
             .and_then(|s| u64::try_from(s).ok())
-            .filter(|&end| end >= next && end <= upto))
+            .filter(|&end| end >= next && end <= upto)
+        else {
+            return Ok(None);
+        };
+        // Months follow the clock, not the sequence: after a clock set back
+        // across a month's end, records of other months lie between, and
+        // the step would delete those row by row, unbounded.
+        let others: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE seq > $1 AND seq <= $2
+                            AND tableoid <> '{name}'::regclass)"
+        ))
+        .bind(to_i64(after))
+        .bind(to_i64(end))
+        .fetch_one(self.0)
+        .await?;
+        Ok((!others).then_some(end))
     }
 
     /// Only the months that can hold such records are planned and read:

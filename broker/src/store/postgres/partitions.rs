@@ -86,6 +86,12 @@ pub(crate) async fn drop_purged(
             .fetch_one(&mut *conn)
             .await?;
         if max.is_none_or(|m| m <= cut) {
+            // The drop waits for every read of `records` under way while
+            // the head is held (commits wait too): bounded, a long export
+            // fails this step instead, and the next purge tries again.
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(&format!("DROP TABLE {name}"))
                 .execute(&mut *conn)
                 .await?;

@@ -102,16 +102,27 @@ impl Backend for SqliteBackend<'_> {
 
     /// The writer zeroes deleted rows (`secure_delete`); a checkpoint that
     /// truncates the WAL copies those pages into the file and drops the
-    /// frames that still hold them as they were. Readers holding an old
-    /// snapshot keep the WAL from being truncated: then it is logged, and
-    /// the frames are overwritten as the WAL is reused.
+    /// frames that still hold them as they were. It runs on a connection
+    /// of its own that never waits (busy timeout 0), so record commits do
+    /// not queue behind it: while a commit or a reader's snapshot is under
+    /// way it is tried again, ten times 50 ms apart, then left to the WAL's
+    /// reuse (logged).
     async fn after_erasure(&self) -> Result<(), BrokerError> {
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(self.write)
-            .await?;
-        if busy != 0 {
-            tracing::warn!("the WAL could not be truncated after an erasure (readers busy); its frames are overwritten as it is reused");
+        let options = (*self.write.connect_options())
+            .clone()
+            .busy_timeout(Duration::ZERO);
+        let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+        for _ in 0..10 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or((1, 0, 0));
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        tracing::warn!("the WAL could not be truncated after an erasure (the database was busy); its frames are overwritten as it is reused");
         Ok(())
     }
 
