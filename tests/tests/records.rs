@@ -955,14 +955,12 @@ async fn purge_cuts(env: &Env) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// A purge holds the head of the chain while it deletes, so every record
-/// commit waits for it: a long run goes in steps of at most
-/// `purge_step_records` rows, each with its own purge record, and on
-/// PostgreSQL a past month wholly in the run is dropped in one step.
-async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
-    let Some(env) = Env::new(backend).await? else {
-        return Ok(());
-    };
+/// A log purging in steps of 4, holding the records of each run appended
+/// at its clock (`None`: now).
+async fn stepped_log(
+    env: &Env,
+    runs: &[(std::ops::RangeInclusive<u64>, Option<&str>)],
+) -> Result<Arc<RecordLog>> {
     let log = RecordLog::open(
         env.pools(),
         &env.keys(),
@@ -972,21 +970,35 @@ async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
         },
     )
     .await?;
-    for i in 1..=6 {
-        log.append_with_clock(draft(i), at("2018-01-15T10:00:00Z"))
-            .await?;
+    for (range, clock) in runs {
+        for i in range.clone() {
+            match clock {
+                Some(t) => log.append_with_clock(draft(i), at(t)).await?,
+                None => log.append(draft(i)).await?,
+            };
+        }
     }
-    for i in 7..=10 {
-        log.append_with_clock(draft(i), at("2018-01-25T10:00:00Z"))
-            .await?;
-    }
-    for i in 11..=16 {
-        log.append_with_clock(draft(i), at("2018-02-10T10:00:00Z"))
-            .await?;
-    }
-    for i in 17..=18 {
-        log.append(draft(i)).await?;
-    }
+    Ok(log)
+}
+
+/// A purge holds the head of the chain while it deletes, so every record
+/// commit waits for it: a long run goes in steps of at most
+/// `purge_step_records` rows, each with its own purge record, and on
+/// PostgreSQL a past month wholly in the run is dropped in one step.
+async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
+    let Some(env) = Env::new(backend).await? else {
+        return Ok(());
+    };
+    let log = stepped_log(
+        &env,
+        &[
+            (1..=6, Some("2018-01-15T10:00:00Z")),
+            (7..=10, Some("2018-01-25T10:00:00Z")),
+            (11..=16, Some("2018-02-10T10:00:00Z")),
+            (17..=18, None),
+        ],
+    )
+    .await?;
 
     // Part of a month: row by row, four at a time.
     let report = log.purge(at("2018-01-20T00:00:00Z"), "ops-tanaka").await?;
@@ -1046,26 +1058,16 @@ async fn a_month_out_of_sequence_is_not_one_step(backend: Backend) -> Result<()>
     let Some(env) = Env::new(backend).await? else {
         return Ok(());
     };
-    let log = RecordLog::open(
-        env.pools(),
-        &env.keys(),
-        RecordsConfig {
-            purge_step_records: 4,
-            ..quiet()
-        },
+    let log = stepped_log(
+        &env,
+        &[
+            (1..=4, Some("2018-01-15T10:00:00Z")),
+            (5..=6, Some("2018-02-10T10:00:00Z")),
+            (7..=7, Some("2018-01-31T23:59:00Z")),
+            (8..=8, None),
+        ],
     )
     .await?;
-    for i in 1..=4 {
-        log.append_with_clock(draft(i), at("2018-01-15T10:00:00Z"))
-            .await?;
-    }
-    for i in 5..=6 {
-        log.append_with_clock(draft(i), at("2018-02-10T10:00:00Z"))
-            .await?;
-    }
-    log.append_with_clock(draft(7), at("2018-01-31T23:59:00Z"))
-        .await?;
-    log.append(draft(8)).await?;
     let report = log.purge(at("2018-06-01T00:00:00Z"), "ops-tanaka").await?;
     assert_eq!((report.first_seq, report.cut_seq), (1, 7));
     // PostgreSQL: January (1–4 and 7) is not one unit while February (5–6)
