@@ -1012,8 +1012,13 @@ async fn a_long_purge_goes_in_steps(backend: Backend) -> Result<()> {
 
     // The rest: SQLite deletes rows in steps; PostgreSQL drops January's
     // partition (four rows left) and February's (six rows, more than a
-    // step) whole.
-    let report = log.purge(at("2018-06-01T00:00:00Z"), "ops-tanaka").await?;
+    // step) whole. A display follows it record by record.
+    let progress = records::WalkProgress::default();
+    let report = log
+        .purge_showing(at("2018-06-01T00:00:00Z"), "ops-tanaka", &progress)
+        .await?;
+    let shown = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((shown(&progress.done), shown(&progress.total)), (10, 10));
     assert_eq!(
         (report.first_seq, report.cut_seq, report.count),
         (7, 16, 10)

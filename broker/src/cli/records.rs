@@ -200,10 +200,17 @@ struct ShownProgress {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a progress display says is under way.
+const VERIFYING: &str = "検証中 / verifying";
+const PURGING: &str = "削除中 / purging";
+
 /// How often a progress line is written when standard error is not a terminal.
 const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn show_progress(progress: Arc<crate::records::WalkProgress>) -> ShownProgress {
+fn show_progress(
+    progress: Arc<crate::records::WalkProgress>,
+    doing: &'static str,
+) -> ShownProgress {
     use std::io::IsTerminal;
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -211,9 +218,9 @@ fn show_progress(progress: Arc<crate::records::WalkProgress>) -> ShownProgress {
         let bar = terminal.then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "検証中 / verifying {wide_bar} {human_pos}/{human_len} 件 ({per_sec}, 残り {eta})",
-                )
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{doing} {{wide_bar}} {{human_pos}}/{{human_len}} 件 ({{per_sec}}, 残り {{eta}})"
+                ))
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
@@ -239,7 +246,7 @@ fn show_progress(progress: Arc<crate::records::WalkProgress>) -> ShownProgress {
                     bar.set_position(done);
                 }
                 None => eprintln!(
-                    "検証中 / verifying: {done} / {total} 件 ({:.0} 秒)",
+                    "{doing}: {done} / {total} 件 ({:.0} 秒)",
                     started.elapsed().as_secs_f64()
                 ),
             }
@@ -284,7 +291,10 @@ async fn run_on_store(config: Option<&Path>, command: RecordsCommand) -> Result<
                 tsa_cert,
                 progress: Some(Arc::new(crate::records::WalkProgress::default())),
             };
-            let shown = options.progress.clone().map(show_progress);
+            let shown = options
+                .progress
+                .clone()
+                .map(|p| show_progress(p, VERIFYING));
             let verdict =
                 crate::records::verify_evidence(&pools, &keys, &config.keys.dir, &options).await;
             if let Some(shown) = shown {
@@ -590,11 +600,17 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
     )?;
     let log = open_log(&config, store.pools(), records).await?;
     let actor = args.actor.unwrap_or_else(os_user);
+    let progress = Arc::new(crate::records::WalkProgress::default());
+    let shown = show_progress(progress.clone(), PURGING);
     let result = match args.before.as_deref().map(parse_when).transpose() {
-        Ok(Some((before, _))) => log.purge(before, &actor).await,
-        Ok(None) => log.purge_expired(&actor).await,
+        Ok(Some((before, _))) => log.purge_showing(before, &actor, &progress).await,
+        Ok(None) => {
+            let before = log.retention_cutoff(time::OffsetDateTime::now_utc());
+            log.purge_showing(before, &actor, &progress).await
+        }
         Err(e) => Err(e),
     };
+    shown.finish().await;
     // Personal data is erased at the end of its own periods whether or not
     // the records purge went through (as the broker's own erasure runs on
     // its own timer): a refused purge must not keep it longer.

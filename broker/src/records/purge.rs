@@ -6,7 +6,9 @@ use kakehashi_interfaces::ErrorCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::verify::{self, Verdict, WalkPlan};
+use std::sync::atomic::Ordering;
+
+use super::verify::{self, Verdict, WalkPlan, WalkProgress};
 use super::writer::Job;
 use super::{db, system_org, RecordDraft, RecordLog};
 use crate::config::LEGAL_RETENTION_YEARS;
@@ -115,6 +117,18 @@ impl RecordLog {
         self.purge(before, actor).await
     }
 
+    /// [`Self::purge`], counting the records due in `progress.total` and
+    /// those deleted so far in `progress.done`, step by step (for a
+    /// progress display of a long purge).
+    pub async fn purge_showing(
+        &self,
+        before: time::OffsetDateTime,
+        actor: &str,
+        progress: &WalkProgress,
+    ) -> Result<PurgeReport, BrokerError> {
+        self.purge_with(before, actor, Some(progress)).await
+    }
+
     /// Deletes the longest run of oldest records recorded before `before`
     /// (order is by sequence: a later record with an earlier clock time stops
     /// the run rather than being picked out). Refuses a `before` inside the
@@ -132,6 +146,15 @@ impl RecordLog {
         &self,
         before: time::OffsetDateTime,
         actor: &str,
+    ) -> Result<PurgeReport, BrokerError> {
+        self.purge_with(before, actor, None).await
+    }
+
+    async fn purge_with(
+        &self,
+        before: time::OffsetDateTime,
+        actor: &str,
+        progress: Option<&WalkProgress>,
     ) -> Result<PurgeReport, BrokerError> {
         let cutoff = self.retention_cutoff(time::OffsetDateTime::now_utc());
         if before > cutoff {
@@ -174,6 +197,9 @@ impl RecordLog {
             first_seq: head.cut_seq + 1,
             ..nothing(head.cut_seq)
         };
+        if let Some(p) = progress {
+            p.total.store(cut - head.cut_seq, Ordering::Relaxed);
+        }
         let mut from = (head.cut_seq, head.cut_hash);
         while from.0 < cut {
             let step_cut = match self.pools.backend().whole_unit_end(from.0, cut).await? {
@@ -204,6 +230,9 @@ impl RecordLog {
             report.count += step_cut - from.0;
             report.purge_record_seq = Some(seq);
             report.purge_records += 1;
+            if let Some(p) = progress {
+                p.done.store(report.count, Ordering::Relaxed);
+            }
             from = (step_cut, cut_hash);
         }
         // Sign the purge records now rather than within the next interval.

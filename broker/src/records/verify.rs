@@ -60,13 +60,13 @@ pub(crate) struct WalkPlan {
     pub progress: Option<Arc<WalkProgress>>,
 }
 
-/// How far a walk has come, for a progress display: records walked of the
-/// records it will walk.
+/// How far a long pass over the records has come (a walk, a purge), for a
+/// progress display: records done of the records it will do.
 #[derive(Debug, Default)]
 pub struct WalkProgress {
-    /// Records walked.
+    /// Records done.
     pub done: AtomicU64,
-    /// Records to walk.
+    /// Records to do.
     pub total: AtomicU64,
 }
 
