@@ -571,6 +571,23 @@ pub async fn sql_count(pools: &store::Pools, sql: &str) -> Result<i64> {
     })
 }
 
+/// The first column of every row a query returns, on either backend
+/// (sequence numbers, stored texts, blobs).
+pub async fn sql_column<T>(pools: &store::Pools, sql: &str) -> Result<Vec<T>>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>,
+{
+    Ok(match pools {
+        store::Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(read).await?,
+        store::Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+    })
+}
+
 /// The value of the unlabelled sample `name` (e.g.
 /// `kakehashi_record_commit_rows_sum`) in Prometheus text, if present.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {

@@ -58,10 +58,7 @@ impl Env {
 
     /// The sequence numbers a `SELECT seq …` returns, in its order.
     async fn seqs(&self, sql: &str) -> Result<Vec<u64>> {
-        let found: Vec<i64> = match self.pools() {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(&read).await?,
-            Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(&pool).await?,
-        };
+        let found: Vec<i64> = kakehashi_tests::sql_column(&self.pools(), sql).await?;
         Ok(found.into_iter().map(|s| s as u64).collect())
     }
 }

@@ -78,11 +78,7 @@ impl Env {
     }
 
     async fn seqs(&self) -> Result<Vec<i64>> {
-        let sql = "SELECT seq FROM records ORDER BY seq";
-        Ok(match self.pools() {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(&read).await?,
-            Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(&pool).await?,
-        })
+        kakehashi_tests::sql_column(&self.pools(), "SELECT seq FROM records ORDER BY seq").await
     }
 }
 
@@ -940,10 +936,7 @@ both_backends!(purge_leaves_a_verifiable_rest: purge_sqlite, purge_postgres);
 /// The cut of every purge record in the log, in order.
 async fn purge_cuts(env: &Env) -> Result<Vec<u64>> {
     let sql = "SELECT detail FROM records WHERE outcome = 'purge' ORDER BY seq";
-    let details: Vec<String> = match env.pools() {
-        Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(&read).await?,
-        Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(&pool).await?,
-    };
+    let details: Vec<String> = kakehashi_tests::sql_column(&env.pools(), sql).await?;
     details
         .iter()
         .map(|d| {

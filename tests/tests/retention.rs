@@ -10,7 +10,9 @@ use kakehashi_tests::exchange::{
     exchange_broker, income_of, individual_number, post_ok, registration_line,
     registration_line_lost, scenario,
 };
-use kakehashi_tests::{both_backends, sql_count, sql_exec, Backend, TestBroker, TestClient};
+use kakehashi_tests::{
+    both_backends, sql_column, sql_count, sql_exec, Backend, TestBroker, TestClient,
+};
 
 /// The union asks the city for one person's income; the error code or "provided".
 async fn ask_income(union: &mut TestClient, union_code: &str) -> Result<String> {
@@ -61,14 +63,7 @@ async fn stored_blobs_of(broker: &TestBroker, union_code: &str) -> Result<Vec<(S
     ];
     let mut blobs = Vec::new();
     for (what, sql) in queries {
-        let found: Vec<Vec<u8>> = match broker.store.pools() {
-            kakehashi_broker::store::Pools::Sqlite { read, .. } => {
-                sqlx::query_scalar(&sql).fetch_all(&read).await?
-            }
-            kakehashi_broker::store::Pools::Postgres(pool) => {
-                sqlx::query_scalar(&sql).fetch_all(&pool).await?
-            }
-        };
+        let found: Vec<Vec<u8>> = sql_column(&broker.store.pools(), &sql).await?;
         if found.is_empty() {
             bail!("the person has no {what} stored");
         }

@@ -35,6 +35,13 @@ impl Env {
     fn now(&self) -> OffsetDateTime {
         *self.clock.lock().unwrap()
     }
+
+    /// Logs in as `id` with `password`, from no known address.
+    async fn login(&self, id: &str, password: &Password) -> Result<Login, PeopleError> {
+        self.people
+            .login(&self.keys, &uid(id), password, None)
+            .await
+    }
 }
 
 const START: OffsetDateTime = datetime!(2026-04-01 09:00:00 UTC);
@@ -257,13 +264,8 @@ async fn whole_login_flow(env: Env) {
     assert!(shown_again.otpauth_uri == enrolment.otpauth_uri);
     // Another login with the same password is not shown the key this
     // session is enrolling: it is given a new one, which replaces it.
-    let other = people
-        .login(
-            &env.keys,
-            &uid("taro.yamada"),
-            &pw("kawaguchi 2026 spring"),
-            None,
-        )
+    let other = env
+        .login("taro.yamada", &pw("kawaguchi 2026 spring"))
         .await
         .unwrap();
     assert_eq!(other.session.stage, Stage::TotpEnrolment);
@@ -386,13 +388,8 @@ async fn whole_login_flow(env: Env) {
     assert!(listed.totp_enrolled && !listed.temporary_password);
 
     // Changing the password at full ends the other sessions.
-    let other = people
-        .login(
-            &env.keys,
-            &uid("taro.yamada"),
-            &pw("kawaguchi 2026 spring"),
-            None,
-        )
+    let other = env
+        .login("taro.yamada", &pw("kawaguchi 2026 spring"))
         .await
         .unwrap();
     people
@@ -416,10 +413,7 @@ async fn lockout_and_expiry(env: Env) {
     let temporary = people.add_user(operator("hanako")).await.unwrap();
     let wrong = pw("not the password at all");
     // Unknown users and wrong passwords get the same answer.
-    let unknown = people
-        .login(&env.keys, &uid("nobody"), &wrong, None)
-        .await
-        .unwrap_err();
+    let unknown = env.login("nobody", &wrong).await.unwrap_err();
     assert!(matches!(unknown, PeopleError::NoSuchUser));
     assert_eq!(unknown.login_actor(&uid("nobody")), "unknown-user-id");
     for i in 1..=4 {
@@ -442,9 +436,7 @@ async fn lockout_and_expiry(env: Env) {
     assert!(err.public_message().contains("2026-04-01T09:15:00Z"));
     // Locked: even the right password is refused.
     assert!(matches!(
-        people
-            .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
-            .await,
+        env.login("hanako", &pw(temporary.expose())).await,
         Err(PeopleError::Locked { .. })
     ));
     let listed = people.user(&uid("hanako")).await.unwrap();
@@ -453,16 +445,11 @@ async fn lockout_and_expiry(env: Env) {
     // One second before the end it still holds; at the end it is over.
     env.advance(Duration::from_secs(15 * 60 - 1));
     assert!(matches!(
-        people
-            .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
-            .await,
+        env.login("hanako", &pw(temporary.expose())).await,
         Err(PeopleError::Locked { .. })
     ));
     env.advance(Duration::from_secs(1));
-    let login = people
-        .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
-        .await
-        .unwrap();
+    let login = env.login("hanako", &pw(temporary.expose())).await.unwrap();
     assert_eq!(login.session.stage, Stage::PasswordChange);
     assert_eq!(
         people.user(&uid("hanako")).await.unwrap().locked_until,
@@ -471,8 +458,8 @@ async fn lockout_and_expiry(env: Env) {
 
     // Wrong TOTP codes count too, and the lock ends the half-done session.
     let (secret, _) = enrolled(&env, "jiro", "jiro's long password").await;
-    let login = people
-        .login(&env.keys, &uid("jiro"), &pw("jiro's long password"), None)
+    let login = env
+        .login("jiro", &pw("jiro's long password"))
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -490,8 +477,8 @@ async fn lockout_and_expiry(env: Env) {
         ));
     }
     // A wrong password between codes counts as well (the fifth failure).
-    let err = people
-        .login(&env.keys, &uid("jiro"), &pw("jiro's wrong password"), None)
+    let err = env
+        .login("jiro", &pw("jiro's wrong password"))
         .await
         .unwrap_err();
     assert!(matches!(err, PeopleError::Locked { .. }));
@@ -508,10 +495,7 @@ async fn lockout_and_expiry(env: Env) {
     let temporary = people.reset(&uid("jiro")).await.unwrap();
     let view = people.user(&uid("jiro")).await.unwrap();
     assert!(view.locked_until.is_none() && !view.totp_enrolled && view.temporary_password);
-    let login = people
-        .login(&env.keys, &uid("jiro"), &pw(temporary.expose()), None)
-        .await
-        .unwrap();
+    let login = env.login("jiro", &pw(temporary.expose())).await.unwrap();
     assert_eq!(login.session.stage, Stage::PasswordChange);
     let view = people
         .change_password(
@@ -547,22 +531,11 @@ async fn timeouts_and_disabling(env: Env) {
 
     // However busy, a session ends 8 hours after login.
     // (A second session, never used, is left for the purge below.)
-    people
-        .login(
-            &env.keys,
-            &uid("saburo"),
-            &pw("saburo's long password"),
-            None,
-        )
+    env.login("saburo", &pw("saburo's long password"))
         .await
         .unwrap();
-    let login = people
-        .login(
-            &env.keys,
-            &uid("saburo"),
-            &pw("saburo's long password"),
-            None,
-        )
+    let login = env
+        .login("saburo", &pw("saburo's long password"))
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -580,13 +553,8 @@ async fn timeouts_and_disabling(env: Env) {
     assert!(people.purge_expired_sessions().await.unwrap() >= 1);
 
     // Disabling ends live sessions at once and refuses logins.
-    let login = people
-        .login(
-            &env.keys,
-            &uid("saburo"),
-            &pw("saburo's long password"),
-            None,
-        )
+    let login = env
+        .login("saburo", &pw("saburo's long password"))
         .await
         .unwrap();
     let token = login.token.expose().to_owned();
@@ -595,27 +563,15 @@ async fn timeouts_and_disabling(env: Env) {
     // The session is gone at once: the next request must log in again.
     let err = people.authenticate(&token).await.unwrap_err();
     assert!(matches!(err, PeopleError::SessionExpired));
-    let err = people
-        .login(
-            &env.keys,
-            &uid("saburo"),
-            &pw("saburo's long password"),
-            None,
-        )
+    let err = env
+        .login("saburo", &pw("saburo's long password"))
         .await
         .unwrap_err();
     assert!(matches!(err, PeopleError::Disabled));
     assert_eq!(err.code(), ErrorCode::AccountLocked);
     // A wrong password does not reveal that the account is disabled.
     assert!(matches!(
-        people
-            .login(
-                &env.keys,
-                &uid("saburo"),
-                &pw("saburo's wrong password"),
-                None
-            )
-            .await,
+        env.login("saburo", &pw("saburo's wrong password")).await,
         Err(PeopleError::WrongCredentials)
     ));
     people.enable(&uid("saburo")).await.unwrap();
@@ -623,13 +579,8 @@ async fn timeouts_and_disabling(env: Env) {
         people.authenticate(&token).await,
         Err(PeopleError::SessionExpired)
     ));
-    assert!(people
-        .login(
-            &env.keys,
-            &uid("saburo"),
-            &pw("saburo's long password"),
-            None
-        )
+    assert!(env
+        .login("saburo", &pw("saburo's long password"))
         .await
         .is_ok());
 }
@@ -800,12 +751,7 @@ async fn unknown_ids_answer_as_users(env: Env) {
         let answers: Vec<PeopleError> = {
             let mut out = Vec::new();
             for id in ids {
-                out.push(
-                    people
-                        .login(&env.keys, &uid(id), &wrong, None)
-                        .await
-                        .unwrap_err(),
-                );
+                out.push(env.login(id, &wrong).await.unwrap_err());
             }
             out
         };
@@ -825,16 +771,13 @@ async fn unknown_ids_answer_as_users(env: Env) {
         assert_eq!(answers[0].code(), expected, "attempt {attempt}");
     }
     let until = START + Duration::from_secs(15 * 60);
-    let unknown = people
-        .login(&env.keys, &uid("nobody.here"), &wrong, None)
-        .await
-        .unwrap_err();
+    let unknown = env.login("nobody.here", &wrong).await.unwrap_err();
     assert!(matches!(unknown, PeopleError::NoSuchUserLocked { until: u } if u == until));
     assert!(unknown.is_lock());
     assert_eq!(unknown.login_actor(&uid("nobody.here")), UNKNOWN_USER_ACTOR);
     // The right password of a locked user gets the same answer as well.
-    let known = people
-        .login(&env.keys, &uid("hanako"), &pw(temporary.expose()), None)
+    let known = env
+        .login("hanako", &pw(temporary.expose()))
         .await
         .unwrap_err();
     assert!(matches!(known, PeopleError::Locked { until: u } if u == until));
@@ -865,26 +808,18 @@ async fn unknown_ids_answer_as_users(env: Env) {
     // 15 minutes after its last failure, for both alike.
     for id in ["hanako", "nobody.here"] {
         for _ in 0..4 {
-            let err = people
-                .login(&env.keys, &uid(id), &wrong, None)
-                .await
-                .unwrap_err();
+            let err = env.login(id, &wrong).await.unwrap_err();
             assert_eq!(err.code(), ErrorCode::Unauthenticated, "{id}");
         }
     }
     env.advance(Duration::from_secs(15 * 60));
     for id in ["hanako", "nobody.here"] {
-        let err = people
-            .login(&env.keys, &uid(id), &wrong, None)
-            .await
-            .unwrap_err();
+        let err = env.login(id, &wrong).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::Unauthenticated, "{id}: a new count");
     }
     // Made-up ids leave no row once their count has lapsed.
     for n in 0..20 {
-        let _ = people
-            .login(&env.keys, &uid(&format!("made.up.{n}")), &wrong, None)
-            .await;
+        let _ = env.login(&format!("made.up.{n}"), &wrong).await;
     }
     assert_eq!(unknown_rows(&env).await, 21);
     env.advance(Duration::from_secs(15 * 60));

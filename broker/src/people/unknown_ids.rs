@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::lockout::{self, LockPolicy, LockState};
 use super::store;
-use super::PeopleError;
+use super::{PeopleError, CAS_ATTEMPTS};
 use crate::store::{timestamp, Pools};
 
 /// Most ids counted in memory at once. Counts are forgotten `lock_for`
@@ -31,9 +31,6 @@ use crate::store::{timestamp, Pools};
 /// second, several times what one node's password hashing answers); past
 /// it, a new id is not counted (and a warning logged).
 const MEMORY_CAP: usize = 200_000;
-
-/// Attempts of a compare-and-set update before giving up as busy.
-const CAS_ATTEMPTS: usize = 8;
 
 /// The counts, and where they live.
 pub(super) enum UnknownIds {
