@@ -76,6 +76,58 @@ pub fn forge_jsonl_export(
             }
             .write(&mut new_bundle)?,
             BundleLine::Header { .. } => line.write(&mut new_bundle)?,
+            // Sealed again with the forger's key, as a forger would.
+            BundleLine::Seal { .. } => {
+                BundleLine::seal(&Sha256::digest(&new_bundle).into(), key).write(&mut new_bundle)?
+            }
+        }
+    }
+    std::fs::File::create(out)?.write_all(&new_data)?;
+    std::fs::File::create(bundle_path_for(out))?.write_all(&new_bundle)?;
+    Ok(())
+}
+
+/// Writes `out` (JSON Lines) and its bundle: the JSON Lines export `data`
+/// with record `seq` withheld, as whoever holds the export could do
+/// without any key: its row becomes a `leaf` line (so the chain stays
+/// whole), its data line goes, and the end line's count and hash are fixed.
+/// The seal line is kept as it was when `keep_seal`, else dropped.
+pub fn withhold_jsonl_row(data: &Path, out: &Path, seq: u64, keep_seal: bool) -> Result<()> {
+    let mut new_data = Vec::new();
+    let mut withheld = None;
+    for line in std::fs::read_to_string(data)?.lines() {
+        let row: ExportRow = serde_json::from_str(line)?;
+        if row.seq == seq {
+            withheld = Some(row);
+        } else {
+            row.write_jsonl(&mut new_data)?;
+        }
+    }
+    let mut withheld = Some(withheld.context("no such row to withhold")?);
+    let mut new_bundle = Vec::new();
+    for line in std::fs::read_to_string(bundle_path_for(data))?.lines() {
+        match serde_json::from_str::<BundleLine>(line)? {
+            BundleLine::Row {
+                seq: s,
+                ref rc,
+                ref pc,
+            } if s == seq => {
+                let row = withheld.take().context("withheld twice")?;
+                let rc = rc.as_deref().map(hash).transpose()?;
+                let pc = pc.as_deref().map(hash).transpose()?;
+                let record = row.into_record(rc, pc).map_err(anyhow::Error::msg)?;
+                BundleLine::write_leaf(&mut new_bundle, seq, &record.leaf_hash())?;
+            }
+            BundleLine::End { rows, .. } => BundleLine::End {
+                rows: rows - 1,
+                data_sha256: hex::encode(Sha256::digest(&new_data)),
+            }
+            .write(&mut new_bundle)?,
+            BundleLine::Seal { .. } if !keep_seal => {}
+            _ => {
+                new_bundle.extend_from_slice(line.as_bytes());
+                new_bundle.push(b'\n');
+            }
         }
     }
     std::fs::File::create(out)?.write_all(&new_data)?;

@@ -1097,6 +1097,57 @@ async fn person_records_and_audit_verify() -> Result<()> {
         .run(&["audit", "verify", &user.path("none.csv")])
         .await?;
     assert_fails(&run, 2, &["none.csv"]);
+
+    // Without its seal (the last bundle line) the export's records still
+    // verify, but both verifiers say withheld records would not show, and
+    // accept it only when told to.
+    let unsealed = user.files.path().join("unsealed.jsonl");
+    std::fs::copy(&jsonl, &unsealed)?;
+    let bundle = std::fs::read_to_string(kakehashi_interfaces::audit::bundle_path_for(&jsonl))?;
+    let last = bundle.lines().last().context("an empty bundle")?;
+    assert!(last.starts_with(r#"{"type":"seal""#), "{last}");
+    std::fs::write(
+        kakehashi_interfaces::audit::bundle_path_for(&unsealed),
+        &bundle[..bundle.len() - last.len() - 1],
+    )?;
+    let unsealed_s = unsealed.display().to_string();
+    let run = user
+        .run(&[&union[..], &["audit", "verify", &unsealed_s]].concat())
+        .await?;
+    assert_fails(&run, 6, &["not sealed", "withheld", "--allow-unsealed"]);
+    let ok = user
+        .run(
+            &[
+                &union[..],
+                &["audit", "verify", &unsealed_s, "--allow-unsealed"],
+            ]
+            .concat(),
+        )
+        .await?
+        .ok()?;
+    assert!(ok.stdout.contains("warning: "), "{}", ok.stdout);
+    let run = broker_cli(&[
+        "records",
+        "verify-export",
+        &unsealed_s,
+        "--trusted-key",
+        &public_key,
+    ])?;
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.stderr.contains("no seal"), "{run:?}");
+    let run = broker_cli(&[
+        "records",
+        "verify-export",
+        &unsealed_s,
+        "--trusted-key",
+        &public_key,
+        "--allow-unsealed",
+    ])?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("warning: the export has no seal"),
+        "{run:?}"
+    );
     Ok(())
 }
 

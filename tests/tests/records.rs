@@ -524,6 +524,7 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
             trusted_keys: Vec::new(),
             key_ids: report.key_ids.clone(),
             tsa_cert: None,
+            allow_unsealed: false,
         },
     )
     .await?;
@@ -590,7 +591,24 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
     assert!(rows.iter().all(
         |r| r.requester == "city-kawaguchi" || r.provider.as_deref() == Some("city-kawaguchi")
     ));
-    assert_eq!(audit::verify_export_files(&jsonl, None, &[])?.rows, 10);
+    let report = audit::verify_export_files(&jsonl, None, &[])?;
+    assert_eq!(report.rows, 10);
+    assert!(report.sealed_by.is_some(), "the broker sealed the export");
+    // Whoever holds it withholds one of the org's records (its row turned
+    // into a leaf, count and data hash fixed): the chain still verifies,
+    // the seal does not.
+    let withheld = env.dir.path().join("withheld.jsonl");
+    kakehashi_tests::audit::withhold_jsonl_row(&jsonl, &withheld, rows[3].seq, true)?;
+    let err = audit::verify_export_files(&withheld, None, &[])
+        .expect_err("an export with a withheld record verified");
+    assert!(
+        err.to_string().contains("changed after it was sealed"),
+        "{err}"
+    );
+    // Without the seal nothing shows it but that it is unsealed.
+    kakehashi_tests::audit::withhold_jsonl_row(&jsonl, &withheld, rows[3].seq, false)?;
+    let report = audit::verify_export_files(&withheld, None, &[])?;
+    assert_eq!((report.rows, report.sealed_by), (9, None));
 
     // By person: selected by a code, which is printed nowhere.
     let person = env.dir.path().join("person.jsonl");

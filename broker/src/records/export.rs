@@ -115,23 +115,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Counts what passes through it.
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn create_private(path: &Path) -> Result<std::fs::File, BrokerError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -392,11 +375,13 @@ impl RecordLog {
             hasher: Sha256::new(),
             written: 0,
         };
-        let mut bundle = CountingWriter {
+        // The bundle is hashed too: its seal signs the hash.
+        let mut bundle = HashingWriter {
             inner: bundle,
+            hasher: Sha256::new(),
             written: 0,
         };
-        let over = |rows: u64, data: &HashingWriter<D>, bundle: &CountingWriter<B>| {
+        let over = |rows: u64, data: &HashingWriter<D>, bundle: &HashingWriter<B>| {
             caps.filter(|c| rows > c.rows || data.written + bundle.written > c.bytes)
         };
         BundleLine::Header {
@@ -572,6 +557,13 @@ impl RecordLog {
         }
         .write(&mut bundle)
         .map_err(io("write bundle"))?;
+        // Sealed by the key that signs checkpoints now: what the bundle
+        // lists and leaves out, and the filter it states, are the broker's
+        // word (interfaces::audit, "Auditor export").
+        let bundle_sha256 = bundle.hasher.finalize_reset().into();
+        BundleLine::seal(&bundle_sha256, &self.sealer.current().key)
+            .write(&mut bundle)
+            .map_err(io("write bundle"))?;
         bundle.flush().map_err(io("write bundle"))?;
         if let Some(caps) = over(progress.rows, &data, &bundle) {
             return Err(caps.exceeded());

@@ -327,29 +327,14 @@ records and sign them with a key of their own, so a bundle's own key proves
 nothing.
 With --tsa-cert the checkpoints' RFC 3161 time-stamp tokens are verified
 against that TSA's certificate and their TSA times shown.
+The broker seals each export (a signature over its bundle): without the seal,
+records could have been withheld or the filter changed, and an unsealed
+export (made by a broker before exports were sealed) exits 6 unless
+--allow-unsealed.
 Exit codes: 0 verified against a trusted key, 1 verification failed (altered),
-2 files unreadable, 6 self-consistent but not signed by a trusted key.")]
-    Verify {
-        /// The exported data file (CSV or JSON Lines).
-        file: PathBuf,
-        /// The verification bundle. Default: FILE.bundle.jsonl
-        #[arg(long, value_name = "FILE")]
-        bundle: Option<PathBuf>,
-        /// A sealer public key to trust, 64 hex digits (repeatable), besides the profile's pinned keys.
-        #[arg(long = "trusted-key", value_name = "HEX")]
-        trusted_keys: Vec<String>,
-        /// A sealer key id to trust (repeatable; a full key is the stronger pin).
-        #[arg(long = "trusted-key-id", value_name = "ID")]
-        trusted_key_ids: Vec<String>,
-        /// Verify the checkpoints' RFC 3161 time-stamp tokens against this TSA
-        /// certificate (PEM); a token that fails is a verification failure (exit 1),
-        /// a checkpoint without one is reported as "no timestamp".
-        #[arg(long, value_name = "FILE")]
-        tsa_cert: Option<PathBuf>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+2 files unreadable, 6 self-consistent but not signed by a trusted key, or
+not sealed.")]
+    Verify(VerifyArgs),
     /// Show the broker's checkpoint keys and which the profile pins; pin them.
     Keys(KeysArgs),
     /// Hold the broker's current provision records against the checkpoints this profile kept.
@@ -392,6 +377,34 @@ pub struct KeysArgs {
     #[arg(long = "pin-key", value_name = "HEX", conflicts_with = "pin")]
     pub pin_keys: Vec<String>,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `audit verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The exported data file (CSV or JSON Lines).
+    pub file: PathBuf,
+    /// The verification bundle. Default: FILE.bundle.jsonl
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// A sealer public key to trust, 64 hex digits (repeatable), besides the profile's pinned keys.
+    #[arg(long = "trusted-key", value_name = "HEX")]
+    pub trusted_keys: Vec<String>,
+    /// A sealer key id to trust (repeatable; a full key is the stronger pin).
+    #[arg(long = "trusted-key-id", value_name = "ID")]
+    pub trusted_key_ids: Vec<String>,
+    /// Verify the checkpoints' RFC 3161 time-stamp tokens against this TSA
+    /// certificate (PEM); a token that fails is a verification failure (exit 1),
+    /// a checkpoint without one is reported as "no timestamp".
+    #[arg(long, value_name = "FILE")]
+    pub tsa_cert: Option<PathBuf>,
+    /// Accept an export without a seal (made before brokers sealed exports):
+    /// its records are genuine, but some could have been withheld.
+    #[arg(long)]
+    pub allow_unsealed: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -156,22 +156,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             }
             Ok(Exit::Ok)
         }
-        Command::Audit(AuditCommand::Verify {
-            file,
-            bundle,
-            trusted_keys,
-            trusted_key_ids,
-            tsa_cert,
-            json,
-        }) => records_cmd::verify(
-            chosen,
-            &file,
-            bundle.as_deref(),
-            &trusted_keys,
-            &trusted_key_ids,
-            tsa_cert.as_deref(),
-            json,
-        ),
+        Command::Audit(AuditCommand::Verify(args)) => records_cmd::verify(chosen, &args),
         Command::Audit(AuditCommand::Keys(args)) => witness_cmd::keys(chosen, args).await,
         Command::Audit(AuditCommand::Witness(flags)) => {
             witness_cmd::witness(chosen, flags.json).await

@@ -7,6 +7,7 @@ use kakehashi_client::interfaces::audit::{
     self, DisclosureEntry, ExportError, ExportTrust, TrustedKeys,
 };
 
+use super::args::VerifyArgs;
 use super::fail::{CliError, Exit};
 use super::table;
 
@@ -71,15 +72,22 @@ pub fn parse_keys(texts: &[String], flag: &str) -> Result<Vec<VerifyingKey>, Cli
 
 /// `kakehashi audit verify`: checks an export offline, and whether the keys
 /// that signed it are trusted (pinned in the profile, or given).
-pub fn verify(
-    chosen: Option<&str>,
-    file: &Path,
-    bundle: Option<&Path>,
-    trusted_keys: &[String],
-    trusted_ids: &[String],
-    tsa_cert: Option<&Path>,
-    json: bool,
-) -> Result<Exit, CliError> {
+pub fn verify(chosen: Option<&str>, args: &VerifyArgs) -> Result<Exit, CliError> {
+    let VerifyArgs {
+        file,
+        bundle,
+        trusted_keys,
+        trusted_key_ids: trusted_ids,
+        tsa_cert,
+        allow_unsealed,
+        json,
+    } = args;
+    let (file, bundle, tsa_cert, json) = (
+        file.as_path(),
+        bundle.as_deref(),
+        tsa_cert.as_deref(),
+        *json,
+    );
     let tsa = tsa_cert.map(read_tsa_cert).transpose()?;
     // An auditor without a profile gives the key on the command line.
     let profile = match super::profile_cmd::resolve(chosen) {
@@ -152,6 +160,25 @@ pub fn verify(
                 }
             }
             Ok(Exit::Ok)
+        }
+        ExportTrust::Unsealed { key_ids } => {
+            let message = format!(
+                "封印のない書き出しです / the export is not sealed (keys {} trusted): records could have been withheld from it or its filter changed",
+                key_ids.join(", ")
+            );
+            if *allow_unsealed {
+                if !json {
+                    println!("警告 / warning: {message}");
+                }
+                return Ok(Exit::Ok);
+            }
+            Err(CliError {
+                exit: Exit::NotTrusted,
+                message,
+                hint: Some(
+                    "brokers seal every export; export it again, or pass --allow-unsealed for an export made before exports were sealed".into(),
+                ),
+            })
         }
         ExportTrust::NotTrusted { untrusted } => Err(CliError {
             exit: Exit::NotTrusted,

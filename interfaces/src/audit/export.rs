@@ -431,12 +431,25 @@ pub enum BundleLine {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timestamp: Option<String>,
     },
-    /// Last line.
+    /// The line that ends the listing.
     End {
         /// Rows in the data file.
         rows: u64,
         /// SHA-256 of the whole data file, hex.
         data_sha256: String,
+    },
+    /// Last line, after the end line: the broker's signature over the
+    /// bundle's bytes before it ([`BundleLine::seal`]). Absent from exports
+    /// made before brokers sealed them.
+    Seal {
+        /// SHA-256 of the bundle from its first byte to the end line's `\n`, hex.
+        bundle_sha256: String,
+        /// Key id.
+        key_id: String,
+        /// Ed25519 public key, hex.
+        public_key: String,
+        /// Signature over [`super::export_seal_bytes`], hex.
+        signature: String,
     },
 }
 

@@ -189,9 +189,15 @@
 //!                                          log's latest checkpoint when the export was made
 //! end         rows, data_sha256            rows in the data file; SHA-256 of the whole
 //!                                          data file (byte order mark and header included)
+//! seal        bundle_sha256, key_id, public_key, signature
+//!                                          SHA-256 of the bundle's bytes from its first
+//!                                          byte to the end line's `\n`, and the broker's
+//!                                          signature over it
 //! ```
 //!
-//! The first line is the header and the last the end line. Between them come
+//! The first line is the header, the listing ends in the end line, and the
+//! seal follows it as the last line (exports made before brokers sealed
+//! them end at the end line; nothing else may follow it). Between them come
 //! segments: a `segment` line, then one `row` or `leaf` line for every
 //! sequence after `start_seq` in order, ending in a `checkpoint` line at the
 //! last of them (more checkpoints may come between), and then the `latest`
@@ -202,10 +208,15 @@
 //! checks every time-stamp token's imprint against its checkpoint (a token
 //! moved from another checkpoint fails; [`ExportReport::verify_timestamps`]
 //! checks the TSA's signatures given its certificate), and checks the row
-//! count and the data file's hash. That proves the
+//! count, the data file's hash and the seal: the bundle's SHA-256 and the
+//! signature over [`export_seal_bytes`] with the key it carries. The seal
+//! is what shows that no row was withheld (a row turned into a leaf keeps
+//! the chain whole) and that the filter is the one the export was made
+//! with; an export without one is reported as such
+//! ([`ExportTrust::Unsealed`]). That proves the
 //! export is self-consistent only: anyone can re-chain altered records and
 //! sign with a key of their own. It is evidence when every key in
-//! [`ExportReport::public_keys`] is one the auditor obtained from the broker
+//! [`ExportReport::public_keys`] (the seal's among them) is one the auditor obtained from the broker
 //! beforehand (`GET /v1/record-keys`, pinned in a client profile, or the
 //! console's `GET /api/keys`) — `kakehashi audit verify` reports "verified
 //! against trusted key K" only then.
@@ -294,6 +305,19 @@
 //! {"type":"row","seq":1,"rc":"714938a1b11570144c019665ad43ec5dff5325f16b2155d673d2e55c7331bb73"}
 //! {"type":"checkpoint","seq":1,"head_hash":"82f25bd0a7867a91e326482deeaa5c3949b0b137beb4149273e575737448ad26","at":"2026-04-01T09:00:01.000000Z","key_id":"fe812c12f3ab4ce6","public_key":"ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c","signature":"fd679932a652da344bb7a32c1e84ebfbc15ea0720b24fac2d8f74db7f67343bb60bb5dbc4b9dea666db660675b63590a553354621ad4495202bc730ad0de0f0c"}
 //! {"type":"end","rows":1,"data_sha256":"de52d3dfe2353aa1adde040ded9aa9740c5d00d056cad2057f24cf82b90e9ef9"}
+//! {"type":"seal","bundle_sha256":"b690a7e110b607c3a7d6d97a9f7332456e432165f2de341f8cfab856c6932d6b","key_id":"fe812c12f3ab4ce6","public_key":"ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c","signature":"3e486a55622496e385aa89cc597553169184c92eca3431bc643fb0206d883b06c870b8a1e708514988c5dbbde00ca2a720aaa8c7be074908c554851173e0ac03"}
+//! ```
+//!
+//! ## An export's seal
+//!
+//! The seal above, by the checkpoint's example key: the SHA-256 of the
+//! bundle's first five lines (each with its `\n`), and the bytes signed
+//! (the tag `kakehashi/records/v1/export` and a zero byte, then the digest):
+//!
+//! ```text
+//! bundle_sha256 = b690a7e110b607c3a7d6d97a9f7332456e432165f2de341f8cfab856c6932d6b
+//! signing bytes = 6b616b6568617368692f7265636f7264732f76312f6578706f727400
+//!                 b690a7e110b607c3a7d6d97a9f7332456e432165f2de341f8cfab856c6932d6b
 //! ```
 
 mod chain;
@@ -303,6 +327,7 @@ mod encoding;
 mod export;
 mod outcome;
 mod record;
+mod seal;
 mod timestamp;
 mod verify;
 
@@ -322,6 +347,7 @@ pub use outcome::Outcome;
 pub use record::{
     person_commitment, Hash, Items, Record, RecordFields, ENCODING_VERSION, SALT_LEN,
 };
+pub use seal::export_seal_bytes;
 pub use timestamp::{
     check_imprint, checkpoint_digest, decode_token, encode_token, request as timestamp_request,
     token_from_response, verify_token, TimestampError, TokenInfo, TsaCertificate,

@@ -365,5 +365,13 @@ fn the_export_example_is_what_the_code_writes_and_it_verifies() {
     ] {
         line.write(&mut out).unwrap();
     }
+    let digest: [u8; 32] = Sha256::digest(&out).into();
+    BundleLine::seal(&digest, &key).write(&mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), bundle);
+
+    // The seal's worked example: what it signs, and the bundle it seals.
+    let v = values(&blocks_under("## An export's seal")[0]);
+    assert_eq!(v["bundle_sha256"], hex::encode(digest));
+    assert_eq!(v["signing bytes"], hex::encode(export_seal_bytes(&digest)));
+    assert_eq!(report.sealed_by.as_deref(), Some("fe812c12f3ab4ce6"));
 }

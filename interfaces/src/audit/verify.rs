@@ -328,6 +328,10 @@ pub struct ExportReport {
     pub timestamps: Vec<CheckpointTimestamp>,
     /// Sequences of checkpoints without a time-stamp token.
     pub untimestamped: Vec<u64>,
+    /// The id of the key whose seal covers the bundle; `None` for an export
+    /// made before brokers sealed them, whose rows could have been withheld
+    /// (turned into leaves) or its filter changed without a trace.
+    pub sealed_by: Option<String>,
 }
 
 /// A checkpoint's time-stamp token in an export.
@@ -400,6 +404,13 @@ pub enum ExportTrust {
         /// Ids of the keys that are not trusted.
         untrusted: Vec<String>,
     },
+    /// Every key is trusted, but the bundle has no seal (made before brokers
+    /// sealed exports, or its seal was taken off): the records it shows are
+    /// genuine, but some could have been withheld or its filter changed.
+    Unsealed {
+        /// The checkpoint keys' ids.
+        key_ids: Vec<String>,
+    },
 }
 
 impl ExportReport {
@@ -440,12 +451,13 @@ impl ExportReport {
             .filter(|(id, pk)| !trusted(id, pk))
             .map(|(id, _)| id.clone())
             .collect();
-        if untrusted.is_empty() && !self.public_keys.is_empty() {
-            ExportTrust::Trusted {
-                key_ids: self.public_keys.keys().cloned().collect(),
-            }
-        } else {
+        let key_ids = || self.public_keys.keys().cloned().collect();
+        if !untrusted.is_empty() || self.public_keys.is_empty() {
             ExportTrust::NotTrusted { untrusted }
+        } else if self.sealed_by.is_none() {
+            ExportTrust::Unsealed { key_ids: key_ids() }
+        } else {
+            ExportTrust::Trusted { key_ids: key_ids() }
         }
     }
 }
@@ -480,25 +492,16 @@ pub fn verify_export<D: Read, B: BufRead>(
     bundle: B,
     trusted_key_ids: &[String],
 ) -> Result<ExportReport, ExportError> {
-    let mut lines = bundle.lines().enumerate();
+    let mut lines = BundleLines {
+        inner: bundle,
+        line: 0,
+        hasher: Sha256::new(),
+    };
     let mut next_line = |expect: &str| -> Result<(usize, BundleLine), ExportError> {
-        match lines.next() {
-            None => Err(ExportError::Bundle {
-                line: 0,
-                reason: format!("bundle ends early; expected {expect}"),
-            }),
-            Some((i, text)) => {
-                let text = text.map_err(|e| ExportError::Io {
-                    context: "read bundle".into(),
-                    source: e,
-                })?;
-                let parsed = serde_json::from_str(&text).map_err(|e| ExportError::Bundle {
-                    line: i + 1,
-                    reason: e.to_string(),
-                })?;
-                Ok((i + 1, parsed))
-            }
-        }
+        lines.next()?.ok_or_else(|| ExportError::Bundle {
+            line: 0,
+            reason: format!("bundle ends early; expected {expect}"),
+        })
     };
 
     let (format, filter, created_at) = match next_line("a header")? {
@@ -780,6 +783,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                 if digest != data_sha256 {
                     return Err(ExportError::DataHash);
                 }
+                let sealed_by = read_seal(&mut lines, &mut public_keys)?;
                 return Ok(ExportReport {
                     rows,
                     segments,
@@ -791,10 +795,104 @@ pub fn verify_export<D: Read, B: BufRead>(
                     created_at,
                     timestamps,
                     untimestamped,
+                    sealed_by,
                 });
+            }
+            BundleLine::Seal { .. } => {
+                return Err(ExportError::Bundle {
+                    line,
+                    reason: "seal before the end line".into(),
+                })
             }
         }
     }
+}
+
+/// A bundle's lines, parsed, with the SHA-256 of the bytes read so far (a
+/// seal signs the bundle's bytes, not its parsed lines).
+struct BundleLines<B> {
+    inner: B,
+    line: usize,
+    hasher: Sha256,
+}
+
+impl<B: BufRead> BundleLines<B> {
+    /// The next line and its 1-based number; `None` at the end of the file.
+    fn next(&mut self) -> Result<Option<(usize, BundleLine)>, ExportError> {
+        let mut text = String::new();
+        let n = self
+            .inner
+            .read_line(&mut text)
+            .map_err(|e| ExportError::Io {
+                context: "read bundle".into(),
+                source: e,
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.hasher.update(text.as_bytes());
+        self.line += 1;
+        let parsed = serde_json::from_str(text.trim_end_matches(['\n', '\r'])).map_err(|e| {
+            ExportError::Bundle {
+                line: self.line,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Some((self.line, parsed)))
+    }
+}
+
+/// Reads what follows the end line: nothing (an export made before brokers
+/// sealed them), or a seal over every byte before it and then nothing. The
+/// seal's key joins `public_keys`; returns its id.
+fn read_seal<B: BufRead>(
+    lines: &mut BundleLines<B>,
+    public_keys: &mut std::collections::BTreeMap<String, String>,
+) -> Result<Option<String>, ExportError> {
+    let digest: Hash = lines.hasher.clone().finalize().into();
+    let Some((line, next)) = lines.next()? else {
+        return Ok(None);
+    };
+    let BundleLine::Seal {
+        bundle_sha256,
+        key_id: kid,
+        public_key,
+        signature,
+    } = next
+    else {
+        return Err(ExportError::Bundle {
+            line,
+            reason: "only a seal line may follow the end line".into(),
+        });
+    };
+    if parse_hash(&bundle_sha256, line, "bundle_sha256")? != digest {
+        return Err(ExportError::Bundle {
+            line,
+            reason:
+                "the bundle was changed after it was sealed (its SHA-256 differs from the seal's)"
+                    .into(),
+        });
+    }
+    let key = bundle_key(&public_key, &kid, line)?;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(&signature, &mut sig).map_err(|_| ExportError::Bundle {
+        line,
+        reason: "signature is not 64 hex bytes".into(),
+    })?;
+    if !super::seal::verify_seal(&digest, &key, &sig) {
+        return Err(ExportError::Bundle {
+            line,
+            reason: "the seal's signature does not verify".into(),
+        });
+    }
+    if lines.next()?.is_some() {
+        return Err(ExportError::Bundle {
+            line: line + 1,
+            reason: "a line after the seal".into(),
+        });
+    }
+    public_keys.insert(kid.clone(), public_key.to_ascii_lowercase());
+    Ok(Some(kid))
 }
 
 /// The key a bundle line carries, checked against the id it states.
@@ -1014,6 +1112,90 @@ mod tests {
         (data, bundle)
     }
 
+    /// `bundle` with its seal by `key` appended.
+    fn sealed(mut bundle: Vec<u8>, key: &SigningKey) -> Vec<u8> {
+        BundleLine::seal(&Sha256::digest(&bundle).into(), key)
+            .write(&mut bundle)
+            .unwrap();
+        bundle
+    }
+
+    #[test]
+    fn a_sealed_export_shows_a_withheld_row_and_an_unsealed_one_says_it_cannot() {
+        let (key, _) = sealer();
+        let records = chain(5);
+        let mut pinned = TrustedKeys::new();
+        pinned.add(key.verifying_key());
+        let kid = key_id(&key.verifying_key());
+        for format in [ExportFormat::Csv, ExportFormat::Jsonl] {
+            let (data, bundle) = export(&records, &[2, 3, 4], format, &key);
+            let bundle = sealed(bundle, &key);
+            let report = verify_export(&data[..], &bundle[..], &[]).unwrap();
+            assert_eq!(report.sealed_by.as_deref(), Some(kid.as_str()));
+            assert_eq!(
+                report.trust(&pinned, &[]),
+                ExportTrust::Trusted {
+                    key_ids: vec![kid.clone()]
+                }
+            );
+            let seal_line = &bundle[bundle[..bundle.len() - 1]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .unwrap()
+                + 1..];
+
+            // Whoever holds the export turns record 3 into a leaf, drops its
+            // row and fixes the row count and the data file's hash: the
+            // chain still verifies, but not the seal.
+            let (fewer, withheld) = export(&records, &[2, 4], format, &key);
+            let mut forged = withheld.clone();
+            forged.extend_from_slice(seal_line);
+            assert!(matches!(
+                verify_export(&fewer[..], &forged[..], &[]),
+                Err(ExportError::Bundle { reason, .. }) if reason.contains("changed after it was sealed")
+            ));
+            // A changed filter is caught the same way.
+            let refiltered = String::from_utf8(bundle.clone())
+                .unwrap()
+                .replace("\"filter\":\"test\"", "\"filter\":\"org=city-x\"");
+            assert!(verify_export(&data[..], refiltered.as_bytes(), &[]).is_err());
+            // With the seal taken off it verifies, but says what it cannot
+            // show.
+            let report = verify_export(&fewer[..], &withheld[..], &[]).unwrap();
+            assert_eq!(report.sealed_by, None);
+            assert_eq!(
+                report.trust(&pinned, &[]),
+                ExportTrust::Unsealed {
+                    key_ids: vec![kid.clone()]
+                }
+            );
+            // Sealed by a key nobody pinned: not trusted.
+            let stranger = SigningKey::from_bytes(&[9; 32]);
+            let report = verify_export(
+                &data[..],
+                &sealed(export(&records, &[2, 3, 4], format, &key).1, &stranger)[..],
+                &[],
+            )
+            .unwrap();
+            assert!(matches!(
+                report.trust(&pinned, &[]),
+                ExportTrust::NotTrusted { untrusted } if untrusted == vec![key_id(&stranger.verifying_key())]
+            ));
+            // Nothing but a seal may follow the end line, and nothing it.
+            for tail in [
+                &b"{\"type\":\"end\",\"rows\":0,\"data_sha256\":\"00\"}\n"[..],
+                b"\n",
+            ] {
+                let mut extra = bundle.clone();
+                extra.extend_from_slice(tail);
+                assert!(verify_export(&data[..], &extra[..], &[]).is_err());
+                let mut extra = withheld.clone();
+                extra.extend_from_slice(tail);
+                assert!(verify_export(&fewer[..], &extra[..], &[]).is_err());
+            }
+        }
+    }
+
     #[test]
     fn exports_verify_offline_and_detect_changes() {
         let (key, _) = sealer();
@@ -1032,6 +1214,7 @@ mod tests {
         }
         for format in [ExportFormat::Csv, ExportFormat::Jsonl] {
             let (data, bundle) = export(&records, &[2, 3, 4], format, &key);
+            let bundle = sealed(bundle, &key);
             let report = verify_export(&data[..], &bundle[..], &[]).unwrap();
             assert_eq!(
                 (report.rows, report.segments, report.checkpoints),
