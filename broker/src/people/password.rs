@@ -147,7 +147,7 @@ impl std::fmt::Debug for Replacement {
 }
 
 /// Runs Argon2id off the async runtime, on `workers` threads of its own at
-/// the lowest scheduling priority (nice 19): at most `workers` jobs at once
+/// the lowest scheduling priority (`SCHED_IDLE`, else nice 19): at most `workers` jobs at once
 /// and at most `queue` waiting; beyond that a job is refused at once
 /// ([`HasherError::Busy`]). A login flood so costs at most `workers`
 /// threads, never delays the exchange's tasks, and gets the CPU only when
@@ -165,9 +165,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// One hashing thread: lowers its own priority, then runs jobs until every
 /// [`Hasher`] clone is gone.
 fn hash_worker(jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>) {
-    // Failure (another OS, a container that forbids it) leaves the thread at
-    // normal priority: slower for the exchange under a flood, nothing else.
-    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
+    lower_own_priority();
     loop {
         let job = match jobs.lock() {
             Ok(receiver) => receiver.recv(),
@@ -178,6 +176,28 @@ fn hash_worker(jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>) {
             Err(_) => return,
         }
     }
+}
+
+/// Puts the calling thread under `SCHED_IDLE` where the OS has it, else at
+/// nice 19. Under `SCHED_IDLE` a waking exchange thread preempts a hash at
+/// once; at nice 19 the scheduler may first let the hash finish its slice
+/// (up to a few milliseconds), which is what a login flood added to the
+/// exchange's latency (benches/README.md, "People: approvals and a login
+/// flood"). Failure (a container that forbids both) leaves the thread at
+/// normal priority: slower for the exchange under a flood, nothing else.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle).is_ok() {
+            return;
+        }
+    }
+    let _ = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min);
 }
 
 impl std::fmt::Debug for Hasher {
@@ -475,6 +495,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(wrong, Replacement::WrongCurrent);
+    }
+
+    /// A hash gives way at once to any other thread that wakes.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_under_sched_idle() {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let hasher = Hasher::new(1, 1);
+        let policy = hasher
+            .run(thread_priority::thread_schedule_policy)
+            .await
+            .expect("a hashing thread ran the job")
+            .expect("its policy read");
+        assert_eq!(
+            policy,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+        );
     }
 
     #[tokio::test]
