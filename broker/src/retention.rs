@@ -88,6 +88,7 @@ pub async fn erase(
                 identity_confirmations,
                 persons,
                 copies,
+                codes: Some(codes),
                 actor: actor.to_string(),
             },
         );

@@ -306,7 +306,18 @@ async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Res
         (0, 0, 1, 1),
         "{report:?}"
     );
-    assert!(report.record_seq.is_some());
+    let seq = report.record_seq.context("an erasure record")?;
+    // Its record counts the erased code, so it does not read as erasing
+    // nothing but a copy.
+    assert_eq!(
+        sql_count(
+            &pools,
+            &format!("SELECT COUNT(*) FROM records WHERE seq = {seq} AND outcome = 'erasure' AND detail LIKE '%\"codes\":1%'")
+        )
+        .await?,
+        1
+    );
+    assert!(broker.broker.state().records.verify().await?.is_intact());
     let left = |code: &str| format!("SELECT COUNT(*) FROM person_codes WHERE code = '{code}'");
     assert_eq!(sql_count(&pools, &left(&codes[0])).await?, 0, "erased");
     assert_eq!(

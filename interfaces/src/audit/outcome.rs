@@ -65,6 +65,11 @@ pub enum Outcome {
         persons: u64,
         /// Deposited copies erased.
         copies: u64,
+        /// Linking codes erased that no insurer keeps a person for (with
+        /// their copies); absent from erasure records of brokers that did
+        /// not count them. Present, the outcome has its own tag (10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        codes: Option<u64>,
         /// Who erased (OS user or `retention-task`).
         actor: String,
     },
@@ -86,6 +91,8 @@ struct ErasureDetail {
     identity_confirmations: u64,
     persons: u64,
     copies: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    codes: Option<u64>,
     actor: String,
 }
 
@@ -128,7 +135,8 @@ impl Outcome {
             Outcome::Expired => 6,
             Outcome::Export { .. } => 7,
             Outcome::Purge { .. } => 8,
-            Outcome::Erasure { .. } => 9,
+            Outcome::Erasure { codes: None, .. } => 9,
+            Outcome::Erasure { codes: Some(_), .. } => 10,
         }
     }
 
@@ -167,6 +175,7 @@ impl Outcome {
                 identity_confirmations,
                 persons,
                 copies,
+                codes,
                 actor,
             } => {
                 put_str(out, confirmed_before);
@@ -174,6 +183,10 @@ impl Outcome {
                 put_u64(out, *identity_confirmations);
                 put_u64(out, *persons);
                 put_u64(out, *copies);
+                // Only under tag 10, so an encoding reads one way.
+                if let Some(codes) = codes {
+                    put_u64(out, *codes);
+                }
                 put_str(out, actor);
             }
             Outcome::Provided
@@ -221,6 +234,7 @@ impl Outcome {
                 identity_confirmations,
                 persons,
                 copies,
+                codes,
                 actor,
             } => serde_json::to_value(ErasureDetail {
                 confirmed_before: confirmed_before.clone(),
@@ -228,6 +242,7 @@ impl Outcome {
                 identity_confirmations: *identity_confirmations,
                 persons: *persons,
                 copies: *copies,
+                codes: *codes,
                 actor: actor.clone(),
             })
             .ok(),
@@ -276,6 +291,7 @@ impl Outcome {
                     identity_confirmations: d.identity_confirmations,
                     persons: d.persons,
                     copies: d.copies,
+                    codes: d.codes,
                     actor: d.actor,
                 })
             }
@@ -341,6 +357,16 @@ mod tests {
                 identity_confirmations: 4,
                 persons: 2,
                 copies: 3,
+                codes: None,
+                actor: "retention-task".into(),
+            },
+            Outcome::Erasure {
+                confirmed_before: "2025-01-01T00:00:00.000000Z".into(),
+                lost_before: "2020-01-01".into(),
+                identity_confirmations: 0,
+                persons: 0,
+                copies: 1,
+                codes: Some(1),
                 actor: "retention-task".into(),
             },
         ] {

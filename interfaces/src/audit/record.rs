@@ -254,16 +254,19 @@ mod tests {
             }
         });
         v(&|r| r.approver = Some("staff-1".into()));
-        let erasure = |persons, copies| Outcome::Erasure {
+        let erasure = |persons, copies, codes| Outcome::Erasure {
             confirmed_before: "2025-11-23T00:00:00.000000Z".into(),
             lost_before: "2021-11-23".into(),
             identity_confirmations: 1,
             persons,
             copies,
+            codes,
             actor: "retention-task".into(),
         };
-        v(&|r| r.outcome = erasure(1, 2));
-        v(&|r| r.outcome = erasure(2, 1));
+        v(&|r| r.outcome = erasure(1, 2, None));
+        v(&|r| r.outcome = erasure(2, 1, None));
+        v(&|r| r.outcome = erasure(1, 2, Some(0)));
+        v(&|r| r.outcome = erasure(1, 2, Some(3)));
         // Moving a byte between adjacent fields must not collide.
         v(&|r| {
             r.query_id = "q-7f3ap".into();

@@ -122,7 +122,7 @@ fn variant_names() -> BTreeSet<String> {
     names
 }
 
-/// One outcome of each variant, with distinct field values.
+/// One outcome of each tag (so of each variant), with distinct field values.
 fn one_of_each() -> Vec<Outcome> {
     vec![
         Outcome::Provided,
@@ -152,7 +152,17 @@ fn one_of_each() -> Vec<Outcome> {
             identity_confirmations: 4,
             persons: 2,
             copies: 5,
+            codes: None,
             actor: "operator".into(),
+        },
+        Outcome::Erasure {
+            confirmed_before: "2025-04-01T00:00:00.000000Z".into(),
+            lost_before: "2021-04-01".into(),
+            identity_confirmations: 0,
+            persons: 0,
+            copies: 3,
+            codes: Some(6),
+            actor: "retention-task".into(),
         },
     ]
 }
@@ -191,7 +201,7 @@ fn the_outcome_table_lists_every_outcome_the_code_writes() {
         "one_of_each() must hold one outcome of every variant"
     );
     let tags: BTreeSet<u8> = outcomes.iter().map(Outcome::tag).collect();
-    assert_eq!(tags.len(), outcomes.len(), "two variants share a tag");
+    assert_eq!(tags.len(), outcomes.len(), "two outcomes share a tag");
     assert_eq!(
         table.keys().copied().collect::<BTreeSet<u8>>(),
         tags,
