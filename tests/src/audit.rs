@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use kakehashi_interfaces::audit::{
-    bundle_path_for, chain_hash, BundleLine, Checkpoint, ExportRow, Hash,
+    append_seal, bundle_path_for, chain_hash, BundleLine, Checkpoint, ExportRow, Hash,
 };
 use sha2::{Digest, Sha256};
 
@@ -77,9 +77,7 @@ pub fn forge_jsonl_export(
             .write(&mut new_bundle)?,
             BundleLine::Header { .. } => line.write(&mut new_bundle)?,
             // Sealed again with the forger's key, as a forger would.
-            BundleLine::Seal { .. } => {
-                BundleLine::seal(&Sha256::digest(&new_bundle).into(), key).write(&mut new_bundle)?
-            }
+            BundleLine::Seal { .. } => append_seal(&mut new_bundle, key)?,
         }
     }
     std::fs::File::create(out)?.write_all(&new_data)?;

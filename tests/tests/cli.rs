@@ -1099,8 +1099,7 @@ async fn person_records_and_audit_verify() -> Result<()> {
     assert_fails(&run, 2, &["none.csv"]);
 
     // Without its seal (the last bundle line) the export's records still
-    // verify, but both verifiers say withheld records would not show, and
-    // accept it only when told to.
+    // verify, but both verifiers say withheld records would not show.
     let unsealed = user.files.path().join("unsealed.jsonl");
     std::fs::copy(&jsonl, &unsealed)?;
     let bundle = std::fs::read_to_string(kakehashi_interfaces::audit::bundle_path_for(&jsonl))?;
@@ -1114,18 +1113,12 @@ async fn person_records_and_audit_verify() -> Result<()> {
     let run = user
         .run(&[&union[..], &["audit", "verify", &unsealed_s]].concat())
         .await?;
-    assert_fails(&run, 6, &["not sealed", "withheld", "--allow-unsealed"]);
-    let ok = user
-        .run(
-            &[
-                &union[..],
-                &["audit", "verify", &unsealed_s, "--allow-unsealed"],
-            ]
-            .concat(),
-        )
-        .await?
-        .ok()?;
-    assert!(ok.stdout.contains("warning: "), "{}", ok.stdout);
+    assert_fails(
+        &run,
+        6,
+        &["not sealed", "withheld", "export the period again"],
+    );
+    assert!(run.stdout.contains("sealed by key: none"), "{run:?}");
     let run = broker_cli(&[
         "records",
         "verify-export",
@@ -1134,20 +1127,12 @@ async fn person_records_and_audit_verify() -> Result<()> {
         &public_key,
     ])?;
     assert_eq!(run.code, 6, "{run:?}");
-    assert!(run.stderr.contains("no seal"), "{run:?}");
-    let run = broker_cli(&[
-        "records",
-        "verify-export",
-        &unsealed_s,
-        "--trusted-key",
-        &public_key,
-        "--allow-unsealed",
-    ])?;
-    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("NOT sealed"), "{run:?}");
     assert!(
-        run.stderr.contains("warning: the export has no seal"),
+        !run.stdout.contains("export verified against trusted key"),
         "{run:?}"
     );
+    assert!(run.stderr.contains("no seal line"), "{run:?}");
     Ok(())
 }
 

@@ -524,7 +524,6 @@ async fn exports_hide_codes_and_verify_offline(backend: Backend) -> Result<()> {
             trusted_keys: Vec::new(),
             key_ids: report.key_ids.clone(),
             tsa_cert: None,
-            allow_unsealed: false,
         },
     )
     .await?;

@@ -57,8 +57,8 @@ pub enum RecordsCommand {
     /// against trusted key K" (exit 0) only when every checkpoint is signed by
     /// a trusted key: one given with --trusted-key or --key-id, or, with
     /// --config, one of the key directory's sealer keys. A self-consistent
-    /// export signed by another key exits 6, as does an unsealed one (made
-    /// by a broker before exports were sealed) unless --allow-unsealed; an
+    /// export signed by another key exits 6, as does one without a seal line
+    /// (whose records are genuine, but some could have been withheld); an
     /// altered one exits 1.
     VerifyExport {
         /// The exported data file.
@@ -78,11 +78,6 @@ pub enum RecordsCommand {
         /// TSA certificate (PEM); a token that fails is a failure (exit 1).
         #[arg(long, value_name = "FILE")]
         tsa_cert: Option<PathBuf>,
-        /// Accept an export without a seal (made before brokers sealed
-        /// exports): its records are genuine, but some could have been
-        /// withheld or its filter changed.
-        #[arg(long)]
-        allow_unsealed: bool,
     },
     /// Append synthetic records concurrently, printing each sequence number
     /// as soon as it is committed (crash tests).
@@ -186,7 +181,6 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<Done,
         trusted_keys,
         key_ids,
         tsa_cert,
-        allow_unsealed,
     } = &command
     {
         return verify_export(
@@ -196,7 +190,6 @@ pub async fn run(config: Option<&Path>, command: RecordsCommand) -> Result<Done,
             trusted_keys,
             key_ids,
             tsa_cert.as_deref(),
-            *allow_unsealed,
         );
     }
     run_on_store(config, command).await.map(|()| Done::Ok)
@@ -447,7 +440,6 @@ fn verify_export(
     trusted_keys: &[String],
     key_ids: &[String],
     tsa_cert: Option<&Path>,
-    allow_unsealed: bool,
 ) -> Result<Done, BrokerError> {
     let config = config.map(Config::load).transpose()?;
     let mut trusted = match &config {
@@ -521,20 +513,11 @@ fn verify_export(
         }
         audit::ExportTrust::Unsealed { key_ids } => {
             println!(
-                "export verified against trusted key {}, but not sealed: {summary}",
+                "export self-consistent, checkpoints signed by trusted key {}, NOT sealed: {summary}",
                 key_ids.join(", ")
             );
-            eprintln!(
-                "{}: the export has no seal (made by a broker before exports were sealed, or its seal \
-                 was taken off), so records could have been withheld from it or its filter changed; \
-                 export it again, or pass --allow-unsealed for an export made before sealing",
-                if allow_unsealed { "warning" } else { "error" }
-            );
-            Ok(if allow_unsealed {
-                Done::Ok
-            } else {
-                Done::NotTrusted
-            })
+            eprintln!("error: {}", audit::UNSEALED_EXPORT);
+            Ok(Done::NotTrusted)
         }
         audit::ExportTrust::NotTrusted { untrusted } => {
             println!("export self-consistent, key not trusted: {summary}");

@@ -514,6 +514,41 @@ mod tests {
         );
     }
 
+    /// A job whose caller stopped waiting before a worker was free (a
+    /// login whose request timed out) is never run.
+    #[tokio::test]
+    async fn a_job_nobody_waits_for_is_skipped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hasher = Hasher::new(1, 4);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let busy = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move {
+                hasher
+                    .run(move || {
+                        let _ = started.send(());
+                        hold.recv().is_ok()
+                    })
+                    .await
+            })
+        };
+        running.await.expect("the first job started");
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            hasher.run(move || flag.store(true, Ordering::SeqCst)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the worker was busy");
+        release.send(()).expect("the first job waits");
+        assert!(matches!(busy.await, Ok(Ok(true))));
+        // The worker is free again once it passed the abandoned job.
+        hasher.run(|| ()).await.expect("a later job runs");
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned job ran");
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_at_once() {
         let hasher = Hasher::new(1, 1);

@@ -557,9 +557,11 @@ impl RecordLog {
         }
         .write(&mut bundle)
         .map_err(io("write bundle"))?;
-        // Sealed by the key that signs checkpoints now: what the bundle
-        // lists and leaves out, and the filter it states, are the broker's
-        // word (interfaces::audit, "Auditor export").
+        // Sealed by the key that signs checkpoints (read again if it was
+        // rotated on disk): what the bundle lists and leaves out, and the
+        // filter it states, are the broker's word (interfaces::audit,
+        // "Auditor export").
+        self.sealer.refresh();
         let bundle_sha256 = bundle.hasher.finalize_reset().into();
         BundleLine::seal(&bundle_sha256, &self.sealer.current().key)
             .write(&mut bundle)

@@ -327,10 +327,9 @@ records and sign them with a key of their own, so a bundle's own key proves
 nothing.
 With --tsa-cert the checkpoints' RFC 3161 time-stamp tokens are verified
 against that TSA's certificate and their TSA times shown.
-The broker seals each export (a signature over its bundle): without the seal,
-records could have been withheld or the filter changed, and an unsealed
-export (made by a broker before exports were sealed) exits 6 unless
---allow-unsealed.
+The broker seals each export (the bundle's last line signs the bundle): an
+export without a seal line exits 6, since records could have been withheld
+from it or its filter changed; export it again from the broker.
 Exit codes: 0 verified against a trusted key, 1 verification failed (altered),
 2 files unreadable, 6 self-consistent but not signed by a trusted key, or
 not sealed.")]
@@ -400,10 +399,6 @@ pub struct VerifyArgs {
     /// a checkpoint without one is reported as "no timestamp".
     #[arg(long, value_name = "FILE")]
     pub tsa_cert: Option<PathBuf>,
-    /// Accept an export without a seal (made before brokers sealed exports):
-    /// its records are genuine, but some could have been withheld.
-    #[arg(long)]
-    pub allow_unsealed: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

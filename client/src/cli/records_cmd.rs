@@ -79,7 +79,6 @@ pub fn verify(chosen: Option<&str>, args: &VerifyArgs) -> Result<Exit, CliError>
         trusted_keys,
         trusted_key_ids: trusted_ids,
         tsa_cert,
-        allow_unsealed,
         json,
     } = args;
     let (file, bundle, tsa_cert, json) = (
@@ -143,6 +142,10 @@ pub fn verify(chosen: Option<&str>, args: &VerifyArgs) -> Result<Exit, CliError>
         println!("export filter: {}", report.filter);
         println!("exported at:   {}", report.created_at);
         println!("signed by key: {}", report.key_ids.join(", "));
+        println!(
+            "sealed by key: {}",
+            report.sealed_by.as_deref().unwrap_or("none (no seal line)")
+        );
         print_timestamps(&report, stamped.as_deref(), tsa.as_ref());
     }
     match trust {
@@ -161,25 +164,17 @@ pub fn verify(chosen: Option<&str>, args: &VerifyArgs) -> Result<Exit, CliError>
             }
             Ok(Exit::Ok)
         }
-        ExportTrust::Unsealed { key_ids } => {
-            let message = format!(
-                "封印のない書き出しです / the export is not sealed (keys {} trusted): records could have been withheld from it or its filter changed",
-                key_ids.join(", ")
-            );
-            if *allow_unsealed {
-                if !json {
-                    println!("警告 / warning: {message}");
-                }
-                return Ok(Exit::Ok);
-            }
-            Err(CliError {
-                exit: Exit::NotTrusted,
-                message,
-                hint: Some(
-                    "brokers seal every export; export it again, or pass --allow-unsealed for an export made before exports were sealed".into(),
-                ),
-            })
-        }
+        ExportTrust::Unsealed { key_ids } => Err(CliError {
+            exit: Exit::NotTrusted,
+            message: format!(
+                "封印がありません / not sealed: checkpoints signed by trusted key {}, but {}",
+                key_ids.join(", "),
+                audit::UNSEALED_EXPORT
+            ),
+            hint: Some(
+                "export the period again from the broker (records are kept seven years); its export carries a seal".into(),
+            ),
+        }),
         ExportTrust::NotTrusted { untrusted } => Err(CliError {
             exit: Exit::NotTrusted,
             message: format!(

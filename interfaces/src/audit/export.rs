@@ -439,8 +439,8 @@ pub enum BundleLine {
         data_sha256: String,
     },
     /// Last line, after the end line: the broker's signature over the
-    /// bundle's bytes before it ([`BundleLine::seal`]). Absent from exports
-    /// made before brokers sealed them.
+    /// bundle's bytes before it ([`BundleLine::seal`]). A bundle without it
+    /// verifies as [`super::ExportTrust::Unsealed`].
     Seal {
         /// SHA-256 of the bundle from its first byte to the end line's `\n`, hex.
         bundle_sha256: String,

@@ -197,8 +197,8 @@
 //! ```
 //!
 //! The first line is the header, the listing ends in the end line, and the
-//! seal follows it as the last line (exports made before brokers sealed
-//! them end at the end line; nothing else may follow it). Between them come
+//! seal follows it as the last line (nothing else may follow the end line;
+//! a bundle that ends there verifies as unsealed). Between them come
 //! segments: a `segment` line, then one `row` or `leaf` line for every
 //! sequence after `start_seq` in order, ending in a `checkpoint` line at the
 //! last of them (more checkpoints may come between), and then the `latest`
@@ -348,7 +348,7 @@ pub use outcome::Outcome;
 pub use record::{
     person_commitment, Hash, Items, Record, RecordFields, ENCODING_VERSION, SALT_LEN,
 };
-pub use seal::export_seal_bytes;
+pub use seal::{append_seal, export_seal_bytes, UNSEALED_EXPORT};
 pub use timestamp::{
     check_imprint, checkpoint_digest, decode_token, encode_token, request as timestamp_request,
     token_from_response, verify_token, TimestampError, TokenInfo, TsaCertificate,

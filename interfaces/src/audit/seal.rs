@@ -7,10 +7,17 @@
 //! chain would still verify.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
 
 use super::{key_id, BundleLine, Hash};
 
 const EXPORT_SEAL_TAG: &[u8] = b"kakehashi/records/v1/export\0";
+
+/// What a verifier says of an export without a seal line whose records
+/// verified against trusted keys.
+pub const UNSEALED_EXPORT: &str =
+    "the export has no seal line, so records could have been withheld from it \
+     (a row turned into a leaf keeps the chain whole) or its filter changed";
 
 /// The bytes a broker signs to seal an export whose bundle, up to and
 /// including the end line's `\n`, has SHA-256 `bundle_sha256`.
@@ -33,6 +40,12 @@ impl BundleLine {
             signature: hex::encode(key.sign(&export_seal_bytes(bundle_sha256)).to_bytes()),
         }
     }
+}
+
+/// Appends the seal by `key` to a bundle held whole in memory.
+pub fn append_seal(bundle: &mut Vec<u8>, key: &SigningKey) -> std::io::Result<()> {
+    let digest: Hash = Sha256::digest(&bundle[..]).into();
+    BundleLine::seal(&digest, key).write(bundle)
 }
 
 /// Checks a seal's signature by `key` over `bundle_sha256`.

@@ -376,7 +376,7 @@ fn the_export_example_is_what_the_code_writes_and_it_verifies() {
         line.write(&mut out).unwrap();
     }
     let digest: [u8; 32] = Sha256::digest(&out).into();
-    BundleLine::seal(&digest, &key).write(&mut out).unwrap();
+    append_seal(&mut out, &key).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), bundle);
 
     // The seal's worked example: what it signs, and the bundle it seals.

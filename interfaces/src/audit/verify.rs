@@ -285,6 +285,12 @@ pub enum ExportError {
         /// Its key id.
         key_id: String,
     },
+    /// The export is sealed by a key the caller does not trust.
+    #[error("the export is sealed by key {key_id}, which is not among the trusted key ids")]
+    UntrustedSealKey {
+        /// The seal's key id.
+        key_id: String,
+    },
     /// The data file's hash differs from the bundle's.
     #[error("data file was changed: its SHA-256 differs from the bundle's")]
     DataHash,
@@ -310,8 +316,8 @@ pub struct ExportReport {
     pub checkpoints: u64,
     /// Sealer key ids that signed them (compare with the broker's published id).
     pub key_ids: Vec<String>,
-    /// The public key (hex) of every key id above and of the latest
-    /// checkpoint's key: a verifier trusts the export only when each is a
+    /// The public key (hex) of every key id above, of the latest
+    /// checkpoint's key and of the seal's: a verifier trusts the export only when each is a
     /// key it pinned, never because the bundle carries it.
     pub public_keys: std::collections::BTreeMap<String, String>,
     /// The log's latest checkpoint when the export was made, if the bundle
@@ -328,9 +334,10 @@ pub struct ExportReport {
     pub timestamps: Vec<CheckpointTimestamp>,
     /// Sequences of checkpoints without a time-stamp token.
     pub untimestamped: Vec<u64>,
-    /// The id of the key whose seal covers the bundle; `None` for an export
-    /// made before brokers sealed them, whose rows could have been withheld
-    /// (turned into leaves) or its filter changed without a trace.
+    /// The id of the key whose seal covers the bundle; `None` for a bundle
+    /// without a seal line, from which rows could have been withheld
+    /// (turned into leaves) or whose filter could have been changed without
+    /// a trace.
     pub sealed_by: Option<String>,
 }
 
@@ -393,20 +400,22 @@ fn timestamp_of(cp: &Checkpoint) -> Result<Option<CheckpointTimestamp>, ExportEr
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "trust", rename_all = "snake_case")]
 pub enum ExportTrust {
-    /// Every key that signed a checkpoint of the export is trusted.
+    /// Every key that signed a checkpoint of the export, or its seal, is
+    /// trusted, and the export is sealed.
     Trusted {
         /// Those keys' ids.
         key_ids: Vec<String>,
     },
-    /// The export is self-consistent, but not every checkpoint key is
-    /// trusted (or none signed it): anyone could have re-chained and signed it.
+    /// The export is self-consistent, but not every checkpoint or seal key
+    /// is trusted (or none signed it): anyone could have re-chained and
+    /// signed it.
     NotTrusted {
         /// Ids of the keys that are not trusted.
         untrusted: Vec<String>,
     },
-    /// Every key is trusted, but the bundle has no seal (made before brokers
-    /// sealed exports, or its seal was taken off): the records it shows are
-    /// genuine, but some could have been withheld or its filter changed.
+    /// Every key is trusted, but the bundle has no seal line: the records it
+    /// shows are genuine, but some could have been withheld or its filter
+    /// changed.
     Unsealed {
         /// The checkpoint keys' ids.
         key_ids: Vec<String>,
@@ -434,8 +443,8 @@ impl ExportReport {
             .collect()
     }
 
-    /// Holds the keys that signed the export's checkpoints against the
-    /// verifier's: a key is trusted when `keys` holds that very public key
+    /// Holds the keys that signed the export's checkpoints and seal against
+    /// the verifier's, and says whether it is sealed: a key is trusted when `keys` holds that very public key
     /// (pinned, or given in full), or when its id is among `ids` (a 64-bit
     /// id; a full key is the stronger pin).
     pub fn trust(&self, keys: &TrustedKeys, ids: &[String]) -> ExportTrust {
@@ -473,6 +482,15 @@ impl<R: Read> Read for HashingReader<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+fn parse_signature(s: &str, line: usize) -> Result<[u8; 64], ExportError> {
+    let mut out = [0u8; 64];
+    hex::decode_to_slice(s, &mut out).map_err(|_| ExportError::Bundle {
+        line,
+        reason: "signature is not 64 hex bytes".into(),
+    })?;
+    Ok(out)
 }
 
 fn parse_hash(s: &str, line: usize, what: &str) -> Result<Hash, ExportError> {
@@ -671,11 +689,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                         key_id: kid,
                     });
                 }
-                let mut sig = [0u8; 64];
-                hex::decode_to_slice(&signature, &mut sig).map_err(|_| ExportError::Bundle {
-                    line,
-                    reason: "signature is not 64 hex bytes".into(),
-                })?;
+                let sig = parse_signature(&signature, line)?;
                 v.trust(pk);
                 let cp = Checkpoint {
                     seq,
@@ -783,7 +797,7 @@ pub fn verify_export<D: Read, B: BufRead>(
                 if digest != data_sha256 {
                     return Err(ExportError::DataHash);
                 }
-                let sealed_by = read_seal(&mut lines, &mut public_keys)?;
+                let sealed_by = read_seal(&mut lines, trusted_key_ids, &mut public_keys)?;
                 return Ok(ExportReport {
                     rows,
                     segments,
@@ -842,11 +856,13 @@ impl<B: BufRead> BundleLines<B> {
     }
 }
 
-/// Reads what follows the end line: nothing (an export made before brokers
-/// sealed them), or a seal over every byte before it and then nothing. The
-/// seal's key joins `public_keys`; returns its id.
+/// Reads what follows the end line: nothing (an unsealed bundle), or a seal
+/// over every byte before it and then nothing. The seal's key must be among
+/// `trusted_key_ids` when any are given, and joins `public_keys`; returns
+/// its id.
 fn read_seal<B: BufRead>(
     lines: &mut BundleLines<B>,
+    trusted_key_ids: &[String],
     public_keys: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<Option<String>, ExportError> {
     let digest: Hash = lines.hasher.clone().finalize().into();
@@ -874,11 +890,10 @@ fn read_seal<B: BufRead>(
         });
     }
     let key = bundle_key(&public_key, &kid, line)?;
-    let mut sig = [0u8; 64];
-    hex::decode_to_slice(&signature, &mut sig).map_err(|_| ExportError::Bundle {
-        line,
-        reason: "signature is not 64 hex bytes".into(),
-    })?;
+    if !trusted_key_ids.is_empty() && !trusted_key_ids.contains(&kid) {
+        return Err(ExportError::UntrustedSealKey { key_id: kid });
+    }
+    let sig = parse_signature(&signature, line)?;
     if !super::seal::verify_seal(&digest, &key, &sig) {
         return Err(ExportError::Bundle {
             line,
@@ -1114,9 +1129,7 @@ mod tests {
 
     /// `bundle` with its seal by `key` appended.
     fn sealed(mut bundle: Vec<u8>, key: &SigningKey) -> Vec<u8> {
-        BundleLine::seal(&Sha256::digest(&bundle).into(), key)
-            .write(&mut bundle)
-            .unwrap();
+        crate::audit::append_seal(&mut bundle, key).unwrap();
         bundle
     }
 
@@ -1169,8 +1182,14 @@ mod tests {
                     key_ids: vec![kid.clone()]
                 }
             );
-            // Sealed by a key nobody pinned: not trusted.
+            // Sealed by a key nobody pinned: not trusted, and refused when
+            // the trusted ids are given.
             let stranger = SigningKey::from_bytes(&[9; 32]);
+            let resealed = sealed(export(&records, &[2, 3, 4], format, &key).1, &stranger);
+            assert!(matches!(
+                verify_export(&data[..], &resealed[..], std::slice::from_ref(&kid)),
+                Err(ExportError::UntrustedSealKey { key_id: sealer_id }) if sealer_id == key_id(&stranger.verifying_key())
+            ));
             let report = verify_export(
                 &data[..],
                 &sealed(export(&records, &[2, 3, 4], format, &key).1, &stranger)[..],
