@@ -682,6 +682,7 @@ async fn rechain_delete_checkpoints_restart(backend: Backend) -> Result<()> {
         "the broker signed the forged head"
     );
 
+    let set_aside = sealer_state::read(&case.broker.config.keys.dir)?.context("no sealer state")?;
     let accepted = case.broker_cli(
         "long.toml",
         &["accept-head", "--reason", "restored after incident 42"],
@@ -699,6 +700,24 @@ async fn rechain_delete_checkpoints_restart(backend: Backend) -> Result<()> {
         .await?,
         1,
         "accept-head is not in the operation log"
+    );
+    // The head it set aside stays on record with its hash, in the log and
+    // in the state file's acceptance.
+    assert_eq!(
+        case.count(&format!(
+            "SELECT COUNT(*) FROM operation_log WHERE action = 'records_head_accepted' \
+             AND detail LIKE '%previous={}:{}%'",
+            set_aside.seq, set_aside.head_hash
+        ))
+        .await?,
+        1
+    );
+    let acceptance = sealer_state::read(&case.broker.config.keys.dir)?
+        .and_then(|s| s.accepted)
+        .context("no acceptance kept")?;
+    assert_eq!(
+        (acceptance.previous_seq, acceptance.previous_hash),
+        (Some(set_aside.seq), Some(set_aside.head_hash))
     );
     // The running broker picks the acceptance up at its next checkpoint.
     assert_eq!(case.log().seal().await?, Some(20));

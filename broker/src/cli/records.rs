@@ -562,15 +562,19 @@ async fn accept_head(
             actor: log.actor().to_string(),
             reason: reason.clone(),
             previous_seq: previous.as_ref().map(|s| s.seq),
+            previous_hash: previous.as_ref().map(|s| s.head_hash.clone()),
         }),
     };
     let result = sealer_state::accept(&config.keys.dir, &accepted);
+    // Both heads with their hashes: the one set aside is gone from the state
+    // file after this, and may be gone from the database.
     let detail = format!(
-        "head={} previous={} chain={} reason={}",
+        "head={}:{} previous={} chain={} reason={}",
         head.seq,
+        hex::encode(head.hash),
         previous
             .as_ref()
-            .map_or("none".to_string(), |s| s.seq.to_string()),
+            .map_or("none".to_string(), |s| format!("{}:{}", s.seq, s.head_hash)),
         match &verdict {
             Verdict::Intact(_) => "intact".to_string(),
             Verdict::Broken(f) => format!("broken at {}", f.seq),

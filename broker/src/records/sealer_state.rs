@@ -32,6 +32,10 @@ pub struct Acceptance {
     pub reason: String,
     /// The head the sealer had signed before (sequence), if any.
     pub previous_seq: Option<u64>,
+    /// That head's chain hash (hex), so what the acceptance set aside stays
+    /// on record after the database's copy is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
 }
 
 /// The state file's content.
