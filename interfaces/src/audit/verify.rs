@@ -514,6 +514,7 @@ pub fn verify_export<D: Read, B: BufRead>(
         inner: bundle,
         line: 0,
         hasher: Sha256::new(),
+        crlf: false,
     };
     let mut next_line = |expect: &str| -> Result<(usize, BundleLine), ExportError> {
         lines.next()?.ok_or_else(|| ExportError::Bundle {
@@ -828,6 +829,9 @@ struct BundleLines<B> {
     inner: B,
     line: usize,
     hasher: Sha256,
+    /// Whether a line ended in CRLF (brokers write LF): a copy converted on
+    /// the way fails its seal, and the error says why.
+    crlf: bool,
 }
 
 impl<B: BufRead> BundleLines<B> {
@@ -845,6 +849,7 @@ impl<B: BufRead> BundleLines<B> {
             return Ok(None);
         }
         self.hasher.update(text.as_bytes());
+        self.crlf |= text.ends_with("\r\n");
         self.line += 1;
         let parsed = serde_json::from_str(text.trim_end_matches(['\n', '\r'])).map_err(|e| {
             ExportError::Bundle {
@@ -882,11 +887,16 @@ fn read_seal<B: BufRead>(
         });
     };
     if parse_hash(&bundle_sha256, line, "bundle_sha256")? != digest {
+        let why = if lines.crlf {
+            "; its lines end in CRLF, as a copy that converts line ends makes them: use the file as the broker wrote it"
+        } else {
+            ""
+        };
         return Err(ExportError::Bundle {
             line,
-            reason:
-                "the bundle was changed after it was sealed (its SHA-256 differs from the seal's)"
-                    .into(),
+            reason: format!(
+                "the bundle was changed after it was sealed (its SHA-256 differs from the seal's){why}"
+            ),
         });
     }
     let key = bundle_key(&public_key, &kid, line)?;
@@ -1166,6 +1176,14 @@ mod tests {
             assert!(matches!(
                 verify_export(&fewer[..], &forged[..], &[]),
                 Err(ExportError::Bundle { reason, .. }) if reason.contains("changed after it was sealed")
+            ));
+            // A copy whose line ends were converted fails, saying so.
+            let crlf = String::from_utf8(bundle.clone())
+                .unwrap()
+                .replace('\n', "\r\n");
+            assert!(matches!(
+                verify_export(&data[..], crlf.as_bytes(), &[]),
+                Err(ExportError::Bundle { reason, .. }) if reason.contains("CRLF")
             ));
             // A changed filter is caught the same way.
             let refiltered = String::from_utf8(bundle.clone())
