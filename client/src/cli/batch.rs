@@ -233,7 +233,8 @@ enum Refusal {
 }
 
 /// What a refused line says: the broker's message, or for an idempotency
-/// key used before what it means in a batch. A line's keys come from the
+/// key used before, or a query read back after it expired, what it means
+/// in a batch. A line's keys come from the
 /// results file, the line and everything it asks, so the same keys with
 /// another body mean a request this client did not make from this line
 /// (another client's results file of the same name and secret); only
@@ -244,6 +245,13 @@ fn line_message(code: ErrorCode, message: String) -> String {
              another query; its first query stands in the provision records. To ask the line, \
              run the batch with a new results file"
             .to_string(),
+        // A rerun reads the same query back under the same keys for as long
+        // as the broker keeps them (days after the result itself is
+        // deleted), so "ask again" needs other keys.
+        ErrorCode::Expired => format!(
+            "{message}. この行を照会し直すには新しい結果ファイルで実行してください / \
+             to ask the line again, run the batch with a new results file"
+        ),
         _ => message,
     }
 }
@@ -806,6 +814,11 @@ mod tests {
     fn a_reused_key_tells_the_batch_user_what_to_do() {
         let line = line_message(ErrorCode::IdempotencyKeyReused, "use a new key".into());
         assert!(line.contains("new results file"), "{line}");
+        let line = line_message(ErrorCode::Expired, "the result was deleted".into());
+        assert!(
+            line.starts_with("the result was deleted") && line.contains("new results file"),
+            "{line}"
+        );
         assert_eq!(line_message(ErrorCode::NoCopy, "no copy".into()), "no copy");
     }
 
