@@ -215,8 +215,8 @@ macro_rules! insurer_code_tx {
             None => {
                 let code = random_code();
                 sqlx::query(
-                    "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at, linked_at)
-                     VALUES ($1, $2, $3, $4, $5, $5)",
+                    "INSERT INTO person_codes (org_id, code, person_id, number_hash, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind($org.as_str())
                 .bind(&code)
@@ -245,9 +245,9 @@ pub async fn link_batch(
     org: &OrgId,
     numbers: &[&str],
 ) -> Result<Vec<String>, BrokerError> {
-    let now = now_rfc3339();
-    let day_ago =
-        crate::store::timestamp(time::OffsetDateTime::now_utc() - time::Duration::days(1));
+    let at = time::OffsetDateTime::now_utc();
+    let now = crate::store::timestamp(at);
+    let day_ago = crate::store::timestamp(at - time::Duration::days(1));
     let hashes: Vec<Vec<u8>> = numbers
         .iter()
         .map(|n| keys.lookup_hash(NUMBER_DOMAIN, n.as_bytes()))

@@ -41,8 +41,7 @@ pub struct ErasureReport {
     pub copies: u64,
     /// Codes erased: those of the persons erased, of every org, and linking
     /// codes whose number no insurer keeps, last linked before the
-    /// identity-confirmation cut-off. (The `erasure` record states the
-    /// other counts.)
+    /// identity-confirmation cut-off (the `erasure` record states it too).
     pub codes: u64,
     /// The `erasure` provision record, when anything was erased.
     pub record_seq: Option<u64>,

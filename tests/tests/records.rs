@@ -14,7 +14,7 @@ use kakehashi_broker::records::{
 use kakehashi_broker::store::{self, Pools, Store};
 use kakehashi_interfaces::audit::{self, FailureKind};
 use kakehashi_interfaces::{ErrorCode, OrgId};
-use kakehashi_tests::{both_backends, storage_config, Backend};
+use kakehashi_tests::{both_backends, sql_column, storage_config, Backend};
 use tempfile::TempDir;
 
 /// A store, its key directory and a broker.toml naming both.
@@ -78,7 +78,7 @@ impl Env {
     }
 
     async fn seqs(&self) -> Result<Vec<i64>> {
-        kakehashi_tests::sql_column(&self.pools(), "SELECT seq FROM records ORDER BY seq").await
+        sql_column(&self.pools(), "SELECT seq FROM records ORDER BY seq").await
     }
 }
 
@@ -388,18 +388,11 @@ async fn recomputed_chain_is_caught_by_the_checkpoint(backend: Backend) -> Resul
     sealed_twenty(&env).await?;
     // Rewrite record 14 and every stored hash after it, consistently: only
     // the signed checkpoint at 20 can tell, and it names the unproven range.
-    let stored13: Vec<u8> = match env.pools() {
-        Pools::Sqlite { read, .. } => {
-            sqlx::query_scalar("SELECT hash FROM records WHERE seq = 13")
-                .fetch_one(&read)
-                .await?
-        }
-        Pools::Postgres(pool) => {
-            sqlx::query_scalar("SELECT hash FROM records WHERE seq = 13")
-                .fetch_one(&pool)
-                .await?
-        }
-    };
+    let stored13: Vec<u8> = sql_column(&env.pools(), "SELECT hash FROM records WHERE seq = 13")
+        .await?
+        .into_iter()
+        .next()
+        .context("record 13")?;
     let mut prev: audit::Hash = stored13.as_slice().try_into()?;
     // Recompute the rest from an export of the store itself (no codes needed:
     // the commitments are in the bundle).
@@ -953,7 +946,7 @@ both_backends!(purge_leaves_a_verifiable_rest: purge_sqlite, purge_postgres);
 /// The cut of every purge record in the log, in order.
 async fn purge_cuts(env: &Env) -> Result<Vec<u64>> {
     let sql = "SELECT detail FROM records WHERE outcome = 'purge' ORDER BY seq";
-    let details: Vec<String> = kakehashi_tests::sql_column(&env.pools(), sql).await?;
+    let details: Vec<String> = sql_column(&env.pools(), sql).await?;
     details
         .iter()
         .map(|d| {

@@ -265,8 +265,18 @@ async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Res
         .collect();
     post_ok(&mut s.city, "/v1/copies", &copies).await?;
     // Numbers 7 and 8 were linked two years ago, 9 today; the city's code
-    // for the union's person too was linked two years ago.
+    // for the union's person too was linked two years ago. Number 9's code
+    // has no link time, as a code made before link times were kept: its
+    // creation today keeps it.
     let two_years_ago = "2024-12-01T00:00:00.000000Z";
+    sql_exec(
+        &pools,
+        &format!(
+            "UPDATE person_codes SET linked_at = '' WHERE code = '{}'",
+            codes[2]
+        ),
+    )
+    .await?;
     sql_exec(
         &pools,
         &format!(
@@ -294,6 +304,14 @@ async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Res
         1,
         "a link again keeps the code"
     );
+    // A link again the same day writes nothing (at most once a day).
+    let linked_at = format!(
+        "SELECT linked_at FROM person_codes WHERE code = '{}'",
+        codes[1]
+    );
+    let first: Vec<String> = sql_column(&pools, &linked_at).await?;
+    post_ok(&mut s.city, "/v1/persons", &lines[1..2]).await?;
+    assert_eq!(sql_column::<String>(&pools, &linked_at).await?, first);
 
     let report = erase_now(&broker).await?;
     assert_eq!(
@@ -312,7 +330,7 @@ async fn a_link_no_insurer_keeps_is_erased_after_a_year(backend: Backend) -> Res
     assert_eq!(
         sql_count(
             &pools,
-            &format!("SELECT COUNT(*) FROM records WHERE seq = {seq} AND outcome = 'erasure' AND detail LIKE '%\"codes\":1%'")
+            &format!("SELECT COUNT(*) FROM records WHERE seq = {seq} AND outcome = 'erasure' AND detail LIKE '%\"codes\":1,%'")
         )
         .await?,
         1

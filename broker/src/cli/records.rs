@@ -570,8 +570,8 @@ async fn accept_head(
     // file after this, and may be gone from the database.
     let detail = format!(
         "head={}:{} previous={} chain={} reason={}",
-        head.seq,
-        hex::encode(head.hash),
+        accepted.seq,
+        accepted.head_hash,
         previous
             .as_ref()
             .map_or("none".to_string(), |s| format!("{}:{}", s.seq, s.head_hash)),
@@ -617,9 +617,11 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
     let progress = Arc::new(crate::records::WalkProgress::default());
     let shown = show_progress(progress.clone(), PURGING);
     let result = match args.before.as_deref().map(parse_when).transpose() {
-        Ok(Some((before, _))) => log.purge_showing(before, &actor, &progress).await,
-        Ok(None) => {
-            let before = log.retention_cutoff(time::OffsetDateTime::now_utc());
+        Ok(before) => {
+            let before = before.map_or_else(
+                || log.retention_cutoff(time::OffsetDateTime::now_utc()),
+                |(before, _)| before,
+            );
             log.purge_showing(before, &actor, &progress).await
         }
         Err(e) => Err(e),
@@ -668,7 +670,7 @@ pub async fn purge(config: &Path, args: PurgeArgs) -> Result<(), BrokerError> {
         match e.record_seq {
             Some(seq) => println!(
                 "erased {} identity confirmations (confirmed before {}), {} persons and {} copies \
-                 (eligibility lost before {}) and {} codes; erasure record {seq}",
+                 (eligibility lost before {}) and {} person codes; erasure record {seq}",
                 e.identity_confirmations, e.confirmed_before, e.persons, e.copies, e.lost_before, e.codes
             ),
             None => println!(

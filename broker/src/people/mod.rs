@@ -56,8 +56,8 @@ use lockout::{LockPolicy, LockState};
 use password::{HasherError, Replacement};
 use store::UserRow;
 
-/// How often a compare-and-set update of one user is retried when
-/// concurrent logins of the same user keep changing the row.
+/// How often a compare-and-set update of one user's (or one unknown id's)
+/// failures is retried when concurrent logins keep changing the row.
 const CAS_ATTEMPTS: usize = 8;
 
 impl PeopleConfig {
@@ -437,10 +437,23 @@ fn event(at: &Option<String>, from: &Option<String>) -> Result<Option<LoginEvent
 }
 
 fn lock_state(user: &UserRow) -> Result<LockState, PeopleError> {
+    stored_lock_state(
+        user.failed_count,
+        user.locked_until.as_deref(),
+        user.last_failed_at.as_deref(),
+    )
+}
+
+/// The lock state of stored failure columns (of a user, or of an unknown id).
+fn stored_lock_state(
+    failed_count: i64,
+    locked_until: Option<&str>,
+    last_failed_at: Option<&str>,
+) -> Result<LockState, PeopleError> {
     Ok(LockState {
-        failures: u32::try_from(user.failed_count).unwrap_or(u32::MAX),
-        locked_until: user.locked_until.as_deref().map(parse_time).transpose()?,
-        last_failure: user.last_failed_at.as_deref().map(parse_time).transpose()?,
+        failures: u32::try_from(failed_count).unwrap_or(u32::MAX),
+        locked_until: locked_until.map(parse_time).transpose()?,
+        last_failure: last_failed_at.map(parse_time).transpose()?,
     })
 }
 
@@ -593,11 +606,9 @@ impl People {
         secret: Zeroizing<String>,
     ) -> Result<Login, PeopleError> {
         let id_hash = keys.lookup_hash(UNKNOWN_ID_DOMAIN, user_id.as_str().as_bytes());
-        if let Some(until) = self
-            .unknown
-            .locked(&self.pools, &id_hash, self.now())
-            .await?
-        {
+        // Read once, before the hash, as a user's row is.
+        let seen = self.unknown.read(&self.pools, &id_hash).await?;
+        if let Some(until) = seen.locked_at(self.now()) {
             return Err(PeopleError::NoSuchUserLocked { until });
         }
         let _ = self.hasher.verify(None, secret).await?;
@@ -605,7 +616,7 @@ impl People {
         let policy = self.config.lock_policy();
         match self
             .unknown
-            .fail(&self.pools, &id_hash, now, &policy)
+            .fail(&self.pools, &id_hash, seen, now, &policy)
             .await?
         {
             Some(until) => {
@@ -1100,13 +1111,6 @@ impl People {
             .map(|u| user_view(u, roles.remove(&u.id).unwrap_or_default(), now))
             .collect()
     }
-
-    /// Deletes every session past its idle timeout or lifetime, and the
-    /// failures of unknown user ids that have lapsed; returns how many rows
-    /// went (see [`sweep`]).
-    pub async fn purge_expired_sessions(&self) -> Result<u64, PeopleError> {
-        sweep(&self.pools, &self.config, self.now()).await
-    }
 }
 
 /// The periodic upkeep of people's tables (the sweeper role's task):
@@ -1126,7 +1130,13 @@ pub async fn sweep(
         &timestamp(now - limits.lifetime),
     )
     .await?;
-    let unknown = store::purge_unknown_failures(pools, &timestamp(now)).await?;
+    // On one node the counts are in memory and the table stays empty: no
+    // statement for SQLite's single writer.
+    let unknown = if unknown_ids::in_database(pools) {
+        store::purge_unknown_failures(pools, &timestamp(now)).await?
+    } else {
+        0
+    };
     Ok(sessions + unknown)
 }
 

@@ -147,12 +147,12 @@ impl std::fmt::Debug for Replacement {
 }
 
 /// Runs Argon2id off the async runtime, on `workers` threads of its own at
-/// the lowest scheduling priority (`SCHED_IDLE`, else nice 19): at most `workers` jobs at once
-/// and at most `queue` waiting; beyond that a job is refused at once
-/// ([`HasherError::Busy`]). A login flood so costs at most `workers`
-/// threads, never delays the exchange's tasks, and gets the CPU only when
-/// the exchange leaves it (benches/README.md, "People: approvals and a
-/// login flood").
+/// the lowest scheduling priority (`SCHED_IDLE`, else nice 19): at most
+/// `workers` jobs at once and at most `queue` waiting; beyond that a job is
+/// refused at once ([`HasherError::Busy`]). A login flood so costs at most
+/// `workers` threads, never blocks the exchange's tasks, and gets the CPU
+/// when no other thread on the host wants it (benches/README.md, "People:
+/// approvals and a login flood").
 #[derive(Clone)]
 pub struct Hasher {
     running: Arc<Semaphore>,
@@ -544,7 +544,7 @@ mod tests {
         assert!(gave_up.is_err(), "the worker was busy");
         release.send(()).expect("the first job waits");
         assert!(matches!(busy.await, Ok(Ok(true))));
-        // The worker is free again once it passed the abandoned job.
+        // A later job runs; the abandoned one was never handed to a worker.
         hasher.run(|| ()).await.expect("a later job runs");
         assert!(!ran.load(Ordering::SeqCst), "the abandoned job ran");
     }

@@ -550,7 +550,12 @@ async fn timeouts_and_disabling(env: Env) {
         people.authenticate(&token).await,
         Err(PeopleError::SessionExpired)
     ));
-    assert!(people.purge_expired_sessions().await.unwrap() >= 1);
+    assert!(
+        sweep(&env._store.pools(), people.config(), env.now())
+            .await
+            .unwrap()
+            >= 1
+    );
 
     // Disabling ends live sessions at once and refuses logins.
     let login = env
@@ -711,7 +716,6 @@ async fn administration_postgres() {
     }
 }
 
-/// How many rows of failures against unknown ids are stored.
 /// The user ids nobody has whose failures still count (in the database on
 /// PostgreSQL, in memory on SQLite).
 async fn unknown_rows(env: &Env) -> u64 {
@@ -722,16 +726,21 @@ async fn unknown_rows(env: &Env) -> u64 {
         .await
 }
 
-/// Whether any stored row of failures against unknown ids holds `text`.
-async fn unknown_rows_hold(env: &Env, text: &str) -> bool {
+/// The ids of the stored rows of failures against unknown ids.
+async fn unknown_row_ids(env: &Env) -> Vec<Vec<u8>> {
     let pools = env._store.pools();
-    let hashes: Vec<Vec<u8>> = crate::on_pool!(&pools, read, |pool| {
+    crate::on_pool!(&pools, read, |pool| {
         sqlx::query_scalar("SELECT id_hash FROM unknown_login_failures")
             .fetch_all(pool)
             .await
             .unwrap()
-    });
-    hashes
+    })
+}
+
+/// Whether any stored row of failures against unknown ids holds `text`.
+async fn unknown_rows_hold(env: &Env, text: &str) -> bool {
+    unknown_row_ids(env)
+        .await
         .iter()
         .any(|h| h.windows(text.len()).any(|w| w == text.as_bytes()))
 }
@@ -785,6 +794,14 @@ async fn unknown_ids_answer_as_users(env: Env) {
     // The unknown id is stored as a keyed hash only.
     assert_eq!(unknown_rows(&env).await, 1);
     assert!(!unknown_rows_hold(&env, "nobody.here").await);
+    let in_database = matches!(*env.people.unknown, unknown_ids::UnknownIds::Database);
+    if in_database {
+        assert_eq!(
+            unknown_row_ids(&env).await,
+            [env.keys.lookup_hash(UNKNOWN_ID_DOMAIN, b"nobody.here")],
+            "the row is the id's hash keyed with the lookup key"
+        );
+    }
 
     // The sweep keeps the row while it still matters and deletes it once
     // the lock has passed.
@@ -798,9 +815,17 @@ async fn unknown_ids_answer_as_users(env: Env) {
     );
     assert_eq!(unknown_rows(&env).await, 1);
     env.advance(Duration::from_secs(15 * 60));
+    let stored = env.people.unknown.stored(&pools).await;
     let swept = sweep(&pools, &config, env.now()).await.unwrap();
-    if matches!(*env.people.unknown, unknown_ids::UnknownIds::Database) {
-        assert!(swept >= 1);
+    if in_database {
+        assert_eq!(
+            (stored, swept),
+            (1, 1),
+            "the lapsed row was there, and went"
+        );
+        assert_eq!(env.people.unknown.stored(&pools).await, 0);
+    } else {
+        assert_eq!(swept, 0, "no statement for an empty table");
     }
     assert_eq!(unknown_rows(&env).await, 0);
 
@@ -823,7 +848,11 @@ async fn unknown_ids_answer_as_users(env: Env) {
     }
     assert_eq!(unknown_rows(&env).await, 21);
     env.advance(Duration::from_secs(15 * 60));
-    sweep(&pools, &config, env.now()).await.unwrap();
+    let swept = sweep(&pools, &config, env.now()).await.unwrap();
+    if in_database {
+        assert_eq!(swept, 21);
+        assert_eq!(env.people.unknown.stored(&pools).await, 0);
+    }
     assert_eq!(unknown_rows(&env).await, 0);
 }
 

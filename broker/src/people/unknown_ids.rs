@@ -32,81 +32,107 @@ use crate::store::{timestamp, Pools};
 /// it, a new id is not counted (and a warning logged).
 const MEMORY_CAP: usize = 200_000;
 
+/// How seldom a full map is searched for lapsed counts: a flood past the
+/// cap makes one search a second, not one per attempt.
+const MEMORY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The counts, and where they live.
 pub(super) enum UnknownIds {
     /// In this process (one node).
-    Memory(Mutex<HashMap<Vec<u8>, LockState>>),
+    Memory(Mutex<Counts>),
     /// In `unknown_login_failures` (nodes sharing the database).
     Database,
+}
+
+/// The counts kept in memory.
+#[derive(Default)]
+pub(super) struct Counts {
+    states: HashMap<Vec<u8>, LockState>,
+    last_pruned: Option<std::time::Instant>,
+}
+
+/// An id's count as read before its password hash: where the failure after
+/// it starts (on the database, the row a compare-and-set expects).
+pub(super) struct Seen {
+    state: LockState,
+    row: Option<store::UnknownRow>,
+}
+
+impl Seen {
+    /// Until when the id is locked at `now`, if it is.
+    pub(super) fn locked_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        lockout::locked_at(&self.state, now)
+    }
+}
+
+/// Whether the counts are rows of the database (several nodes share it).
+pub(super) fn in_database(pools: &Pools) -> bool {
+    pools.backend().shared().is_some()
 }
 
 impl UnknownIds {
     /// In the database when `pools` is shared by several nodes, else in memory.
     pub(super) fn for_pools(pools: &Pools) -> UnknownIds {
-        if pools.backend().shared().is_some() {
+        if in_database(pools) {
             UnknownIds::Database
         } else {
-            UnknownIds::Memory(Mutex::new(HashMap::new()))
+            UnknownIds::Memory(Mutex::default())
         }
     }
 
-    /// Until when the id of `id_hash` is locked at `now`, if it is.
-    pub(super) async fn locked(
-        &self,
-        pools: &Pools,
-        id_hash: &[u8],
-        now: OffsetDateTime,
-    ) -> Result<Option<OffsetDateTime>, PeopleError> {
-        let state = match self {
-            UnknownIds::Memory(states) => states
-                .lock()
-                .map_err(|_| poisoned())?
-                .get(id_hash)
-                .copied()
-                .unwrap_or_default(),
+    /// The count of the id of `id_hash`.
+    pub(super) async fn read(&self, pools: &Pools, id_hash: &[u8]) -> Result<Seen, PeopleError> {
+        Ok(match self {
+            UnknownIds::Memory(counts) => Seen {
+                state: counts
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .states
+                    .get(id_hash)
+                    .copied()
+                    .unwrap_or_default(),
+                row: None,
+            },
             UnknownIds::Database => {
-                row_state(store::unknown_failures(pools, id_hash).await?.as_ref())?
+                let row = store::unknown_failures(pools, id_hash).await?;
+                Seen {
+                    state: row_state(row.as_ref())?,
+                    row,
+                }
             }
-        };
-        Ok(lockout::locked_at(&state, now))
+        })
     }
 
-    /// Counts one failure of the id of `id_hash` at `now`; answers until
-    /// when it is locked, if this failure (or one meanwhile) locked it.
+    /// Counts one failure of the id of `id_hash` at `now`, from `seen` (read
+    /// before the hash); answers until when it is locked, if this failure
+    /// (or one meanwhile) locked it.
     pub(super) async fn fail(
         &self,
         pools: &Pools,
         id_hash: &[u8],
+        seen: Seen,
         now: OffsetDateTime,
         policy: &LockPolicy,
     ) -> Result<Option<OffsetDateTime>, PeopleError> {
         match self {
-            UnknownIds::Memory(states) => {
-                let mut states = states.lock().map_err(|_| poisoned())?;
-                let before = states.get(id_hash).copied().unwrap_or_default();
-                if let Some(until) = lockout::locked_at(&before, now) {
-                    return Ok(Some(until));
-                }
+            UnknownIds::Memory(counts) => {
+                // Read again under the lock: failures meanwhile count too.
+                let mut counts = counts.lock().map_err(|_| poisoned())?;
+                let before = counts.states.get(id_hash).copied().unwrap_or_default();
                 let after = lockout::after_failure(&before, now, policy);
-                // Forgotten only when room is needed: a lapsed count
-                // answers as none anyway (the periodic sweep is the
-                // database's).
-                if states.len() >= MEMORY_CAP && !states.contains_key(id_hash) {
-                    states.retain(|_, s| lockout::forget_at(s, policy).is_none_or(|t| t > now));
-                }
-                if states.len() >= MEMORY_CAP && !states.contains_key(id_hash) {
+                if !counts.states.contains_key(id_hash) && !counts.make_room(now, policy) {
                     tracing::warn!(
                         cap = MEMORY_CAP,
                         "failed logins as unknown user ids are not all counted: too many ids at once"
                     );
                     return Ok(None);
                 }
-                states.insert(id_hash.to_vec(), after);
+                counts.states.insert(id_hash.to_vec(), after);
                 Ok(after.locked_until)
             }
             UnknownIds::Database => {
                 let at = timestamp(now);
-                let mut row = store::unknown_failures(pools, id_hash).await?;
+                let mut row = seen.row;
                 for _ in 0..CAS_ATTEMPTS {
                     let before = row_state(row.as_ref())?;
                     if let Some(until) = lockout::locked_at(&before, now) {
@@ -134,6 +160,21 @@ impl UnknownIds {
         }
     }
 
+    /// How many ids have a count stored (in memory: held, lapsed or not;
+    /// in the database: rows not yet swept).
+    #[cfg(test)]
+    pub(super) async fn stored(&self, pools: &Pools) -> u64 {
+        match self {
+            UnknownIds::Memory(counts) => counts.lock().map_or(0, |c| c.states.len() as u64),
+            UnknownIds::Database => crate::on_pool!(pools, read, |pool| {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM unknown_login_failures")
+                    .fetch_one(pool)
+                    .await
+                    .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+            }),
+        }
+    }
+
     /// How many ids are counted at `now` (not yet forgettable).
     #[cfg(test)]
     pub(super) async fn counted(
@@ -143,9 +184,10 @@ impl UnknownIds {
         policy: &LockPolicy,
     ) -> u64 {
         match self {
-            UnknownIds::Memory(states) => states.lock().map_or(0, |s| {
-                s.values()
-                    .filter(|s| lockout::forget_at(s, policy).is_none_or(|t| t > now))
+            UnknownIds::Memory(counts) => counts.lock().map_or(0, |c| {
+                c.states
+                    .values()
+                    .filter(|s| still_counts(s, now, policy))
                     .count() as u64
             }),
             UnknownIds::Database => crate::on_pool!(pools, read, |pool| {
@@ -161,24 +203,45 @@ impl UnknownIds {
     }
 }
 
+impl Counts {
+    /// Whether a new id fits: when the map is full, its lapsed counts are
+    /// forgotten first (a lapsed count answers as none anyway; the
+    /// database's are swept by the sweeper role instead), at most once per
+    /// [`MEMORY_PRUNE_EVERY`].
+    fn make_room(&mut self, now: OffsetDateTime, policy: &LockPolicy) -> bool {
+        if self.states.len() < MEMORY_CAP {
+            return true;
+        }
+        let due = self
+            .last_pruned
+            .is_none_or(|at| at.elapsed() >= MEMORY_PRUNE_EVERY);
+        if due {
+            self.states.retain(|_, s| still_counts(s, now, policy));
+            self.last_pruned = Some(std::time::Instant::now());
+        }
+        self.states.len() < MEMORY_CAP
+    }
+}
+
+/// Whether a count still answers at `now` (not yet forgettable).
+fn still_counts(state: &LockState, now: OffsetDateTime, policy: &LockPolicy) -> bool {
+    lockout::forget_at(state, policy).is_none_or(|t| t > now)
+}
+
 fn poisoned() -> PeopleError {
     PeopleError::Corrupt("the counts of unknown user ids are unusable (a panic held them)".into())
 }
 
 /// The lock state a stored row holds (none: no failure).
 fn row_state(row: Option<&store::UnknownRow>) -> Result<LockState, PeopleError> {
-    let Some(row) = row else {
-        return Ok(LockState::default());
-    };
-    Ok(LockState {
-        failures: u32::try_from(row.failed_count).unwrap_or(u32::MAX),
-        locked_until: row
-            .locked_until
-            .as_deref()
-            .map(super::parse_time)
-            .transpose()?,
-        last_failure: Some(super::parse_time(&row.last_failed_at)?),
-    })
+    match row {
+        None => Ok(LockState::default()),
+        Some(row) => super::stored_lock_state(
+            row.failed_count,
+            row.locked_until.as_deref(),
+            Some(&row.last_failed_at),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -193,12 +256,24 @@ mod tests {
             .connect_lazy("sqlite::memory:")
             .expect("lazy pool");
         (
-            UnknownIds::Memory(Mutex::new(HashMap::new())),
+            UnknownIds::Memory(Mutex::default()),
             Pools::Sqlite {
                 write: pool.clone(),
                 read: pool,
             },
         )
+    }
+
+    /// One failure, read first as the login does.
+    async fn fail(
+        ids: &UnknownIds,
+        pools: &Pools,
+        id: &[u8],
+        at: OffsetDateTime,
+        policy: &LockPolicy,
+    ) -> Option<OffsetDateTime> {
+        let seen = ids.read(pools, id).await.unwrap();
+        ids.fail(pools, id, seen, at, policy).await.unwrap()
     }
 
     #[tokio::test]
@@ -207,15 +282,16 @@ mod tests {
         let policy = LockPolicy::default();
         let t0 = datetime!(2026-04-01 09:00:00 UTC);
         for _ in 0..4 {
-            assert_eq!(ids.fail(&pools, b"h", t0, &policy).await.unwrap(), None);
+            assert_eq!(fail(&ids, &pools, b"h", t0, &policy).await, None);
         }
         let until = t0 + Duration::from_secs(15 * 60);
-        assert_eq!(
-            ids.fail(&pools, b"h", t0, &policy).await.unwrap(),
-            Some(until)
-        );
-        assert_eq!(ids.locked(&pools, b"h", t0).await.unwrap(), Some(until));
-        assert_eq!(ids.locked(&pools, b"other", t0).await.unwrap(), None);
+        assert_eq!(fail(&ids, &pools, b"h", t0, &policy).await, Some(until));
+        let locked = |id: &'static [u8], at| {
+            let (ids, pools) = (&ids, &pools);
+            async move { ids.read(pools, id).await.unwrap().locked_at(at) }
+        };
+        assert_eq!(locked(b"h", t0).await, Some(until));
+        assert_eq!(locked(b"other", t0).await, None);
         assert_eq!(ids.counted(&pools, t0, &policy).await, 1);
         assert_eq!(
             ids.counted(&pools, until - Duration::from_secs(1), &policy)
@@ -223,9 +299,30 @@ mod tests {
             1
         );
         assert_eq!(ids.counted(&pools, until, &policy).await, 0);
-        assert_eq!(ids.locked(&pools, b"h", until).await.unwrap(), None);
+        assert_eq!(locked(b"h", until).await, None);
         // After the lock a new count starts.
         let later = until + Duration::from_secs(1);
-        assert_eq!(ids.fail(&pools, b"h", later, &policy).await.unwrap(), None);
+        assert_eq!(fail(&ids, &pools, b"h", later, &policy).await, None);
+    }
+
+    /// A full map forgets its lapsed counts to make room, and refuses a new
+    /// id only while every count still answers.
+    #[test]
+    fn a_full_map_makes_room_from_lapsed_counts_only() {
+        let policy = LockPolicy::default();
+        let t0 = datetime!(2026-04-01 09:00:00 UTC);
+        let mut counts = Counts::default();
+        let failed = lockout::after_failure(&LockState::default(), t0, &policy);
+        for n in 0..MEMORY_CAP {
+            counts.states.insert(n.to_be_bytes().to_vec(), failed);
+        }
+        assert!(!counts.make_room(t0, &policy), "every count still answers");
+        assert_eq!(counts.states.len(), MEMORY_CAP);
+        // Searched once a second at most: a second later, with every count
+        // lapsed, the map is emptied.
+        let lapsed = t0 + Duration::from_secs(15 * 60);
+        counts.last_pruned = Some(std::time::Instant::now() - MEMORY_PRUNE_EVERY);
+        assert!(counts.make_room(lapsed, &policy));
+        assert!(counts.states.is_empty());
     }
 }

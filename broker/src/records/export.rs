@@ -561,7 +561,7 @@ impl RecordLog {
         // rotated on disk): what the bundle lists and leaves out, and the
         // filter it states, are the broker's word (interfaces::audit,
         // "Auditor export").
-        self.sealer.refresh();
+        self.refresh_sealer();
         let bundle_sha256 = bundle.hasher.finalize_reset().into();
         BundleLine::seal(&bundle_sha256, &self.sealer.current().key)
             .write(&mut bundle)

@@ -483,6 +483,14 @@ impl RecordLog {
         &self.config
     }
 
+    /// Reads the sealer key again if it changed on disk: a rotated key
+    /// (`keys rotate-sealer`) signs from the next checkpoint or export seal.
+    pub(super) fn refresh_sealer(&self) {
+        if let Some(key_id) = self.sealer.refresh() {
+            tracing::info!(%key_id, "the checkpoint key changed on disk; checkpoints and export seals are signed with it from now on");
+        }
+    }
+
     /// Signs a checkpoint of the chain if its head has none yet — only when
     /// the stored chain extends the head the sealer signed last (its state
     /// file, [`sealer_state`]): the records from that head to the new one
@@ -499,10 +507,7 @@ impl RecordLog {
     /// sequence now sealed.
     pub async fn seal(&self) -> Result<Option<u64>, BrokerError> {
         let _one_at_a_time = self.seal_lock.lock().await;
-        // A rotated key (`keys rotate-sealer`) signs from the next checkpoint.
-        if let Some(key_id) = self.sealer.refresh() {
-            tracing::info!(%key_id, "the checkpoint key changed on disk; checkpoints are signed with it from now on");
-        }
+        self.refresh_sealer();
         // The state file is written after its checkpoint, and the
         // checkpoint after its records: read in this order, the stored head
         // is at or past the signed one unless the store went back.

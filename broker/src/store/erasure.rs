@@ -136,7 +136,7 @@ pub async fn count_due(pools: &Pools, cutoffs: &Cutoffs) -> Result<Counts, Broke
 
 /// Deletes what is due at `$cutoffs` inside the transaction `$tx` (used as
 /// `&mut *tx`) and evaluates to the [`Counts`] (identity confirmations,
-/// persons, copies). A macro so each backend's transaction type expands
+/// persons, copies, codes). A macro so each backend's transaction type expands
 /// its own copy; the records writer runs it with the `erasure` record.
 macro_rules! erase_in_tx {
     ($tx:expr, $cutoffs:expr) => {{

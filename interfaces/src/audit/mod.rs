@@ -83,7 +83,7 @@
 //! | 7 | `export` | `str actor`, `str filter`, `u64 count` | an auditor export (R16) was made: who, the filter without person codes, rows written |
 //! | 8 | `purge` | `str before`, `u64 first_seq`, `u64 cut_seq`, `u64 count`, `str cut_hash`, `str actor` | records older than `before` were purged (R15); the chain of what remains starts at `cut_seq` |
 //! | 9 | `erasure` | `str confirmed_before`, `str lost_before`, `u64 identity_confirmations`, `u64 persons`, `u64 copies`, `str actor` | personal data reached the end of its own retention (R15) and was erased; counts only, never a code or a value (written by brokers that did not count erased linking codes) |
-//! | 10 | `erasure` | `str confirmed_before`, `str lost_before`, `u64 identity_confirmations`, `u64 persons`, `u64 copies`, `u64 codes`, `str actor` | the same, with the linking codes erased that no insurer keeps a person for; its detail has `codes`, tag 9's has not |
+//! | 10 | `erasure` | `str confirmed_before`, `str lost_before`, `u64 identity_confirmations`, `u64 persons`, `u64 copies`, `u64 codes`, `str actor` | the same, with the person codes erased (of the persons erased, and linking codes no insurer keeps a person for); its detail has `codes`, tag 9's has not |
 //!
 //! `before` and `confirmed_before` are fixed-width RFC 3339 UTC;
 //! `lost_before` is a day, `YYYY-MM-DD`; `cut_hash` is the chain hash at

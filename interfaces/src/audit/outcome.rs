@@ -65,9 +65,11 @@ pub enum Outcome {
         persons: u64,
         /// Deposited copies erased.
         copies: u64,
-        /// Linking codes erased that no insurer keeps a person for (with
-        /// their copies); absent from erasure records of brokers that did
-        /// not count them. Present, the outcome has its own tag (10).
+        /// Person codes erased, of every org: those of the persons erased,
+        /// and linking codes whose number no insurer keeps, last linked
+        /// before the identity-confirmation cut-off. Absent from erasure
+        /// records of brokers that did not count them; present, the outcome
+        /// has its own tag (10).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         codes: Option<u64>,
         /// Who erased (OS user or `retention-task`).

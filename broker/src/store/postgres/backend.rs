@@ -220,12 +220,17 @@ impl Backend for PgBackend<'_> {
         // Months follow the clock, not the sequence: after a clock set back
         // across a month's end, records of other months lie between, and
         // the step would delete those row by row, unbounded.
-        let others: bool = sqlx::query_scalar(&format!(
+        // Outside the month's partition bounds [month, next month), so that
+        // partition (all its rows lie in the range) is pruned, not read:
+        // each other month costs a probe of its index.
+        let others: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM records WHERE seq > $1 AND seq <= $2
-                            AND tableoid <> '{name}'::regclass)"
-        ))
+                            AND (part_month < $3 OR part_month >= $4))",
+        )
         .bind(to_i64(after))
         .bind(to_i64(end))
+        .bind(month)
+        .bind(super::partitions::next_month(month))
         .fetch_one(self.0)
         .await?;
         Ok((!others).then_some(end))

@@ -3,7 +3,8 @@
 
 use crate::error::BrokerError;
 
-fn next_month(key: i32) -> i32 {
+/// The month key after `key` (yyyymm).
+pub(crate) fn next_month(key: i32) -> i32 {
     if key % 100 >= 12 {
         (key / 100 + 1) * 100 + 1
     } else {

@@ -119,8 +119,8 @@ pub(crate) enum Deletes {
     PersonalData {
         /// The periods' cut-offs.
         cutoffs: crate::store::erasure::Cutoffs,
-        /// The counts counted before (the record states all but the
-        /// codes); other counts roll the transaction back.
+        /// The counts counted before (the record states them); other
+        /// counts roll the transaction back.
         counts: crate::store::erasure::Counts,
     },
     /// Queries that expired unanswered (R13), turned into tombstones: their

@@ -112,17 +112,31 @@ impl Backend for SqliteBackend<'_> {
             .clone()
             .busy_timeout(Duration::ZERO);
         let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+        // Busy is a row saying so, or (without a busy timeout) an error:
+        // both are tried again; the last error is logged if none succeeds.
+        let mut last_error = None;
+        let mut truncated = false;
         for _ in 0..10 {
-            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&mut conn)
                 .await
-                .unwrap_or((1, 0, 0));
-            if busy == 0 {
-                return Ok(());
+            {
+                Ok((0, _, _)) => {
+                    truncated = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::warn!("the WAL could not be truncated after an erasure (the database was busy); its frames are overwritten as it is reused");
+        let _ = sqlx::Connection::close(conn).await;
+        if !truncated {
+            match last_error {
+                Some(e) => tracing::warn!(error = %e, "the WAL could not be truncated after an erasure; its frames are overwritten as it is reused"),
+                None => tracing::warn!("the WAL could not be truncated after an erasure (the database was busy); its frames are overwritten as it is reused"),
+            }
+        }
         Ok(())
     }
 
